@@ -1,0 +1,148 @@
+//! The one error type of this crate.
+
+use std::time::Duration;
+
+use crate::lease::LeaseKey;
+
+/// A `Result` whose error defaults to this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, naming the table, lease or input involved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Text that should be a DynamoDB Streams sequence number is not one.
+    #[error("invalid sequence number {input:?}: {reason}")]
+    InvalidSequenceNumber {
+        /// The rejected text.
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A stored checkpoint is neither a position name nor a sequence number.
+    #[error(
+        "invalid checkpoint {input:?}: expected TRIM_HORIZON, LATEST, SHARD_END or a sequence number"
+    )]
+    InvalidCheckpoint {
+        /// The rejected text.
+        input: String,
+    },
+
+    /// A lease table name breaks DynamoDB's naming rules; nothing was sent.
+    #[error("invalid lease table name {name:?}: {reason}")]
+    InvalidTableName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// A table with the lease table's name exists but is not shaped like one.
+    #[error("table {table:?} exists but is not a lease table: {found}")]
+    NotALeaseTable {
+        /// The table.
+        table: String,
+        /// What was found instead of the expected key schema.
+        found: String,
+    },
+
+    /// The lease table did not become ACTIVE in time.
+    #[error("lease table {table:?} did not become ACTIVE within {waited:?}")]
+    TableNotActive {
+        /// The table.
+        table: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+
+    /// A lease that should be new is already in the table.
+    #[error("lease {key} already exists")]
+    AlreadyExists {
+        /// The lease.
+        key: LeaseKey,
+    },
+
+    /// The lease is not in the table.
+    #[error("lease {key} does not exist")]
+    LeaseNotFound {
+        /// The lease.
+        key: LeaseKey,
+    },
+
+    /// A write that needs our ownership failed: another worker took the lease, or it was
+    /// released. The caller must stop processing the shard.
+    #[error("lease {key} is no longer owned by {owner:?} at epoch {epoch}")]
+    LeaseLost {
+        /// The lease.
+        key: LeaseKey,
+        /// The owner the write was made for.
+        owner: String,
+        /// The epoch the write was made for.
+        epoch: u64,
+    },
+
+    /// A take lost a race: the lease no longer has the owner and epoch the caller saw.
+    #[error("lease {key} changed since it was read (expected owner {seen_owner:?}, epoch {seen_epoch})")]
+    LeaseChanged {
+        /// The lease.
+        key: LeaseKey,
+        /// The owner the caller saw.
+        seen_owner: Option<String>,
+        /// The epoch the caller saw.
+        seen_epoch: u64,
+    },
+
+    /// An item in the lease table could not be read back into our model.
+    #[error("corrupt item {item:?} in lease table {table:?}: attribute {attribute:?} {problem}")]
+    CorruptItem {
+        /// The table.
+        table: String,
+        /// The item's partition key.
+        item: String,
+        /// The attribute at fault.
+        attribute: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// DynamoDB could not be reached (connection refused, DNS, timeout).
+    #[error("cannot reach DynamoDB at {endpoint} for {operation} on table {table:?}: {source}")]
+    Unreachable {
+        /// The endpoint, or "the default AWS endpoint".
+        endpoint: String,
+        /// The DynamoDB operation.
+        operation: &'static str,
+        /// The table.
+        table: String,
+        /// The transport error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// DynamoDB answered with an error.
+    #[error("DynamoDB {operation} on table {table:?}{} failed: {source}", key.as_ref().map(|k| format!(" (lease {k})")).unwrap_or_default())]
+    DynamoDb {
+        /// The DynamoDB operation.
+        operation: &'static str,
+        /// The table.
+        table: String,
+        /// The lease concerned, if any.
+        key: Option<LeaseKey>,
+        /// The SDK error, with its message and code.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Whether the error means this worker no longer owns a lease (and must stop the shard).
+    pub fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::LeaseLost { .. } | Self::LeaseNotFound { .. })
+    }
+
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable { .. } | Self::DynamoDb { .. })
+    }
+}

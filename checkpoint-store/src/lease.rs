@@ -1,0 +1,131 @@
+//! Leases: which worker processes which shard, and how far it got.
+
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::checkpoint::Checkpoint;
+
+/// Identifies a lease: one shard of one stream.
+///
+/// Coordination leases that are not shards (such as the shard-sync lease) use a stream
+/// name that is not an ARN; see [`LeaseKey::coordination`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseKey {
+    /// The stream ARN.
+    pub stream: String,
+    /// The shard id within the stream.
+    pub shard_id: String,
+}
+
+impl LeaseKey {
+    /// Stream name of leases that coordinate workers instead of covering a shard.
+    pub const COORDINATION_STREAM: &'static str = "#coordination";
+
+    /// The key of a shard's lease.
+    pub fn new(stream: impl Into<String>, shard_id: impl Into<String>) -> Self {
+        Self {
+            stream: stream.into(),
+            shard_id: shard_id.into(),
+        }
+    }
+
+    /// The key of a coordination lease, e.g. `coordination("shard-sync")`.
+    pub fn coordination(name: impl Into<String>) -> Self {
+        Self::new(Self::COORDINATION_STREAM, name)
+    }
+
+    /// Whether this lease coordinates workers rather than covering a shard.
+    pub fn is_coordination(&self) -> bool {
+        self.stream == Self::COORDINATION_STREAM
+    }
+}
+
+impl fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.stream, self.shard_id)
+    }
+}
+
+/// Proof of ownership: conditional writes compare both parts, so a worker that lost a lease
+/// (even one that got it back since) cannot write with a stale token.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Ownership {
+    /// The owning worker.
+    pub owner: String,
+    /// The lease's epoch when this worker took it.
+    pub epoch: u64,
+}
+
+/// A lease as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Which shard.
+    pub key: LeaseKey,
+    /// The worker that holds it, if any.
+    pub owner: Option<String>,
+    /// Bumped on every change of ownership (take and release).
+    pub epoch: u64,
+    /// How far the shard has been processed.
+    pub checkpoint: Checkpoint,
+    /// A checkpoint prepared but not yet committed (two-phase checkpoints).
+    pub pending_checkpoint: Option<Checkpoint>,
+    /// Shards that must reach `ShardEnd` (or be gone) before this one is processed.
+    pub parent_shard_ids: Vec<String>,
+    /// How many times ownership changed since the last checkpoint: a high number flags a
+    /// shard whose processing keeps failing over.
+    pub owner_switches_since_checkpoint: u64,
+    /// A worker that asked the owner to hand this lease over.
+    pub handoff_to: Option<String>,
+    /// When the lease was created.
+    pub created_at: SystemTime,
+    /// When the lease was last written.
+    pub updated_at: SystemTime,
+}
+
+impl Lease {
+    /// A fresh, unowned lease.
+    pub fn new(key: LeaseKey, checkpoint: Checkpoint, parent_shard_ids: Vec<String>) -> Self {
+        let now = SystemTime::now();
+        Self {
+            key,
+            owner: None,
+            epoch: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            parent_shard_ids,
+            owner_switches_since_checkpoint: 0,
+            handoff_to: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The ownership token of the current owner, if any.
+    pub fn ownership(&self) -> Option<Ownership> {
+        self.owner.as_ref().map(|owner| Ownership {
+            owner: owner.clone(),
+            epoch: self.epoch,
+        })
+    }
+
+    /// Whether `worker` holds this lease.
+    pub fn is_owned_by(&self, worker: &str) -> bool {
+        self.owner.as_deref() == Some(worker)
+    }
+}
+
+/// A worker's liveness record: the counter goes up on every heartbeat.
+///
+/// Liveness is judged by observers on their own monotonic clocks ("has the counter moved in
+/// the last `failover_time`?"), so the timestamps here are for operators and TTL cleanup only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// The worker's id (one per incarnation).
+    pub worker_id: String,
+    /// Incremented by every heartbeat.
+    pub heartbeat: u64,
+    /// When the last heartbeat was written (the writer's clock).
+    pub updated_at: SystemTime,
+    /// When the table's TTL may delete the item if the worker stops heartbeating.
+    pub expires_at: SystemTime,
+}

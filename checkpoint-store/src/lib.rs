@@ -1,0 +1,28 @@
+//! Leases and checkpoints for DynamoDB Streams consumers.
+//!
+//! A lease gives one worker the right to process one shard; its checkpoint says how far
+//! the shard has been processed. Leases and worker heartbeats live in a [`LeaseStore`]:
+//! [`DynamoDbLeaseStore`] in production, [`InMemoryLeaseStore`] in simulations. Every
+//! ownership-dependent write is conditional in the store, which is what keeps at most one
+//! owner per lease and rejects checkpoints from workers that lost theirs.
+
+#![warn(missing_docs)]
+
+mod checkpoint;
+mod dynamodb;
+mod error;
+mod lease;
+mod memory;
+mod sequence;
+mod store;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use checkpoint::Checkpoint;
+pub use dynamodb::DynamoDbLeaseStore;
+pub use error::{Error, Result};
+pub use lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+pub use memory::InMemoryLeaseStore;
+pub use sequence::SequenceNumber;
+pub use store::LeaseStore;

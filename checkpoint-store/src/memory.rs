@@ -1,0 +1,200 @@
+//! A lease store in process memory, for simulations and unit tests.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+use crate::store::LeaseStore;
+
+/// A [`LeaseStore`] held in memory, with the same semantics as the DynamoDB store (the
+/// conformance suite runs against both). Clones of an `Arc` of it share one "table".
+#[derive(Debug, Default)]
+pub struct InMemoryLeaseStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    leases: BTreeMap<LeaseKey, Lease>,
+    workers: BTreeMap<String, WorkerRecord>,
+}
+
+impl InMemoryLeaseStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a half-written lease (every update
+        // is a single assignment), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `update` to the lease owned by `ownership`, or fails with `LeaseLost`.
+    fn update_owned(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: impl FnOnce(&mut Lease),
+    ) -> Result<Lease> {
+        let mut state = self.state();
+        let lease = state
+            .leases
+            .get_mut(key)
+            .filter(|lease| lease.is_owned_by(&ownership.owner) && lease.epoch == ownership.epoch)
+            .ok_or_else(|| Error::LeaseLost {
+                key: key.clone(),
+                owner: ownership.owner.clone(),
+                epoch: ownership.epoch,
+            })?;
+        update(lease);
+        lease.updated_at = SystemTime::now();
+        Ok(lease.clone())
+    }
+
+    /// Applies `update` to the lease if it still has the owner and epoch the caller saw.
+    fn update_unchanged(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        update: impl FnOnce(&mut Lease),
+    ) -> Result<Lease> {
+        let mut state = self.state();
+        let Some(lease) = state.leases.get_mut(key) else {
+            return Err(Error::LeaseNotFound { key: key.clone() });
+        };
+        if lease.owner.as_deref() != seen_owner || lease.epoch != seen_epoch {
+            return Err(Error::LeaseChanged {
+                key: key.clone(),
+                seen_owner: seen_owner.map(str::to_owned),
+                seen_epoch,
+            });
+        }
+        update(lease);
+        lease.updated_at = SystemTime::now();
+        Ok(lease.clone())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for InMemoryLeaseStore {
+    async fn ensure_table(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>> {
+        Ok(self.state().leases.values().cloned().collect())
+    }
+
+    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
+        Ok(self.state().leases.get(key).cloned())
+    }
+
+    async fn create_lease(&self, lease: &Lease) -> Result<()> {
+        let mut state = self.state();
+        if state.leases.contains_key(&lease.key) {
+            return Err(Error::AlreadyExists {
+                key: lease.key.clone(),
+            });
+        }
+        state.leases.insert(lease.key.clone(), lease.clone());
+        Ok(())
+    }
+
+    async fn take_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        new_owner: &str,
+    ) -> Result<Lease> {
+        self.update_unchanged(key, seen_owner, seen_epoch, |lease| {
+            lease.owner = Some(new_owner.to_owned());
+            lease.epoch += 1;
+            lease.handoff_to = None;
+            lease.owner_switches_since_checkpoint += 1;
+        })
+    }
+
+    async fn checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        self.update_owned(key, ownership, |lease| {
+            lease.checkpoint = checkpoint.clone();
+            lease.pending_checkpoint = None;
+            lease.owner_switches_since_checkpoint = 0;
+        })
+    }
+
+    async fn prepare_checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pending: &Checkpoint,
+    ) -> Result<Lease> {
+        self.update_owned(key, ownership, |lease| {
+            lease.pending_checkpoint = Some(pending.clone());
+        })
+    }
+
+    async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {
+        self.update_owned(key, ownership, |lease| {
+            lease.owner = None;
+            lease.handoff_to = None;
+            lease.epoch += 1;
+        })
+    }
+
+    async fn request_handoff(
+        &self,
+        key: &LeaseKey,
+        current: &Ownership,
+        requester: &str,
+    ) -> Result<Lease> {
+        self.update_unchanged(key, Some(&current.owner), current.epoch, |lease| {
+            lease.handoff_to = Some(requester.to_owned());
+        })
+    }
+
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
+        self.state().leases.remove(key);
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
+        let now = SystemTime::now();
+        let mut state = self.state();
+        let record = state
+            .workers
+            .entry(worker_id.to_owned())
+            .or_insert_with(|| WorkerRecord {
+                worker_id: worker_id.to_owned(),
+                heartbeat: 0,
+                updated_at: now,
+                expires_at: now,
+            });
+        record.heartbeat += 1;
+        record.updated_at = now;
+        record.expires_at = now + ttl;
+        Ok(record.clone())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        Ok(self.state().workers.values().cloned().collect())
+    }
+
+    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
+        self.state().workers.remove(worker_id);
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! The lease store interface: every coordination write goes through it.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+
+/// Persistent leases, checkpoints and worker heartbeats.
+///
+/// Every write that depends on ownership is conditional in the store itself (not checked
+/// by the caller and then written), so the invariants hold under any interleaving of
+/// workers: at most one owner per lease, and no write from a worker that lost its lease.
+/// Implementations: [`crate::DynamoDbLeaseStore`] and [`crate::InMemoryLeaseStore`], held
+/// to identical semantics by the conformance suite.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + fmt::Debug {
+    /// Creates the backing table if it is missing and waits until it can be used.
+    async fn ensure_table(&self) -> Result<()>;
+
+    /// Every lease, read consistently (all pages).
+    async fn list_leases(&self) -> Result<Vec<Lease>>;
+
+    /// One lease, read consistently.
+    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>>;
+
+    /// Stores a new lease; fails with `AlreadyExists` if the key is taken. Owner, epoch and
+    /// counters are stored as given, so callers normally pass [`Lease::new`].
+    async fn create_lease(&self, lease: &Lease) -> Result<()>;
+
+    /// Makes `new_owner` the owner, provided the lease still has the owner (or none) and the
+    /// epoch the caller saw; bumps the epoch and clears any handoff request. Fails with
+    /// `LeaseChanged` when another worker got there first.
+    async fn take_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        new_owner: &str,
+    ) -> Result<Lease>;
+
+    /// Stores a checkpoint if `ownership` is still current (else `LeaseLost`); clears the
+    /// pending checkpoint and the owner-switch counter.
+    async fn checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease>;
+
+    /// Records a prepared checkpoint (two-phase commit) if `ownership` is still current.
+    async fn prepare_checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pending: &Checkpoint,
+    ) -> Result<Lease>;
+
+    /// Gives the lease up: removes the owner and any handoff request and bumps the epoch,
+    /// if `ownership` is still current (else `LeaseLost`).
+    async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease>;
+
+    /// Asks the current owner to hand the lease to `requester`, if the owner and epoch are
+    /// still `current` (else `LeaseChanged`).
+    async fn request_handoff(
+        &self,
+        key: &LeaseKey,
+        current: &Ownership,
+        requester: &str,
+    ) -> Result<Lease>;
+
+    /// Removes a lease (finished shards, once their children started). Deleting a lease
+    /// that is already gone succeeds.
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()>;
+
+    /// Bumps the worker's heartbeat counter, creating its record if needed, and pushes its
+    /// expiry `ttl` into the future. Returns the record as written.
+    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord>;
+
+    /// Every worker record, read consistently (all pages).
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>>;
+
+    /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
+    /// record that is already gone succeeds.
+    async fn delete_worker(&self, worker_id: &str) -> Result<()>;
+}
