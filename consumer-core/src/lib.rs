@@ -2,4 +2,9 @@
 
 #![warn(missing_docs)]
 
+mod change;
+mod error;
 pub mod streams;
+
+pub use change::{Change, ChangeBatch, ChangeKind};
+pub use error::{BoxError, Error, Result};
