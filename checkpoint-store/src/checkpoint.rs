@@ -44,11 +44,13 @@ impl Checkpoint {
             Self::TRIM_HORIZON => Ok(Self::TrimHorizon),
             Self::LATEST => Ok(Self::Latest),
             Self::SHARD_END => Ok(Self::ShardEnd),
-            other => SequenceNumber::parse(other)
-                .map(Self::At)
-                .map_err(|_| Error::InvalidCheckpoint {
-                    input: other.to_owned(),
-                }),
+            other => {
+                SequenceNumber::parse(other)
+                    .map(Self::At)
+                    .map_err(|_| Error::InvalidCheckpoint {
+                        input: other.to_owned(),
+                    })
+            }
         }
     }
 

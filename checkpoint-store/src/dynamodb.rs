@@ -1,5 +1,1045 @@
-//! The lease store in a DynamoDB table (being written).
+//! The lease store in a DynamoDB table.
+//!
+//! One table per application, string partition key `pk`, on-demand billing. Two kinds of
+//! items share it:
+//!
+//! | item | `pk` | attributes |
+//! | --- | --- | --- |
+//! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `pending_checkpoint` (S, optional), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
+//! | worker | `worker\|{id}` | `kind`="worker", `worker_id`, `heartbeat` (N), `updated_at` (N, unix ms), `expires_at` (N, unix s: the TTL attribute) |
+//!
+//! Every ownership-dependent write is one conditional `UpdateItem`, with the same
+//! semantics as [`crate::InMemoryLeaseStore`] (the conformance suite checks both).
 
-/// A [`crate::LeaseStore`] in a DynamoDB table.
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::operation::create_table::CreateTableError;
+use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
+    TimeToLiveSpecification, TimeToLiveStatus,
+};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+use crate::store::LeaseStore;
+
+/// Attribute names. Expressions refer to them as `#name` (see [`names_in`]), which also
+/// keeps DynamoDB's reserved words (`owner` is one) out of the way.
+mod attr {
+    pub const PK: &str = "pk";
+    pub const KIND: &str = "kind";
+    pub const STREAM: &str = "stream";
+    pub const SHARD_ID: &str = "shard_id";
+    pub const OWNER: &str = "owner";
+    pub const EPOCH: &str = "epoch";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const PENDING_CHECKPOINT: &str = "pending_checkpoint";
+    pub const PARENTS: &str = "parents";
+    pub const OWNER_SWITCHES: &str = "owner_switches";
+    pub const HANDOFF_TO: &str = "handoff_to";
+    pub const CREATED_AT: &str = "created_at";
+    pub const UPDATED_AT: &str = "updated_at";
+    pub const WORKER_ID: &str = "worker_id";
+    pub const HEARTBEAT: &str = "heartbeat";
+    pub const EXPIRES_AT: &str = "expires_at";
+}
+
+const KIND_LEASE: &str = "lease";
+const KIND_WORKER: &str = "worker";
+
+/// How long `ensure_table` waits for a new table to become ACTIVE.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
+const TABLE_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Client timeouts of [`DynamoDbLeaseStore::from_sdk_config`]: an unreachable endpoint
+/// fails within bounded time instead of hanging a worker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_ATTEMPTS: u32 = 3;
+
+const DEFAULT_ENDPOINT: &str = "the default AWS endpoint";
+const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
+
+type Item = HashMap<String, AttributeValue>;
+
+/// A [`LeaseStore`] in a DynamoDB table.
+#[derive(Clone)]
+pub struct DynamoDbLeaseStore {
+    client: Client,
+    table: String,
+    /// Where the client sends requests, for error messages.
+    endpoint: String,
+    /// `Limit` of each scan page; `None` lets DynamoDB fill 1 MB pages.
+    scan_page_size: Option<i32>,
+}
+
+impl fmt::Debug for DynamoDbLeaseStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoDbLeaseStore")
+            .field("table", &self.table)
+            .field("endpoint", &self.endpoint)
+            .field("scan_page_size", &self.scan_page_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DynamoDbLeaseStore {
+    /// A store in `table`, using `client` as it is configured. Fails with
+    /// `InvalidTableName` (before any request) if the name breaks DynamoDB's rules.
+    pub fn new(client: Client, table: impl Into<String>) -> Result<Self> {
+        Self::build(client, table.into(), CLIENT_ENDPOINT.to_owned())
+    }
+
+    /// A store in `table` with a client built from `config`, with bounded timeouts (3 s to
+    /// connect, 5 s per attempt, 15 s per operation, 3 attempts) so that an unreachable
+    /// endpoint fails with `Unreachable` instead of hanging.
+    pub fn from_sdk_config(config: &SdkConfig, table: impl Into<String>) -> Result<Self> {
+        let table = table.into();
+        validate_table_name(&table)?;
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(OPERATION_TIMEOUT)
+            .build();
+        let client_config = aws_sdk_dynamodb::config::Builder::from(config)
+            .timeout_config(timeouts)
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .build();
+        let endpoint = config
+            .endpoint_url()
+            .map_or_else(|| DEFAULT_ENDPOINT.to_owned(), str::to_owned);
+        Self::build(Client::from_conf(client_config), table, endpoint)
+    }
+
+    fn build(client: Client, table: String, endpoint: String) -> Result<Self> {
+        validate_table_name(&table)?;
+        Ok(Self {
+            client,
+            table,
+            endpoint,
+            scan_page_size: None,
+        })
+    }
+
+    /// Reads scans in pages of at most `items` items (before filtering), instead of
+    /// DynamoDB's 1 MB pages. Tests use it to exercise pagination.
+    pub fn with_scan_page_size(mut self, items: usize) -> Self {
+        self.scan_page_size = Some(i32::try_from(items).unwrap_or(i32::MAX).max(1));
+        self
+    }
+
+    /// The table's name.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    // ----- table management -----
+
+    /// The table's description, or `None` if it does not exist.
+    async fn describe_table(&self) -> Result<Option<TableDescription>> {
+        match self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(output.table),
+            Err(err) => match err.as_service_error() {
+                Some(DescribeTableError::ResourceNotFoundException(_)) => Ok(None),
+                _ => Err(self.sdk_error("DescribeTable", None, err)),
+            },
+        }
+    }
+
+    async fn create_table(&self) -> Result<()> {
+        let build_error = |err| self.build_error("CreateTable", err);
+        let request = self
+            .client
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name(attr::PK)
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .key_schema(
+                KeySchemaElement::builder()
+                    .attribute_name(attr::PK)
+                    .key_type(KeyType::Hash)
+                    .build()
+                    .map_err(build_error)?,
+            )
+            .billing_mode(BillingMode::PayPerRequest);
+        match request.send().await {
+            Ok(_) => {
+                tracing::info!(table = %self.table, "created lease table");
+                Ok(())
+            }
+            // Another worker is creating it at the same time: wait for it like for ours.
+            Err(err)
+                if matches!(
+                    err.as_service_error(),
+                    Some(CreateTableError::ResourceInUseException(_))
+                ) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(self.sdk_error("CreateTable", None, err)),
+        }
+    }
+
+    /// Polls until the table is usable, checking on every look that it is a lease table.
+    async fn wait_until_active(&self) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some(description) = self.describe_table().await? {
+                check_key_schema(&self.table, &description)?;
+                if matches!(
+                    description.table_status(),
+                    Some(TableStatus::Active | TableStatus::Updating)
+                ) {
+                    return Ok(());
+                }
+            }
+            if started.elapsed() >= TABLE_ACTIVE_TIMEOUT {
+                return Err(Error::TableNotActive {
+                    table: self.table.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(TABLE_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Turns on TTL for `expires_at`, so items of dead workers go away by themselves.
+    /// Best effort: failing here only leaves cleanup to the workers' cleanup pass.
+    async fn enable_ttl(&self) {
+        let enabled = self
+            .client
+            .describe_time_to_live()
+            .table_name(&self.table)
+            .send()
+            .await
+            .ok()
+            .and_then(|output| output.time_to_live_description)
+            .is_some_and(|ttl| {
+                ttl.attribute_name() == Some(attr::EXPIRES_AT)
+                    && matches!(
+                        ttl.time_to_live_status(),
+                        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+                    )
+            });
+        if enabled {
+            return;
+        }
+        let spec = match TimeToLiveSpecification::builder()
+            .attribute_name(attr::EXPIRES_AT)
+            .enabled(true)
+            .build()
+        {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::debug!(table = %self.table, error = %err, "cannot describe TTL setting");
+                return;
+            }
+        };
+        if let Err(err) = self
+            .client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(spec)
+            .send()
+            .await
+        {
+            tracing::debug!(
+                table = %self.table,
+                error = %DisplayErrorContext(&err),
+                "could not enable TTL on {}; dead workers' items are left to the cleanup pass",
+                attr::EXPIRES_AT
+            );
+        }
+    }
+
+    // ----- item access -----
+
+    /// Runs a conditional `UpdateItem` on a lease, returning the new lease, or the old
+    /// item (if DynamoDB sent it) when the condition failed.
+    async fn update_lease(
+        &self,
+        operation: &'static str,
+        key: &LeaseKey,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Result<Lease, ConditionFailed>> {
+        let mut values = values;
+        values.push((":now", millis(SystemTime::now())));
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, lease_pk(key))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[update, condition])))
+            .set_expression_attribute_values(Some(to_values(values)))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match result {
+            Ok(output) => {
+                let item = output.attributes.unwrap_or_default();
+                self.decode_lease(&item).map(Ok)
+            }
+            Err(err) => match err.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
+                    Ok(Err(ConditionFailed {
+                        old_item_present: failed.item().is_some(),
+                    }))
+                }
+                _ => Err(self.sdk_error(operation, Some(key), err)),
+            },
+        }
+    }
+
+    /// An update conditional on `ownership`; a failed condition means the lease was lost.
+    async fn update_owned(
+        &self,
+        operation: &'static str,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &str,
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Lease> {
+        values.push((":me", s(&ownership.owner)));
+        values.push((":my_epoch", number(ownership.epoch)));
+        self.update_lease(
+            operation,
+            key,
+            update,
+            "#owner = :me AND #epoch = :my_epoch",
+            values,
+        )
+        .await?
+        .map_err(|_| Error::LeaseLost {
+            key: key.clone(),
+            owner: ownership.owner.clone(),
+            epoch: ownership.epoch,
+        })
+    }
+
+    /// An update conditional on the lease still having the owner and epoch the caller saw;
+    /// a failed condition means `LeaseNotFound` or `LeaseChanged`.
+    async fn update_unchanged(
+        &self,
+        operation: &'static str,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        update: &str,
+        mut values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Lease> {
+        values.push((":seen_epoch", number(seen_epoch)));
+        let condition = match seen_owner {
+            Some(owner) => {
+                values.push((":seen_owner", s(owner)));
+                "attribute_exists(#pk) AND #epoch = :seen_epoch AND #owner = :seen_owner"
+            }
+            None => {
+                "attribute_exists(#pk) AND #epoch = :seen_epoch AND attribute_not_exists(#owner)"
+            }
+        };
+        let failed = match self
+            .update_lease(operation, key, update, condition, values)
+            .await?
+        {
+            Ok(lease) => return Ok(lease),
+            Err(failed) => failed,
+        };
+        // DynamoDB returns the old item with the failure when there is one. If it sent
+        // none, the lease is normally absent; a consistent read makes sure of it (and
+        // covers a DynamoDB that does not return old items on failed conditions).
+        let exists = failed.old_item_present || self.get_lease(key).await?.is_some();
+        Err(if exists {
+            Error::LeaseChanged {
+                key: key.clone(),
+                seen_owner: seen_owner.map(str::to_owned),
+                seen_epoch,
+            }
+        } else {
+            Error::LeaseNotFound { key: key.clone() }
+        })
+    }
+
+    /// Every item of one kind, read consistently, following `LastEvaluatedKey`.
+    async fn scan_kind(&self, kind: &str) -> Result<Vec<Item>> {
+        let filter = "#kind = :kind";
+        let mut items = Vec::new();
+        let mut start_key: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .filter_expression(filter)
+                .set_expression_attribute_names(Some(names_in(&[filter])))
+                .expression_attribute_values(":kind", s(kind))
+                .set_limit(self.scan_page_size)
+                .set_exclusive_start_key(start_key.take())
+                .send()
+                .await
+                .map_err(|err| self.sdk_error("Scan", None, err))?;
+            items.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    // ----- decoding -----
+
+    fn reader<'a>(&'a self, item: &'a Item) -> ItemReader<'a> {
+        ItemReader {
+            table: &self.table,
+            item,
+        }
+    }
+
+    fn decode_lease(&self, item: &Item) -> Result<Lease> {
+        let r = self.reader(item);
+        Ok(Lease {
+            key: LeaseKey::new(r.string(attr::STREAM)?, r.string(attr::SHARD_ID)?),
+            owner: r.optional_string(attr::OWNER)?,
+            epoch: r.number(attr::EPOCH)?,
+            checkpoint: r.checkpoint(attr::CHECKPOINT)?,
+            pending_checkpoint: match r.optional_string(attr::PENDING_CHECKPOINT)? {
+                Some(_) => Some(r.checkpoint(attr::PENDING_CHECKPOINT)?),
+                None => None,
+            },
+            parent_shard_ids: r.string_list(attr::PARENTS)?,
+            owner_switches_since_checkpoint: r.number(attr::OWNER_SWITCHES)?,
+            handoff_to: r.optional_string(attr::HANDOFF_TO)?,
+            created_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::CREATED_AT)?),
+            updated_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::UPDATED_AT)?),
+        })
+    }
+
+    fn decode_worker(&self, item: &Item) -> Result<WorkerRecord> {
+        let r = self.reader(item);
+        Ok(WorkerRecord {
+            worker_id: r.string(attr::WORKER_ID)?,
+            heartbeat: r.number(attr::HEARTBEAT)?,
+            updated_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::UPDATED_AT)?),
+            expires_at: UNIX_EPOCH + Duration::from_secs(r.number(attr::EXPIRES_AT)?),
+        })
+    }
+
+    // ----- errors -----
+
+    /// Maps an SDK error: transport failures become `Unreachable`, the rest `DynamoDb`.
+    /// Both keep the SDK error, displayed with its whole context (code and message).
+    fn sdk_error<E>(
+        &self,
+        operation: &'static str,
+        key: Option<&LeaseKey>,
+        err: SdkError<E>,
+    ) -> Error
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let unreachable = matches!(
+            err,
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
+        );
+        let source = Box::new(SdkFailure::new(err));
+        if unreachable {
+            Error::Unreachable {
+                endpoint: self.endpoint.clone(),
+                operation,
+                table: self.table.clone(),
+                source,
+            }
+        } else {
+            Error::DynamoDb {
+                operation,
+                table: self.table.clone(),
+                key: key.cloned(),
+                source,
+            }
+        }
+    }
+
+    /// A request we could not even build (a required field missing: a bug of ours).
+    fn build_error(
+        &self,
+        operation: &'static str,
+        err: aws_sdk_dynamodb::error::BuildError,
+    ) -> Error {
+        Error::DynamoDb {
+            operation,
+            table: self.table.clone(),
+            key: None,
+            source: Box::new(err),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn ensure_table(&self) -> Result<()> {
+        match self.describe_table().await? {
+            Some(description) => check_key_schema(&self.table, &description)?,
+            None => self.create_table().await?,
+        }
+        self.wait_until_active().await?;
+        self.enable_ttl().await;
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>> {
+        self.scan_kind(KIND_LEASE)
+            .await?
+            .iter()
+            .map(|item| self.decode_lease(item))
+            .collect()
+    }
+
+    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, lease_pk(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|err| self.sdk_error("GetItem", Some(key), err))?;
+        output.item.map(|item| self.decode_lease(&item)).transpose()
+    }
+
+    async fn create_lease(&self, lease: &Lease) -> Result<()> {
+        let condition = "attribute_not_exists(#pk)";
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(encode_lease(lease)))
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names_in(&[condition])))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(_)) => {
+                    Err(Error::AlreadyExists {
+                        key: lease.key.clone(),
+                    })
+                }
+                _ => Err(self.sdk_error("PutItem", Some(&lease.key), err)),
+            },
+        }
+    }
+
+    async fn take_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        new_owner: &str,
+    ) -> Result<Lease> {
+        self.update_unchanged(
+            "UpdateItem (take)",
+            key,
+            seen_owner,
+            seen_epoch,
+            "SET #owner = :new_owner, #epoch = #epoch + :one, \
+             #owner_switches = #owner_switches + :one, #updated_at = :now REMOVE #handoff_to",
+            vec![(":new_owner", s(new_owner)), (":one", number(1))],
+        )
+        .await
+    }
+
+    async fn checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        self.update_owned(
+            "UpdateItem (checkpoint)",
+            key,
+            ownership,
+            "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now \
+             REMOVE #pending_checkpoint",
+            vec![
+                (":checkpoint", s(&checkpoint.encode())),
+                (":zero", number(0)),
+            ],
+        )
+        .await
+    }
+
+    async fn prepare_checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pending: &Checkpoint,
+    ) -> Result<Lease> {
+        self.update_owned(
+            "UpdateItem (prepare checkpoint)",
+            key,
+            ownership,
+            "SET #pending_checkpoint = :pending, #updated_at = :now",
+            vec![(":pending", s(&pending.encode()))],
+        )
+        .await
+    }
+
+    async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {
+        self.update_owned(
+            "UpdateItem (release)",
+            key,
+            ownership,
+            "SET #epoch = #epoch + :one, #updated_at = :now REMOVE #owner, #handoff_to",
+            vec![(":one", number(1))],
+        )
+        .await
+    }
+
+    async fn request_handoff(
+        &self,
+        key: &LeaseKey,
+        current: &Ownership,
+        requester: &str,
+    ) -> Result<Lease> {
+        self.update_unchanged(
+            "UpdateItem (request handoff)",
+            key,
+            Some(&current.owner),
+            current.epoch,
+            "SET #handoff_to = :requester, #updated_at = :now",
+            vec![(":requester", s(requester))],
+        )
+        .await
+    }
+
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, lease_pk(key))
+            .send()
+            .await
+            .map_err(|err| self.sdk_error("DeleteItem", Some(key), err))?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
+        let now = SystemTime::now();
+        let update = "ADD #heartbeat :one \
+                      SET #worker_id = :id, #kind = :kind, #updated_at = :now, #expires_at = :expires";
+        let output = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&worker_pk(worker_id)))
+            .update_expression(update)
+            .set_expression_attribute_names(Some(names_in(&[update])))
+            .set_expression_attribute_values(Some(to_values(vec![
+                (":one", number(1)),
+                (":id", s(worker_id)),
+                (":kind", s(KIND_WORKER)),
+                (":now", millis(now)),
+                (":expires", number(unix_secs(now + ttl))),
+            ])))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|err| self.sdk_error("UpdateItem (heartbeat)", None, err))?;
+        self.decode_worker(&output.attributes.unwrap_or_default())
+    }
+
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.scan_kind(KIND_WORKER)
+            .await?
+            .iter()
+            .map(|item| self.decode_worker(item))
+            .collect()
+    }
+
+    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(&worker_pk(worker_id)))
+            .send()
+            .await
+            .map_err(|err| self.sdk_error("DeleteItem", None, err))?;
+        Ok(())
+    }
+}
+
+/// A conditional write whose condition did not hold.
+struct ConditionFailed {
+    /// Whether DynamoDB returned the item as it was (so the item exists).
+    old_item_present: bool,
+}
+
+/// DynamoDB's table naming rules: 3-255 characters of `a-z A-Z 0-9 _ . -`.
+fn validate_table_name(name: &str) -> Result<()> {
+    let reason = if name.len() < 3 {
+        Some("it is shorter than 3 characters")
+    } else if name.len() > 255 {
+        Some("it is longer than 255 characters")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        Some("only letters, digits, '_', '.' and '-' are allowed")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidTableName {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Fails with `NotALeaseTable` unless the key schema is exactly HASH `pk` of type S.
+fn check_key_schema(table: &str, description: &TableDescription) -> Result<()> {
+    let type_of = |name: &str| {
+        description
+            .attribute_definitions()
+            .iter()
+            .find(|definition| definition.attribute_name() == name)
+            .map(|definition| definition.attribute_type().as_str().to_owned())
+    };
+    let keys: Vec<(String, String, Option<String>)> = description
+        .key_schema()
+        .iter()
+        .map(|key| {
+            (
+                key.key_type().as_str().to_owned(),
+                key.attribute_name().to_owned(),
+                type_of(key.attribute_name()),
+            )
+        })
+        .collect();
+    let expected = [(
+        KeyType::Hash.as_str().to_owned(),
+        attr::PK.to_owned(),
+        Some(ScalarAttributeType::S.as_str().to_owned()),
+    )];
+    if keys == expected {
+        return Ok(());
+    }
+    let found: Vec<String> = keys
+        .iter()
+        .map(|(key_type, name, attribute_type)| {
+            format!(
+                "{key_type} {name:?} ({})",
+                attribute_type.as_deref().unwrap_or("type unknown")
+            )
+        })
+        .collect();
+    Err(Error::NotALeaseTable {
+        table: table.to_owned(),
+        found: format!(
+            "key schema is [{}], expected [HASH \"pk\" (S)]",
+            found.join(", ")
+        ),
+    })
+}
+
+/// The expression attribute names used in `expressions`: every `#name` maps to `name`.
+/// DynamoDB rejects names that no expression uses, so they are collected, not listed.
+fn names_in(expressions: &[&str]) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for expression in expressions {
+        for (start, _) in expression.match_indices('#') {
+            let name: String = expression[start + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(format!("#{name}"), name);
+        }
+    }
+    names
+}
+
+fn to_values(values: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+    values
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
+fn lease_pk(key: &LeaseKey) -> AttributeValue {
+    s(&format!("lease|{}|{}", key.stream, key.shard_id))
+}
+
+fn worker_pk(worker_id: &str) -> String {
+    format!("worker|{worker_id}")
+}
+
+fn s(text: &str) -> AttributeValue {
+    AttributeValue::S(text.to_owned())
+}
+
+fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+fn unix_millis(time: SystemTime) -> u64 {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+fn millis(time: SystemTime) -> AttributeValue {
+    number(unix_millis(time))
+}
+
+fn encode_lease(lease: &Lease) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), lease_pk(&lease.key)),
+        (attr::KIND.to_owned(), s(KIND_LEASE)),
+        (attr::STREAM.to_owned(), s(&lease.key.stream)),
+        (attr::SHARD_ID.to_owned(), s(&lease.key.shard_id)),
+        (attr::EPOCH.to_owned(), number(lease.epoch)),
+        (attr::CHECKPOINT.to_owned(), s(&lease.checkpoint.encode())),
+        (
+            attr::PARENTS.to_owned(),
+            AttributeValue::L(lease.parent_shard_ids.iter().map(|id| s(id)).collect()),
+        ),
+        (
+            attr::OWNER_SWITCHES.to_owned(),
+            number(lease.owner_switches_since_checkpoint),
+        ),
+        (attr::CREATED_AT.to_owned(), millis(lease.created_at)),
+        (attr::UPDATED_AT.to_owned(), millis(lease.updated_at)),
+    ]);
+    let optional = [
+        (attr::OWNER, lease.owner.clone()),
+        (
+            attr::PENDING_CHECKPOINT,
+            lease.pending_checkpoint.as_ref().map(Checkpoint::encode),
+        ),
+        (attr::HANDOFF_TO, lease.handoff_to.clone()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), AttributeValue::S(value));
+        }
+    }
+    item
+}
+
+/// Reads typed attributes out of an item, naming the table, item and attribute on failure.
+struct ItemReader<'a> {
+    table: &'a str,
+    item: &'a Item,
+}
+
+impl ItemReader<'_> {
+    fn corrupt(&self, attribute: &'static str, problem: impl Into<String>) -> Error {
+        let item = match self.item.get(attr::PK) {
+            Some(AttributeValue::S(pk)) => pk.clone(),
+            Some(other) => format!("{other:?}"),
+            None => "(no pk)".to_owned(),
+        };
+        Error::CorruptItem {
+            table: self.table.to_owned(),
+            item,
+            attribute,
+            problem: problem.into(),
+        }
+    }
+
+    fn optional_string(&self, name: &'static str) -> Result<Option<String>> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(self.corrupt(name, format!("is not a string: {other:?}"))),
+        }
+    }
+
+    fn string(&self, name: &'static str) -> Result<String> {
+        self.optional_string(name)?
+            .ok_or_else(|| self.corrupt(name, "is missing"))
+    }
+
+    fn number(&self, name: &'static str) -> Result<u64> {
+        match self.item.get(name) {
+            Some(AttributeValue::N(text)) => text.parse().map_err(|_| {
+                self.corrupt(name, format!("is not a non-negative integer: {text:?}"))
+            }),
+            Some(other) => Err(self.corrupt(name, format!("is not a number: {other:?}"))),
+            None => Err(self.corrupt(name, "is missing")),
+        }
+    }
+
+    fn checkpoint(&self, name: &'static str) -> Result<Checkpoint> {
+        let text = self.string(name)?;
+        Checkpoint::decode(&text).map_err(|err| self.corrupt(name, err.to_string()))
+    }
+
+    fn string_list(&self, name: &'static str) -> Result<Vec<String>> {
+        match self.item.get(name) {
+            None => Ok(Vec::new()),
+            Some(AttributeValue::L(values)) => values
+                .iter()
+                .map(|value| match value {
+                    AttributeValue::S(text) => Ok(text.clone()),
+                    other => {
+                        Err(self.corrupt(name, format!("has a non-string element: {other:?}")))
+                    }
+                })
+                .collect(),
+            Some(other) => Err(self.corrupt(name, format!("is not a list: {other:?}"))),
+        }
+    }
+}
+
+/// An SDK error shown with its whole context (error code and message, or the transport
+/// failure) rather than the SDK's terse top line; the SDK error itself is the source.
 #[derive(Debug)]
-pub struct DynamoDbLeaseStore {}
+struct SdkFailure {
+    context: String,
+    error: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl SdkFailure {
+    fn new<E>(error: SdkError<E>) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Self {
+            context: DisplayErrorContext(&error).to_string(),
+            error: Box::new(error),
+        }
+    }
+}
+
+impl fmt::Display for SdkFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.context)
+    }
+}
+
+impl std::error::Error for SdkFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.error.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_follow_dynamodb_rules() {
+        for good in ["abc", "my-app.leases_1", &"a".repeat(255)] {
+            assert!(validate_table_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "ab", "has space", "slash/", "ünï", &"a".repeat(256)] {
+            let err = validate_table_name(bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidTableName { .. }), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_collected_from_expressions() {
+        let names = names_in(&[
+            "SET #owner = :o, #epoch = #epoch + :one",
+            "attribute_exists(#pk)",
+        ]);
+        let mut keys: Vec<_> = names.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["#epoch", "#owner", "#pk"]);
+        assert_eq!(names["#owner"], "owner");
+    }
+
+    #[test]
+    fn lease_items_round_trip() {
+        let mut lease = Lease::new(
+            LeaseKey::new("arn:stream", "shard-1"),
+            Checkpoint::TrimHorizon,
+            vec!["p1".into(), "p2".into()],
+        );
+        lease.owner = Some("w1".into());
+        lease.epoch = 7;
+        lease.pending_checkpoint = Some(Checkpoint::ShardEnd);
+        lease.handoff_to = Some("w2".into());
+        lease.created_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        lease.updated_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_456);
+        let store = DynamoDbLeaseStore {
+            client: Client::from_conf(
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .build(),
+            ),
+            table: "t-test".into(),
+            endpoint: CLIENT_ENDPOINT.into(),
+            scan_page_size: None,
+        };
+        assert_eq!(store.decode_lease(&encode_lease(&lease)).unwrap(), lease);
+    }
+
+    #[test]
+    fn corrupt_items_name_table_item_and_attribute() {
+        let store = DynamoDbLeaseStore {
+            client: Client::from_conf(
+                aws_sdk_dynamodb::Config::builder()
+                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+                    .build(),
+            ),
+            table: "t-test".into(),
+            endpoint: CLIENT_ENDPOINT.into(),
+            scan_page_size: None,
+        };
+        let mut item = encode_lease(&Lease::new(
+            LeaseKey::new("s", "sh"),
+            Checkpoint::Latest,
+            vec![],
+        ));
+        item.insert(attr::EPOCH.into(), AttributeValue::S("seven".into()));
+        let msg = store.decode_lease(&item).unwrap_err().to_string();
+        assert!(
+            msg.contains("t-test") && msg.contains("lease|s|sh") && msg.contains("epoch"),
+            "{msg}"
+        );
+    }
+}

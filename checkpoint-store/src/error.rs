@@ -83,7 +83,9 @@ pub enum Error {
     },
 
     /// A take lost a race: the lease no longer has the owner and epoch the caller saw.
-    #[error("lease {key} changed since it was read (expected owner {seen_owner:?}, epoch {seen_epoch})")]
+    #[error(
+        "lease {key} changed since it was read (expected owner {seen_owner:?}, epoch {seen_epoch})"
+    )]
     LeaseChanged {
         /// The lease.
         key: LeaseKey,

@@ -33,7 +33,9 @@ impl InMemoryLeaseStore {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-written lease (every update
         // is a single assignment), so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `update` to the lease owned by `ownership`, or fails with `LeaseLost`.
