@@ -1,0 +1,236 @@
+//! Checkpoints of one shard, validated and coalesced.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+
+/// Records how far a shard has been processed.
+///
+/// A checkpoint may only cover records that were delivered, and never moves backwards.
+/// Writes are coalesced: a checkpoint is stored at most once per `interval` (the latest one
+/// wins), and whatever is pending is always written at shard end, shutdown and release.
+/// Every write is conditional on this worker still owning the lease, so a worker that lost
+/// the shard gets [`checkpoint_store::Error::LeaseLost`] instead of overwriting the new owner.
+#[derive(Debug)]
+pub struct Checkpointer {
+    store: Arc<dyn LeaseStore>,
+    key: LeaseKey,
+    ownership: Ownership,
+    stored: Checkpoint,
+    pending: Option<SequenceNumber>,
+    last_delivered: Option<SequenceNumber>,
+    interval: Duration,
+    last_write: Option<Instant>,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(
+        store: Arc<dyn LeaseStore>,
+        key: LeaseKey,
+        ownership: Ownership,
+        stored: Checkpoint,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            store,
+            key,
+            ownership,
+            stored,
+            pending: None,
+            last_delivered: None,
+            interval,
+            last_write: None,
+        }
+    }
+
+    /// Checkpoints at the last record delivered to the processor.
+    pub async fn checkpoint(&mut self) -> Result<()> {
+        match self.last_delivered.clone() {
+            Some(seq) => self.checkpoint_at(&seq).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Checkpoints at `seq`, which must be a delivered record's sequence number at or after
+    /// the current checkpoint.
+    pub async fn checkpoint_at(&mut self, seq: &SequenceNumber) -> Result<()> {
+        let refuse = |reason: String| Error::InvalidCheckpoint {
+            shard_id: self.key.shard_id.clone(),
+            requested: seq.clone(),
+            reason,
+        };
+        match &self.last_delivered {
+            None => {
+                return Err(refuse(
+                    "no record of this shard has been delivered yet".into(),
+                ));
+            }
+            Some(last) if seq > last => {
+                return Err(refuse(format!(
+                    "it is past the last delivered record {last}"
+                )));
+            }
+            Some(_) => {}
+        }
+        if let Some(current) = self.pending.as_ref().or(self.stored.sequence_number())
+            && seq < current
+        {
+            return Err(refuse(format!(
+                "it is before the current checkpoint {current}"
+            )));
+        }
+        self.pending = Some(seq.clone());
+        self.flush_if_due().await
+    }
+
+    /// Writes the pending checkpoint now, whatever the interval.
+    pub async fn flush(&mut self) -> Result<()> {
+        if let Some(seq) = self.pending.take() {
+            if self.stored.sequence_number() == Some(&seq) {
+                return Ok(());
+            }
+            if let Err(e) = self.write(Checkpoint::At(seq.clone())).await {
+                self.pending = Some(seq);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// The checkpoint in the lease table.
+    pub fn stored(&self) -> &Checkpoint {
+        &self.stored
+    }
+
+    /// The sequence number of the last record delivered to the processor.
+    pub fn last_delivered(&self) -> Option<&SequenceNumber> {
+        self.last_delivered.as_ref()
+    }
+
+    /// The shard this checkpointer writes for.
+    pub fn shard_id(&self) -> &str {
+        &self.key.shard_id
+    }
+
+    pub(crate) fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    pub(crate) fn delivered(&mut self, seq: &SequenceNumber) {
+        self.last_delivered = Some(seq.clone());
+    }
+
+    /// Writes the pending checkpoint if the interval since the last write has passed.
+    pub(crate) async fn flush_if_due(&mut self) -> Result<()> {
+        let due = self
+            .last_write
+            .is_none_or(|at| at.elapsed() >= self.interval);
+        if due { self.flush().await } else { Ok(()) }
+    }
+
+    /// Marks the shard finished (after flushing nothing: `SHARD_END` covers everything).
+    pub(crate) async fn write_shard_end(&mut self) -> Result<()> {
+        self.pending = None;
+        self.write(Checkpoint::ShardEnd).await
+    }
+
+    async fn write(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        let lease = self
+            .store
+            .checkpoint(&self.key, &self.ownership, &checkpoint)
+            .await?;
+        crate::events::checkpoint_written(&self.key.shard_id, &checkpoint.encode());
+        self.stored = lease.checkpoint;
+        self.last_write = Some(Instant::now());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use checkpoint_store::{InMemoryLeaseStore, Lease};
+
+    fn seq(n: u64) -> SequenceNumber {
+        SequenceNumber::parse(format!("{n:021}")).unwrap()
+    }
+
+    async fn checkpointer(interval: Duration) -> (Arc<InMemoryLeaseStore>, Checkpointer) {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let key = LeaseKey::new("arn", "shard-1");
+        store
+            .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
+            .await
+            .unwrap();
+        let lease = store.take_lease(&key, None, 0, "w1").await.unwrap();
+        let ownership = lease.ownership().unwrap();
+        let cp = Checkpointer::new(store.clone(), key, ownership, lease.checkpoint, interval);
+        (store, cp)
+    }
+
+    async fn stored(store: &InMemoryLeaseStore) -> Checkpoint {
+        store
+            .get_lease(&LeaseKey::new("arn", "shard-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .checkpoint
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refuses_undelivered_and_backward_checkpoints() {
+        let (_, mut cp) = checkpointer(Duration::ZERO).await;
+        assert!(
+            cp.checkpoint_at(&seq(1)).await.is_err(),
+            "nothing delivered yet"
+        );
+        cp.delivered(&seq(10));
+        let err = cp.checkpoint_at(&seq(11)).await.unwrap_err();
+        assert!(err.to_string().contains("past the last delivered"), "{err}");
+        cp.checkpoint_at(&seq(10)).await.unwrap();
+        cp.delivered(&seq(20));
+        let err = cp.checkpoint_at(&seq(9)).await.unwrap_err();
+        assert!(
+            err.to_string().contains("before the current checkpoint"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn coalesces_writes_within_the_interval_and_flushes_on_demand() {
+        let (store, mut cp) = checkpointer(Duration::from_secs(5)).await;
+        cp.delivered(&seq(1));
+        cp.checkpoint().await.unwrap();
+        assert_eq!(
+            stored(&store).await,
+            Checkpoint::At(seq(1)),
+            "first write goes through"
+        );
+        cp.delivered(&seq(2));
+        cp.checkpoint().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(1)), "coalesced");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        cp.flush_if_due().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(2)));
+        cp.delivered(&seq(3));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_lost_the_lease_cannot_checkpoint() {
+        let (store, mut cp) = checkpointer(Duration::ZERO).await;
+        let key = LeaseKey::new("arn", "shard-1");
+        store.take_lease(&key, Some("w1"), 1, "w2").await.unwrap();
+        cp.delivered(&seq(1));
+        let err = cp.checkpoint().await.unwrap_err();
+        assert!(matches!(err, Error::LeaseStore(e) if e.is_lease_lost()));
+        assert_eq!(stored(&store).await, Checkpoint::TrimHorizon);
+    }
+}

@@ -1,0 +1,375 @@
+//! The poll loop of one shard: iterators, GetRecords, backoff.
+//!
+//! [`ShardReader`] turns a shard into a sequence of pages and hides what DynamoDB Streams
+//! makes callers deal with: iterators that expire after 15 minutes, throttling, empty pages
+//! at the tip of an open shard, and the end of a closed shard. Both the lease-based
+//! consumer and the lease-free [`crate::reader`] use it, so they behave the same.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::Record;
+use backon::{ExponentialBuilder, Retryable};
+use checkpoint_store::SequenceNumber;
+
+use crate::error::Result;
+use crate::streams::{ApiError, ApiErrorKind, StartPosition, StreamsApi};
+
+/// How a shard is polled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollConfig {
+    /// Records per GetRecords call (1-1000).
+    pub batch_limit: u32,
+    /// The first pause after an empty page; it doubles on each further empty page.
+    pub idle_backoff_min: Duration,
+    /// The longest pause between polls of an idle shard: bounds the delivery latency of a
+    /// quiet shard and the cost of polling it.
+    pub idle_backoff_max: Duration,
+    /// The longest pause between retries of a throttled or failed call.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            batch_limit: 1000,
+            idle_backoff_min: Duration::from_millis(100),
+            idle_backoff_max: Duration::from_secs(1),
+            retry_backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one poll found.
+#[derive(Debug)]
+pub enum Page {
+    /// Records, in order; never empty.
+    Records(Vec<Record>),
+    /// Nothing new yet (an open shard at its tip).
+    Empty,
+    /// The shard is closed and every record has been returned.
+    ShardEnd,
+}
+
+/// Reads one shard page by page.
+///
+/// `poll` is cancel-safe: state changes only after a call has completed, so dropping a
+/// pending `poll` (on shutdown, say) loses nothing.
+#[derive(Debug)]
+pub struct ShardReader {
+    api: Arc<dyn StreamsApi>,
+    stream_arn: String,
+    shard_id: String,
+    /// Where to get an iterator when none has been read yet.
+    start: StartPosition,
+    /// The last record handed out: an expired iterator is replaced by one after it.
+    last_read: Option<SequenceNumber>,
+    iterator: Option<String>,
+    idle_delay: Duration,
+    ended: bool,
+    config: PollConfig,
+}
+
+impl ShardReader {
+    /// A reader of `shard_id` starting at `start`.
+    pub fn new(
+        api: Arc<dyn StreamsApi>,
+        stream_arn: impl Into<String>,
+        shard_id: impl Into<String>,
+        start: StartPosition,
+        config: PollConfig,
+    ) -> Self {
+        Self {
+            api,
+            stream_arn: stream_arn.into(),
+            shard_id: shard_id.into(),
+            start,
+            last_read: None,
+            iterator: None,
+            idle_delay: Duration::ZERO,
+            ended: false,
+            config,
+        }
+    }
+
+    /// The shard being read.
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    /// The stream the shard belongs to.
+    pub fn stream_arn(&self) -> &str {
+        &self.stream_arn
+    }
+
+    /// Where reading would resume if the iterator were lost now.
+    pub fn resume_position(&self) -> StartPosition {
+        match &self.last_read {
+            Some(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
+            None => self.start.clone(),
+        }
+    }
+
+    /// Starts over at `position`, forgetting what was read (after trimmed data, the caller
+    /// decides where to go on).
+    pub fn restart_at(&mut self, position: StartPosition) {
+        self.start = position;
+        self.last_read = None;
+        self.iterator = None;
+        self.idle_delay = Duration::ZERO;
+    }
+
+    /// Fetches the next page, pausing first if the previous page was empty. Throttling and
+    /// service errors are retried with backoff; an expired iterator is replaced once per
+    /// poll. Trimmed data, a missing shard and invalid requests are returned to the caller.
+    pub async fn poll(&mut self) -> Result<Page> {
+        if self.ended {
+            return Ok(Page::ShardEnd);
+        }
+        if !self.idle_delay.is_zero() {
+            tokio::time::sleep(self.idle_delay).await;
+        }
+        let mut renewed = false;
+        loop {
+            let iterator = match &self.iterator {
+                Some(iterator) => iterator.clone(),
+                None => {
+                    let iterator = self.acquire_iterator().await?;
+                    self.iterator = Some(iterator.clone());
+                    iterator
+                }
+            };
+            match self.get_records(&iterator).await {
+                Ok(page) => return Ok(self.advance(page.records, page.next_iterator)),
+                Err(e) if e.kind == ApiErrorKind::ExpiredIterator && !renewed => {
+                    tracing::debug!(shard_id = %self.shard_id, "shard iterator expired; getting a new one");
+                    self.iterator = None;
+                    renewed = true;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn advance(&mut self, records: Vec<Record>, next_iterator: Option<String>) -> Page {
+        let last = records
+            .last()
+            .and_then(|r| r.dynamodb())
+            .and_then(|d| d.sequence_number());
+        if let Some(seq) = last.and_then(|text| SequenceNumber::parse(text).ok()) {
+            self.last_read = Some(seq);
+        }
+        self.iterator = next_iterator;
+        if self.iterator.is_none() {
+            self.ended = true;
+        }
+        if records.is_empty() {
+            self.idle_delay = if self.ended {
+                Duration::ZERO
+            } else {
+                (self.idle_delay * 2)
+                    .max(self.config.idle_backoff_min)
+                    .min(self.config.idle_backoff_max)
+            };
+            if self.ended {
+                Page::ShardEnd
+            } else {
+                Page::Empty
+            }
+        } else {
+            self.idle_delay = Duration::ZERO;
+            Page::Records(records)
+        }
+    }
+
+    async fn acquire_iterator(&self) -> Result<String, ApiError> {
+        let position = self.resume_position();
+        (|| {
+            self.api
+                .shard_iterator(&self.stream_arn, &self.shard_id, &position)
+        })
+        .retry(self.retry_policy())
+        .when(|e: &ApiError| e.kind.is_retryable())
+        .notify(|e, pause| self.note_retry(e, pause))
+        .await
+    }
+
+    async fn get_records(&self, iterator: &str) -> Result<crate::streams::RecordsPage, ApiError> {
+        let limit = self.config.batch_limit.clamp(1, 1000);
+        (|| self.api.get_records(iterator, limit))
+            .retry(self.retry_policy())
+            .when(|e: &ApiError| e.kind.is_retryable())
+            .notify(|e, pause| self.note_retry(e, pause))
+            .await
+    }
+
+    fn retry_policy(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(self.config.retry_backoff_max)
+            .with_jitter()
+            .without_max_times()
+    }
+
+    fn note_retry(&self, error: &ApiError, pause: Duration) {
+        crate::events::api_retry(&self.shard_id, error, pause);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::streams::{RecordsPage, ShardInfo, StreamPage};
+    use aws_sdk_dynamodbstreams::types::StreamRecord;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// A scripted streams API: each GetRecords call takes the next scripted answer.
+    #[derive(Debug, Default)]
+    struct Script {
+        iterators: Mutex<Vec<StartPosition>>,
+        answers: Mutex<VecDeque<Result<RecordsPage, ApiErrorKind>>>,
+    }
+
+    fn record(seq: &str) -> Record {
+        Record::builder()
+            .dynamodb(StreamRecord::builder().sequence_number(seq).build())
+            .build()
+    }
+
+    fn page(seqs: &[&str], next: Option<&str>) -> Result<RecordsPage, ApiErrorKind> {
+        Ok(RecordsPage {
+            records: seqs.iter().map(|s| record(s)).collect(),
+            next_iterator: next.map(str::to_owned),
+        })
+    }
+
+    #[async_trait::async_trait]
+    impl StreamsApi for Script {
+        async fn latest_stream_arn(&self, _: &str) -> Result<String, ApiError> {
+            unimplemented!()
+        }
+        async fn describe_stream(&self, _: &str, _: Option<&str>) -> Result<StreamPage, ApiError> {
+            unimplemented!()
+        }
+        async fn child_shards(&self, _: &str, _: &str) -> Result<Vec<ShardInfo>, ApiError> {
+            unimplemented!()
+        }
+        async fn shard_iterator(
+            &self,
+            _: &str,
+            _: &str,
+            position: &StartPosition,
+        ) -> Result<String, ApiError> {
+            self.iterators.lock().unwrap().push(position.clone());
+            Ok("it".into())
+        }
+        async fn get_records(&self, _: &str, _: u32) -> Result<RecordsPage, ApiError> {
+            let answer = self
+                .answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("script ran out");
+            answer.map_err(|kind| ApiError::new(kind, "GetRecords", "shard", "scripted"))
+        }
+    }
+
+    fn reader(answers: Vec<Result<RecordsPage, ApiErrorKind>>) -> (Arc<Script>, ShardReader) {
+        let script = Arc::new(Script {
+            answers: Mutex::new(answers.into()),
+            ..Script::default()
+        });
+        let reader = ShardReader::new(
+            script.clone(),
+            "arn",
+            "shard-1",
+            StartPosition::TrimHorizon,
+            PollConfig::default(),
+        );
+        (script, reader)
+    }
+
+    fn seqs(page: Page) -> Vec<String> {
+        match page {
+            Page::Records(records) => records
+                .iter()
+                .map(|r| r.dynamodb().unwrap().sequence_number().unwrap().to_owned())
+                .collect(),
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_to_shard_end() {
+        let (_, mut reader) = reader(vec![page(&["1", "2"], Some("a")), page(&["3"], None)]);
+        assert_eq!(seqs(reader.poll().await.unwrap()), ["1", "2"]);
+        assert_eq!(seqs(reader.poll().await.unwrap()), ["3"]);
+        assert!(matches!(reader.poll().await.unwrap(), Page::ShardEnd));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn empty_pages_back_off_up_to_the_maximum_and_reset_after_records() {
+        let mut answers: Vec<_> = (0..8).map(|_| page(&[], Some("a"))).collect();
+        answers.push(page(&["1"], Some("a")));
+        answers.push(page(&[], Some("a")));
+        answers.push(page(&[], Some("a")));
+        let (_, mut reader) = reader(answers);
+        let mut pauses = Vec::new();
+        for _ in 0..11 {
+            let before = tokio::time::Instant::now();
+            reader.poll().await.unwrap();
+            pauses.push(before.elapsed().as_millis());
+        }
+        assert_eq!(
+            pauses,
+            [0, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 0, 100]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_iterator_resumes_after_the_last_record_read() {
+        let (script, mut reader) = reader(vec![
+            page(&["5"], Some("a")),
+            Err(ApiErrorKind::ExpiredIterator),
+            page(&["6"], Some("b")),
+        ]);
+        reader.poll().await.unwrap();
+        assert_eq!(seqs(reader.poll().await.unwrap()), ["6"]);
+        let positions = script.iterators.lock().unwrap().clone();
+        assert_eq!(
+            positions,
+            [
+                StartPosition::TrimHorizon,
+                StartPosition::AfterSequenceNumber(SequenceNumber::parse("5").unwrap())
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_is_retried_with_backoff() {
+        let (_, mut reader) = reader(vec![
+            Err(ApiErrorKind::Throttled),
+            Err(ApiErrorKind::Throttled),
+            Err(ApiErrorKind::InternalServerError),
+            page(&["1"], Some("a")),
+        ]);
+        let before = tokio::time::Instant::now();
+        assert_eq!(seqs(reader.poll().await.unwrap()), ["1"]);
+        assert!(before.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trimmed_data_is_returned_to_the_caller() {
+        let (_, mut reader) = reader(vec![Err(ApiErrorKind::TrimmedDataAccess)]);
+        let err = reader.poll().await.unwrap_err();
+        assert!(matches!(
+            err,
+            crate::Error::Api(ApiError {
+                kind: ApiErrorKind::TrimmedDataAccess,
+                ..
+            })
+        ));
+    }
+}
