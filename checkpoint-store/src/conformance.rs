@@ -389,6 +389,11 @@ pub async fn release_then_take_by_another(store: Arc<dyn LeaseStore>) {
             .await,
         Error::LeaseChanged { .. }
     );
+    // Unowned now, but a view from before the release has a stale epoch.
+    assert_err!(
+        store.take_lease(&key, None, 0, "worker-b").await,
+        Error::LeaseChanged { .. }
+    );
     let b = store.take_lease(&key, None, 2, "worker-b").await.unwrap();
     assert_eq!(b.owner.as_deref(), Some("worker-b"));
     assert_eq!(b.epoch, 3);

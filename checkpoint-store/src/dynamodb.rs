@@ -20,7 +20,7 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::create_table::CreateTableError;
 use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
@@ -256,7 +256,7 @@ impl DynamoDbLeaseStore {
         {
             Ok(spec) => spec,
             Err(err) => {
-                tracing::debug!(table = %self.table, error = %err, "cannot describe TTL setting");
+                tracing::debug!(table = %self.table, error = %err, "cannot build the TTL specification");
                 return;
             }
         };
@@ -270,7 +270,7 @@ impl DynamoDbLeaseStore {
         {
             tracing::debug!(
                 table = %self.table,
-                error = %DisplayErrorContext(&err),
+                error = %SdkFailure::new(err),
                 "could not enable TTL on {}; dead workers' items are left to the cleanup pass",
                 attr::EXPIRES_AT
             );
@@ -933,8 +933,9 @@ impl ItemReader<'_> {
     }
 }
 
-/// An SDK error shown with its whole context (error code and message, or the transport
-/// failure) rather than the SDK's terse top line; the SDK error itself is the source.
+/// An SDK error shown with its whole chain of causes (for a service error: its code and
+/// message; for a transport failure: what failed) instead of the SDK's terse top line
+/// ("service error"). The SDK error itself stays available as the source.
 #[derive(Debug)]
 struct SdkFailure {
     context: String,
@@ -946,8 +947,15 @@ impl SdkFailure {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        let mut context = error.to_string();
+        let mut cause = std::error::Error::source(&error);
+        while let Some(err) = cause {
+            context.push_str(": ");
+            context.push_str(&err.to_string());
+            cause = err.source();
+        }
         Self {
-            context: DisplayErrorContext(&error).to_string(),
+            context,
             error: Box::new(error),
         }
     }

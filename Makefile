@@ -1,0 +1,39 @@
+# Two commands matter: `make demo` runs the demo, `make test` runs every check CI runs.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+
+CARGO ?= cargo
+# How many rounds the demo runs (used once the demo exists).
+ITERATIONS ?= 3
+# The cargo test output, kept for the summary line at the end of `make test`.
+TEST_LOG := target/make-test.log
+
+.PHONY: test demo fmt lint dynamodb-local
+
+## test: every test (against a DynamoDB Local started for the run), then fmt and clippy checks
+test:
+	scripts/dynamodb-local.sh install
+	mkdir -p $(dir $(TEST_LOG))
+	scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --all-targets 2>&1 | tee $(TEST_LOG)
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
+	     END { print "tests: " passed " passed, " failed " failed" }' $(TEST_LOG)
+
+## demo: run the demo (placeholder until the consumer exists)
+demo:
+	@echo "the demo arrives with the consumer (ITERATIONS=$(ITERATIONS))"
+
+## fmt: format the code
+fmt:
+	$(CARGO) fmt --all
+
+## lint: the fmt and clippy checks of `make test`
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## dynamodb-local: install DynamoDB Local (make test does it too)
+dynamodb-local:
+	scripts/dynamodb-local.sh install
