@@ -1,0 +1,32 @@
+//! Test support: a simulated DynamoDB stream, for deterministic simulation tests.
+//!
+//! [`SimulatedStream`] implements [`StreamsApi`](crate::streams::StreamsApi) in memory. It
+//! models what a consumer meets against the real service: tables whose writes become
+//! INSERT / MODIFY / REMOVE records (images per stream view type, TTL deletions), shards
+//! that split and rotate with parent links, 24 h trimming, 15 min iterator expiry,
+//! DescribeStream pagination, throttling and injected faults. Everything random comes
+//! from one seeded RNG and time is `tokio::time`, so a simulation run is reproducible.
+//!
+//! The in-memory lease store is re-exported so a simulation needs only this module.
+
+mod clock;
+mod config;
+mod error;
+mod faults;
+mod items;
+mod iterators;
+mod record;
+mod shard;
+mod state;
+mod stream;
+
+#[cfg(test)]
+mod tests;
+
+pub use checkpoint_store::InMemoryLeaseStore;
+pub use config::{SimConfig, TableSpec};
+pub use error::SimError;
+pub use faults::SimOperation;
+pub use items::{Item, string_key};
+pub use state::WrittenRecord;
+pub use stream::SimulatedStream;
