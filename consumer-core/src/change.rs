@@ -1,6 +1,7 @@
 //! Typed changes: stream records with their images decoded into the user's type.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
@@ -52,7 +53,7 @@ pub struct Change<T> {
     pub size_bytes: u64,
     /// Whether DynamoDB's Time to Live deleted the item (a service, not a user).
     pub deleted_by_ttl: bool,
-    raw: Record,
+    raw: Arc<Record>,
 }
 
 impl<T> Change<T> {
@@ -81,23 +82,17 @@ impl<T> Change<T> {
         &self.raw
     }
 
-    /// Takes the raw record out.
-    pub fn into_raw(self) -> Record {
-        self.raw
+    /// The raw record, shared (the framework keeps a reference to redeliver on failure).
+    pub fn raw_shared(&self) -> &Arc<Record> {
+        &self.raw
     }
 }
 
 impl<T: DeserializeOwned> Change<T> {
     /// Decodes a stream record of `shard_id`. Any image that does not decode into `T` is an
     /// error naming the shard, the record and the field: a record is never dropped.
-    pub fn decode(shard_id: &str, raw: Record) -> Result<Self> {
-        let decoded = Self::decode_ref(shard_id, &raw)?;
-        Ok(Self { raw, ..decoded })
-    }
-
-    /// Decodes without taking the record, so a caller can keep records that failed. The
-    /// returned change's `raw` is empty until the caller moves the record in.
-    fn decode_ref(shard_id: &str, raw: &Record) -> Result<Self> {
+    pub fn decode(shard_id: &str, raw: impl Into<Arc<Record>>) -> Result<Self> {
+        let raw = raw.into();
         let malformed = |problem: &str| Error::MalformedRecord {
             shard_id: shard_id.to_owned(),
             problem: problem.to_owned(),
@@ -148,7 +143,7 @@ impl<T: DeserializeOwned> Change<T> {
             approximate_creation_time,
             size_bytes,
             deleted_by_ttl,
-            raw: Record::builder().build(),
+            raw,
         })
     }
 }
@@ -227,24 +222,16 @@ impl<'a, T> IntoIterator for &'a ChangeBatch<T> {
 }
 
 /// Decodes records in order until the first that fails: the decoded prefix can still be
-/// delivered, and the error names the record that stopped it.
+/// delivered, and the error comes with the index of the record that stopped it.
 pub(crate) fn decode_prefix<T: DeserializeOwned>(
     shard_id: &str,
-    records: Vec<Record>,
-) -> (Vec<Change<T>>, Option<(Error, Vec<Record>)>) {
+    records: &[Arc<Record>],
+) -> (Vec<Change<T>>, Option<(Error, usize)>) {
     let mut changes = Vec::with_capacity(records.len());
-    let mut records = records.into_iter();
-    while let Some(record) = records.next() {
-        match Change::decode_ref(shard_id, &record) {
-            Ok(change) => changes.push(Change {
-                raw: record,
-                ..change
-            }),
-            Err(error) => {
-                let mut rest = vec![record];
-                rest.extend(records);
-                return (changes, Some((error, rest)));
-            }
+    for (index, record) in records.iter().enumerate() {
+        match Change::decode(shard_id, record.clone()) {
+            Ok(change) => changes.push(change),
+            Err(error) => return (changes, Some((error, index))),
         }
     }
     (changes, None)
@@ -354,10 +341,11 @@ mod tests {
     fn decode_prefix_stops_at_the_first_bad_record_and_keeps_the_rest() {
         let good = record(OperationType::Insert, None, Some(("a", "1")));
         let bad = record(OperationType::Insert, None, Some(("b", "x")));
-        let (ok, failed) = decode_prefix::<Counter>("s", vec![good.clone(), bad, good]);
+        let records: Vec<Arc<Record>> = vec![good.clone().into(), bad.into(), good.into()];
+        let (ok, failed) = decode_prefix::<Counter>("s", &records);
         assert_eq!(ok.len(), 1);
-        let (error, rest) = failed.unwrap();
+        let (error, index) = failed.unwrap();
         assert!(matches!(error, Error::Decode { .. }));
-        assert_eq!(rest.len(), 2);
+        assert_eq!(index, 1);
     }
 }

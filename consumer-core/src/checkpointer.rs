@@ -132,12 +132,6 @@ impl Checkpointer {
         if due { self.flush().await } else { Ok(()) }
     }
 
-    /// Marks the shard finished (after flushing nothing: `SHARD_END` covers everything).
-    pub(crate) async fn write_shard_end(&mut self) -> Result<()> {
-        self.pending = None;
-        self.write(Checkpoint::ShardEnd).await
-    }
-
     async fn write(&mut self, checkpoint: Checkpoint) -> Result<()> {
         let lease = self
             .store

@@ -89,6 +89,11 @@ pub trait RecordProcessor: Send + 'static {
     /// Records of this shard were trimmed before they were processed; reading went on at the
     /// oldest record still there (the default [`TrimmedDataPolicy`](crate::TrimmedDataPolicy)).
     async fn data_lost(&mut self, _loss: &DataLoss) {}
+
+    /// A record's image does not decode into [`Self::Item`]. The records before it were
+    /// delivered; the shard is held at this record (never skipped) until a worker whose
+    /// item type fits it takes over. Called again each time the framework retries.
+    async fn decode_failed(&mut self, _error: &crate::Error) {}
 }
 
 /// Makes a processor for each shard this worker starts.

@@ -1,0 +1,75 @@
+//! Settings of a consumer, with the defaults users get.
+
+use std::time::Duration;
+
+use crate::poll_loop::PollConfig;
+
+/// Where a consumer starts on shards nobody has processed yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// From the oldest record still in the stream (up to 24 hours back).
+    #[default]
+    TrimHorizon,
+    /// Only changes made after the consumer starts; shards already closed are marked done.
+    Latest,
+}
+
+/// What to do when records were trimmed (older than 24 hours) before they were read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrimmedDataPolicy {
+    /// Report the gap (error log, metric, [`RecordProcessor::data_lost`]) and go on from
+    /// the oldest record still there.
+    ///
+    /// [`RecordProcessor::data_lost`]: crate::RecordProcessor::data_lost
+    #[default]
+    ContinueFromTrimHorizon,
+    /// Stop processing the shard with [`Error::DataTrimmed`](crate::Error::DataTrimmed),
+    /// reported the same way; an operator decides.
+    Stop,
+}
+
+/// Everything that tunes a consumer; [`crate::ConsumerBuilder`] sets it.
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// Where new root shards start.
+    pub initial_position: InitialPosition,
+    /// How shards are polled.
+    pub poll: PollConfig,
+    /// Pages fetched ahead while the processor works on the current one.
+    pub prefetch_pages: usize,
+    /// Checkpoint after each successful batch (else the processor checkpoints itself).
+    pub auto_checkpoint: bool,
+    /// Checkpoint writes of a shard are coalesced to at most one per interval.
+    pub checkpoint_interval: Duration,
+    /// What to do about trimmed records.
+    pub trimmed_data_policy: TrimmedDataPolicy,
+    /// A worker whose heartbeat has not moved for this long is dead; its leases are taken.
+    pub failover_time: Duration,
+    /// How often a worker heartbeats.
+    pub renew_interval: Duration,
+    /// How often a worker scans the lease table to take leases and start shards.
+    pub scan_interval: Duration,
+    /// How often the holder of the shard-sync lease lists every shard of every stream.
+    pub shard_sync_interval: Duration,
+    /// The longest pause between deliveries of a failing batch.
+    pub retry_backoff_max: Duration,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        let failover_time = Duration::from_secs(10);
+        Self {
+            initial_position: InitialPosition::default(),
+            poll: PollConfig::default(),
+            prefetch_pages: 1,
+            auto_checkpoint: true,
+            checkpoint_interval: Duration::from_secs(1),
+            trimmed_data_policy: TrimmedDataPolicy::default(),
+            failover_time,
+            renew_interval: failover_time / 3,
+            scan_interval: Duration::from_secs(2),
+            shard_sync_interval: Duration::from_secs(60),
+            retry_backoff_max: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The public entry point: configure a consumer, then run it until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+
+use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
+use crate::error::{Error, Result};
+use crate::processor::ProcessorFactory;
+use crate::streams::{SdkStreams, StreamsApi};
+use crate::worker::{StreamSource, Worker};
+
+/// Where a consumer finds a stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Table(String),
+    StreamArn(String),
+}
+
+/// A configured consumer; [`Consumer::run_until`] runs it.
+pub struct Consumer<F> {
+    application: String,
+    sources: Vec<Source>,
+    worker_id: String,
+    config: ConsumerConfig,
+    api: Arc<dyn StreamsApi>,
+    store: Arc<dyn LeaseStore>,
+    factory: F,
+}
+
+impl Consumer<()> {
+    /// Starts configuring a consumer for `application`: the name of its lease table, shared
+    /// by every worker of the application.
+    pub fn builder(application: impl Into<String>) -> ConsumerBuilder {
+        ConsumerBuilder {
+            application: application.into(),
+            sources: Vec::new(),
+            worker_id: None,
+            config: ConsumerConfig::default(),
+            sdk_config: None,
+            api: None,
+            store: None,
+        }
+    }
+}
+
+impl<F: ProcessorFactory> Consumer<F> {
+    /// The worker's id (as given, or `hostname-pid`).
+    pub fn worker_id(&self) -> &str {
+        &self.worker_id
+    }
+
+    /// Runs until `shutdown` completes, then stops gracefully: every processor finishes its
+    /// batch and gets `shutdown_requested`, checkpoints are flushed, leases are released and
+    /// the worker item is deleted, so other workers take over on their next scan.
+    ///
+    /// Fails early, naming the table or stream, when a table does not exist or has no
+    /// stream, or when DynamoDB cannot be reached.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let mut streams = Vec::new();
+        for source in &self.sources {
+            streams.push(match source {
+                Source::Table(table) => StreamSource {
+                    stream_arn: self.api.latest_stream_arn(table).await?,
+                    table: Some(table.clone()),
+                },
+                Source::StreamArn(arn) => StreamSource {
+                    stream_arn: arn.clone(),
+                    table: None,
+                },
+            });
+        }
+        tracing::debug!(application = %self.application, "resolved streams");
+        Worker {
+            api: self.api,
+            store: self.store,
+            factory: Arc::new(self.factory),
+            config: Arc::new(self.config),
+            worker_id: self.worker_id,
+            streams,
+        }
+        .run(shutdown)
+        .await
+    }
+}
+
+/// Configures a [`Consumer`]. Every setting has a default except the streams to consume
+/// and where AWS is ([`with_sdk_config`](Self::with_sdk_config)).
+#[must_use]
+pub struct ConsumerBuilder {
+    application: String,
+    sources: Vec<Source>,
+    worker_id: Option<String>,
+    config: ConsumerConfig,
+    sdk_config: Option<aws_config::SdkConfig>,
+    api: Option<Arc<dyn StreamsApi>>,
+    store: Option<Arc<dyn LeaseStore>>,
+}
+
+impl ConsumerBuilder {
+    /// Consumes the current stream of `table` (may be given several times).
+    pub fn with_table(mut self, table: impl Into<String>) -> Self {
+        self.sources.push(Source::Table(table.into()));
+        self
+    }
+
+    /// Consumes the stream with this ARN (may be given several times).
+    pub fn with_stream_arn(mut self, stream_arn: impl Into<String>) -> Self {
+        self.sources.push(Source::StreamArn(stream_arn.into()));
+        self
+    }
+
+    /// The AWS configuration (region, credentials, endpoint) for DynamoDB and its streams.
+    pub fn with_sdk_config(mut self, sdk_config: &aws_config::SdkConfig) -> Self {
+        self.sdk_config = Some(sdk_config.clone());
+        self
+    }
+
+    /// This worker's id; unique per process. Default: `hostname-pid`.
+    pub fn with_worker_id(mut self, worker_id: impl Into<String>) -> Self {
+        self.worker_id = Some(worker_id.into());
+        self
+    }
+
+    /// Where shards nobody has processed yet start. Default: trim horizon.
+    pub fn with_initial_position(mut self, position: InitialPosition) -> Self {
+        self.config.initial_position = position;
+        self
+    }
+
+    /// Records per GetRecords call, 1-1000 (also the largest batch). Default: 1000.
+    pub fn with_batch_limit(mut self, limit: u32) -> Self {
+        self.config.poll.batch_limit = limit;
+        self
+    }
+
+    /// The pauses between polls of an idle shard: first `min`, doubling up to `max`.
+    /// Default: 100 ms to 1 s.
+    pub fn with_idle_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.config.poll.idle_backoff_min = min;
+        self.config.poll.idle_backoff_max = max;
+        self
+    }
+
+    /// Checkpoint writes per shard are coalesced to one per interval. Default: 1 s; zero
+    /// writes after every batch.
+    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.config.checkpoint_interval = interval;
+        self
+    }
+
+    /// Whether the framework checkpoints after each successful batch. Default: yes.
+    pub fn with_auto_checkpoint(mut self, enabled: bool) -> Self {
+        self.config.auto_checkpoint = enabled;
+        self
+    }
+
+    /// What to do about records trimmed before they were read. Default: report and go on.
+    pub fn with_trimmed_data_policy(mut self, policy: TrimmedDataPolicy) -> Self {
+        self.config.trimmed_data_policy = policy;
+        self
+    }
+
+    /// After how long without a heartbeat a worker counts as dead. Default: 10 s. The renew
+    /// interval follows (a third of it) unless set after this.
+    pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
+        self.config.failover_time = failover_time;
+        self.config.renew_interval = failover_time / 3;
+        self
+    }
+
+    /// How often this worker heartbeats. Default: a third of the failover time.
+    pub fn with_renew_interval(mut self, interval: Duration) -> Self {
+        self.config.renew_interval = interval;
+        self
+    }
+
+    /// How often this worker scans the lease table. Default: 2 s.
+    pub fn with_scan_interval(mut self, interval: Duration) -> Self {
+        self.config.scan_interval = interval;
+        self
+    }
+
+    /// How often the shard-sync holder lists every shard. Default: 60 s.
+    pub fn with_shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.config.shard_sync_interval = interval;
+        self
+    }
+
+    /// Pages fetched ahead of the processor, per shard. Default: 1.
+    pub fn with_prefetch_pages(mut self, pages: usize) -> Self {
+        self.config.prefetch_pages = pages;
+        self
+    }
+
+    /// The longest pause between deliveries of a failing batch. Default: 30 s.
+    pub fn with_retry_backoff_max(mut self, max: Duration) -> Self {
+        self.config.retry_backoff_max = max;
+        self
+    }
+
+    /// Uses this streams API instead of the AWS SDK (the simulated stream in tests).
+    pub fn with_streams_api(mut self, api: Arc<dyn StreamsApi>) -> Self {
+        self.api = Some(api);
+        self
+    }
+
+    /// Uses this lease store instead of the DynamoDB table named after the application.
+    pub fn with_lease_store(mut self, store: Arc<dyn LeaseStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Checks the settings and makes the consumer; `factory` makes a processor per shard
+    /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
+    /// [`processor_fn`](crate::processor_fn)).
+    pub fn build<F: ProcessorFactory>(self, factory: F) -> Result<Consumer<F>> {
+        self.validate()?;
+        let api = match (self.api, &self.sdk_config) {
+            (Some(api), _) => api,
+            (None, Some(sdk)) => Arc::new(SdkStreams::from_sdk_config(sdk)),
+            (None, None) => return Err(missing_sdk_config()),
+        };
+        let store = match (self.store, &self.sdk_config) {
+            (Some(store), _) => store,
+            (None, Some(sdk)) => {
+                Arc::new(DynamoDbLeaseStore::from_sdk_config(sdk, &self.application)?)
+            }
+            (None, None) => return Err(missing_sdk_config()),
+        };
+        Ok(Consumer {
+            worker_id: self.worker_id.unwrap_or_else(default_worker_id),
+            application: self.application,
+            sources: self.sources,
+            config: self.config,
+            api,
+            store,
+            factory,
+        })
+    }
+
+    fn validate(&self) -> Result<()> {
+        let config = &self.config;
+        let problem = |key: &'static str, problem: &str| {
+            Err(Error::Config {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        if self.sources.is_empty() {
+            return problem("with_table", "no table or stream to consume was given");
+        }
+        if self
+            .sources
+            .iter()
+            .any(|(Source::Table(name) | Source::StreamArn(name))| name.is_empty())
+        {
+            return problem("with_table", "a table name or stream ARN is empty");
+        }
+        if !(1..=1000).contains(&config.poll.batch_limit) {
+            return problem(
+                "with_batch_limit",
+                "must be between 1 and 1000 (the GetRecords limit)",
+            );
+        }
+        if config.poll.idle_backoff_min > config.poll.idle_backoff_max {
+            return problem("with_idle_backoff", "min must not exceed max");
+        }
+        if config.failover_time < Duration::from_secs(1) {
+            return problem("with_failover_time", "must be at least 1 s");
+        }
+        if config.renew_interval.is_zero() || config.renew_interval * 2 > config.failover_time {
+            return problem(
+                "with_renew_interval",
+                "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
+            );
+        }
+        if config.scan_interval.is_zero() {
+            return problem("with_scan_interval", "must be above zero");
+        }
+        if config.shard_sync_interval.is_zero() {
+            return problem("with_shard_sync_interval", "must be above zero");
+        }
+        if self
+            .worker_id
+            .as_deref()
+            .is_some_and(|id| id.is_empty() || id.contains('#'))
+        {
+            return problem(
+                "with_worker_id",
+                "must be non-empty and must not contain '#'",
+            );
+        }
+        Ok(())
+    }
+}
+
+fn missing_sdk_config() -> Error {
+    Error::Config {
+        key: "with_sdk_config",
+        problem: "no AWS configuration: pass `aws_config::load_defaults(BehaviorVersion::latest()).await`".into(),
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{}-{}", host.replace('#', "-"), std::process::id())
+}

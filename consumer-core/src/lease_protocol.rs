@@ -1,0 +1,289 @@
+//! The lease protocol: who is alive, and which leases this worker should take.
+//!
+//! Workers never compare clocks. Each bumps a heartbeat counter in its worker item; an
+//! observer calls a worker dead when the counter has not moved for `failover_time` on the
+//! observer's own monotonic clock. Lease items are written only on checkpoints and
+//! ownership changes, so the idle write cost grows with workers, not with shards.
+//!
+//! Taking is conditional on the owner and epoch the taker saw (see
+//! [`checkpoint_store::LeaseStore::take_lease`]), so two workers planning from the same scan
+//! cannot both win. Balance: each worker aims for `ceil(active leases / live workers)`. It
+//! first takes unowned leases and those of dead workers (children of its own finished shards
+//! first, then the oldest); if still short, it asks the most loaded worker to hand one over,
+//! and takes it by force only if the handoff does not happen within the handoff timeout.
+//! The functions here are pure: the worker runtime (`worker.rs`) does the I/O.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, WorkerRecord};
+use tokio::time::Instant;
+
+/// Liveness of workers as this worker observes it.
+#[derive(Debug)]
+pub(crate) struct Liveness {
+    failover_time: Duration,
+    /// Per worker: the last counter seen and when (our clock) it was first seen.
+    seen: HashMap<String, (u64, Instant)>,
+}
+
+impl Liveness {
+    pub(crate) fn new(failover_time: Duration) -> Self {
+        Self {
+            failover_time,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Records a scan of the worker items; workers whose item is gone are forgotten.
+    pub(crate) fn observe(&mut self, workers: &[WorkerRecord], now: Instant) {
+        let present: HashSet<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
+        self.seen.retain(|id, _| present.contains(id.as_str()));
+        for worker in workers {
+            match self.seen.get_mut(&worker.worker_id) {
+                Some((counter, since)) if *counter == worker.heartbeat => {
+                    let _ = since;
+                }
+                Some(entry) => *entry = (worker.heartbeat, now),
+                None => {
+                    self.seen
+                        .insert(worker.worker_id.clone(), (worker.heartbeat, now));
+                }
+            }
+        }
+    }
+
+    /// Alive: its item exists and its counter moved within `failover_time`.
+    pub(crate) fn is_alive(&self, worker: &str, now: Instant) -> bool {
+        self.seen
+            .get(worker)
+            .is_some_and(|(_, since)| now.duration_since(*since) < self.failover_time)
+    }
+
+    /// Workers whose items exist but whose counters stopped: candidates for cleanup.
+    pub(crate) fn dead_workers(&self, now: Instant) -> Vec<String> {
+        self.seen
+            .keys()
+            .filter(|id| !self.is_alive(id, now))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Whether a lease counts toward balance: a shard not yet finished.
+pub(crate) fn is_active(lease: &Lease) -> bool {
+    !lease.key.is_coordination() && lease.checkpoint != Checkpoint::ShardEnd
+}
+
+/// A shard may be processed once every parent is finished or gone (trimmed, cleaned up).
+pub(crate) fn parents_done(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -> bool {
+    lease.parent_shard_ids.iter().all(|parent| {
+        let key = LeaseKey::new(lease.key.stream.clone(), parent.clone());
+        by_key
+            .get(&key)
+            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
+    })
+}
+
+/// What this worker should do after a scan.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Plan {
+    /// Leases to take (unowned, or owned by dead workers, or handoffs that timed out).
+    pub take: Vec<Lease>,
+    /// A lease to ask its owner for.
+    pub request_handoff: Option<Lease>,
+}
+
+/// Decides which leases `me` takes, given the scan and who is alive.
+///
+/// `handoffs_due` lists leases this worker asked for earlier whose handoff timeout passed
+/// while the owner (same epoch) still held them: they are taken by force.
+pub(crate) fn plan(
+    me: &str,
+    leases: &[Lease],
+    is_alive: impl Fn(&str) -> bool,
+    handoffs_due: &HashSet<LeaseKey>,
+) -> Plan {
+    let active: Vec<&Lease> = leases.iter().filter(|l| is_active(l)).collect();
+    let live_workers: HashSet<&str> = active
+        .iter()
+        .filter_map(|l| l.owner.as_deref())
+        .filter(|owner| is_alive(owner))
+        .chain([me])
+        .collect();
+    let target = active.len().div_ceil(live_workers.len());
+    let mine = active.iter().filter(|l| l.is_owned_by(me)).count();
+    let mut wanted = target.saturating_sub(mine);
+    let mut plan = Plan::default();
+    if wanted == 0 {
+        return plan;
+    }
+
+    // Unowned and dead-owner leases: children of shards this worker finished first (it may
+    // continue into them at once), then the oldest.
+    let finished_by_me: HashSet<(&str, &str)> = leases
+        .iter()
+        .filter(|l| l.checkpoint == Checkpoint::ShardEnd && l.is_owned_by(me))
+        .map(|l| (l.key.stream.as_str(), l.key.shard_id.as_str()))
+        .collect();
+    let continues_mine = |l: &Lease| {
+        l.parent_shard_ids
+            .iter()
+            .any(|p| finished_by_me.contains(&(l.key.stream.as_str(), p.as_str())))
+    };
+    let mut available: Vec<&Lease> = active
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.owner
+                .as_deref()
+                .is_none_or(|owner| owner != me && !is_alive(owner))
+        })
+        .collect();
+    available.sort_by_key(|l| (!continues_mine(l), l.created_at, l.key.clone()));
+    for lease in available.into_iter().take(wanted) {
+        plan.take.push(lease.clone());
+        wanted -= 1;
+    }
+
+    // Handoffs that were asked for and not granted in time.
+    for lease in active.iter().filter(|l| handoffs_due.contains(&l.key)) {
+        if wanted == 0 {
+            break;
+        }
+        plan.take.push((*lease).clone());
+        wanted -= 1;
+    }
+    if wanted == 0 {
+        return plan;
+    }
+
+    // Still short: ask the most loaded live worker for one lease, if it has more than its
+    // share (otherwise moving a lease would only move the imbalance).
+    let mut load: HashMap<&str, Vec<&Lease>> = HashMap::new();
+    for lease in &active {
+        if let Some(owner) = lease.owner.as_deref().filter(|o| *o != me && is_alive(o)) {
+            load.entry(owner).or_default().push(lease);
+        }
+    }
+    let busiest = load
+        .into_iter()
+        .filter(|(_, owned)| owned.len() > target || owned.len() > mine + 1)
+        .max_by_key(|(owner, owned)| (owned.len(), *owner));
+    if let Some((_, owned)) = busiest {
+        plan.request_handoff = owned
+            .into_iter()
+            .filter(|l| l.handoff_to.is_none())
+            .max_by_key(|l| (l.created_at, l.key.clone()))
+            .cloned();
+    }
+    plan
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn lease(shard: &str, owner: Option<&str>) -> Lease {
+        let mut lease = Lease::new(LeaseKey::new("arn", shard), Checkpoint::TrimHorizon, vec![]);
+        lease.owner = owner.map(str::to_owned);
+        lease
+    }
+
+    fn worker(id: &str, heartbeat: u64) -> WorkerRecord {
+        WorkerRecord {
+            worker_id: id.into(),
+            heartbeat,
+            updated_at: SystemTime::UNIX_EPOCH,
+            expires_at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_is_dead_after_failover_time_without_a_new_heartbeat() {
+        let mut liveness = Liveness::new(Duration::from_secs(10));
+        let start = Instant::now();
+        liveness.observe(&[worker("a", 1), worker("b", 7)], start);
+        let later = start + Duration::from_secs(6);
+        liveness.observe(&[worker("a", 2), worker("b", 7)], later);
+        let end = start + Duration::from_secs(11);
+        assert!(liveness.is_alive("a", end), "a moved at 6 s");
+        assert!(!liveness.is_alive("b", end), "b stuck since 0 s");
+        assert_eq!(liveness.dead_workers(end), ["b"]);
+        liveness.observe(&[worker("a", 3)], end);
+        assert!(!liveness.is_alive("b", end), "a vanished item is dead");
+        assert!(!liveness.is_alive("never-seen", end));
+    }
+
+    #[test]
+    fn takes_unowned_and_dead_leases_up_to_the_fair_share() {
+        let leases = vec![
+            lease("1", None),
+            lease("2", Some("dead")),
+            lease("3", Some("other")),
+            lease("4", Some("other")),
+        ];
+        let alive = |w: &str| w == "other";
+        let plan = plan("me", &leases, alive, &HashSet::new());
+        let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
+        assert_eq!(taken, ["1", "2"]);
+        assert_eq!(plan.request_handoff, None);
+    }
+
+    #[test]
+    fn asks_the_busiest_worker_for_a_handoff_when_nothing_is_free() {
+        let leases = vec![
+            lease("1", Some("a")),
+            lease("2", Some("a")),
+            lease("3", Some("a")),
+            lease("4", Some("b")),
+        ];
+        let plan = plan("me", &leases, |w| w != "me", &HashSet::new());
+        assert!(plan.take.is_empty());
+        assert_eq!(plan.request_handoff.unwrap().owner.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn balanced_workers_leave_each_other_alone() {
+        let leases = vec![
+            lease("1", Some("a")),
+            lease("2", Some("me")),
+            lease("3", Some("b")),
+        ];
+        assert_eq!(
+            plan("me", &leases, |_| true, &HashSet::new()),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn finished_shards_do_not_count_and_children_of_mine_come_first() {
+        let mut parent = lease("p", Some("me"));
+        parent.checkpoint = Checkpoint::ShardEnd;
+        let mut child = lease("c", None);
+        child.parent_shard_ids = vec!["p".into()];
+        child.created_at = SystemTime::now() + Duration::from_secs(60);
+        let older = lease("o", None);
+        let leases = vec![parent, older, child, lease("x", Some("b"))];
+        let plan = plan("me", &leases, |_| true, &HashSet::new());
+        let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
+        assert_eq!(taken, ["c", "o"]);
+    }
+
+    #[test]
+    fn parents_gate_children() {
+        let mut parent = lease("p", Some("a"));
+        let mut child = lease("c", None);
+        child.parent_shard_ids = vec!["p".into(), "gone".into()];
+        let leases = [parent.clone(), child.clone()];
+        let by_key: HashMap<_, _> = leases.iter().map(|l| (&l.key, l)).collect();
+        assert!(!parents_done(&child, &by_key));
+        parent.checkpoint = Checkpoint::ShardEnd;
+        let leases = [parent, child.clone()];
+        let by_key: HashMap<_, _> = leases.iter().map(|l| (&l.key, l)).collect();
+        assert!(parents_done(&child, &by_key));
+        child.parent_shard_ids.clear();
+    }
+}

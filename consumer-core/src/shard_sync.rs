@@ -1,0 +1,128 @@
+//! Shard discovery: list a stream's shards and give each new one a lease.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+
+use crate::config::InitialPosition;
+use crate::error::Result;
+use crate::streams::{ApiError, ShardInfo, StreamsApi};
+
+/// Every shard of a stream: DescribeStream followed through `LastEvaluatedShardId`.
+pub async fn describe_all_shards(api: &dyn StreamsApi, stream_arn: &str) -> Result<Vec<ShardInfo>> {
+    let mut shards = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let page = (|| api.describe_stream(stream_arn, start.as_deref()))
+            .retry(api_retry())
+            .when(|e: &ApiError| e.kind.is_retryable())
+            .await?;
+        shards.extend(page.shards);
+        match page.last_evaluated_shard_id {
+            Some(next) if Some(&next) != start.as_ref() => start = Some(next),
+            _ => return Ok(shards),
+        }
+    }
+}
+
+/// The checkpoint a new shard's lease starts with.
+///
+/// The first sync of a stream applies the initial position: with `Latest`, closed shards
+/// are done and open ones start at their tip. Shards that appear later are descendants of
+/// shards we process, so they start at `TRIM_HORIZON`: nothing between parent and child
+/// may be skipped.
+fn initial_checkpoint(shard: &ShardInfo, first_sync: bool, initial: InitialPosition) -> Checkpoint {
+    match (first_sync, initial) {
+        (true, InitialPosition::Latest) if shard.is_closed() => Checkpoint::ShardEnd,
+        (true, InitialPosition::Latest) => Checkpoint::Latest,
+        _ => Checkpoint::TrimHorizon,
+    }
+}
+
+/// Creates leases for the stream's shards that have none; returns how many were created.
+/// `known` holds the keys of the leases already in the table.
+pub(crate) async fn sync_stream(
+    api: &dyn StreamsApi,
+    store: &Arc<dyn LeaseStore>,
+    stream_arn: &str,
+    known: &HashSet<LeaseKey>,
+    initial: InitialPosition,
+) -> Result<usize> {
+    let shards = describe_all_shards(api, stream_arn).await?;
+    let first_sync = !known.iter().any(|key| key.stream == stream_arn);
+    let mut created = 0;
+    for shard in &shards {
+        let key = LeaseKey::new(stream_arn, shard.shard_id.clone());
+        if known.contains(&key) {
+            continue;
+        }
+        let lease = Lease::new(
+            key,
+            initial_checkpoint(shard, first_sync, initial),
+            shard.parent_shard_id.iter().cloned().collect(),
+        );
+        match store.create_lease(&lease).await {
+            Ok(()) => created += 1,
+            Err(checkpoint_store::Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if created > 0 {
+        tracing::info!(
+            stream_arn,
+            created,
+            shards = shards.len(),
+            "created leases for new shards"
+        );
+    }
+    Ok(created)
+}
+
+fn api_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(8)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use checkpoint_store::SequenceNumber;
+
+    fn shard(closed: bool) -> ShardInfo {
+        ShardInfo {
+            shard_id: "s".into(),
+            parent_shard_id: None,
+            starting_sequence_number: None,
+            ending_sequence_number: closed.then(|| SequenceNumber::parse("9").unwrap()),
+        }
+    }
+
+    #[test]
+    fn latest_marks_closed_shards_done_only_on_the_first_sync() {
+        let latest = InitialPosition::Latest;
+        assert_eq!(
+            initial_checkpoint(&shard(true), true, latest),
+            Checkpoint::ShardEnd
+        );
+        assert_eq!(
+            initial_checkpoint(&shard(false), true, latest),
+            Checkpoint::Latest
+        );
+        assert_eq!(
+            initial_checkpoint(&shard(false), false, latest),
+            Checkpoint::TrimHorizon
+        );
+        let trim = InitialPosition::TrimHorizon;
+        assert_eq!(
+            initial_checkpoint(&shard(true), true, trim),
+            Checkpoint::TrimHorizon
+        );
+    }
+}
