@@ -11,6 +11,7 @@ mod events;
 mod lease_protocol;
 pub mod poll_loop;
 mod processor;
+pub mod reader;
 mod shard_consumer;
 pub mod shard_sync;
 pub mod streams;
