@@ -42,16 +42,26 @@ fn initial_checkpoint(shard: &ShardInfo, first_sync: bool, initial: InitialPosit
     }
 }
 
-/// Creates leases for the stream's shards that have none; returns how many were created.
-/// `known` holds the keys of the leases already in the table.
+/// What a sync changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct SyncReport {
+    /// Leases created for new shards.
+    pub created: usize,
+    /// Finished leases deleted.
+    pub deleted: usize,
+}
+
+/// Creates leases for the stream's shards that have none, and deletes finished leases that
+/// are no longer needed. `leases` is the current content of the lease table.
 pub(crate) async fn sync_stream(
     api: &dyn StreamsApi,
     store: &Arc<dyn LeaseStore>,
     stream_arn: &str,
-    known: &HashSet<LeaseKey>,
+    leases: &[Lease],
     initial: InitialPosition,
-) -> Result<usize> {
+) -> Result<SyncReport> {
     let shards = describe_all_shards(api, stream_arn).await?;
+    let known: HashSet<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
     let first_sync = !known.iter().any(|key| key.stream == stream_arn);
     let mut created = 0;
     for shard in &shards {
@@ -70,15 +80,49 @@ pub(crate) async fn sync_stream(
             Err(e) => return Err(e.into()),
         }
     }
-    if created > 0 {
+    let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    let mut deleted = 0;
+    for key in finished_and_gone(stream_arn, leases, &described) {
+        store.delete_lease(&key).await?;
+        deleted += 1;
+    }
+    if created + deleted > 0 {
         tracing::info!(
             stream_arn,
             created,
+            deleted,
             shards = shards.len(),
-            "created leases for new shards"
+            "lease table synced with the stream's shards"
         );
     }
-    Ok(created)
+    Ok(SyncReport { created, deleted })
+}
+
+/// Finished leases that may be deleted: the shard has left the stream (so no sync will
+/// recreate its lease) and every child has started. A deleted parent counts as finished
+/// for the children, so deleting changes nothing for them; it keeps the table small.
+fn finished_and_gone(
+    stream_arn: &str,
+    leases: &[Lease],
+    described: &HashSet<&str>,
+) -> Vec<LeaseKey> {
+    let stream: Vec<&Lease> = leases
+        .iter()
+        .filter(|l| l.key.stream == stream_arn)
+        .collect();
+    stream
+        .iter()
+        .filter(|l| {
+            l.checkpoint == Checkpoint::ShardEnd && !described.contains(l.key.shard_id.as_str())
+        })
+        .filter(|parent| {
+            stream
+                .iter()
+                .filter(|c| c.parent_shard_ids.contains(&parent.key.shard_id))
+                .all(|child| matches!(child.checkpoint, Checkpoint::At(_) | Checkpoint::ShardEnd))
+        })
+        .map(|l| l.key.clone())
+        .collect()
 }
 
 fn api_retry() -> ExponentialBuilder {
@@ -102,6 +146,34 @@ mod tests {
             starting_sequence_number: None,
             ending_sequence_number: closed.then(|| SequenceNumber::parse("9").unwrap()),
         }
+    }
+
+    #[test]
+    fn only_finished_shards_that_left_the_stream_and_whose_children_started_are_deleted() {
+        let lease = |id: &str, checkpoint: Checkpoint, parents: &[&str]| {
+            Lease::new(
+                LeaseKey::new("arn", id),
+                checkpoint,
+                parents.iter().map(|p| p.to_string()).collect(),
+            )
+        };
+        let at = Checkpoint::At(SequenceNumber::parse("5").unwrap());
+        let leases = vec![
+            lease("gone-done", Checkpoint::ShardEnd, &[]),
+            lease("child-started", at.clone(), &["gone-done"]),
+            lease("gone-waiting", Checkpoint::ShardEnd, &[]),
+            lease(
+                "child-not-started",
+                Checkpoint::TrimHorizon,
+                &["gone-waiting"],
+            ),
+            lease("present-done", Checkpoint::ShardEnd, &[]),
+            lease("gone-open", at, &[]),
+        ];
+        let described: HashSet<&str> =
+            ["present-done", "child-started", "child-not-started"].into();
+        let deleted = finished_and_gone("arn", &leases, &described);
+        assert_eq!(deleted, [LeaseKey::new("arn", "gone-done")]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::ConsumerConfig;
 use crate::error::Result;
@@ -61,6 +62,9 @@ struct Incarnation {
     id: String,
     fenced: CancellationToken,
     stop_heartbeat: CancellationToken,
+    /// Aborts the heartbeat task if the worker is dropped without shutting down (a crash
+    /// of the runtime, or an aborted task in tests): a dead worker must stop heartbeating.
+    _heartbeat: AbortOnDropHandle<()>,
 }
 
 /// The mutable state of the loop.
@@ -150,7 +154,7 @@ impl<F: ProcessorFactory> Worker<F> {
         self.store.heartbeat(&id, ttl).await?;
         let fenced = CancellationToken::new();
         let stop_heartbeat = CancellationToken::new();
-        tokio::spawn(heartbeat_loop(
+        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
             self.store.clone(),
             id.clone(),
             ttl,
@@ -159,11 +163,12 @@ impl<F: ProcessorFactory> Worker<F> {
             sent,
             fenced.clone(),
             stop_heartbeat.clone(),
-        ));
+        )));
         Ok(Incarnation {
             id,
             fenced,
             stop_heartbeat,
+            _heartbeat: heartbeat,
         })
     }
 
@@ -184,14 +189,13 @@ impl<F: ProcessorFactory> Worker<F> {
     /// application does not wait for the shard-sync holder.
     async fn first_sync(&self) -> Result<()> {
         let leases = self.store.list_leases().await?;
-        let known: HashSet<LeaseKey> = leases.into_iter().map(|l| l.key).collect();
         for source in &self.streams {
-            if !known.iter().any(|k| k.stream == source.stream_arn) {
+            if !leases.iter().any(|l| l.key.stream == source.stream_arn) {
                 shard_sync::sync_stream(
                     self.api.as_ref(),
                     &self.store,
                     &source.stream_arn,
-                    &known,
+                    &leases,
                     self.config.initial_position,
                 )
                 .await?;
@@ -397,13 +401,12 @@ impl<F: ProcessorFactory> Worker<F> {
             return;
         }
         state.last_sync = Some(now);
-        let known: HashSet<LeaseKey> = leases.iter().map(|l| l.key.clone()).collect();
         for source in &self.streams {
             if let Err(error) = shard_sync::sync_stream(
                 self.api.as_ref(),
                 &self.store,
                 &source.stream_arn,
-                &known,
+                leases,
                 self.config.initial_position,
             )
             .await
