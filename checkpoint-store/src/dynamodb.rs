@@ -108,8 +108,6 @@ impl DynamoDbLeaseStore {
     /// connect, 5 s per attempt, 15 s per operation, 3 attempts) so that an unreachable
     /// endpoint fails with `Unreachable` instead of hanging.
     pub fn from_sdk_config(config: &SdkConfig, table: impl Into<String>) -> Result<Self> {
-        let table = table.into();
-        validate_table_name(&table)?;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .operation_attempt_timeout(ATTEMPT_TIMEOUT)
@@ -122,7 +120,7 @@ impl DynamoDbLeaseStore {
         let endpoint = config
             .endpoint_url()
             .map_or_else(|| DEFAULT_ENDPOINT.to_owned(), str::to_owned);
-        Self::build(Client::from_conf(client_config), table, endpoint)
+        Self::build(Client::from_conf(client_config), table.into(), endpoint)
     }
 
     fn build(client: Client, table: String, endpoint: String) -> Result<Self> {
@@ -432,10 +430,7 @@ impl DynamoDbLeaseStore {
             owner: r.optional_string(attr::OWNER)?,
             epoch: r.number(attr::EPOCH)?,
             checkpoint: r.checkpoint(attr::CHECKPOINT)?,
-            pending_checkpoint: match r.optional_string(attr::PENDING_CHECKPOINT)? {
-                Some(_) => Some(r.checkpoint(attr::PENDING_CHECKPOINT)?),
-                None => None,
-            },
+            pending_checkpoint: r.optional_checkpoint(attr::PENDING_CHECKPOINT)?,
             parent_shard_ids: r.string_list(attr::PARENTS)?,
             owner_switches_since_checkpoint: r.number(attr::OWNER_SWITCHES)?,
             handoff_to: r.optional_string(attr::HANDOFF_TO)?,
@@ -911,9 +906,17 @@ impl ItemReader<'_> {
         }
     }
 
+    fn optional_checkpoint(&self, name: &'static str) -> Result<Option<Checkpoint>> {
+        self.optional_string(name)?
+            .map(|text| {
+                Checkpoint::decode(&text).map_err(|err| self.corrupt(name, err.to_string()))
+            })
+            .transpose()
+    }
+
     fn checkpoint(&self, name: &'static str) -> Result<Checkpoint> {
-        let text = self.string(name)?;
-        Checkpoint::decode(&text).map_err(|err| self.corrupt(name, err.to_string()))
+        self.optional_checkpoint(name)?
+            .ok_or_else(|| self.corrupt(name, "is missing"))
     }
 
     fn string_list(&self, name: &'static str) -> Result<Vec<String>> {
@@ -977,6 +980,14 @@ impl std::error::Error for SdkFailure {
 mod tests {
     use super::*;
 
+    /// A store for encoding tests: no request is ever sent.
+    fn offline_store() -> DynamoDbLeaseStore {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .build();
+        DynamoDbLeaseStore::new(Client::from_conf(config), "t-test").unwrap()
+    }
+
     #[test]
     fn table_names_follow_dynamodb_rules() {
         for good in ["abc", "my-app.leases_1", &"a".repeat(255)] {
@@ -1013,31 +1024,13 @@ mod tests {
         lease.handoff_to = Some("w2".into());
         lease.created_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         lease.updated_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_456);
-        let store = DynamoDbLeaseStore {
-            client: Client::from_conf(
-                aws_sdk_dynamodb::Config::builder()
-                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-                    .build(),
-            ),
-            table: "t-test".into(),
-            endpoint: CLIENT_ENDPOINT.into(),
-            scan_page_size: None,
-        };
+        let store = offline_store();
         assert_eq!(store.decode_lease(&encode_lease(&lease)).unwrap(), lease);
     }
 
     #[test]
     fn corrupt_items_name_table_item_and_attribute() {
-        let store = DynamoDbLeaseStore {
-            client: Client::from_conf(
-                aws_sdk_dynamodb::Config::builder()
-                    .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-                    .build(),
-            ),
-            table: "t-test".into(),
-            endpoint: CLIENT_ENDPOINT.into(),
-            scan_page_size: None,
-        };
+        let store = offline_store();
         let mut item = encode_lease(&Lease::new(
             LeaseKey::new("s", "sh"),
             Checkpoint::Latest,
@@ -1049,5 +1042,18 @@ mod tests {
             msg.contains("t-test") && msg.contains("lease|s|sh") && msg.contains("epoch"),
             "{msg}"
         );
+
+        item.insert(attr::EPOCH.into(), number(1));
+        item.insert(attr::PENDING_CHECKPOINT.into(), s("SOMEWHERE"));
+        let msg = store.decode_lease(&item).unwrap_err().to_string();
+        assert!(
+            msg.contains("pending_checkpoint") && msg.contains("SOMEWHERE"),
+            "{msg}"
+        );
+
+        item.remove(attr::PENDING_CHECKPOINT);
+        item.remove(attr::CHECKPOINT);
+        let msg = store.decode_lease(&item).unwrap_err().to_string();
+        assert!(msg.contains("\"checkpoint\" is missing"), "{msg}");
     }
 }
