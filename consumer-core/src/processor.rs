@@ -24,6 +24,12 @@ pub struct ShardContext {
     pub parent_shard_ids: Vec<String>,
     /// The worker processing it.
     pub worker_id: String,
+    /// The lease owner: this worker's current incarnation (`worker_id#suffix`).
+    pub lease_owner: String,
+    /// The lease's epoch while this processor runs. It grows with every change of owner,
+    /// so it works as a fencing token for side effects: a downstream store that keeps the
+    /// highest epoch it saw per shard can refuse writes from a worker that lost the shard.
+    pub lease_epoch: u64,
     /// The checkpoint processing resumes from.
     pub resumed_from: Checkpoint,
 }

@@ -83,6 +83,8 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             shard_id: key.shard_id.clone(),
             parent_shard_ids: self.lease.parent_shard_ids.clone(),
             worker_id: self.worker_id.clone(),
+            lease_owner: self.ownership.owner.clone(),
+            lease_epoch: self.ownership.epoch,
             resumed_from: self.lease.checkpoint.clone(),
         };
         let Some(start) = start_position(&self.lease.checkpoint) else {

@@ -205,9 +205,13 @@ impl<F: ProcessorFactory> Worker<F> {
     }
 
     async fn scan(&self, state: &mut State) -> Result<()> {
+        let started = Instant::now();
         let (leases, workers) =
             tokio::try_join!(self.store.list_leases(), self.store.list_workers())?;
         let now = Instant::now();
+        if self.is_stale(state, started) {
+            return Ok(());
+        }
         state.liveness.observe(&workers, now);
         let me = state.incarnation.id.clone();
         let streams: HashSet<&str> = self.streams.iter().map(|s| s.stream_arn.as_str()).collect();
@@ -268,8 +272,22 @@ impl<F: ProcessorFactory> Worker<F> {
         });
 
         self.run_shard_sync(state, &leases, now).await;
+        if self.is_stale(state, started) {
+            return Ok(());
+        }
         self.start_ready(state, &leases, now);
         Ok(())
+    }
+
+    /// A scan that took so long that others may have judged this worker dead meanwhile (or
+    /// during which it was fenced) must not be acted on: its view of ownership is stale.
+    fn is_stale(&self, state: &State, started: Instant) -> bool {
+        let stale = state.incarnation.fenced.is_cancelled()
+            || started.elapsed() >= self.fencing_deadline() / 2;
+        if stale {
+            tracing::warn!(took = ?started.elapsed(), "lease scan too slow or worker fenced; its results are discarded");
+        }
+        stale
     }
 
     /// Stops consumers whose lease moved, and releases those another worker asked for.
@@ -307,7 +325,12 @@ impl<F: ProcessorFactory> Worker<F> {
             {
                 continue;
             }
-            let signals = ShardSignals::default();
+            // Fencing reaches every shard at once through the token tree, even while this
+            // loop is stuck in a slow lease-table call.
+            let signals = ShardSignals {
+                release: CancellationToken::new(),
+                lost: state.incarnation.fenced.child_token(),
+            };
             let consumer = ShardConsumer {
                 api: self.api.clone(),
                 store: self.store.clone(),
