@@ -4,8 +4,12 @@ SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 
 CARGO ?= cargo
-# How many rounds the demo runs (used once the demo exists).
-ITERATIONS ?= 3
+# How many put/update/delete cycles the demo writes before it stops by itself; empty (the
+# default) runs until Ctrl-C.
+ITERATIONS ?=
+# Where the demo's DynamoDB Local keeps its data, so a second run resumes after the
+# checkpoint (git-ignored).
+DEMO_DATA := $(CURDIR)/.demo-data
 # The cargo test output, kept for the summary line at the end of `make test`.
 TEST_LOG := target/make-test.log
 
@@ -21,9 +25,11 @@ test:
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { print "tests: " passed " passed, " failed " failed" }' $(TEST_LOG)
 
-## demo: run the demo (placeholder until the consumer exists)
+## demo: write to the table `stream-me` and print its change stream (Ctrl-C stops; ITERATIONS=N stops after N cycles)
 demo:
-	@echo "the demo arrives with the consumer (ITERATIONS=$(ITERATIONS))"
+	$(CARGO) build -p examples --bin quickstart
+	scripts/dynamodb-local.sh run --db-path "$(DEMO_DATA)" -- \
+		$(CARGO) run --quiet -p examples --bin quickstart -- $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
 
 ## fmt: format the code
 fmt:

@@ -1,0 +1,233 @@
+//! Helpers shared by the example programs: AWS configuration for a local endpoint, logging,
+//! signal handling, worker ids and a plain-JSON view of DynamoDB items.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_dynamodbstreams::types::AttributeValue;
+use serde_json::{Map, Number, Value};
+
+/// The region used with an explicit endpoint when none is given.
+pub const LOCAL_REGION: &str = "us-east-1";
+
+/// AWS configuration for the examples.
+///
+/// With `endpoint` (e.g. DynamoDB Local at `http://127.0.0.1:8000`): static dummy
+/// credentials (`local`/`local`) and `region`, or `us-east-1` when none is given. Without
+/// it: the usual AWS chain (`aws_config::load_defaults`: environment, profile, instance
+/// role), with `region` overriding the configured one when given.
+pub async fn sdk_config(endpoint: Option<&str>, region: Option<&str>) -> SdkConfig {
+    match endpoint {
+        Some(endpoint) => SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.unwrap_or(LOCAL_REGION).to_owned()))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "local", "local", None, None, "static",
+            )))
+            .endpoint_url(endpoint)
+            .build(),
+        None => {
+            let mut loader = aws_config::defaults(BehaviorVersion::latest());
+            if let Some(region) = region {
+                loader = loader.region(Region::new(region.to_owned()));
+            }
+            loader.load().await
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=consumer_core=debug`), or by
+/// `default_filter` when `RUST_LOG` is unset or invalid.
+pub fn init_tracing(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// SIGINT (Ctrl-C) and SIGTERM, registered at once so that a signal arriving during start-up
+/// is not lost (nor kills the process before it could shut down gracefully).
+pub struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening for SIGINT and SIGTERM.
+    pub fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self {})
+        }
+    }
+
+    /// Waits for the next signal and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            // Without a handler the process would just die; with one, Ctrl-C is enough.
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        }
+    }
+
+    /// Waits for a signal, then arms a second one to end the process at once (exit 130), for
+    /// when a graceful shutdown takes too long for the operator's taste.
+    pub async fn first_then_force(mut self) {
+        let name = self.recv().await;
+        tracing::info!(
+            signal = name,
+            "shutting down gracefully (signal again to quit at once)"
+        );
+        tokio::spawn(async move {
+            let name = self.recv().await;
+            eprintln!("{name} again: quitting without finishing the graceful shutdown");
+            std::process::exit(130);
+        });
+    }
+}
+
+/// `hostname-pid`, the default worker id (`#` is reserved by the lease table).
+pub fn default_worker_id() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{}-{}", host.replace('#', "-"), std::process::id())
+}
+
+/// A DynamoDB item (or key) as plain JSON: see [`attribute_to_json`].
+pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> Value {
+    Value::Object(
+        item.iter()
+            .map(|(name, value)| (name.clone(), attribute_to_json(value)))
+            .collect::<Map<String, Value>>(),
+    )
+}
+
+/// One DynamoDB attribute value as plain JSON.
+///
+/// - `S` is a string; `BOOL` a boolean; `NULL` is `null`; `L` an array; `M` an object.
+/// - `N` is a JSON number: an integer when it parses as `i64`, else an `f64` (numbers with
+///   more than about 15 significant digits lose precision); a number even `f64` cannot hold
+///   stays a string.
+/// - `B` is a base64 string (standard alphabet, padded), as in DynamoDB's own JSON.
+/// - `SS`, `NS` and `BS` are arrays of the above.
+/// - A type this SDK version does not know is `null`.
+pub fn attribute_to_json(value: &AttributeValue) -> Value {
+    match value {
+        AttributeValue::S(s) => Value::String(s.clone()),
+        AttributeValue::N(n) => number_to_json(n),
+        AttributeValue::B(b) => Value::String(aws_smithy_types::base64::encode(b.as_ref())),
+        AttributeValue::Bool(b) => Value::Bool(*b),
+        AttributeValue::Null(_) => Value::Null,
+        AttributeValue::Ss(items) => items.iter().cloned().map(Value::String).collect(),
+        AttributeValue::Ns(items) => items.iter().map(|n| number_to_json(n)).collect(),
+        AttributeValue::Bs(items) => items
+            .iter()
+            .map(|b| Value::String(aws_smithy_types::base64::encode(b.as_ref())))
+            .collect(),
+        AttributeValue::L(items) => items.iter().map(attribute_to_json).collect(),
+        AttributeValue::M(map) => item_to_json(map),
+        _ => Value::Null,
+    }
+}
+
+fn number_to_json(n: &str) -> Value {
+    if let Ok(i) = n.parse::<i64>() {
+        return Value::Number(i.into());
+    }
+    n.parse::<f64>()
+        .ok()
+        .and_then(Number::from_f64)
+        .map_or_else(|| Value::String(n.to_owned()), Value::Number)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_smithy_types::Blob;
+    use serde_json::json;
+
+    #[test]
+    fn every_attribute_type_becomes_plain_json() {
+        let item = HashMap::from([
+            ("s".to_owned(), AttributeValue::S("text".into())),
+            ("int".to_owned(), AttributeValue::N("-42".into())),
+            ("float".to_owned(), AttributeValue::N("1.5".into())),
+            ("big".to_owned(), AttributeValue::N("1e30".into())),
+            ("b".to_owned(), AttributeValue::B(Blob::new(b"hi".to_vec()))),
+            ("t".to_owned(), AttributeValue::Bool(true)),
+            ("nil".to_owned(), AttributeValue::Null(true)),
+            (
+                "ss".to_owned(),
+                AttributeValue::Ss(vec!["a".into(), "b".into()]),
+            ),
+            (
+                "ns".to_owned(),
+                AttributeValue::Ns(vec!["1".into(), "2.25".into()]),
+            ),
+            (
+                "bs".to_owned(),
+                AttributeValue::Bs(vec![Blob::new(vec![0u8, 255])]),
+            ),
+            (
+                "l".to_owned(),
+                AttributeValue::L(vec![AttributeValue::N("7".into())]),
+            ),
+            (
+                "m".to_owned(),
+                AttributeValue::M(HashMap::from([(
+                    "k".to_owned(),
+                    AttributeValue::S("v".into()),
+                )])),
+            ),
+        ]);
+        assert_eq!(
+            item_to_json(&item),
+            json!({
+                "s": "text", "int": -42, "float": 1.5, "big": 1e30, "b": "aGk=", "t": true,
+                "nil": null, "ss": ["a", "b"], "ns": [1, 2.25], "bs": ["AP8="], "l": [7],
+                "m": {"k": "v"}
+            })
+        );
+    }
+
+    #[test]
+    fn integers_stay_integers() {
+        assert_eq!(
+            number_to_json("9007199254740993").to_string(),
+            "9007199254740993"
+        );
+        assert_eq!(number_to_json("0").to_string(), "0");
+    }
+}
