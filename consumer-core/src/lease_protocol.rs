@@ -60,6 +60,15 @@ impl Liveness {
             .is_some_and(|(_, since)| now.duration_since(*since) < self.failover_time)
     }
 
+    /// Workers whose counters moved within `failover_time`.
+    pub(crate) fn live_workers(&self, now: Instant) -> HashSet<String> {
+        self.seen
+            .keys()
+            .filter(|id| self.is_alive(id, now))
+            .cloned()
+            .collect()
+    }
+
     /// Workers whose items exist but whose counters stopped: candidates for cleanup.
     pub(crate) fn dead_workers(&self, now: Instant) -> Vec<String> {
         self.seen
@@ -94,24 +103,21 @@ pub(crate) struct Plan {
     pub request_handoff: Option<Lease>,
 }
 
-/// Decides which leases `me` takes, given the scan and who is alive.
+/// Decides which leases `me` takes, given the scan and the live workers (from their
+/// heartbeats: a worker that owns nothing yet still counts toward the fair share).
 ///
 /// `handoffs_due` lists leases this worker asked for earlier whose handoff timeout passed
 /// while the owner (same epoch) still held them: they are taken by force.
 pub(crate) fn plan(
     me: &str,
     leases: &[Lease],
-    is_alive: impl Fn(&str) -> bool,
+    live: &HashSet<String>,
     handoffs_due: &HashSet<LeaseKey>,
 ) -> Plan {
+    let is_alive = |worker: &str| worker == me || live.contains(worker);
     let active: Vec<&Lease> = leases.iter().filter(|l| is_active(l)).collect();
-    let live_workers: HashSet<&str> = active
-        .iter()
-        .filter_map(|l| l.owner.as_deref())
-        .filter(|owner| is_alive(owner))
-        .chain([me])
-        .collect();
-    let target = active.len().div_ceil(live_workers.len());
+    let live_workers = live.len() + usize::from(!live.contains(me));
+    let target = active.len().div_ceil(live_workers);
     let mine = active.iter().filter(|l| l.is_owned_by(me)).count();
     let mut wanted = target.saturating_sub(mine);
     let mut plan = Plan::default();
@@ -186,6 +192,34 @@ mod tests {
     use super::*;
     use std::time::SystemTime;
 
+    fn live(workers: &[&str]) -> HashSet<String> {
+        workers.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn a_worker_that_owns_nothing_still_counts_toward_the_fair_share() {
+        let leases: Vec<Lease> = (0..4)
+            .map(|i| lease(&i.to_string(), Some("busy")))
+            .collect();
+        let plan = plan("me", &leases, &live(&["busy", "idle"]), &HashSet::new());
+        assert!(plan.take.is_empty(), "nothing is free");
+        assert!(
+            plan.request_handoff.is_some(),
+            "busy holds 4 of a fair share of 2"
+        );
+        let busy_view = super::plan(
+            "busy",
+            &leases,
+            &live(&["busy", "idle", "me"]),
+            &HashSet::new(),
+        );
+        assert_eq!(
+            busy_view,
+            Plan::default(),
+            "busy is over its share and takes nothing"
+        );
+    }
+
     fn lease(shard: &str, owner: Option<&str>) -> Lease {
         let mut lease = Lease::new(LeaseKey::new("arn", shard), Checkpoint::TrimHorizon, vec![]);
         lease.owner = owner.map(str::to_owned);
@@ -225,8 +259,7 @@ mod tests {
             lease("3", Some("other")),
             lease("4", Some("other")),
         ];
-        let alive = |w: &str| w == "other";
-        let plan = plan("me", &leases, alive, &HashSet::new());
+        let plan = plan("me", &leases, &live(&["other"]), &HashSet::new());
         let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
         assert_eq!(taken, ["1", "2"]);
         assert_eq!(plan.request_handoff, None);
@@ -240,7 +273,7 @@ mod tests {
             lease("3", Some("a")),
             lease("4", Some("b")),
         ];
-        let plan = plan("me", &leases, |w| w != "me", &HashSet::new());
+        let plan = plan("me", &leases, &live(&["a", "b"]), &HashSet::new());
         assert!(plan.take.is_empty());
         assert_eq!(plan.request_handoff.unwrap().owner.as_deref(), Some("a"));
     }
@@ -253,7 +286,7 @@ mod tests {
             lease("3", Some("b")),
         ];
         assert_eq!(
-            plan("me", &leases, |_| true, &HashSet::new()),
+            plan("me", &leases, &live(&["a", "b"]), &HashSet::new()),
             Plan::default()
         );
     }
@@ -267,7 +300,7 @@ mod tests {
         child.created_at = SystemTime::now() + Duration::from_secs(60);
         let older = lease("o", None);
         let leases = vec![parent, older, child, lease("x", Some("b"))];
-        let plan = plan("me", &leases, |_| true, &HashSet::new());
+        let plan = plan("me", &leases, &live(&["b"]), &HashSet::new());
         let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
         assert_eq!(taken, ["c", "o"]);
     }

@@ -141,14 +141,23 @@ impl ShardReader {
             };
             match self.get_records(&iterator).await {
                 Ok(page) => return Ok(self.advance(page.records, page.next_iterator)),
-                Err(e) if e.kind == ApiErrorKind::ExpiredIterator && !renewed => {
-                    tracing::debug!(shard_id = %self.shard_id, "shard iterator expired; getting a new one");
+                Err(e) if self.can_renew(e.kind) && !renewed => {
+                    tracing::debug!(shard_id = %self.shard_id, error = %e, "getting a new shard iterator");
                     self.iterator = None;
                     renewed = true;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// An expired iterator is replaced. So is one refused as trimmed while nothing has been
+    /// read from a TRIM_HORIZON start: nothing can have been lost before the oldest record
+    /// (DynamoDB Local answers so for an iterator taken on a shard that was still empty).
+    fn can_renew(&self, kind: ApiErrorKind) -> bool {
+        kind == ApiErrorKind::ExpiredIterator
+            || (kind == ApiErrorKind::TrimmedDataAccess
+                && self.resume_position() == StartPosition::TrimHorizon)
     }
 
     fn advance(&mut self, records: Vec<Record>, next_iterator: Option<String>) -> Page {
@@ -361,8 +370,22 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn trimmed_at_trim_horizon_before_any_record_only_renews_the_iterator() {
+        let (script, mut reader) = reader(vec![
+            Err(ApiErrorKind::TrimmedDataAccess),
+            page(&["1"], Some("a")),
+        ]);
+        assert_eq!(seqs(reader.poll().await.unwrap()), ["1"]);
+        assert_eq!(script.iterators.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn trimmed_data_is_returned_to_the_caller() {
-        let (_, mut reader) = reader(vec![Err(ApiErrorKind::TrimmedDataAccess)]);
+        let (_, mut reader) = reader(vec![
+            page(&["1"], Some("a")),
+            Err(ApiErrorKind::TrimmedDataAccess),
+        ]);
+        reader.poll().await.unwrap();
         let err = reader.poll().await.unwrap_err();
         assert!(matches!(
             err,

@@ -228,8 +228,8 @@ impl<F: ProcessorFactory> Worker<F> {
             .filter(|(_, (_, at))| now.duration_since(*at) >= self.config.failover_time)
             .map(|(key, _)| key.clone())
             .collect();
-        let liveness = &state.liveness;
-        let plan = lease_protocol::plan(&me, &leases, |w| liveness.is_alive(w, now), &due);
+        let live = state.liveness.live_workers(now);
+        let plan = lease_protocol::plan(&me, &leases, &live, &due);
         for wanted in plan.take {
             match self
                 .store
