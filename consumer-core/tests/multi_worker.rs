@@ -370,14 +370,13 @@ async fn workers_that_crash_join_and_pause_still_deliver_every_change_in_order()
     for shard in sim.all_shards(&arn).unwrap() {
         if let (Some(parent), Some(child_first)) =
             (&shard.parent_shard_id, first.get(shard.shard_id.as_str()))
+            && let Some(parent_last) = delivered.iter().rposition(|d| &d.1 == parent)
         {
-            if let Some(parent_last) = delivered.iter().rposition(|d| &d.1 == parent) {
-                assert!(
-                    parent_last < *child_first,
-                    "{} before its parent {parent} ended",
-                    shard.shard_id
-                );
-            }
+            assert!(
+                parent_last < *child_first,
+                "{} before its parent {parent} ended",
+                shard.shard_id
+            );
         }
     }
     let duplicates = delivered.len() - expected.len();
