@@ -1,0 +1,220 @@
+//! The consumer under the faults DynamoDB Streams really produces, in simulation and paused
+//! time: throttling and server errors, expired iterators, trimmed data, and a check that an
+//! idle stream costs a bounded number of calls.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use checkpoint_store::InMemoryLeaseStore;
+use consumer_core::streams::ApiErrorKind;
+use consumer_core::testkit::{SimConfig, SimOperation, SimulatedStream};
+use consumer_core::{
+    BoxError, ChangeBatch, Checkpointer, Consumer, DataLoss, ProcessorFactory, RecordProcessor,
+    ShardContext, TrimmedDataPolicy,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    pk: String,
+    n: u64,
+}
+
+#[derive(Clone, Default)]
+struct Seen {
+    values: Arc<Mutex<Vec<u64>>>,
+    losses: Arc<Mutex<Vec<DataLoss>>>,
+    /// Pause inside the first `process` call (to outlive iterators).
+    first_pause: Duration,
+}
+
+struct Recorder(Seen, bool);
+
+#[async_trait]
+impl RecordProcessor for Recorder {
+    type Item = Row;
+
+    async fn process(
+        &mut self,
+        batch: ChangeBatch<Row>,
+        _: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        if !self.1 {
+            self.1 = true;
+            tokio::time::sleep(self.0.first_pause).await;
+        }
+        let mut values = self.0.values.lock().unwrap();
+        values.extend(batch.iter().map(|c| c.new.as_ref().unwrap().n));
+        Ok(())
+    }
+
+    async fn data_lost(&mut self, loss: &DataLoss) {
+        self.0.losses.lock().unwrap().push(loss.clone());
+    }
+}
+
+impl Seen {
+    fn factory(&self) -> impl ProcessorFactory {
+        let seen = self.clone();
+        move |_: &ShardContext| Recorder(seen.clone(), false)
+    }
+    fn count(&self) -> usize {
+        self.values.lock().unwrap().len()
+    }
+}
+
+fn put(sim: &SimulatedStream, range: std::ops::Range<u64>) {
+    for n in range {
+        sim.put_value("t", &Row { pk: "k".into(), n }).unwrap();
+    }
+}
+
+/// Runs a consumer until `done` holds (virtual deadline: three days).
+async fn run(
+    sim: &SimulatedStream,
+    seen: &Seen,
+    policy: TrimmedDataPolicy,
+    done: impl Fn(&Seen) -> bool + Send + 'static,
+) {
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_batch_limit(10)
+        .with_trimmed_data_policy(policy)
+        .build(seen.factory())
+        .unwrap();
+    let watched = seen.clone();
+    tokio::time::timeout(
+        Duration::from_secs(72 * 3600),
+        consumer.run_until(async move {
+            while !done(&watched) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }),
+    )
+    .await
+    .expect("the consumer did not get there")
+    .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_and_server_errors_delay_but_lose_nothing() {
+    let sim = SimulatedStream::with_seed(9);
+    sim.add_table("t");
+    put(&sim, 0..200);
+    sim.set_throttle_rate(SimOperation::GetRecords, 0.4);
+    sim.inject(
+        SimOperation::GetShardIterator,
+        ApiErrorKind::InternalServerError,
+        3,
+    );
+    sim.inject(SimOperation::DescribeStream, ApiErrorKind::Throttled, 2);
+    let seen = Seen::default();
+    run(&sim, &seen, TrimmedDataPolicy::default(), |s| {
+        s.count() >= 200
+    })
+    .await;
+    assert_eq!(*seen.values.lock().unwrap(), (0..200).collect::<Vec<_>>());
+    assert!(
+        sim.failures(SimOperation::GetRecords) > 0,
+        "throttling happened"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_iterator_that_expires_while_the_processor_works_is_replaced_without_redelivery() {
+    let sim = SimulatedStream::with_seed(4);
+    sim.add_table("t");
+    put(&sim, 0..50);
+    // The first batch takes 20 minutes: the prefetched iterator expires meanwhile.
+    let seen = Seen {
+        first_pause: Duration::from_secs(20 * 60),
+        ..Seen::default()
+    };
+    run(&sim, &seen, TrimmedDataPolicy::default(), |s| {
+        s.count() >= 50
+    })
+    .await;
+    assert_eq!(
+        *seen.values.lock().unwrap(),
+        (0..50).collect::<Vec<_>>(),
+        "no gap, no redelivery"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn trimmed_records_are_reported_and_reading_goes_on_at_the_oldest_record() {
+    let sim = SimulatedStream::with_seed(5);
+    sim.add_table("t");
+    // More than the prefetch holds: what was not fetched before the trim is lost.
+    put(&sim, 0..100);
+    // The first batch takes 25 hours: records after it are trimmed meanwhile.
+    let seen = Seen {
+        first_pause: Duration::from_secs(25 * 3600),
+        ..Seen::default()
+    };
+    let writer = sim.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(26 * 3600)).await;
+        put(&writer, 100..105);
+    });
+    run(&sim, &seen, TrimmedDataPolicy::default(), |s| {
+        s.values.lock().unwrap().last() == Some(&104)
+    })
+    .await;
+    let losses = seen.losses.lock().unwrap().clone();
+    assert_eq!(losses.len(), 1, "one gap reported: {losses:?}");
+    assert!(
+        losses[0].wanted.starts_with("AFTER_SEQUENCE_NUMBER"),
+        "{losses:?}"
+    );
+    assert_eq!(losses[0].resumed_at, "TRIM_HORIZON");
+    // Delivered: the old records fetched before the trim (in order, from the first), then
+    // the records written after it, from the oldest left.
+    let values = seen.values.lock().unwrap().clone();
+    let split = values.iter().position(|v| *v >= 100).unwrap();
+    assert_eq!(&values[..split], &(0..split as u64).collect::<Vec<_>>()[..]);
+    assert!(split < 100, "some old records were really lost");
+    assert_eq!(
+        &values[split..],
+        &[100, 101, 102, 103, 104],
+        "went on at the oldest record left"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_stream_costs_a_bounded_number_of_calls() {
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(6)
+    });
+    sim.add_table("t");
+    let seen = Seen::default();
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .build(seen.factory())
+        .unwrap();
+    consumer
+        .run_until(tokio::time::sleep(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let get_records = sim.calls(SimOperation::GetRecords);
+    let describe = sim.calls(SimOperation::DescribeStream);
+    // Idle shards are polled at most once per second each after the backoff ramps up.
+    assert!(
+        get_records <= 4 * 3600 + 100,
+        "{get_records} GetRecords calls in an idle hour"
+    );
+    assert!(
+        get_records >= 4 * 3000,
+        "{get_records}: idle shards are still polled"
+    );
+    // One full sync per minute plus the first one.
+    assert!(describe <= 62, "{describe} DescribeStream calls in an hour");
+}
