@@ -42,6 +42,7 @@ macro_rules! __conformance_cases {
             delete_worker_removes_the_record,
             lists_many_leases_across_pages,
             long_sequence_number_text_round_trips,
+            snapshot_holds_every_lease_and_worker,
         ]);
     };
     (@expand tests ($make_store:expr) [$($case:ident),* $(,)?]) => {
@@ -621,4 +622,32 @@ pub async fn long_sequence_number_text_round_trips(store: Arc<dyn LeaseStore>) {
         longer
     );
     assert!(stored.checkpoint.sequence_number() > Some(&SequenceNumber::parse(text).unwrap()));
+}
+
+/// A snapshot is exactly the two listings, across pages.
+pub async fn snapshot_holds_every_lease_and_worker(store: Arc<dyn LeaseStore>) {
+    for i in 0..150 {
+        let key = LeaseKey::new("arn:snapshot", format!("shard-{i:04}"));
+        store
+            .create_lease(&Lease::new(key, Checkpoint::TrimHorizon, vec![]))
+            .await
+            .unwrap();
+    }
+    for worker in ["a", "b", "c"] {
+        store
+            .heartbeat(worker, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let (mut leases, mut workers) = store.snapshot().await.unwrap();
+    let mut listed_leases = store.list_leases().await.unwrap();
+    let mut listed_workers = store.list_workers().await.unwrap();
+    leases.sort_by(|a, b| a.key.cmp(&b.key));
+    listed_leases.sort_by(|a, b| a.key.cmp(&b.key));
+    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    listed_workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    assert_eq!(leases.len(), 150);
+    assert_eq!(leases, listed_leases);
+    assert_eq!(workers, listed_workers);
+    assert_eq!(workers.len(), 3);
 }

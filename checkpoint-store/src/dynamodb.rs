@@ -387,20 +387,25 @@ impl DynamoDbLeaseStore {
         })
     }
 
-    /// Every item of one kind, read consistently, following `LastEvaluatedKey`.
-    async fn scan_kind(&self, kind: &str) -> Result<Vec<Item>> {
+    /// Every item of one kind (or of every kind), read consistently, following
+    /// `LastEvaluatedKey`.
+    async fn scan_kind(&self, kind: Option<&str>) -> Result<Vec<Item>> {
         let filter = "#kind = :kind";
         let mut items = Vec::new();
         let mut start_key: Option<Item> = None;
         loop {
-            let page = self
+            let mut request = self
                 .client
                 .scan()
                 .table_name(&self.table)
-                .consistent_read(true)
-                .filter_expression(filter)
-                .set_expression_attribute_names(Some(names_in(&[filter])))
-                .expression_attribute_values(":kind", s(kind))
+                .consistent_read(true);
+            if let Some(kind) = kind {
+                request = request
+                    .filter_expression(filter)
+                    .set_expression_attribute_names(Some(names_in(&[filter])))
+                    .expression_attribute_values(":kind", s(kind));
+            }
+            let page = request
                 .set_limit(self.scan_page_size)
                 .set_exclusive_start_key(start_key.take())
                 .send()
@@ -512,7 +517,7 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>> {
-        self.scan_kind(KIND_LEASE)
+        self.scan_kind(Some(KIND_LEASE))
             .await?
             .iter()
             .map(|item| self.decode_lease(item))
@@ -676,11 +681,28 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        self.scan_kind(KIND_WORKER)
+        self.scan_kind(Some(KIND_WORKER))
             .await?
             .iter()
             .map(|item| self.decode_worker(item))
             .collect()
+    }
+
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        let (mut leases, mut workers) = (Vec::new(), Vec::new());
+        for item in self.scan_kind(None).await? {
+            match item.get(attr::KIND) {
+                Some(AttributeValue::S(kind)) if kind == KIND_LEASE => {
+                    leases.push(self.decode_lease(&item)?)
+                }
+                Some(AttributeValue::S(kind)) if kind == KIND_WORKER => {
+                    workers.push(self.decode_worker(&item)?)
+                }
+                // Items of other kinds are not ours to read (or written by a newer version).
+                _ => {}
+            }
+        }
+        Ok((leases, workers))
     }
 
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {

@@ -83,6 +83,12 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Every worker record, read consistently (all pages).
     async fn list_workers(&self) -> Result<Vec<WorkerRecord>>;
 
+    /// Every lease and every worker record, read consistently. Workers scan this on every
+    /// tick; a store that keeps both in one table reads it once instead of twice.
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        Ok((self.list_leases().await?, self.list_workers().await?))
+    }
+
     /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
     /// record that is already gone succeeds.
     async fn delete_worker(&self, worker_id: &str) -> Result<()>;

@@ -206,8 +206,7 @@ impl<F: ProcessorFactory> Worker<F> {
 
     async fn scan(&self, state: &mut State) -> Result<()> {
         let started = Instant::now();
-        let (leases, workers) =
-            tokio::try_join!(self.store.list_leases(), self.store.list_workers())?;
+        let (leases, workers) = self.store.snapshot().await?;
         let now = Instant::now();
         if self.is_stale(state, started) {
             return Ok(());
