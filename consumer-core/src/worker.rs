@@ -358,6 +358,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     });
                 (key, outcome)
             });
+            state.retry_after.remove(&lease.key);
             state
                 .running
                 .insert(lease.key.clone(), Running { ownership, signals });
