@@ -1,0 +1,1052 @@
+//! Throughput benchmark: the framework against a plain GetRecords loop, and the
+//! decode+dispatch rate on the simulated stream.
+//!
+//! What it measures, in order:
+//!
+//! 1. **Fill.** Creates a table with a `NEW_AND_OLD_IMAGES` stream and writes `--records`
+//!    items of about `--item-bytes` bytes with BatchWriteItem (25 items per call, several
+//!    concurrent writers, unprocessed items retried). Prints the fill rate.
+//! 2. **Drain, twice per path, alternating** (plain, framework, plain, framework), each
+//!    from TRIM_HORIZON, after one untimed warm-up round (DynamoDB Local is a JVM: its
+//!    first drains run slower while it compiles); the best run of each path is reported:
+//!    - *plain GetRecords loop*: DescribeStream, GetShardIterator(TRIM_HORIZON), then
+//!      GetRecords (limit 1000) until N records were read; timed from the first
+//!      GetShardIterator to the Nth record. Records are only counted, not decoded.
+//!    - *framework*: a [`Consumer`] with a fresh application (so a fresh lease table),
+//!      TRIM_HORIZON, batch limit 1000, a checkpoint after every batch
+//!      (`with_checkpoint_interval(Duration::ZERO)`), and a processor that receives the
+//!      changes decoded into a `serde` struct and counts them. Timed from `run_until` to
+//!      the end of the `process` call that delivers the Nth change, so it includes startup
+//!      (lease table creation, DescribeTable, first heartbeat, shard sync, lease take) and
+//!      every checkpoint but the last batch's (written right after that call returns).
+//!
+//!    Both paths also report the time to their first record (startup) and a steady-state
+//!    rate (records after the first page, over the time from the first page to the Nth
+//!    record), and the ratio of both rates framework/plain. Each framework run prints a
+//!    profile: time between batches, time per streams call as the framework saw it, and
+//!    CPU use. `--diagnose` adds a run per round with checkpoints coalesced to 1 s (the
+//!    default), which shows what the per-batch checkpoint costs.
+//! 3. **Simulated stream**: `--sim-records` changes in one shard of the in-memory
+//!    [`SimulatedStream`], drained by the consumer with the in-memory lease store, typed
+//!    decode and a checkpoint per batch, on a `current_thread` runtime (one core): changes/s
+//!    of decode + dispatch + checkpoint with no network. Then the raw rate of
+//!    `Change::<T>::decode` over prebuilt records.
+//!
+//! Figures only: nothing here asserts a speed. Run it against DynamoDB Local with
+//!
+//! ```text
+//! make bench                                   # defaults
+//! make bench BENCH_ARGS="--records 50000 --rounds 3"
+//! # or by hand, against any endpoint:
+//! cargo run --release -p examples --bin benchmark -- --endpoint http://127.0.0.1:8000
+//! ```
+//!
+//! `make bench` starts DynamoDB Local with `scripts/dynamodb-local.sh run`, which exports
+//! `DYNAMODB_ENDPOINT`; `--endpoint` defaults to that variable. Set `RUST_LOG` for the
+//! framework's logs (default: warnings only).
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, WriteRequest,
+};
+use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
+use clap::Parser;
+use consumer_core::streams::{
+    ApiError, RecordsPage, SdkStreams, ShardInfo, StartPosition, StreamPage, StreamsApi,
+};
+use consumer_core::testkit::{InMemoryLeaseStore, SimConfig, SimulatedStream};
+use consumer_core::{
+    BoxError, Change, ChangeBatch, Consumer, InitialPosition, ProcessorFactory, processor_fn,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// How long one step (fill, one drain) may take before the benchmark gives up on it.
+const DEADLINE: Duration = Duration::from_secs(600);
+/// Items per BatchWriteItem call (the service's maximum).
+const BATCH_WRITE_MAX: usize = 25;
+/// Records per GetRecords call, for both paths (the service's maximum).
+const PAGE_LIMIT: u32 = 1000;
+
+#[derive(Parser, Debug)]
+#[command(about = "Framework vs plain GetRecords loop throughput, against DynamoDB Local")]
+struct Args {
+    /// DynamoDB endpoint URL (DynamoDB Local), e.g. http://127.0.0.1:8000.
+    #[arg(long, env = "DYNAMODB_ENDPOINT")]
+    endpoint: String,
+    /// Changes written to the table's stream and drained by each run.
+    #[arg(long, default_value_t = 20_000)]
+    records: u64,
+    /// Approximate size of each item in bytes.
+    #[arg(long, default_value_t = 200)]
+    item_bytes: usize,
+    /// Changes drained from the simulated stream (0 skips that part).
+    #[arg(long, default_value_t = 200_000)]
+    sim_records: u64,
+    /// Concurrent BatchWriteItem writers during the fill.
+    #[arg(long, default_value_t = 8)]
+    writers: usize,
+    /// Runs per path (alternating plain, framework); the best of each is reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Untimed rounds first (plain and framework each), so DynamoDB Local's JVM has
+    /// compiled its GetRecords and UpdateItem paths before anything is measured.
+    #[arg(long, default_value_t = 1)]
+    warmup_rounds: usize,
+    /// Also run the framework with checkpoints coalesced to 1 s (the default setting) in
+    /// each round, to show what the per-batch checkpoint costs.
+    #[arg(long)]
+    diagnose: bool,
+}
+
+/// The item type the framework decodes every image into.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchItem {
+    pk: String,
+    n: u64,
+    group: u32,
+    kind: String,
+    payload: String,
+}
+
+impl BenchItem {
+    fn new(n: u64, payload_len: usize) -> Self {
+        let payload = (0..payload_len)
+            .map(|j| char::from(b'a' + ((n as usize * 31 + j * 7) % 26) as u8))
+            .collect();
+        Self {
+            pk: format!("item-{n:010}"),
+            n,
+            group: (n % 97) as u32,
+            kind: "order".to_owned(),
+            payload,
+        }
+    }
+
+    /// The item as the DynamoDB SDK writes it (the same shape `serde_dynamo` gives).
+    fn to_dynamodb(&self) -> HashMap<String, AttributeValue> {
+        HashMap::from([
+            ("pk".to_owned(), AttributeValue::S(self.pk.clone())),
+            ("n".to_owned(), AttributeValue::N(self.n.to_string())),
+            (
+                "group".to_owned(),
+                AttributeValue::N(self.group.to_string()),
+            ),
+            ("kind".to_owned(), AttributeValue::S(self.kind.clone())),
+            (
+                "payload".to_owned(),
+                AttributeValue::S(self.payload.clone()),
+            ),
+        ])
+    }
+
+    /// The payload length that makes an item about `item_bytes` bytes (attribute names
+    /// plus values, as DynamoDB counts item size).
+    fn payload_len_for(item_bytes: usize) -> usize {
+        let fixed = Self::new(0, 0);
+        let overhead = ["pk", "n", "group", "kind", "payload"]
+            .iter()
+            .map(|name| name.len())
+            .sum::<usize>()
+            + fixed.pk.len()
+            + 6 // n, up to 10 digits as a DynamoDB number
+            + 2 // group
+            + fixed.kind.len();
+        item_bytes.saturating_sub(overhead).max(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("benchmark failed: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), BoxError> {
+    let payload_len = BenchItem::payload_len_for(args.item_bytes);
+    println!(
+        "benchmark: {} changes of ~{} bytes per drain, {} rounds per path, {} simulated changes",
+        args.records, args.item_bytes, args.rounds, args.sim_records
+    );
+    if args.records > 0 {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(dynamodb_part(args, payload_len))?;
+    }
+    if args.sim_records > 0 {
+        simulated_part(args.sim_records, payload_len)?;
+    }
+    Ok(())
+}
+
+// ---- against DynamoDB ------------------------------------------------------------------
+
+fn sdk_config(endpoint: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "local", "local", None, None, "static",
+        )))
+        .endpoint_url(endpoint)
+        .build()
+}
+
+/// A name no earlier run of this program used: `{prefix}-{pid}-{millis}`.
+fn unique_name(prefix: &str) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{millis}", std::process::id())
+}
+
+async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> {
+    let config = sdk_config(&args.endpoint);
+    let _ = SERVER_PID.set(find_server_pid(&args.endpoint));
+    let dynamodb = aws_sdk_dynamodb::Client::new(&config);
+    let streams = aws_sdk_dynamodbstreams::Client::new(&config);
+    let table = unique_name("bench");
+    let stream_arn = create_table(&dynamodb, &table).await?;
+
+    let fill = within(
+        "the fill",
+        fill_table(&dynamodb, &table, args.records, payload_len, args.writers),
+    )
+    .await?;
+    println!(
+        "\nfill: {} items in {:.3} s with BatchWriteItem x{} writers = {:.0} items/s ({} calls, {} retries of unprocessed items)",
+        args.records,
+        fill.elapsed.as_secs_f64(),
+        args.writers,
+        rate(args.records, fill.elapsed),
+        fill.calls,
+        fill.retries
+    );
+
+    let mut plain_runs = Vec::new();
+    let mut framework_runs = Vec::new();
+    let mut coalesced_runs = Vec::new();
+    let mut apps = Vec::new();
+    for round in 1..=args.warmup_rounds + args.rounds {
+        let warmup = round <= args.warmup_rounds;
+        let name = if warmup {
+            "warm-up".to_owned()
+        } else {
+            format!("round {}", round - args.warmup_rounds)
+        };
+        let cpu = CpuSample::now();
+        let plain = within(
+            "the plain drain",
+            drain_plain(&streams, &stream_arn, args.records),
+        )
+        .await?;
+        println!(
+            "{name}: plain     {}{}",
+            plain.summary(),
+            CpuSample::since(cpu)
+        );
+        if !warmup {
+            plain_runs.push(plain);
+        }
+
+        let mut variants = vec![("framework", Duration::ZERO, &mut framework_runs)];
+        if args.diagnose {
+            variants.push(("coalesced", Duration::from_secs(1), &mut coalesced_runs));
+        }
+        for (label, interval, runs) in variants {
+            let app = unique_name(&format!("bench-app{}", apps.len() + 1));
+            apps.push(app.clone());
+            let cpu = CpuSample::now();
+            let framework = drain_framework(&config, &app, &table, args.records, interval).await?;
+            println!(
+                "{name}: {label:<9} {}{}",
+                framework.drain.summary(),
+                CpuSample::since(cpu)
+            );
+            println!("    {}", framework.profile());
+            if !warmup {
+                runs.push(framework.drain);
+            }
+        }
+    }
+
+    let best_plain = best(&plain_runs)?;
+    let best_framework = best(&framework_runs)?;
+    println!();
+    println!("| path | records | seconds | records/s |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("{}", best_plain.row("plain GetRecords loop"));
+    println!(
+        "{}",
+        best_framework.row("framework (typed, checkpoint per batch)")
+    );
+    println!(
+        "ratio framework/plain: {:.2} (target >= 0.95)",
+        best_framework.rate() / best_plain.rate()
+    );
+    println!(
+        "startup (time to the first record, best run): plain {:.3} s, framework {:.3} s",
+        min_first(&plain_runs),
+        min_first(&framework_runs)
+    );
+    let (steady_plain, steady_framework) = (best_steady(&plain_runs), best_steady(&framework_runs));
+    println!(
+        "steady state (after the first page, best run): plain {steady_plain:.0} records/s, framework {steady_framework:.0} records/s, ratio {:.2}",
+        steady_framework / steady_plain
+    );
+    if let Ok(coalesced) = best(&coalesced_runs) {
+        println!(
+            "diagnostic: framework with checkpoints coalesced to 1 s (the default): {:.0} records/s, ratio {:.2}; steady {:.0} records/s, ratio {:.2}; startup {:.3} s",
+            coalesced.rate(),
+            coalesced.rate() / best_plain.rate(),
+            best_steady(&coalesced_runs),
+            best_steady(&coalesced_runs) / steady_plain,
+            min_first(&coalesced_runs)
+        );
+    }
+
+    // Best-effort cleanup, for endpoints that outlive the run.
+    let _ = dynamodb.delete_table().table_name(&table).send().await;
+    for app in apps {
+        let _ = dynamodb.delete_table().table_name(&app).send().await;
+    }
+    Ok(())
+}
+
+/// Creates the table with a `NEW_AND_OLD_IMAGES` stream, waits until it is active and
+/// returns the stream's ARN.
+async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<String, BoxError> {
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("pk")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        )
+        .send()
+        .await?;
+    for _ in 0..600 {
+        let described = client.describe_table().table_name(table).send().await?;
+        if let Some(description) = described.table()
+            && description.table_status() == Some(&TableStatus::Active)
+            && let Some(arn) = description.latest_stream_arn()
+        {
+            return Ok(arn.to_owned());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(format!("table {table} did not become active with a stream").into())
+}
+
+struct Fill {
+    elapsed: Duration,
+    calls: u64,
+    retries: u64,
+}
+
+/// Writes `count` items with BatchWriteItem from `writers` concurrent tasks, each taking
+/// the next chunk of 25 items until none is left; unprocessed items are retried.
+async fn fill_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    count: u64,
+    payload_len: usize,
+    writers: usize,
+) -> Result<Fill, BoxError> {
+    let next_chunk = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let retries = Arc::new(AtomicU64::new(0));
+    let chunks = count.div_ceil(BATCH_WRITE_MAX as u64);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..writers.max(1) {
+        let (client, table) = (client.clone(), table.to_owned());
+        let (next_chunk, calls, retries) = (next_chunk.clone(), calls.clone(), retries.clone());
+        tasks.spawn(async move {
+            loop {
+                let chunk = next_chunk.fetch_add(1, Ordering::Relaxed);
+                if chunk >= chunks {
+                    return Ok::<(), BoxError>(());
+                }
+                let first = chunk * BATCH_WRITE_MAX as u64;
+                let last = (first + BATCH_WRITE_MAX as u64).min(count);
+                let mut requests = (first..last)
+                    .map(|n| {
+                        let item = BenchItem::new(n, payload_len).to_dynamodb();
+                        let put = PutRequest::builder().set_item(Some(item)).build()?;
+                        Ok(WriteRequest::builder().put_request(put).build())
+                    })
+                    .collect::<Result<Vec<_>, BoxError>>()?;
+                let mut pause = Duration::from_millis(20);
+                while !requests.is_empty() {
+                    let written = client
+                        .batch_write_item()
+                        .request_items(&table, requests)
+                        .send()
+                        .await?;
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    requests = written
+                        .unprocessed_items
+                        .and_then(|mut unprocessed| unprocessed.remove(&table))
+                        .unwrap_or_default();
+                    if !requests.is_empty() {
+                        retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(1));
+                    }
+                }
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    Ok(Fill {
+        elapsed: started.elapsed(),
+        calls: calls.load(Ordering::Relaxed),
+        retries: retries.load(Ordering::Relaxed),
+    })
+}
+
+/// One timed drain of the stream.
+#[derive(Clone, Debug)]
+struct Drain {
+    records: u64,
+    /// From the start (first GetShardIterator, or `run_until`) to the Nth record.
+    elapsed: Duration,
+    /// From the start to the first page of records in hand.
+    first_page_after: Duration,
+    /// How many records that first page had.
+    first_page_records: u64,
+}
+
+impl Drain {
+    fn rate(&self) -> f64 {
+        rate(self.records, self.elapsed)
+    }
+
+    /// Records after the first page, over the time from the first page to the Nth record.
+    fn steady_rate(&self) -> f64 {
+        rate(
+            self.records.saturating_sub(self.first_page_records),
+            self.elapsed.saturating_sub(self.first_page_after),
+        )
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} records in {:.3} s = {:.0} records/s; first page after {:.3} s; steady {:.0} records/s",
+            self.records,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.first_page_after.as_secs_f64(),
+            self.steady_rate()
+        )
+    }
+
+    fn row(&self, path: &str) -> String {
+        format!(
+            "| {path} | {} | {:.3} | {:.0} |",
+            self.records,
+            self.elapsed.as_secs_f64(),
+            self.rate()
+        )
+    }
+}
+
+/// CPU use over an interval, from `/proc` (Linux; elsewhere nothing is shown): how many
+/// cores this process, the DynamoDB Local server (when it runs here) and the whole machine
+/// kept busy. On a small machine, client and server compete for the same cores.
+#[derive(Clone, Copy, Debug)]
+struct CpuSample {
+    at: Instant,
+    /// This process: user + system clock ticks.
+    process: u64,
+    /// The server process, if found.
+    server: Option<u64>,
+    /// The machine: busy and total clock ticks over every core.
+    busy: u64,
+    total: u64,
+}
+
+/// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The pid of the DynamoDB Local serving this benchmark: a `java` process started with
+/// `-port PORT` (what `scripts/dynamodb-local.sh` runs), PORT from the endpoint.
+static SERVER_PID: OnceLock<Option<u32>> = OnceLock::new();
+
+fn find_server_pid(endpoint: &str) -> Option<u32> {
+    let port = endpoint.trim_end_matches('/').rsplit(':').next()?;
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_server = args.first().is_some_and(|a| a.ends_with(b"java"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-port" && w[1] == port.as_bytes());
+            is_server.then_some(pid)
+        })
+}
+
+/// User + system ticks of a process.
+fn process_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime and stime are 14, 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+impl CpuSample {
+    fn now() -> Option<Self> {
+        let machine = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = machine
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4)?;
+        let server = SERVER_PID
+            .get()
+            .copied()
+            .flatten()
+            .and_then(|pid| process_ticks(&pid.to_string()));
+        Some(Self {
+            at: Instant::now(),
+            process: process_ticks("self")?,
+            server,
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// "; CPU cores busy: this process x, DynamoDB Local y, machine z of n".
+    fn since(start: Option<Self>) -> String {
+        let (Some(start), Some(end)) = (start, Self::now()) else {
+            return String::new();
+        };
+        let seconds = (end.at - start.at).as_secs_f64().max(1e-9);
+        let cores_of = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / seconds;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let machine = (end.busy - start.busy) as f64 / (end.total - start.total).max(1) as f64;
+        let server = match (start.server, end.server) {
+            (Some(a), Some(b)) => format!(", DynamoDB Local {:.2}", cores_of(b - a)),
+            _ => String::new(),
+        };
+        format!(
+            "; CPU cores busy: this process {:.2}{server}, machine {:.2} of {cores}",
+            cores_of(end.process - start.process),
+            machine * cores as f64
+        )
+    }
+}
+
+fn rate(records: u64, elapsed: Duration) -> f64 {
+    records as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// The fastest run.
+fn best(runs: &[Drain]) -> Result<&Drain, BoxError> {
+    runs.iter()
+        .max_by(|a, b| a.rate().total_cmp(&b.rate()))
+        .ok_or_else(|| "no runs (--rounds 0)".into())
+}
+
+/// The best steady-state rate of any run.
+fn best_steady(runs: &[Drain]) -> f64 {
+    runs.iter()
+        .map(Drain::steady_rate)
+        .max_by(f64::total_cmp)
+        .unwrap_or(f64::NAN)
+}
+
+/// The shortest time to the first record of any run.
+fn min_first(runs: &[Drain]) -> f64 {
+    runs.iter()
+        .map(|d| d.first_page_after.as_secs_f64())
+        .min_by(f64::total_cmp)
+        .unwrap_or(f64::NAN)
+}
+
+/// Runs `step`, failing with its name if it takes longer than [`DEADLINE`].
+async fn within<T>(
+    step: &str,
+    future: impl Future<Output = Result<T, BoxError>>,
+) -> Result<T, BoxError> {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .map_err(|_| format!("{step} took longer than {DEADLINE:?}"))?
+}
+
+/// The plain loop: every shard from TRIM_HORIZON, one GetRecords after another (round
+/// robin over the shards; DynamoDB Local has one), until `target` records were read.
+async fn drain_plain(
+    client: &aws_sdk_dynamodbstreams::Client,
+    stream_arn: &str,
+    target: u64,
+) -> Result<Drain, BoxError> {
+    let mut shard_ids = Vec::new();
+    let mut exclusive_start: Option<String> = None;
+    loop {
+        let described = client
+            .describe_stream()
+            .stream_arn(stream_arn)
+            .set_exclusive_start_shard_id(exclusive_start.take())
+            .send()
+            .await?;
+        let description = described
+            .stream_description()
+            .ok_or("DescribeStream returned no description")?;
+        shard_ids.extend(
+            description
+                .shards()
+                .iter()
+                .filter_map(|s| s.shard_id().map(str::to_owned)),
+        );
+        match description.last_evaluated_shard_id() {
+            Some(last) => exclusive_start = Some(last.to_owned()),
+            None => break,
+        }
+    }
+
+    let started = Instant::now();
+    let mut iterators = Vec::new();
+    for shard_id in &shard_ids {
+        let iterator = client
+            .get_shard_iterator()
+            .stream_arn(stream_arn)
+            .shard_id(shard_id)
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await?;
+        iterators.push(iterator.shard_iterator().map(str::to_owned));
+    }
+    let mut read = 0;
+    let mut first_page: Option<(Duration, u64)> = None;
+    'drain: while read < target {
+        if iterators.iter().all(Option::is_none) {
+            return Err(format!("every shard ended after {read} of {target} records").into());
+        }
+        for slot in &mut iterators {
+            let Some(iterator) = slot.take() else {
+                continue;
+            };
+            let page = client
+                .get_records()
+                .shard_iterator(iterator)
+                .limit(PAGE_LIMIT as i32)
+                .send()
+                .await?;
+            let got = page.records().len() as u64;
+            read += got;
+            if got > 0 && first_page.is_none() {
+                first_page = Some((started.elapsed(), got));
+            }
+            *slot = page.next_shard_iterator;
+            if read >= target {
+                break 'drain;
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    let (first_page_after, first_page_records) = first_page.unwrap_or((elapsed, read));
+    Ok(Drain {
+        records: read,
+        elapsed,
+        first_page_after,
+        first_page_records,
+    })
+}
+
+/// What the processor saw: counts, times of each batch, and a checksum of the decoded
+/// fields (so the decode cannot be optimised away).
+struct Progress {
+    target: u64,
+    /// Set right before `run_until`: building the consumer is not part of the drain.
+    started: OnceLock<Instant>,
+    seen: AtomicU64,
+    checksum: AtomicU64,
+    /// Per batch: when `process` was called, how long it ran, how many changes it had.
+    batches: Mutex<Vec<(Instant, Duration, u64)>>,
+    done: OnceLock<Instant>,
+    finished: Notify,
+}
+
+impl Progress {
+    fn new(target: u64) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            started: OnceLock::new(),
+            seen: AtomicU64::new(0),
+            checksum: AtomicU64::new(0),
+            batches: Mutex::new(Vec::new()),
+            done: OnceLock::new(),
+            finished: Notify::new(),
+        })
+    }
+
+    /// Starts the clock.
+    fn start(&self) {
+        let _ = self.started.set(Instant::now());
+    }
+
+    /// The processor's work: read every decoded image, count, note the time.
+    fn observe(&self, batch: &ChangeBatch<BenchItem>) {
+        let arrived = Instant::now();
+        let mut sum = 0u64;
+        for change in batch {
+            if let Some(item) = change.new.as_ref() {
+                sum = sum
+                    .wrapping_add(item.n)
+                    .wrapping_add(item.payload.len() as u64);
+            }
+        }
+        self.checksum.fetch_add(sum, Ordering::Relaxed);
+        let count = batch.len() as u64;
+        let before = self.seen.fetch_add(count, Ordering::Relaxed);
+        if let Ok(mut batches) = self.batches.lock() {
+            batches.push((arrived, arrived.elapsed(), count));
+        }
+        if before < self.target && before + count >= self.target {
+            let _ = self.done.set(Instant::now());
+            self.finished.notify_one();
+        }
+    }
+
+    /// A processor factory that feeds this progress.
+    fn factory(self: &Arc<Self>) -> impl ProcessorFactory + use<> {
+        let progress = self.clone();
+        processor_fn(move |batch: ChangeBatch<BenchItem>| {
+            let progress = progress.clone();
+            async move {
+                progress.observe(&batch);
+                Ok(())
+            }
+        })
+    }
+
+    /// Resolves once the target was reached.
+    async fn reached(self: Arc<Self>) {
+        if self.done.get().is_none() {
+            self.finished.notified().await;
+        }
+    }
+
+    fn drain(&self) -> Result<Drain, BoxError> {
+        let started = *self.started.get().ok_or("the clock was not started")?;
+        let done = *self.done.get().ok_or("the target was not reached")?;
+        let batches = self.batches.lock().map_err(|_| "poisoned")?;
+        let (first_at, _, first_count) = *batches.first().ok_or("no batch")?;
+        Ok(Drain {
+            records: self.seen.load(Ordering::Relaxed).min(self.target),
+            elapsed: done - started,
+            first_page_after: first_at - started,
+            first_page_records: first_count,
+        })
+    }
+
+    /// Mean time between batches after the first, and mean time inside `process`.
+    fn batch_times(&self) -> (Duration, Duration, usize) {
+        let Ok(batches) = self.batches.lock() else {
+            return (Duration::ZERO, Duration::ZERO, 0);
+        };
+        let n = batches.len();
+        let gap = match (batches.first(), batches.last()) {
+            (Some(first), Some(last)) if n > 1 => (last.0 - first.0) / (n as u32 - 1),
+            _ => Duration::ZERO,
+        };
+        let inside = batches.iter().map(|b| b.1).sum::<Duration>() / (n.max(1) as u32);
+        (gap, inside, n)
+    }
+}
+
+/// Calls and time spent per streams operation, seen from inside the framework.
+#[derive(Debug, Default)]
+struct CallStats {
+    calls: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl CallStats {
+    fn note(&self, since: Instant) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn describe(&self, name: &str) -> String {
+        let calls = self.calls.load(Ordering::Relaxed);
+        let micros = self.micros.load(Ordering::Relaxed);
+        format!(
+            "{name} {calls}x {:.1} ms",
+            micros as f64 / 1000.0 / calls.max(1) as f64
+        )
+    }
+}
+
+/// The SDK streams API with a stopwatch on each call (it adds nothing else).
+#[derive(Debug)]
+struct TimedStreams {
+    inner: SdkStreams,
+    describe_table: CallStats,
+    describe_stream: CallStats,
+    shard_iterator: CallStats,
+    get_records: CallStats,
+    empty_pages: AtomicU64,
+}
+
+#[async_trait]
+impl StreamsApi for TimedStreams {
+    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
+        let at = Instant::now();
+        let result = self.inner.latest_stream_arn(table).await;
+        self.describe_table.note(at);
+        result
+    }
+
+    async fn describe_stream(
+        &self,
+        stream_arn: &str,
+        exclusive_start_shard_id: Option<&str>,
+    ) -> Result<StreamPage, ApiError> {
+        let at = Instant::now();
+        let result = self
+            .inner
+            .describe_stream(stream_arn, exclusive_start_shard_id)
+            .await;
+        self.describe_stream.note(at);
+        result
+    }
+
+    async fn child_shards(
+        &self,
+        stream_arn: &str,
+        parent_shard_id: &str,
+    ) -> Result<Vec<ShardInfo>, ApiError> {
+        let at = Instant::now();
+        let result = self.inner.child_shards(stream_arn, parent_shard_id).await;
+        self.describe_stream.note(at);
+        result
+    }
+
+    async fn shard_iterator(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        position: &StartPosition,
+    ) -> Result<String, ApiError> {
+        let at = Instant::now();
+        let result = self
+            .inner
+            .shard_iterator(stream_arn, shard_id, position)
+            .await;
+        self.shard_iterator.note(at);
+        result
+    }
+
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
+        let at = Instant::now();
+        let result = self.inner.get_records(iterator, limit).await;
+        self.get_records.note(at);
+        if result.as_ref().is_ok_and(|page| page.records.is_empty()) {
+            self.empty_pages.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+struct FrameworkRun {
+    drain: Drain,
+    api: Arc<TimedStreams>,
+    progress: Arc<Progress>,
+    shutdown: Duration,
+}
+
+impl FrameworkRun {
+    fn profile(&self) -> String {
+        let (gap, inside, batches) = self.progress.batch_times();
+        format!(
+            "profile: {batches} batches, {:.1} ms between batches, {:.0} us in process; {}, {}, {}, {} ({} empty); graceful shutdown {:.3} s",
+            gap.as_secs_f64() * 1000.0,
+            inside.as_secs_f64() * 1e6,
+            self.api.describe_table.describe("DescribeTable"),
+            self.api.describe_stream.describe("DescribeStream"),
+            self.api.shard_iterator.describe("GetShardIterator"),
+            self.api.get_records.describe("GetRecords"),
+            self.api.empty_pages.load(Ordering::Relaxed),
+            self.shutdown.as_secs_f64()
+        )
+    }
+}
+
+/// The framework: a fresh application drains the table's stream from TRIM_HORIZON with a
+/// checkpoint per batch; stops gracefully once `target` changes were processed.
+async fn drain_framework(
+    config: &SdkConfig,
+    application: &str,
+    table: &str,
+    target: u64,
+    checkpoint_interval: Duration,
+) -> Result<FrameworkRun, BoxError> {
+    let api = Arc::new(TimedStreams {
+        inner: SdkStreams::from_sdk_config(config),
+        describe_table: CallStats::default(),
+        describe_stream: CallStats::default(),
+        shard_iterator: CallStats::default(),
+        get_records: CallStats::default(),
+        empty_pages: AtomicU64::new(0),
+    });
+    let progress = Progress::new(target);
+    let consumer = Consumer::builder(application)
+        .with_table(table)
+        .with_sdk_config(config)
+        .with_streams_api(api.clone())
+        .with_initial_position(InitialPosition::TrimHorizon)
+        .with_checkpoint_interval(checkpoint_interval)
+        .with_batch_limit(PAGE_LIMIT)
+        .build(progress.factory())?;
+    progress.start();
+    let run = consumer.run_until(progress.clone().reached());
+    tokio::time::timeout(DEADLINE, run).await.map_err(|_| {
+        format!(
+            "the framework processed only {} of {target} changes in {DEADLINE:?}",
+            progress.seen.load(Ordering::Relaxed)
+        )
+    })??;
+    let shutdown = progress
+        .done
+        .get()
+        .map_or(Duration::ZERO, |done| done.elapsed());
+    Ok(FrameworkRun {
+        drain: progress.drain()?,
+        api,
+        progress,
+        shutdown,
+    })
+}
+
+// ---- on the simulated stream -----------------------------------------------------------
+
+/// Decode + dispatch on one core: the consumer on a `current_thread` runtime against the
+/// simulated stream and the in-memory lease store; then the raw decode rate.
+fn simulated_part(count: u64, payload_len: usize) -> Result<(), BoxError> {
+    let sim = SimulatedStream::new(SimConfig::default());
+    let stream_arn = sim.add_table("bench");
+    let written_at = Instant::now();
+    for n in 0..count {
+        sim.put_value("bench", &BenchItem::new(n, payload_len))?;
+    }
+    println!(
+        "\nsimulated stream: {count} changes written in {:.3} s (not timed below)",
+        written_at.elapsed().as_secs_f64()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let consumer = Consumer::builder("bench-sim")
+        .with_table("bench")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_worker_id("bench")
+        .with_initial_position(InitialPosition::TrimHorizon)
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_batch_limit(PAGE_LIMIT);
+    let progress = Progress::new(count);
+    let consumer = consumer.build(progress.factory())?;
+    progress.start();
+    runtime.block_on(async {
+        tokio::time::timeout(DEADLINE, consumer.run_until(progress.clone().reached()))
+            .await
+            .map_err(|_| "the simulated drain did not finish")?
+            .map_err(BoxError::from)
+    })?;
+    let drain = progress.drain()?;
+    println!(
+        "decode+dispatch (consumer, simulated stream, in-memory leases, checkpoint per batch, current_thread runtime): {} changes in {:.3} s = {:.0} changes/s (steady {:.0} changes/s)",
+        drain.records,
+        drain.elapsed.as_secs_f64(),
+        drain.rate(),
+        drain.steady_rate()
+    );
+
+    // Raw decode: Change::<BenchItem>::decode over prebuilt records, on this thread.
+    let shard_id = sim
+        .open_shards(&stream_arn)?
+        .first()
+        .map(|s| s.shard_id.clone())
+        .ok_or("the simulated stream has no shard")?;
+    let records: Vec<Arc<Record>> = sim
+        .records(&stream_arn, &shard_id)?
+        .into_iter()
+        .take(10_000)
+        .map(Arc::new)
+        .collect();
+    let decode_started = Instant::now();
+    let mut decoded = 0u64;
+    let mut checksum = 0u64;
+    while decoded < count {
+        for record in &records {
+            let change = Change::<BenchItem>::decode(&shard_id, record.clone())?;
+            checksum = checksum.wrapping_add(change.new.map_or(0, |item| item.n));
+            decoded += 1;
+            if decoded >= count {
+                break;
+            }
+        }
+    }
+    let decode_elapsed = decode_started.elapsed();
+    println!(
+        "raw decode (Change::<BenchItem>::decode, prebuilt records): {decoded} in {:.3} s = {:.0} changes/s (checksum {checksum})",
+        decode_elapsed.as_secs_f64(),
+        rate(decoded, decode_elapsed)
+    );
+    Ok(())
+}
