@@ -209,10 +209,7 @@ impl DynamoDbLeaseStore {
         loop {
             if let Some(description) = self.describe_table().await? {
                 check_key_schema(&self.table, &description)?;
-                if matches!(
-                    description.table_status(),
-                    Some(TableStatus::Active | TableStatus::Updating)
-                ) {
+                if is_active(&description) {
                     return Ok(());
                 }
             }
@@ -508,12 +505,21 @@ impl DynamoDbLeaseStore {
 impl LeaseStore for DynamoDbLeaseStore {
     async fn ensure_table(&self) -> Result<()> {
         match self.describe_table().await? {
-            Some(description) => check_key_schema(&self.table, &description)?,
-            None => self.create_table().await?,
+            // The usual case, a worker start: one call. TTL was set up by the creator.
+            Some(description) if is_active(&description) => {
+                check_key_schema(&self.table, &description)
+            }
+            Some(description) => {
+                check_key_schema(&self.table, &description)?;
+                self.wait_until_active().await
+            }
+            None => {
+                self.create_table().await?;
+                self.wait_until_active().await?;
+                self.enable_ttl().await;
+                Ok(())
+            }
         }
-        self.wait_until_active().await?;
-        self.enable_ttl().await;
-        Ok(())
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>> {
@@ -744,6 +750,14 @@ fn validate_table_name(name: &str) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// Whether the table accepts reads and writes.
+fn is_active(description: &TableDescription) -> bool {
+    matches!(
+        description.table_status(),
+        Some(TableStatus::Active | TableStatus::Updating)
+    )
 }
 
 /// Fails with `NotALeaseTable` unless the key schema is exactly HASH `pk` of type S.

@@ -46,6 +46,23 @@ impl Consumer<()> {
 }
 
 impl<F: ProcessorFactory> Consumer<F> {
+    /// The stream ARN (and table) of every source, looked up concurrently.
+    async fn resolve_streams(&self) -> Result<Vec<StreamSource>> {
+        let lookups = self.sources.iter().map(|source| async move {
+            Ok(match source {
+                Source::Table(table) => StreamSource {
+                    stream_arn: self.api.latest_stream_arn(table).await?,
+                    table: Some(table.clone()),
+                },
+                Source::StreamArn(arn) => StreamSource {
+                    stream_arn: arn.clone(),
+                    table: None,
+                },
+            })
+        });
+        futures::future::try_join_all(lookups).await
+    }
+
     /// The worker's id (as given, or `hostname-pid`).
     pub fn worker_id(&self) -> &str {
         &self.worker_id
@@ -58,19 +75,11 @@ impl<F: ProcessorFactory> Consumer<F> {
     /// Fails early, naming the table or stream, when a table does not exist or has no
     /// stream, or when DynamoDB cannot be reached.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let mut streams = Vec::new();
-        for source in &self.sources {
-            streams.push(match source {
-                Source::Table(table) => StreamSource {
-                    stream_arn: self.api.latest_stream_arn(table).await?,
-                    table: Some(table.clone()),
-                },
-                Source::StreamArn(arn) => StreamSource {
-                    stream_arn: arn.clone(),
-                    table: None,
-                },
-            });
-        }
+        // Independent round trips, done together: startup latency is what a restarted
+        // worker's shards wait for.
+        let (streams, table) = tokio::join!(self.resolve_streams(), self.store.ensure_table());
+        table?;
+        let streams = streams?;
         tracing::debug!(application = %self.application, "resolved streams");
         Worker {
             api: self.api,

@@ -81,10 +81,18 @@ struct State {
 }
 
 impl<F: ProcessorFactory> Worker<F> {
-    /// Runs until `shutdown` completes, then stops gracefully.
+    /// Runs until `shutdown` completes, then stops gracefully. The lease table must exist
+    /// (`LeaseStore::ensure_table`).
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        self.store.ensure_table().await?;
-        let incarnation = self.start_incarnation().await?;
+        let sync_lease = async {
+            let lease = Lease::new(shard_sync_key(), Checkpoint::TrimHorizon, vec![]);
+            match self.store.create_lease(&lease).await {
+                Ok(()) | Err(checkpoint_store::Error::AlreadyExists { .. }) => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let (incarnation, (), ()) =
+            tokio::try_join!(self.start_incarnation(), self.first_sync(), sync_lease)?;
         tracing::info!(worker_id = %self.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
         let mut state = State {
             incarnation,
@@ -95,19 +103,6 @@ impl<F: ProcessorFactory> Worker<F> {
             retry_after: HashMap::new(),
             last_sync: None,
         };
-        self.first_sync().await?;
-        match self
-            .store
-            .create_lease(&Lease::new(
-                shard_sync_key(),
-                Checkpoint::TrimHorizon,
-                vec![],
-            ))
-            .await
-        {
-            Ok(()) | Err(checkpoint_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
 
         let mut scan_tick = tokio::time::interval(self.config.scan_interval);
         scan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -229,12 +224,12 @@ impl<F: ProcessorFactory> Worker<F> {
             .collect();
         let live = state.liveness.live_workers(now);
         let plan = lease_protocol::plan(&me, &leases, &live, &due);
-        for wanted in plan.take {
-            match self
-                .store
+        let takes = plan.take.iter().map(|wanted| {
+            self.store
                 .take_lease(&wanted.key, wanted.owner.as_deref(), wanted.epoch, &me)
-                .await
-            {
+        });
+        for (wanted, taken) in plan.take.iter().zip(futures::future::join_all(takes).await) {
+            match taken {
                 Ok(taken) => {
                     events::lease_acquired(&taken.key, wanted.owner.as_deref());
                     state.handoffs_asked.remove(&taken.key);
