@@ -31,6 +31,15 @@ demo:
 	scripts/dynamodb-local.sh run --db-path "$(DEMO_DATA)" -- \
 		$(CARGO) run --quiet -p examples --bin quickstart -- $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
 
+## figures: failover figures with real jsonl-worker processes against DynamoDB Local (release
+## build, default settings): takeover after SIGKILL of a shard owner, gap after a SIGTERM
+## handoff, duplicates; FIGURES_ARGS adds options, e.g. `make figures FIGURES_ARGS="--runs 5"`.
+.PHONY: figures
+FIGURES_ARGS ?=
+figures:
+	$(CARGO) build --release -p examples --bin jsonl-worker --bin failover-figures
+	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p examples --bin failover-figures -- $(FIGURES_ARGS)
+
 ## fmt: format the code
 fmt:
 	$(CARGO) fmt --all

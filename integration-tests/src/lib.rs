@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 
+pub mod workers;
+
 /// The environment variable holding the DynamoDB endpoint URL.
 pub const ENDPOINT_VAR: &str = "DYNAMODB_ENDPOINT";
 
