@@ -60,6 +60,16 @@ impl Liveness {
             .is_some_and(|(_, since)| now.duration_since(*since) < self.failover_time)
     }
 
+    /// When the next live worker turns dead if its counter does not move: the worker scans
+    /// then, so a takeover does not wait for the next regular tick.
+    pub(crate) fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.seen
+            .values()
+            .map(|(_, since)| *since + self.failover_time)
+            .filter(|at| *at > now)
+            .min()
+    }
+
     /// Workers whose counters moved within `failover_time`.
     pub(crate) fn live_workers(&self, now: Instant) -> HashSet<String> {
         self.seen
@@ -172,9 +182,10 @@ pub(crate) fn plan(
             load.entry(owner).or_default().push(lease);
         }
     }
+    let mine_after_takes = mine + plan.take.len();
     let busiest = load
         .into_iter()
-        .filter(|(_, owned)| owned.len() > target || owned.len() > mine + 1)
+        .filter(|(_, owned)| owned.len() > target || owned.len() > mine_after_takes + 1)
         .max_by_key(|(owner, owned)| (owned.len(), *owner));
     if let Some((_, owned)) = busiest {
         plan.request_handoff = owned
@@ -276,6 +287,39 @@ mod tests {
         let plan = plan("me", &leases, &live(&["a", "b"]), &HashSet::new());
         assert!(plan.take.is_empty());
         assert_eq!(plan.request_handoff.unwrap().owner.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn no_handoff_is_asked_when_free_leases_fill_the_share() {
+        // a holds 2 of 3, one is free: taking it brings me to my share of 2 at most.
+        let leases = vec![
+            lease("1", Some("a")),
+            lease("2", Some("a")),
+            lease("3", None),
+        ];
+        let plan = plan("me", &leases, &live(&["a"]), &HashSet::new());
+        assert_eq!(plan.take.len(), 1);
+        assert_eq!(plan.request_handoff, None, "a is at its fair share");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_expiry_is_when_the_earliest_counter_goes_stale() {
+        let mut liveness = Liveness::new(Duration::from_secs(10));
+        let start = Instant::now();
+        liveness.observe(&[worker("a", 1)], start);
+        liveness.observe(
+            &[worker("a", 1), worker("b", 1)],
+            start + Duration::from_secs(3),
+        );
+        assert_eq!(
+            liveness.next_expiry(start),
+            Some(start + Duration::from_secs(10))
+        );
+        let later = start + Duration::from_secs(11);
+        assert_eq!(
+            liveness.next_expiry(later),
+            Some(start + Duration::from_secs(13))
+        );
     }
 
     #[test]

@@ -120,6 +120,12 @@ impl<F: ProcessorFactory> Worker<F> {
                         scan_tick.reset_immediately();
                     }
                 }
+                // A worker may turn dead between ticks: scan right then, not up to a tick later.
+                _ = sleep_until_some(state.liveness.next_expiry(Instant::now())) => {
+                    if let Err(error) = self.scan(&mut state).await {
+                        tracing::warn!(%error, "lease scan failed; retrying on the next tick");
+                    }
+                }
                 _ = scan_tick.tick() => {
                     if let Err(error) = self.scan(&mut state).await {
                         tracing::warn!(%error, "lease scan failed; retrying on the next tick");
@@ -495,6 +501,14 @@ impl<F: ProcessorFactory> Worker<F> {
             tracing::warn!(%error, "worker item not deleted; it expires by itself");
         }
         tracing::info!(incarnation = %me, "worker stopped");
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
