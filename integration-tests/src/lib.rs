@@ -83,3 +83,44 @@ pub fn unique_name(prefix: &str) -> String {
         .unwrap_or_default();
     format!("{prefix}-{}-{n}-{millis}", std::process::id())
 }
+
+/// Creates a table with a string partition key `key`, on-demand, with a NEW_AND_OLD_IMAGES
+/// stream when `stream` is true. Panics on failure (test helper).
+pub async fn create_table(name: &str, key: &str, stream: bool) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        StreamSpecification, StreamViewType,
+    };
+    let built = |what: &str| format!("building the {what} of table {name:?}");
+    let mut request = dynamodb_client()
+        .await
+        .create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap_or_else(|e| panic!("{}: {e}", built("attribute definition"))),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap_or_else(|e| panic!("{}: {e}", built("key schema"))),
+        );
+    if stream {
+        request = request.stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()
+                .unwrap_or_else(|e| panic!("{}: {e}", built("stream specification"))),
+        );
+    }
+    if let Err(e) = request.send().await {
+        panic!("creating table {name:?}: {e}");
+    }
+}

@@ -7,16 +7,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore, SequenceNumber};
 use consumer_core::{
     BoxError, ChangeBatch, ChangeKind, Checkpointer, Consumer, ConsumerBuilder, InitialPosition,
     RecordProcessor, ShardContext,
 };
-use integration_tests::{dynamodb_client, sdk_config, unique_name};
+use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -88,38 +85,6 @@ impl Observed {
     }
 }
 
-async fn create_table(name: &str, stream: bool) {
-    let client = dynamodb_client().await;
-    let mut request = client
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("name")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("name")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        );
-    if stream {
-        request = request.stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .unwrap(),
-        );
-    }
-    request.send().await.unwrap();
-}
-
 async fn put(table: &str, name: &str, count: AttributeValue) {
     dynamodb_client()
         .await
@@ -169,7 +134,7 @@ fn spawn(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumes_after_the_checkpoint_when_restarted() {
     let (table, app) = (unique_name("orders"), unique_name("app"));
-    create_table(&table, true).await;
+    create_table(&table, "name", true).await;
     let config = sdk_config().await;
     put_counts(&table, 0..20).await;
 
@@ -208,7 +173,7 @@ async fn resumes_after_the_checkpoint_when_restarted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_starts_at_the_tip_and_trim_horizon_at_the_oldest_record() {
     let table = unique_name("orders");
-    create_table(&table, true).await;
+    create_table(&table, "name", true).await;
     let config = sdk_config().await;
     put_counts(&table, 0..5).await;
 
@@ -259,7 +224,7 @@ async fn latest_starts_at_the_tip_and_trim_horizon_at_the_oldest_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undecodable_image_stops_the_shard_at_that_record_and_is_reported() {
     let (table, app) = (unique_name("orders"), unique_name("app"));
-    create_table(&table, true).await;
+    create_table(&table, "name", true).await;
     let config = sdk_config().await;
     put(&table, "good-1", AttributeValue::N("1".into())).await;
     put(&table, "bad", AttributeValue::S("not a number".into())).await;
@@ -310,7 +275,7 @@ async fn a_missing_table_or_stream_is_named_in_the_error() {
     assert!(err.to_string().contains(&missing), "{err}");
 
     let no_stream = unique_name("plain");
-    create_table(&no_stream, false).await;
+    create_table(&no_stream, "name", false).await;
     let err = builder(&unique_name("app"), &no_stream, &config)
         .build(Observed::default().factory())
         .unwrap()

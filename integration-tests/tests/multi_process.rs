@@ -15,14 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType,
-};
+use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::workers::{
     Change, Worker, WorkerConfig, lease_counts, run_to_exit, shard_owners, wait_until,
 };
-use integration_tests::{dynamodb_client, unique_name};
+use integration_tests::{create_table, dynamodb_client, unique_name};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -33,44 +30,11 @@ const DEADLINE: Duration = Duration::from_secs(45);
 
 // ----- tables and writes -----
 
-/// Creates a table keyed by `id` (a string), with a NEW_AND_OLD_IMAGES stream if `stream`.
-async fn create_table(name: &str, stream: bool) {
-    let mut request = dynamodb_client()
-        .await
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("id")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        );
-    if stream {
-        request = request.stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .unwrap(),
-        );
-    }
-    request.send().await.unwrap();
-}
-
 async fn create_tables(prefix: &str, count: usize) -> Vec<String> {
     let mut tables = Vec::new();
     for _ in 0..count {
         let table = unique_name(prefix);
-        create_table(&table, true).await;
+        create_table(&table, "id", true).await;
         tables.push(table);
     }
     tables
@@ -754,7 +718,7 @@ async fn a_missing_table_fails_fast_naming_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_table_without_a_stream_fails_fast_naming_it() {
     let table = unique_name("mp-plain");
-    create_table(&table, false).await;
+    create_table(&table, "id", false).await;
     let endpoint = integration_tests::endpoint();
     fails_naming(
         worker_args(&unique_name("mp-app"), &table, &endpoint),
