@@ -172,6 +172,45 @@ fn number_to_json(n: &str) -> Value {
         .map_or_else(|| Value::String(n.to_owned()), Value::Number)
 }
 
+/// The CreateTable request every example needs: a string partition key `key`, on-demand
+/// billing and a `NEW_AND_OLD_IMAGES` stream. Callers send it and handle the answer their
+/// own way.
+pub fn create_stream_table_request(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+) -> Result<
+    aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
+    aws_sdk_dynamodb::error::BuildError,
+> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        StreamSpecification, StreamViewType,
+    };
+    Ok(client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::NewAndOldImages)
+                .build()?,
+        ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,10 +55,7 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, TableStatus, WriteRequest};
 use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
 use clap::Parser;
 use consumer_core::streams::{
@@ -340,28 +337,7 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
 /// Creates the table with a `NEW_AND_OLD_IMAGES` stream, waits until it is active and
 /// returns the stream's ARN.
 async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<String, BoxError> {
-    client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("pk")
-                .attribute_type(ScalarAttributeType::S)
-                .build()?,
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("pk")
-                .key_type(KeyType::Hash)
-                .build()?,
-        )
-        .stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()?,
-        )
+    examples::create_stream_table_request(client, table, "pk")?
         .send()
         .await?;
     for _ in 0..600 {

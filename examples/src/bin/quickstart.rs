@@ -42,10 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, TableStatus};
 use clap::Parser;
 use consumer_core::{BoxError, Change, ChangeBatch, ChangeKind, Consumer, processor_fn};
 use examples::Signals;
@@ -364,28 +361,7 @@ async fn ensure_table(
                 .is_some_and(|e| e.is_resource_not_found_exception()) =>
         {
             eprintln!("quickstart: creating table {table:?} at {where_}");
-            let created = dynamodb
-                .create_table()
-                .table_name(table)
-                .attribute_definitions(
-                    AttributeDefinition::builder()
-                        .attribute_name("name")
-                        .attribute_type(ScalarAttributeType::S)
-                        .build()?,
-                )
-                .key_schema(
-                    KeySchemaElement::builder()
-                        .attribute_name("name")
-                        .key_type(KeyType::Hash)
-                        .build()?,
-                )
-                .billing_mode(BillingMode::PayPerRequest)
-                .stream_specification(
-                    StreamSpecification::builder()
-                        .stream_enabled(true)
-                        .stream_view_type(StreamViewType::NewAndOldImages)
-                        .build()?,
-                )
+            let created = examples::create_stream_table_request(dynamodb, table, "name")?
                 .send()
                 .await;
             match created {
