@@ -82,6 +82,15 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// Something that should not happen inside the consumer (a task ended early).
+    #[error("internal error on shard {shard_id}: {problem}")]
+    Internal {
+        /// The shard.
+        shard_id: String,
+        /// What went wrong.
+        problem: String,
+    },
+
     /// The consumer was configured wrongly; nothing was started.
     #[error("invalid configuration `{key}`: {problem}")]
     Config {

@@ -142,7 +142,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 Some(Fetched::ShardEnd) => break session.end_shard().await,
                 Some(Fetched::Failed(error)) => break ShardOutcome::Failed(error),
                 None => {
-                    break ShardOutcome::Failed(Error::MalformedRecord {
+                    break ShardOutcome::Failed(Error::Internal {
                         shard_id: key.shard_id.clone(),
                         problem: "the fetch task stopped unexpectedly".into(),
                     });
