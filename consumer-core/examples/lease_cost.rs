@@ -14,112 +14,29 @@
 //! traffic. Here a worker writes its own heartbeat item instead and touches lease items only
 //! on checkpoints and ownership changes.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use checkpoint_store::{
-    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, Result, WorkerRecord,
-};
-use consumer_core::testkit::{SimConfig, SimulatedStream};
+use checkpoint_store::InMemoryLeaseStore;
+use clap::Parser;
+use consumer_core::testkit::{InstrumentedStore, SimConfig, SimulatedStream};
 use consumer_core::{ChangeBatch, Consumer, processor_fn};
 
-/// Counts calls per operation, and lease items read by scans.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: InMemoryLeaseStore,
-    calls: Mutex<BTreeMap<&'static str, u64>>,
-    items_scanned: AtomicU64,
+/// Lease-table calls per idle hour, counted in simulation.
+#[derive(Debug, Parser)]
+#[command(name = "lease_cost")]
+struct Args {
+    /// Idle shards of the simulated table.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
+    shards: u16,
+    /// Workers sharing them.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    workers: u16,
 }
 
-impl Counting {
-    fn count(&self, operation: &'static str) {
-        if let Ok(mut calls) = self.calls.lock() {
-            *calls.entry(operation).or_default() += 1;
-        }
-    }
-}
-
-#[async_trait]
-impl LeaseStore for Counting {
-    async fn ensure_table(&self) -> Result<()> {
-        self.inner.ensure_table().await
-    }
-    async fn list_leases(&self) -> Result<Vec<Lease>> {
-        self.count("scan leases");
-        let leases = self.inner.list_leases().await?;
-        self.items_scanned
-            .fetch_add(leases.len() as u64, Ordering::Relaxed);
-        Ok(leases)
-    }
-    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
-        self.count("get lease");
-        self.inner.get_lease(key).await
-    }
-    async fn create_lease(&self, lease: &Lease) -> Result<()> {
-        self.count("write: create lease");
-        self.inner.create_lease(lease).await
-    }
-    async fn take_lease(&self, key: &LeaseKey, o: Option<&str>, e: u64, n: &str) -> Result<Lease> {
-        self.count("write: take lease");
-        self.inner.take_lease(key, o, e, n).await
-    }
-    async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
-        self.count("write: checkpoint");
-        self.inner.checkpoint(key, o, c).await
-    }
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        o: &Ownership,
-        c: &Checkpoint,
-    ) -> Result<Lease> {
-        self.count("write: prepare checkpoint");
-        self.inner.prepare_checkpoint(key, o, c).await
-    }
-    async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
-        self.count("write: release lease");
-        self.inner.release_lease(key, o).await
-    }
-    async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, r: &str) -> Result<Lease> {
-        self.count("write: request handoff");
-        self.inner.request_handoff(key, o, r).await
-    }
-    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.count("write: delete lease");
-        self.inner.delete_lease(key).await
-    }
-    async fn heartbeat(&self, id: &str, ttl: Duration) -> Result<WorkerRecord> {
-        self.count("write: heartbeat");
-        self.inner.heartbeat(id, ttl).await
-    }
-    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        self.count("scan workers");
-        let workers = self.inner.list_workers().await?;
-        self.items_scanned
-            .fetch_add(workers.len() as u64, Ordering::Relaxed);
-        Ok(workers)
-    }
-    async fn delete_worker(&self, id: &str) -> Result<()> {
-        self.count("write: delete worker");
-        self.inner.delete_worker(id).await
-    }
-}
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let shards = arg("--shards", 100) as usize;
-    let workers = arg("--workers", 4);
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let (shards, workers) = (usize::from(args.shards), args.workers);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -130,7 +47,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             ..SimConfig::with_seed(1)
         });
         sim.add_table("idle");
-        let store = Arc::new(Counting::default());
+        let store = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for w in 0..workers {
@@ -147,11 +64,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         }
         // Let the workers settle (take and balance), then measure one idle hour.
         tokio::time::sleep(Duration::from_secs(120)).await;
-        let before = store.calls.lock().map(|c| c.clone()).unwrap_or_default();
-        let scanned_before = store.items_scanned.load(Ordering::Relaxed);
+        let before = store.calls();
+        let scanned_before = store.items_read();
         tokio::time::sleep(Duration::from_secs(3600)).await;
-        let after = store.calls.lock().map(|c| c.clone()).unwrap_or_default();
-        let scanned = store.items_scanned.load(Ordering::Relaxed) - scanned_before;
+        let after = store.calls();
+        let scanned = store.items_read() - scanned_before;
         stop.send_replace(true);
         for task in tasks {
             task.await??;
@@ -163,13 +80,16 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         let mut writes = 0;
         for (operation, count) in &after {
             let count = count - before.get(operation).copied().unwrap_or(0);
-            if operation.starts_with("write") {
+            let kind = if operation.is_write() {
                 writes += count;
-            }
-            println!("| {operation} | {count} |");
+                "write"
+            } else {
+                "read"
+            };
+            println!("| {kind}: {} | {count} |", operation.name());
         }
         println!("| items read by scans | {scanned} |");
-        let kcl = 1090 * shards as u64;
+        let kcl = 1090 * u64::from(args.shards);
         println!("\nwrites per hour: {writes} (KCL, renewing each lease every 3.3 s: ~{kcl}); ratio {:.3}", writes as f64 / kcl as f64);
         println!("writes per lease-hour: {:.1} (KCL ~1,090)", writes as f64 / shards as f64);
         Ok::<(), Box<dyn std::error::Error>>(())

@@ -10,15 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use checkpoint_store::{
-    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, Result as StoreResult,
-    WorkerRecord,
-};
-use consumer_core::testkit::{SimConfig, SimulatedStream};
+use checkpoint_store::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
+use consumer_core::testkit::{InstrumentedStore, Link, SimConfig, SimulatedStream};
 use consumer_core::{BoxError, ChangeBatch, Checkpointer, Consumer, RecordProcessor, ShardContext};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
@@ -28,114 +24,6 @@ struct Row {
 
 /// (worker, shard, sequence number, key, n)
 type Delivery = (String, String, String, String, u64);
-
-/// How a worker reaches the lease table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Link {
-    Up,
-    /// Calls hang, like a process stopped by the OS.
-    Frozen,
-    /// Calls fail at once, while the streams API still works: the zombie case that fencing
-    /// exists for.
-    Partitioned,
-}
-
-/// A lease store whose link a test controls.
-#[derive(Debug)]
-struct GatedStore {
-    inner: Arc<InMemoryLeaseStore>,
-    open: watch::Receiver<Link>,
-}
-
-impl GatedStore {
-    async fn pass(&self) -> StoreResult<()> {
-        let mut link = self.open.clone();
-        let _ = link.wait_for(|l| *l != Link::Frozen).await;
-        if *link.borrow() == Link::Partitioned {
-            return Err(checkpoint_store::Error::Unreachable {
-                endpoint: "the test's partition".into(),
-                operation: "any",
-                table: "app".into(),
-                source: "partitioned".into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl LeaseStore for GatedStore {
-    async fn ensure_table(&self) -> StoreResult<()> {
-        self.pass().await?;
-        self.inner.ensure_table().await
-    }
-    async fn list_leases(&self) -> StoreResult<Vec<Lease>> {
-        self.pass().await?;
-        self.inner.list_leases().await
-    }
-    async fn get_lease(&self, key: &LeaseKey) -> StoreResult<Option<Lease>> {
-        self.pass().await?;
-        self.inner.get_lease(key).await
-    }
-    async fn create_lease(&self, lease: &Lease) -> StoreResult<()> {
-        self.pass().await?;
-        self.inner.create_lease(lease).await
-    }
-    async fn take_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        new_owner: &str,
-    ) -> StoreResult<Lease> {
-        self.pass().await?;
-        self.inner
-            .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await
-    }
-    async fn checkpoint(
-        &self,
-        key: &LeaseKey,
-        o: &Ownership,
-        c: &Checkpoint,
-    ) -> StoreResult<Lease> {
-        self.pass().await?;
-        self.inner.checkpoint(key, o, c).await
-    }
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        o: &Ownership,
-        c: &Checkpoint,
-    ) -> StoreResult<Lease> {
-        self.pass().await?;
-        self.inner.prepare_checkpoint(key, o, c).await
-    }
-    async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> StoreResult<Lease> {
-        self.pass().await?;
-        self.inner.release_lease(key, o).await
-    }
-    async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, r: &str) -> StoreResult<Lease> {
-        self.pass().await?;
-        self.inner.request_handoff(key, o, r).await
-    }
-    async fn delete_lease(&self, key: &LeaseKey) -> StoreResult<()> {
-        self.pass().await?;
-        self.inner.delete_lease(key).await
-    }
-    async fn heartbeat(&self, id: &str, ttl: Duration) -> StoreResult<WorkerRecord> {
-        self.pass().await?;
-        self.inner.heartbeat(id, ttl).await
-    }
-    async fn list_workers(&self) -> StoreResult<Vec<WorkerRecord>> {
-        self.pass().await?;
-        self.inner.list_workers().await
-    }
-    async fn delete_worker(&self, id: &str) -> StoreResult<()> {
-        self.pass().await?;
-        self.inner.delete_worker(id).await
-    }
-}
 
 /// Records deliveries, and whether the deliverer still owned the lease at that moment.
 struct Recorder {
@@ -186,11 +74,11 @@ impl RecordProcessor for Recorder {
     }
 }
 
-/// A running worker: its task, its graceful stop, and its gate.
+/// A running worker: its task, its graceful stop, and its link to the lease table.
 struct Running {
     task: tokio::task::JoinHandle<consumer_core::Result<()>>,
     stop: tokio::sync::oneshot::Sender<()>,
-    gate: watch::Sender<Link>,
+    gate: Arc<InstrumentedStore<InMemoryLeaseStore>>,
 }
 
 struct Cluster {
@@ -203,11 +91,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(&mut self, id: &str) {
-        let (gate, open) = watch::channel(Link::Up);
-        let store = Arc::new(GatedStore {
-            inner: self.store.clone(),
-            open,
-        });
+        let gate = Arc::new(InstrumentedStore::new(self.store.clone()));
         let factory = {
             let (log, store, zombies) = (
                 self.log.clone(),
@@ -224,7 +108,7 @@ impl Cluster {
         let consumer = Consumer::builder("app")
             .with_table("orders")
             .with_streams_api(Arc::new(self.sim.clone()))
-            .with_lease_store(store)
+            .with_lease_store(gate.clone())
             .with_worker_id(id)
             .with_batch_limit(25)
             .with_checkpoint_interval(Duration::from_millis(500))
@@ -246,13 +130,13 @@ impl Cluster {
 
     fn link(&self, id: &str, link: Link) {
         if let Some(worker) = self.workers.get(id) {
-            worker.gate.send_replace(link);
+            worker.gate.set_link(link);
         }
     }
 
     async fn stop_all(&mut self) {
         for (id, worker) in std::mem::take(&mut self.workers) {
-            worker.gate.send_replace(Link::Up);
+            worker.gate.set_link(Link::Up);
             let _ = worker.stop.send(());
             let result = tokio::time::timeout(Duration::from_secs(120), worker.task)
                 .await

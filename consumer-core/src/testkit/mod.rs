@@ -7,7 +7,8 @@
 //! DescribeStream pagination, throttling and injected faults. Everything random comes
 //! from one seeded RNG and time is `tokio::time`, so a simulation run is reproducible.
 //!
-//! The in-memory lease store is re-exported so a simulation needs only this module.
+//! The in-memory lease store is re-exported so a simulation needs only this module, and
+//! [`InstrumentedStore`] wraps any lease store to count its calls or cut it off.
 
 mod clock;
 mod config;
@@ -18,6 +19,7 @@ mod iterators;
 mod record;
 mod shard;
 mod state;
+mod store;
 mod stream;
 
 #[cfg(test)]
@@ -29,4 +31,5 @@ pub use error::SimError;
 pub use faults::SimOperation;
 pub use items::{Item, string_key};
 pub use state::WrittenRecord;
+pub use store::{InstrumentedStore, Link, StoreOp};
 pub use stream::SimulatedStream;

@@ -1,0 +1,275 @@
+//! [`InstrumentedStore`]: any lease store with every call counted and its link to the
+//! store under the test's control. One decorator forwards the trait's methods, so the
+//! simulation tests and the cost example do not each forward them by hand.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use checkpoint_store::{
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Ownership, Result, WorkerRecord,
+};
+use tokio::sync::watch;
+
+/// One lease-store operation, as [`InstrumentedStore`] counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[allow(missing_docs)] // the names are the trait's methods
+pub enum StoreOp {
+    EnsureTable,
+    ListLeases,
+    GetLease,
+    CreateLease,
+    TakeLease,
+    Checkpoint,
+    PrepareCheckpoint,
+    ReleaseLease,
+    RequestHandoff,
+    DeleteLease,
+    Heartbeat,
+    ListWorkers,
+    Snapshot,
+    DeleteWorker,
+}
+
+impl StoreOp {
+    /// A short readable name, for tables of counts.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::EnsureTable => "ensure table",
+            StoreOp::ListLeases => "scan leases",
+            StoreOp::GetLease => "get lease",
+            StoreOp::CreateLease => "create lease",
+            StoreOp::TakeLease => "take lease",
+            StoreOp::Checkpoint => "checkpoint",
+            StoreOp::PrepareCheckpoint => "prepare checkpoint",
+            StoreOp::ReleaseLease => "release lease",
+            StoreOp::RequestHandoff => "request handoff",
+            StoreOp::DeleteLease => "delete lease",
+            StoreOp::Heartbeat => "heartbeat",
+            StoreOp::ListWorkers => "scan workers",
+            StoreOp::Snapshot => "scan leases and workers",
+            StoreOp::DeleteWorker => "delete worker",
+        }
+    }
+
+    /// Whether the operation writes to the store (what DynamoDB bills as write units).
+    pub fn is_write(self) -> bool {
+        !matches!(
+            self,
+            StoreOp::EnsureTable
+                | StoreOp::ListLeases
+                | StoreOp::GetLease
+                | StoreOp::ListWorkers
+                | StoreOp::Snapshot
+        )
+    }
+}
+
+/// How the code under test reaches the store: the fault an [`InstrumentedStore`] injects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Link {
+    /// Calls go through.
+    #[default]
+    Up,
+    /// Calls hang until the link changes, like a process stopped by the OS.
+    Frozen,
+    /// Calls fail at once with [`Error::Unreachable`]: a network partition.
+    Partitioned,
+}
+
+/// A lease store that counts every call (per [`StoreOp`], and the items scans read) and
+/// passes it through a [`Link`] the test sets, before forwarding it to `inner`.
+///
+/// Several instances may share one inner store (one per simulated worker, each with its own
+/// link to the same table).
+pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
+    inner: Arc<S>,
+    link: watch::Sender<Link>,
+    calls: Mutex<BTreeMap<StoreOp, u64>>,
+    items_read: AtomicU64,
+}
+
+impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
+    /// `inner`, with the link up and every counter at zero.
+    pub fn new(inner: Arc<S>) -> Self {
+        Self {
+            inner,
+            link: watch::Sender::new(Link::Up),
+            calls: Mutex::default(),
+            items_read: AtomicU64::new(0),
+        }
+    }
+
+    /// The wrapped store (calls to it are neither counted nor gated).
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+
+    /// Changes the link for the calls that follow (and releases calls held by `Frozen`).
+    pub fn set_link(&self, link: Link) {
+        self.link.send_replace(link);
+    }
+
+    /// Calls so far, per operation (including those the link failed).
+    pub fn calls(&self) -> BTreeMap<StoreOp, u64> {
+        self.calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Lease and worker items returned by scans so far.
+    pub fn items_read(&self) -> u64 {
+        self.items_read.load(Ordering::Relaxed)
+    }
+
+    /// Counts the call, then waits while the link is frozen; fails if it is partitioned.
+    async fn pass(&self, op: StoreOp) -> Result<()> {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(op)
+            .or_default() += 1;
+        let mut link = self.link.subscribe();
+        // The sender lives in `self`, so waiting cannot fail with a closed channel.
+        let current = link
+            .wait_for(|l| *l != Link::Frozen)
+            .await
+            .map_or(Link::Up, |l| *l);
+        if current == Link::Partitioned {
+            return Err(Error::Unreachable {
+                endpoint: "the test's partition".into(),
+                operation: op.name(),
+                table: "instrumented".into(),
+                source: "partitioned by the test".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn read<T>(&self, items: Vec<T>) -> Vec<T> {
+        self.items_read
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        items
+    }
+}
+
+impl<S: ?Sized> fmt::Debug for InstrumentedStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentedStore")
+            .field("link", &*self.link.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
+    async fn ensure_table(&self) -> Result<()> {
+        self.pass(StoreOp::EnsureTable).await?;
+        self.inner.ensure_table().await
+    }
+    async fn list_leases(&self) -> Result<Vec<Lease>> {
+        self.pass(StoreOp::ListLeases).await?;
+        Ok(self.read(self.inner.list_leases().await?))
+    }
+    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
+        self.pass(StoreOp::GetLease).await?;
+        self.inner.get_lease(key).await
+    }
+    async fn create_lease(&self, lease: &Lease) -> Result<()> {
+        self.pass(StoreOp::CreateLease).await?;
+        self.inner.create_lease(lease).await
+    }
+    async fn take_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        new_owner: &str,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::TakeLease).await?;
+        self.inner
+            .take_lease(key, seen_owner, seen_epoch, new_owner)
+            .await
+    }
+    async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        self.inner.checkpoint(key, o, c).await
+    }
+    async fn prepare_checkpoint(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        c: &Checkpoint,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::PrepareCheckpoint).await?;
+        self.inner.prepare_checkpoint(key, o, c).await
+    }
+    async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
+        self.pass(StoreOp::ReleaseLease).await?;
+        self.inner.release_lease(key, o).await
+    }
+    async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
+        self.pass(StoreOp::RequestHandoff).await?;
+        self.inner.request_handoff(key, o, to).await
+    }
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
+        self.pass(StoreOp::DeleteLease).await?;
+        self.inner.delete_lease(key).await
+    }
+    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
+        self.pass(StoreOp::Heartbeat).await?;
+        self.inner.heartbeat(worker_id, ttl).await
+    }
+    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
+        self.pass(StoreOp::ListWorkers).await?;
+        Ok(self.read(self.inner.list_workers().await?))
+    }
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        self.pass(StoreOp::Snapshot).await?;
+        let (leases, workers) = self.inner.snapshot().await?;
+        Ok((self.read(leases), self.read(workers)))
+    }
+    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
+        self.pass(StoreOp::DeleteWorker).await?;
+        self.inner.delete_worker(worker_id).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use checkpoint_store::InMemoryLeaseStore;
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_calls_and_injects_the_link_faults() {
+        let store = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+        store.heartbeat("w", Duration::from_secs(10)).await.unwrap();
+        store.snapshot().await.unwrap();
+        assert_eq!(store.items_read(), 1, "one worker item read");
+
+        store.set_link(Link::Partitioned);
+        let err = store.list_leases().await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+
+        store.set_link(Link::Frozen);
+        let held = tokio::spawn({
+            let store = store.clone();
+            async move { store.list_leases().await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!held.is_finished(), "a frozen link holds the call");
+        store.set_link(Link::Up);
+        held.await.unwrap().unwrap();
+
+        let calls = store.calls();
+        assert_eq!(calls[&StoreOp::ListLeases], 2);
+        assert_eq!(calls[&StoreOp::Heartbeat], 1);
+        assert!(StoreOp::Heartbeat.is_write() && !StoreOp::Snapshot.is_write());
+    }
+}
