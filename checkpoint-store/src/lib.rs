@@ -8,6 +8,7 @@
 
 #![warn(missing_docs)]
 
+pub mod aws;
 mod checkpoint;
 mod dynamodb;
 mod error;

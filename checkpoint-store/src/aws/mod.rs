@@ -1,0 +1,37 @@
+//! How this project calls AWS: the one module both crates go through.
+//!
+//! `checkpoint-store` is the lowest crate, so the DynamoDB lease store and consumer-core's
+//! DynamoDB Streams access both build their clients, classify errors, page and wait here.
+//! A newcomer reads this page to know every rule we follow when talking to AWS:
+//!
+//! - **Clients** ([`AwsClients`]): both SDK clients (`aws-sdk-dynamodb` for tables and
+//!   items, `aws-sdk-dynamodbstreams` for shards and records) are built together from an
+//!   [`aws_types::SdkConfig`]. Libraries never load credentials: only programs do, with
+//!   `aws-config`, and hand the resulting `SdkConfig` in.
+//! - **Timeouts**: 3 s to connect, 10 s per attempt, 30 s per operation, so that an
+//!   unreachable endpoint fails within seconds instead of hanging a worker.
+//! - **One retry layer, ours**: the clients are built with the SDK's retries disabled
+//!   (`RetryConfig::disabled()`). Every retry happens in consumer-core's named retry
+//!   policies (`consumer-core/src/retry.rs`), which know what the call is for (a poll loop
+//!   backs off differently from a heartbeat). Two layers stacked would multiply attempts
+//!   and hide throttling from the layer that must slow down.
+//! - **Error classes** ([`ErrorClass`], [`classify`]): one classification of every SDK
+//!   error from the SDK's own error metadata (the error code), the `SdkError` variant
+//!   (dispatch failures and timeouts are transport errors) and the HTTP status (an
+//!   unmodeled 5xx is transient). Callers decide retries with
+//!   [`ErrorClass::is_retryable`] and map classes onto their own error kinds.
+//! - **Paging**: Scan goes through the SDK's paginator ([`scan_all`]); DescribeStream
+//!   through [`describe_stream_pages`], which follows `LastEvaluatedShardId` and fails with
+//!   [`CursorStalled`] when the cursor does not advance (never a partial list, never a
+//!   loop).
+//! - **Waiting**: table status through the SDK's waiter ([`wait_until_table_active`]).
+
+mod clients;
+mod errors;
+mod paging;
+mod tables;
+
+pub use clients::AwsClients;
+pub use errors::{ErrorClass, class_of_code, classify};
+pub use paging::{CursorStalled, describe_stream_pages, scan_all};
+pub use tables::{TableWaitError, wait_until_table_active};
