@@ -81,11 +81,6 @@ impl<T> Change<T> {
     pub fn raw(&self) -> &Record {
         &self.raw
     }
-
-    /// The raw record, shared (the framework keeps a reference to redeliver on failure).
-    pub fn raw_shared(&self) -> &Arc<Record> {
-        &self.raw
-    }
 }
 
 impl<T: DeserializeOwned> Change<T> {

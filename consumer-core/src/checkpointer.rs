@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore, Ownership, SequenceNumber};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::events::{CheckpointWritten, Event};
 
 /// Records how far a shard has been processed.
 ///
@@ -101,6 +103,21 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// [`flush`](Self::flush), retried on transient errors as the [`crate::retry::lease_store`]
+    /// policy says: the last write of a stopping shard, which no later flush repeats.
+    pub(crate) async fn flush_retrying(&mut self) -> Result<()> {
+        let mut pauses = crate::retry::lease_store().build();
+        loop {
+            match self.flush().await {
+                Err(error) if crate::retry::is_retryable(&error) => match pauses.next() {
+                    Some(pause) => tokio::time::sleep(pause).await,
+                    None => return Err(error),
+                },
+                result => return result,
+            }
+        }
+    }
+
     /// The checkpoint in the lease table.
     pub fn stored(&self) -> &Checkpoint {
         &self.stored
@@ -137,7 +154,11 @@ impl Checkpointer {
             .store
             .checkpoint(&self.key, &self.ownership, &checkpoint)
             .await?;
-        crate::events::checkpoint_written(&self.key.shard_id, &checkpoint.encode());
+        CheckpointWritten {
+            shard_id: &self.key.shard_id,
+            checkpoint: &checkpoint.encode(),
+        }
+        .emit();
         self.stored = lease.checkpoint;
         self.last_write = Some(Instant::now());
         Ok(())

@@ -28,9 +28,10 @@ pub enum TrimmedDataPolicy {
     Stop,
 }
 
-/// Everything that tunes a consumer; [`crate::ConsumerBuilder`] sets it.
+/// Everything that tunes a consumer, resolved: [`crate::ConsumerBuilder::build`] makes it
+/// from the settings given and the defaults.
 #[derive(Clone, Debug)]
-pub struct ConsumerConfig {
+pub(crate) struct ConsumerConfig {
     /// Where new root shards start.
     pub initial_position: InitialPosition,
     /// How shards are polled.
@@ -51,11 +52,13 @@ pub struct ConsumerConfig {
     pub scan_interval: Duration,
     /// How often the holder of the shard-sync lease lists every shard of every stream.
     pub shard_sync_interval: Duration,
-    /// The longest pause between deliveries of a failing batch.
-    pub retry_backoff_max: Duration,
+    /// The longest pause between deliveries of a failing batch, and how long a failed
+    /// shard consumer waits before it restarts ([`crate::retry::processing`]).
+    pub processing_backoff_max: Duration,
 }
 
 impl Default for ConsumerConfig {
+    /// The defaults; `renew_interval` follows `failover_time` (a third of it).
     fn default() -> Self {
         let failover_time = Duration::from_secs(10);
         Self {
@@ -69,7 +72,7 @@ impl Default for ConsumerConfig {
             renew_interval: failover_time / 3,
             scan_interval: Duration::from_secs(2),
             shard_sync_interval: Duration::from_secs(60),
-            retry_backoff_max: Duration::from_secs(30),
+            processing_backoff_max: Duration::from_secs(30),
         }
     }
 }

@@ -8,6 +8,7 @@ use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
 use crate::error::{Error, Result};
 use crate::processor::ProcessorFactory;
+use crate::retry;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -38,6 +39,7 @@ impl Consumer<()> {
             sources: Vec::new(),
             worker_id: None,
             config: ConsumerConfig::default(),
+            renew_interval: None,
             sdk_config: None,
             api: None,
             store: None,
@@ -51,7 +53,10 @@ impl<F: ProcessorFactory> Consumer<F> {
         let lookups = self.sources.iter().map(|source| async move {
             Ok(match source {
                 Source::Table(table) => StreamSource {
-                    stream_arn: self.api.latest_stream_arn(table).await?,
+                    stream_arn: retry::call(retry::startup(), retry::is_retryable_api, || {
+                        self.api.latest_stream_arn(table)
+                    })
+                    .await?,
                     table: Some(table.clone()),
                 },
                 Source::StreamArn(arn) => StreamSource {
@@ -77,7 +82,10 @@ impl<F: ProcessorFactory> Consumer<F> {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         // Independent round trips, done together: startup latency is what a restarted
         // worker's shards wait for.
-        let (streams, table) = tokio::join!(self.resolve_streams(), self.store.ensure_table());
+        let ensure_table = retry::call(retry::startup(), retry::is_retryable_store, || {
+            self.store.ensure_table()
+        });
+        let (streams, table) = tokio::join!(self.resolve_streams(), ensure_table);
         table?;
         let streams = streams?;
         tracing::debug!(application = %self.application, "resolved streams");
@@ -95,13 +103,17 @@ impl<F: ProcessorFactory> Consumer<F> {
 }
 
 /// Configures a [`Consumer`]. Every setting has a default except the streams to consume
-/// and where AWS is ([`with_sdk_config`](Self::with_sdk_config)).
+/// and where AWS is ([`with_sdk_config`](Self::with_sdk_config)). The order of the calls
+/// does not matter: defaults that follow other settings are derived in [`build`](Self::build).
 #[must_use]
 pub struct ConsumerBuilder {
     application: String,
     sources: Vec<Source>,
     worker_id: Option<String>,
+    /// The settings given so far, on top of the defaults (`renew_interval` aside).
     config: ConsumerConfig,
+    /// The heartbeat period, when given; else a third of the failover time.
+    renew_interval: Option<Duration>,
     sdk_config: Option<aws_config::SdkConfig>,
     api: Option<Arc<dyn StreamsApi>>,
     store: Option<Arc<dyn LeaseStore>>,
@@ -133,80 +145,71 @@ impl ConsumerBuilder {
     }
 
     /// Where shards nobody has processed yet start. Default: trim horizon.
-    pub fn with_initial_position(mut self, position: InitialPosition) -> Self {
-        self.config.initial_position = position;
-        self
+    pub fn with_initial_position(self, position: InitialPosition) -> Self {
+        self.set(|c| c.initial_position = position)
     }
 
     /// Records per GetRecords call, 1-1000 (also the largest batch). Default: 1000.
-    pub fn with_batch_limit(mut self, limit: u32) -> Self {
-        self.config.poll.batch_limit = limit;
-        self
+    pub fn with_batch_limit(self, limit: u32) -> Self {
+        self.set(|c| c.poll.batch_limit = limit)
     }
 
     /// The pauses between polls of an idle shard: first `min`, doubling up to `max`.
     /// Default: 100 ms to 1 s.
-    pub fn with_idle_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.config.poll.idle_backoff_min = min;
-        self.config.poll.idle_backoff_max = max;
-        self
+    pub fn with_idle_backoff(self, min: Duration, max: Duration) -> Self {
+        self.set(|c| (c.poll.idle_backoff_min, c.poll.idle_backoff_max) = (min, max))
     }
 
     /// Checkpoint writes per shard are coalesced to one per interval. Default: 1 s; zero
     /// writes after every batch.
-    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
-        self.config.checkpoint_interval = interval;
-        self
+    pub fn with_checkpoint_interval(self, interval: Duration) -> Self {
+        self.set(|c| c.checkpoint_interval = interval)
     }
 
     /// Whether the framework checkpoints after each successful batch. Default: yes.
-    pub fn with_auto_checkpoint(mut self, enabled: bool) -> Self {
-        self.config.auto_checkpoint = enabled;
-        self
+    pub fn with_auto_checkpoint(self, enabled: bool) -> Self {
+        self.set(|c| c.auto_checkpoint = enabled)
     }
 
     /// What to do about records trimmed before they were read. Default: report and go on.
-    pub fn with_trimmed_data_policy(mut self, policy: TrimmedDataPolicy) -> Self {
-        self.config.trimmed_data_policy = policy;
-        self
+    pub fn with_trimmed_data_policy(self, policy: TrimmedDataPolicy) -> Self {
+        self.set(|c| c.trimmed_data_policy = policy)
     }
 
     /// After how long without a heartbeat a worker counts as dead. Default: 10 s. The renew
-    /// interval follows (a third of it) unless set after this.
-    pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
-        self.config.failover_time = failover_time;
-        self.config.renew_interval = failover_time / 3;
-        self
+    /// interval follows (a third of it) unless [`with_renew_interval`](Self::with_renew_interval)
+    /// is given, before or after this.
+    pub fn with_failover_time(self, failover_time: Duration) -> Self {
+        self.set(|c| c.failover_time = failover_time)
     }
 
     /// How often this worker heartbeats. Default: a third of the failover time.
     pub fn with_renew_interval(mut self, interval: Duration) -> Self {
-        self.config.renew_interval = interval;
+        self.renew_interval = Some(interval);
         self
     }
 
     /// How often this worker scans the lease table. Default: 2 s.
-    pub fn with_scan_interval(mut self, interval: Duration) -> Self {
-        self.config.scan_interval = interval;
-        self
+    pub fn with_scan_interval(self, interval: Duration) -> Self {
+        self.set(|c| c.scan_interval = interval)
     }
 
     /// How often the shard-sync holder lists every shard. Default: 60 s.
-    pub fn with_shard_sync_interval(mut self, interval: Duration) -> Self {
-        self.config.shard_sync_interval = interval;
-        self
+    pub fn with_shard_sync_interval(self, interval: Duration) -> Self {
+        self.set(|c| c.shard_sync_interval = interval)
     }
 
     /// Pages fetched ahead of the processor, per shard. Default: 1.
-    pub fn with_prefetch_pages(mut self, pages: usize) -> Self {
-        self.config.prefetch_pages = pages;
-        self
+    pub fn with_prefetch_pages(self, pages: usize) -> Self {
+        self.set(|c| c.prefetch_pages = pages)
     }
 
-    /// The longest pause between deliveries of a failing batch. Default: 30 s.
-    pub fn with_retry_backoff_max(mut self, max: Duration) -> Self {
-        self.config.retry_backoff_max = max;
-        self
+    /// The longest pause between deliveries of a batch whose processing fails (they start
+    /// at 100 ms and double, jittered), and how long a shard consumer that stopped on an
+    /// error waits before it restarts. Default: 30 s. Streams and lease-table calls have
+    /// their own fixed retry policies.
+    pub fn with_retry_backoff_max(self, max: Duration) -> Self {
+        self.set(|c| c.processing_backoff_max = max)
     }
 
     /// Uses this streams API instead of the AWS SDK (the simulated stream in tests).
@@ -224,7 +227,8 @@ impl ConsumerBuilder {
     /// Checks the settings and makes the consumer; `factory` makes a processor per shard
     /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
     /// [`processor_fn`](crate::processor_fn)).
-    pub fn build<F: ProcessorFactory>(self, factory: F) -> Result<Consumer<F>> {
+    pub fn build<F: ProcessorFactory>(mut self, factory: F) -> Result<Consumer<F>> {
+        self.config.renew_interval = self.renew_interval.unwrap_or(self.config.failover_time / 3);
         self.validate()?;
         let api = match (self.api, &self.sdk_config) {
             (Some(api), _) => api,
@@ -247,6 +251,12 @@ impl ConsumerBuilder {
             store,
             factory,
         })
+    }
+
+    /// Changes one setting.
+    fn set(mut self, change: impl FnOnce(&mut ConsumerConfig)) -> Self {
+        change(&mut self.config);
+        self
     }
 
     fn validate(&self) -> Result<()> {
@@ -320,4 +330,51 @@ fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{}-{}", host.replace('#', "-"), std::process::id())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testkit::{InMemoryLeaseStore, SimulatedStream};
+
+    fn config(builder: ConsumerBuilder) -> ConsumerConfig {
+        let consumer = builder
+            .with_table("t")
+            .with_streams_api(Arc::new(SimulatedStream::with_seed(1)))
+            .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+            .build(crate::processor_fn(|_: crate::ChangeBatch<()>| async {
+                Ok(())
+            }))
+            .unwrap();
+        consumer.config
+    }
+
+    #[test]
+    fn builder_calls_do_not_depend_on_order() {
+        let (failover, renew) = (Duration::from_secs(30), Duration::from_secs(2));
+        let before = config(
+            Consumer::builder("app")
+                .with_renew_interval(renew)
+                .with_failover_time(failover),
+        );
+        let after = config(
+            Consumer::builder("app")
+                .with_failover_time(failover)
+                .with_renew_interval(renew),
+        );
+        assert_eq!(before.renew_interval, renew);
+        assert_eq!(after.renew_interval, renew);
+        assert_eq!(before.failover_time, failover);
+    }
+
+    #[test]
+    fn the_renew_interval_follows_the_failover_time_unless_given() {
+        let derived = config(Consumer::builder("app").with_failover_time(Duration::from_secs(30)));
+        assert_eq!(derived.renew_interval, Duration::from_secs(10));
+        assert_eq!(
+            config(Consumer::builder("app")).renew_interval,
+            Duration::from_secs(10) / 3
+        );
+    }
 }

@@ -1,96 +1,231 @@
-//! Every log line worth counting, defined together with its metric.
+//! Every log line worth counting, defined together with its metric: one type per event.
 //!
+//! An event is a struct holding what happened; [`Event::emit`] writes its log line and
+//! bumps its metric, so the two cannot drift apart (the shape of Vector's `InternalEvent`).
 //! Metrics go through the `metrics` facade: they cost nothing until the application
 //! installs a recorder (e.g. `metrics-exporter-prometheus`). Names share the prefix
 //! `ddb_stream_`; labels are the stream (ARN) and shard where they apply.
 
 use std::time::Duration;
 
+use checkpoint_store::LeaseKey;
 use metrics::{counter, gauge};
 
 use crate::streams::ApiError;
 
-/// A streams call failed and is retried after `pause`.
-pub(crate) fn api_retry(shard_id: &str, error: &ApiError, pause: Duration) {
-    tracing::warn!(shard_id, %error, ?pause, "streams call failed; retrying");
-    counter!("ddb_stream_api_retries_total", "operation" => error.operation, "kind" => error.kind.to_string())
-        .increment(1);
+/// Something the consumer reports: a log line and its metric.
+pub(crate) trait Event {
+    /// Logs the event and counts it.
+    fn emit(self);
 }
 
-/// A batch was handed to a processor and returned Ok.
-pub(crate) fn batch_processed(
-    stream_arn: &str,
-    shard_id: &str,
-    records: usize,
-    behind_latest: Option<Duration>,
-) {
-    tracing::debug!(shard_id, records, ?behind_latest, "batch processed");
-    let labels = [
-        ("stream", stream_arn.to_owned()),
-        ("shard", shard_id.to_owned()),
-    ];
-    counter!("ddb_stream_records_processed_total", &labels).increment(records as u64);
-    if let Some(behind) = behind_latest {
-        gauge!("ddb_stream_millis_behind_latest", &labels).set(behind.as_millis() as f64);
+/// A streams call failed and is retried after `pause`.
+pub(crate) struct ApiRetried<'a> {
+    pub shard_id: &'a str,
+    pub error: &'a ApiError,
+    pub pause: Duration,
+}
+
+impl Event for ApiRetried<'_> {
+    fn emit(self) {
+        let Self {
+            shard_id,
+            error,
+            pause,
+        } = self;
+        tracing::warn!(shard_id, %error, ?pause, "streams call failed; retrying");
+        counter!(
+            "ddb_stream_api_retries_total",
+            "operation" => error.operation,
+            "kind" => error.kind.to_string()
+        )
+        .increment(1);
     }
 }
 
-/// A processor returned an error; the batch will be delivered again.
-pub(crate) fn processing_failed(
-    shard_id: &str,
-    error: &crate::Error,
-    attempt: u32,
-    pause: Duration,
-) {
-    tracing::error!(shard_id, %error, attempt, ?pause, "processing failed; the batch will be retried");
-    counter!("ddb_stream_processing_failures_total", "shard" => shard_id.to_owned()).increment(1);
+/// A batch was handed to a processor and returned Ok.
+pub(crate) struct BatchProcessed<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    pub records: usize,
+    pub behind_latest: Option<Duration>,
+}
+
+impl Event for BatchProcessed<'_> {
+    fn emit(self) {
+        let Self {
+            stream_arn,
+            shard_id,
+            records,
+            behind_latest,
+        } = self;
+        tracing::debug!(shard_id, records, ?behind_latest, "batch processed");
+        let labels = [
+            ("stream", stream_arn.to_owned()),
+            ("shard", shard_id.to_owned()),
+        ];
+        counter!("ddb_stream_records_processed_total", &labels).increment(records as u64);
+        if let Some(behind) = behind_latest {
+            gauge!("ddb_stream_millis_behind_latest", &labels).set(behind.as_millis() as f64);
+        }
+    }
+}
+
+/// A processor (or one of its hooks) returned an error; it is called again after `pause`.
+pub(crate) struct ProcessingFailed<'a> {
+    pub shard_id: &'a str,
+    pub error: &'a crate::Error,
+    /// Failed deliveries of this batch so far; 0 for a hook.
+    pub attempt: u32,
+    pub pause: Duration,
+}
+
+impl Event for ProcessingFailed<'_> {
+    fn emit(self) {
+        let Self {
+            shard_id,
+            error,
+            attempt,
+            pause,
+        } = self;
+        tracing::error!(shard_id, %error, attempt, ?pause, "processing failed; the batch will be retried");
+        counter!("ddb_stream_processing_failures_total", "shard" => shard_id.to_owned())
+            .increment(1);
+    }
 }
 
 /// A record did not decode; the shard waits at that record (nothing is skipped).
-pub(crate) fn decode_failed(shard_id: &str, error: &crate::Error, pause: Duration) {
-    tracing::error!(shard_id, %error, ?pause, "a record does not decode; the shard is held at that record and retried");
-    counter!("ddb_stream_decode_failures_total", "shard" => shard_id.to_owned()).increment(1);
+pub(crate) struct DecodeFailed<'a> {
+    pub shard_id: &'a str,
+    pub error: &'a crate::Error,
+    pub pause: Duration,
+}
+
+impl Event for DecodeFailed<'_> {
+    fn emit(self) {
+        let Self {
+            shard_id,
+            error,
+            pause,
+        } = self;
+        tracing::error!(shard_id, %error, ?pause, "a record does not decode; the shard is held at that record and retried");
+        counter!("ddb_stream_decode_failures_total", "shard" => shard_id.to_owned()).increment(1);
+    }
 }
 
 /// Records were trimmed before we read them: data was lost to this application.
-pub(crate) fn data_trimmed(stream_arn: &str, shard_id: &str, wanted: &str, resumed_at: &str) {
-    tracing::error!(
-        stream_arn,
-        shard_id,
-        wanted,
-        resumed_at,
-        "DATA LOSS: records were trimmed from the stream before they were processed"
-    );
-    counter!("ddb_stream_data_loss_events_total", "stream" => stream_arn.to_owned(), "shard" => shard_id.to_owned())
+pub(crate) struct DataTrimmed<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    /// Where reading should have gone on.
+    pub wanted: &'a str,
+    /// Where it goes on instead.
+    pub resumed_at: &'a str,
+}
+
+impl Event for DataTrimmed<'_> {
+    fn emit(self) {
+        let Self {
+            stream_arn,
+            shard_id,
+            wanted,
+            resumed_at,
+        } = self;
+        tracing::error!(
+            stream_arn,
+            shard_id,
+            wanted,
+            resumed_at,
+            "DATA LOSS: records were trimmed from the stream before they were processed"
+        );
+        counter!(
+            "ddb_stream_data_loss_events_total",
+            "stream" => stream_arn.to_owned(),
+            "shard" => shard_id.to_owned()
+        )
         .increment(1);
+    }
 }
 
 /// A checkpoint was written to the lease table.
-pub(crate) fn checkpoint_written(shard_id: &str, checkpoint: &str) {
-    tracing::debug!(shard_id, checkpoint, "checkpoint written");
-    counter!("ddb_stream_checkpoints_total").increment(1);
+pub(crate) struct CheckpointWritten<'a> {
+    pub shard_id: &'a str,
+    pub checkpoint: &'a str,
+}
+
+impl Event for CheckpointWritten<'_> {
+    fn emit(self) {
+        let Self {
+            shard_id,
+            checkpoint,
+        } = self;
+        tracing::debug!(shard_id, checkpoint, "checkpoint written");
+        counter!("ddb_stream_checkpoints_total").increment(1);
+    }
 }
 
 /// A shard was read to its end and marked `SHARD_END`.
-pub(crate) fn shard_ended(stream_arn: &str, shard_id: &str, children: usize) {
-    tracing::info!(stream_arn, shard_id, children, "shard finished");
-    counter!("ddb_stream_shards_ended_total").increment(1);
+pub(crate) struct ShardEnded<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    /// Child leases created (0 when they are left to the next shard sync).
+    pub children: usize,
+}
+
+impl Event for ShardEnded<'_> {
+    fn emit(self) {
+        let Self {
+            stream_arn,
+            shard_id,
+            children,
+        } = self;
+        tracing::info!(stream_arn, shard_id, children, "shard finished");
+        counter!("ddb_stream_shards_ended_total").increment(1);
+    }
 }
 
 /// This worker took a lease.
-pub(crate) fn lease_acquired(lease: &checkpoint_store::LeaseKey, previous_owner: Option<&str>) {
-    tracing::info!(lease = %lease, previous_owner, "lease acquired");
-    counter!("ddb_stream_leases_acquired_total").increment(1);
+pub(crate) struct LeaseAcquired<'a> {
+    pub lease: &'a LeaseKey,
+    pub previous_owner: Option<&'a str>,
+}
+
+impl Event for LeaseAcquired<'_> {
+    fn emit(self) {
+        let Self {
+            lease,
+            previous_owner,
+        } = self;
+        tracing::info!(lease = %lease, previous_owner, "lease acquired");
+        counter!("ddb_stream_leases_acquired_total").increment(1);
+    }
 }
 
 /// This worker lost a lease it was processing.
-pub(crate) fn lease_lost(lease: &checkpoint_store::LeaseKey, reason: &str) {
-    tracing::warn!(lease = %lease, reason, "lease lost; shard processing stopped");
-    counter!("ddb_stream_leases_lost_total").increment(1);
+pub(crate) struct LeaseLost<'a> {
+    pub lease: &'a LeaseKey,
+    pub reason: &'a str,
+}
+
+impl Event for LeaseLost<'_> {
+    fn emit(self) {
+        let Self { lease, reason } = self;
+        tracing::warn!(lease = %lease, reason, "lease lost; shard processing stopped");
+        counter!("ddb_stream_leases_lost_total").increment(1);
+    }
 }
 
 /// This worker gave a lease up (shutdown or handoff).
-pub(crate) fn lease_released(lease: &checkpoint_store::LeaseKey, to: Option<&str>) {
-    tracing::info!(lease = %lease, to, "lease released");
-    counter!("ddb_stream_leases_released_total").increment(1);
+pub(crate) struct LeaseReleased<'a> {
+    pub lease: &'a LeaseKey,
+    /// The worker that asked for it, on a handoff.
+    pub to: Option<&'a str>,
+}
+
+impl Event for LeaseReleased<'_> {
+    fn emit(self) {
+        let Self { lease, to } = self;
+        tracing::info!(lease = %lease, to, "lease released");
+        counter!("ddb_stream_leases_released_total").increment(1);
+    }
 }

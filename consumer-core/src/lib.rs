@@ -1,5 +1,4 @@
-//! A checkpointing consumer framework for DynamoDB Streams.
-
+#![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
 mod change;
@@ -9,11 +8,12 @@ mod consumer;
 mod error;
 mod events;
 mod lease_protocol;
-pub mod poll_loop;
+mod poll_loop;
 mod processor;
 pub mod reader;
+mod retry;
 mod shard_consumer;
-pub mod shard_sync;
+mod shard_sync;
 pub mod streams;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -21,7 +21,7 @@ mod worker;
 
 pub use change::{Change, ChangeBatch, ChangeKind};
 pub use checkpointer::Checkpointer;
-pub use config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
+pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use error::{BoxError, Error, Result};
 pub use processor::{

@@ -4,19 +4,27 @@
 //! makes callers deal with: iterators that expire after 15 minutes, throttling, empty pages
 //! at the tip of an open shard, and the end of a closed shard. Both the lease-based
 //! consumer and the lease-free [`crate::reader`] use it, so they behave the same.
+//! Its pauses are the named policies [`retry::streams_read`] and [`retry::idle_poll`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Record;
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use checkpoint_store::SequenceNumber;
 
 use crate::error::Result;
-use crate::streams::{ApiError, ApiErrorKind, StartPosition, StreamsApi};
+use crate::events::{ApiRetried, Event};
+use crate::retry::{self, ResettingBackoff};
+use crate::streams::{ApiError, ApiErrorKind, RecordsPage, StartPosition, StreamsApi};
+
+/// Failures of GetRecords or GetShardIterator closer together than this continue one
+/// backoff; after it, the pauses start over.
+const READ_RETRY_QUIET: Duration = retry::STREAMS_READ_MAX_DELAY;
 
 /// How a shard is polled.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PollConfig {
     /// Records per GetRecords call (1-1000).
     pub batch_limit: u32,
@@ -25,8 +33,6 @@ pub struct PollConfig {
     /// The longest pause between polls of an idle shard: bounds the delivery latency of a
     /// quiet shard and the cost of polling it.
     pub idle_backoff_max: Duration,
-    /// The longest pause between retries of a throttled or failed call.
-    pub retry_backoff_max: Duration,
 }
 
 impl Default for PollConfig {
@@ -35,14 +41,13 @@ impl Default for PollConfig {
             batch_limit: 1000,
             idle_backoff_min: Duration::from_millis(100),
             idle_backoff_max: Duration::from_secs(1),
-            retry_backoff_max: Duration::from_secs(10),
         }
     }
 }
 
 /// What one poll found.
 #[derive(Debug)]
-pub enum Page {
+pub(crate) enum Page {
     /// Records, in order; never empty.
     Records(Vec<Record>),
     /// Nothing new yet (an open shard at its tip).
@@ -56,7 +61,7 @@ pub enum Page {
 /// `poll` is cancel-safe: state changes only after a call has completed, so dropping a
 /// pending `poll` (on shutdown, say) loses nothing.
 #[derive(Debug)]
-pub struct ShardReader {
+pub(crate) struct ShardReader {
     api: Arc<dyn StreamsApi>,
     stream_arn: String,
     shard_id: String,
@@ -65,14 +70,19 @@ pub struct ShardReader {
     /// The last record handed out: an expired iterator is replaced by one after it.
     last_read: Option<SequenceNumber>,
     iterator: Option<String>,
+    /// The pause before the next poll: zero unless the last page was empty.
     idle_delay: Duration,
+    /// The pauses of an idle shard; started over by a page with records.
+    idle_backoff: ExponentialBackoff,
+    /// The pauses between retries of a failed call.
+    retry_backoff: ResettingBackoff<ExponentialBuilder>,
     ended: bool,
     config: PollConfig,
 }
 
 impl ShardReader {
     /// A reader of `shard_id` starting at `start`.
-    pub fn new(
+    pub(crate) fn new(
         api: Arc<dyn StreamsApi>,
         stream_arn: impl Into<String>,
         shard_id: impl Into<String>,
@@ -87,23 +97,25 @@ impl ShardReader {
             last_read: None,
             iterator: None,
             idle_delay: Duration::ZERO,
+            idle_backoff: idle_policy(&config).build(),
+            retry_backoff: ResettingBackoff::new(retry::streams_read(), READ_RETRY_QUIET),
             ended: false,
             config,
         }
     }
 
     /// The shard being read.
-    pub fn shard_id(&self) -> &str {
+    pub(crate) fn shard_id(&self) -> &str {
         &self.shard_id
     }
 
     /// The stream the shard belongs to.
-    pub fn stream_arn(&self) -> &str {
+    pub(crate) fn stream_arn(&self) -> &str {
         &self.stream_arn
     }
 
     /// Where reading would resume if the iterator were lost now.
-    pub fn resume_position(&self) -> StartPosition {
+    pub(crate) fn resume_position(&self) -> StartPosition {
         match &self.last_read {
             Some(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
             None => self.start.clone(),
@@ -112,17 +124,18 @@ impl ShardReader {
 
     /// Starts over at `position`, forgetting what was read (after trimmed data, the caller
     /// decides where to go on).
-    pub fn restart_at(&mut self, position: StartPosition) {
+    pub(crate) fn restart_at(&mut self, position: StartPosition) {
         self.start = position;
         self.last_read = None;
         self.iterator = None;
         self.idle_delay = Duration::ZERO;
+        self.idle_backoff = idle_policy(&self.config).build();
     }
 
     /// Fetches the next page, pausing first if the previous page was empty. Throttling and
     /// service errors are retried with backoff; an expired iterator is replaced once per
     /// poll. Trimmed data, a missing shard and invalid requests are returned to the caller.
-    pub async fn poll(&mut self) -> Result<Page> {
+    pub(crate) async fn poll(&mut self) -> Result<Page> {
         if self.ended {
             return Ok(Page::ShardEnd);
         }
@@ -172,56 +185,71 @@ impl ShardReader {
         if self.iterator.is_none() {
             self.ended = true;
         }
-        if records.is_empty() {
-            self.idle_delay = if self.ended {
-                Duration::ZERO
-            } else {
-                (self.idle_delay * 2)
-                    .max(self.config.idle_backoff_min)
-                    .min(self.config.idle_backoff_max)
-            };
-            if self.ended {
-                Page::ShardEnd
-            } else {
-                Page::Empty
-            }
+        if records.is_empty() && self.ended {
+            self.idle_delay = Duration::ZERO;
+            Page::ShardEnd
+        } else if records.is_empty() {
+            self.idle_delay = self
+                .idle_backoff
+                .next()
+                .map_or(self.config.idle_backoff_max, retry::whole_millis);
+            Page::Empty
         } else {
             self.idle_delay = Duration::ZERO;
+            self.idle_backoff = idle_policy(&self.config).build();
             Page::Records(records)
         }
     }
 
-    async fn acquire_iterator(&self) -> Result<String, ApiError> {
+    async fn acquire_iterator(&mut self) -> Result<String, ApiError> {
         let position = self.resume_position();
-        (|| {
-            self.api
-                .shard_iterator(&self.stream_arn, &self.shard_id, &position)
+        let (api, stream_arn, shard_id) = (self.api.clone(), &self.stream_arn, &self.shard_id);
+        retry_read(&mut self.retry_backoff, shard_id, || {
+            api.shard_iterator(stream_arn, shard_id, &position)
         })
-        .retry(self.retry_policy())
-        .when(|e: &ApiError| e.kind.is_retryable())
-        .notify(|e, pause| self.note_retry(e, pause))
         .await
     }
 
-    async fn get_records(&self, iterator: &str) -> Result<crate::streams::RecordsPage, ApiError> {
+    async fn get_records(&mut self, iterator: &str) -> Result<RecordsPage, ApiError> {
         let limit = self.config.batch_limit.clamp(1, 1000);
-        (|| self.api.get_records(iterator, limit))
-            .retry(self.retry_policy())
-            .when(|e: &ApiError| e.kind.is_retryable())
-            .notify(|e, pause| self.note_retry(e, pause))
-            .await
+        let api = self.api.clone();
+        retry_read(&mut self.retry_backoff, &self.shard_id, || {
+            api.get_records(iterator, limit)
+        })
+        .await
     }
+}
 
-    fn retry_policy(&self) -> ExponentialBuilder {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(self.config.retry_backoff_max)
-            .with_jitter()
-            .without_max_times()
-    }
+fn idle_policy(config: &PollConfig) -> ExponentialBuilder {
+    retry::idle_poll(config.idle_backoff_min, config.idle_backoff_max)
+}
 
-    fn note_retry(&self, error: &ApiError, pause: Duration) {
-        crate::events::api_retry(&self.shard_id, error, pause);
+/// Calls `call` until it succeeds or fails with an error not worth retrying, pausing as
+/// `backoff` says ([`retry::streams_read`]) and reporting each retry.
+async fn retry_read<T, Fut>(
+    backoff: &mut ResettingBackoff<ExponentialBuilder>,
+    shard_id: &str,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, ApiError>
+where
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    loop {
+        match call().await {
+            Err(error) if retry::is_retryable_api(&error) => {
+                let pause = backoff
+                    .next_pause()
+                    .unwrap_or(retry::STREAMS_READ_MAX_DELAY);
+                ApiRetried {
+                    shard_id,
+                    error: &error,
+                    pause,
+                }
+                .emit();
+                tokio::time::sleep(pause).await;
+            }
+            result => return result,
+        }
     }
 }
 

@@ -15,7 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::change::Change;
 use crate::config::InitialPosition;
 use crate::error::Result;
-use crate::poll_loop::{Page, PollConfig, ShardReader};
+pub use crate::poll_loop::PollConfig;
+use crate::poll_loop::{Page, ShardReader};
 use crate::shard_sync::describe_all_shards;
 use crate::streams::{StartPosition, StreamsApi};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::BackoffBuilder;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +20,15 @@ use crate::change::{ChangeBatch, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::config::{ConsumerConfig, TrimmedDataPolicy};
 use crate::error::{Error, Result};
-use crate::events;
+use crate::events::{
+    BatchProcessed, DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed,
+    ShardEnded,
+};
 use crate::poll_loop::{Page, ShardReader};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
-use crate::streams::{ApiError, ApiErrorKind, ShardInfo, StartPosition, StreamsApi};
+use crate::retry;
+use crate::shard_sync::create_lease_if_absent;
+use crate::streams::{ApiErrorKind, ShardInfo, StartPosition, StreamsApi};
 
 /// How a shard consumer ended.
 #[derive(Debug)]
@@ -159,18 +164,22 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
 
 impl<F: ProcessorFactory> ShardConsumer<F> {
     async fn write_shard_end(&self) -> Result<()> {
-        self.store
-            .checkpoint(&self.lease.key, &self.ownership, &Checkpoint::ShardEnd)
-            .await
-            .map(|_| ())
-            .map_err(Error::from)
+        let key = &self.lease.key;
+        retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            self.store
+                .checkpoint(key, &self.ownership, &Checkpoint::ShardEnd)
+        })
+        .await
+        .map(|_| ())
+        .map_err(Error::from)
     }
 
     async fn create_child_leases(&self) -> Result<usize> {
         let key = &self.lease.key;
-        let children: Vec<ShardInfo> = (|| self.api.child_shards(&key.stream, &key.shard_id))
-            .retry(store_retry())
-            .when(|e: &ApiError| e.kind.is_retryable())
+        let children: Vec<ShardInfo> =
+            retry::call(retry::describe_stream(), retry::is_retryable_api, || {
+                self.api.child_shards(&key.stream, &key.shard_id)
+            })
             .await?;
         for child in &children {
             let lease = Lease::new(
@@ -178,10 +187,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 Checkpoint::TrimHorizon,
                 child.parent_shard_id.iter().cloned().collect(),
             );
-            match self.store.create_lease(&lease).await {
-                Ok(()) | Err(checkpoint_store::Error::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            create_lease_if_absent(self.store.as_ref(), &lease).await?;
         }
         Ok(children.len())
     }
@@ -201,7 +207,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     }
 
     async fn initialize(&mut self, ctx: &ShardContext) -> Result<(), Interrupted> {
-        let mut backoff = self.retry_backoff();
+        let mut backoff = self.processing_backoff();
         loop {
             match self.processor.initialize(ctx).await {
                 Ok(()) => return Ok(()),
@@ -210,7 +216,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                         shard_id: ctx.shard_id.clone(),
                         source,
                     };
-                    self.pause_after_failure(&error, &mut backoff).await?;
+                    self.pause_after_failure(&error, 0, &mut backoff).await?;
                 }
             }
         }
@@ -221,7 +227,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     async fn deliver(&mut self, records: &[Arc<Record>]) -> Result<(), Interrupted> {
         let shard_id = self.key().shard_id.clone();
         let mut attempt: u32 = 0;
-        let mut backoff = self.retry_backoff();
+        let mut backoff = self.processing_backoff();
         loop {
             let (changes, undecodable) =
                 decode_prefix::<<F::Processor as RecordProcessor>::Item>(&shard_id, records);
@@ -240,12 +246,13 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 self.checkpointer.delivered(&last_seq);
                 match self.processor.process(batch, self.checkpointer).await {
                     Ok(()) => {
-                        events::batch_processed(
-                            &self.key().stream,
-                            &shard_id,
-                            count,
+                        BatchProcessed {
+                            stream_arn: &self.key().stream,
+                            shard_id: &shard_id,
+                            records: count,
                             behind_latest,
-                        );
+                        }
+                        .emit();
                         if self.consumer.config.auto_checkpoint {
                             self.checkpoint_delivered().await?;
                         }
@@ -256,9 +263,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
                             shard_id: shard_id.clone(),
                             source,
                         };
-                        let pause = self.next_pause(&mut backoff);
-                        events::processing_failed(&shard_id, &error, attempt, pause);
-                        sleep_unless_stopped(self.signals, pause).await?;
+                        self.pause_after_failure(&error, attempt, &mut backoff)
+                            .await?;
                         continue;
                     }
                 }
@@ -269,8 +275,13 @@ impl<F: ProcessorFactory> Session<'_, F> {
             // The prefix is done; hold at the record that does not decode. Nothing after
             // it is delivered, nothing is skipped.
             let rest = &records[index..];
-            let pause = self.consumer.config.retry_backoff_max;
-            events::decode_failed(&shard_id, &error, pause);
+            let pause = self.consumer.config.processing_backoff_max;
+            DecodeFailed {
+                shard_id: &shard_id,
+                error: &error,
+                pause,
+            }
+            .emit();
             self.processor.decode_failed(&error).await;
             sleep_unless_stopped(self.signals, pause).await?;
             return Box::pin(self.deliver(rest)).await;
@@ -304,7 +315,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
 
     async fn end_shard(&mut self) -> ShardOutcome {
         let shard_id = self.key().shard_id.clone();
-        let mut backoff = self.retry_backoff();
+        let mut backoff = self.processing_backoff();
         loop {
             match self.processor.shard_ended(self.checkpointer).await {
                 Ok(()) => break,
@@ -313,18 +324,15 @@ impl<F: ProcessorFactory> Session<'_, F> {
                         shard_id: shard_id.clone(),
                         source,
                     };
-                    if let Err(interrupted) = self.pause_after_failure(&error, &mut backoff).await {
+                    if let Err(interrupted) =
+                        self.pause_after_failure(&error, 0, &mut backoff).await
+                    {
                         return self.finish(interrupted).await;
                     }
                 }
             }
         }
-        let consumer = self.consumer;
-        let written = (|| consumer.write_shard_end())
-            .retry(store_retry())
-            .when(|e: &Error| !is_lease_lost(e))
-            .await;
-        if let Err(error) = written {
+        if let Err(error) = self.consumer.write_shard_end().await {
             return if is_lease_lost(&error) {
                 self.finish(Interrupted::Lost).await
             } else {
@@ -339,7 +347,12 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 0
             }
         };
-        events::shard_ended(&self.key().stream, &shard_id, children);
+        ShardEnded {
+            stream_arn: &self.key().stream,
+            shard_id: &shard_id,
+            children,
+        }
+        .emit();
         ShardOutcome::Ended
     }
 
@@ -349,7 +362,11 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let key = self.key().clone();
         match interrupted {
             Interrupted::Lost => {
-                events::lease_lost(&key, "another worker owns it, or this worker was fenced");
+                LeaseLost {
+                    lease: &key,
+                    reason: "another worker owns it, or this worker was fenced",
+                }
+                .emit();
                 self.processor.lease_lost().await;
                 ShardOutcome::LeaseLost
             }
@@ -357,7 +374,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 if let Err(source) = self.processor.shutdown_requested(self.checkpointer).await {
                     tracing::error!(lease = %key, error = %source, "shutdown_requested failed; releasing anyway");
                 }
-                if let Err(error) = self.checkpointer.flush().await {
+                if let Err(error) = self.checkpointer.flush_retrying().await {
                     if is_lease_lost(&error) {
                         self.processor.lease_lost().await;
                         return ShardOutcome::LeaseLost;
@@ -365,9 +382,18 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     tracing::error!(lease = %key, %error, "final checkpoint not written");
                 }
                 let ownership = self.checkpointer.ownership().clone();
-                match self.consumer.store.release_lease(&key, &ownership).await {
+                let store = &self.consumer.store;
+                let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                    store.release_lease(&key, &ownership)
+                })
+                .await;
+                match released {
                     Ok(lease) => {
-                        events::lease_released(&key, lease.handoff_to.as_deref());
+                        LeaseReleased {
+                            lease: &key,
+                            to: lease.handoff_to.as_deref(),
+                        }
+                        .emit();
                         ShardOutcome::Released
                     }
                     Err(e) if e.is_lease_lost() => ShardOutcome::LeaseLost,
@@ -380,29 +406,29 @@ impl<F: ProcessorFactory> Session<'_, F> {
         }
     }
 
+    /// Reports a failed delivery or hook and waits as the [`retry::processing`] policy
+    /// says; `attempt` counts failed deliveries of a batch (0 for a hook).
     async fn pause_after_failure(
         &mut self,
         error: &Error,
+        attempt: u32,
         backoff: &mut impl Iterator<Item = Duration>,
     ) -> Result<(), Interrupted> {
-        let pause = self.next_pause(backoff);
-        events::processing_failed(&self.key().shard_id, error, 0, pause);
+        let pause = backoff
+            .next()
+            .unwrap_or(self.consumer.config.processing_backoff_max);
+        ProcessingFailed {
+            shard_id: &self.key().shard_id,
+            error,
+            attempt,
+            pause,
+        }
+        .emit();
         sleep_unless_stopped(self.signals, pause).await
     }
 
-    fn retry_backoff(&self) -> impl Iterator<Item = Duration> + use<F> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(self.consumer.config.retry_backoff_max)
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
-    fn next_pause(&self, backoff: &mut impl Iterator<Item = Duration>) -> Duration {
-        backoff
-            .next()
-            .unwrap_or(self.consumer.config.retry_backoff_max)
+    fn processing_backoff(&self) -> impl Iterator<Item = Duration> + use<F> {
+        retry::processing(self.consumer.config.processing_backoff_max).build()
     }
 }
 
@@ -417,14 +443,6 @@ async fn sleep_unless_stopped(signals: &ShardSignals, pause: Duration) -> Result
 
 fn is_lease_lost(error: &Error) -> bool {
     matches!(error, Error::LeaseStore(e) if e.is_lease_lost())
-}
-
-/// Retries of lease-table writes and child discovery at shard end.
-fn store_retry() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(10)
 }
 
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
@@ -468,29 +486,26 @@ async fn fetch(
                     wanted: reader.resume_position().to_string(),
                     resumed_at: StartPosition::TrimHorizon.to_string(),
                 };
+                let resumed_at = match policy {
+                    TrimmedDataPolicy::ContinueFromTrimHorizon => loss.resumed_at.as_str(),
+                    TrimmedDataPolicy::Stop => "nowhere: the policy stops the shard",
+                };
+                DataTrimmed {
+                    stream_arn: &loss.stream_arn,
+                    shard_id: &loss.shard_id,
+                    wanted: &loss.wanted,
+                    resumed_at,
+                }
+                .emit();
                 match policy {
                     TrimmedDataPolicy::ContinueFromTrimHorizon => {
-                        events::data_trimmed(
-                            &loss.stream_arn,
-                            &loss.shard_id,
-                            &loss.wanted,
-                            &loss.resumed_at,
-                        );
                         reader.restart_at(StartPosition::TrimHorizon);
                         Fetched::Trimmed(loss)
                     }
-                    TrimmedDataPolicy::Stop => {
-                        events::data_trimmed(
-                            &loss.stream_arn,
-                            &loss.shard_id,
-                            &loss.wanted,
-                            "nowhere: the policy stops the shard",
-                        );
-                        Fetched::Failed(Error::DataTrimmed {
-                            shard_id: loss.shard_id,
-                            wanted: loss.wanted,
-                        })
-                    }
+                    TrimmedDataPolicy::Stop => Fetched::Failed(Error::DataTrimmed {
+                        shard_id: loss.shard_id,
+                        wanted: loss.wanted,
+                    }),
                 }
             }
             Err(error) => Fetched::Failed(error),

@@ -2,24 +2,26 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::config::InitialPosition;
 use crate::error::Result;
-use crate::streams::{ApiError, ShardInfo, StreamsApi};
+use crate::retry;
+use crate::streams::{ShardInfo, StreamsApi};
 
 /// Every shard of a stream: DescribeStream followed through `LastEvaluatedShardId`.
-pub async fn describe_all_shards(api: &dyn StreamsApi, stream_arn: &str) -> Result<Vec<ShardInfo>> {
+pub(crate) async fn describe_all_shards(
+    api: &dyn StreamsApi,
+    stream_arn: &str,
+) -> Result<Vec<ShardInfo>> {
     let mut shards = Vec::new();
     let mut start: Option<String> = None;
     loop {
-        let page = (|| api.describe_stream(stream_arn, start.as_deref()))
-            .retry(api_retry())
-            .when(|e: &ApiError| e.kind.is_retryable())
-            .await?;
+        let page = retry::call(retry::describe_stream(), retry::is_retryable_api, || {
+            api.describe_stream(stream_arn, start.as_deref())
+        })
+        .await?;
         shards.extend(page.shards);
         match page.last_evaluated_shard_id {
             Some(next) if Some(&next) != start.as_ref() => start = Some(next),
@@ -74,10 +76,8 @@ pub(crate) async fn sync_stream(
             initial_checkpoint(shard, first_sync, initial),
             shard.parent_shard_id.iter().cloned().collect(),
         );
-        match store.create_lease(&lease).await {
-            Ok(()) => created += 1,
-            Err(checkpoint_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
+        if create_lease_if_absent(store.as_ref(), &lease).await? {
+            created += 1;
         }
     }
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
@@ -125,12 +125,18 @@ fn finished_and_gone(
         .collect()
 }
 
-fn api_retry() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .with_max_times(8)
+/// Creates `lease` unless it exists (another worker may have been first); returns whether
+/// this call created it. Retried as the [`retry::lease_store`] policy says.
+pub(crate) async fn create_lease_if_absent(store: &dyn LeaseStore, lease: &Lease) -> Result<bool> {
+    let created = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+        store.create_lease(lease)
+    })
+    .await;
+    match created {
+        Ok(()) => Ok(true),
+        Err(checkpoint_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use backon::ExponentialBuilder;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
 use futures::FutureExt;
 use tokio::task::JoinSet;
@@ -22,11 +23,12 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::ConsumerConfig;
 use crate::error::Result;
-use crate::events;
+use crate::events::{Event, LeaseAcquired, LeaseReleased};
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
+use crate::retry;
 use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals};
-use crate::shard_sync;
+use crate::shard_sync::{self, create_lease_if_absent};
 use crate::streams::StreamsApi;
 
 /// The lease whose holder runs the periodic full shard sync (and cleanup).
@@ -84,15 +86,12 @@ impl<F: ProcessorFactory> Worker<F> {
     /// Runs until `shutdown` completes, then stops gracefully. The lease table must exist
     /// (`LeaseStore::ensure_table`).
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let sync_lease = async {
-            let lease = Lease::new(shard_sync_key(), Checkpoint::TrimHorizon, vec![]);
-            match self.store.create_lease(&lease).await {
-                Ok(()) | Err(checkpoint_store::Error::AlreadyExists { .. }) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        };
-        let (incarnation, (), ()) =
-            tokio::try_join!(self.start_incarnation(), self.first_sync(), sync_lease)?;
+        let sync_lease = Lease::new(shard_sync_key(), Checkpoint::TrimHorizon, vec![]);
+        let (incarnation, (), _) = tokio::try_join!(
+            self.start_incarnation(retry::startup(), retry::is_retryable_store),
+            self.first_sync(),
+            create_lease_if_absent(self.store.as_ref(), &sync_lease),
+        )?;
         tracing::info!(worker_id = %self.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
         let mut state = State {
             incarnation,
@@ -137,8 +136,13 @@ impl<F: ProcessorFactory> Worker<F> {
         Ok(())
     }
 
-    /// A new identity: a worker id plus a unique suffix, heartbeating from now on.
-    async fn start_incarnation(&self) -> Result<Incarnation> {
+    /// A new identity: a worker id plus a unique suffix, heartbeating from now on. The first
+    /// heartbeat is retried as `policy` says, on errors `when` accepts.
+    async fn start_incarnation(
+        &self,
+        policy: ExponentialBuilder,
+        when: fn(&checkpoint_store::Error) -> bool,
+    ) -> Result<Incarnation> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let millis = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -151,8 +155,19 @@ impl<F: ProcessorFactory> Worker<F> {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let ttl = self.worker_ttl();
-        let sent = Instant::now();
-        self.store.heartbeat(&id, ttl).await?;
+        let mut sent = Instant::now();
+        let retried = |error: &checkpoint_store::Error| {
+            let retried = when(error);
+            if retried {
+                tracing::warn!(incarnation = %id, %error, "cannot heartbeat yet");
+            }
+            retried
+        };
+        retry::call(policy, retried, || {
+            sent = Instant::now();
+            self.store.heartbeat(&id, ttl)
+        })
+        .await?;
         let fenced = CancellationToken::new();
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
@@ -189,7 +204,10 @@ impl<F: ProcessorFactory> Worker<F> {
     /// Leases for streams that have none yet: every worker may do this at start, so a new
     /// application does not wait for the shard-sync holder.
     async fn first_sync(&self) -> Result<()> {
-        let leases = self.store.list_leases().await?;
+        let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
+            self.store.list_leases()
+        })
+        .await?;
         for source in &self.streams {
             if !leases.iter().any(|l| l.key.stream == source.stream_arn) {
                 shard_sync::sync_stream(
@@ -237,7 +255,11 @@ impl<F: ProcessorFactory> Worker<F> {
         for (wanted, taken) in plan.take.iter().zip(futures::future::join_all(takes).await) {
             match taken {
                 Ok(taken) => {
-                    events::lease_acquired(&taken.key, wanted.owner.as_deref());
+                    LeaseAcquired {
+                        lease: &taken.key,
+                        previous_owner: wanted.owner.as_deref(),
+                    }
+                    .emit();
                     state.handoffs_asked.remove(&taken.key);
                     replace(&mut leases, taken);
                 }
@@ -382,7 +404,7 @@ impl<F: ProcessorFactory> Worker<F> {
             ShardOutcome::Ended => true,
             ShardOutcome::Released | ShardOutcome::LeaseLost => false,
             ShardOutcome::Failed(error) => {
-                let pause = self.config.retry_backoff_max;
+                let pause = self.config.processing_backoff_max;
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
                 state.retry_after.insert(key, Instant::now() + pause);
                 false
@@ -455,23 +477,13 @@ impl<F: ProcessorFactory> Worker<F> {
         while state.tasks.join_next().await.is_some() {}
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
-        let mut pause = Duration::from_millis(200);
-        loop {
-            match self.start_incarnation().await {
-                Ok(incarnation) => {
-                    tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
-                    state.incarnation = incarnation;
-                    state.last_sync = None;
-                    state.handoffs_asked.clear();
-                    return Ok(());
-                }
-                Err(error) => {
-                    tracing::warn!(%error, ?pause, "cannot heartbeat yet");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(self.config.renew_interval);
-                }
-            }
-        }
+        let policy = retry::reincarnation(self.config.renew_interval);
+        let incarnation = self.start_incarnation(policy, |_| true).await?;
+        tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
+        state.incarnation = incarnation;
+        state.last_sync = None;
+        state.handoffs_asked.clear();
+        Ok(())
     }
 
     /// Graceful shutdown: every shard finishes its batch, is told, flushes and releases;
@@ -483,21 +495,33 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         while state.tasks.join_next().await.is_some() {}
         let me = state.incarnation.id.clone();
-        if let Ok(leases) = self.store.list_leases().await {
-            for lease in leases.iter().filter(|l| l.is_owned_by(&me)) {
-                if let Some(ownership) = lease.ownership()
-                    && self
-                        .store
-                        .release_lease(&lease.key, &ownership)
-                        .await
-                        .is_ok()
-                {
-                    events::lease_released(&lease.key, None);
+        let store = self.store.as_ref();
+        let leases = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            store.list_leases()
+        })
+        .await;
+        for lease in leases.iter().flatten().filter(|l| l.is_owned_by(&me)) {
+            let Some(ownership) = lease.ownership() else {
+                continue;
+            };
+            let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                store.release_lease(&lease.key, &ownership)
+            })
+            .await;
+            if released.is_ok() {
+                LeaseReleased {
+                    lease: &lease.key,
+                    to: None,
                 }
+                .emit();
             }
         }
         state.incarnation.stop_heartbeat.cancel();
-        if let Err(error) = self.store.delete_worker(&me).await {
+        let deleted = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            store.delete_worker(&me)
+        })
+        .await;
+        if let Err(error) = deleted {
             tracing::warn!(%error, "worker item not deleted; it expires by itself");
         }
         tracing::info!(incarnation = %me, "worker stopped");

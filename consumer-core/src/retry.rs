@@ -1,0 +1,258 @@
+//! Every retry and backoff of the consumer, by name.
+//!
+//! The AWS clients do not retry on their own (one retry layer, ours): each lease-table and
+//! streams call either goes through one of the policies below or is repeated by the loop
+//! that makes it (lease scans every `scan_interval`, heartbeats every `renew_interval`,
+//! shard sync every `shard_sync_interval`, checkpoints at the next flush).
+//!
+//! All policies are exponential [`backon`] builders with factor 2. "Jitter" means backon's:
+//! a random amount between zero and the delay itself is added, so a jittered pause lies
+//! between the delay and twice the delay; it keeps many workers that failed together from
+//! retrying together.
+//!
+//! | policy | retries | first pause | longest pause | attempts | jitter |
+//! | --- | --- | --- | --- | --- | --- |
+//! | [`startup`] | start-up calls: table check, stream lookups, first heartbeat, first sync | 200 ms | 1 s | 3 | yes |
+//! | [`streams_read`] | GetRecords, GetShardIterator (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
+//! | [`describe_stream`] | DescribeStream pages and child-shard lookups | 100 ms | 5 s | 9 | yes |
+//! | [`lease_store`] | lease-table writes that no loop repeats: `SHARD_END`, lease creation, final checkpoint, release, worker removal at shutdown | 100 ms | 5 s | 11 | yes |
+//! | [`processing`] | a failing `process`, `initialize` or `shard_ended` | 100 ms | `with_retry_backoff_max` (30 s) | unbounded | yes |
+//! | [`reincarnation`] | the first heartbeat of a fenced worker's new incarnation | 200 ms | `renew_interval` | unbounded | no |
+//! | [`idle_poll`] | pauses between polls of an idle shard (not an error) | `with_idle_backoff` min (100 ms) | max (1 s) | unbounded | no |
+//!
+//! A loop that lives long keeps its backoff in a [`ResettingBackoff`]: the pauses grow
+//! while failures follow each other and start over after a quiet period without one.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::time::Instant;
+
+use crate::streams::ApiError;
+
+/// The longest pause between retries of GetRecords and GetShardIterator.
+pub(crate) const STREAMS_READ_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// Calls made while a worker starts: checking the lease table, looking up streams, the first
+/// heartbeat, the first shard sync. Few attempts, so that a wrong endpoint or a missing
+/// table fails the start within seconds; 200 ms then up to 1 s, jittered, 2 retries.
+pub(crate) fn startup() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(1))
+        .with_jitter()
+        .with_max_times(2)
+}
+
+/// GetRecords and GetShardIterator of the poll loop, on throttling, 5xx and transport
+/// errors: 50 ms then doubling up to 10 s, jittered, never giving up (a shard's reader has
+/// nothing better to do; lease loss and shutdown stop it from outside).
+pub(crate) fn streams_read() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(STREAMS_READ_MAX_DELAY)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// DescribeStream pages (shard sync, the reader) and child-shard lookups at shard end:
+/// 100 ms then up to 5 s, jittered, 8 retries; after that the next sync interval tries
+/// again.
+pub(crate) fn describe_stream() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(8)
+}
+
+/// Lease-table writes that no loop repeats (writing `SHARD_END`, creating leases, the final
+/// checkpoint and the release of a stopping shard, removing the worker item at shutdown), on
+/// transient errors: 100 ms then up to 5 s, jittered, 10 retries. A lost lease is never
+/// retried.
+pub(crate) fn lease_store() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .with_max_times(10)
+}
+
+/// Redelivery of a batch whose processing failed (and of a failed `initialize` or
+/// `shard_ended`): 100 ms then doubling up to `max` (`with_retry_backoff_max`, 30 s by
+/// default), jittered, forever: nothing is skipped. Each batch starts over at 100 ms.
+pub(crate) fn processing(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100).min(max))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+}
+
+/// A fenced worker's new incarnation, until its first heartbeat is confirmed: 200 ms then
+/// doubling up to `renew_interval`, not jittered (only this worker is waiting), forever.
+pub(crate) fn reincarnation(renew_interval: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200).min(renew_interval))
+        .with_max_delay(renew_interval)
+        .without_max_times()
+}
+
+/// Pauses between polls of an idle shard: `min` after the first empty page, doubling up to
+/// `max`, not jittered; a page with records starts over. Bounds the delivery latency of a
+/// quiet shard and the cost of polling it.
+pub(crate) fn idle_poll(min: Duration, max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .without_max_times()
+}
+
+/// Calls `call` until it succeeds, fails with an error `when` rejects, or `policy` gives up,
+/// pausing between attempts as `policy` says.
+///
+/// A plain loop rather than backon's `Retryable`: the futures of `async_trait` methods
+/// borrow their arguments, and backon's retry future holding them is not provably `Send`
+/// for every lifetime, which `tokio::spawn` needs.
+pub(crate) async fn call<T, E, Fut>(
+    policy: impl BackoffBuilder,
+    when: impl Fn(&E) -> bool,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut pauses = policy.build();
+    loop {
+        match call().await {
+            Err(error) if when(&error) => match pauses.next() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(error),
+            },
+            result => return result,
+        }
+    }
+}
+
+/// `pause` cut to whole milliseconds. backon computes pauses in `f32` (100 ms doubled is
+/// 200.000003 ms), and tokio's timer, which counts whole milliseconds, would round that up.
+pub(crate) fn whole_millis(pause: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(pause.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether a failed streams call is worth repeating (throttling, 5xx, transport).
+pub(crate) fn is_retryable_api(error: &ApiError) -> bool {
+    error.kind.is_retryable()
+}
+
+/// Whether a failed lease-store call is worth repeating (throttling, 5xx, transport); a
+/// lost lease, a race or a refused write is not.
+pub(crate) fn is_retryable_store(error: &checkpoint_store::Error) -> bool {
+    error.is_transient()
+}
+
+/// Whether a consumer error wraps a retryable lease-store or streams failure.
+pub(crate) fn is_retryable(error: &crate::Error) -> bool {
+    match error {
+        crate::Error::LeaseStore(e) => is_retryable_store(e),
+        crate::Error::Api(e) => is_retryable_api(e),
+        _ => false,
+    }
+}
+
+/// The backoff of a long-lived loop: pauses grow while failures follow each other, and
+/// start over from the policy's first pause once `quiet` has passed without one (counted
+/// from the end of the last pause, so a long pause never resets the backoff by itself).
+///
+/// Like kube-runtime's `ResetTimerBackoff`. A policy that gives up (bounded attempts)
+/// yields `None` until the quiet period has passed.
+#[derive(Debug)]
+pub(crate) struct ResettingBackoff<B: BackoffBuilder + Clone> {
+    policy: B,
+    quiet: Duration,
+    current: Option<B::Backoff>,
+    /// When the backoff starts over if no failure comes first.
+    resets_at: Option<Instant>,
+}
+
+impl<B: BackoffBuilder + Clone> ResettingBackoff<B> {
+    /// A backoff following `policy` that resets after `quiet` without a failure.
+    pub(crate) fn new(policy: B, quiet: Duration) -> Self {
+        Self {
+            policy,
+            quiet,
+            current: None,
+            resets_at: None,
+        }
+    }
+
+    /// The pause after a failure now; `None` when the policy gives up.
+    pub(crate) fn next_pause(&mut self) -> Option<Duration> {
+        let now = Instant::now();
+        if self.resets_at.is_some_and(|at| now >= at) {
+            self.current = None;
+        }
+        let pause = self
+            .current
+            .get_or_insert_with(|| self.policy.clone().build())
+            .next();
+        self.resets_at = Some(now + pause.unwrap_or_default() + self.quiet);
+        pause
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn millis(pause: Option<Duration>) -> u128 {
+        pause.unwrap().as_millis()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_grow_while_failures_follow_each_other() {
+        let policy = idle_poll(Duration::from_millis(100), Duration::from_millis(500));
+        let mut backoff = ResettingBackoff::new(policy, Duration::from_secs(10));
+        let pauses: Vec<u128> = (0..5).map(|_| millis(backoff.next_pause())).collect();
+        assert_eq!(pauses, [100, 200, 400, 500, 500]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_start_over_after_a_quiet_period() {
+        let policy = idle_poll(Duration::from_millis(100), Duration::from_secs(1));
+        let mut backoff = ResettingBackoff::new(policy, Duration::from_secs(10));
+        backoff.next_pause();
+        backoff.next_pause();
+        // The quiet period counts from the end of the last pause (200 ms).
+        tokio::time::advance(Duration::from_millis(10_100)).await;
+        assert_eq!(millis(backoff.next_pause()), 400, "not quiet long enough");
+        tokio::time::advance(Duration::from_millis(10_500)).await;
+        assert_eq!(millis(backoff.next_pause()), 100, "quiet: starts over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_policy_gives_up_until_the_quiet_period_passed() {
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_times(2);
+        let mut backoff = ResettingBackoff::new(policy, Duration::from_secs(1));
+        assert!(backoff.next_pause().is_some());
+        assert!(backoff.next_pause().is_some());
+        assert!(backoff.next_pause().is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(millis(backoff.next_pause()), 100);
+    }
+
+    #[test]
+    fn jittered_pauses_stay_within_twice_the_bounds() {
+        let mut pauses = streams_read().build();
+        let first = pauses.next().unwrap();
+        assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100));
+        let late = pauses.nth(20).unwrap();
+        assert!(late >= STREAMS_READ_MAX_DELAY && late < STREAMS_READ_MAX_DELAY * 2);
+        assert_eq!(lease_store().build().count(), 10);
+        assert_eq!(describe_stream().build().count(), 8);
+        assert_eq!(startup().build().count(), 2);
+    }
+}
