@@ -18,7 +18,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::{Checkpoint, Error, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use crate::{
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber, WorkerRecord,
+};
 
 /// Calls `$callback!` with the name of every case: the one list of cases.
 #[doc(hidden)]
@@ -38,7 +40,7 @@ macro_rules! __conformance_cases {
             handoff_request_release_and_take,
             missing_lease_is_not_found,
             delete_is_idempotent,
-            heartbeats_count_and_list_workers,
+            heartbeats_count_and_show_in_snapshots,
             delete_worker_removes_the_record,
             lists_many_leases_across_pages,
             long_sequence_number_text_round_trips,
@@ -109,6 +111,13 @@ async fn create(store: &dyn LeaseStore, shard: &str) -> LeaseKey {
     lease.key
 }
 
+/// Every worker record, from a snapshot, sorted by id.
+async fn workers(store: &dyn LeaseStore) -> Vec<WorkerRecord> {
+    let (_, mut workers) = store.snapshot().await.unwrap();
+    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    workers
+}
+
 async fn get(store: &dyn LeaseStore, key: &LeaseKey) -> Lease {
     store
         .get_lease(key)
@@ -152,7 +161,6 @@ pub async fn round_trips_every_field(store: Arc<dyn LeaseStore>) {
         owner: Some("worker-a".to_owned()),
         epoch: 42,
         checkpoint: seq("000000000000000000001234567890"),
-        pending_checkpoint: Some(Checkpoint::ShardEnd),
         parent_shard_ids: vec!["shardId-parent-1".to_owned(), "shardId-parent-2".to_owned()],
         owner_switches_since_checkpoint: 3,
         handoff_to: Some("worker-b".to_owned()),
@@ -277,7 +285,7 @@ pub async fn take_with_stale_epoch_or_owner_fails(store: Arc<dyn LeaseStore>) {
     assert_eq!(stolen.owner_switches_since_checkpoint, 2);
 }
 
-/// The owner's checkpoint is stored, clears the pending one and resets the switch count.
+/// The owner's checkpoint is stored and resets the switch count.
 pub async fn checkpoint_by_owner_succeeds_and_resets_owner_switches(store: Arc<dyn LeaseStore>) {
     let key = create(store.as_ref(), "shard-1").await;
     store.take_lease(&key, None, 0, "worker-a").await.unwrap();
@@ -288,15 +296,9 @@ pub async fn checkpoint_by_owner_succeeds_and_resets_owner_switches(store: Arc<d
     assert_eq!(lease.owner_switches_since_checkpoint, 2);
     let me = lease.ownership().unwrap();
 
-    let pending = seq("100000000000000000001");
-    let prepared = store.prepare_checkpoint(&key, &me, &pending).await.unwrap();
-    assert_eq!(prepared.pending_checkpoint, Some(pending.clone()));
-    assert_eq!(prepared.checkpoint, Checkpoint::TrimHorizon);
-    assert_eq!(get(store.as_ref(), &key).await, prepared);
-
-    let done = store.checkpoint(&key, &me, &pending).await.unwrap();
-    assert_eq!(done.checkpoint, pending);
-    assert_eq!(done.pending_checkpoint, None);
+    let position = seq("100000000000000000001");
+    let done = store.checkpoint(&key, &me, &position).await.unwrap();
+    assert_eq!(done.checkpoint, position);
     assert_eq!(done.owner_switches_since_checkpoint, 0);
     assert_eq!(done.ownership(), Some(me.clone()));
     assert_eq!(get(store.as_ref(), &key).await, done);
@@ -327,12 +329,6 @@ pub async fn checkpoint_after_losing_lease_is_rejected(store: Arc<dyn LeaseStore
     assert_err!(
         store.checkpoint(&key, &a, &seq("100000000000000000009")).await,
         Error::LeaseLost { owner, epoch: 1, .. } if owner == "worker-a"
-    );
-    assert_err!(
-        store
-            .prepare_checkpoint(&key, &a, &seq("100000000000000000009"))
-            .await,
-        Error::LeaseLost { .. }
     );
     assert_err!(store.release_lease(&key, &a).await, Error::LeaseLost { .. });
     let after = get(store.as_ref(), &key).await;
@@ -506,7 +502,7 @@ pub async fn delete_is_idempotent(store: Arc<dyn LeaseStore>) {
 }
 
 /// Heartbeats create the worker record, count up and push the expiry forward.
-pub async fn heartbeats_count_and_list_workers(store: Arc<dyn LeaseStore>) {
+pub async fn heartbeats_count_and_show_in_snapshots(store: Arc<dyn LeaseStore>) {
     let ttl = Duration::from_secs(600);
     let before = SystemTime::now() - Duration::from_secs(2);
     let first = store.heartbeat("worker-a", ttl).await.unwrap();
@@ -527,8 +523,7 @@ pub async fn heartbeats_count_and_list_workers(store: Arc<dyn LeaseStore>) {
         );
     }
 
-    let mut workers = store.list_workers().await.unwrap();
-    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    let workers = workers(store.as_ref()).await;
     let counters: Vec<(&str, u64)> = workers
         .iter()
         .map(|w| (w.worker_id.as_str(), w.heartbeat))
@@ -537,6 +532,7 @@ pub async fn heartbeats_count_and_list_workers(store: Arc<dyn LeaseStore>) {
     assert_eq!(workers[0], second);
     // Worker records are not leases.
     assert!(store.list_leases().await.unwrap().is_empty());
+    assert!(store.snapshot().await.unwrap().0.is_empty());
 }
 
 /// Deleting a worker record removes it; deleting a missing one succeeds.
@@ -547,7 +543,7 @@ pub async fn delete_worker_removes_the_record(store: Arc<dyn LeaseStore>) {
     store.delete_worker("worker-a").await.unwrap();
     store.delete_worker("worker-a").await.unwrap();
     store.delete_worker("never-was").await.unwrap();
-    let workers = store.list_workers().await.unwrap();
+    let workers = workers(store.as_ref()).await;
     assert_eq!(workers.len(), 1);
     assert_eq!(workers[0].worker_id, "worker-b");
     // A new incarnation under the same id starts counting again.
@@ -582,7 +578,7 @@ pub async fn lists_many_leases_across_pages(store: Arc<dyn LeaseStore>) {
     listed.dedup();
     assert_eq!(listed.len(), LEASES, "every lease, once");
     assert_eq!(listed, ids);
-    assert_eq!(store.list_workers().await.unwrap().len(), 5);
+    assert_eq!(workers(store.as_ref()).await.len(), 5);
 }
 
 /// A 40-digit sequence number with leading zeros comes back with its exact text.
@@ -591,19 +587,9 @@ pub async fn long_sequence_number_text_round_trips(store: Arc<dyn LeaseStore>) {
     assert_eq!(text.len(), 40);
     let mut lease = new_lease("shard-1");
     lease.checkpoint = seq(text);
-    lease.pending_checkpoint = Some(seq("0099999999999999999999999999999999999999"));
     store.create_lease(&lease).await.unwrap();
     let stored = get(store.as_ref(), &lease.key).await;
     assert_eq!(stored.checkpoint.sequence_number().unwrap().as_str(), text);
-    assert_eq!(
-        stored
-            .pending_checkpoint
-            .as_ref()
-            .and_then(Checkpoint::sequence_number)
-            .unwrap()
-            .as_str(),
-        "0099999999999999999999999999999999999999"
-    );
 
     let me = store
         .take_lease(&lease.key, None, 0, "worker-a")
@@ -624,7 +610,7 @@ pub async fn long_sequence_number_text_round_trips(store: Arc<dyn LeaseStore>) {
     assert!(stored.checkpoint.sequence_number() > Some(&SequenceNumber::parse(text).unwrap()));
 }
 
-/// A snapshot is exactly the two listings, across pages.
+/// A snapshot holds every lease (exactly the lease listing) and every worker, across pages.
 pub async fn snapshot_holds_every_lease_and_worker(store: Arc<dyn LeaseStore>) {
     for i in 0..150 {
         let key = LeaseKey::new("arn:snapshot", format!("shard-{i:04}"));
@@ -641,13 +627,11 @@ pub async fn snapshot_holds_every_lease_and_worker(store: Arc<dyn LeaseStore>) {
     }
     let (mut leases, mut workers) = store.snapshot().await.unwrap();
     let mut listed_leases = store.list_leases().await.unwrap();
-    let mut listed_workers = store.list_workers().await.unwrap();
     leases.sort_by(|a, b| a.key.cmp(&b.key));
     listed_leases.sort_by(|a, b| a.key.cmp(&b.key));
     workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-    listed_workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
     assert_eq!(leases.len(), 150);
     assert_eq!(leases, listed_leases);
-    assert_eq!(workers, listed_workers);
-    assert_eq!(workers.len(), 3);
+    let ids: Vec<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b", "c"]);
 }

@@ -5,31 +5,31 @@
 //!
 //! | item | `pk` | attributes |
 //! | --- | --- | --- |
-//! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `pending_checkpoint` (S, optional), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
+//! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
 //! | worker | `worker\|{id}` | `kind`="worker", `worker_id`, `heartbeat` (N), `updated_at` (N, unix ms), `expires_at` (N, unix s: the TTL attribute) |
 //!
 //! Every ownership-dependent write is one conditional `UpdateItem`, with the same
 //! semantics as [`crate::InMemoryLeaseStore`] (the conformance suite checks both).
+//! Clients, error classes, Scan paging and table waiting come from [`crate::aws`]; the
+//! store does not retry (its callers' retry policies do).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::config::retry::RetryConfig;
-use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::create_table::CreateTableError;
-use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
     TimeToLiveSpecification, TimeToLiveStatus,
 };
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
+
+use crate::aws::{self, AwsClients, ErrorClass, TableWaitError};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -46,7 +46,6 @@ mod attr {
     pub const OWNER: &str = "owner";
     pub const EPOCH: &str = "epoch";
     pub const CHECKPOINT: &str = "checkpoint";
-    pub const PENDING_CHECKPOINT: &str = "pending_checkpoint";
     pub const PARENTS: &str = "parents";
     pub const OWNER_SWITCHES: &str = "owner_switches";
     pub const HANDOFF_TO: &str = "handoff_to";
@@ -62,16 +61,7 @@ const KIND_WORKER: &str = "worker";
 
 /// How long `ensure_table` waits for a new table to become ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
-const TABLE_POLL_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Client timeouts of [`DynamoDbLeaseStore::from_sdk_config`]: an unreachable endpoint
-/// fails within bounded time instead of hanging a worker.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
-const MAX_ATTEMPTS: u32 = 3;
-
-const DEFAULT_ENDPOINT: &str = "the default AWS endpoint";
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
 
 type Item = HashMap<String, AttributeValue>;
@@ -104,23 +94,20 @@ impl DynamoDbLeaseStore {
         Self::build(client, table.into(), CLIENT_ENDPOINT.to_owned())
     }
 
-    /// A store in `table` with a client built from `config`, with bounded timeouts (3 s to
-    /// connect, 5 s per attempt, 15 s per operation, 3 attempts) so that an unreachable
-    /// endpoint fails with `Unreachable` instead of hanging.
+    /// A store in `table` with the clients of [`AwsClients::from_sdk_config`]: bounded
+    /// timeouts, so that an unreachable endpoint fails with `Unreachable` instead of
+    /// hanging, and no SDK retries (the caller's retry policy is the only one).
     pub fn from_sdk_config(config: &SdkConfig, table: impl Into<String>) -> Result<Self> {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-            .operation_timeout(OPERATION_TIMEOUT)
-            .build();
-        let client_config = aws_sdk_dynamodb::config::Builder::from(config)
-            .timeout_config(timeouts)
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .build();
-        let endpoint = config
-            .endpoint_url()
-            .map_or_else(|| DEFAULT_ENDPOINT.to_owned(), str::to_owned);
-        Self::build(Client::from_conf(client_config), table.into(), endpoint)
+        Self::from_clients(&AwsClients::from_sdk_config(config), table)
+    }
+
+    /// A store in `table` using the DynamoDB client of `clients`.
+    pub fn from_clients(clients: &AwsClients, table: impl Into<String>) -> Result<Self> {
+        Self::build(
+            clients.dynamodb().clone(),
+            table.into(),
+            clients.endpoint().to_owned(),
+        )
     }
 
     fn build(client: Client, table: String, endpoint: String) -> Result<Self> {
@@ -157,15 +144,14 @@ impl DynamoDbLeaseStore {
             .await
         {
             Ok(output) => Ok(output.table),
-            Err(err) => match err.as_service_error() {
-                Some(DescribeTableError::ResourceNotFoundException(_)) => Ok(None),
-                _ => Err(self.sdk_error("DescribeTable", None, err)),
-            },
+            Err(err) if aws::classify(&err) == ErrorClass::NotFound => Ok(None),
+            Err(err) => Err(self.sdk_error("DescribeTable", None, err)),
         }
     }
 
-    async fn create_table(&self) -> Result<()> {
-        let build_error = |err| self.build_error("CreateTable", err);
+    /// Creates the table; returns its description if the answer says it is usable already.
+    async fn create_table(&self) -> Result<Option<TableDescription>> {
+        let build_error = |err| self.dynamodb_error("CreateTable", ErrorClass::Other, err);
         let request = self
             .client
             .create_table()
@@ -186,41 +172,34 @@ impl DynamoDbLeaseStore {
             )
             .billing_mode(BillingMode::PayPerRequest);
         match request.send().await {
-            Ok(_) => {
+            Ok(output) => {
                 tracing::info!(table = %self.table, "created lease table");
-                Ok(())
+                Ok(output.table_description.filter(is_active))
             }
             // Another worker is creating it at the same time: wait for it like for ours.
-            Err(err)
-                if matches!(
-                    err.as_service_error(),
-                    Some(CreateTableError::ResourceInUseException(_))
-                ) =>
-            {
-                Ok(())
-            }
+            Err(err) if err.code() == Some("ResourceInUseException") => Ok(None),
             Err(err) => Err(self.sdk_error("CreateTable", None, err)),
         }
     }
 
-    /// Polls until the table is usable, checking on every look that it is a lease table.
+    /// Waits (the SDK's waiter) until the table is usable, then checks it is a lease table.
     async fn wait_until_active(&self) -> Result<()> {
-        let started = Instant::now();
-        loop {
-            if let Some(description) = self.describe_table().await? {
-                check_key_schema(&self.table, &description)?;
-                if is_active(&description) {
-                    return Ok(());
+        let description =
+            match aws::wait_until_table_active(&self.client, &self.table, TABLE_ACTIVE_TIMEOUT)
+                .await
+            {
+                Ok(description) => description,
+                Err(TableWaitError::NotActive { table, waited }) => {
+                    return Err(Error::TableNotActive { table, waited });
                 }
-            }
-            if started.elapsed() >= TABLE_ACTIVE_TIMEOUT {
-                return Err(Error::TableNotActive {
-                    table: self.table.clone(),
-                    waited: started.elapsed(),
-                });
-            }
-            tokio::time::sleep(TABLE_POLL_INTERVAL).await;
-        }
+                Err(TableWaitError::Describe { source, .. }) => {
+                    return Err(self.sdk_error("DescribeTable", None, *source));
+                }
+                Err(err) => {
+                    return Err(self.dynamodb_error("DescribeTable", ErrorClass::Other, err));
+                }
+            };
+        check_key_schema(&self.table, &description)
     }
 
     /// Turns on TTL for `expires_at`, so items of dead workers go away by themselves.
@@ -384,36 +363,24 @@ impl DynamoDbLeaseStore {
         })
     }
 
-    /// Every item of one kind (or of every kind), read consistently, following
-    /// `LastEvaluatedKey`.
+    /// Every item of one kind (or of every kind), read consistently, all pages.
     async fn scan_kind(&self, kind: Option<&str>) -> Result<Vec<Item>> {
         let filter = "#kind = :kind";
-        let mut items = Vec::new();
-        let mut start_key: Option<Item> = None;
-        loop {
-            let mut request = self
-                .client
-                .scan()
-                .table_name(&self.table)
-                .consistent_read(true);
-            if let Some(kind) = kind {
-                request = request
-                    .filter_expression(filter)
-                    .set_expression_attribute_names(Some(names_in(&[filter])))
-                    .expression_attribute_values(":kind", s(kind));
-            }
-            let page = request
-                .set_limit(self.scan_page_size)
-                .set_exclusive_start_key(start_key.take())
-                .send()
-                .await
-                .map_err(|err| self.sdk_error("Scan", None, err))?;
-            items.extend(page.items.unwrap_or_default());
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(items),
-            }
+        let mut request = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .set_limit(self.scan_page_size);
+        if let Some(kind) = kind {
+            request = request
+                .filter_expression(filter)
+                .set_expression_attribute_names(Some(names_in(&[filter])))
+                .expression_attribute_values(":kind", s(kind));
         }
+        aws::scan_all(request)
+            .await
+            .map_err(|err| self.sdk_error("Scan", None, err))
     }
 
     // ----- decoding -----
@@ -432,7 +399,6 @@ impl DynamoDbLeaseStore {
             owner: r.optional_string(attr::OWNER)?,
             epoch: r.number(attr::EPOCH)?,
             checkpoint: r.checkpoint(attr::CHECKPOINT)?,
-            pending_checkpoint: r.optional_checkpoint(attr::PENDING_CHECKPOINT)?,
             parent_shard_ids: r.string_list(attr::PARENTS)?,
             owner_switches_since_checkpoint: r.number(attr::OWNER_SWITCHES)?,
             handoff_to: r.optional_string(attr::HANDOFF_TO)?,
@@ -453,23 +419,21 @@ impl DynamoDbLeaseStore {
 
     // ----- errors -----
 
-    /// Maps an SDK error: transport failures become `Unreachable`, the rest `DynamoDb`.
-    /// Both keep the SDK error, displayed with its whole context (code and message).
+    /// Maps an SDK error by its [`ErrorClass`]: transport failures become `Unreachable`,
+    /// the rest `DynamoDb`. Both keep the SDK error, displayed with its whole context
+    /// (code and message).
     fn sdk_error<E>(
         &self,
         operation: &'static str,
         key: Option<&LeaseKey>,
-        err: SdkError<E>,
+        err: SdkError<E, HttpResponse>,
     ) -> Error
     where
-        E: std::error::Error + Send + Sync + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let unreachable = matches!(
-            err,
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_)
-        );
+        let class = aws::classify(&err);
         let source = Box::new(SdkFailure::new(err));
-        if unreachable {
+        if class == ErrorClass::Transport {
             Error::Unreachable {
                 endpoint: self.endpoint.clone(),
                 operation,
@@ -481,22 +445,25 @@ impl DynamoDbLeaseStore {
                 operation,
                 table: self.table.clone(),
                 key: key.cloned(),
+                class,
                 source,
             }
         }
     }
 
-    /// A request we could not even build (a required field missing: a bug of ours).
-    fn build_error(
+    /// A failure that is not an SDK answer (a request we could not build: a bug of ours).
+    fn dynamodb_error(
         &self,
         operation: &'static str,
-        err: aws_sdk_dynamodb::error::BuildError,
+        class: ErrorClass,
+        err: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Error {
         Error::DynamoDb {
             operation,
             table: self.table.clone(),
             key: None,
-            source: Box::new(err),
+            class,
+            source: err.into(),
         }
     }
 }
@@ -514,8 +481,10 @@ impl LeaseStore for DynamoDbLeaseStore {
                 self.wait_until_active().await
             }
             None => {
-                self.create_table().await?;
-                self.wait_until_active().await?;
+                match self.create_table().await? {
+                    Some(description) => check_key_schema(&self.table, &description)?,
+                    None => self.wait_until_active().await?,
+                }
                 self.enable_ttl().await;
                 Ok(())
             }
@@ -556,14 +525,12 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(err) => match err.as_service_error() {
-                Some(PutItemError::ConditionalCheckFailedException(_)) => {
-                    Err(Error::AlreadyExists {
-                        key: lease.key.clone(),
-                    })
-                }
-                _ => Err(self.sdk_error("PutItem", Some(&lease.key), err)),
-            },
+            Err(err) if aws::classify(&err) == ErrorClass::ConditionFailed => {
+                Err(Error::AlreadyExists {
+                    key: lease.key.clone(),
+                })
+            }
+            Err(err) => Err(self.sdk_error("PutItem", Some(&lease.key), err)),
         }
     }
 
@@ -596,28 +563,11 @@ impl LeaseStore for DynamoDbLeaseStore {
             "UpdateItem (checkpoint)",
             key,
             ownership,
-            "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now \
-             REMOVE #pending_checkpoint",
+            "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now",
             vec![
                 (":checkpoint", s(&checkpoint.encode())),
                 (":zero", number(0)),
             ],
-        )
-        .await
-    }
-
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        pending: &Checkpoint,
-    ) -> Result<Lease> {
-        self.update_owned(
-            "UpdateItem (prepare checkpoint)",
-            key,
-            ownership,
-            "SET #pending_checkpoint = :pending, #updated_at = :now",
-            vec![(":pending", s(&pending.encode()))],
         )
         .await
     }
@@ -684,14 +634,6 @@ impl LeaseStore for DynamoDbLeaseStore {
             .await
             .map_err(|err| self.sdk_error("UpdateItem (heartbeat)", None, err))?;
         self.decode_worker(&output.attributes.unwrap_or_default())
-    }
-
-    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        self.scan_kind(Some(KIND_WORKER))
-            .await?
-            .iter()
-            .map(|item| self.decode_worker(item))
-            .collect()
     }
 
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
@@ -884,10 +826,6 @@ fn encode_lease(lease: &Lease) -> Item {
     ]);
     let optional = [
         (attr::OWNER, lease.owner.clone()),
-        (
-            attr::PENDING_CHECKPOINT,
-            lease.pending_checkpoint.as_ref().map(Checkpoint::encode),
-        ),
         (attr::HANDOFF_TO, lease.handoff_to.clone()),
     ];
     for (name, value) in optional {
@@ -942,17 +880,8 @@ impl ItemReader<'_> {
         }
     }
 
-    fn optional_checkpoint(&self, name: &'static str) -> Result<Option<Checkpoint>> {
-        self.optional_string(name)?
-            .map(|text| {
-                Checkpoint::decode(&text).map_err(|err| self.corrupt(name, err.to_string()))
-            })
-            .transpose()
-    }
-
     fn checkpoint(&self, name: &'static str) -> Result<Checkpoint> {
-        self.optional_checkpoint(name)?
-            .ok_or_else(|| self.corrupt(name, "is missing"))
+        Checkpoint::decode(&self.string(name)?).map_err(|err| self.corrupt(name, err.to_string()))
     }
 
     fn string_list(&self, name: &'static str) -> Result<Vec<String>> {
@@ -1056,7 +985,6 @@ mod tests {
         );
         lease.owner = Some("w1".into());
         lease.epoch = 7;
-        lease.pending_checkpoint = Some(Checkpoint::ShardEnd);
         lease.handoff_to = Some("w2".into());
         lease.created_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         lease.updated_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_456);
@@ -1080,14 +1008,13 @@ mod tests {
         );
 
         item.insert(attr::EPOCH.into(), number(1));
-        item.insert(attr::PENDING_CHECKPOINT.into(), s("SOMEWHERE"));
+        item.insert(attr::CHECKPOINT.into(), s("SOMEWHERE"));
         let msg = store.decode_lease(&item).unwrap_err().to_string();
         assert!(
-            msg.contains("pending_checkpoint") && msg.contains("SOMEWHERE"),
+            msg.contains("checkpoint") && msg.contains("SOMEWHERE"),
             "{msg}"
         );
 
-        item.remove(attr::PENDING_CHECKPOINT);
         item.remove(attr::CHECKPOINT);
         let msg = store.decode_lease(&item).unwrap_err().to_string();
         assert!(msg.contains("\"checkpoint\" is missing"), "{msg}");

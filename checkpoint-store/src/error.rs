@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::aws::ErrorClass;
 use crate::lease::LeaseKey;
 
 /// A `Result` whose error defaults to this crate's [`Error`].
@@ -131,6 +132,8 @@ pub enum Error {
         table: String,
         /// The lease concerned, if any.
         key: Option<LeaseKey>,
+        /// What kind of failure, which decides whether a retry may help.
+        class: ErrorClass,
         /// The SDK error, with its message and code.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -143,8 +146,13 @@ impl Error {
         matches!(self, Self::LeaseLost { .. } | Self::LeaseNotFound { .. })
     }
 
-    /// Whether retrying the same call later may succeed.
+    /// Whether retrying the same call later may succeed: an unreachable endpoint,
+    /// throttling or a service failure. A missing table or a rejected request is not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unreachable { .. } | Self::DynamoDb { .. })
+        match self {
+            Self::Unreachable { .. } => true,
+            Self::DynamoDb { class, .. } => class.is_retryable(),
+            _ => false,
+        }
     }
 }

@@ -67,8 +67,6 @@ pub struct Lease {
     pub epoch: u64,
     /// How far the shard has been processed.
     pub checkpoint: Checkpoint,
-    /// A checkpoint prepared but not yet committed (two-phase checkpoints).
-    pub pending_checkpoint: Option<Checkpoint>,
     /// Shards that must reach `ShardEnd` (or be gone) before this one is processed.
     pub parent_shard_ids: Vec<String>,
     /// How many times ownership changed since the last checkpoint: a high number flags a
@@ -91,7 +89,6 @@ impl Lease {
             owner: None,
             epoch: 0,
             checkpoint,
-            pending_checkpoint: None,
             parent_shard_ids,
             owner_switches_since_checkpoint: 0,
             handoff_to: None,

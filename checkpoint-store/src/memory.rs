@@ -133,19 +133,7 @@ impl LeaseStore for InMemoryLeaseStore {
     ) -> Result<Lease> {
         self.update_owned(key, ownership, |lease| {
             lease.checkpoint = checkpoint.clone();
-            lease.pending_checkpoint = None;
             lease.owner_switches_since_checkpoint = 0;
-        })
-    }
-
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        pending: &Checkpoint,
-    ) -> Result<Lease> {
-        self.update_owned(key, ownership, |lease| {
-            lease.pending_checkpoint = Some(pending.clone());
         })
     }
 
@@ -191,8 +179,12 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(record.clone())
     }
 
-    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        Ok(self.state().workers.values().cloned().collect())
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        let state = self.state();
+        Ok((
+            state.leases.values().cloned().collect(),
+            state.workers.values().cloned().collect(),
+        ))
     }
 
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {

@@ -43,20 +43,12 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     ) -> Result<Lease>;
 
     /// Stores a checkpoint if `ownership` is still current (else `LeaseLost`); clears the
-    /// pending checkpoint and the owner-switch counter.
+    /// owner-switch counter.
     async fn checkpoint(
         &self,
         key: &LeaseKey,
         ownership: &Ownership,
         checkpoint: &Checkpoint,
-    ) -> Result<Lease>;
-
-    /// Records a prepared checkpoint (two-phase commit) if `ownership` is still current.
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        pending: &Checkpoint,
     ) -> Result<Lease>;
 
     /// Gives the lease up: removes the owner and any handoff request and bumps the epoch,
@@ -80,14 +72,9 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// expiry `ttl` into the future. Returns the record as written.
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord>;
 
-    /// Every worker record, read consistently (all pages).
-    async fn list_workers(&self) -> Result<Vec<WorkerRecord>>;
-
-    /// Every lease and every worker record, read consistently. Workers scan this on every
-    /// tick; a store that keeps both in one table reads it once instead of twice.
-    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
-        Ok((self.list_leases().await?, self.list_workers().await?))
-    }
+    /// Every lease and every worker record, read consistently in one go: workers scan
+    /// this on every tick, and a store that keeps both in one table reads it once.
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)>;
 
     /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
     /// record that is already gone succeeds.

@@ -103,7 +103,7 @@ async fn ensure_table_is_idempotent() {
         .heartbeat("worker-a", Duration::from_secs(60))
         .await
         .unwrap();
-    assert_eq!(other.list_workers().await.unwrap().len(), 1);
+    assert_eq!(other.snapshot().await.unwrap().1.len(), 1);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ pub enum TableWaitError {
         table: String,
         /// The SDK error; classify it with [`super::classify`].
         #[source]
-        source: SdkError<DescribeTableError, HttpResponse>,
+        source: Box<SdkError<DescribeTableError, HttpResponse>>,
     },
     /// The waiter could not run or ended in an unexpected state.
     #[error("waiting for table {table:?} failed: {source}")]
@@ -66,7 +66,7 @@ pub async fn wait_until_table_active(
                 .ok_or_else(|| waiter_error("the answer has no Table description".into())),
             Err(source) => Err(TableWaitError::Describe {
                 table: table.to_owned(),
-                source,
+                source: Box::new(source),
             }),
         },
         Err(WaiterError::ExceededMaxWait(exceeded)) => Err(TableWaitError::NotActive {
@@ -75,7 +75,7 @@ pub async fn wait_until_table_active(
         }),
         Err(WaiterError::OperationFailed(failed)) => Err(TableWaitError::Describe {
             table: table.to_owned(),
-            source: failed.into_error(),
+            source: Box::new(failed.into_error()),
         }),
         Err(other) => Err(waiter_error(Box::new(other))),
     }
