@@ -13,15 +13,19 @@ DEMO_DATA := $(CURDIR)/.demo-data
 # The cargo test output, kept for the summary line at the end of `make test`.
 TEST_LOG := target/make-test.log
 
-.PHONY: test demo fmt lint dynamodb-local
+.PHONY: test demo fmt lint doc dynamodb-local
 
-## test: every test (against a DynamoDB Local started for the run), then fmt and clippy checks
+## test: every test (against a DynamoDB Local started for the run), the doctests (the README's
+## example included), then fmt, clippy and warning-free docs
 test:
 	scripts/dynamodb-local.sh install
 	mkdir -p $(dir $(TEST_LOG))
 	scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --all-targets 2>&1 | tee $(TEST_LOG)
+	# `--all-targets` leaves doctests out; they need no DynamoDB.
+	$(CARGO) test --workspace --doc 2>&1 | tee -a $(TEST_LOG)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { print "tests: " passed " passed, " failed " failed" }' $(TEST_LOG)
 
@@ -48,6 +52,10 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## doc: the API documentation (consumer-core's front page is the README), warnings as errors
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
 ## dynamodb-local: install DynamoDB Local (make test does it too)
 dynamodb-local:

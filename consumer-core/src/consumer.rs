@@ -114,7 +114,7 @@ pub struct ConsumerBuilder {
     config: ConsumerConfig,
     /// The heartbeat period, when given; else a third of the failover time.
     renew_interval: Option<Duration>,
-    sdk_config: Option<aws_config::SdkConfig>,
+    sdk_config: Option<aws_types::SdkConfig>,
     api: Option<Arc<dyn StreamsApi>>,
     store: Option<Arc<dyn LeaseStore>>,
 }
@@ -133,7 +133,7 @@ impl ConsumerBuilder {
     }
 
     /// The AWS configuration (region, credentials, endpoint) for DynamoDB and its streams.
-    pub fn with_sdk_config(mut self, sdk_config: &aws_config::SdkConfig) -> Self {
+    pub fn with_sdk_config(mut self, sdk_config: &aws_types::SdkConfig) -> Self {
         self.sdk_config = Some(sdk_config.clone());
         self
     }

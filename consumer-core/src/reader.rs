@@ -17,24 +17,25 @@ use crate::config::InitialPosition;
 use crate::error::Result;
 pub use crate::poll_loop::PollConfig;
 use crate::poll_loop::{Page, ShardReader};
+use crate::retry;
 use crate::shard_sync::describe_all_shards;
 use crate::streams::{StartPosition, StreamsApi};
+
+/// Changes as the reader yields them, in order.
+pub type Changes<T> = BoxStream<'static, Result<Change<T>>>;
 
 /// The changes of one shard from `position`, in order, until the shard ends.
 ///
 /// A record whose image does not decode yields an `Err` in its place and reading goes on;
 /// any other error (trimmed data, a missing shard) is yielded last and ends the stream. An
 /// open shard never ends: the stream waits for new records, backing off while idle.
-pub fn shard_changes<T>(
+pub fn shard_changes<T: DeserializeOwned + Send + 'static>(
     api: Arc<dyn StreamsApi>,
     stream_arn: impl Into<String>,
     shard_id: impl Into<String>,
     position: StartPosition,
     config: PollConfig,
-) -> BoxStream<'static, Result<Change<T>>>
-where
-    T: DeserializeOwned + Send + 'static,
-{
+) -> Changes<T> {
     read_shard(
         api,
         stream_arn.into(),
@@ -51,15 +52,12 @@ where
 /// arrive in order; unrelated shards are read concurrently and interleave. `TrimHorizon`
 /// starts every root shard at its oldest record; `Latest` starts the open shards at their
 /// tip and skips closed ones. Children are always read from their first record.
-pub fn stream_changes<T>(
+pub fn stream_changes<T: DeserializeOwned + Send + 'static>(
     api: Arc<dyn StreamsApi>,
     stream_arn: impl Into<String>,
     position: InitialPosition,
     config: PollConfig,
-) -> BoxStream<'static, Result<Change<T>>>
-where
-    T: DeserializeOwned + Send + 'static,
-{
+) -> Changes<T> {
     let stream_arn = stream_arn.into();
     stream::once(async move {
         let shards = match describe_all_shards(api.as_ref(), &stream_arn).await {
@@ -98,16 +96,13 @@ where
 }
 
 /// A shard, then (once it ended) its children, each followed by theirs.
-fn shard_tree<T>(
+fn shard_tree<T: DeserializeOwned + Send + 'static>(
     api: Arc<dyn StreamsApi>,
     stream_arn: String,
     shard_id: String,
     position: StartPosition,
     config: PollConfig,
-) -> BoxStream<'static, Result<Change<T>>>
-where
-    T: DeserializeOwned + Send + 'static,
-{
+) -> Changes<T> {
     let ended = Arc::new(AtomicBool::new(false));
     let own = read_shard(
         api.clone(),
@@ -121,7 +116,10 @@ where
         if !ended.load(Ordering::Acquire) {
             return stream::empty().boxed();
         }
-        match api.child_shards(&stream_arn, &shard_id).await {
+        let children = retry::call(retry::describe_stream(), retry::is_retryable_api, || {
+            api.child_shards(&stream_arn, &shard_id)
+        });
+        match children.await {
             Ok(children) => stream::select_all(children.into_iter().map(|child| {
                 shard_tree(
                     api.clone(),
@@ -140,17 +138,14 @@ where
 }
 
 /// The poll loop as a stream; sets `ended` when the shard was read to its end.
-fn read_shard<T>(
+fn read_shard<T: DeserializeOwned + Send + 'static>(
     api: Arc<dyn StreamsApi>,
     stream_arn: String,
     shard_id: String,
     position: StartPosition,
     config: PollConfig,
     ended: Option<Arc<AtomicBool>>,
-) -> BoxStream<'static, Result<Change<T>>>
-where
-    T: DeserializeOwned + Send + 'static,
-{
+) -> Changes<T> {
     let reader = ShardReader::new(api, stream_arn, shard_id, position, config);
     let state = (reader, VecDeque::new(), false);
     stream::unfold(state, move |(mut reader, mut buffered, mut stopped)| {
