@@ -190,7 +190,7 @@ async fn one_worker_delivers_every_change_in_order_across_splits_and_rotations()
         );
     }
     assert!(
-        store.list_workers().await.unwrap().is_empty(),
+        store.snapshot().await.unwrap().1.is_empty(),
         "worker item deleted on shutdown"
     );
 }

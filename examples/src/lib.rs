@@ -1,13 +1,19 @@
 //! Helpers shared by the example programs: AWS configuration for a local endpoint, logging,
-//! signal handling, worker ids and a plain-JSON view of DynamoDB items.
+//! signal handling, worker ids, unique names, table creation and a plain-JSON view of
+//! DynamoDB items.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::TableDescription;
 use aws_sdk_dynamodbstreams::types::AttributeValue;
+use checkpoint_store::aws::wait_until_table_active;
 use serde_json::{Map, Number, Value};
 
 /// The region used with an explicit endpoint when none is given.
@@ -15,20 +21,12 @@ pub const LOCAL_REGION: &str = "us-east-1";
 
 /// AWS configuration for the examples.
 ///
-/// With `endpoint` (e.g. DynamoDB Local at `http://127.0.0.1:8000`): static dummy
-/// credentials (`local`/`local`) and `region`, or `us-east-1` when none is given. Without
-/// it: the usual AWS chain (`aws_config::load_defaults`: environment, profile, instance
-/// role), with `region` overriding the configured one when given.
+/// With `endpoint` (e.g. DynamoDB Local at `http://127.0.0.1:8000`): [`local_sdk_config`].
+/// Without it: the usual AWS chain (`aws_config::load_defaults`: environment, profile,
+/// instance role), with `region` overriding the configured one when given.
 pub async fn sdk_config(endpoint: Option<&str>, region: Option<&str>) -> SdkConfig {
     match endpoint {
-        Some(endpoint) => SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.unwrap_or(LOCAL_REGION).to_owned()))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "local", "local", None, None, "static",
-            )))
-            .endpoint_url(endpoint)
-            .build(),
+        Some(endpoint) => local_sdk_config(endpoint, region),
         None => {
             let mut loader = aws_config::defaults(BehaviorVersion::latest());
             if let Some(region) = region {
@@ -37,6 +35,33 @@ pub async fn sdk_config(endpoint: Option<&str>, region: Option<&str>) -> SdkConf
             loader.load().await
         }
     }
+}
+
+/// AWS configuration for an explicit endpoint such as DynamoDB Local: static dummy
+/// credentials (`local`/`local`) and `region`, or [`LOCAL_REGION`] when none is given.
+/// DynamoDB Local runs with `-sharedDb`, so every client sees the same tables whatever
+/// its credentials.
+pub fn local_sdk_config(endpoint: &str, region: Option<&str>) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region.unwrap_or(LOCAL_REGION).to_owned()))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "local", "local", None, None, "static",
+        )))
+        .endpoint_url(endpoint)
+        .build()
+}
+
+/// A table or application name no other run (of this or a concurrent process) uses:
+/// `{prefix}-{pid}-{counter}-{millis}`, a valid DynamoDB table name when `prefix` is.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("{prefix}-{}-{n}-{millis}", std::process::id())
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=consumer_core=debug`), or by
@@ -172,13 +197,17 @@ fn number_to_json(n: &str) -> Value {
         .map_or_else(|| Value::String(n.to_owned()), Value::Number)
 }
 
+/// How long a new table may take to become ACTIVE.
+pub const TABLE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// The CreateTable request every example needs: a string partition key `key`, on-demand
-/// billing and a `NEW_AND_OLD_IMAGES` stream. Callers send it and handle the answer their
-/// own way.
-pub fn create_stream_table_request(
+/// billing and, when `stream` is true, a `NEW_AND_OLD_IMAGES` stream. Callers send it and
+/// handle the answer their own way.
+pub fn create_table_request(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     key: &str,
+    stream: bool,
 ) -> Result<
     aws_sdk_dynamodb::operation::create_table::builders::CreateTableFluentBuilder,
     aws_sdk_dynamodb::error::BuildError,
@@ -187,7 +216,7 @@ pub fn create_stream_table_request(
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
         StreamSpecification, StreamViewType,
     };
-    Ok(client
+    let request = client
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
@@ -202,13 +231,47 @@ pub fn create_stream_table_request(
                 .attribute_name(key)
                 .key_type(KeyType::Hash)
                 .build()?,
-        )
-        .stream_specification(
+        );
+    Ok(if stream {
+        request.stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
                 .stream_view_type(StreamViewType::NewAndOldImages)
                 .build()?,
-        ))
+        )
+    } else {
+        request
+    })
+}
+
+/// Creates `table` ([`create_table_request`]; a table that already exists is fine) and
+/// waits until it is ACTIVE, at most [`TABLE_DEADLINE`], with the SDK's waiter. Returns its
+/// description (`latest_stream_arn` names the stream).
+pub async fn create_table(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+    stream: bool,
+) -> Result<TableDescription, Box<dyn std::error::Error + Send + Sync>> {
+    let created = create_table_request(client, table, key, stream)?
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        // Created meanwhile by someone else: fine.
+        Err(error)
+            if error
+                .as_service_error()
+                .is_some_and(|e| e.is_resource_in_use_exception()) => {}
+        Err(error) => {
+            return Err(format!(
+                "CreateTable {table:?} failed: {}",
+                DisplayErrorContext(error)
+            )
+            .into());
+        }
+    }
+    Ok(wait_until_table_active(client, table, TABLE_DEADLINE).await?)
 }
 
 #[cfg(test)]

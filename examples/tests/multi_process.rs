@@ -6,7 +6,8 @@
 //! (heartbeats every second; the default 2 s scan interval) to keep the tests quick. The
 //! writer gives every write a unique `op` number, so each printed line identifies exactly
 //! one write: the tests compare what was printed with what was written, change by change.
-//! See `integration_tests::workers` for how the binary is found and how workers are run.
+//! The tests live in `examples`, the package that owns `jsonl-worker`, so Cargo builds the
+//! binary first ([`WORKER_BIN`]); `integration_tests::workers` runs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,6 +24,8 @@ use integration_tests::{create_table, dynamodb_client, unique_name};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+/// The worker binary, built by Cargo for these tests.
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
 /// Failover time of the test workers.
 const FAILOVER: &str = "3s";
 /// How long any one phase of a test may take before it fails.
@@ -349,6 +352,7 @@ async fn terminate(worker: &mut Worker) {
 
 fn config(app: &str, tables: &[String]) -> WorkerConfig {
     WorkerConfig {
+        bin: WORKER_BIN.into(),
         app: app.to_owned(),
         tables: tables.to_vec(),
         failover_time: Some(FAILOVER.into()),
@@ -672,7 +676,8 @@ async fn a_joining_worker_gets_its_fair_share_of_the_leases() {
 /// Runs a worker that must fail: non-zero exit within 15 s, and exactly one error line on
 /// stderr, which names `what`.
 async fn fails_naming(args: Vec<String>, what: &str) {
-    let (status, stdout, stderr, took) = run_to_exit(&args, Duration::from_secs(15)).await;
+    let (status, stdout, stderr, took) =
+        run_to_exit(WORKER_BIN.as_ref(), &args, Duration::from_secs(15)).await;
     assert!(!status.success(), "{args:?} exited with {status}");
     assert!(stdout.is_empty(), "nothing printed on stdout: {stdout}");
     let errors: Vec<&str> = stderr

@@ -4,10 +4,9 @@
 //! after starting DynamoDB Local on a free loopback port (`make test` does this). A test
 //! that needs DynamoDB fails without it: it never passes without having run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use aws_config::SdkConfig;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
+pub use examples::unique_name;
 
 pub mod workers;
 
@@ -31,18 +30,9 @@ pub fn endpoint() -> String {
 }
 
 /// SDK configuration for `endpoint`: region us-east-1 and static dummy credentials
-/// (DynamoDB Local runs with `-sharedDb`, so every client sees the same tables).
+/// (the programs' [`examples::local_sdk_config`]).
 pub fn sdk_config_for(endpoint: &str) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(
-            aws_credential_types::provider::SharedCredentialsProvider::new(Credentials::new(
-                "local", "local", None, None, "static",
-            )),
-        )
-        .endpoint_url(endpoint)
-        .build()
+    examples::local_sdk_config(endpoint, None)
 }
 
 /// SDK configuration for DynamoDB Local at [`endpoint()`].
@@ -72,55 +62,11 @@ pub async fn streams_client() -> aws_sdk_dynamodbstreams::Client {
     aws_sdk_dynamodbstreams::Client::new(&sdk_config().await)
 }
 
-/// A table name no other test (in this or a concurrent test process) uses:
-/// `{prefix}-{pid}-{counter}-{millis}`, a valid DynamoDB table name when `prefix` is.
-pub fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{n}-{millis}", std::process::id())
-}
-
 /// Creates a table with a string partition key `key`, on-demand, with a NEW_AND_OLD_IMAGES
-/// stream when `stream` is true. Panics on failure (test helper).
+/// stream when `stream` is true, and waits until it is ACTIVE ([`examples::create_table`]).
+/// Panics on failure (test helper).
 pub async fn create_table(name: &str, key: &str, stream: bool) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        StreamSpecification, StreamViewType,
-    };
-    let built = |what: &str| format!("building the {what} of table {name:?}");
-    let mut request = dynamodb_client()
-        .await
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap_or_else(|e| panic!("{}: {e}", built("attribute definition"))),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap_or_else(|e| panic!("{}: {e}", built("key schema"))),
-        );
-    if stream {
-        request = request.stream_specification(
-            StreamSpecification::builder()
-                .stream_enabled(true)
-                .stream_view_type(StreamViewType::NewAndOldImages)
-                .build()
-                .unwrap_or_else(|e| panic!("{}: {e}", built("stream specification"))),
-        );
-    }
-    if let Err(e) = request.send().await {
+    if let Err(e) = examples::create_table(&dynamodb_client().await, name, key, stream).await {
         panic!("creating table {name:?}: {e}");
     }
 }

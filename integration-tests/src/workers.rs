@@ -1,30 +1,11 @@
-//! Real `jsonl-worker` processes for the multi-process tests: build the binary once, spawn
-//! workers, collect the JSON lines they print, stop them with SIGTERM or SIGKILL.
+//! Real `jsonl-worker` processes for the multi-process tests: spawn workers, collect the
+//! JSON lines they print, stop them with SIGTERM or SIGKILL.
 //!
 //! # Finding the binary
 //!
-//! `jsonl-worker` belongs to the `examples` package, so a test in this package has no
-//! `CARGO_BIN_EXE_jsonl-worker`, and nothing guarantees that cargo built the examples before
-//! it runs these tests (`cargo test -p integration-tests` does not). [`jsonl_worker_bin`]
-//! therefore runs `cargo build -p examples --bin jsonl-worker --message-format=json` once per
-//! test process (a no-op when the binary is fresh) and takes the binary's path from cargo's
-//! own `compiler-artifact` message, so `CARGO_TARGET_DIR`, `build.target-dir` and the like
-//! need no guessing. The cargo used is the one running the tests (`$CARGO`, which `cargo
-//! test` sets). The nested build cannot deadlock: `cargo test` releases the build-directory
-//! lock before it runs test binaries; while another cargo (an editor, a concurrent build)
-//! holds it, the nested build waits for it like any cargo command.
-//!
-//! The nested build is passed the environment of the test process minus the variables cargo
-//! sets for a running crate (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...): build scripts that
-//! watch them (ring's watches `CARGO_MANIFEST_DIR`) would otherwise see a changed
-//! environment, and the nested build and the next outer one would each rebuild most of the
-//! dependency tree.
-//!
-//! Cost: cargo unifies features per invocation, so the binary built here can differ from the
-//! one `make test` (`cargo test --workspace --all-targets`) builds, which carries
-//! dev-dependency features such as `tokio/test-util`. Cargo then keeps both variants: on a
-//! clean target directory the first `make test` compiles the tokio-dependent crates a second
-//! time; later runs find both fresh (the nested build takes well under a second).
+//! The caller passes the binary's path. The tests live in the `examples` package, which
+//! owns `jsonl-worker`, so Cargo builds the binary before them and hands its path over as
+//! `env!("CARGO_BIN_EXE_jsonl-worker")`.
 //!
 //! # Workers
 //!
@@ -42,7 +23,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -50,64 +31,6 @@ use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
-
-/// The path of an up-to-date `jsonl-worker` (debug build), built on first use.
-///
-/// # Panics
-///
-/// When cargo cannot build it; the message carries cargo's output.
-pub fn jsonl_worker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build_bin("examples", "jsonl-worker"))
-}
-
-/// Builds `bin` of `package` with the cargo running the tests and returns its path.
-fn build_bin(package: &str, bin: &str) -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the integration-tests package lives in the workspace folder");
-    let mut command = std::process::Command::new(&cargo);
-    // Not the variables cargo sets for this running crate: see the module documentation.
-    for (name, _) in std::env::vars_os() {
-        let name_str = name.to_string_lossy();
-        if name_str.starts_with("CARGO_PKG_")
-            || name_str.starts_with("CARGO_MANIFEST_")
-            || name_str.starts_with("CARGO_BIN_EXE_")
-            || [
-                "CARGO_CRATE_NAME",
-                "CARGO_BIN_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_CURRENT_DIR",
-                "OUT_DIR",
-            ]
-            .contains(&name_str.as_ref())
-        {
-            command.env_remove(&name);
-        }
-    }
-    let output = command
-        .current_dir(workspace)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
-        .arg("--message-format=json-render-diagnostics")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cargo:?} to build {bin}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "`cargo build -p {package} --bin {bin}` failed ({}):\n{stderr}",
-        output.status
-    );
-    stdout
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo built {bin} but named no executable:\n{stderr}"))
-}
 
 /// One change as `jsonl-worker` prints it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -173,6 +96,8 @@ pub struct Worker {
 /// The options every worker of a test shares.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
+    /// The `jsonl-worker` binary.
+    pub bin: PathBuf,
     /// The application (lease table).
     pub app: String,
     /// The tables to consume.
@@ -186,7 +111,7 @@ impl Worker {
     ///
     /// # Panics
     ///
-    /// When the binary cannot be built or started, or `DYNAMODB_ENDPOINT` is not set.
+    /// When the binary cannot be started, or `DYNAMODB_ENDPOINT` is not set.
     pub fn start(id: &str, config: &WorkerConfig) -> Worker {
         let mut args: Vec<String> = vec![
             "--worker-id".into(),
@@ -203,16 +128,15 @@ impl Worker {
             args.extend(["--failover-time".into(), failover.clone()]);
         }
         let log_name = format!("{}-{id}", config.app);
-        Self::spawn(id, &log_name, &args)
+        Self::spawn(&config.bin, id, &log_name, &args)
     }
 
-    /// Starts `jsonl-worker` with exactly `args`; stderr goes to a file named after `log_name`.
+    /// Starts `bin` with exactly `args`; stderr goes to a file named after `log_name`.
     ///
     /// # Panics
     ///
-    /// When the binary cannot be built or started.
-    pub fn spawn(id: &str, log_name: &str, args: &[String]) -> Worker {
-        let bin = jsonl_worker_bin();
+    /// When the binary cannot be started.
+    pub fn spawn(bin: &Path, id: &str, log_name: &str, args: &[String]) -> Worker {
         let dir = std::env::temp_dir().join("multi-process-tests");
         std::fs::create_dir_all(&dir).expect("cannot create the log folder");
         let stderr_path = dir.join(format!("{log_name}.stderr"));
@@ -389,17 +313,17 @@ pub async fn wait_until(what: &str, deadline: Duration, mut done: impl FnMut() -
     }
 }
 
-/// Runs `jsonl-worker` with `args` to its end (at most `deadline`): exit status, stdout,
-/// stderr and how long it took.
+/// Runs `bin` with `args` to its end (at most `deadline`): exit status, stdout, stderr and
+/// how long it took.
 ///
 /// # Panics
 ///
 /// When it cannot be started or does not exit in time.
 pub async fn run_to_exit(
+    bin: &Path,
     args: &[String],
     deadline: Duration,
 ) -> (ExitStatus, String, String, Duration) {
-    let bin = jsonl_worker_bin();
     let started = Instant::now();
     let output = Command::new(bin)
         .args(args)

@@ -24,12 +24,10 @@ pub enum StoreOp {
     CreateLease,
     TakeLease,
     Checkpoint,
-    PrepareCheckpoint,
     ReleaseLease,
     RequestHandoff,
     DeleteLease,
     Heartbeat,
-    ListWorkers,
     Snapshot,
     DeleteWorker,
 }
@@ -44,12 +42,10 @@ impl StoreOp {
             StoreOp::CreateLease => "create lease",
             StoreOp::TakeLease => "take lease",
             StoreOp::Checkpoint => "checkpoint",
-            StoreOp::PrepareCheckpoint => "prepare checkpoint",
             StoreOp::ReleaseLease => "release lease",
             StoreOp::RequestHandoff => "request handoff",
             StoreOp::DeleteLease => "delete lease",
             StoreOp::Heartbeat => "heartbeat",
-            StoreOp::ListWorkers => "scan workers",
             StoreOp::Snapshot => "scan leases and workers",
             StoreOp::DeleteWorker => "delete worker",
         }
@@ -59,11 +55,7 @@ impl StoreOp {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            StoreOp::EnsureTable
-                | StoreOp::ListLeases
-                | StoreOp::GetLease
-                | StoreOp::ListWorkers
-                | StoreOp::Snapshot
+            StoreOp::EnsureTable | StoreOp::ListLeases | StoreOp::GetLease | StoreOp::Snapshot
         )
     }
 }
@@ -200,15 +192,6 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::Checkpoint).await?;
         self.inner.checkpoint(key, o, c).await
     }
-    async fn prepare_checkpoint(
-        &self,
-        key: &LeaseKey,
-        o: &Ownership,
-        c: &Checkpoint,
-    ) -> Result<Lease> {
-        self.pass(StoreOp::PrepareCheckpoint).await?;
-        self.inner.prepare_checkpoint(key, o, c).await
-    }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         self.inner.release_lease(key, o).await
@@ -224,10 +207,6 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
         self.inner.heartbeat(worker_id, ttl).await
-    }
-    async fn list_workers(&self) -> Result<Vec<WorkerRecord>> {
-        self.pass(StoreOp::ListWorkers).await?;
-        Ok(self.read(self.inner.list_workers().await?))
     }
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
         self.pass(StoreOp::Snapshot).await?;

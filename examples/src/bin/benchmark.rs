@@ -1,5 +1,6 @@
-//! Throughput benchmark: the framework against a plain GetRecords loop, and the
-//! decode+dispatch rate on the simulated stream.
+//! Throughput benchmark against DynamoDB Local: the framework against a plain GetRecords
+//! loop. (Decode and dispatch without a network is `cargo bench -p consumer-core --bench
+//! decode`.)
 //!
 //! What it measures, in order:
 //!
@@ -26,12 +27,6 @@
 //!    profile: time between batches, time per streams call as the framework saw it, and
 //!    CPU use. `--diagnose` adds a run per round with checkpoints coalesced to 1 s (the
 //!    default), which shows what the per-batch checkpoint costs.
-//! 3. **Simulated stream**: `--sim-records` changes in one shard of the in-memory
-//!    [`SimulatedStream`], drained by the consumer with the in-memory lease store, typed
-//!    decode and a checkpoint per batch, on a `current_thread` runtime (one core): changes/s
-//!    of decode + dispatch + checkpoint with no network. Then the raw rate of
-//!    `Change::<T>::decode` over prebuilt records.
-//!
 //! Figures only: nothing here asserts a speed. Run it against DynamoDB Local with
 //!
 //! ```text
@@ -52,20 +47,19 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
-use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, TableStatus, WriteRequest};
-use aws_sdk_dynamodbstreams::types::{Record, ShardIteratorType};
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
+use aws_sdk_dynamodbstreams::types::ShardIteratorType;
 use clap::Parser;
 use consumer_core::streams::{
     ApiError, RecordsPage, SdkStreams, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
-use consumer_core::testkit::{InMemoryLeaseStore, SimConfig, SimulatedStream};
 use consumer_core::{
-    BoxError, Change, ChangeBatch, Consumer, InitialPosition, ProcessorFactory, processor_fn,
+    BoxError, ChangeBatch, Consumer, InitialPosition, ProcessorFactory, processor_fn,
 };
+use examples::{local_sdk_config, unique_name};
 use serde::{Deserialize, Serialize};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 use tokio::sync::Notify;
 
 /// How long one step (fill, one drain) may take before the benchmark gives up on it.
@@ -87,9 +81,6 @@ struct Args {
     /// Approximate size of each item in bytes.
     #[arg(long, default_value_t = 200)]
     item_bytes: usize,
-    /// Changes drained from the simulated stream (0 skips that part).
-    #[arg(long, default_value_t = 200_000)]
-    sim_records: u64,
     /// Concurrent BatchWriteItem writers during the fill.
     #[arg(long, default_value_t = 8)]
     writers: usize,
@@ -165,13 +156,7 @@ impl BenchItem {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    examples::init_tracing("warn");
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -184,50 +169,27 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<(), BoxError> {
     let payload_len = BenchItem::payload_len_for(args.item_bytes);
     println!(
-        "benchmark: {} changes of ~{} bytes per drain, {} rounds per path, {} simulated changes",
-        args.records, args.item_bytes, args.rounds, args.sim_records
+        "benchmark: {} changes of ~{} bytes per drain, {} rounds per path",
+        args.records, args.item_bytes, args.rounds
     );
-    if args.records > 0 {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(dynamodb_part(args, payload_len))?;
-    }
-    if args.sim_records > 0 {
-        simulated_part(args.sim_records, payload_len)?;
-    }
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(dynamodb_part(args, payload_len))
 }
 
 // ---- against DynamoDB ------------------------------------------------------------------
 
-fn sdk_config(endpoint: &str) -> SdkConfig {
-    SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-            "local", "local", None, None, "static",
-        )))
-        .endpoint_url(endpoint)
-        .build()
-}
-
-/// A name no earlier run of this program used: `{prefix}-{pid}-{millis}`.
-fn unique_name(prefix: &str) -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    format!("{prefix}-{}-{millis}", std::process::id())
-}
-
 async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> {
-    let config = sdk_config(&args.endpoint);
-    let _ = SERVER_PID.set(find_server_pid(&args.endpoint));
+    let config = local_sdk_config(&args.endpoint, None);
+    let mut cpu = CpuMeter::new(&args.endpoint);
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let streams = aws_sdk_dynamodbstreams::Client::new(&config);
     let table = unique_name("bench");
-    let stream_arn = create_table(&dynamodb, &table).await?;
+    let stream_arn = examples::create_table(&dynamodb, &table, "pk", true)
+        .await?
+        .latest_stream_arn
+        .ok_or_else(|| format!("table {table} has no stream"))?;
 
     let fill = within(
         "the fill",
@@ -255,17 +217,13 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
         } else {
             format!("round {}", round - args.warmup_rounds)
         };
-        let cpu = CpuSample::now();
+        cpu.start();
         let plain = within(
             "the plain drain",
             drain_plain(&streams, &stream_arn, args.records),
         )
         .await?;
-        println!(
-            "{name}: plain     {}{}",
-            plain.summary(),
-            CpuSample::since(cpu)
-        );
+        println!("{name}: plain     {}{}", plain.summary(), cpu.report());
         if !warmup {
             plain_runs.push(plain);
         }
@@ -277,12 +235,12 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
         for (label, interval, runs) in variants {
             let app = unique_name(&format!("bench-app{}", apps.len() + 1));
             apps.push(app.clone());
-            let cpu = CpuSample::now();
+            cpu.start();
             let framework = drain_framework(&config, &app, &table, args.records, interval).await?;
             println!(
                 "{name}: {label:<9} {}{}",
                 framework.drain.summary(),
-                CpuSample::since(cpu)
+                cpu.report()
             );
             println!("    {}", framework.profile());
             if !warmup {
@@ -332,25 +290,6 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
         let _ = dynamodb.delete_table().table_name(&app).send().await;
     }
     Ok(())
-}
-
-/// Creates the table with a `NEW_AND_OLD_IMAGES` stream, waits until it is active and
-/// returns the stream's ARN.
-async fn create_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<String, BoxError> {
-    examples::create_stream_table_request(client, table, "pk")?
-        .send()
-        .await?;
-    for _ in 0..600 {
-        let described = client.describe_table().table_name(table).send().await?;
-        if let Some(description) = described.table()
-            && description.table_status() == Some(&TableStatus::Active)
-            && let Some(arn) = description.latest_stream_arn()
-        {
-            return Ok(arn.to_owned());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(format!("table {table} did not become active with a stream").into())
 }
 
 struct Fill {
@@ -469,98 +408,84 @@ impl Drain {
     }
 }
 
-/// CPU use over an interval, from `/proc` (Linux; elsewhere nothing is shown): how many
-/// cores this process, the DynamoDB Local server (when it runs here) and the whole machine
-/// kept busy. On a small machine, client and server compete for the same cores.
-#[derive(Clone, Copy, Debug)]
-struct CpuSample {
-    at: Instant,
-    /// This process: user + system clock ticks.
-    process: u64,
-    /// The server process, if found.
-    server: Option<u64>,
-    /// The machine: busy and total clock ticks over every core.
-    busy: u64,
-    total: u64,
+/// CPU use over an interval (through `sysinfo`; where it knows nothing, nothing is shown):
+/// how many cores this process, the DynamoDB Local server (when it runs here) and the whole
+/// machine kept busy. On a small machine, client and server compete for the same cores.
+struct CpuMeter {
+    system: System,
+    /// This process, and the DynamoDB Local serving this benchmark if found.
+    pids: Vec<Pid>,
+    server: Option<Pid>,
+    started: Instant,
 }
 
-/// Clock ticks per second of `/proc` times (USER_HZ, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// The pid of the DynamoDB Local serving this benchmark: a `java` process started with
-/// `-port PORT` (what `scripts/dynamodb-local.sh` runs), PORT from the endpoint.
-static SERVER_PID: OnceLock<Option<u32>> = OnceLock::new();
-
-fn find_server_pid(endpoint: &str) -> Option<u32> {
-    let port = endpoint.trim_end_matches('/').rsplit(':').next()?;
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_server = args.first().is_some_and(|a| a.ends_with(b"java"))
-                && args
-                    .windows(2)
-                    .any(|w| w[0] == b"-port" && w[1] == port.as_bytes());
-            is_server.then_some(pid)
-        })
-}
-
-/// User + system ticks of a process.
-fn process_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime and stime are 14, 15.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-impl CpuSample {
-    fn now() -> Option<Self> {
-        let machine = std::fs::read_to_string("/proc/stat").ok()?;
-        let cpu: Vec<u64> = machine
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|v| v.parse().ok())
+impl CpuMeter {
+    /// Finds the server: a `java` process started with `-port PORT` (what
+    /// `scripts/dynamodb-local.sh` runs), PORT from the endpoint.
+    fn new(endpoint: &str) -> Self {
+        let mut system = System::new();
+        system.refresh_processes_specifics(
+            ProcessesToUpdate::All,
+            true,
+            ProcessRefreshKind::nothing().with_cmd(UpdateKind::OnlyIfNotSet),
+        );
+        let port = endpoint.trim_end_matches('/').rsplit(':').next();
+        let server = system.processes().iter().find_map(|(pid, process)| {
+            let cmd = process.cmd();
+            let is_java = cmd
+                .first()
+                .is_some_and(|a| a.to_string_lossy().ends_with("java"));
+            let on_port = cmd
+                .windows(2)
+                .any(|w| w[0] == "-port" && port.is_some_and(|p| w[1] == p));
+            (is_java && on_port).then_some(*pid)
+        });
+        let pids = sysinfo::get_current_pid()
+            .into_iter()
+            .chain(server)
             .collect();
-        let total: u64 = cpu.iter().take(8).sum();
-        let idle = cpu.get(3)? + cpu.get(4)?;
-        let server = SERVER_PID
-            .get()
-            .copied()
-            .flatten()
-            .and_then(|pid| process_ticks(&pid.to_string()));
-        Some(Self {
-            at: Instant::now(),
-            process: process_ticks("self")?,
+        Self {
+            system,
+            pids,
             server,
-            busy: total - idle,
-            total,
-        })
+            started: Instant::now(),
+        }
     }
 
-    /// "; CPU cores busy: this process x, DynamoDB Local y, machine z of n".
-    fn since(start: Option<Self>) -> String {
-        let (Some(start), Some(end)) = (start, Self::now()) else {
+    fn refresh(&mut self) {
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&self.pids),
+            true,
+            ProcessRefreshKind::nothing().with_cpu(),
+        );
+        self.system.refresh_cpu_usage();
+    }
+
+    /// Starts an interval.
+    fn start(&mut self) {
+        self.refresh();
+        self.started = Instant::now();
+    }
+
+    /// "; CPU cores busy: this process x, DynamoDB Local y, machine z of n" since `start`.
+    fn report(&mut self) -> String {
+        if self.started.elapsed() < sysinfo::MINIMUM_CPU_UPDATE_INTERVAL {
+            return String::new();
+        }
+        self.refresh();
+        let cores_of = |pid: Option<Pid>| {
+            pid.and_then(|pid| self.system.process(pid))
+                .map(|p| f64::from(p.cpu_usage()) / 100.0)
+        };
+        let Some(this) = cores_of(self.pids.first().copied()) else {
             return String::new();
         };
-        let seconds = (end.at - start.at).as_secs_f64().max(1e-9);
-        let cores_of = |ticks: u64| ticks as f64 / TICKS_PER_SECOND / seconds;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let machine = (end.busy - start.busy) as f64 / (end.total - start.total).max(1) as f64;
-        let server = match (start.server, end.server) {
-            (Some(a), Some(b)) => format!(", DynamoDB Local {:.2}", cores_of(b - a)),
-            _ => String::new(),
-        };
-        format!(
-            "; CPU cores busy: this process {:.2}{server}, machine {:.2} of {cores}",
-            cores_of(end.process - start.process),
-            machine * cores as f64
-        )
+        let server = cores_of(self.server)
+            .map(|s| format!(", DynamoDB Local {s:.2}"))
+            .unwrap_or_default();
+        let cores = self.system.cpus().len().max(1);
+        let machine = f64::from(self.system.global_cpu_usage()) / 100.0 * cores as f64;
+        format!("; CPU cores busy: this process {this:.2}{server}, machine {machine:.2} of {cores}")
     }
 }
 
@@ -946,83 +871,4 @@ async fn drain_framework(
         progress,
         shutdown,
     })
-}
-
-// ---- on the simulated stream -----------------------------------------------------------
-
-/// Decode + dispatch on one core: the consumer on a `current_thread` runtime against the
-/// simulated stream and the in-memory lease store; then the raw decode rate.
-fn simulated_part(count: u64, payload_len: usize) -> Result<(), BoxError> {
-    let sim = SimulatedStream::new(SimConfig::default());
-    let stream_arn = sim.add_table("bench");
-    let written_at = Instant::now();
-    for n in 0..count {
-        sim.put_value("bench", &BenchItem::new(n, payload_len))?;
-    }
-    println!(
-        "\nsimulated stream: {count} changes written in {:.3} s (not timed below)",
-        written_at.elapsed().as_secs_f64()
-    );
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let consumer = Consumer::builder("bench-sim")
-        .with_table("bench")
-        .with_streams_api(Arc::new(sim.clone()))
-        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
-        .with_worker_id("bench")
-        .with_initial_position(InitialPosition::TrimHorizon)
-        .with_checkpoint_interval(Duration::ZERO)
-        .with_batch_limit(PAGE_LIMIT);
-    let progress = Progress::new(count);
-    let consumer = consumer.build(progress.factory())?;
-    progress.start();
-    runtime.block_on(async {
-        tokio::time::timeout(DEADLINE, consumer.run_until(progress.clone().reached()))
-            .await
-            .map_err(|_| "the simulated drain did not finish")?
-            .map_err(BoxError::from)
-    })?;
-    let drain = progress.drain()?;
-    println!(
-        "decode+dispatch (consumer, simulated stream, in-memory leases, checkpoint per batch, current_thread runtime): {} changes in {:.3} s = {:.0} changes/s (steady {:.0} changes/s)",
-        drain.records,
-        drain.elapsed.as_secs_f64(),
-        drain.rate(),
-        drain.steady_rate()
-    );
-
-    // Raw decode: Change::<BenchItem>::decode over prebuilt records, on this thread.
-    let shard_id = sim
-        .open_shards(&stream_arn)?
-        .first()
-        .map(|s| s.shard_id.clone())
-        .ok_or("the simulated stream has no shard")?;
-    let records: Vec<Arc<Record>> = sim
-        .records(&stream_arn, &shard_id)?
-        .into_iter()
-        .take(10_000)
-        .map(Arc::new)
-        .collect();
-    let decode_started = Instant::now();
-    let mut decoded = 0u64;
-    let mut checksum = 0u64;
-    while decoded < count {
-        for record in &records {
-            let change = Change::<BenchItem>::decode(&shard_id, record.clone())?;
-            checksum = checksum.wrapping_add(change.new.map_or(0, |item| item.n));
-            decoded += 1;
-            if decoded >= count {
-                break;
-            }
-        }
-    }
-    let decode_elapsed = decode_started.elapsed();
-    println!(
-        "raw decode (Change::<BenchItem>::decode, prebuilt records): {decoded} in {:.3} s = {:.0} changes/s (checksum {checksum})",
-        decode_elapsed.as_secs_f64(),
-        rate(decoded, decode_elapsed)
-    );
-    Ok(())
 }

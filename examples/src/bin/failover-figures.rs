@@ -479,10 +479,7 @@ impl Setup {
     }
 
     async fn create_table(&self, name: &str) -> Result<(), BoxError> {
-        examples::create_stream_table_request(&self.client, name, "id")?
-            .send()
-            .await
-            .map_err(|e| format!("CreateTable {name}: {e:?}"))?;
+        examples::create_table(&self.client, name, "id", true).await?;
         Ok(())
     }
 }

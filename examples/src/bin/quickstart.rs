@@ -42,7 +42,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, TableStatus};
+use aws_sdk_dynamodb::types::AttributeValue;
+use checkpoint_store::aws::wait_until_table_active;
 use clap::Parser;
 use consumer_core::{BoxError, Change, ChangeBatch, ChangeKind, Consumer, processor_fn};
 use examples::Signals;
@@ -58,8 +59,6 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(60);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long one DynamoDB call of the demo (retries included) may take.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
-/// How long a new table may take to become ACTIVE.
-const TABLE_DEADLINE: Duration = Duration::from_secs(60);
 
 type DemoError = Box<dyn Error + Send + Sync>;
 
@@ -361,24 +360,10 @@ async fn ensure_table(
                 .is_some_and(|e| e.is_resource_not_found_exception()) =>
         {
             eprintln!("quickstart: creating table {table:?} at {where_}");
-            let created = examples::create_stream_table_request(dynamodb, table, "name")?
-                .send()
-                .await;
-            match created {
-                Ok(_) => {}
-                // Created meanwhile by someone else: fine.
-                Err(error)
-                    if error
-                        .as_service_error()
-                        .is_some_and(|e| e.is_resource_in_use_exception()) => {}
-                Err(error) => {
-                    return Err(format!(
-                        "CreateTable {table:?} at {where_} failed: {}",
-                        DisplayErrorContext(error)
-                    )
-                    .into());
-                }
-            }
+            examples::create_table(dynamodb, table, "name", true)
+                .await
+                .map_err(|e| format!("{e} (at {where_})"))?;
+            return Ok(());
         }
         Err(error) => {
             return Err(format!(
@@ -388,33 +373,10 @@ async fn ensure_table(
             .into());
         }
     }
-
-    let deadline = Instant::now() + TABLE_DEADLINE;
-    loop {
-        let status = dynamodb
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| {
-                format!(
-                    "DescribeTable {table:?} at {where_} failed: {}",
-                    DisplayErrorContext(e)
-                )
-            })?
-            .table()
-            .and_then(|t| t.table_status().cloned());
-        if status == Some(TableStatus::Active) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "table {table:?} at {where_} is not ACTIVE after {TABLE_DEADLINE:?} ({status:?})"
-            )
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until_table_active(dynamodb, table, examples::TABLE_DEADLINE)
+        .await
+        .map_err(|e| format!("{e} (at {where_})"))?;
+    Ok(())
 }
 
 fn consumer_ended(joined: Result<consumer_core::Result<()>, tokio::task::JoinError>) -> DemoError {
