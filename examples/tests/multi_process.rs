@@ -350,13 +350,18 @@ async fn terminate(worker: &mut Worker) {
     );
 }
 
-fn config(app: &str, tables: &[String]) -> WorkerConfig {
-    WorkerConfig {
+/// A fresh application and `count` fresh tables named after `prefix`, and the options of
+/// workers consuming them.
+async fn setup(prefix: &str, count: usize) -> (String, Vec<String>, WorkerConfig) {
+    let app = unique_name("mp-app");
+    let tables = create_tables(prefix, count).await;
+    let config = WorkerConfig {
         bin: WORKER_BIN.into(),
-        app: app.to_owned(),
-        tables: tables.to_vec(),
+        app: app.clone(),
+        tables: tables.clone(),
         failover_time: Some(FAILOVER.into()),
-    }
+    };
+    (app, tables, config)
 }
 
 /// Waits until the lease table shows the given number of shard leases per worker id.
@@ -385,15 +390,47 @@ fn printed_after(worker: &Worker, table: &str, after: u64) -> bool {
         .any(|c| c.table == table && change_op(c) > after)
 }
 
+/// After `what` stopped the other worker at `(op, instant)`: waits until `survivor` prints
+/// changes written after it on every table (how long that took is returned), stops the
+/// writer, waits until every change is printed, stops the survivor with SIGTERM, and
+/// matches what both printed to the writes (nothing missing).
+async fn survivor_takes_over(
+    what: &str,
+    workers: &mut [Worker; 2],
+    survivor: usize,
+    tables: &[String],
+    background: Background,
+    (stopped_at_op, stopped_at): (u64, Instant),
+) -> (Duration, Writer, Delivery) {
+    wait_until(
+        &format!("the survivor printing changes written after {what} on every table"),
+        DEADLINE,
+        || {
+            tables
+                .iter()
+                .all(|t| printed_after(&workers[survivor], t, stopped_at_op))
+        },
+    )
+    .await;
+    let took = stopped_at.elapsed();
+    let writer = background.stop().await;
+    let refs: Vec<&Worker> = workers.iter().collect();
+    wait_for_every_change(&writer, &refs).await;
+    terminate(&mut workers[survivor]).await;
+
+    let refs: Vec<&Worker> = workers.iter().collect();
+    let delivery = Delivery::check(&writer, &refs);
+    assert_eq!(delivery.missing, 0);
+    (took, writer, delivery)
+}
+
 // ----- the tests -----
 
 /// 2 tables, 3 workers, a writer that inserts, modifies (put and update) and removes: every
 /// change is printed, each item's changes in order within every worker's output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_change_of_two_tables_is_printed_in_order_by_three_workers() {
-    let app = unique_name("mp-app");
-    let tables = create_tables("mp-many", 2).await;
-    let config = config(&app, &tables);
+    let (_, tables, config) = setup("mp-many", 2).await;
     let mut workers: Vec<Worker> = ["w1", "w2", "w3"]
         .iter()
         .map(|id| Worker::start(id, &config))
@@ -460,9 +497,7 @@ async fn every_change_of_two_tables_is_printed_in_order_by_three_workers() {
 /// shard, at the tail of what it printed for that shard.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owners_shards_are_taken_over_with_duplicates_only_after_its_last_checkpoint() {
-    let app = unique_name("mp-app");
-    let tables = create_tables("mp-kill", 3).await;
-    let config = config(&app, &tables);
+    let (app, tables, config) = setup("mp-kill", 3).await;
     let mut workers = [Worker::start("w1", &config), Worker::start("w2", &config)];
     let background = Background::start(&tables, 10, Duration::from_millis(3)).await;
 
@@ -518,25 +553,15 @@ async fn a_killed_owners_shards_are_taken_over_with_duplicates_only_after_its_la
     let survivor_id = workers[survivor].id().to_owned();
     eprintln!("killed {victim_id} (owning {owned:?}) at op {killed_at_op}");
 
-    wait_until(
-        "the survivor printing changes written after the kill on every table",
-        DEADLINE,
-        || {
-            tables
-                .iter()
-                .all(|t| printed_after(&workers[survivor], t, killed_at_op))
-        },
+    let (takeover, writer, delivery) = survivor_takes_over(
+        "the kill",
+        &mut workers,
+        survivor,
+        &tables,
+        background,
+        (killed_at_op, killed_at),
     )
     .await;
-    let takeover = killed_at.elapsed();
-    let writer = background.stop().await;
-    let refs: Vec<&Worker> = workers.iter().collect();
-    wait_for_every_change(&writer, &refs).await;
-    terminate(&mut workers[survivor]).await;
-
-    let refs: Vec<&Worker> = workers.iter().collect();
-    let delivery = Delivery::check(&writer, &refs);
-    assert_eq!(delivery.missing, 0);
     assert!(workers[survivor].unparsed().is_empty());
     assert!(
         workers[victim].unparsed().len() <= 1,
@@ -587,9 +612,7 @@ async fn a_killed_owners_shards_are_taken_over_with_duplicates_only_after_its_la
 /// printed twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_hands_the_shards_over_without_duplicates_and_exits_zero() {
-    let app = unique_name("mp-app");
-    let tables = create_tables("mp-term", 2).await;
-    let config = config(&app, &tables);
+    let (app, tables, config) = setup("mp-term", 2).await;
     let mut workers = [Worker::start("w1", &config), Worker::start("w2", &config)];
     let background = Background::start(&tables, 10, Duration::from_millis(3)).await;
 
@@ -608,25 +631,15 @@ async fn sigterm_hands_the_shards_over_without_duplicates_and_exits_zero() {
         !counts.contains_key("w1"),
         "w1 released its lease before exiting: {counts:?}"
     );
-    wait_until(
-        "the survivor printing changes written after the SIGTERM on both tables",
-        DEADLINE,
-        || {
-            tables
-                .iter()
-                .all(|t| printed_after(&workers[1], t, terminated_at_op))
-        },
+    let (gap, writer, delivery) = survivor_takes_over(
+        "the SIGTERM",
+        &mut workers,
+        1,
+        &tables,
+        background,
+        (terminated_at_op, terminated_at),
     )
     .await;
-    let gap = terminated_at.elapsed();
-    let writer = background.stop().await;
-    let refs: Vec<&Worker> = workers.iter().collect();
-    wait_for_every_change(&writer, &refs).await;
-    terminate(&mut workers[1]).await;
-
-    let refs: Vec<&Worker> = workers.iter().collect();
-    let delivery = Delivery::check(&writer, &refs);
-    assert_eq!(delivery.missing, 0);
     let duplicates = delivery.duplicates();
     assert!(
         duplicates.is_empty(),
@@ -647,9 +660,7 @@ async fn sigterm_hands_the_shards_over_without_duplicates_and_exits_zero() {
 /// and it stays so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_worker_gets_its_fair_share_of_the_leases() {
-    let app = unique_name("mp-app");
-    let tables = create_tables("mp-join", 4).await;
-    let config = config(&app, &tables);
+    let (app, _, config) = setup("mp-join", 4).await;
     let mut first = Worker::start("w1", &config);
     wait_for_lease_counts(&app, &[("w1", 4)]).await;
 
