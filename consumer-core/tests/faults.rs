@@ -4,17 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use checkpoint_store::InMemoryLeaseStore;
 use consumer_core::streams::ApiErrorKind;
-use consumer_core::testkit::{SimConfig, SimOperation, SimulatedStream};
-use consumer_core::{
-    BoxError, ChangeBatch, Checkpointer, Consumer, DataLoss, ProcessorFactory, RecordProcessor,
-    ShardContext, TrimmedDataPolicy,
-};
+use consumer_core::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
+use consumer_core::{Consumer, ProcessorFactory, TrimmedDataPolicy};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,44 +21,31 @@ struct Row {
 
 #[derive(Clone, Default)]
 struct Seen {
-    values: Arc<Mutex<Vec<u64>>>,
-    losses: Arc<Mutex<Vec<DataLoss>>>,
-    /// Pause inside the first `process` call (to outlive iterators).
+    recording: Recording<Row>,
+    /// Pause inside the first `process` call of each processor (to outlive iterators).
     first_pause: Duration,
-}
-
-struct Recorder(Seen, bool);
-
-#[async_trait]
-impl RecordProcessor for Recorder {
-    type Item = Row;
-
-    async fn process(
-        &mut self,
-        batch: ChangeBatch<Row>,
-        _: &mut Checkpointer,
-    ) -> Result<(), BoxError> {
-        if !self.1 {
-            self.1 = true;
-            tokio::time::sleep(self.0.first_pause).await;
-        }
-        let mut values = self.0.values.lock().unwrap();
-        values.extend(batch.iter().map(|c| c.new.as_ref().unwrap().n));
-        Ok(())
-    }
-
-    async fn data_lost(&mut self, loss: &DataLoss) {
-        self.0.losses.lock().unwrap().push(loss.clone());
-    }
 }
 
 impl Seen {
     fn factory(&self) -> impl ProcessorFactory {
-        let seen = self.clone();
-        move |_: &ShardContext| Recorder(seen.clone(), false)
+        let pause = self.first_pause;
+        self.recording
+            .clone()
+            .with_hook(move |_, _, batches_before| {
+                Box::pin(async move {
+                    if batches_before == 0 {
+                        tokio::time::sleep(pause).await;
+                    }
+                    Ok(())
+                })
+            })
+            .factory()
     }
     fn count(&self) -> usize {
-        self.values.lock().unwrap().len()
+        self.recording.len()
+    }
+    fn values(&self) -> Vec<u64> {
+        self.recording.images().iter().map(|row| row.n).collect()
     }
 }
 
@@ -118,7 +101,7 @@ async fn throttling_and_server_errors_delay_but_lose_nothing() {
         s.count() >= 200
     })
     .await;
-    assert_eq!(*seen.values.lock().unwrap(), (0..200).collect::<Vec<_>>());
+    assert_eq!(seen.values(), (0..200).collect::<Vec<_>>());
     assert!(
         sim.failures(SimOperation::GetRecords) > 0,
         "throttling happened"
@@ -140,7 +123,7 @@ async fn an_iterator_that_expires_while_the_processor_works_is_replaced_without_
     })
     .await;
     assert_eq!(
-        *seen.values.lock().unwrap(),
+        seen.values(),
         (0..50).collect::<Vec<_>>(),
         "no gap, no redelivery"
     );
@@ -163,10 +146,10 @@ async fn trimmed_records_are_reported_and_reading_goes_on_at_the_oldest_record()
         put(&writer, 100..105);
     });
     run(&sim, &seen, TrimmedDataPolicy::default(), |s| {
-        s.values.lock().unwrap().last() == Some(&104)
+        s.values().last() == Some(&104)
     })
     .await;
-    let losses = seen.losses.lock().unwrap().clone();
+    let losses = seen.recording.losses();
     assert_eq!(losses.len(), 1, "one gap reported: {losses:?}");
     assert!(
         losses[0].wanted.starts_with("AFTER_SEQUENCE_NUMBER"),
@@ -175,7 +158,7 @@ async fn trimmed_records_are_reported_and_reading_goes_on_at_the_oldest_record()
     assert_eq!(losses[0].resumed_at, "TRIM_HORIZON");
     // Delivered: the old records fetched before the trim (in order, from the first), then
     // the records written after it, from the oldest left.
-    let values = seen.values.lock().unwrap().clone();
+    let values = seen.values();
     let split = values.iter().position(|v| *v >= 100).unwrap();
     assert_eq!(&values[..split], &(0..split as u64).collect::<Vec<_>>()[..]);
     assert!(split < 100, "some old records were really lost");

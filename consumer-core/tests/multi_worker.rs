@@ -9,10 +9,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use checkpoint_store::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
-use consumer_core::testkit::{InstrumentedStore, Link, SimConfig, SimulatedStream};
-use consumer_core::{BoxError, ChangeBatch, Checkpointer, Consumer, RecordProcessor, ShardContext};
+use consumer_core::testkit::{InstrumentedStore, Link, Recording, SimConfig, SimulatedStream};
+use consumer_core::{ChangeBatch, Consumer};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde::{Deserialize, Serialize};
 
@@ -25,55 +24,6 @@ struct Row {
 /// (worker, shard, sequence number, key, n)
 type Delivery = (String, String, String, String, u64);
 
-/// Records deliveries, and whether the deliverer still owned the lease at that moment.
-struct Recorder {
-    shard: ShardContext,
-    log: Arc<Mutex<Vec<Delivery>>>,
-    store: Arc<InMemoryLeaseStore>,
-    zombie_deliveries: Arc<Mutex<Vec<String>>>,
-}
-
-#[async_trait]
-impl RecordProcessor for Recorder {
-    type Item = Row;
-
-    async fn process(
-        &mut self,
-        batch: ChangeBatch<Row>,
-        _: &mut Checkpointer,
-    ) -> Result<(), BoxError> {
-        // Processing takes a little time, so workers overlap and crashes hit mid-batch.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let key = LeaseKey::new(batch.stream_arn.clone(), batch.shard_id.clone());
-        let lease = self.store.get_lease(&key).await?.ok_or("lease vanished")?;
-        if lease.owner.as_deref() != Some(&self.shard.lease_owner)
-            || lease.epoch != self.shard.lease_epoch
-        {
-            self.zombie_deliveries.lock().unwrap().push(format!(
-                "{} delivered {} records of {} at epoch {} while {:?} owned it at epoch {}",
-                self.shard.lease_owner,
-                batch.len(),
-                batch.shard_id,
-                self.shard.lease_epoch,
-                lease.owner,
-                lease.epoch
-            ));
-        }
-        let mut log = self.log.lock().unwrap();
-        for change in &batch {
-            let row = change.new.as_ref().ok_or("no new image")?;
-            log.push((
-                self.shard.worker_id.clone(),
-                batch.shard_id.clone(),
-                change.sequence_number.to_string(),
-                row.pk.clone(),
-                row.n,
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A running worker: its task, its graceful stop, and its link to the lease table.
 struct Running {
     task: tokio::task::JoinHandle<consumer_core::Result<()>>,
@@ -84,27 +34,71 @@ struct Running {
 struct Cluster {
     sim: SimulatedStream,
     store: Arc<InMemoryLeaseStore>,
-    log: Arc<Mutex<Vec<Delivery>>>,
+    recording: Recording<Row>,
     zombie_deliveries: Arc<Mutex<Vec<String>>>,
     workers: BTreeMap<String, Running>,
 }
 
 impl Cluster {
+    /// No workers yet; their processors record deliveries, and whether the deliverer still
+    /// owned the lease at that moment.
+    fn new(sim: &SimulatedStream, store: Arc<InMemoryLeaseStore>) -> Self {
+        let zombie_deliveries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (zombies, lease_store) = (zombie_deliveries.clone(), store.clone());
+        let recording = Recording::new().with_hook(move |shard, batch: &ChangeBatch<Row>, _| {
+            let (zombies, store, shard) = (zombies.clone(), lease_store.clone(), shard.clone());
+            let key = LeaseKey::new(batch.stream_arn.clone(), batch.shard_id.clone());
+            let records = batch.len();
+            Box::pin(async move {
+                // Processing takes a little time, so workers overlap and crashes hit
+                // mid-batch.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let lease = store.get_lease(&key).await?.ok_or("lease vanished")?;
+                if lease.owner.as_deref() != Some(&shard.lease_owner)
+                    || lease.epoch != shard.lease_epoch
+                {
+                    zombies.lock().unwrap().push(format!(
+                        "{} delivered {records} records of {} at epoch {} while {:?} owned it \
+                         at epoch {}",
+                        shard.lease_owner,
+                        shard.shard_id,
+                        shard.lease_epoch,
+                        lease.owner,
+                        lease.epoch
+                    ));
+                }
+                Ok(())
+            })
+        });
+        Cluster {
+            sim: sim.clone(),
+            store,
+            recording,
+            zombie_deliveries,
+            workers: BTreeMap::new(),
+        }
+    }
+
+    /// Every delivery so far, in order.
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.recording
+            .delivered()
+            .into_iter()
+            .map(|d| {
+                let row = d.change.new.expect("a new image");
+                (
+                    d.shard.worker_id.clone(),
+                    d.shard.shard_id.clone(),
+                    d.change.sequence_number.to_string(),
+                    row.pk,
+                    row.n,
+                )
+            })
+            .collect()
+    }
+
     fn start(&mut self, id: &str) {
         let gate = Arc::new(InstrumentedStore::new(self.store.clone()));
-        let factory = {
-            let (log, store, zombies) = (
-                self.log.clone(),
-                self.store.clone(),
-                self.zombie_deliveries.clone(),
-            );
-            move |shard: &ShardContext| Recorder {
-                shard: shard.clone(),
-                log: log.clone(),
-                store: store.clone(),
-                zombie_deliveries: zombies.clone(),
-            }
-        };
         let consumer = Consumer::builder("app")
             .with_table("orders")
             .with_streams_api(Arc::new(self.sim.clone()))
@@ -112,7 +106,7 @@ impl Cluster {
             .with_worker_id(id)
             .with_batch_limit(25)
             .with_checkpoint_interval(Duration::from_millis(500))
-            .build(factory)
+            .build(self.recording.factory())
             .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(consumer.run_until(async move {
@@ -155,13 +149,7 @@ async fn workers_that_crash_join_and_pause_still_deliver_every_change_in_order()
         ..SimConfig::with_seed(42)
     });
     let arn = sim.add_table("orders");
-    let mut cluster = Cluster {
-        sim: sim.clone(),
-        store: Arc::new(InMemoryLeaseStore::new()),
-        log: Arc::default(),
-        zombie_deliveries: Arc::default(),
-        workers: BTreeMap::new(),
-    };
+    let mut cluster = Cluster::new(&sim, Arc::new(InMemoryLeaseStore::new()));
     for id in ["w0", "w1", "w2", "w3", "w4"] {
         cluster.start(id);
     }
@@ -202,18 +190,16 @@ async fn workers_that_crash_join_and_pause_still_deliver_every_change_in_order()
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let written = sim.written();
-    let log = cluster.log.clone();
     let expected: HashSet<(String, String)> = written
         .iter()
         .map(|w| (w.shard_id.clone(), w.sequence_number.to_string()))
         .collect();
     tokio::time::timeout(Duration::from_secs(600), async {
         loop {
-            let delivered: HashSet<(String, String)> = log
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|d| (d.1.clone(), d.2.clone()))
+            let delivered: HashSet<(String, String)> = cluster
+                .deliveries()
+                .into_iter()
+                .map(|d| (d.1, d.2))
                 .collect();
             if expected.is_subset(&delivered) {
                 break;
@@ -230,7 +216,7 @@ async fn workers_that_crash_join_and_pause_still_deliver_every_change_in_order()
         zombies.is_empty(),
         "deliveries by workers that had lost the lease: {zombies:#?}"
     );
-    let delivered = cluster.log.lock().unwrap().clone();
+    let delivered = cluster.deliveries();
     // Per key, values only move forward, except redeliveries of values seen before
     // (after a crash or a lost lease, processing resumes at the last checkpoint).
     let mut last: HashMap<&str, u64> = HashMap::new();
@@ -299,13 +285,7 @@ async fn a_joining_worker_gets_its_fair_share_by_handoff() {
     });
     sim.add_table("orders");
     let store = Arc::new(InMemoryLeaseStore::new());
-    let mut cluster = Cluster {
-        sim: sim.clone(),
-        store: store.clone(),
-        log: Arc::default(),
-        zombie_deliveries: Arc::default(),
-        workers: BTreeMap::new(),
-    };
+    let mut cluster = Cluster::new(&sim, store.clone());
     cluster.start("a");
     let owned_by = |leases: &[Lease], prefix: &str| {
         leases

@@ -5,12 +5,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseStore};
-use consumer_core::testkit::{SimConfig, SimulatedStream, WrittenRecord};
-use consumer_core::{ChangeBatch, Consumer, InitialPosition, processor_fn};
+use consumer_core::testkit::{Recording, SimConfig, SimulatedStream, WrittenRecord};
+use consumer_core::{Consumer, InitialPosition};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,34 +23,29 @@ struct Row {
 type Delivery = (String, String, String, Option<u64>);
 
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<Vec<Delivery>>>);
+struct Log(Recording<Row>);
 
 impl Log {
     fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
+        self.0.len()
     }
     fn all(&self) -> Vec<Delivery> {
-        self.0.lock().unwrap().clone()
+        self.0
+            .delivered()
+            .into_iter()
+            .map(|d| {
+                let key = d.change.keys_as::<HashMap<String, String>>().unwrap()["pk"].clone();
+                (
+                    d.shard.shard_id.clone(),
+                    d.change.sequence_number.to_string(),
+                    key,
+                    d.change.new.as_ref().map(|row| row.n),
+                )
+            })
+            .collect()
     }
     fn processor(&self) -> impl consumer_core::ProcessorFactory {
-        let log = self.clone();
-        processor_fn(move |batch: ChangeBatch<Row>| {
-            let log = log.clone();
-            async move {
-                let mut entries = log.0.lock().unwrap();
-                for change in &batch {
-                    let key = change.keys_as::<HashMap<String, String>>().unwrap()["pk"].clone();
-                    let n = change.new.as_ref().map(|row| row.n);
-                    entries.push((
-                        batch.shard_id.clone(),
-                        change.sequence_number.to_string(),
-                        key,
-                        n,
-                    ));
-                }
-                Ok(())
-            }
-        })
+        self.0.factory()
     }
 }
 

@@ -8,7 +8,8 @@
 //! from one seeded RNG and time is `tokio::time`, so a simulation run is reproducible.
 //!
 //! The in-memory lease store is re-exported so a simulation needs only this module, and
-//! [`InstrumentedStore`] wraps any lease store to count its calls or cut it off.
+//! [`InstrumentedStore`] wraps any lease store to count its calls or cut it off, and
+//! [`Recording`] keeps every change its processors are delivered.
 
 mod clock;
 mod config;
@@ -17,6 +18,7 @@ mod faults;
 mod items;
 mod iterators;
 mod record;
+mod recorder;
 mod shard;
 mod state;
 mod store;
@@ -30,6 +32,7 @@ pub use config::{SimConfig, TableSpec};
 pub use error::SimError;
 pub use faults::SimOperation;
 pub use items::{Item, string_key};
+pub use recorder::{BatchHook, Delivered, Recording};
 pub use state::WrittenRecord;
 pub use store::{InstrumentedStore, Link, StoreOp};
 pub use stream::SimulatedStream;
