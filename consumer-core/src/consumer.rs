@@ -9,6 +9,7 @@ use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
 use crate::error::{Error, Result};
 use crate::processor::ProcessorFactory;
 use crate::retry;
+use crate::shard_consumer::Shared;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -89,12 +90,15 @@ impl<F: ProcessorFactory> Consumer<F> {
         table?;
         let streams = streams?;
         tracing::debug!(application = %self.application, "resolved streams");
-        Worker {
+        let shared = Shared {
             api: self.api,
             store: self.store,
-            factory: Arc::new(self.factory),
-            config: Arc::new(self.config),
+            factory: self.factory,
+            config: self.config,
             worker_id: self.worker_id,
+        };
+        Worker {
+            shared: Arc::new(shared),
             streams,
         }
         .run(shutdown)

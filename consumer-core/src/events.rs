@@ -28,18 +28,11 @@ pub(crate) struct ApiRetried<'a> {
 
 impl Event for ApiRetried<'_> {
     fn emit(self) {
-        let Self {
-            shard_id,
-            error,
-            pause,
-        } = self;
-        tracing::warn!(shard_id, %error, ?pause, "streams call failed; retrying");
-        counter!(
-            "ddb_stream_api_retries_total",
-            "operation" => error.operation,
-            "kind" => error.kind.to_string()
-        )
-        .increment(1);
+        let (shard_id, error) = (self.shard_id, self.error);
+        tracing::warn!(shard_id, %error, pause = ?self.pause, "streams call failed; retrying");
+        let kind = error.kind.to_string();
+        counter!("ddb_stream_api_retries_total", "operation" => error.operation, "kind" => kind)
+            .increment(1);
     }
 }
 
@@ -53,16 +46,16 @@ pub(crate) struct BatchProcessed<'a> {
 
 impl Event for BatchProcessed<'_> {
     fn emit(self) {
-        let Self {
-            stream_arn,
-            shard_id,
+        let (records, behind_latest) = (self.records, self.behind_latest);
+        tracing::debug!(
+            shard_id = self.shard_id,
             records,
-            behind_latest,
-        } = self;
-        tracing::debug!(shard_id, records, ?behind_latest, "batch processed");
+            ?behind_latest,
+            "batch processed"
+        );
         let labels = [
-            ("stream", stream_arn.to_owned()),
-            ("shard", shard_id.to_owned()),
+            ("stream", self.stream_arn.to_owned()),
+            ("shard", self.shard_id.to_owned()),
         ];
         counter!("ddb_stream_records_processed_total", &labels).increment(records as u64);
         if let Some(behind) = behind_latest {
@@ -82,13 +75,8 @@ pub(crate) struct ProcessingFailed<'a> {
 
 impl Event for ProcessingFailed<'_> {
     fn emit(self) {
-        let Self {
-            shard_id,
-            error,
-            attempt,
-            pause,
-        } = self;
-        tracing::error!(shard_id, %error, attempt, ?pause, "processing failed; the batch will be retried");
+        let (shard_id, error, attempt) = (self.shard_id, self.error, self.attempt);
+        tracing::error!(shard_id, %error, attempt, pause = ?self.pause, "processing failed; the batch will be retried");
         counter!("ddb_stream_processing_failures_total", "shard" => shard_id.to_owned())
             .increment(1);
     }
@@ -103,12 +91,8 @@ pub(crate) struct DecodeFailed<'a> {
 
 impl Event for DecodeFailed<'_> {
     fn emit(self) {
-        let Self {
-            shard_id,
-            error,
-            pause,
-        } = self;
-        tracing::error!(shard_id, %error, ?pause, "a record does not decode; the shard is held at that record and retried");
+        let (shard_id, error) = (self.shard_id, self.error);
+        tracing::error!(shard_id, %error, pause = ?self.pause, "a record does not decode; the shard is held at that record and retried");
         counter!("ddb_stream_decode_failures_total", "shard" => shard_id.to_owned()).increment(1);
     }
 }
@@ -125,25 +109,19 @@ pub(crate) struct DataTrimmed<'a> {
 
 impl Event for DataTrimmed<'_> {
     fn emit(self) {
-        let Self {
-            stream_arn,
-            shard_id,
-            wanted,
-            resumed_at,
-        } = self;
+        let (stream_arn, shard_id) = (self.stream_arn, self.shard_id);
         tracing::error!(
             stream_arn,
             shard_id,
-            wanted,
-            resumed_at,
+            wanted = self.wanted,
+            resumed_at = self.resumed_at,
             "DATA LOSS: records were trimmed from the stream before they were processed"
         );
-        counter!(
-            "ddb_stream_data_loss_events_total",
-            "stream" => stream_arn.to_owned(),
-            "shard" => shard_id.to_owned()
-        )
-        .increment(1);
+        let labels = [
+            ("stream", stream_arn.to_owned()),
+            ("shard", shard_id.to_owned()),
+        ];
+        counter!("ddb_stream_data_loss_events_total", &labels).increment(1);
     }
 }
 
@@ -155,11 +133,8 @@ pub(crate) struct CheckpointWritten<'a> {
 
 impl Event for CheckpointWritten<'_> {
     fn emit(self) {
-        let Self {
-            shard_id,
-            checkpoint,
-        } = self;
-        tracing::debug!(shard_id, checkpoint, "checkpoint written");
+        let checkpoint = self.checkpoint;
+        tracing::debug!(shard_id = self.shard_id, checkpoint, "checkpoint written");
         counter!("ddb_stream_checkpoints_total").increment(1);
     }
 }
@@ -174,11 +149,7 @@ pub(crate) struct ShardEnded<'a> {
 
 impl Event for ShardEnded<'_> {
     fn emit(self) {
-        let Self {
-            stream_arn,
-            shard_id,
-            children,
-        } = self;
+        let (stream_arn, shard_id, children) = (self.stream_arn, self.shard_id, self.children);
         tracing::info!(stream_arn, shard_id, children, "shard finished");
         counter!("ddb_stream_shards_ended_total").increment(1);
     }
@@ -192,11 +163,8 @@ pub(crate) struct LeaseAcquired<'a> {
 
 impl Event for LeaseAcquired<'_> {
     fn emit(self) {
-        let Self {
-            lease,
-            previous_owner,
-        } = self;
-        tracing::info!(lease = %lease, previous_owner, "lease acquired");
+        let previous_owner = self.previous_owner;
+        tracing::info!(lease = %self.lease, previous_owner, "lease acquired");
         counter!("ddb_stream_leases_acquired_total").increment(1);
     }
 }
@@ -209,8 +177,8 @@ pub(crate) struct LeaseLost<'a> {
 
 impl Event for LeaseLost<'_> {
     fn emit(self) {
-        let Self { lease, reason } = self;
-        tracing::warn!(lease = %lease, reason, "lease lost; shard processing stopped");
+        let reason = self.reason;
+        tracing::warn!(lease = %self.lease, reason, "lease lost; shard processing stopped");
         counter!("ddb_stream_leases_lost_total").increment(1);
     }
 }
@@ -224,8 +192,7 @@ pub(crate) struct LeaseReleased<'a> {
 
 impl Event for LeaseReleased<'_> {
     fn emit(self) {
-        let Self { lease, to } = self;
-        tracing::info!(lease = %lease, to, "lease released");
+        tracing::info!(lease = %self.lease, to = self.to, "lease released");
         counter!("ddb_stream_leases_released_total").increment(1);
     }
 }

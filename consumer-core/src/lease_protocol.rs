@@ -236,6 +236,16 @@ mod tests {
         lease
     }
 
+    /// Leases of shards "1", "2", ... with these owners.
+    fn numbered(owners: &[Option<&str>]) -> Vec<Lease> {
+        let shard = |i: usize| (i + 1).to_string();
+        owners
+            .iter()
+            .enumerate()
+            .map(|(i, o)| lease(&shard(i), *o))
+            .collect()
+    }
+
     fn worker(id: &str, heartbeat: u64) -> WorkerRecord {
         WorkerRecord {
             worker_id: id.into(),
@@ -263,12 +273,7 @@ mod tests {
 
     #[test]
     fn takes_unowned_and_dead_leases_up_to_the_fair_share() {
-        let leases = vec![
-            lease("1", None),
-            lease("2", Some("dead")),
-            lease("3", Some("other")),
-            lease("4", Some("other")),
-        ];
+        let leases = numbered(&[None, Some("dead"), Some("other"), Some("other")]);
         let plan = plan("me", &leases, &live(&["other"]), &HashSet::new());
         let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
         assert_eq!(taken, ["1", "2"]);
@@ -277,12 +282,7 @@ mod tests {
 
     #[test]
     fn asks_the_busiest_worker_for_a_handoff_when_nothing_is_free() {
-        let leases = vec![
-            lease("1", Some("a")),
-            lease("2", Some("a")),
-            lease("3", Some("a")),
-            lease("4", Some("b")),
-        ];
+        let leases = numbered(&[Some("a"), Some("a"), Some("a"), Some("b")]);
         let plan = plan("me", &leases, &live(&["a", "b"]), &HashSet::new());
         assert!(plan.take.is_empty());
         assert_eq!(plan.request_handoff.unwrap().owner.as_deref(), Some("a"));
@@ -291,11 +291,7 @@ mod tests {
     #[test]
     fn no_handoff_is_asked_when_free_leases_fill_the_share() {
         // a holds 2 of 3, one is free: taking it brings me to my share of 2 at most.
-        let leases = vec![
-            lease("1", Some("a")),
-            lease("2", Some("a")),
-            lease("3", None),
-        ];
+        let leases = numbered(&[Some("a"), Some("a"), None]);
         let plan = plan("me", &leases, &live(&["a"]), &HashSet::new());
         assert_eq!(plan.take.len(), 1);
         assert_eq!(plan.request_handoff, None, "a is at its fair share");
@@ -323,11 +319,7 @@ mod tests {
 
     #[test]
     fn balanced_workers_leave_each_other_alone() {
-        let leases = vec![
-            lease("1", Some("a")),
-            lease("2", Some("me")),
-            lease("3", Some("b")),
-        ];
+        let leases = numbered(&[Some("a"), Some("me"), Some("b")]);
         assert_eq!(
             plan("me", &leases, &live(&["a", "b"]), &HashSet::new()),
             Plan::default()

@@ -36,14 +36,8 @@ pub fn shard_changes<T: DeserializeOwned + Send + 'static>(
     position: StartPosition,
     config: PollConfig,
 ) -> Changes<T> {
-    read_shard(
-        api,
-        stream_arn.into(),
-        shard_id.into(),
-        position,
-        config,
-        None,
-    )
+    let reader = ShardReader::new(api, stream_arn, shard_id, position, config);
+    read_shard(reader, None)
 }
 
 /// The changes of a whole stream, parents before children.
@@ -104,14 +98,14 @@ fn shard_tree<T: DeserializeOwned + Send + 'static>(
     config: PollConfig,
 ) -> Changes<T> {
     let ended = Arc::new(AtomicBool::new(false));
-    let own = read_shard(
+    let reader = ShardReader::new(
         api.clone(),
         stream_arn.clone(),
         shard_id.clone(),
         position,
         config.clone(),
-        Some(ended.clone()),
     );
+    let own = read_shard(reader, Some(ended.clone()));
     let children = stream::once(async move {
         if !ended.load(Ordering::Acquire) {
             return stream::empty().boxed();
@@ -139,14 +133,9 @@ fn shard_tree<T: DeserializeOwned + Send + 'static>(
 
 /// The poll loop as a stream; sets `ended` when the shard was read to its end.
 fn read_shard<T: DeserializeOwned + Send + 'static>(
-    api: Arc<dyn StreamsApi>,
-    stream_arn: String,
-    shard_id: String,
-    position: StartPosition,
-    config: PollConfig,
+    reader: ShardReader,
     ended: Option<Arc<AtomicBool>>,
 ) -> Changes<T> {
-    let reader = ShardReader::new(api, stream_arn, shard_id, position, config);
     let state = (reader, VecDeque::new(), false);
     stream::unfold(state, move |(mut reader, mut buffered, mut stopped)| {
         let ended = ended.clone();

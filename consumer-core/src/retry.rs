@@ -37,9 +37,7 @@ pub(crate) const STREAMS_READ_MAX_DELAY: Duration = Duration::from_secs(10);
 /// heartbeat, the first shard sync. Few attempts, so that a wrong endpoint or a missing
 /// table fails the start within seconds; 200 ms then up to 1 s, jittered, 2 retries.
 pub(crate) fn startup() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(1))
+    exponential(millis(200), Duration::from_secs(1))
         .with_jitter()
         .with_max_times(2)
 }
@@ -48,20 +46,14 @@ pub(crate) fn startup() -> ExponentialBuilder {
 /// errors: 50 ms then doubling up to 10 s, jittered, never giving up (a shard's reader has
 /// nothing better to do; lease loss and shutdown stop it from outside).
 pub(crate) fn streams_read() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(STREAMS_READ_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
+    exponential(millis(50), STREAMS_READ_MAX_DELAY).with_jitter()
 }
 
 /// DescribeStream pages (shard sync, the reader) and child-shard lookups at shard end:
 /// 100 ms then up to 5 s, jittered, 8 retries; after that the next sync interval tries
 /// again.
 pub(crate) fn describe_stream() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+    exponential(millis(100), Duration::from_secs(5))
         .with_jitter()
         .with_max_times(8)
 }
@@ -71,9 +63,7 @@ pub(crate) fn describe_stream() -> ExponentialBuilder {
 /// transient errors: 100 ms then up to 5 s, jittered, 10 retries. A lost lease is never
 /// retried.
 pub(crate) fn lease_store() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+    exponential(millis(100), Duration::from_secs(5))
         .with_jitter()
         .with_max_times(10)
 }
@@ -82,30 +72,33 @@ pub(crate) fn lease_store() -> ExponentialBuilder {
 /// `shard_ended`): 100 ms then doubling up to `max` (`with_retry_backoff_max`, 30 s by
 /// default), jittered, forever: nothing is skipped. Each batch starts over at 100 ms.
 pub(crate) fn processing(max: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100).min(max))
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
+    exponential(millis(100).min(max), max).with_jitter()
 }
 
 /// A fenced worker's new incarnation, until its first heartbeat is confirmed: 200 ms then
 /// doubling up to `renew_interval`, not jittered (only this worker is waiting), forever.
 pub(crate) fn reincarnation(renew_interval: Duration) -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200).min(renew_interval))
-        .with_max_delay(renew_interval)
-        .without_max_times()
+    exponential(millis(200).min(renew_interval), renew_interval)
 }
 
 /// Pauses between polls of an idle shard: `min` after the first empty page, doubling up to
 /// `max`, not jittered; a page with records starts over. Bounds the delivery latency of a
 /// quiet shard and the cost of polling it.
 pub(crate) fn idle_poll(min: Duration, max: Duration) -> ExponentialBuilder {
+    exponential(min, max)
+}
+
+/// Doubling from `min` up to `max`, without jitter, never giving up: what every policy
+/// above starts from.
+fn exponential(min: Duration, max: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(min)
         .with_max_delay(max)
         .without_max_times()
+}
+
+const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
 }
 
 /// Calls `call` until it succeeds, fails with an error `when` rejects, or `policy` gives up,

@@ -52,16 +52,21 @@ pub(crate) struct ShardSignals {
     pub lost: CancellationToken,
 }
 
-/// Everything one shard consumer needs.
-pub(crate) struct ShardConsumer<F: ProcessorFactory> {
+/// What a worker and all its shard consumers share.
+pub(crate) struct Shared<F> {
     pub api: Arc<dyn StreamsApi>,
     pub store: Arc<dyn LeaseStore>,
-    pub factory: Arc<F>,
-    pub config: Arc<ConsumerConfig>,
+    pub factory: F,
+    pub config: ConsumerConfig,
+    pub worker_id: String,
+}
+
+/// Everything one shard consumer needs.
+pub(crate) struct ShardConsumer<F: ProcessorFactory> {
+    pub shared: Arc<Shared<F>>,
     pub lease: Lease,
     pub ownership: Ownership,
     pub table: Option<String>,
-    pub worker_id: String,
 }
 
 /// What the fetch task hands over.
@@ -87,7 +92,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             stream_arn: key.stream.clone(),
             shard_id: key.shard_id.clone(),
             parent_shard_ids: self.lease.parent_shard_ids.clone(),
-            worker_id: self.worker_id.clone(),
+            worker_id: self.shared.worker_id.clone(),
             lease_owner: self.ownership.owner.clone(),
             lease_epoch: self.ownership.epoch,
             resumed_from: self.lease.checkpoint.clone(),
@@ -95,28 +100,28 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         let Some(start) = start_position(&self.lease.checkpoint) else {
             return ShardOutcome::Ended;
         };
-        let mut processor = self.factory.create(&ctx);
+        let mut processor = self.shared.factory.create(&ctx);
         let mut checkpointer = Checkpointer::new(
-            self.store.clone(),
+            self.shared.store.clone(),
             key.clone(),
             self.ownership.clone(),
             self.lease.checkpoint.clone(),
-            self.config.checkpoint_interval,
+            self.shared.config.checkpoint_interval,
         );
 
         let stop_fetch = signals.lost.child_token();
-        let (tx, mut rx) = mpsc::channel(self.config.prefetch_pages.max(1));
+        let (tx, mut rx) = mpsc::channel(self.shared.config.prefetch_pages.max(1));
         let reader = ShardReader::new(
-            self.api.clone(),
+            self.shared.api.clone(),
             key.stream.clone(),
             key.shard_id.clone(),
             start,
-            self.config.poll.clone(),
+            self.shared.config.poll.clone(),
         );
         let fetcher = tokio::spawn(fetch(
             reader,
             tx,
-            self.config.trimmed_data_policy,
+            self.shared.config.trimmed_data_policy,
             stop_fetch.clone(),
         ));
         let _stop_fetch_on_exit = stop_fetch.drop_guard();
@@ -166,7 +171,8 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
     async fn write_shard_end(&self) -> Result<()> {
         let key = &self.lease.key;
         retry::call(retry::lease_store(), retry::is_retryable_store, || {
-            self.store
+            self.shared
+                .store
                 .checkpoint(key, &self.ownership, &Checkpoint::ShardEnd)
         })
         .await
@@ -178,7 +184,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         let key = &self.lease.key;
         let children: Vec<ShardInfo> =
             retry::call(retry::describe_stream(), retry::is_retryable_api, || {
-                self.api.child_shards(&key.stream, &key.shard_id)
+                self.shared.api.child_shards(&key.stream, &key.shard_id)
             })
             .await?;
         for child in &children {
@@ -187,7 +193,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 Checkpoint::TrimHorizon,
                 child.parent_shard_id.iter().cloned().collect(),
             );
-            create_lease_if_absent(self.store.as_ref(), &lease).await?;
+            create_lease_if_absent(self.shared.store.as_ref(), &lease).await?;
         }
         Ok(children.len())
     }
@@ -253,7 +259,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                             behind_latest,
                         }
                         .emit();
-                        if self.consumer.config.auto_checkpoint {
+                        if self.consumer.shared.config.auto_checkpoint {
                             self.checkpoint_delivered().await?;
                         }
                     }
@@ -275,7 +281,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             // The prefix is done; hold at the record that does not decode. Nothing after
             // it is delivered, nothing is skipped.
             let rest = &records[index..];
-            let pause = self.consumer.config.processing_backoff_max;
+            let pause = self.consumer.shared.config.processing_backoff_max;
             DecodeFailed {
                 shard_id: &shard_id,
                 error: &error,
@@ -382,7 +388,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     tracing::error!(lease = %key, %error, "final checkpoint not written");
                 }
                 let ownership = self.checkpointer.ownership().clone();
-                let store = &self.consumer.store;
+                let store = &self.consumer.shared.store;
                 let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
                     store.release_lease(&key, &ownership)
                 })
@@ -416,7 +422,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     ) -> Result<(), Interrupted> {
         let pause = backoff
             .next()
-            .unwrap_or(self.consumer.config.processing_backoff_max);
+            .unwrap_or(self.consumer.shared.config.processing_backoff_max);
         ProcessingFailed {
             shard_id: &self.key().shard_id,
             error,
@@ -428,7 +434,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     }
 
     fn processing_backoff(&self) -> impl Iterator<Item = Duration> + use<F> {
-        retry::processing(self.consumer.config.processing_backoff_max).build()
+        retry::processing(self.consumer.shared.config.processing_backoff_max).build()
     }
 }
 

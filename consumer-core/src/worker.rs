@@ -21,15 +21,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::config::ConsumerConfig;
 use crate::error::Result;
 use crate::events::{Event, LeaseAcquired, LeaseReleased};
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals};
+use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals, Shared};
 use crate::shard_sync::{self, create_lease_if_absent};
-use crate::streams::StreamsApi;
 
 /// The lease whose holder runs the periodic full shard sync (and cleanup).
 pub(crate) fn shard_sync_key() -> LeaseKey {
@@ -45,11 +43,7 @@ pub(crate) struct StreamSource {
 
 /// A worker of one application.
 pub(crate) struct Worker<F: ProcessorFactory> {
-    pub api: Arc<dyn StreamsApi>,
-    pub store: Arc<dyn LeaseStore>,
-    pub factory: Arc<F>,
-    pub config: Arc<ConsumerConfig>,
-    pub worker_id: String,
+    pub shared: Arc<Shared<F>>,
     pub streams: Vec<StreamSource>,
 }
 
@@ -90,12 +84,12 @@ impl<F: ProcessorFactory> Worker<F> {
         let (incarnation, (), _) = tokio::try_join!(
             self.start_incarnation(retry::startup(), retry::is_retryable_store),
             self.first_sync(),
-            create_lease_if_absent(self.store.as_ref(), &sync_lease),
+            create_lease_if_absent(self.shared.store.as_ref(), &sync_lease),
         )?;
-        tracing::info!(worker_id = %self.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
+        tracing::info!(worker_id = %self.shared.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
         let mut state = State {
             incarnation,
-            liveness: Liveness::new(self.config.failover_time),
+            liveness: Liveness::new(self.shared.config.failover_time),
             running: HashMap::new(),
             tasks: JoinSet::new(),
             handoffs_asked: HashMap::new(),
@@ -103,7 +97,7 @@ impl<F: ProcessorFactory> Worker<F> {
             last_sync: None,
         };
 
-        let mut scan_tick = tokio::time::interval(self.config.scan_interval);
+        let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
         scan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
@@ -150,7 +144,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .unwrap_or_default();
         let id = format!(
             "{}#{:x}{}",
-            self.worker_id,
+            self.shared.worker_id,
             millis,
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -165,16 +159,16 @@ impl<F: ProcessorFactory> Worker<F> {
         };
         retry::call(policy, retried, || {
             sent = Instant::now();
-            self.store.heartbeat(&id, ttl)
+            self.shared.store.heartbeat(&id, ttl)
         })
         .await?;
         let fenced = CancellationToken::new();
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
-            self.store.clone(),
+            self.shared.store.clone(),
             id.clone(),
             ttl,
-            self.config.renew_interval,
+            self.shared.config.renew_interval,
             self.fencing_deadline(),
             sent,
             fenced.clone(),
@@ -191,31 +185,31 @@ impl<F: ProcessorFactory> Worker<F> {
     /// How long a heartbeat may go unconfirmed before this worker stops its shards: others
     /// may take them after `failover_time`, so stop a margin earlier.
     fn fencing_deadline(&self) -> Duration {
-        let failover = self.config.failover_time;
+        let failover = self.shared.config.failover_time;
         failover.saturating_sub((failover / 5).max(Duration::from_millis(500)))
     }
 
     /// Worker items outlive their worker by a while so observers see them stop, then TTL
     /// (or the cleanup pass) removes them.
     fn worker_ttl(&self) -> Duration {
-        self.config.failover_time * 6
+        self.shared.config.failover_time * 6
     }
 
     /// Leases for streams that have none yet: every worker may do this at start, so a new
     /// application does not wait for the shard-sync holder.
     async fn first_sync(&self) -> Result<()> {
         let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
-            self.store.list_leases()
+            self.shared.store.list_leases()
         })
         .await?;
         for source in &self.streams {
             if !leases.iter().any(|l| l.key.stream == source.stream_arn) {
                 shard_sync::sync_stream(
-                    self.api.as_ref(),
-                    &self.store,
+                    self.shared.api.as_ref(),
+                    &self.shared.store,
                     &source.stream_arn,
                     &leases,
-                    self.config.initial_position,
+                    self.shared.config.initial_position,
                 )
                 .await?;
             }
@@ -225,7 +219,7 @@ impl<F: ProcessorFactory> Worker<F> {
 
     async fn scan(&self, state: &mut State) -> Result<()> {
         let started = Instant::now();
-        let (leases, workers) = self.store.snapshot().await?;
+        let (leases, workers) = self.shared.store.snapshot().await?;
         let now = Instant::now();
         if self.is_stale(state, started) {
             return Ok(());
@@ -243,13 +237,14 @@ impl<F: ProcessorFactory> Worker<F> {
         let due: HashSet<LeaseKey> = state
             .handoffs_asked
             .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) >= self.config.failover_time)
+            .filter(|(_, (_, at))| now.duration_since(*at) >= self.shared.config.failover_time)
             .map(|(key, _)| key.clone())
             .collect();
         let live = state.liveness.live_workers(now);
         let plan = lease_protocol::plan(&me, &leases, &live, &due);
         let takes = plan.take.iter().map(|wanted| {
-            self.store
+            self.shared
+                .store
                 .take_lease(&wanted.key, wanted.owner.as_deref(), wanted.epoch, &me)
         });
         for (wanted, taken) in plan.take.iter().zip(futures::future::join_all(takes).await) {
@@ -271,6 +266,7 @@ impl<F: ProcessorFactory> Worker<F> {
             && !state.handoffs_asked.contains_key(&lease.key)
         {
             match self
+                .shared
                 .store
                 .request_handoff(&lease.key, &ownership, &me)
                 .await
@@ -354,10 +350,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 lost: state.incarnation.fenced.child_token(),
             };
             let consumer = ShardConsumer {
-                api: self.api.clone(),
-                store: self.store.clone(),
-                factory: self.factory.clone(),
-                config: self.config.clone(),
+                shared: self.shared.clone(),
                 lease: lease.clone(),
                 ownership: ownership.clone(),
                 table: self
@@ -365,7 +358,6 @@ impl<F: ProcessorFactory> Worker<F> {
                     .iter()
                     .find(|s| s.stream_arn == lease.key.stream)
                     .and_then(|s| s.table.clone()),
-                worker_id: self.worker_id.clone(),
             };
             let key = lease.key.clone();
             let task_signals = signals.clone();
@@ -404,7 +396,7 @@ impl<F: ProcessorFactory> Worker<F> {
             ShardOutcome::Ended => true,
             ShardOutcome::Released | ShardOutcome::LeaseLost => false,
             ShardOutcome::Failed(error) => {
-                let pause = self.config.processing_backoff_max;
+                let pause = self.shared.config.processing_backoff_max;
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
                 state.retry_after.insert(key, Instant::now() + pause);
                 false
@@ -425,6 +417,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .is_some_and(|o| o == me || state.liveness.is_alive(o, now));
         if !holder_alive {
             match self
+                .shared
                 .store
                 .take_lease(
                     &sync_lease.key,
@@ -442,18 +435,18 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         if state
             .last_sync
-            .is_some_and(|at| now.duration_since(at) < self.config.shard_sync_interval)
+            .is_some_and(|at| now.duration_since(at) < self.shared.config.shard_sync_interval)
         {
             return;
         }
         state.last_sync = Some(now);
         for source in &self.streams {
             if let Err(error) = shard_sync::sync_stream(
-                self.api.as_ref(),
-                &self.store,
+                self.shared.api.as_ref(),
+                &self.shared.store,
                 &source.stream_arn,
                 leases,
-                self.config.initial_position,
+                self.shared.config.initial_position,
             )
             .await
             {
@@ -462,7 +455,7 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         for dead in state.liveness.dead_workers(now) {
             if leases.iter().all(|l| !l.is_owned_by(&dead)) {
-                let _ = self.store.delete_worker(&dead).await;
+                let _ = self.shared.store.delete_worker(&dead).await;
             }
         }
     }
@@ -477,7 +470,7 @@ impl<F: ProcessorFactory> Worker<F> {
         while state.tasks.join_next().await.is_some() {}
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
-        let policy = retry::reincarnation(self.config.renew_interval);
+        let policy = retry::reincarnation(self.shared.config.renew_interval);
         let incarnation = self.start_incarnation(policy, |_| true).await?;
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         state.incarnation = incarnation;
@@ -495,7 +488,7 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         while state.tasks.join_next().await.is_some() {}
         let me = state.incarnation.id.clone();
-        let store = self.store.as_ref();
+        let store = self.shared.store.as_ref();
         let leases = retry::call(retry::lease_store(), retry::is_retryable_store, || {
             store.list_leases()
         })
