@@ -3,31 +3,29 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use checkpoint_store::aws::describe_stream_pages;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::config::InitialPosition;
 use crate::error::Result;
 use crate::retry;
-use crate::streams::{ShardInfo, StreamsApi};
+use crate::streams::{ApiError, ShardInfo, StreamsApi};
 
-/// Every shard of a stream: DescribeStream followed through `LastEvaluatedShardId`.
+/// Every shard of a stream, through the one DescribeStream pager, each page retried by the
+/// `describe_stream` policy. A cursor that does not advance is an error, not a partial list.
 pub(crate) async fn describe_all_shards(
     api: &dyn StreamsApi,
     stream_arn: &str,
 ) -> Result<Vec<ShardInfo>> {
-    let mut shards = Vec::new();
-    let mut start: Option<String> = None;
-    loop {
+    let shards = describe_stream_pages(stream_arn, |start| async move {
         let page = retry::call(retry::describe_stream(), retry::is_retryable_api, || {
             api.describe_stream(stream_arn, start.as_deref())
         })
         .await?;
-        shards.extend(page.shards);
-        match page.last_evaluated_shard_id {
-            Some(next) if Some(&next) != start.as_ref() => start = Some(next),
-            _ => return Ok(shards),
-        }
-    }
+        Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
+    })
+    .await?;
+    Ok(shards)
 }
 
 /// The checkpoint a new shard's lease starts with.

@@ -213,4 +213,6 @@ async fn missing_table_is_a_dynamodb_error_naming_the_table() {
     // The service's error code and message are in the text, not just "service error".
     assert!(message.contains("ResourceNotFoundException"), "{message}");
     assert!(message.contains("non-existent table"), "{message}");
+    // Retrying does not create the table.
+    assert!(!err.is_transient(), "{err:?}");
 }

@@ -2,8 +2,9 @@
 //!
 //! The consumer talks to streams only through [`StreamsApi`], so it can be driven by the
 //! real service ([`SdkStreams`]) or by the simulated stream of the `testkit` feature. The
-//! trait is deliberately thin: one method per API call, one page per call; paging, retries
-//! and backoff live in the callers that know what to do about them.
+//! trait is deliberately thin: one method per API call, one page per call; retries and
+//! backoff live in the callers that know what to do about them, and every DescribeStream
+//! listing goes through the one pager, [`checkpoint_store::aws::describe_stream_pages`].
 
 mod sdk;
 
@@ -12,6 +13,7 @@ use std::fmt;
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{Record, StreamStatus, StreamViewType};
 use checkpoint_store::SequenceNumber;
+use checkpoint_store::aws::{CursorStalled, ErrorClass};
 
 pub use sdk::SdkStreams;
 
@@ -122,6 +124,22 @@ impl ApiErrorKind {
     }
 }
 
+/// The kinds shared by every AWS call; the two stream-specific ones (`ExpiredIterator`,
+/// `TrimmedDataAccess`) come from their error codes, and `StreamNotEnabled` from
+/// DescribeTable's answer.
+impl From<ErrorClass> for ApiErrorKind {
+    fn from(class: ErrorClass) -> Self {
+        match class {
+            ErrorClass::Throttling => Self::Throttled,
+            ErrorClass::Transient => Self::InternalServerError,
+            ErrorClass::Transport => Self::Transport,
+            ErrorClass::NotFound => Self::ResourceNotFound,
+            ErrorClass::Validation => Self::InvalidRequest,
+            ErrorClass::ConditionFailed | ErrorClass::Other => Self::Other,
+        }
+    }
+}
+
 impl fmt::Display for ApiErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let text = match self {
@@ -171,6 +189,18 @@ impl ApiError {
             message: message.into(),
             source: None,
         }
+    }
+}
+
+/// A DescribeStream listing whose cursor did not advance: an error naming the stream.
+impl From<CursorStalled> for ApiError {
+    fn from(stalled: CursorStalled) -> Self {
+        Self::new(
+            ApiErrorKind::Other,
+            "DescribeStream",
+            format!("stream {}", stalled.stream_arn),
+            format!("pagination did not advance past shard {}", stalled.cursor),
+        )
     }
 }
 

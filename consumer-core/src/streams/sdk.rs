@@ -1,39 +1,26 @@
 //! [`StreamsApi`] on the AWS SDK: `aws-sdk-dynamodbstreams` for the stream calls and
 //! `aws-sdk-dynamodb` for DescribeTable (the only way to find a table's stream).
 //!
-//! Each call maps the SDK's answer onto the trait's types and every SDK error onto an
-//! [`ApiErrorKind`], keeping the SDK error as the `source`. Retries here are only the SDK's
-//! few quick ones; the callers own backoff.
+//! Clients (timeouts, no SDK retries), error classes and DescribeStream paging come from
+//! [`checkpoint_store::aws`]. Each call here maps the SDK's answer onto the trait's types
+//! and every SDK error onto an [`ApiErrorKind`] (its [`ErrorClass`](aws::ErrorClass), plus the two
+//! stream-specific codes), keeping the SDK error as the `source`. Nothing here retries:
+//! the callers' named retry policies do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::SdkConfig;
-use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
-use aws_sdk_dynamodbstreams::config::retry::RetryConfig;
-use aws_sdk_dynamodbstreams::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamError;
-use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
-use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError;
 use aws_sdk_dynamodbstreams::types::{Shard, ShardFilter, ShardFilterType, ShardIteratorType};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_types::SdkConfig;
 use checkpoint_store::SequenceNumber;
+use checkpoint_store::aws::{self, AwsClients};
 use tracing::debug;
 
 use super::{
     ApiError, ApiErrorKind, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
-
-/// Bounded client timeouts: a dead endpoint must fail fast enough for a worker to report
-/// it within 15 s. Connection refused fails at once; a black-holed address costs at most
-/// 3 attempts x 3 s connect + 1.5 s of backoff.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_ATTEMPTS: u32 = 3;
-const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// DescribeStream's page size (the service's maximum).
 const DESCRIBE_STREAM_LIMIT: i32 = 100;
@@ -41,77 +28,27 @@ const DESCRIBE_STREAM_LIMIT: i32 = 100;
 /// look like throttling to the caller) and DynamoDB Local a ValidationException.
 const MAX_RECORDS_LIMIT: u32 = 1000;
 
-const DEFAULT_ENDPOINT: &str = "the default AWS endpoint";
-const CLIENT_ENDPOINT: &str = "the endpoint configured on the SDK clients";
-
 /// [`super::StreamsApi`] on `aws-sdk-dynamodbstreams` and `aws-sdk-dynamodb`.
 #[derive(Debug)]
 pub struct SdkStreams {
-    streams: aws_sdk_dynamodbstreams::Client,
-    dynamodb: aws_sdk_dynamodb::Client,
-    /// Where requests go, for Transport error messages.
-    endpoint: String,
+    clients: AwsClients,
     /// Set once the service rejected `ShardFilter` (an emulator without it; DynamoDB
     /// Local 2026-05 supports it): child shards are then found by a full DescribeStream.
     shard_filter_unsupported: AtomicBool,
 }
 
 impl SdkStreams {
-    /// Uses the clients as they are configured (timeouts and retries included).
-    pub fn new(
-        streams: aws_sdk_dynamodbstreams::Client,
-        dynamodb: aws_sdk_dynamodb::Client,
-    ) -> Self {
-        let endpoint = match streams.config().region() {
-            Some(region) => format!("{CLIENT_ENDPOINT} (region {region})"),
-            None => CLIENT_ENDPOINT.to_owned(),
-        };
-        Self::with_endpoint(streams, dynamodb, endpoint)
-    }
-
-    /// Builds both clients from `config`, replacing its timeouts and retries with bounded
-    /// ones (3 s connect, 10 s per attempt, 30 s per operation, 3 attempts) so that an
-    /// unreachable endpoint fails within seconds instead of hanging. Callers who want
-    /// other settings build their own clients and use [`SdkStreams::new`].
+    /// Builds both clients from `config` with [`AwsClients::from_sdk_config`]: bounded
+    /// timeouts (an unreachable endpoint fails within seconds instead of hanging) and no
+    /// SDK retries (the consumer's retry policies are the only retry layer).
     pub fn from_sdk_config(config: &SdkConfig) -> Self {
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-            .operation_timeout(OPERATION_TIMEOUT)
-            .build();
-        let retries = RetryConfig::standard()
-            .with_max_attempts(MAX_ATTEMPTS)
-            .with_initial_backoff(INITIAL_BACKOFF)
-            .with_max_backoff(MAX_BACKOFF);
-        let streams = aws_sdk_dynamodbstreams::config::Builder::from(config)
-            .timeout_config(timeouts.clone())
-            .retry_config(retries.clone())
-            .build();
-        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config)
-            .timeout_config(timeouts)
-            .retry_config(retries)
-            .build();
-        let endpoint = match (config.endpoint_url(), config.region()) {
-            (Some(url), _) => url.to_owned(),
-            (None, Some(region)) => format!("{DEFAULT_ENDPOINT} (region {region})"),
-            (None, None) => DEFAULT_ENDPOINT.to_owned(),
-        };
-        Self::with_endpoint(
-            aws_sdk_dynamodbstreams::Client::from_conf(streams),
-            aws_sdk_dynamodb::Client::from_conf(dynamodb),
-            endpoint,
-        )
+        Self::from_clients(AwsClients::from_sdk_config(config))
     }
 
-    fn with_endpoint(
-        streams: aws_sdk_dynamodbstreams::Client,
-        dynamodb: aws_sdk_dynamodb::Client,
-        endpoint: String,
-    ) -> Self {
+    /// Uses `clients` as they are configured.
+    pub fn from_clients(clients: AwsClients) -> Self {
         Self {
-            streams,
-            dynamodb,
-            endpoint,
+            clients,
             shard_filter_unsupported: AtomicBool::new(false),
         }
     }
@@ -126,7 +63,8 @@ impl SdkStreams {
         const OP: &str = "DescribeStream";
         let resource = || format!("stream {stream_arn}");
         let output = self
-            .streams
+            .clients
+            .streams()
             .describe_stream()
             .stream_arn(stream_arn)
             .limit(DESCRIBE_STREAM_LIMIT)
@@ -134,7 +72,7 @@ impl SdkStreams {
             .set_shard_filter(filter)
             .send()
             .await
-            .map_err(|err| self.map_error(err, OP, resource(), describe_stream_kind))?;
+            .map_err(|err| self.map_error(err, OP, resource()))?;
         let Some(description) = output.stream_description else {
             return Err(ApiError::new(
                 ApiErrorKind::Other,
@@ -161,103 +99,60 @@ impl SdkStreams {
         })
     }
 
-    /// Every page of DescribeStream (with `filter` on each), following
-    /// `LastEvaluatedShardId` until it is absent.
+    /// Every page of DescribeStream (with `filter` on each), through the one pager.
     async fn all_shards(
         &self,
         stream_arn: &str,
         filter: Option<&ShardFilter>,
     ) -> Result<Vec<ShardInfo>, ApiError> {
-        let mut shards = Vec::new();
-        let mut start: Option<String> = None;
-        loop {
+        aws::describe_stream_pages(stream_arn, |start| async move {
             let page = self
                 .describe_page(stream_arn, start.as_deref(), filter.cloned())
                 .await?;
-            shards.extend(page.shards);
-            match page.last_evaluated_shard_id {
-                // A service that hands back the same cursor would keep us paging forever.
-                Some(next) if start.as_deref() == Some(next.as_str()) => {
-                    return Err(ApiError::new(
-                        ApiErrorKind::Other,
-                        "DescribeStream",
-                        format!("stream {stream_arn}"),
-                        format!("pagination did not advance past shard {next}"),
-                    ));
-                }
-                Some(next) => start = Some(next),
-                None => return Ok(shards),
-            }
-        }
+            Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
+        })
+        .await
     }
 
-    /// Maps an SDK error of any operation. `modeled` classifies the operation's modeled
-    /// errors; anything it leaves open is classified by error code, then HTTP status.
+    /// Maps an SDK error of any operation: the kind from its [`ErrorClass`](aws::ErrorClass) (or one of the
+    /// two stream-specific codes), the message from the service or the transport.
     fn map_error<E>(
         &self,
-        err: SdkError<E>,
+        err: SdkError<E, HttpResponse>,
         operation: &'static str,
         resource: String,
-        modeled: fn(&E) -> Option<ApiErrorKind>,
     ) -> ApiError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let status = err.raw_response().map(|raw| raw.status());
-        let server_failed = status.is_some_and(|status| status.is_server_error());
-        let fallback = if server_failed {
-            ApiErrorKind::InternalServerError
-        } else {
-            ApiErrorKind::Other
+        let endpoint = self.clients.endpoint();
+        let kind = match err.code() {
+            Some("ExpiredIteratorException") => ApiErrorKind::ExpiredIterator,
+            Some("TrimmedDataAccessException") => ApiErrorKind::TrimmedDataAccess,
+            _ => ApiErrorKind::from(aws::classify(&err)),
         };
-        let (kind, message) = match &err {
+        let message = match &err {
             SdkError::ServiceError(context) => {
-                let service_err = context.err();
-                let message = service_message(service_err);
-                match modeled(service_err) {
-                    Some(kind) => (kind, message),
-                    None => match service_err.code() {
-                        Some(code) => (kind_of_code(code).unwrap_or(fallback), message),
-                        // No code at all: the HTTP status is the only clue left.
-                        None => match status {
-                            Some(status) => {
-                                (fallback, format!("HTTP {}: {message}", status.as_u16()))
-                            }
-                            None => (fallback, message),
-                        },
-                    },
+                let message = service_message(context.err());
+                match context.err().code() {
+                    Some(_) => message,
+                    // No code at all: the HTTP status is the only clue left.
+                    None => format!("HTTP {}: {message}", context.raw().status().as_u16()),
                 }
             }
-            SdkError::DispatchFailure(_) => (
-                ApiErrorKind::Transport,
-                format!(
-                    "could not reach {}: {}",
-                    self.endpoint,
-                    DisplayErrorContext(&err)
-                ),
+            SdkError::DispatchFailure(_) => {
+                format!("could not reach {endpoint}: {}", DisplayErrorContext(&err))
+            }
+            SdkError::TimeoutError(_) => format!(
+                "no answer from {endpoint} in time: {}",
+                DisplayErrorContext(&err)
             ),
-            SdkError::TimeoutError(_) => (
-                ApiErrorKind::Transport,
-                format!(
-                    "no answer from {} in time: {}",
-                    self.endpoint,
-                    DisplayErrorContext(&err)
-                ),
+            SdkError::ResponseError(_) if kind == ApiErrorKind::Transport => format!(
+                "unusable answer from {endpoint}: {}",
+                DisplayErrorContext(&err)
             ),
-            SdkError::ResponseError(_) if server_failed => (
-                ApiErrorKind::InternalServerError,
-                DisplayErrorContext(&err).to_string(),
-            ),
-            SdkError::ResponseError(_) => (
-                ApiErrorKind::Transport,
-                format!(
-                    "unusable answer from {}: {}",
-                    self.endpoint,
-                    DisplayErrorContext(&err)
-                ),
-            ),
-            // Construction failures and future variants.
-            _ => (ApiErrorKind::Other, DisplayErrorContext(&err).to_string()),
+            // 5xx answers we could not read, construction failures and future variants.
+            _ => DisplayErrorContext(&err).to_string(),
         };
         ApiError {
             kind,
@@ -268,24 +163,25 @@ impl SdkStreams {
         }
     }
 }
-
 #[async_trait]
 impl StreamsApi for SdkStreams {
     async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
         const OP: &str = "DescribeTable";
         let resource = || format!("table {table:?}");
         let output = self
-            .dynamodb
+            .clients
+            .dynamodb()
             .describe_table()
             .table_name(table)
             .send()
             .await
             .map_err(|err| {
-                let mut api_err = self.map_error(err, OP, resource(), describe_table_kind);
+                let mut api_err = self.map_error(err, OP, resource());
                 if api_err.kind == ApiErrorKind::ResourceNotFound {
                     api_err.message = format!(
                         "the table does not exist at {} ({})",
-                        self.endpoint, api_err.message
+                        self.clients.endpoint(),
+                        api_err.message
                     );
                 }
                 api_err
@@ -359,7 +255,7 @@ impl StreamsApi for SdkStreams {
             && !self.shard_filter_unsupported.swap(true, Ordering::Relaxed)
         {
             debug!(
-                endpoint = %self.endpoint,
+                endpoint = %self.clients.endpoint(),
                 error = %err,
                 "DescribeStream rejected ShardFilter; finding child shards by full DescribeStream from now on"
             );
@@ -389,7 +285,8 @@ impl StreamsApi for SdkStreams {
             ),
         };
         let output = self
-            .streams
+            .clients
+            .streams()
             .get_shard_iterator()
             .stream_arn(stream_arn)
             .shard_id(shard_id)
@@ -397,7 +294,7 @@ impl StreamsApi for SdkStreams {
             .set_sequence_number(sequence_number)
             .send()
             .await
-            .map_err(|err| self.map_error(err, OP, resource(), get_shard_iterator_kind))?;
+            .map_err(|err| self.map_error(err, OP, resource()))?;
         output.shard_iterator.ok_or_else(|| {
             ApiError::new(
                 ApiErrorKind::Other,
@@ -411,20 +308,14 @@ impl StreamsApi for SdkStreams {
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
         let limit = limit.clamp(1, MAX_RECORDS_LIMIT);
         let output = self
-            .streams
+            .clients
+            .streams()
             .get_records()
             .shard_iterator(iterator)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .send()
             .await
-            .map_err(|err| {
-                self.map_error(
-                    err,
-                    "GetRecords",
-                    iterator_resource(iterator),
-                    get_records_kind,
-                )
-            })?;
+            .map_err(|err| self.map_error(err, "GetRecords", iterator_resource(iterator)))?;
         Ok(RecordsPage {
             records: output.records.unwrap_or_default(),
             next_iterator: output.next_shard_iterator,
@@ -494,77 +385,24 @@ fn service_message<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> Stri
     }
 }
 
-/// Classifies an error code, for errors the operation does not model (throttling and
-/// validation errors are common to all AWS JSON services but modeled by none here).
-fn kind_of_code(code: &str) -> Option<ApiErrorKind> {
-    let kind = match code {
-        "ExpiredIteratorException" => ApiErrorKind::ExpiredIterator,
-        "TrimmedDataAccessException" => ApiErrorKind::TrimmedDataAccess,
-        "LimitExceededException"
-        | "ThrottlingException"
-        | "Throttling"
-        | "ProvisionedThroughputExceededException"
-        | "RequestLimitExceeded"
-        | "TooManyRequestsException" => ApiErrorKind::Throttled,
-        "ResourceNotFoundException" => ApiErrorKind::ResourceNotFound,
-        "InternalServerError" | "InternalFailure" | "ServiceUnavailable" => {
-            ApiErrorKind::InternalServerError
-        }
-        "ValidationException" | "SerializationException" => ApiErrorKind::InvalidRequest,
-        _ => return None,
-    };
-    Some(kind)
-}
-
-fn describe_table_kind(err: &DescribeTableError) -> Option<ApiErrorKind> {
-    match err {
-        DescribeTableError::ResourceNotFoundException(_) => Some(ApiErrorKind::ResourceNotFound),
-        DescribeTableError::InternalServerError(_) => Some(ApiErrorKind::InternalServerError),
-        _ => None,
-    }
-}
-
-fn describe_stream_kind(err: &DescribeStreamError) -> Option<ApiErrorKind> {
-    match err {
-        DescribeStreamError::ResourceNotFoundException(_) => Some(ApiErrorKind::ResourceNotFound),
-        DescribeStreamError::InternalServerError(_) => Some(ApiErrorKind::InternalServerError),
-        _ => None,
-    }
-}
-
-fn get_shard_iterator_kind(err: &GetShardIteratorError) -> Option<ApiErrorKind> {
-    match err {
-        GetShardIteratorError::ResourceNotFoundException(_) => Some(ApiErrorKind::ResourceNotFound),
-        GetShardIteratorError::TrimmedDataAccessException(_) => {
-            Some(ApiErrorKind::TrimmedDataAccess)
-        }
-        GetShardIteratorError::InternalServerError(_) => Some(ApiErrorKind::InternalServerError),
-        _ => None,
-    }
-}
-
-fn get_records_kind(err: &GetRecordsError) -> Option<ApiErrorKind> {
-    match err {
-        GetRecordsError::ExpiredIteratorException(_) => Some(ApiErrorKind::ExpiredIterator),
-        GetRecordsError::TrimmedDataAccessException(_) => Some(ApiErrorKind::TrimmedDataAccess),
-        GetRecordsError::LimitExceededException(_) => Some(ApiErrorKind::Throttled),
-        GetRecordsError::ResourceNotFoundException(_) => Some(ApiErrorKind::ResourceNotFound),
-        GetRecordsError::InternalServerError(_) => Some(ApiErrorKind::InternalServerError),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
+    use aws_sdk_dynamodb::operation::describe_table::DescribeTableError;
     use aws_sdk_dynamodb::operation::describe_table::DescribeTableOutput;
     use aws_sdk_dynamodb::types::{StreamSpecification, TableDescription};
     use aws_sdk_dynamodbstreams::Client as StreamsClient;
-    use aws_sdk_dynamodbstreams::config::{BehaviorVersion, Credentials, Region};
+    use aws_sdk_dynamodbstreams::config::retry::RetryConfig;
+    use aws_sdk_dynamodbstreams::config::{
+        BehaviorVersion, Credentials, Region, SharedCredentialsProvider,
+    };
     use aws_sdk_dynamodbstreams::error::ConnectorError;
-    use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamOutput;
+    use aws_sdk_dynamodbstreams::operation::describe_stream::{
+        DescribeStreamError, DescribeStreamOutput,
+    };
+    use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError;
     use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsOutput;
     use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorOutput;
     use aws_sdk_dynamodbstreams::types::error as stream_errors;
@@ -578,6 +416,7 @@ mod tests {
     use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
     use aws_smithy_runtime_api::http::StatusCode;
     use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
 
     use super::*;
 
@@ -585,8 +424,16 @@ mod tests {
         "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2024-01-01T00:00:00.000";
     const ENDPOINT: &str = "http://mock.invalid:8000";
 
-    // `mock_client!` needs the SDKs' `test-util` feature; building the clients by hand
-    // needs nothing more, and disables retries so that error tests are instant.
+    /// Test settings shared by every client: fixed region and credentials, no retries (so
+    /// that error tests are instant).
+    fn test_config() -> aws_types::sdk_config::Builder {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::for_tests()))
+            .retry_config(RetryConfig::disabled())
+    }
+
     fn interceptor(rules: &[&Rule]) -> MockResponseInterceptor {
         rules.iter().fold(
             MockResponseInterceptor::new().rule_mode(RuleMode::Sequential),
@@ -594,38 +441,35 @@ mod tests {
         )
     }
 
-    fn streams_client(rules: &[&Rule]) -> StreamsClient {
-        StreamsClient::from_conf(
-            aws_sdk_dynamodbstreams::Config::builder()
-                .behavior_version(BehaviorVersion::latest())
-                .region(Region::new("us-east-1"))
-                .credentials_provider(Credentials::for_tests())
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor(rules))
-                .retry_config(RetryConfig::disabled())
-                .build(),
-        )
-    }
-
-    fn dynamodb_client(rules: &[&Rule]) -> aws_sdk_dynamodb::Client {
-        aws_sdk_dynamodb::Client::from_conf(
-            aws_sdk_dynamodb::Config::builder()
-                .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-                .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
-                .http_client(create_mock_http_client())
-                .interceptor(interceptor(rules))
-                .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-                .build(),
-        )
+    /// An [`SdkStreams`] whose clients answer from the rules (`mock_client!` needs the SDKs'
+    /// `test-util` feature; an interceptor on a mock HTTP client needs nothing more).
+    fn mocked(streams_rules: &[&Rule], dynamodb_rules: &[&Rule]) -> SdkStreams {
+        let config = test_config().http_client(create_mock_http_client()).build();
+        let streams = aws_sdk_dynamodbstreams::config::Builder::from(&config)
+            .interceptor(interceptor(streams_rules))
+            .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&config)
+            .interceptor(interceptor(dynamodb_rules))
+            .build();
+        SdkStreams::from_clients(AwsClients::new(
+            aws_sdk_dynamodb::Client::from_conf(dynamodb),
+            StreamsClient::from_conf(streams),
+            ENDPOINT,
+        ))
     }
 
     fn with_streams(rules: &[&Rule]) -> SdkStreams {
-        SdkStreams::with_endpoint(streams_client(rules), dynamodb_client(&[]), ENDPOINT.into())
+        mocked(rules, &[])
     }
 
     fn with_dynamodb(rules: &[&Rule]) -> SdkStreams {
-        SdkStreams::with_endpoint(streams_client(&[]), dynamodb_client(rules), ENDPOINT.into())
+        mocked(&[], rules)
+    }
+
+    /// The error metadata the SDK attaches to every error it reads from an answer; modeled
+    /// errors built by hand need it too, since errors are classified by their code.
+    fn code(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).build()
     }
 
     /// An AWS JSON error answer, as the service sends it.
@@ -678,46 +522,39 @@ mod tests {
 
     // ----- error mapping, per operation -----
 
+    /// A modeled error of the operation error type `$op`, built as the SDK builds it from
+    /// an answer (with its code).
+    macro_rules! modeled {
+        ($op:ident :: $variant:ident) => {
+            || {
+                $op::$variant(
+                    stream_errors::$variant::builder()
+                        .meta(code(stringify!($variant)))
+                        .build(),
+                )
+            }
+        };
+    }
+
     #[tokio::test]
     async fn get_records_modeled_errors_map_to_kinds() {
         use aws_sdk_dynamodbstreams::operation::get_records::GetRecordsError as E;
         let cases: [(fn() -> E, ApiErrorKind); 5] = [
             (
-                || {
-                    E::ExpiredIteratorException(
-                        stream_errors::ExpiredIteratorException::builder()
-                            .message("Iterator expired")
-                            .build(),
-                    )
-                },
+                modeled!(E::ExpiredIteratorException),
                 ApiErrorKind::ExpiredIterator,
             ),
             (
-                || {
-                    E::TrimmedDataAccessException(
-                        stream_errors::TrimmedDataAccessException::builder().build(),
-                    )
-                },
+                modeled!(E::TrimmedDataAccessException),
                 ApiErrorKind::TrimmedDataAccess,
             ),
+            (modeled!(E::LimitExceededException), ApiErrorKind::Throttled),
             (
-                || {
-                    E::LimitExceededException(
-                        stream_errors::LimitExceededException::builder().build(),
-                    )
-                },
-                ApiErrorKind::Throttled,
-            ),
-            (
-                || {
-                    E::ResourceNotFoundException(
-                        stream_errors::ResourceNotFoundException::builder().build(),
-                    )
-                },
+                modeled!(E::ResourceNotFoundException),
                 ApiErrorKind::ResourceNotFound,
             ),
             (
-                || E::InternalServerError(stream_errors::InternalServerError::builder().build()),
+                modeled!(E::InternalServerError),
                 ApiErrorKind::InternalServerError,
             ),
         ];
@@ -742,23 +579,15 @@ mod tests {
         use aws_sdk_dynamodbstreams::operation::get_shard_iterator::GetShardIteratorError as E;
         let cases: [(fn() -> E, ApiErrorKind); 3] = [
             (
-                || {
-                    E::TrimmedDataAccessException(
-                        stream_errors::TrimmedDataAccessException::builder().build(),
-                    )
-                },
+                modeled!(E::TrimmedDataAccessException),
                 ApiErrorKind::TrimmedDataAccess,
             ),
             (
-                || {
-                    E::ResourceNotFoundException(
-                        stream_errors::ResourceNotFoundException::builder().build(),
-                    )
-                },
+                modeled!(E::ResourceNotFoundException),
                 ApiErrorKind::ResourceNotFound,
             ),
             (
-                || E::InternalServerError(stream_errors::InternalServerError::builder().build()),
+                modeled!(E::InternalServerError),
                 ApiErrorKind::InternalServerError,
             ),
         ];
@@ -778,15 +607,11 @@ mod tests {
         use aws_sdk_dynamodbstreams::operation::describe_stream::DescribeStreamError as E;
         let cases: [(fn() -> E, ApiErrorKind); 2] = [
             (
-                || {
-                    E::ResourceNotFoundException(
-                        stream_errors::ResourceNotFoundException::builder().build(),
-                    )
-                },
+                modeled!(E::ResourceNotFoundException),
                 ApiErrorKind::ResourceNotFound,
             ),
             (
-                || E::InternalServerError(stream_errors::InternalServerError::builder().build()),
+                modeled!(E::InternalServerError),
                 ApiErrorKind::InternalServerError,
             ),
         ];
@@ -868,7 +693,7 @@ mod tests {
         let streams = with_streams(&[]);
         let refused: SdkError<GetRecordsError> =
             SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
-        let err = streams.map_error(refused, "GetRecords", "r".into(), get_records_kind);
+        let err = streams.map_error(refused, "GetRecords", "r".into());
         assert_eq!(err.kind, ApiErrorKind::Transport);
         assert!(
             err.message.contains(ENDPOINT) && err.message.contains("connection refused"),
@@ -876,25 +701,16 @@ mod tests {
         );
 
         let timeout: SdkError<GetRecordsError> = SdkError::timeout_error("operation timed out");
-        let err = streams.map_error(timeout, "GetRecords", "r".into(), get_records_kind);
+        let err = streams.map_error(timeout, "GetRecords", "r".into());
         assert_eq!(err.kind, ApiErrorKind::Transport);
         assert!(err.message.contains(ENDPOINT), "{err}");
     }
 
-    /// The real thing: a dead endpoint with the production timeouts and retries fails as
-    /// Transport, naming the endpoint, well within the 15 s a worker has to report it.
+    /// The real thing: a dead endpoint with the production clients (timeouts, no SDK
+    /// retries) fails as Transport, naming the endpoint, well within the 15 s a worker has to report it.
     #[tokio::test]
     async fn dead_endpoint_fails_fast_as_transport() {
-        let config = SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url("http://127.0.0.1:1")
-            .credentials_provider(
-                aws_sdk_dynamodbstreams::config::SharedCredentialsProvider::new(
-                    Credentials::for_tests(),
-                ),
-            )
-            .build();
+        let config = test_config().endpoint_url("http://127.0.0.1:1").build();
         let streams = SdkStreams::from_sdk_config(&config);
         let started = Instant::now();
         let err = streams.latest_stream_arn("orders").await.unwrap_err();
@@ -917,6 +733,7 @@ mod tests {
         let rule = mock!(aws_sdk_dynamodb::Client::describe_table).then_error(|| {
             DescribeTableError::ResourceNotFoundException(
                 aws_sdk_dynamodb::types::error::ResourceNotFoundException::builder()
+                    .meta(code("ResourceNotFoundException"))
                     .message("Cannot do operations on a non-existent table")
                     .build(),
             )
@@ -938,7 +755,9 @@ mod tests {
     async fn describe_table_internal_error_maps() {
         let rule = mock!(aws_sdk_dynamodb::Client::describe_table).then_error(|| {
             DescribeTableError::InternalServerError(
-                aws_sdk_dynamodb::types::error::InternalServerError::builder().build(),
+                aws_sdk_dynamodb::types::error::InternalServerError::builder()
+                    .meta(code("InternalServerError"))
+                    .build(),
             )
         });
         let err = with_dynamodb(&[&rule])
@@ -1188,7 +1007,9 @@ mod tests {
     async fn other_child_shard_errors_do_not_fall_back() {
         let rule = mock!(StreamsClient::describe_stream).then_error(|| {
             DescribeStreamError::ResourceNotFoundException(
-                stream_errors::ResourceNotFoundException::builder().build(),
+                stream_errors::ResourceNotFoundException::builder()
+                    .meta(code("ResourceNotFoundException"))
+                    .build(),
             )
         });
         let streams = with_streams(&[&rule]);
