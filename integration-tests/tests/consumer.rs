@@ -3,16 +3,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore, SequenceNumber};
-use consumer_core::{
-    BoxError, ChangeBatch, ChangeKind, Checkpointer, Consumer, ConsumerBuilder, InitialPosition,
-    RecordProcessor, ShardContext,
-};
+use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
+use consumer_core::testkit::Recording;
+use consumer_core::{Consumer, ConsumerBuilder, InitialPosition, ProcessorFactory};
 use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
 use serde::Deserialize;
 
@@ -22,57 +18,16 @@ struct Counter {
     count: i64,
 }
 
-/// What a processor saw: (kind, name, count of the new or old image, sequence number).
-type Seen = Arc<Mutex<Vec<(ChangeKind, String, i64, SequenceNumber)>>>;
-
-struct Recorder {
-    seen: Seen,
-    decode_errors: Arc<Mutex<Vec<String>>>,
-}
-
-#[async_trait]
-impl RecordProcessor for Recorder {
-    type Item = Counter;
-
-    async fn process(
-        &mut self,
-        batch: ChangeBatch<Counter>,
-        _checkpointer: &mut Checkpointer,
-    ) -> Result<(), BoxError> {
-        let mut seen = self.seen.lock().unwrap();
-        for change in batch {
-            let image = change.new.as_ref().or(change.old.as_ref()).unwrap();
-            seen.push((
-                change.kind,
-                image.name.clone(),
-                image.count,
-                change.sequence_number.clone(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn decode_failed(&mut self, error: &consumer_core::Error) {
-        self.decode_errors.lock().unwrap().push(error.to_string());
-    }
-}
-
+/// What the processors of one consumer saw.
 #[derive(Clone, Default)]
-struct Observed {
-    seen: Seen,
-    decode_errors: Arc<Mutex<Vec<String>>>,
-}
+struct Observed(Recording<Counter>);
 
 impl Observed {
-    fn factory(&self) -> impl Fn(&ShardContext) -> Recorder + Send + Sync + 'static {
-        let (seen, decode_errors) = (self.seen.clone(), self.decode_errors.clone());
-        move |_| Recorder {
-            seen: seen.clone(),
-            decode_errors: decode_errors.clone(),
-        }
+    fn factory(&self) -> impl ProcessorFactory {
+        self.0.factory()
     }
     fn counts(&self) -> Vec<i64> {
-        self.seen.lock().unwrap().iter().map(|s| s.2).collect()
+        self.0.images().iter().map(|c| c.count).collect()
     }
     async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
         tokio::time::timeout(Duration::from_secs(60), async {
@@ -237,9 +192,7 @@ async fn an_undecodable_image_stops_the_shard_at_that_record_and_is_reported() {
             .unwrap(),
     );
     observed
-        .wait_for("the decode failure", |o| {
-            !o.decode_errors.lock().unwrap().is_empty()
-        })
+        .wait_for("the decode failure", |o| !o.0.decode_errors().is_empty())
         .await;
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
@@ -249,7 +202,7 @@ async fn an_undecodable_image_stops_the_shard_at_that_record_and_is_reported() {
         [1],
         "records after the bad one are held, not skipped"
     );
-    let error = observed.decode_errors.lock().unwrap()[0].clone();
+    let error = observed.0.decode_errors()[0].clone();
     assert!(error.contains("count"), "names the field: {error}");
     assert!(error.contains("shardId-"), "names the shard: {error}");
     assert!(error.contains("NewImage"), "names the image: {error}");
@@ -258,7 +211,7 @@ async fn an_undecodable_image_stops_the_shard_at_that_record_and_is_reported() {
     let store = DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
     let leases = store.list_leases().await.unwrap();
     let shard = leases.iter().find(|l| !l.key.is_coordination()).unwrap();
-    let good_seq = observed.seen.lock().unwrap()[0].3.clone();
+    let good_seq = observed.0.delivered()[0].change.sequence_number.clone();
     assert_eq!(shard.checkpoint, Checkpoint::At(good_seq));
 }
 

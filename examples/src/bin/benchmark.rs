@@ -27,6 +27,7 @@
 //!    profile: time between batches, time per streams call as the framework saw it, and
 //!    CPU use. `--diagnose` adds a run per round with checkpoints coalesced to 1 s (the
 //!    default), which shows what the per-batch checkpoint costs.
+//!
 //! Figures only: nothing here asserts a speed. Run it against DynamoDB Local with
 //!
 //! ```text
