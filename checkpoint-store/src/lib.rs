@@ -5,6 +5,10 @@
 //! [`DynamoDbLeaseStore`] in production, [`InMemoryLeaseStore`] in simulations. Every
 //! ownership-dependent write is conditional in the store, which is what keeps at most one
 //! owner per lease and rejects checkpoints from workers that lost theirs.
+//!
+//! Every call to AWS in this workspace (the lease store's and consumer-core's DynamoDB
+//! Streams access) goes through [`aws`]: read it to see how clients, timeouts, retries,
+//! error classes, paging and waiting are done.
 
 #![warn(missing_docs)]
 

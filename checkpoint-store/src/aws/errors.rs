@@ -50,7 +50,7 @@ impl fmt::Display for ErrorClass {
 /// The class of an AWS error code. Codes are the SDK's error metadata (`__type` of the
 /// answer), the same for modeled and unmodeled errors, so one table serves every
 /// operation of both SDKs. `None` for codes without a class of their own.
-pub fn class_of_code(code: &str) -> Option<ErrorClass> {
+fn class_of_code(code: &str) -> Option<ErrorClass> {
     let class = match code {
         "ThrottlingException"
         | "Throttling"

@@ -32,6 +32,6 @@ mod paging;
 mod tables;
 
 pub use clients::AwsClients;
-pub use errors::{ErrorClass, class_of_code, classify};
+pub use errors::{ErrorClass, classify};
 pub use paging::{CursorStalled, describe_stream_pages, scan_all};
 pub use tables::{TableWaitError, wait_until_table_active};
