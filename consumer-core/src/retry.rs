@@ -20,8 +20,16 @@
 //! | [`reincarnation`] | the first heartbeat of a fenced worker's new incarnation | 200 ms | `renew_interval` | unbounded | no |
 //! | [`idle_poll`] | pauses between polls of an idle shard (not an error) | `with_idle_backoff` min (100 ms) | max (1 s) | unbounded | no |
 //!
+//! Attempts count the first call. Only transient failures are retried (throttling, 5xx,
+//! transport: [`is_retryable_api`], [`is_retryable_store`]); a lost lease, a race or a
+//! refused request goes back to the caller at once. Two pauses are fixed rather than
+//! growing: a shard held at an undecodable record, and a shard consumer that stopped on an
+//! error, both wait `with_retry_backoff_max` before trying again.
+//!
 //! A loop that lives long keeps its backoff in a [`ResettingBackoff`]: the pauses grow
-//! while failures follow each other and start over after a quiet period without one.
+//! while failures follow each other and start over after a quiet period without one. Each
+//! shard's poll loop does so for [`streams_read`] (quiet period 10 s), so a shard that is
+//! throttled again and again backs off further instead of starting at 50 ms each time.
 
 use std::time::Duration;
 
