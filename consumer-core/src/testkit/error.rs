@@ -61,3 +61,17 @@ pub enum SimError {
         message: String,
     },
 }
+
+impl SimError {
+    pub(crate) fn no_such_table(table: &str) -> Self {
+        Self::NoSuchTable {
+            table: table.to_owned(),
+        }
+    }
+
+    pub(crate) fn no_such_stream(stream: &str) -> Self {
+        Self::NoSuchStream {
+            stream: stream.to_owned(),
+        }
+    }
+}

@@ -337,9 +337,7 @@ impl Simulation {
         let table = self
             .tables
             .get_mut(table_name)
-            .ok_or_else(|| SimError::NoSuchTable {
-                table: table_name.to_owned(),
-            })?;
+            .ok_or_else(|| SimError::no_such_table(table_name))?;
         let source = match &op {
             WriteOp::Put(item)
             | WriteOp::Update(item)
@@ -376,9 +374,7 @@ impl Simulation {
         let stream = self
             .streams
             .get_mut(&stream_arn)
-            .ok_or_else(|| SimError::NoSuchStream {
-                stream: stream_arn.clone(),
-            })?;
+            .ok_or_else(|| SimError::no_such_stream(&stream_arn))?;
         let index = stream.route(fnv1a(key.as_bytes()))?;
         let seq = self.counters.next_seq();
         let text = sequence_text(seq);
@@ -423,9 +419,7 @@ impl Simulation {
         let table = self
             .tables
             .get(table_name)
-            .ok_or_else(|| SimError::NoSuchTable {
-                table: table_name.to_owned(),
-            })?;
+            .ok_or_else(|| SimError::no_such_table(table_name))?;
         let (_, key) =
             key_of(key, &table.key_attributes).map_err(|attribute| SimError::MissingKey {
                 table: table_name.to_owned(),
@@ -437,9 +431,7 @@ impl Simulation {
     fn stream_mut(&mut self, stream_arn: &str) -> Result<&mut Stream, SimError> {
         self.streams
             .get_mut(stream_arn)
-            .ok_or_else(|| SimError::NoSuchStream {
-                stream: stream_arn.to_owned(),
-            })
+            .ok_or_else(|| SimError::no_such_stream(stream_arn))
     }
 
     fn reshape(
@@ -452,9 +444,7 @@ impl Simulation {
         let stream = self
             .streams
             .get_mut(stream_arn)
-            .ok_or_else(|| SimError::NoSuchStream {
-                stream: stream_arn.to_owned(),
-            })?;
+            .ok_or_else(|| SimError::no_such_stream(stream_arn))?;
         stream.close(&mut self.counters, shard_id, children, now)
     }
 
