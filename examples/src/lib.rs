@@ -137,14 +137,9 @@ impl Signals {
 
 /// `hostname-pid`, the default worker id (`#` is reserved by the lease table).
 pub fn default_worker_id() -> String {
-    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .find_map(|path| {
-            std::fs::read_to_string(path)
-                .ok()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-        })
+    let host = sysinfo::System::host_name()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| "worker".to_owned());
     format!("{}-{}", host.replace('#', "-"), std::process::id())
