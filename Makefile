@@ -62,10 +62,12 @@ dynamodb-local:
 	scripts/dynamodb-local.sh install
 
 ## bench: throughput benchmark against DynamoDB Local (release build): the framework vs a
-## plain GetRecords loop, and decode+dispatch on the simulated stream. BENCH_ARGS adds
-## options, e.g. `make bench BENCH_ARGS="--records 50000"`.
+## plain GetRecords loop; then decode+dispatch on the simulated stream (`cargo bench -p
+## consumer-core --bench decode`, criterion). BENCH_ARGS adds options to the first, e.g.
+## `make bench BENCH_ARGS="--records 50000"`.
 .PHONY: bench
 BENCH_ARGS ?=
 bench:
 	$(CARGO) build --release -p examples --bin benchmark
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
+	$(CARGO) bench -p consumer-core --bench decode
