@@ -156,3 +156,32 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dynamodb(class: ErrorClass) -> Error {
+        Error::DynamoDb {
+            operation: "Scan",
+            table: "t".to_owned(),
+            key: None,
+            class,
+            source: "failed".into(),
+        }
+    }
+
+    #[test]
+    fn only_retryable_classes_are_transient() {
+        assert!(dynamodb(ErrorClass::Throttling).is_transient());
+        assert!(dynamodb(ErrorClass::Transient).is_transient());
+        for class in [
+            ErrorClass::NotFound,
+            ErrorClass::Validation,
+            ErrorClass::ConditionFailed,
+            ErrorClass::Other,
+        ] {
+            assert!(!dynamodb(class).is_transient(), "{class}");
+        }
+    }
+}
