@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::events::{CheckpointWritten, Event};
+use crate::retry;
 
 /// Records how far a shard has been processed.
 ///
@@ -103,16 +104,15 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// [`flush`](Self::flush), retried on transient errors as the [`crate::retry::lease_store`]
+    /// [`flush`](Self::flush), retried on transient errors as the [`retry::lease_store`]
     /// policy says: the last write of a stopping shard, which no later flush repeats.
     pub(crate) async fn flush_retrying(&mut self) -> Result<()> {
-        let mut pauses = crate::retry::lease_store().build();
+        let mut pauses = retry::lease_store().build();
         loop {
             match self.flush().await {
-                Err(error) if crate::retry::is_retryable(&error) => match pauses.next() {
-                    Some(pause) => tokio::time::sleep(pause).await,
-                    None => return Err(error),
-                },
+                Err(error) if retry::is_retryable(&error) => {
+                    retry::pause_or_give_up(&mut pauses, error).await?;
+                }
                 result => return result,
             }
         }

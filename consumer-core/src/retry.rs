@@ -126,12 +126,24 @@ where
     let mut pauses = policy.build();
     loop {
         match call().await {
-            Err(error) if when(&error) => match pauses.next() {
-                Some(pause) => tokio::time::sleep(pause).await,
-                None => return Err(error),
-            },
+            Err(error) if when(&error) => pause_or_give_up(&mut pauses, error).await?,
             result => return result,
         }
+    }
+}
+
+/// After a retryable failure: sleeps the backoff's next pause, or hands `error` back when
+/// the backoff gives up.
+pub(crate) async fn pause_or_give_up<E>(
+    pauses: &mut impl Iterator<Item = Duration>,
+    error: E,
+) -> Result<(), E> {
+    match pauses.next() {
+        Some(pause) => {
+            tokio::time::sleep(pause).await;
+            Ok(())
+        }
+        None => Err(error),
     }
 }
 
@@ -243,6 +255,20 @@ mod tests {
         assert!(backoff.next_pause().is_none());
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(millis(backoff.next_pause()), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_retried_only_on_accepted_errors_and_until_the_policy_gives_up() {
+        let attempts = std::cell::Cell::new(0);
+        let failing = || {
+            attempts.set(attempts.get() + 1);
+            async { Err::<(), _>("transient") }
+        };
+        assert_eq!(call(startup(), |_| true, failing).await, Err("transient"));
+        assert_eq!(attempts.get(), 3, "the first call and 2 retries");
+        attempts.set(0);
+        assert_eq!(call(startup(), |_| false, failing).await, Err("transient"));
+        assert_eq!(attempts.get(), 1, "a rejected error is not retried");
     }
 
     #[test]
