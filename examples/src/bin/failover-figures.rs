@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use clap::Parser;
@@ -245,11 +245,7 @@ struct WorkerProcess {
 
 impl Setup {
     async fn measure(&self, stop: Stop, run: usize) -> Result<Figures, BoxError> {
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let name = |what: &str| format!("figures-{what}-{}-{run}-{stamp}", std::process::id());
+        let name = |what: &str| examples::unique_name(&format!("figures-{what}-run{run}"));
         let tables = [name("a"), name("b")];
         for table in &tables {
             self.create_table(table).await?;

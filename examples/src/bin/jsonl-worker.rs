@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use checkpoint_store::aws::AwsClients;
 use clap::{Parser, ValueEnum};
 use consumer_core::{
     BoxError, ChangeBatch, Checkpointer, Consumer, InitialPosition, RecordProcessor, ShardContext,
@@ -159,11 +160,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         shard: shard.shard_id.clone(),
     })?;
     tracing::info!(worker_id = consumer.worker_id(), "starting");
-    let endpoint = match (&args.endpoint, sdk_config.region()) {
-        (Some(url), _) => url.clone(),
-        (None, Some(region)) => format!("the default AWS endpoint (region {region})"),
-        (None, None) => "the default AWS endpoint".to_owned(),
-    };
+    // How errors name the endpoint: the URL, or the default AWS endpoint and region.
+    let endpoint = AwsClients::from_sdk_config(&sdk_config)
+        .endpoint()
+        .to_owned();
     tokio::select! {
         answered = endpoint_answers(&sdk_config, &args.tables, &endpoint) => answered?,
         name = signals.recv() => {
