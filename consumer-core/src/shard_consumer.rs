@@ -338,7 +338,13 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 }
             }
         }
-        if let Err(error) = self.consumer.write_shard_end().await {
+        let (consumer, lost) = (self.consumer, self.signals.lost.clone());
+        let written = tokio::select! {
+            biased;
+            _ = lost.cancelled() => return self.finish(Interrupted::Lost).await,
+            written = consumer.write_shard_end() => written,
+        };
+        if let Err(error) = written {
             return if is_lease_lost(&error) {
                 self.finish(Interrupted::Lost).await
             } else {
@@ -363,51 +369,59 @@ impl<F: ProcessorFactory> Session<'_, F> {
     }
 
     /// Ends the session: on release, the processor is told, checkpoints are flushed and the
-    /// lease is released; on loss, the processor is told and nothing is written.
+    /// lease is released; on loss (also while releasing), the processor is told and nothing
+    /// more is written.
     async fn finish(&mut self, interrupted: Interrupted) -> ShardOutcome {
+        if let Interrupted::Release = interrupted {
+            let lost = self.signals.lost.clone();
+            tokio::select! {
+                biased;
+                _ = lost.cancelled() => {}
+                outcome = self.release() => return outcome,
+            }
+        }
+        LeaseLost {
+            lease: self.key(),
+            reason: "another worker owns it, or this worker was fenced",
+        }
+        .emit();
+        self.processor.lease_lost().await;
+        ShardOutcome::LeaseLost
+    }
+
+    /// `shutdown_requested`, the final checkpoint, the release: each lease-table write
+    /// retried as the [`retry::lease_store`] policy says.
+    async fn release(&mut self) -> ShardOutcome {
         let key = self.key().clone();
-        match interrupted {
-            Interrupted::Lost => {
-                LeaseLost {
+        if let Err(source) = self.processor.shutdown_requested(self.checkpointer).await {
+            tracing::error!(lease = %key, error = %source, "shutdown_requested failed; releasing anyway");
+        }
+        if let Err(error) = self.checkpointer.flush_retrying().await {
+            if is_lease_lost(&error) {
+                self.processor.lease_lost().await;
+                return ShardOutcome::LeaseLost;
+            }
+            tracing::error!(lease = %key, %error, "final checkpoint not written");
+        }
+        let ownership = self.checkpointer.ownership().clone();
+        let store = &self.consumer.shared.store;
+        let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            store.release_lease(&key, &ownership)
+        })
+        .await;
+        match released {
+            Ok(lease) => {
+                LeaseReleased {
                     lease: &key,
-                    reason: "another worker owns it, or this worker was fenced",
+                    to: lease.handoff_to.as_deref(),
                 }
                 .emit();
-                self.processor.lease_lost().await;
-                ShardOutcome::LeaseLost
+                ShardOutcome::Released
             }
-            Interrupted::Release => {
-                if let Err(source) = self.processor.shutdown_requested(self.checkpointer).await {
-                    tracing::error!(lease = %key, error = %source, "shutdown_requested failed; releasing anyway");
-                }
-                if let Err(error) = self.checkpointer.flush_retrying().await {
-                    if is_lease_lost(&error) {
-                        self.processor.lease_lost().await;
-                        return ShardOutcome::LeaseLost;
-                    }
-                    tracing::error!(lease = %key, %error, "final checkpoint not written");
-                }
-                let ownership = self.checkpointer.ownership().clone();
-                let store = &self.consumer.shared.store;
-                let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-                    store.release_lease(&key, &ownership)
-                })
-                .await;
-                match released {
-                    Ok(lease) => {
-                        LeaseReleased {
-                            lease: &key,
-                            to: lease.handoff_to.as_deref(),
-                        }
-                        .emit();
-                        ShardOutcome::Released
-                    }
-                    Err(e) if e.is_lease_lost() => ShardOutcome::LeaseLost,
-                    Err(e) => {
-                        tracing::warn!(lease = %key, error = %e, "lease not released; others take it after failover");
-                        ShardOutcome::Released
-                    }
-                }
+            Err(e) if e.is_lease_lost() => ShardOutcome::LeaseLost,
+            Err(e) => {
+                tracing::warn!(lease = %key, error = %e, "lease not released; others take it after failover");
+                ShardOutcome::Released
             }
         }
     }

@@ -493,22 +493,26 @@ impl<F: ProcessorFactory> Worker<F> {
             store.list_leases()
         })
         .await;
-        for lease in leases.iter().flatten().filter(|l| l.is_owned_by(&me)) {
-            let Some(ownership) = lease.ownership() else {
-                continue;
-            };
-            let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-                store.release_lease(&lease.key, &ownership)
-            })
-            .await;
-            if released.is_ok() {
-                LeaseReleased {
-                    lease: &lease.key,
-                    to: None,
+        // Released together: one slow lease must not hold up the others.
+        let releases = leases
+            .iter()
+            .flatten()
+            .filter_map(|lease| Some((&lease.key, lease.ownership()?)))
+            .filter(|(_, ownership)| ownership.owner == me)
+            .map(|(key, ownership)| async move {
+                let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                    store.release_lease(key, &ownership)
+                })
+                .await;
+                if released.is_ok() {
+                    LeaseReleased {
+                        lease: key,
+                        to: None,
+                    }
+                    .emit();
                 }
-                .emit();
-            }
-        }
+            });
+        futures::future::join_all(releases).await;
         state.incarnation.stop_heartbeat.cancel();
         let deleted = retry::call(retry::lease_store(), retry::is_retryable_store, || {
             store.delete_worker(&me)
