@@ -245,6 +245,17 @@ pub(crate) struct Simulation {
     written: Vec<WrittenRecord>,
 }
 
+/// The stream `stream_arn` of `streams` (a borrow of that field alone, so the simulation's
+/// other fields stay usable next to it).
+fn stream_in<'a>(
+    streams: &'a mut BTreeMap<String, Stream>,
+    stream_arn: &str,
+) -> Result<&'a mut Stream, SimError> {
+    streams
+        .get_mut(stream_arn)
+        .ok_or_else(|| SimError::no_such_stream(stream_arn))
+}
+
 impl Simulation {
     pub(crate) fn new(config: SimConfig) -> Self {
         Self {
@@ -371,10 +382,7 @@ impl Simulation {
         let Some(stream_arn) = table.stream_arn.clone() else {
             return Ok(None);
         };
-        let stream = self
-            .streams
-            .get_mut(&stream_arn)
-            .ok_or_else(|| SimError::no_such_stream(&stream_arn))?;
+        let stream = stream_in(&mut self.streams, &stream_arn)?;
         let index = stream.route(fnv1a(key.as_bytes()))?;
         let seq = self.counters.next_seq();
         let text = sequence_text(seq);
@@ -429,9 +437,7 @@ impl Simulation {
     }
 
     fn stream_mut(&mut self, stream_arn: &str) -> Result<&mut Stream, SimError> {
-        self.streams
-            .get_mut(stream_arn)
-            .ok_or_else(|| SimError::no_such_stream(stream_arn))
+        stream_in(&mut self.streams, stream_arn)
     }
 
     fn reshape(
@@ -441,11 +447,7 @@ impl Simulation {
         children: usize,
     ) -> Result<Vec<String>, SimError> {
         let now = self.tick();
-        let stream = self
-            .streams
-            .get_mut(stream_arn)
-            .ok_or_else(|| SimError::no_such_stream(stream_arn))?;
-        stream.close(&mut self.counters, shard_id, children, now)
+        stream_in(&mut self.streams, stream_arn)?.close(&mut self.counters, shard_id, children, now)
     }
 
     pub(crate) fn split_shard(
@@ -569,6 +571,15 @@ impl Simulation {
         })
     }
 
+    fn shard_not_found(operation: SimOperation, resource: &str) -> ApiError {
+        ApiError::new(
+            ApiErrorKind::ResourceNotFound,
+            operation.name(),
+            resource,
+            "Requested resource not found: Shard not found",
+        )
+    }
+
     fn internal(operation: SimOperation, resource: &str, error: SimError) -> ApiError {
         ApiError::new(
             ApiErrorKind::Other,
@@ -622,14 +633,9 @@ impl Simulation {
         let resource = format!("shard {parent_shard_id} of stream {stream_arn}");
         self.begin(op, &resource)?;
         let stream = self.stream_for_api(op, stream_arn)?;
-        let parent = stream.shard(parent_shard_id).ok_or_else(|| {
-            ApiError::new(
-                ApiErrorKind::ResourceNotFound,
-                op.name(),
-                &resource,
-                "Requested resource not found: Shard not found",
-            )
-        })?;
+        let parent = stream
+            .shard(parent_shard_id)
+            .ok_or_else(|| Self::shard_not_found(op, &resource))?;
         let children = parent
             .children
             .iter()
@@ -650,14 +656,10 @@ impl Simulation {
         let resource = format!("shard {shard_id} of stream {stream_arn}");
         let now = self.begin(op, &resource)?;
         let stream = self.stream_for_api(op, stream_arn)?;
-        let shard = stream.shard(shard_id).filter(|s| !s.gone).ok_or_else(|| {
-            ApiError::new(
-                ApiErrorKind::ResourceNotFound,
-                op.name(),
-                &resource,
-                "Requested resource not found: Shard not found",
-            )
-        })?;
+        let shard = stream
+            .shard(shard_id)
+            .filter(|s| !s.gone)
+            .ok_or_else(|| Self::shard_not_found(op, &resource))?;
         let found = match position {
             StartPosition::TrimHorizon => Ok(shard.trimmed),
             StartPosition::Latest => Ok(shard.records.len()),
@@ -727,14 +729,9 @@ impl Simulation {
             ));
         }
         let stream = self.stream_for_api(op, &state.stream_arn)?;
-        let shard = stream.shard(&state.shard_id).ok_or_else(|| {
-            ApiError::new(
-                ApiErrorKind::ResourceNotFound,
-                op.name(),
-                &resource,
-                "Requested resource not found: Shard not found",
-            )
-        })?;
+        let shard = stream
+            .shard(&state.shard_id)
+            .ok_or_else(|| Self::shard_not_found(op, &resource))?;
         if state.position < shard.trimmed {
             return Err(ApiError::new(
                 ApiErrorKind::TrimmedDataAccess,
