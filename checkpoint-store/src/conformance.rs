@@ -45,6 +45,7 @@ macro_rules! __conformance_cases {
             lists_many_leases_across_pages,
             long_sequence_number_text_round_trips,
             snapshot_holds_every_lease_and_worker,
+            ownership_writes_bump_the_leases_version,
         ]);
     };
     (@expand tests ($make_store:expr) [$($case:ident),* $(,)?]) => {
@@ -634,4 +635,61 @@ pub async fn snapshot_holds_every_lease_and_worker(store: Arc<dyn LeaseStore>) {
     assert_eq!(leases, listed_leases);
     let ids: Vec<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "c"]);
+}
+
+/// Every ownership-changing write bumps the membership item's leases version; checkpoints
+/// that do not finish the shard and heartbeats do not (so idle workers read one item).
+pub async fn ownership_writes_bump_the_leases_version(store: Arc<dyn LeaseStore>) {
+    let version = || async { store.membership().await.unwrap().leases_version };
+    let mut last = version().await;
+    let mut step = async |what: &str, expect_bump: bool| {
+        let now = version().await;
+        if expect_bump {
+            assert!(
+                now > last,
+                "{what} should bump the leases version ({last} -> {now})"
+            );
+        } else {
+            assert_eq!(now, last, "{what} should leave the leases version alone");
+        }
+        last = now;
+    };
+    let ttl = Duration::from_secs(60);
+    store.heartbeat("worker-a", ttl).await.unwrap();
+    step("a heartbeat", false).await;
+    let key = create(store.as_ref(), "shard-1").await;
+    step("create", true).await;
+    let taken = store.take_lease(&key, None, 0, "worker-a").await.unwrap();
+    step("take", true).await;
+    let mine = taken.ownership().unwrap();
+    store.checkpoint(&key, &mine, &seq("100")).await.unwrap();
+    step("a checkpoint", false).await;
+    assert!(store.take_lease(&key, None, 0, "worker-b").await.is_err());
+    step("a failed take", false).await;
+    store
+        .request_handoff(&key, &mine, "worker-b")
+        .await
+        .unwrap();
+    step("a handoff request", true).await;
+    let released = store.release_lease(&key, &mine).await.unwrap();
+    step("release", true).await;
+    let again = store
+        .take_lease(&key, None, released.epoch, "worker-b")
+        .await
+        .unwrap();
+    step("take", true).await;
+    store
+        .checkpoint(&key, &again.ownership().unwrap(), &Checkpoint::ShardEnd)
+        .await
+        .unwrap();
+    step("SHARD_END", true).await;
+    store.delete_lease(&key).await.unwrap();
+    step("delete", true).await;
+    let before = version().await;
+    let bumped = store.bump_leases_version().await.unwrap();
+    assert_eq!(bumped, before + 1);
+    step("a manual bump", true).await;
+    let membership = store.membership().await.unwrap();
+    assert_eq!(membership.workers.len(), 1);
+    assert_eq!(membership.workers[0].worker_id, "worker-a");
 }

@@ -6,7 +6,11 @@
 //! | item | `pk` | attributes |
 //! | --- | --- | --- |
 //! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
-//! | worker | `worker\|{id}` | `kind`="worker", `worker_id`, `heartbeat` (N), `updated_at` (N, unix ms), `expires_at` (N, unix s: the TTL attribute) |
+//! | membership | `membership` | `kind`="membership", `leases_version` (N), and per worker `hb\|{id}` (N, heartbeat counter), `up\|{id}` (N, unix ms of the last heartbeat), `ex\|{id}` (N, unix s after which cleanup may remove the entry) |
+//!
+//! Workers heartbeat into the one membership item and read it (eventually consistent, a
+//! few KB even with 50 workers) on every tick; the leases are scanned only when
+//! `leases_version` moved. Every ownership-changing write bumps it afterwards.
 //!
 //! Every ownership-dependent write is one conditional `UpdateItem`, with the same
 //! semantics as [`crate::InMemoryLeaseStore`] (the conformance suite checks both).
@@ -33,7 +37,7 @@ use crate::aws::{self, AwsClients, ErrorClass, TableWaitError};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
 use crate::store::LeaseStore;
 
 /// Attribute names. Expressions refer to them as `#name` (see [`names_in`]), which also
@@ -51,13 +55,19 @@ mod attr {
     pub const HANDOFF_TO: &str = "handoff_to";
     pub const CREATED_AT: &str = "created_at";
     pub const UPDATED_AT: &str = "updated_at";
-    pub const WORKER_ID: &str = "worker_id";
-    pub const HEARTBEAT: &str = "heartbeat";
+    /// The table's TTL attribute (no item sets it today; kept so tables stay as created).
     pub const EXPIRES_AT: &str = "expires_at";
+    pub const LEASES_VERSION: &str = "leases_version";
+    /// Per-worker attributes of the membership item: `{prefix}{worker id}`.
+    pub const HEARTBEAT_PREFIX: &str = "hb|";
+    pub const UPDATED_PREFIX: &str = "up|";
+    pub const EXPIRES_PREFIX: &str = "ex|";
 }
 
 const KIND_LEASE: &str = "lease";
-const KIND_WORKER: &str = "worker";
+const KIND_MEMBERSHIP: &str = "membership";
+/// The key of the membership item.
+const MEMBERSHIP_PK: &str = "membership";
 
 /// How long `ensure_table` waits for a new table to become ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -407,14 +417,106 @@ impl DynamoDbLeaseStore {
         })
     }
 
-    fn decode_worker(&self, item: &Item) -> Result<WorkerRecord> {
-        let r = self.reader(item);
-        Ok(WorkerRecord {
-            worker_id: r.string(attr::WORKER_ID)?,
-            heartbeat: r.number(attr::HEARTBEAT)?,
-            updated_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::UPDATED_AT)?),
-            expires_at: UNIX_EPOCH + Duration::from_secs(r.number(attr::EXPIRES_AT)?),
-        })
+    /// The membership item's worker records (sorted by id) and version. An entry with a
+    /// missing or unreadable part is reported and skipped, like an undecodable lease.
+    fn decode_membership(&self, item: &Item) -> Membership {
+        let number_at = |name: &str| match item.get(name) {
+            Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+            _ => None,
+        };
+        let mut workers = Vec::new();
+        for name in item.keys() {
+            let Some(id) = name.strip_prefix(attr::HEARTBEAT_PREFIX) else {
+                continue;
+            };
+            let parts = (
+                number_at(name),
+                number_at(&format!("{}{id}", attr::UPDATED_PREFIX)),
+                number_at(&format!("{}{id}", attr::EXPIRES_PREFIX)),
+            );
+            match parts {
+                (Some(heartbeat), Some(updated), Some(expires)) => workers.push(WorkerRecord {
+                    worker_id: id.to_owned(),
+                    heartbeat,
+                    updated_at: UNIX_EPOCH + Duration::from_millis(updated),
+                    expires_at: UNIX_EPOCH + Duration::from_secs(expires),
+                }),
+                _ => {
+                    tracing::error!(table = %self.table, worker_id = id, "membership entry of this worker does not decode; skipped")
+                }
+            }
+        }
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Membership {
+            leases_version: number_at(attr::LEASES_VERSION).unwrap_or(0),
+            workers,
+        }
+    }
+
+    /// Leases and the membership out of scanned items. An item that does not decode is
+    /// reported (error log naming table and key) and skipped: one item written by a newer
+    /// version must not stop every worker from taking leases.
+    fn decode_scan(&self, items: &[Item]) -> (Vec<Lease>, Membership) {
+        let mut leases = Vec::new();
+        let mut membership = Membership::default();
+        for item in items {
+            match item.get(attr::KIND) {
+                Some(AttributeValue::S(kind)) if kind == KIND_LEASE => {
+                    match self.decode_lease(item) {
+                        Ok(lease) => leases.push(lease),
+                        Err(error) => {
+                            tracing::error!(%error, "lease item does not decode; skipped by this scan")
+                        }
+                    }
+                }
+                Some(AttributeValue::S(kind)) if kind == KIND_MEMBERSHIP => {
+                    membership = self.decode_membership(item)
+                }
+                // Items of other kinds are not ours to read (or written by a newer version).
+                _ => {}
+            }
+        }
+        (leases, membership)
+    }
+
+    /// A plain `UpdateItem` on the membership item (no condition); returns the updated
+    /// attributes. `names` maps each `#placeholder` to its attribute name.
+    async fn update_membership(
+        &self,
+        operation: &'static str,
+        update: &str,
+        names: Vec<(&str, String)>,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Item> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(MEMBERSHIP_PK))
+            .update_expression(update)
+            .set_expression_attribute_names(Some(
+                names
+                    .into_iter()
+                    .map(|(placeholder, name)| (placeholder.to_owned(), name))
+                    .collect(),
+            ))
+            .return_values(ReturnValue::UpdatedNew);
+        if !values.is_empty() {
+            request = request.set_expression_attribute_values(Some(to_values(values)));
+        }
+        let output = request
+            .send()
+            .await
+            .map_err(|err| self.sdk_error(operation, None, err))?;
+        Ok(output.attributes.unwrap_or_default())
+    }
+
+    /// Bumps the leases version after an ownership-changing write. The write itself
+    /// succeeded, so a failed bump is only reported: the audit scan catches it.
+    async fn bump_after(&self, key: &LeaseKey) {
+        if let Err(error) = self.bump_leases_version().await {
+            tracing::warn!(lease = %key, %error, "leases version not bumped; the audit scan will catch the change");
+        }
     }
 
     // ----- errors -----
@@ -492,11 +594,8 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>> {
-        self.scan_kind(Some(KIND_LEASE))
-            .await?
-            .iter()
-            .map(|item| self.decode_lease(item))
-            .collect()
+        let items = self.scan_kind(Some(KIND_LEASE)).await?;
+        Ok(self.decode_scan(&items).0)
     }
 
     async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
@@ -524,7 +623,10 @@ impl LeaseStore for DynamoDbLeaseStore {
             .send()
             .await;
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.bump_after(&lease.key).await;
+                Ok(())
+            }
             Err(err) if aws::classify(&err) == ErrorClass::ConditionFailed => {
                 Err(Error::AlreadyExists {
                     key: lease.key.clone(),
@@ -541,16 +643,19 @@ impl LeaseStore for DynamoDbLeaseStore {
         seen_epoch: u64,
         new_owner: &str,
     ) -> Result<Lease> {
-        self.update_unchanged(
-            "UpdateItem (take)",
-            key,
-            seen_owner,
-            seen_epoch,
-            "SET #owner = :new_owner, #epoch = #epoch + :one, \
+        let taken = self
+            .update_unchanged(
+                "UpdateItem (take)",
+                key,
+                seen_owner,
+                seen_epoch,
+                "SET #owner = :new_owner, #epoch = #epoch + :one, \
              #owner_switches = #owner_switches + :one, #updated_at = :now REMOVE #handoff_to",
-            vec![(":new_owner", s(new_owner)), (":one", number(1))],
-        )
-        .await
+                vec![(":new_owner", s(new_owner)), (":one", number(1))],
+            )
+            .await?;
+        self.bump_after(key).await;
+        Ok(taken)
     }
 
     async fn checkpoint(
@@ -559,28 +664,36 @@ impl LeaseStore for DynamoDbLeaseStore {
         ownership: &Ownership,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
-        self.update_owned(
-            "UpdateItem (checkpoint)",
-            key,
-            ownership,
-            "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now",
-            vec![
-                (":checkpoint", s(&checkpoint.encode())),
-                (":zero", number(0)),
-            ],
-        )
-        .await
+        let lease = self
+            .update_owned(
+                "UpdateItem (checkpoint)",
+                key,
+                ownership,
+                "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now",
+                vec![
+                    (":checkpoint", s(&checkpoint.encode())),
+                    (":zero", number(0)),
+                ],
+            )
+            .await?;
+        if *checkpoint == Checkpoint::ShardEnd {
+            self.bump_after(key).await;
+        }
+        Ok(lease)
     }
 
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {
-        self.update_owned(
-            "UpdateItem (release)",
-            key,
-            ownership,
-            "SET #epoch = #epoch + :one, #updated_at = :now REMOVE #owner, #handoff_to",
-            vec![(":one", number(1))],
-        )
-        .await
+        let released = self
+            .update_owned(
+                "UpdateItem (release)",
+                key,
+                ownership,
+                "SET #epoch = #epoch + :one, #updated_at = :now REMOVE #owner, #handoff_to",
+                vec![(":one", number(1))],
+            )
+            .await?;
+        self.bump_after(key).await;
+        Ok(released)
     }
 
     async fn request_handoff(
@@ -589,80 +702,134 @@ impl LeaseStore for DynamoDbLeaseStore {
         current: &Ownership,
         requester: &str,
     ) -> Result<Lease> {
-        self.update_unchanged(
-            "UpdateItem (request handoff)",
-            key,
-            Some(&current.owner),
-            current.epoch,
-            "SET #handoff_to = :requester, #updated_at = :now",
-            vec![(":requester", s(requester))],
-        )
-        .await
+        let asked = self
+            .update_unchanged(
+                "UpdateItem (request handoff)",
+                key,
+                Some(&current.owner),
+                current.epoch,
+                "SET #handoff_to = :requester, #updated_at = :now",
+                vec![(":requester", s(requester))],
+            )
+            .await?;
+        self.bump_after(key).await;
+        Ok(asked)
     }
 
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.client
+        let output = self
+            .client
             .delete_item()
             .table_name(&self.table)
             .key(attr::PK, lease_pk(key))
+            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|err| self.sdk_error("DeleteItem", Some(key), err))?;
+        if output.attributes.is_some_and(|old| !old.is_empty()) {
+            self.bump_after(key).await;
+        }
         Ok(())
     }
 
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         let now = SystemTime::now();
-        let update = "ADD #heartbeat :one \
-                      SET #worker_id = :id, #kind = :kind, #updated_at = :now, #expires_at = :expires";
-        let output = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(&worker_pk(worker_id)))
-            .update_expression(update)
-            .set_expression_attribute_names(Some(names_in(&[update])))
-            .set_expression_attribute_values(Some(to_values(vec![
-                (":one", number(1)),
-                (":id", s(worker_id)),
-                (":kind", s(KIND_WORKER)),
-                (":now", millis(now)),
-                (":expires", number(unix_secs(now + ttl))),
-            ])))
-            .return_values(ReturnValue::AllNew)
-            .send()
-            .await
-            .map_err(|err| self.sdk_error("UpdateItem (heartbeat)", None, err))?;
-        self.decode_worker(&output.attributes.unwrap_or_default())
+        let expires = now + ttl;
+        let attributes = self
+            .update_membership(
+                "UpdateItem (heartbeat)",
+                "ADD #hb :one SET #up = :now, #ex = :expires, #kind = :kind",
+                [
+                    member_names(worker_id),
+                    vec![("#kind", attr::KIND.to_owned())],
+                ]
+                .concat(),
+                vec![
+                    (":one", number(1)),
+                    (":kind", s(KIND_MEMBERSHIP)),
+                    (":now", millis(now)),
+                    (":expires", number(unix_secs(expires))),
+                ],
+            )
+            .await?;
+        let heartbeat = match attributes.get(&format!("{}{worker_id}", attr::HEARTBEAT_PREFIX)) {
+            Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+            _ => None,
+        };
+        let heartbeat = heartbeat.ok_or_else(|| Error::CorruptItem {
+            table: self.table.clone(),
+            item: MEMBERSHIP_PK.to_owned(),
+            attribute: "hb|{worker id}",
+            problem: format!("the heartbeat of {worker_id} did not come back as a number"),
+        })?;
+        Ok(WorkerRecord {
+            worker_id: worker_id.to_owned(),
+            heartbeat,
+            updated_at: UNIX_EPOCH + Duration::from_millis(unix_millis(now)),
+            expires_at: UNIX_EPOCH + Duration::from_secs(unix_secs(expires)),
+        })
     }
 
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
-        let (mut leases, mut workers) = (Vec::new(), Vec::new());
-        for item in self.scan_kind(None).await? {
-            match item.get(attr::KIND) {
-                Some(AttributeValue::S(kind)) if kind == KIND_LEASE => {
-                    leases.push(self.decode_lease(&item)?)
-                }
-                Some(AttributeValue::S(kind)) if kind == KIND_WORKER => {
-                    workers.push(self.decode_worker(&item)?)
-                }
-                // Items of other kinds are not ours to read (or written by a newer version).
-                _ => {}
-            }
+        let items = self.scan_kind(None).await?;
+        let (leases, membership) = self.decode_scan(&items);
+        Ok((leases, membership.workers))
+    }
+
+    async fn membership(&self) -> Result<Membership> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(attr::PK, s(MEMBERSHIP_PK))
+            .send()
+            .await
+            .map_err(|err| self.sdk_error("GetItem (membership)", None, err))?;
+        Ok(output
+            .item
+            .map(|item| self.decode_membership(&item))
+            .unwrap_or_default())
+    }
+
+    async fn bump_leases_version(&self) -> Result<u64> {
+        let attributes = self
+            .update_membership(
+                "UpdateItem (leases version)",
+                "ADD #v :one",
+                vec![("#v", attr::LEASES_VERSION.to_owned())],
+                vec![(":one", number(1))],
+            )
+            .await?;
+        match attributes.get(attr::LEASES_VERSION) {
+            Some(AttributeValue::N(n)) => n.parse().map_err(|_| Error::CorruptItem {
+                table: self.table.clone(),
+                item: MEMBERSHIP_PK.to_owned(),
+                attribute: attr::LEASES_VERSION,
+                problem: format!("{n:?} is not a counter"),
+            }),
+            _ => Ok(0),
         }
-        Ok((leases, workers))
     }
 
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.client
-            .delete_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(&worker_pk(worker_id)))
-            .send()
-            .await
-            .map_err(|err| self.sdk_error("DeleteItem", None, err))?;
+        self.update_membership(
+            "UpdateItem (remove worker)",
+            "REMOVE #hb, #up, #ex",
+            member_names(worker_id),
+            vec![],
+        )
+        .await?;
         Ok(())
     }
+}
+
+/// The placeholders of one worker's attributes in the membership item.
+fn member_names(worker_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("#hb", format!("{}{worker_id}", attr::HEARTBEAT_PREFIX)),
+        ("#up", format!("{}{worker_id}", attr::UPDATED_PREFIX)),
+        ("#ex", format!("{}{worker_id}", attr::EXPIRES_PREFIX)),
+    ]
 }
 
 /// A conditional write whose condition did not hold.
@@ -773,10 +940,6 @@ fn to_values(values: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeVa
 
 fn lease_pk(key: &LeaseKey) -> AttributeValue {
     s(&format!("lease|{}|{}", key.stream, key.shard_id))
-}
-
-fn worker_pk(worker_id: &str) -> String {
-    format!("worker|{worker_id}")
 }
 
 fn s(text: &str) -> AttributeValue {

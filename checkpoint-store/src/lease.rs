@@ -126,3 +126,17 @@ pub struct WorkerRecord {
     /// When the table's TTL may delete the item if the worker stops heartbeating.
     pub expires_at: SystemTime,
 }
+
+/// The membership item: every live worker's heartbeat record and the leases version, in
+/// one small item that workers read on every tick instead of scanning the leases.
+///
+/// `leases_version` goes up after every write that changes who owns what (create, take,
+/// release, handoff request, `SHARD_END`, delete): a worker that sees it unchanged knows its
+/// last scan still describes ownership, so idle workers read one item, not every lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// Bumped after every ownership-changing lease write.
+    pub leases_version: u64,
+    /// The worker records, sorted by id.
+    pub workers: Vec<WorkerRecord>,
+}

@@ -27,7 +27,7 @@ pub mod conformance;
 pub use checkpoint::Checkpoint;
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{Error, Result};
-pub use lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+pub use lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
 pub use memory::InMemoryLeaseStore;
 pub use sequence::SequenceNumber;
 pub use store::LeaseStore;

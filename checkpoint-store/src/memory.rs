@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
 use crate::store::LeaseStore;
 
 /// A [`LeaseStore`] held in memory, with the same semantics as the DynamoDB store (the
@@ -22,6 +22,7 @@ pub struct InMemoryLeaseStore {
 struct State {
     leases: BTreeMap<LeaseKey, Lease>,
     workers: BTreeMap<String, WorkerRecord>,
+    leases_version: u64,
 }
 
 impl InMemoryLeaseStore {
@@ -57,7 +58,11 @@ impl InMemoryLeaseStore {
             })?;
         update(lease);
         lease.updated_at = SystemTime::now();
-        Ok(lease.clone())
+        let lease = lease.clone();
+        if lease.checkpoint == Checkpoint::ShardEnd || lease.owner.is_none() {
+            state.leases_version += 1;
+        }
+        Ok(lease)
     }
 
     /// Applies `update` to the lease if it still has the owner and epoch the caller saw.
@@ -81,7 +86,9 @@ impl InMemoryLeaseStore {
         }
         update(lease);
         lease.updated_at = SystemTime::now();
-        Ok(lease.clone())
+        let lease = lease.clone();
+        state.leases_version += 1;
+        Ok(lease)
     }
 }
 
@@ -107,6 +114,7 @@ impl LeaseStore for InMemoryLeaseStore {
             });
         }
         state.leases.insert(lease.key.clone(), lease.clone());
+        state.leases_version += 1;
         Ok(())
     }
 
@@ -157,7 +165,10 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.state().leases.remove(key);
+        let mut state = self.state();
+        if state.leases.remove(key).is_some() {
+            state.leases_version += 1;
+        }
         Ok(())
     }
 
@@ -185,6 +196,20 @@ impl LeaseStore for InMemoryLeaseStore {
             state.leases.values().cloned().collect(),
             state.workers.values().cloned().collect(),
         ))
+    }
+
+    async fn membership(&self) -> Result<Membership> {
+        let state = self.state();
+        Ok(Membership {
+            leases_version: state.leases_version,
+            workers: state.workers.values().cloned().collect(),
+        })
+    }
+
+    async fn bump_leases_version(&self) -> Result<u64> {
+        let mut state = self.state();
+        state.leases_version += 1;
+        Ok(state.leases_version)
     }
 
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
 
 /// Persistent leases, checkpoints and worker heartbeats.
 ///
@@ -16,6 +16,12 @@ use crate::lease::{Lease, LeaseKey, Ownership, WorkerRecord};
 /// workers: at most one owner per lease, and no write from a worker that lost its lease.
 /// Implementations: [`crate::DynamoDbLeaseStore`] and [`crate::InMemoryLeaseStore`], held
 /// to identical semantics by the conformance suite.
+///
+/// Writes that change ownership (`create_lease`, `take_lease`, `release_lease`,
+/// `request_handoff`, `delete_lease`, and `checkpoint` to `ShardEnd`) bump the leases version
+/// of the [`Membership`] item after their own write succeeded, so idle workers learn of
+/// changes from one small read. A lost bump is caught by an audit scan; safety never rests
+/// on the version, only on the conditional writes.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Creates the backing table if it is missing and waits until it can be used.
@@ -68,13 +74,23 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// that is already gone succeeds.
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()>;
 
-    /// Bumps the worker's heartbeat counter, creating its record if needed, and pushes its
-    /// expiry `ttl` into the future. Returns the record as written.
+    /// Bumps the worker's heartbeat counter in the membership item, creating its record if
+    /// needed, and pushes its expiry `ttl` into the future. Returns the record as written.
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord>;
 
-    /// Every lease and every worker record, read consistently in one go: workers scan
-    /// this on every tick, and a store that keeps both in one table reads it once.
+    /// Every lease and every worker record, read consistently in one go. Workers read it
+    /// only when [`LeaseStore::membership`] says ownership changed (and on a slow audit).
+    /// An item that does not decode (written by a newer version, or damaged) is reported
+    /// and skipped, so it cannot stop every worker from taking leases.
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)>;
+
+    /// The membership item (worker records and the leases version), one small read that
+    /// may be eventually consistent: what a worker reads on every tick.
+    async fn membership(&self) -> Result<Membership>;
+
+    /// Bumps the leases version by hand: for an audit that found an ownership change whose
+    /// own bump was lost. Returns the new version.
+    async fn bump_leases_version(&self) -> Result<u64>;
 
     /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
     /// record that is already gone succeeds.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use checkpoint_store::{
-    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Ownership, Result, WorkerRecord,
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, Result, WorkerRecord,
 };
 use tokio::sync::watch;
 
@@ -30,6 +30,8 @@ pub enum StoreOp {
     Heartbeat,
     Snapshot,
     DeleteWorker,
+    Membership,
+    BumpLeasesVersion,
 }
 
 impl StoreOp {
@@ -48,6 +50,8 @@ impl StoreOp {
             StoreOp::Heartbeat => "heartbeat",
             StoreOp::Snapshot => "scan leases and workers",
             StoreOp::DeleteWorker => "delete worker",
+            StoreOp::Membership => "read membership",
+            StoreOp::BumpLeasesVersion => "bump leases version",
         }
     }
 
@@ -55,7 +59,11 @@ impl StoreOp {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            StoreOp::EnsureTable | StoreOp::ListLeases | StoreOp::GetLease | StoreOp::Snapshot
+            StoreOp::EnsureTable
+                | StoreOp::ListLeases
+                | StoreOp::GetLease
+                | StoreOp::Snapshot
+                | StoreOp::Membership
         )
     }
 }
@@ -212,6 +220,14 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::Snapshot).await?;
         let (leases, workers) = self.inner.snapshot().await?;
         Ok((self.read(leases), self.read(workers)))
+    }
+    async fn membership(&self) -> Result<Membership> {
+        self.pass(StoreOp::Membership).await?;
+        self.inner.membership().await
+    }
+    async fn bump_leases_version(&self) -> Result<u64> {
+        self.pass(StoreOp::BumpLeasesVersion).await?;
+        self.inner.bump_leases_version().await
     }
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
         self.pass(StoreOp::DeleteWorker).await?;
