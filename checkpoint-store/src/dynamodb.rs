@@ -968,7 +968,36 @@ fn millis(time: SystemTime) -> AttributeValue {
     number(unix_millis(time))
 }
 
-fn encode_lease(lease: &Lease) -> Item {
+/// The membership item as the store keeps it (for sizing: the store itself only ever
+/// writes it attribute by attribute).
+pub(crate) fn encode_membership(membership: &Membership) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), s(MEMBERSHIP_PK)),
+        (attr::KIND.to_owned(), s(KIND_MEMBERSHIP)),
+        (
+            attr::LEASES_VERSION.to_owned(),
+            number(membership.leases_version),
+        ),
+    ]);
+    for worker in &membership.workers {
+        let id = &worker.worker_id;
+        item.insert(
+            format!("{}{id}", attr::HEARTBEAT_PREFIX),
+            number(worker.heartbeat),
+        );
+        item.insert(
+            format!("{}{id}", attr::UPDATED_PREFIX),
+            millis(worker.updated_at),
+        );
+        item.insert(
+            format!("{}{id}", attr::EXPIRES_PREFIX),
+            number(unix_secs(worker.expires_at)),
+        );
+    }
+    item
+}
+
+pub(crate) fn encode_lease(lease: &Lease) -> Item {
     let mut item = Item::from([
         (attr::PK.to_owned(), lease_pk(&lease.key)),
         (attr::KIND.to_owned(), s(KIND_LEASE)),

@@ -13,6 +13,7 @@
 #![warn(missing_docs)]
 
 pub mod aws;
+pub mod billing;
 mod checkpoint;
 mod dynamodb;
 mod error;
