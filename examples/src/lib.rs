@@ -145,6 +145,32 @@ pub fn default_worker_id() -> String {
     format!("{}-{}", host.replace('#', "-"), std::process::id())
 }
 
+/// One change as a `jsonl-worker` line (also `ddbsc tail --json`): `worker`, `table`,
+/// `shard`, `seq`, `event`, `keys`, `old`, `new`, with images from the raw record as plain
+/// JSON ([`item_to_json`]; `null` when the record has no such image). One function, so the
+/// worker's and the tool's lines cannot drift apart. `table` and `shard` are `null` when
+/// unknown (the lease-free reader does not say which shard a change came from).
+pub fn change_to_json<T>(
+    worker: &str,
+    table: Option<&str>,
+    shard: Option<&str>,
+    change: &consumer_core::Change<T>,
+) -> Value {
+    let record = change.raw().dynamodb();
+    let image =
+        |image: Option<&HashMap<String, AttributeValue>>| image.map_or(Value::Null, item_to_json);
+    serde_json::json!({
+        "worker": worker,
+        "table": table,
+        "shard": shard,
+        "seq": change.sequence_number.as_str(),
+        "event": change.kind.as_str(),
+        "keys": item_to_json(change.keys()),
+        "old": image(record.and_then(|r| r.old_image.as_ref())),
+        "new": image(record.and_then(|r| r.new_image.as_ref())),
+    })
+}
+
 /// A DynamoDB item (or key) as plain JSON: see [`attribute_to_json`].
 pub fn item_to_json(item: &HashMap<String, AttributeValue>) -> Value {
     Value::Object(

@@ -36,9 +36,8 @@ use clap::{Parser, ValueEnum};
 use consumer_core::{
     BoxError, ChangeBatch, Checkpointer, Consumer, InitialPosition, RecordProcessor, ShardContext,
 };
-use examples::{Signals, default_worker_id, item_to_json};
+use examples::{Signals, change_to_json, default_worker_id};
 use serde::de::IgnoredAny;
-use serde_json::{Value, json};
 
 /// How long the endpoint may take to answer the first request before the worker gives up.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
@@ -98,20 +97,12 @@ impl RecordProcessor for JsonlProcessor {
     ) -> Result<(), BoxError> {
         let mut out = std::io::stdout().lock();
         for change in &batch {
-            let record = change.raw().dynamodb();
-            let image = |image: Option<&std::collections::HashMap<_, _>>| {
-                image.map_or(Value::Null, item_to_json)
-            };
-            let line = json!({
-                "worker": &*self.worker,
-                "table": self.table,
-                "shard": self.shard,
-                "seq": change.sequence_number.as_str(),
-                "event": change.kind.as_str(),
-                "keys": item_to_json(change.keys()),
-                "old": image(record.and_then(|r| r.old_image.as_ref())),
-                "new": image(record.and_then(|r| r.new_image.as_ref())),
-            });
+            let line = change_to_json(
+                &self.worker,
+                self.table.as_deref(),
+                Some(&self.shard),
+                change,
+            );
             serde_json::to_writer(&mut out, &line)?;
             out.write_all(b"\n")?;
         }

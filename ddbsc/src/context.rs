@@ -1,0 +1,113 @@
+//! What every command needs: the AWS clients, the lease store of an application, the stream
+//! of a table, and how to print.
+
+use std::sync::Arc;
+
+use checkpoint_store::DynamoDbLeaseStore;
+use checkpoint_store::aws::{AwsClients, ErrorClass, classify};
+use consumer_core::streams::{SdkStreams, StreamsApi};
+use serde_json::Value;
+
+use crate::{Failure, Global};
+
+/// The clients (built once, as the workers build theirs) and the output mode.
+pub struct Context {
+    clients: AwsClients,
+    streams: Arc<SdkStreams>,
+    /// `--json`.
+    pub json: bool,
+}
+
+impl Context {
+    /// Clients for `--endpoint`/`--region`, or the default AWS chain.
+    pub async fn new(global: &Global) -> Self {
+        let config =
+            examples::sdk_config(global.endpoint.as_deref(), global.region.as_deref()).await;
+        let clients = AwsClients::from_sdk_config(&config);
+        Self {
+            streams: Arc::new(SdkStreams::from_clients(clients.clone())),
+            clients,
+            json: global.json,
+        }
+    }
+
+    /// The DynamoDB Streams API the workers use.
+    pub fn streams(&self) -> Arc<dyn StreamsApi> {
+        self.streams.clone()
+    }
+
+    /// The lease store of application `app`. An application whose lease table does not
+    /// exist is an error naming it (no table is created: this tool only reads and moves).
+    pub async fn lease_store(&self, app: &str) -> Result<DynamoDbLeaseStore, Failure> {
+        let store = DynamoDbLeaseStore::from_clients(&self.clients, app)
+            .map_err(|e| Failure(format!("application {app:?}: {e}")))?;
+        let described = self
+            .clients
+            .dynamodb()
+            .describe_table()
+            .table_name(app)
+            .send()
+            .await;
+        match described {
+            Ok(_) => Ok(store),
+            Err(error) if classify(&error) == ErrorClass::NotFound => Err(Failure(format!(
+                "unknown application {app:?}: there is no lease table named {app:?} at {}",
+                self.clients.endpoint()
+            ))),
+            Err(error) => Err(Failure(format!(
+                "application {app:?}: DescribeTable on {} failed: {}",
+                self.clients.endpoint(),
+                error_chain(&error)
+            ))),
+        }
+    }
+
+    /// The ARN of `table`'s current stream; a missing table or a table without a stream is
+    /// an error naming it.
+    pub async fn stream_arn(&self, table: &str) -> Result<String, Failure> {
+        Ok(self.streams.latest_stream_arn(table).await?)
+    }
+
+    /// Prints `value` as one line of JSON.
+    pub fn print_json(&self, value: &Value) {
+        println!("{value}");
+    }
+}
+
+/// An error and its sources on one line (SDK errors keep the useful part in the source).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The table name inside a stream ARN (`arn:…:table/NAME/stream/LABEL`), if it has one.
+pub fn table_of_stream(stream_arn: &str) -> Option<&str> {
+    let (_, rest) = stream_arn.split_once(":table/")?;
+    rest.split_once("/stream/").map(|(table, _)| table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_comes_out_of_a_stream_arn() {
+        assert_eq!(
+            table_of_stream(
+                "arn:aws:dynamodb:ddblocal:000000000000:table/orders-1/stream/2026-11-27T05:00:00.000"
+            ),
+            Some("orders-1")
+        );
+        assert_eq!(table_of_stream("#coordination"), None);
+        assert_eq!(table_of_stream("arn:aws:dynamodb:r:1:table/t"), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! `ddbsc shards`: the shard graph of a table's stream, from a full paginated DescribeStream
+//! (the one pager every DescribeStream listing goes through).
+
+use checkpoint_store::aws::describe_stream_pages;
+use comfy_table::Table;
+use consumer_core::streams::{ApiError, ShardInfo};
+use serde_json::{Value, json};
+
+use crate::Outcome;
+use crate::context::Context;
+
+/// `ddbsc shards --table T`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The table whose stream to describe.
+    #[arg(long, value_name = "T")]
+    table: String,
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let arn = context.stream_arn(&args.table).await?;
+    let api = context.streams();
+    let shards: Vec<ShardInfo> = describe_stream_pages(&arn, |start| {
+        let (api, arn) = (api.clone(), arn.clone());
+        async move {
+            let page = api.describe_stream(&arn, start.as_deref()).await?;
+            Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
+        }
+    })
+    .await?;
+    let state = |s: &ShardInfo| if s.is_closed() { "closed" } else { "open" };
+    let seq = |s: Option<&checkpoint_store::SequenceNumber>| s.map(|s| s.to_string());
+
+    if context.json {
+        let list: Vec<Value> = shards
+            .iter()
+            .map(|s| {
+                json!({
+                    "shard": s.shard_id,
+                    "parent": s.parent_shard_id,
+                    "state": state(s),
+                    "starting_sequence_number": seq(s.starting_sequence_number.as_ref()),
+                    "ending_sequence_number": seq(s.ending_sequence_number.as_ref()),
+                })
+            })
+            .collect();
+        context.print_json(&json!({"table": args.table, "stream": arn, "shards": list}));
+        return Ok(());
+    }
+    println!("stream {arn}");
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header([
+            "SHARD",
+            "PARENT",
+            "STATE",
+            "FIRST SEQUENCE",
+            "LAST SEQUENCE",
+        ]);
+    for s in &shards {
+        let dash = || "-".to_owned();
+        table.add_row([
+            s.shard_id.clone(),
+            s.parent_shard_id.clone().unwrap_or_else(dash),
+            state(s).to_owned(),
+            seq(s.starting_sequence_number.as_ref()).unwrap_or_else(dash),
+            seq(s.ending_sequence_number.as_ref()).unwrap_or_else(dash),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}

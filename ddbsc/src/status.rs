@@ -1,0 +1,299 @@
+//! `ddbsc status`: per lease, who owns it and how far it got; per worker, whether it is
+//! alive and what it holds; with `--lag`, how far each active shard is from its tip.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime};
+
+use checkpoint_store::{Checkpoint, Lease};
+use comfy_table::Table;
+use consumer_core::Change;
+use consumer_core::streams::{StartPosition, StreamsApi};
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use crate::context::{Context, table_of_stream};
+use crate::liveness::{Liveness, LivenessArgs};
+use crate::{Failure, Outcome};
+
+/// Pages read per shard by `--lag` before it stops counting (the count is then a lower
+/// bound, shown with `+`): at 1000 records a page, 10 000 records.
+const LAG_MAX_PAGES: usize = 10;
+
+/// `ddbsc status --app APP [--lag]`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The application (its lease table).
+    #[arg(long, value_name = "APP")]
+    app: String,
+    /// Also read each active shard from its checkpoint to its tip: records behind and the
+    /// age of the oldest unprocessed record.
+    #[arg(long)]
+    lag: bool,
+    #[command(flatten)]
+    liveness: LivenessArgs,
+}
+
+/// Where a lease stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Processed (or ready to be) now.
+    Active,
+    /// A parent shard is not finished yet.
+    Waiting,
+    /// Read to its end.
+    Finished,
+}
+
+impl State {
+    fn of(lease: &Lease, finished: &HashMap<(&str, &str), bool>) -> Self {
+        if lease.checkpoint.is_shard_end() {
+            return Self::Finished;
+        }
+        let parent_pending = lease.parent_shard_ids.iter().any(|parent| {
+            finished
+                .get(&(lease.key.stream.as_str(), parent.as_str()))
+                .is_some_and(|done| !done)
+        });
+        if parent_pending {
+            Self::Waiting
+        } else {
+            Self::Active
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Waiting => "waiting-for-parent",
+            Self::Finished => "finished",
+        }
+    }
+}
+
+/// How far a shard is from its tip.
+#[derive(Debug)]
+struct Lag {
+    /// Records after the checkpoint (a lower bound when `complete` is false).
+    records: u64,
+    complete: bool,
+    /// Age of the oldest record after the checkpoint; `None` when there is none.
+    oldest_age: Option<Duration>,
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let store = context.lease_store(&args.app).await?;
+    let (leases, workers, live) = args.liveness.read(&store).await?;
+    let mut leases: Vec<Lease> = leases
+        .into_iter()
+        .filter(|l| !l.key.is_coordination())
+        .collect();
+    leases.sort_by(|a, b| a.key.cmp(&b.key));
+    let finished: HashMap<(&str, &str), bool> = leases
+        .iter()
+        .map(|l| {
+            (
+                (l.key.stream.as_str(), l.key.shard_id.as_str()),
+                l.checkpoint.is_shard_end(),
+            )
+        })
+        .collect();
+    let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
+
+    let mut lags = Vec::with_capacity(leases.len());
+    for (lease, state) in leases.iter().zip(&states) {
+        lags.push(if args.lag && *state == State::Active {
+            Some(shard_lag(context.streams().as_ref(), lease).await?)
+        } else {
+            None
+        });
+    }
+
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
+        *held.entry(owner).or_default() += 1;
+    }
+    let now = SystemTime::now();
+
+    if context.json {
+        let leases: Vec<Value> = leases
+            .iter()
+            .zip(&states)
+            .zip(&lags)
+            .map(|((lease, state), lag)| lease_json(lease, *state, &live, lag.as_ref(), args.lag))
+            .collect();
+        let workers: Vec<Value> = workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "id": w.worker_id,
+                    "alive": live.is_alive(&w.worker_id),
+                    "leases": held.get(w.worker_id.as_str()).copied().unwrap_or(0),
+                    "heartbeat": w.heartbeat,
+                    "heartbeat_age_ms": age(now, w.updated_at).as_millis() as u64,
+                })
+            })
+            .collect();
+        context.print_json(&json!({ "app": args.app, "leases": leases, "workers": workers }));
+        return Ok(());
+    }
+
+    let mut table = Table::new();
+    let mut header = vec![
+        "TABLE",
+        "SHARD",
+        "STATE",
+        "OWNER",
+        "ALIVE",
+        "CHECKPOINT",
+        "HANDOFF TO",
+    ];
+    if args.lag {
+        header.extend(["BEHIND", "OLDEST UNPROCESSED"]);
+    }
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(header);
+    for ((lease, state), lag) in leases.iter().zip(&states).zip(&lags) {
+        let mut row = vec![
+            table_of_stream(&lease.key.stream)
+                .unwrap_or(&lease.key.stream)
+                .to_owned(),
+            lease.key.shard_id.clone(),
+            state.as_str().to_owned(),
+            lease.owner.clone().unwrap_or_else(|| "-".into()),
+            match &lease.owner {
+                Some(owner) => yes_no(live.is_alive(owner)).to_owned(),
+                None => "-".into(),
+            },
+            lease.checkpoint.to_string(),
+            lease.handoff_to.clone().unwrap_or_else(|| "-".into()),
+        ];
+        if args.lag {
+            row.extend(match lag {
+                Some(lag) => [
+                    format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
+                    lag.oldest_age
+                        .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
+                        .unwrap_or_else(|| "-".into()),
+                ],
+                None => ["-".into(), "-".into()],
+            });
+        }
+        table.add_row(row);
+    }
+    println!("{table}\n");
+
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_header(["WORKER", "ALIVE", "LEASES", "LAST HEARTBEAT"]);
+    for w in &workers {
+        table.add_row([
+            w.worker_id.clone(),
+            yes_no(live.is_alive(&w.worker_id)).to_owned(),
+            held.get(w.worker_id.as_str())
+                .copied()
+                .unwrap_or(0)
+                .to_string(),
+            format!(
+                "{} ago",
+                humantime::format_duration(whole_seconds(age(now, w.updated_at)))
+            ),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn lease_json(
+    lease: &Lease,
+    state: State,
+    live: &Liveness,
+    lag: Option<&Lag>,
+    lag_asked: bool,
+) -> Value {
+    let mut value = json!({
+        "table": table_of_stream(&lease.key.stream),
+        "stream": lease.key.stream,
+        "shard": lease.key.shard_id,
+        "state": state.as_str(),
+        "owner": lease.owner,
+        "owner_alive": lease.owner.as_deref().map(|o| live.is_alive(o)),
+        "checkpoint": lease.checkpoint.to_string(),
+        "handoff_to": lease.handoff_to,
+        "parents": lease.parent_shard_ids,
+        "epoch": lease.epoch,
+    });
+    if lag_asked {
+        value["lag"] = match lag {
+            Some(lag) => json!({
+                "records": lag.records,
+                "complete": lag.complete,
+                "oldest_unprocessed_age_ms": lag.oldest_age.map(|a| a.as_millis() as u64),
+            }),
+            None => Value::Null,
+        };
+    }
+    value
+}
+
+/// Reads the shard from the lease's checkpoint towards its tip, at most
+/// [`LAG_MAX_PAGES`] pages, stopping at the first empty page or the shard's end.
+async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> {
+    let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
+    let position = match &lease.checkpoint {
+        Checkpoint::TrimHorizon => StartPosition::TrimHorizon,
+        Checkpoint::At(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
+        // Starts at the tip when first read: nothing is behind it.
+        Checkpoint::Latest | Checkpoint::ShardEnd => {
+            return Ok(Lag {
+                records: 0,
+                complete: true,
+                oldest_age: None,
+            });
+        }
+    };
+    let mut iterator = Some(api.shard_iterator(stream, shard, &position).await?);
+    let mut lag = Lag {
+        records: 0,
+        complete: false,
+        oldest_age: None,
+    };
+    for _ in 0..LAG_MAX_PAGES {
+        let Some(current) = iterator.take() else {
+            lag.complete = true;
+            break;
+        };
+        let page = api.get_records(&current, 1000).await?;
+        if lag.oldest_age.is_none()
+            && let Some(first) = page.records.first()
+        {
+            let change = Change::<IgnoredAny>::decode(shard, first.clone())?;
+            lag.oldest_age = change
+                .approximate_creation_time
+                .map(|t| age(SystemTime::now(), t));
+        }
+        lag.records += page.records.len() as u64;
+        if page.records.is_empty() {
+            lag.complete = true;
+            break;
+        }
+        iterator = page.next_iterator;
+    }
+    if iterator.is_none() {
+        lag.complete = true;
+    }
+    Ok(lag)
+}
+
+fn age(now: SystemTime, then: SystemTime) -> Duration {
+    now.duration_since(then).unwrap_or(Duration::ZERO)
+}
+
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs())
+}
+
+fn yes_no(value: bool) -> &'static str {
+    if value { "yes" } else { "no" }
+}

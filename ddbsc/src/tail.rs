@@ -1,0 +1,78 @@
+//! `ddbsc tail`: a table's changes as they come, parents before children, without a lease
+//! table: the lease-free reader (`consumer_core::reader::stream_changes`) as a command.
+
+use std::io::Write;
+
+use consumer_core::InitialPosition;
+use consumer_core::reader::{PollConfig, stream_changes};
+use futures::StreamExt;
+use serde::de::IgnoredAny;
+
+use crate::context::Context;
+use crate::{Failure, Outcome};
+
+/// The `worker` field of `--json` lines (the `jsonl-worker` shape).
+const WORKER: &str = "ddbsc-tail";
+
+/// Where reading starts.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum From {
+    /// The oldest record the stream still holds (up to 24 hours back), then new ones.
+    TrimHorizon,
+    /// Only changes made from now on.
+    Latest,
+}
+
+/// `ddbsc tail --table T [--from trim-horizon|latest] [--max-changes N]`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The table whose stream to print.
+    #[arg(long, value_name = "T")]
+    table: String,
+    /// Where to start.
+    #[arg(long, value_enum, default_value = "trim-horizon")]
+    from: From,
+    /// Stop after this many changes (default: run until Ctrl-C or SIGTERM).
+    #[arg(long, value_name = "N")]
+    max_changes: Option<usize>,
+}
+
+pub async fn run(context: &Context, args: Args) -> Outcome {
+    let mut signals = examples::Signals::new()?;
+    let arn = context.stream_arn(&args.table).await?;
+    let position = match args.from {
+        From::TrimHorizon => InitialPosition::TrimHorizon,
+        From::Latest => InitialPosition::Latest,
+    };
+    let changes =
+        stream_changes::<IgnoredAny>(context.streams(), arn, position, PollConfig::default());
+    let mut changes = changes.take(args.max_changes.unwrap_or(usize::MAX));
+    let mut out = std::io::stdout().lock();
+    loop {
+        let change = tokio::select! {
+            change = changes.next() => change,
+            _ = signals.recv() => return Ok(()),
+        };
+        let Some(change) = change else {
+            return Ok(());
+        };
+        let change = change?;
+        // The reader does not say which shard a change came from: `shard` is null.
+        let line = examples::change_to_json(WORKER, Some(&args.table), None, &change);
+        let text = if context.json {
+            line.to_string()
+        } else {
+            format!(
+                "{} {} old={} new={}  seq={}",
+                line["event"].as_str().unwrap_or_default(),
+                line["keys"],
+                line["old"],
+                line["new"],
+                change.sequence_number
+            )
+        };
+        writeln!(out, "{text}").map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
+        out.flush()
+            .map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
+    }
+}

@@ -1,0 +1,361 @@
+//! `ddbsc` run as a process against DynamoDB Local: status while workers run, reset refused
+//! while a live worker owns the lease, reset while none runs and then a worker re-delivering
+//! from the new position, `--force`, tail printing changes as they are written, shards, and
+//! every bad-input case (one line on stderr naming it; exit 1, or 2 for usage).
+//!
+//! Workers run in this test process (the library, with a recording processor), so the
+//! tests see exactly what each delivered.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use consumer_core::testkit::Recording;
+use consumer_core::{Consumer, ProcessorFactory};
+use integration_tests::workers::{run_to_exit, wait_until};
+use integration_tests::{create_table, dynamodb_client, endpoint, sdk_config, unique_name};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const DDBSC: &str = env!("CARGO_BIN_EXE_ddbsc");
+/// How long any one phase of a test may take before it fails.
+const DEADLINE: Duration = Duration::from_secs(45);
+
+/// Runs `ddbsc ARGS --endpoint $DYNAMODB_ENDPOINT`: exit code, stdout, stderr.
+async fn ddbsc(args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend(["--endpoint".into(), endpoint()]);
+    let (status, out, err, _) = run_to_exit(DDBSC.as_ref(), &all, DEADLINE).await;
+    (status.code().unwrap_or(-1), out, err)
+}
+
+/// `ddbsc ARGS --json`, which must succeed, parsed.
+async fn ddbsc_json(args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (code, out, err) = ddbsc(&all).await;
+    assert_eq!(code, 0, "ddbsc {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Asserts a failure: `code`, one line on stderr containing every one of `names`.
+fn assert_one_line_error(result: &(i32, String, String), code: i32, names: &[&str]) {
+    let (got, _, err) = result;
+    assert_eq!(*got, code, "exit code; stderr: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for name in names {
+        assert!(err.contains(name), "{name:?} not named in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct Item {
+    n: i64,
+}
+
+async fn put(table: &str, id: &str, n: i64) {
+    dynamodb_client()
+        .await
+        .put_item()
+        .table_name(table)
+        .item("id", AttributeValue::S(id.into()))
+        .item("n", AttributeValue::N(n.to_string()))
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A worker in this process: stop it gracefully with the sender.
+struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    run: JoinHandle<consumer_core::Result<()>>,
+}
+
+impl RunningWorker {
+    async fn start(app: &str, tables: &[String], id: &str, factory: impl ProcessorFactory) -> Self {
+        let config = sdk_config().await;
+        let mut builder = Consumer::builder(app)
+            .with_sdk_config(&config)
+            .with_worker_id(id)
+            .with_failover_time(Duration::from_secs(3))
+            .with_checkpoint_interval(Duration::ZERO);
+        for table in tables {
+            builder = builder.with_table(table.as_str());
+        }
+        let consumer = builder.build(factory).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let run = tokio::spawn(consumer.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self { stop, run }
+    }
+
+    async fn shut_down(self) {
+        self.stop.send(()).unwrap();
+        self.run.await.unwrap().unwrap();
+    }
+}
+
+/// Polls `ddbsc status --app APP --json` until `done` holds; returns that status.
+async fn status_until(app: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = ddbsc_json(&["status", "--app", app]).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last status: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn leases(status: &Value) -> &Vec<Value> {
+    status["leases"].as_array().expect("leases")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
+    let app = unique_name("app");
+    let tables = vec![unique_name("st-a"), unique_name("st-b")];
+    for table in &tables {
+        create_table(table, "id", true).await;
+        put(table, "x", 1).await;
+    }
+    let seen: Recording<Item> = Recording::new();
+    let w1 = RunningWorker::start(&app, &tables, "w1", seen.factory()).await;
+    let w2 = RunningWorker::start(&app, &tables, "w2", seen.factory()).await;
+
+    let status = status_until(
+        &app,
+        "both leases owned by live workers, at a checkpoint",
+        |s| {
+            leases(s).len() == 2
+                && leases(s).iter().all(|l| {
+                    l["owner_alive"] == true && l["checkpoint"].as_str().unwrap().starts_with('0')
+                })
+                && s["workers"].as_array().unwrap().len() == 2
+        },
+    )
+    .await;
+    for lease in leases(&status) {
+        assert!(
+            tables.iter().any(|t| lease["table"] == t.as_str()),
+            "{lease}"
+        );
+        assert!(lease["stream"].as_str().unwrap().contains(":table/"));
+        assert_eq!(lease["state"], "active");
+        assert!(lease["shard"].as_str().unwrap().starts_with("shardId-"));
+    }
+    let workers = status["workers"].as_array().unwrap();
+    assert!(workers.iter().all(|w| w["alive"] == true), "{workers:?}");
+    let held: u64 = workers.iter().map(|w| w["leases"].as_u64().unwrap()).sum();
+    assert_eq!(held, 2);
+
+    // --lag: each shard is caught up (its one record processed).
+    let lagged = ddbsc_json(&["status", "--lag", "--app", &app]).await;
+    for lease in leases(&lagged) {
+        assert_eq!(lease["lag"]["records"], 0, "{lease}");
+    }
+    // The readable form names the tables and the workers; flags may come first.
+    let (code, out, err) = ddbsc(&["--endpoint", &endpoint(), "status", "--app", &app]).await;
+    assert_eq!(code, 0, "{err}");
+    for name in tables
+        .iter()
+        .map(String::as_str)
+        .chain(["w1#", "w2#", "active"])
+    {
+        assert!(out.contains(name), "{name} missing in:\n{out}");
+    }
+    w1.shut_down().await;
+    w2.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
+    let app = unique_name("app");
+    let table = unique_name("reset");
+    create_table(&table, "id", true).await;
+    for n in 0..3 {
+        put(&table, &format!("k{n}"), n).await;
+    }
+    let tables = vec![table.clone()];
+    let first: Recording<Item> = Recording::new();
+    let worker = RunningWorker::start(&app, &tables, "w1", first.factory()).await;
+    wait_until("3 changes", DEADLINE, || first.len() >= 3).await;
+    let seqs: Vec<String> = first
+        .delivered()
+        .iter()
+        .map(|d| d.change.sequence_number.to_string())
+        .collect();
+    status_until(&app, "the checkpoint at the third record", |s| {
+        leases(s)[0]["checkpoint"] == seqs[2].as_str()
+    })
+    .await;
+
+    // Owned by a live worker: refused, naming the owner; nothing moved.
+    let refused = ddbsc(&[
+        "reset",
+        "--app",
+        &app,
+        "--table",
+        &table,
+        "--to",
+        "trim-horizon",
+    ])
+    .await;
+    assert_one_line_error(&refused, 1, &["w1#", "live worker", "--force"]);
+    let status = ddbsc_json(&["status", "--app", &app]).await;
+    assert_eq!(leases(&status)[0]["checkpoint"], seqs[2].as_str());
+
+    // No worker running: moved to after the first record.
+    worker.shut_down().await;
+    let moved = ddbsc_json(&["reset", "--app", &app, "--table", &table, "--to", &seqs[0]]).await;
+    assert_eq!(moved["reset"][0]["to"], seqs[0].as_str(), "{moved}");
+    let status = ddbsc_json(&["status", "--app", &app]).await;
+    assert_eq!(leases(&status)[0]["checkpoint"], seqs[0].as_str());
+    assert_eq!(leases(&status)[0]["owner"], Value::Null);
+
+    // A worker started now re-delivers the records after it.
+    let second: Recording<Item> = Recording::new();
+    let worker = RunningWorker::start(&app, &tables, "w2", second.factory()).await;
+    wait_until("2 re-delivered changes", DEADLINE, || second.len() >= 2).await;
+    let again: Vec<i64> = second.images().iter().map(|i| i.n).collect();
+    assert_eq!(again, [1, 2], "re-delivered from after the first record");
+
+    // --force while it runs: the lease is taken from it and moved to trim-horizon; the
+    // worker takes it back on its next scan and delivers everything again.
+    status_until(&app, "w2 at the third record", |s| {
+        leases(s)[0]["checkpoint"] == seqs[2].as_str()
+    })
+    .await;
+    let forced = ddbsc(&[
+        "reset",
+        "--app",
+        &app,
+        "--table",
+        &table,
+        "--to",
+        "trim-horizon",
+        "--force",
+    ])
+    .await;
+    assert_eq!(forced.0, 0, "{}", forced.2);
+    assert!(forced.1.contains("taken from w2#"), "{}", forced.1);
+    wait_until("the 3 changes again", DEADLINE, || second.len() >= 5).await;
+    let all: Vec<i64> = second.images().iter().map(|i| i.n).collect();
+    assert_eq!(all, [1, 2, 0, 1, 2]);
+    worker.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_changes_as_they_are_written() {
+    let table = unique_name("tail");
+    create_table(&table, "id", true).await;
+    put(&table, "before", 1).await;
+    let mut child = tokio::process::Command::new(DDBSC)
+        .args([
+            "tail",
+            "--table",
+            &table,
+            "--json",
+            "--endpoint",
+            &endpoint(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(DEADLINE, lines.next_line())
+            .await
+            .expect("a line in time")
+            .unwrap()
+            .expect("tail is still running");
+        serde_json::from_str(&line).unwrap()
+    };
+    let first = next().await;
+    assert_eq!(first["event"], "INSERT");
+    assert_eq!(first["keys"]["id"], "before");
+    assert_eq!(first["table"], table.as_str());
+    put(&table, "after", 2).await;
+    put(&table, "after", 3).await;
+    let (second, third) = (next().await, next().await);
+    assert_eq!(second["new"]["n"], 2);
+    assert_eq!(
+        (&third["event"], &third["old"]["n"], &third["new"]["n"]),
+        (&"MODIFY".into(), &2.into(), &3.into())
+    );
+
+    // --max-changes ends it by itself; readable lines name the event and the keys.
+    let (code, out, err) = ddbsc(&["tail", "--table", &table, "--max-changes", "2"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.starts_with("INSERT {\"id\":\"before\"}"), "{out}");
+    child.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_lists_the_shard_graph() {
+    let table = unique_name("shards");
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let shards = graph["shards"].as_array().unwrap();
+    assert_eq!(
+        shards.len(),
+        1,
+        "DynamoDB Local has one shard per stream: {graph}"
+    );
+    assert_eq!(shards[0]["state"], "open");
+    assert_eq!(shards[0]["parent"], Value::Null);
+    assert!(shards[0]["starting_sequence_number"].is_string());
+    let (code, out, _) = ddbsc(&["shards", "--table", &table]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(shards[0]["shard"].as_str().unwrap()) && out.contains("open"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_one_line_naming_it() {
+    let plain = unique_name("plain");
+    create_table(&plain, "id", false).await;
+    let missing = unique_name("missing");
+
+    let unknown_app = ddbsc(&["status", "--app", &missing]).await;
+    assert_one_line_error(&unknown_app, 1, &[&missing, "application"]);
+    let reset_unknown = ddbsc(&[
+        "reset", "--app", &missing, "--table", &plain, "--to", "latest",
+    ])
+    .await;
+    assert_one_line_error(&reset_unknown, 1, &[&missing]);
+    for command in ["shards", "tail"] {
+        let no_stream = ddbsc(&[command, "--table", &plain]).await;
+        assert_one_line_error(&no_stream, 1, &[&plain, "no stream"]);
+        let no_table = ddbsc(&[command, "--table", &missing]).await;
+        assert_one_line_error(&no_table, 1, &[&missing, "does not exist"]);
+    }
+    let malformed = ddbsc(&["reset", "--app", "a", "--table", &plain, "--to", "12x4"]).await;
+    assert_one_line_error(&malformed, 1, &["12x4", "sequence number"]);
+    let bad_app_name = ddbsc(&["status", "--app", "no spaces allowed"]).await;
+    assert_one_line_error(&bad_app_name, 1, &["no spaces allowed"]);
+
+    // Usage errors: exit 2.
+    for args in [
+        &["status"][..],
+        &["frobnicate"],
+        &["status", "--app", "a", "--bogus"],
+    ] {
+        let (code, _, err) = ddbsc(args).await;
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
