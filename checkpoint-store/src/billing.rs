@@ -123,7 +123,7 @@ mod tests {
             "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000";
         let mut lease = Lease::new(
             LeaseKey::new(arn, "shardId-00000001700000000000-0123abcd"),
-            Checkpoint::At(SequenceNumber::parse(&"1".repeat(30)).unwrap()),
+            Checkpoint::At(SequenceNumber::parse("1".repeat(30)).unwrap()),
             vec!["shardId-00000001690000000000-4567ef01".into()],
         );
         lease.owner = Some("worker-7#19abc0123ff0".into());

@@ -1,97 +1,404 @@
-//! What coordination costs when nothing happens: lease-table calls per hour for idle
-//! shards, next to the Kinesis Client Library's per-lease renewals.
+//! What coordination costs, priced as DynamoDB bills it, next to the Kinesis Client
+//! Library's protocol.
 //!
-//! Runs `--workers` consumers over a simulated table with `--shards` idle shards for one
-//! hour of virtual time (tokio's paused clock, so it takes seconds), counting every call
-//! they make to the lease store. Run it with:
+//! Runs `--workers` consumers over a simulated table with `--shards` shards for
+//! `--minutes` of virtual time (tokio's paused clock, so it takes seconds), counting every
+//! lease-store call priced by `checkpoint_store::billing` (read units per 4 KB, half for
+//! eventually consistent reads, Scan rounded per 1 MB page; write units per 1 KB of the
+//! larger of before and after, failed conditions included) and every DynamoDB Streams
+//! request (GetRecords, GetShardIterator, DescribeStream). Idle: no writes to the table.
+//! Busy: every shard gets about one record a second. Figures are per hour.
 //!
 //! ```text
-//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --shards 100 --workers 4
+//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --shards 1000 --workers 20
+//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --sweep --csv cost.csv
+//! cargo run --release -p consumer-core --features testkit --example cost_chart -- cost.csv docs/cost.svg
 //! ```
 //!
-//! KCL renews every lease it holds every `failoverTime / 3` (a conditional write per lease),
-//! so with a 10 s failover time it pays about 1,090 writes per lease-hour whatever the
-//! traffic. Here a worker writes its own heartbeat item instead and touches lease items only
-//! on checkpoints and ownership changes.
+//! KCL's figures are a model of its protocol at the same failover time: every lease is
+//! renewed (a conditional write) every 3.308 s, each worker scans the lease table every 20 s
+//! (eventually consistent here, which is the cheaper assumption for KCL), and each shard is
+//! polled with a GetRecords every second when idle; busy, it checkpoints as often as ours
+//! and polls as often as ours. Its lease items are sized as ours.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::InMemoryLeaseStore;
+use checkpoint_store::billing;
+use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
 use clap::Parser;
-use consumer_core::testkit::{InstrumentedStore, SimConfig, SimulatedStream};
+use consumer_core::testkit::{
+    Billed, InstrumentedStore, SimConfig, SimOperation, SimulatedStream, StoreOp,
+};
 use consumer_core::{ChangeBatch, Consumer, processor_fn};
 
-/// Lease-table calls per idle hour, counted in simulation.
+/// On-demand prices (us-east-1), in dollars per million.
+const WRITE_UNIT_PRICE: f64 = 0.625;
+const READ_UNIT_PRICE: f64 = 0.125;
+const STREAMS_REQUEST_PRICE: f64 = 0.20;
+/// KCL's protocol, as modeled.
+const KCL_RENEW_EVERY: f64 = 3.308;
+const KCL_SCAN_EVERY: f64 = 20.0;
+const HOURS_PER_MONTH: f64 = 730.0;
+
+/// Coordination cost per hour, ours measured in simulation and KCL's modeled.
 #[derive(Debug, Parser)]
 #[command(name = "lease_cost")]
 struct Args {
-    /// Idle shards of the simulated table.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u16).range(1..))]
-    shards: u16,
+    /// Shards of the simulated table.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    shards: u32,
     /// Workers sharing them.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=200))]
     workers: u16,
+    /// Virtual minutes measured (after two minutes of settling); figures are scaled to an hour.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
+    minutes: u32,
+    /// Also measure busy shards (one record per shard per second); slower.
+    #[arg(long)]
+    busy: bool,
+    /// Measure the chart's points instead: idle at 100/4, 1,000/20, 10,000/50 and 100 and
+    /// 10,000 shards at 20 workers; busy at 100/4 and 1,000/20 (per busy shard beyond that).
+    #[arg(long)]
+    sweep: bool,
+    /// Write the figures as CSV here too (input of the `cost_chart` example).
+    #[arg(long)]
+    csv: Option<std::path::PathBuf>,
+}
+
+/// Per-hour figures of one protocol in one scenario.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    read_units: f64,
+    write_units: f64,
+    streams_requests: f64,
+}
+
+impl Cost {
+    fn dollars(&self) -> f64 {
+        (self.read_units * READ_UNIT_PRICE
+            + self.write_units * WRITE_UNIT_PRICE
+            + self.streams_requests * STREAMS_REQUEST_PRICE)
+            / 1e6
+    }
+    fn lease_table_dollars(&self) -> f64 {
+        (self.read_units * READ_UNIT_PRICE + self.write_units * WRITE_UNIT_PRICE) / 1e6
+    }
+}
+
+/// What one simulated run measured, per hour.
+#[derive(Debug)]
+struct Measured {
+    shards: u32,
+    workers: u16,
+    busy: bool,
+    ours: Cost,
+    kcl: Cost,
+    calls: BTreeMap<StoreOp, f64>,
+    failed_conditions: f64,
+    get_records: f64,
+    checkpoints: f64,
+    lease_size: usize,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    let (shards, workers) = (usize::from(args.shards), args.workers);
+    let runs: Vec<(u32, u16, bool)> = if args.sweep {
+        vec![
+            (100, 4, false),
+            (100, 20, false),
+            (1000, 20, false),
+            (10_000, 20, false),
+            (10_000, 50, false),
+            (100, 4, true),
+            (1000, 20, true),
+        ]
+    } else {
+        let mut runs = vec![(args.shards, args.workers, false)];
+        if args.busy {
+            runs.push((args.shards, args.workers, true));
+        }
+        runs
+    };
+    let mut results = Vec::new();
+    for (shards, workers, busy) in runs {
+        // Large idle runs measure a shorter window: the figures are steady rates.
+        let minutes = if args.sweep && shards >= 10_000 {
+            10
+        } else {
+            args.minutes
+        };
+        let minutes = if busy { minutes.min(10) } else { minutes };
+        let measured = measure(shards, workers, minutes, busy)?;
+        print_run(&measured, minutes);
+        results.push(measured);
+    }
+    if let Some(path) = &args.csv {
+        let mut csv = String::from(
+            "shards,workers,load,protocol,read_units_per_hour,write_units_per_hour,streams_requests_per_hour,dollars_per_hour,dollars_per_month\n",
+        );
+        for m in &results {
+            for (name, cost) in [("ours", m.ours), ("kcl", m.kcl)] {
+                csv.push_str(&format!(
+                    "{},{},{},{name},{:.0},{:.0},{:.0},{:.5},{:.2}\n",
+                    m.shards,
+                    m.workers,
+                    if m.busy { "busy" } else { "idle" },
+                    cost.read_units,
+                    cost.write_units,
+                    cost.streams_requests,
+                    cost.dollars(),
+                    cost.dollars() * HOURS_PER_MONTH,
+                ));
+            }
+        }
+        std::fs::write(path, csv)
+            .map_err(|e| format!("cannot write the CSV to {}: {e}", path.display()))?;
+        println!("figures written to {}", path.display());
+    }
+    if args.sweep {
+        print_summary(&results);
+    }
+    Ok(())
+}
+
+/// Runs the workers for `minutes` after two minutes of settling, and scales to an hour.
+fn measure(
+    shards: u32,
+    workers: u16,
+    minutes: u32,
+    busy: bool,
+) -> Result<Measured, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()?;
     runtime.block_on(async move {
         let sim = SimulatedStream::new(SimConfig {
-            initial_shards: shards,
+            initial_shards: shards as usize,
             ..SimConfig::with_seed(1)
         });
-        sim.add_table("idle");
+        sim.add_table("cost");
         let store = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for w in 0..workers {
             let consumer = Consumer::builder("lease-cost")
-                .with_table("idle")
+                .with_table("cost")
                 .with_streams_api(Arc::new(sim.clone()))
                 .with_lease_store(store.clone())
-                .with_worker_id(format!("w{w}"))
-                .build(processor_fn(|_: ChangeBatch<serde::de::IgnoredAny>| async { Ok(()) }))?;
+                .with_worker_id(format!("worker-{w}"))
+                .build(processor_fn(
+                    |_: ChangeBatch<serde::de::IgnoredAny>| async { Ok(()) },
+                ))?;
             let mut stopped = stop.subscribe();
             tasks.push(tokio::spawn(consumer.run_until(async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })));
         }
-        // Let the workers settle (take and balance), then measure one idle hour.
+        let writer = busy.then(|| {
+            let sim = sim.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut n = 0u64;
+                loop {
+                    tick.tick().await;
+                    for _ in 0..shards {
+                        n += 1;
+                        let item = consumer_core::testkit::string_key("pk", &format!("k{n}"));
+                        if let Err(error) = sim.put("cost", item) {
+                            eprintln!("writer: {error}");
+                            return;
+                        }
+                    }
+                }
+            })
+        });
         tokio::time::sleep(Duration::from_secs(120)).await;
-        let before = store.calls();
-        let scanned_before = store.items_read();
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        let after = store.calls();
-        let scanned = store.items_read() - scanned_before;
+        let streams_ops = [
+            SimOperation::GetRecords,
+            SimOperation::GetShardIterator,
+            SimOperation::DescribeStream,
+        ];
+        let streams_before: u64 = streams_ops.iter().map(|op| sim.calls(*op)).sum();
+        let records_before = sim.calls(SimOperation::GetRecords);
+        let (calls_before, billed_before) = (store.calls(), store.billed());
+        tokio::time::sleep(Duration::from_secs(60 * u64::from(minutes))).await;
+        let streams = streams_ops.iter().map(|op| sim.calls(*op)).sum::<u64>() - streams_before;
+        let get_records = sim.calls(SimOperation::GetRecords) - records_before;
+        let (calls_after, billed_after) = (store.calls(), store.billed());
+        if let Some(writer) = writer {
+            writer.abort();
+        }
         stop.send_replace(true);
         for task in tasks {
             task.await??;
         }
+        let (leases, _) = store.inner().snapshot().await?;
+        let shard_leases: Vec<_> = leases.iter().filter(|l| !l.key.is_coordination()).collect();
+        let lease_size = shard_leases
+            .iter()
+            .map(|l| billing::lease_item_size(l))
+            .sum::<usize>()
+            / shard_leases.len().max(1);
 
-        println!("lease-table calls in one idle hour: {shards} shards, {workers} workers, failover 10 s, scan every 2 s\n");
-        println!("| call | per hour |");
-        println!("| --- | ---: |");
-        let mut writes = 0;
-        for (operation, count) in &after {
-            let count = count - before.get(operation).copied().unwrap_or(0);
-            let kind = if operation.is_write() {
-                writes += count;
-                "write"
-            } else {
-                "read"
-            };
-            println!("| {kind}: {} | {count} |", operation.name());
-        }
-        println!("| items read by scans | {scanned} |");
-        let kcl = 1090 * u64::from(args.shards);
-        println!("\nwrites per hour: {writes} (KCL, renewing each lease every 3.3 s: ~{kcl}); ratio {:.3}", writes as f64 / kcl as f64);
-        println!("writes per lease-hour: {:.1} (KCL ~1,090)", writes as f64 / shards as f64);
-        Ok::<(), Box<dyn std::error::Error>>(())
+        let scale = 60.0 / f64::from(minutes);
+        let billed = Billed {
+            read_units: billed_after.read_units - billed_before.read_units,
+            write_units: billed_after.write_units - billed_before.write_units,
+            failed_conditions: billed_after.failed_conditions - billed_before.failed_conditions,
+        };
+        let calls: BTreeMap<StoreOp, f64> = calls_after
+            .iter()
+            .map(|(op, n)| {
+                let before = calls_before.get(op).copied().unwrap_or(0);
+                (*op, (n - before) as f64 * scale)
+            })
+            .collect();
+        let checkpoints = calls.get(&StoreOp::Checkpoint).copied().unwrap_or(0.0);
+        let ours = Cost {
+            read_units: billed.read_units * scale,
+            write_units: billed.write_units as f64 * scale,
+            streams_requests: streams as f64 * scale,
+        };
+        let kcl = kcl_model(
+            shards,
+            workers,
+            lease_size,
+            checkpoints,
+            get_records as f64 * scale,
+            busy,
+        );
+        Ok(Measured {
+            shards,
+            workers,
+            busy,
+            ours,
+            kcl,
+            calls,
+            failed_conditions: billed.failed_conditions as f64 * scale,
+            get_records: get_records as f64 * scale,
+            checkpoints,
+            lease_size,
+        })
     })
+}
+
+/// KCL's protocol per hour: renewals of every lease, a lease scan per worker every 20 s,
+/// a GetRecords per idle shard per second; busy, our measured checkpoints and polls.
+fn kcl_model(
+    shards: u32,
+    workers: u16,
+    lease_size: usize,
+    checkpoints: f64,
+    our_get_records: f64,
+    busy: bool,
+) -> Cost {
+    let shards_f = f64::from(shards);
+    let renewals = shards_f * 3600.0 / KCL_RENEW_EVERY;
+    let scans = f64::from(workers) * 3600.0 / KCL_SCAN_EVERY;
+    let scan_units =
+        billing::scan_read_units(std::iter::repeat_n(lease_size, shards as usize), false);
+    let idle_polls = shards_f * 3600.0;
+    Cost {
+        read_units: scans * scan_units,
+        write_units: (renewals + if busy { checkpoints } else { 0.0 })
+            * billing::write_units(lease_size) as f64,
+        streams_requests: if busy {
+            our_get_records.max(idle_polls)
+        } else {
+            idle_polls
+        },
+    }
+}
+
+fn print_run(m: &Measured, minutes: u32) {
+    let load = if m.busy { "busy" } else { "idle" };
+    println!(
+        "\n## {} {load} shards, {} workers (failover 10 s; {minutes} virtual minutes measured, per hour)\n",
+        m.shards, m.workers
+    );
+    println!("| per hour | ours | KCL (model) |");
+    println!("| --- | ---: | ---: |");
+    let row = |name: &str, ours: String, kcl: String| println!("| {name} | {ours} | {kcl} |");
+    row(
+        "lease-table read units",
+        format!("{:.0}", m.ours.read_units),
+        format!("{:.0}", m.kcl.read_units),
+    );
+    row(
+        "lease-table write units",
+        format!("{:.0}", m.ours.write_units),
+        format!("{:.0}", m.kcl.write_units),
+    );
+    row(
+        "streams requests",
+        format!("{:.0}", m.ours.streams_requests),
+        format!("{:.0}", m.kcl.streams_requests),
+    );
+    row(
+        "lease table $/hour",
+        format!("{:.4}", m.ours.lease_table_dollars()),
+        format!("{:.4}", m.kcl.lease_table_dollars()),
+    );
+    row(
+        "total $/hour",
+        format!("{:.4}", m.ours.dollars()),
+        format!("{:.4}", m.kcl.dollars()),
+    );
+    println!(
+        "\nlease table, ours / KCL: {:.4} (target at 1,000 idle shards / 20 workers: <= 0.05)",
+        m.ours.lease_table_dollars() / m.kcl.lease_table_dollars()
+    );
+    println!(
+        "GetRecords per shard-hour: {:.0}; checkpoints per hour: {:.0}; failed conditional writes per hour: {:.0}; lease item {} bytes",
+        m.get_records / f64::from(m.shards),
+        m.checkpoints,
+        m.failed_conditions,
+        m.lease_size
+    );
+    let count = |op: StoreOp| m.calls.get(&op).copied().unwrap_or(0.0);
+    println!(
+        "lease changes per hour: {:.0} takes, {:.0} releases, {:.0} handoff requests; {:.0} lease scans, {:.0} membership reads, {:.0} heartbeats",
+        count(StoreOp::TakeLease),
+        count(StoreOp::ReleaseLease),
+        count(StoreOp::RequestHandoff),
+        count(StoreOp::Snapshot) + count(StoreOp::ListLeases),
+        count(StoreOp::Membership),
+        count(StoreOp::Heartbeat),
+    );
+}
+
+fn print_summary(results: &[Measured]) {
+    println!("\n## Summary ($/month at on-demand prices; lease table + streams requests)\n");
+    println!(
+        "| shards | workers | load | ours lease table | KCL lease table | ratio | ours total | KCL total |"
+    );
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    for m in results {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.4} | {:.2} | {:.2} |",
+            m.shards,
+            m.workers,
+            if m.busy { "busy" } else { "idle" },
+            m.ours.lease_table_dollars() * HOURS_PER_MONTH,
+            m.kcl.lease_table_dollars() * HOURS_PER_MONTH,
+            m.ours.lease_table_dollars() / m.kcl.lease_table_dollars(),
+            m.ours.dollars() * HOURS_PER_MONTH,
+            m.kcl.dollars() * HOURS_PER_MONTH,
+        );
+    }
+    let idle = |shards: u32, workers: u16| {
+        results
+            .iter()
+            .find(|m| m.shards == shards && m.workers == workers && !m.busy)
+            .map(|m| m.ours.lease_table_dollars())
+    };
+    if let (Some(small), Some(large)) = (idle(100, 20), idle(10_000, 20)) {
+        println!(
+            "\nidle lease-table cost at 20 workers, 10,000 shards against 100: {:.3} (target: within 10%)",
+            large / small
+        );
+    }
 }

@@ -1,9 +1,14 @@
 //! The worker runtime: heartbeats, scans, shard consumers, fencing, shutdown.
 //!
-//! One loop per worker process. Every `scan_interval` (and at once after a shard ends) it
-//! reads the lease and worker items, takes leases as [`crate::lease_protocol`] plans, starts a
-//! shard consumer for each owned lease whose parents are finished, and stops consumers whose
-//! lease moved. Heartbeats run in their own task so a slow scan cannot delay them; if none is
+//! One loop per worker process. Every `scan_interval` it reads the one membership item
+//! (heartbeats of every worker and the leases version, a few KB); only when that shows a
+//! change (the version moved, a worker joined or died, one of its shards ended, a handoff it
+//! asked for timed out) does it scan the leases, take what [`crate::lease_protocol`] plans,
+//! start a shard consumer for each owned lease whose parents are finished, and stop
+//! consumers whose lease moved. So an idle application reads one small item per worker per
+//! tick, whatever its shard count. The shard-sync holder also audits (a full scan every
+//! [`AUDIT_INTERVAL`]) and bumps the version if it finds an ownership change whose own bump
+//! was lost. Heartbeats run in their own task so a slow scan cannot delay them; if none is
 //! confirmed for `failover_time - margin`, the worker fences itself (stops every shard at once)
 //! and comes back as a new incarnation.
 
@@ -28,6 +33,10 @@ use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals, Shared};
 use crate::shard_sync::{self, create_lease_if_absent};
+
+/// How often the shard-sync holder scans the leases even though the version did not move,
+/// to catch a lost version bump (a crash between a lease write and its bump).
+pub(crate) const AUDIT_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The lease whose holder runs the periodic full shard sync (and cleanup).
 pub(crate) fn shard_sync_key() -> LeaseKey {
@@ -74,6 +83,15 @@ struct State {
     /// Shards that failed: not restarted before this instant.
     retry_after: HashMap<LeaseKey, Instant>,
     last_sync: Option<Instant>,
+    /// The leases as of the last scan: quiet ticks start ready shards and run the shard
+    /// sync from it without reading the leases again.
+    leases: Vec<Lease>,
+    /// The leases version read before the last scan (`None`: scan on the next tick).
+    seen_version: Option<u64>,
+    /// Scan on the next tick whatever the version says (a shard ended).
+    rescan: bool,
+    /// When the shard-sync holder audits next.
+    next_audit: Instant,
 }
 
 impl<F: ProcessorFactory> Worker<F> {
@@ -95,6 +113,10 @@ impl<F: ProcessorFactory> Worker<F> {
             handoffs_asked: HashMap::new(),
             retry_after: HashMap::new(),
             last_sync: None,
+            leases: Vec::new(),
+            seen_version: None,
+            rescan: true,
+            next_audit: Instant::now() + AUDIT_INTERVAL,
         };
 
         let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
@@ -108,19 +130,19 @@ impl<F: ProcessorFactory> Worker<F> {
                     self.fence(&mut state).await?;
                 }
                 Some(joined) = state.tasks.join_next() => {
-                    let rescan = self.shard_finished(&mut state, joined);
-                    if rescan {
+                    if self.shard_finished(&mut state, joined) {
+                        state.rescan = true;
                         scan_tick.reset_immediately();
                     }
                 }
-                // A worker may turn dead between ticks: scan right then, not up to a tick later.
+                // A worker may turn dead between ticks: look right then, not up to a tick later.
                 _ = sleep_until_some(state.liveness.next_expiry(Instant::now())) => {
-                    if let Err(error) = self.scan(&mut state).await {
+                    if let Err(error) = self.tick(&mut state).await {
                         tracing::warn!(%error, "lease scan failed; retrying on the next tick");
                     }
                 }
                 _ = scan_tick.tick() => {
-                    if let Err(error) = self.scan(&mut state).await {
+                    if let Err(error) = self.tick(&mut state).await {
                         tracing::warn!(%error, "lease scan failed; retrying on the next tick");
                     }
                 }
@@ -217,7 +239,63 @@ impl<F: ProcessorFactory> Worker<F> {
         Ok(())
     }
 
-    async fn scan(&self, state: &mut State) -> Result<()> {
+    /// One tick: read the membership item, and scan the leases only if something changed
+    /// (or an audit is due); otherwise act on the leases of the last scan.
+    async fn tick(&self, state: &mut State) -> Result<()> {
+        let started = Instant::now();
+        let membership = self.shared.store.membership().await?;
+        // Liveness is judged when the answer came, not when the question was sent.
+        let now = Instant::now();
+        if self.is_stale(state, started) {
+            state.seen_version = None;
+            return Ok(());
+        }
+        let live_before = state.liveness.live_workers(now);
+        state.liveness.observe(&membership.workers, now);
+        let membership_changed = state.liveness.live_workers(now) != live_before;
+        let handoff_due = state
+            .handoffs_asked
+            .values()
+            .any(|(_, at)| now.duration_since(*at) >= self.shared.config.failover_time);
+        let audit = now >= state.next_audit && self.holds_shard_sync(state);
+        let changed = state.seen_version != Some(membership.leases_version)
+            || membership_changed
+            || handoff_due
+            || std::mem::take(&mut state.rescan);
+        if changed || audit {
+            if audit {
+                state.next_audit = now + AUDIT_INTERVAL;
+            }
+            let before = std::mem::take(&mut state.leases);
+            let scanned = self.scan(state, membership.leases_version).await;
+            if audit && scanned.is_ok() && !changed && ownership_differs(&before, &state.leases) {
+                tracing::warn!(
+                    "audit found an ownership change without a leases version bump; bumping it"
+                );
+                self.shared.store.bump_leases_version().await?;
+            }
+            return scanned;
+        }
+        let leases = std::mem::take(&mut state.leases);
+        self.run_shard_sync(state, &leases, now).await;
+        self.start_ready(state, &leases, now);
+        state.leases = leases;
+        Ok(())
+    }
+
+    /// Whether this incarnation held the shard-sync lease at the last scan.
+    fn holds_shard_sync(&self, state: &State) -> bool {
+        state
+            .leases
+            .iter()
+            .any(|l| l.key == shard_sync_key() && l.is_owned_by(&state.incarnation.id))
+    }
+
+    /// Reads every lease and worker (consistently), takes what the protocol plans, starts
+    /// what is ready. `version` is the leases version read before the scan began.
+    async fn scan(&self, state: &mut State, version: u64) -> Result<()> {
+        // Until this scan completes, the next tick scans again.
+        state.seen_version = None;
         let started = Instant::now();
         let (leases, workers) = self.shared.store.snapshot().await?;
         let now = Instant::now();
@@ -294,6 +372,8 @@ impl<F: ProcessorFactory> Worker<F> {
             return Ok(());
         }
         self.start_ready(state, &leases, now);
+        state.leases = leases;
+        state.seen_version = Some(version);
         Ok(())
     }
 
@@ -476,6 +556,8 @@ impl<F: ProcessorFactory> Worker<F> {
         state.incarnation = incarnation;
         state.last_sync = None;
         state.handoffs_asked.clear();
+        state.seen_version = None;
+        state.leases.clear();
         Ok(())
     }
 
@@ -486,7 +568,14 @@ impl<F: ProcessorFactory> Worker<F> {
         for running in state.running.values() {
             running.signals.release.cancel();
         }
-        while state.tasks.join_next().await.is_some() {}
+        // (issue 8) A shard whose final checkpoint could not be written keeps its lease.
+        let mut kept = HashSet::new();
+        while let Some(joined) = state.tasks.join_next().await {
+            if let Ok((key, ShardOutcome::Failed(error))) = joined {
+                tracing::error!(lease = %key, %error, "shard stopped on an error; its lease is kept, not released");
+                kept.insert(key);
+            }
+        }
         let me = state.incarnation.id.clone();
         let store = self.shared.store.as_ref();
         let leases = retry::call(retry::lease_store(), retry::is_retryable_store, || {
@@ -498,7 +587,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .iter()
             .flatten()
             .filter_map(|lease| Some((&lease.key, lease.ownership()?)))
-            .filter(|(_, ownership)| ownership.owner == me)
+            .filter(|(key, ownership)| ownership.owner == me && !kept.contains(*key))
             .map(|(key, ownership)| async move {
                 let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
                     store.release_lease(key, &ownership)
@@ -531,6 +620,28 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Who owns a lease, as an audit compares it: key, owner, epoch, handoff mark, finished.
+type OwnershipView = (LeaseKey, Option<String>, u64, Option<String>, bool);
+
+/// Whether two scans disagree on who owns what (checkpoints aside): what an audit looks for.
+fn ownership_differs(before: &[Lease], after: &[Lease]) -> bool {
+    let view = |leases: &[Lease]| -> HashSet<OwnershipView> {
+        leases
+            .iter()
+            .map(|l| {
+                (
+                    l.key.clone(),
+                    l.owner.clone(),
+                    l.epoch,
+                    l.handoff_to.clone(),
+                    l.checkpoint == Checkpoint::ShardEnd,
+                )
+            })
+            .collect()
+    };
+    view(before) != view(after)
 }
 
 fn replace(leases: &mut [Lease], updated: Lease) {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use checkpoint_store::billing::{self, ReadUnits};
 use checkpoint_store::{
     Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, Result, WorkerRecord,
 };
@@ -90,6 +91,19 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     link: watch::Sender<Link>,
     calls: Mutex<BTreeMap<StoreOp, u64>>,
     items_read: AtomicU64,
+    billed: Mutex<Billed>,
+}
+
+/// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
+/// from the sizes the DynamoDB store's items would have.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Billed {
+    /// Read units (strongly consistent reads cost twice as much as eventually consistent).
+    pub read_units: ReadUnits,
+    /// Write units, failed conditional writes and leases-version bumps included.
+    pub write_units: u64,
+    /// Conditional writes whose condition failed (billed all the same).
+    pub failed_conditions: u64,
 }
 
 impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
@@ -100,6 +114,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             link: watch::Sender::new(Link::Up),
             calls: Mutex::default(),
             items_read: AtomicU64::new(0),
+            billed: Mutex::default(),
         }
     }
 
@@ -124,6 +139,49 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     /// Lease and worker items returned by scans so far.
     pub fn items_read(&self) -> u64 {
         self.items_read.load(Ordering::Relaxed)
+    }
+
+    /// The units billed so far (see [`Billed`]).
+    pub fn billed(&self) -> Billed {
+        *self.billed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bill(&self, reads: ReadUnits, writes: u64, failed: bool) {
+        let mut billed = self.billed.lock().unwrap_or_else(PoisonError::into_inner);
+        billed.read_units += reads;
+        billed.write_units += writes;
+        billed.failed_conditions += u64::from(failed);
+    }
+
+    /// The membership item's size now (read from `inner` without counting).
+    async fn membership_size(&self) -> usize {
+        match self.inner.membership().await {
+            Ok(membership) => billing::membership_item_size(&membership),
+            Err(_) => 0,
+        }
+    }
+
+    /// Bills a write to one lease (the larger of the item before and after, 1 KB units),
+    /// plus the leases-version bump that follows an ownership change.
+    async fn bill_lease_write<T>(
+        &self,
+        before: Option<Lease>,
+        result: &Result<T>,
+        after: Option<&Lease>,
+        bumps: bool,
+    ) {
+        let size = before
+            .iter()
+            .chain(after)
+            .map(billing::lease_item_size)
+            .max()
+            .unwrap_or(0);
+        let bump = if bumps && result.is_ok() {
+            billing::write_units(self.membership_size().await)
+        } else {
+            0
+        };
+        self.bill(0.0, billing::write_units(size) + bump, result.is_err());
     }
 
     /// Counts the call, then waits while the link is frozen; fails if it is partitioned.
@@ -174,15 +232,27 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     }
     async fn list_leases(&self) -> Result<Vec<Lease>> {
         self.pass(StoreOp::ListLeases).await?;
-        Ok(self.read(self.inner.list_leases().await?))
+        let leases = self.inner.list_leases().await?;
+        // A filtered Scan bills every item it reads, the membership item too.
+        let sizes = leases.iter().map(billing::lease_item_size);
+        let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
+        self.bill(units, 0, false);
+        Ok(self.read(leases))
     }
     async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
         self.pass(StoreOp::GetLease).await?;
-        self.inner.get_lease(key).await
+        let lease = self.inner.get_lease(key).await?;
+        let size = lease.as_ref().map_or(0, billing::lease_item_size);
+        self.bill(billing::read_units(size, true), 0, false);
+        Ok(lease)
     }
     async fn create_lease(&self, lease: &Lease) -> Result<()> {
         self.pass(StoreOp::CreateLease).await?;
-        self.inner.create_lease(lease).await
+        let before = self.inner.get_lease(&lease.key).await.ok().flatten();
+        let result = self.inner.create_lease(lease).await;
+        self.bill_lease_write(before, &result, Some(lease), true)
+            .await;
+        result
     }
     async fn take_lease(
         &self,
@@ -192,46 +262,83 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         new_owner: &str,
     ) -> Result<Lease> {
         self.pass(StoreOp::TakeLease).await?;
-        self.inner
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self
+            .inner
             .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await
+            .await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+            .await;
+        result
     }
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
         self.pass(StoreOp::Checkpoint).await?;
-        self.inner.checkpoint(key, o, c).await
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.checkpoint(key, o, c).await;
+        let bumps = *c == Checkpoint::ShardEnd;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), bumps)
+            .await;
+        result
     }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
-        self.inner.release_lease(key, o).await
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.release_lease(key, o).await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+            .await;
+        result
     }
     async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
         self.pass(StoreOp::RequestHandoff).await?;
-        self.inner.request_handoff(key, o, to).await
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.request_handoff(key, o, to).await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+            .await;
+        result
     }
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
         self.pass(StoreOp::DeleteLease).await?;
-        self.inner.delete_lease(key).await
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let existed = before.is_some();
+        let result = self.inner.delete_lease(key).await;
+        self.bill_lease_write(before, &result, None, existed).await;
+        result
     }
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
-        self.inner.heartbeat(worker_id, ttl).await
+        let record = self.inner.heartbeat(worker_id, ttl).await?;
+        let units = billing::write_units(self.membership_size().await);
+        self.bill(0.0, units, false);
+        Ok(record)
     }
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
         self.pass(StoreOp::Snapshot).await?;
         let (leases, workers) = self.inner.snapshot().await?;
+        let sizes = leases.iter().map(billing::lease_item_size);
+        let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
+        self.bill(units, 0, false);
         Ok((self.read(leases), self.read(workers)))
     }
     async fn membership(&self) -> Result<Membership> {
         self.pass(StoreOp::Membership).await?;
-        self.inner.membership().await
+        let membership = self.inner.membership().await?;
+        let size = billing::membership_item_size(&membership);
+        self.bill(billing::read_units(size, false), 0, false);
+        Ok(membership)
     }
     async fn bump_leases_version(&self) -> Result<u64> {
         self.pass(StoreOp::BumpLeasesVersion).await?;
-        self.inner.bump_leases_version().await
+        let version = self.inner.bump_leases_version().await?;
+        let units = billing::write_units(self.membership_size().await);
+        self.bill(0.0, units, false);
+        Ok(version)
     }
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
         self.pass(StoreOp::DeleteWorker).await?;
-        self.inner.delete_worker(worker_id).await
+        let units = billing::write_units(self.membership_size().await);
+        self.inner.delete_worker(worker_id).await?;
+        self.bill(0.0, units, false);
+        Ok(())
     }
 }
 
