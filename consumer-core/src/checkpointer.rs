@@ -18,6 +18,11 @@ use crate::retry;
 /// wins), and whatever is pending is always written at shard end, shutdown and release.
 /// Every write is conditional on this worker still owning the lease, so a worker that lost
 /// the shard gets [`checkpoint_store::Error::LeaseLost`] instead of overwriting the new owner.
+///
+/// A checkpoint can never cover a record that failed: while `process` runs, a checkpoint
+/// it asks for is only noted (written after the call returned `Ok`), and after a failed
+/// call it is cut back to the last record that succeeded, so a `checkpoint()` in
+/// `shutdown_requested` covers only what succeeded.
 #[derive(Debug)]
 pub struct Checkpointer {
     store: Arc<dyn LeaseStore>,
@@ -25,7 +30,11 @@ pub struct Checkpointer {
     ownership: Ownership,
     stored: Checkpoint,
     pending: Option<SequenceNumber>,
-    last_delivered: Option<SequenceNumber>,
+    /// The last record done: processed with `Ok`, filtered, or accepted by the failure
+    /// handler (with every record before it).
+    last_done: Option<SequenceNumber>,
+    /// The last record of the batch `process` is working on.
+    in_flight: Option<SequenceNumber>,
     interval: Duration,
     last_write: Option<Instant>,
 }
@@ -44,7 +53,8 @@ impl Checkpointer {
             ownership,
             stored,
             pending: None,
-            last_delivered: None,
+            last_done: None,
+            in_flight: None,
             interval,
             last_write: None,
         }
@@ -52,7 +62,7 @@ impl Checkpointer {
 
     /// Checkpoints at the last record delivered to the processor.
     pub async fn checkpoint(&mut self) -> Result<()> {
-        match self.last_delivered.clone() {
+        match self.last_delivered().cloned() {
             Some(seq) => self.checkpoint_at(&seq).await,
             None => Ok(()),
         }
@@ -66,7 +76,7 @@ impl Checkpointer {
             requested: seq.clone(),
             reason,
         };
-        match &self.last_delivered {
+        match self.last_delivered() {
             None => {
                 return Err(refuse(
                     "no record of this shard has been delivered yet".into(),
@@ -87,6 +97,10 @@ impl Checkpointer {
             )));
         }
         self.pending = Some(seq.clone());
+        if self.in_flight.is_some() {
+            // Written once the batch succeeded: a failed batch must not be covered.
+            return Ok(());
+        }
         self.flush_if_due().await
     }
 
@@ -125,7 +139,7 @@ impl Checkpointer {
 
     /// The sequence number of the last record delivered to the processor.
     pub fn last_delivered(&self) -> Option<&SequenceNumber> {
-        self.last_delivered.as_ref()
+        self.in_flight.as_ref().or(self.last_done.as_ref())
     }
 
     /// The shard this checkpointer writes for.
@@ -137,8 +151,27 @@ impl Checkpointer {
         &self.ownership
     }
 
+    /// Every record up to `seq` is done (processed, filtered or handed to the failure
+    /// handler): checkpoints may cover it.
     pub(crate) fn delivered(&mut self, seq: &SequenceNumber) {
-        self.last_delivered = Some(seq.clone());
+        self.last_done = Some(seq.clone());
+    }
+
+    /// `process` starts on a batch ending at `last`.
+    pub(crate) fn begin(&mut self, last: &SequenceNumber) {
+        self.in_flight = Some(last.clone());
+    }
+
+    /// The `process` call ended; every record up to `succeeded` is done (none when `None`).
+    /// A checkpoint asked for during the call is cut back to the last record done.
+    pub(crate) fn end(&mut self, succeeded: Option<&SequenceNumber>) {
+        self.in_flight = None;
+        if let Some(seq) = succeeded {
+            self.last_done = Some(seq.clone());
+        }
+        if self.pending.as_ref() > self.last_done.as_ref() {
+            self.pending = self.last_done.clone();
+        }
     }
 
     /// Writes the pending checkpoint if the interval since the last write has passed.
@@ -155,6 +188,7 @@ impl Checkpointer {
             .checkpoint(&self.key, &self.ownership, &checkpoint)
             .await?;
         CheckpointWritten {
+            stream_arn: &self.key.stream,
             shard_id: &self.key.shard_id,
             checkpoint: &checkpoint.encode(),
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::delivery::DeliveryConfig;
 use crate::poll_loop::PollConfig;
 
 /// Where a consumer starts on shards nobody has processed yet.
@@ -55,6 +56,8 @@ pub(crate) struct ConsumerConfig {
     /// The longest pause between deliveries of a failing batch, and how long a failed
     /// shard consumer waits before it restarts ([`crate::retry::processing`]).
     pub processing_backoff_max: Duration,
+    /// Batch shaping, timeouts and the failure policy.
+    pub delivery: DeliveryConfig,
 }
 
 impl Default for ConsumerConfig {
@@ -73,6 +76,7 @@ impl Default for ConsumerConfig {
             scan_interval: Duration::from_secs(2),
             shard_sync_interval: Duration::from_secs(60),
             processing_backoff_max: Duration::from_secs(30),
+            delivery: DeliveryConfig::default(),
         }
     }
 }

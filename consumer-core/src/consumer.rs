@@ -216,6 +216,77 @@ impl ConsumerBuilder {
         self.set(|c| c.processing_backoff_max = max)
     }
 
+    /// Failed deliveries of a record before it goes to the on-failure handler (with
+    /// reason `retries-exhausted`, `panicked` or `timed-out`, after its last failure).
+    /// Default: unlimited (retried until it succeeds). Without a handler the shard holds at
+    /// the record once they are used up.
+    pub fn with_max_retries(self, retries: u32) -> Self {
+        self.set(|c| c.delivery.max_retries = Some(retries))
+    }
+
+    /// Splits a failing batch in halves and retries each, so a poison record ends up alone
+    /// and only it goes to the on-failure handler. Default: off.
+    pub fn with_bisect_on_error(self, enabled: bool) -> Self {
+        self.set(|c| c.delivery.bisect_on_error = enabled)
+    }
+
+    /// Records older than `age` when fetched go to the on-failure handler (reason
+    /// `too-old`) instead of the processor. Needs [`with_on_failure`](Self::with_on_failure).
+    /// Default: none.
+    pub fn with_max_record_age(self, age: Duration) -> Self {
+        self.set(|c| c.delivery.max_record_age = Some(age))
+    }
+
+    /// A `process` call that runs longer is dropped and fails with a timeout, which goes
+    /// through the failure policy like an error. Default: none.
+    pub fn with_batch_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.delivery.batch_timeout = Some(timeout))
+    }
+
+    /// How long graceful shutdown (and a handoff) waits for a processor's callback before
+    /// dropping it, flushing what succeeded and releasing; also how long `lease_lost` may
+    /// take. Default: 30 s.
+    pub fn with_shutdown_timeout(self, timeout: Duration) -> Self {
+        self.set(|c| c.delivery.shutdown_timeout = timeout)
+    }
+
+    /// Delivers only the records for which `keep` is true, judged on the raw record
+    /// (event name, keys, images) before decoding; the others are counted
+    /// (`ddb_stream_records_filtered_total`) and checkpointed past. Default: every record.
+    pub fn with_filter(
+        self,
+        keep: impl Fn(&aws_sdk_dynamodbstreams::types::Record) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.set(|c| c.delivery.filter = Some(Arc::new(keep)))
+    }
+
+    /// The largest batch given to `process`, 1-10,000, gathered across GetRecords pages.
+    /// Default: the GetRecords limit (`with_batch_limit`, 1000).
+    pub fn with_max_batch_size(self, records: usize) -> Self {
+        self.set(|c| c.delivery.max_batch_size = Some(records))
+    }
+
+    /// How long to wait for more records to fill a batch up to the maximum batch size (at
+    /// most 5 minutes). Default: zero (deliver what has been fetched at once).
+    pub fn with_batching_window(self, window: Duration) -> Self {
+        self.set(|c| c.delivery.batching_window = window)
+    }
+
+    /// Where records go that the framework gives up on (see [`FailureReason`]); the
+    /// checkpoint moves past them only after `handler` returned `Ok`. Default: none (the
+    /// shard holds at such records).
+    ///
+    /// [`FailureReason`]: crate::FailureReason
+    pub fn with_on_failure(self, handler: impl crate::FailureHandler) -> Self {
+        self.set(|c| c.delivery.on_failure = Some(Arc::new(handler)))
+    }
+
+    /// Uses this streams API instead of the AWS SDK (the simulated stream in tests).
+    pub fn with_streams_api(mut self, api: Arc<dyn StreamsApi>) -> Self {
+        self.api = Some(api);
+        self
+    }
+
     /// Uses this streams API instead of the AWS SDK (the simulated stream in tests).
     pub fn with_streams_api(mut self, api: Arc<dyn StreamsApi>) -> Self {
         self.api = Some(api);
@@ -289,6 +360,21 @@ impl ConsumerBuilder {
         }
         if config.poll.idle_backoff_min > config.poll.idle_backoff_max {
             return problem("with_idle_backoff", "min must not exceed max");
+        }
+        if config.poll.idle_backoff_min.is_zero() {
+            return problem(
+                "with_idle_backoff",
+                "min must be above zero: an idle shard would be polled in a busy loop",
+            );
+        }
+        if config.processing_backoff_max.is_zero() {
+            return problem(
+                "with_retry_backoff_max",
+                "must be above zero: a failing batch would be retried in a busy loop",
+            );
+        }
+        if let Err((key, text)) = config.delivery.validate() {
+            return problem(key, &text);
         }
         if config.failover_time < Duration::from_secs(1) {
             return problem("with_failover_time", "must be at least 1 s");

@@ -196,3 +196,47 @@ impl Event for LeaseReleased<'_> {
         counter!("ddb_stream_leases_released_total").increment(1);
     }
 }
+
+/// Records the filter did not want: counted and checkpointed past, not delivered.
+pub(crate) struct RecordsFiltered<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    pub records: usize,
+}
+
+impl Event for RecordsFiltered<'_> {
+    fn emit(self) {
+        let records = self.records;
+        tracing::debug!(shard_id = self.shard_id, records, "records filtered out");
+        counter!("ddb_stream_records_filtered_total", "stream" => stream_label(self.stream_arn).to_owned())
+            .increment(records as u64);
+    }
+}
+
+/// Records left the normal path (retries exhausted, too old, undecodable, panicked, timed
+/// out) and go to the on-failure handler. Names shard and sequence numbers, never values.
+pub(crate) struct RecordsFailed<'a> {
+    pub failed: &'a crate::failure::FailedRecords,
+}
+
+impl Event for RecordsFailed<'_> {
+    fn emit(self) {
+        let failed = self.failed;
+        let mut seqs = failed.sequence_numbers();
+        let first = seqs.next();
+        let last = seqs.last().or(first);
+        let reason = failed.reason.as_str();
+        tracing::error!(
+            stream_arn = %failed.stream_arn,
+            shard_id = %failed.shard_id,
+            reason,
+            records = failed.records.len(),
+            first,
+            last,
+            error = %failed.error,
+            "records taken off the normal path; handing them to the on-failure handler"
+        );
+        counter!("ddb_stream_records_failed_total", "stream" => stream_label(&failed.stream_arn).to_owned(), "reason" => reason)
+            .increment(failed.records.len() as u64);
+    }
+}

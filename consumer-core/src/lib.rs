@@ -5,8 +5,11 @@ mod change;
 mod checkpointer;
 mod config;
 mod consumer;
+mod dead_letter;
+mod delivery;
 mod error;
 mod events;
+mod failure;
 mod lease_protocol;
 mod poll_loop;
 mod processor;
@@ -14,6 +17,7 @@ pub mod reader;
 mod retry;
 mod shard_consumer;
 mod shard_sync;
+pub mod signals;
 pub mod streams;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -23,6 +27,8 @@ pub use change::{Change, ChangeBatch, ChangeKind};
 pub use checkpointer::Checkpointer;
 pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
+pub use dead_letter::DeadLetterTable;
+pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
 pub use error::{BoxError, Error, Result};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,

@@ -66,8 +66,13 @@ pub trait RecordProcessor: Send + 'static {
         Ok(())
     }
 
-    /// Handles one batch. An error makes the framework deliver the same batch again after a
-    /// pause; it never skips it.
+    /// Handles one batch. An error makes the framework deliver the batch again after a pause,
+    /// as the failure policy says (`with_max_retries`, `with_bisect_on_error`, the
+    /// on-failure handler); without a handler it never skips it. Return a
+    /// [`BatchFailure`](crate::BatchFailure) to say that every record before one succeeded
+    /// (a partial batch response). The call may be dropped at an `.await` when the lease
+    /// is lost, the batch timeout or the shutdown timeout passes: keep side effects
+    /// idempotent, as with any at-least-once delivery.
     async fn process(
         &mut self,
         batch: ChangeBatch<Self::Item>,
@@ -100,6 +105,12 @@ pub trait RecordProcessor: Send + 'static {
     /// delivered; the shard is held at this record (never skipped) until a worker whose
     /// item type fits it takes over. Called again each time the framework retries.
     async fn decode_failed(&mut self, _error: &crate::Error) {}
+
+    /// Records of this shard leave the normal path (see
+    /// [`FailureReason`](crate::FailureReason)) and go to the on-failure handler; the
+    /// checkpoint moves past them once it accepted them. For the processor's own
+    /// bookkeeping: the framework already logged and counted them.
+    async fn records_failed(&mut self, _failed: &crate::FailedRecords) {}
 }
 
 /// Makes a processor for each shard this worker starts.

@@ -7,23 +7,30 @@
 //! handoff: checkpoints flushed, lease released), the lease was lost (no further writes), or
 //! an error it cannot get past.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
 use backon::BackoffBuilder;
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use futures::FutureExt;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::change::{ChangeBatch, decode_prefix};
+use crate::change::{Change, ChangeBatch, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::config::{ConsumerConfig, TrimmedDataPolicy};
-use crate::error::{Error, Result};
+use crate::delivery::{DeliveryConfig, Route};
+use crate::error::{BoxError, Error, Result};
 use crate::events::{
     BatchProcessed, DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed,
-    ShardEnded,
+    RecordsFailed, RecordsFiltered, ShardEnded,
 };
+use crate::failure::{BatchFailure, FailedRecords, FailureReason, sequence_text};
 use crate::poll_loop::{Page, ShardReader};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
 use crate::retry;
@@ -59,6 +66,8 @@ pub(crate) struct Shared<F> {
     pub factory: F,
     pub config: ConsumerConfig,
     pub worker_id: String,
+    /// Health and lag for operators (`observability`).
+    pub telemetry: Arc<crate::observability::Telemetry>,
 }
 
 /// Everything one shard consumer needs.
@@ -75,18 +84,29 @@ enum Fetched {
     Idle,
     ShardEnd,
     Trimmed(DataLoss),
+    /// The shard no longer exists (trimmed away entirely): its records are lost to us and
+    /// it is finished, so its children can run.
+    Vanished(DataLoss),
     Failed(Error),
 }
 
 /// Why delivery stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Interrupted {
+    /// Shutdown or handoff: finish, flush, release.
     Release,
+    /// The lease is gone (or the worker fenced): stop without writing.
     Lost,
+    /// Shutdown or handoff, and the shutdown timeout passed while a callback ran: the
+    /// callback was dropped; flush what succeeded and release.
+    ShutdownTimedOut,
 }
 
 impl<F: ProcessorFactory> ShardConsumer<F> {
     pub(crate) async fn run(self, signals: ShardSignals) -> ShardOutcome {
         let key = self.lease.key.clone();
+        let lag = &self.shared.telemetry.lag;
+        let _lag_tracked = lag.track(&key);
         let ctx = ShardContext {
             table: self.table.clone(),
             stream_arn: key.stream.clone(),
@@ -131,24 +151,46 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             processor: &mut processor,
             checkpointer: &mut checkpointer,
             signals: &signals,
+            shutdown: ShutdownClock::new(self.shared.config.delivery.shutdown_timeout),
         };
         if let Err(interrupted) = session.initialize(&ctx).await {
             return session.finish(interrupted).await;
         }
+        let max_batch = self
+            .shared
+            .config
+            .delivery
+            .max_batch_size
+            .unwrap_or(self.shared.config.poll.batch_limit as usize)
+            .max(1);
+        let mut carried: Option<Fetched> = None;
+        let mut batch: VecDeque<Arc<Record>> = VecDeque::new();
         let outcome = loop {
-            let next = tokio::select! {
-                biased;
-                _ = signals.lost.cancelled() => break session.finish(Interrupted::Lost).await,
-                _ = signals.release.cancelled() => break session.finish(Interrupted::Release).await,
-                next = rx.recv() => next,
+            let next = match carried.take() {
+                Some(next) => Some(next),
+                None => tokio::select! {
+                    biased;
+                    _ = signals.lost.cancelled() => break session.finish(Interrupted::Lost).await,
+                    _ = signals.release.cancelled() => break session.finish(Interrupted::Release).await,
+                    next = rx.recv() => next,
+                },
             };
             let step = match next {
-                Some(Fetched::Records(records)) => session.deliver(&records).await,
-                Some(Fetched::Idle) => session.flush_if_due().await,
-                Some(Fetched::Trimmed(loss)) => {
-                    session.processor.data_lost(&loss).await;
-                    Ok(())
+                Some(Fetched::Records(records)) => {
+                    lag.fetched(&key, &records);
+                    batch.extend(records);
+                    match session.gather(&mut rx, &mut batch, max_batch).await {
+                        Ok(next) => carried = next,
+                        Err(interrupted) => break session.finish(interrupted).await,
+                    }
+                    session.deliver_all(&mut batch, max_batch).await
                 }
+                Some(Fetched::Idle) => session.flush_if_due().await,
+                Some(Fetched::Trimmed(loss)) => session.data_lost(&loss).await,
+                Some(Fetched::Vanished(loss)) => match session.data_lost(&loss).await {
+                    Ok(()) => break session.end_shard().await,
+                    Err(interrupted) => Err(interrupted),
+                },
                 Some(Fetched::ShardEnd) => break session.end_shard().await,
                 Some(Fetched::Failed(error)) => break ShardOutcome::Failed(error),
                 None => {
@@ -205,6 +247,74 @@ struct Session<'a, F: ProcessorFactory> {
     processor: &'a mut F::Processor,
     checkpointer: &'a mut Checkpointer,
     signals: &'a ShardSignals,
+    shutdown: ShutdownClock,
+}
+
+/// How a user callback ended when nothing stopped it.
+enum Called<T> {
+    Returned(T),
+    Panicked,
+    TimedOut(Duration),
+}
+
+/// A failed `process` call.
+struct AttemptFailed {
+    /// What the records go to the handler as, if this was their last attempt.
+    reason: FailureReason,
+    error: Error,
+    /// A partial batch response: the first record that did not succeed.
+    at: Option<SequenceNumber>,
+}
+
+/// The shutdown timeout, counted from the moment shutdown (or a handoff) was asked for.
+struct ShutdownClock {
+    timeout: Duration,
+    deadline: OnceLock<Instant>,
+}
+
+impl ShutdownClock {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            deadline: OnceLock::new(),
+        }
+    }
+
+    /// Completes once a release was asked for and the shutdown timeout passed since.
+    async fn expired(&self, signals: &ShardSignals) {
+        signals.release.cancelled().await;
+        let deadline = *self.deadline.get_or_init(|| Instant::now() + self.timeout);
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// Runs a user callback raced against lease loss (and fencing), the shutdown timeout and
+/// `timeout`: whichever comes first drops the callback's future. A panic is caught.
+async fn guarded<T>(
+    signals: &ShardSignals,
+    shutdown: &ShutdownClock,
+    timeout: Option<Duration>,
+    call: impl Future<Output = T>,
+) -> Result<Called<T>, Interrupted> {
+    let timed_out = async {
+        match timeout {
+            Some(limit) => {
+                tokio::time::sleep(limit).await;
+                limit
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = signals.lost.cancelled() => Err(Interrupted::Lost),
+        _ = shutdown.expired(signals) => Err(Interrupted::ShutdownTimedOut),
+        returned = AssertUnwindSafe(call).catch_unwind() => Ok(match returned {
+            Ok(value) => Called::Returned(value),
+            Err(_) => Called::Panicked,
+        }),
+        limit = timed_out => Ok(Called::TimedOut(limit)),
+    }
 }
 
 impl<F: ProcessorFactory> Session<'_, F> {
@@ -212,86 +322,416 @@ impl<F: ProcessorFactory> Session<'_, F> {
         &self.consumer.lease.key
     }
 
+    fn delivery(&self) -> &DeliveryConfig {
+        &self.consumer.shared.config.delivery
+    }
+
+    /// `initialize`, retried (with the processing backoff) until it returns `Ok`.
     async fn initialize(&mut self, ctx: &ShardContext) -> Result<(), Interrupted> {
         let mut backoff = self.processing_backoff();
         loop {
-            match self.processor.initialize(ctx).await {
+            let called = guarded(
+                self.signals,
+                &self.shutdown,
+                None,
+                self.processor.initialize(ctx),
+            )
+            .await?;
+            match hook_result(&ctx.shard_id, "initialize", called) {
                 Ok(()) => return Ok(()),
-                Err(source) => {
-                    let error = Error::Processor {
-                        shard_id: ctx.shard_id.clone(),
-                        source,
-                    };
-                    self.pause_after_failure(&error, 0, &mut backoff).await?;
-                }
+                Err(error) => self.pause_after_failure(&error, 0, &mut backoff).await?,
             }
         }
     }
 
-    /// Delivers the records in order: the decodable prefix as one batch (retried until
-    /// the processor accepts it), then holds at an undecodable record.
+    /// Tells the processor about lost data (trimmed records, a vanished shard).
+    async fn data_lost(&mut self, loss: &DataLoss) -> Result<(), Interrupted> {
+        guarded(
+            self.signals,
+            &self.shutdown,
+            None,
+            self.processor.data_lost(loss),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Waits for more pages until `batch` holds `max` records: only pages already fetched
+    /// without a batching window, else up to the window. Anything that is not records
+    /// ends the wait and is returned, to be handled after the batch.
+    async fn gather(
+        &mut self,
+        rx: &mut mpsc::Receiver<Fetched>,
+        batch: &mut VecDeque<Arc<Record>>,
+        max: usize,
+    ) -> Result<Option<Fetched>, Interrupted> {
+        let window = self.delivery().batching_window;
+        let signals = self.signals;
+        let deadline = Instant::now() + window;
+        while batch.len() < max {
+            let next = if window.is_zero() {
+                match rx.try_recv() {
+                    Ok(next) => next,
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = signals.lost.cancelled() => return Err(Interrupted::Lost),
+                    _ = signals.release.cancelled() => return Err(Interrupted::Release),
+                    _ = tokio::time::sleep_until(deadline) => return Ok(None),
+                    next = rx.recv() => match next {
+                        Some(next) => next,
+                        None => return Ok(None),
+                    },
+                }
+            };
+            match next {
+                Fetched::Records(records) => {
+                    self.consumer.shared.telemetry.lag.fetched(self.key(), &records);
+                    batch.extend(records);
+                }
+                // Only a hint to flush; the batch will checkpoint anyway.
+                Fetched::Idle => {}
+                other => return Ok(Some(other)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Delivers what was gathered, `max` records at a time.
+    async fn deliver_all(
+        &mut self,
+        batch: &mut VecDeque<Arc<Record>>,
+        max: usize,
+    ) -> Result<(), Interrupted> {
+        while !batch.is_empty() {
+            let take = batch.len().min(max);
+            let records: Vec<Arc<Record>> = batch.drain(..take).collect();
+            self.deliver(&records).await?;
+        }
+        Ok(())
+    }
+
+    /// Delivers consecutive records in order: runs too old for the maximum record age go to
+    /// the failure handler; of the others, those the filter keeps go to the processor under
+    /// the failure policy (as one batch: filtered records in between do not split it) and
+    /// those it drops are counted and checkpointed past.
     async fn deliver(&mut self, records: &[Arc<Record>]) -> Result<(), Interrupted> {
-        let shard_id = self.key().shard_id.clone();
-        let mut attempt: u32 = 0;
-        let mut backoff = self.processing_backoff();
-        loop {
-            let (changes, undecodable) =
-                decode_prefix::<<F::Processor as RecordProcessor>::Item>(&shard_id, records);
-            if let Some(last) = changes.last() {
-                let last_seq = last.sequence_number.clone();
-                let behind_latest = last
-                    .approximate_creation_time
-                    .and_then(|t| SystemTime::now().duration_since(t).ok());
-                let count = changes.len();
-                let batch = ChangeBatch {
-                    stream_arn: self.key().stream.clone(),
-                    shard_id: shard_id.clone(),
-                    changes,
-                    behind_latest,
-                };
-                self.checkpointer.delivered(&last_seq);
-                match self.processor.process(batch, self.checkpointer).await {
-                    Ok(()) => {
-                        BatchProcessed {
-                            stream_arn: &self.key().stream,
-                            shard_id: &shard_id,
-                            records: count,
-                            behind_latest,
-                        }
-                        .emit();
-                        if self.consumer.shared.config.auto_checkpoint {
-                            self.checkpoint_delivered().await?;
-                        }
+        let now = SystemTime::now();
+        let routes: Vec<Route> = records
+            .iter()
+            .map(|record| self.delivery().route(record, now))
+            .collect();
+        let mut start = 0;
+        while start < records.len() {
+            let too_old = routes[start] == Route::TooOld;
+            let end = (start..records.len())
+                .find(|&i| (routes[i] == Route::TooOld) != too_old)
+                .unwrap_or(records.len());
+            let run = &records[start..end];
+            if too_old {
+                let max_age = self.delivery().max_record_age.unwrap_or_default();
+                let error = format!(
+                    "older than the maximum record age ({}) when fetched",
+                    humanize(max_age)
+                );
+                self.give_up(run, FailureReason::TooOld, error).await?;
+            } else {
+                let kept: Vec<Arc<Record>> = run
+                    .iter()
+                    .zip(&routes[start..end])
+                    .filter(|(_, route)| **route == Route::Deliver)
+                    .map(|(record, _)| record.clone())
+                    .collect();
+                if kept.len() < run.len() {
+                    RecordsFiltered {
+                        stream_arn: &self.key().stream,
+                        shard_id: &self.key().shard_id,
+                        records: run.len() - kept.len(),
                     }
-                    Err(source) => {
-                        attempt += 1;
-                        let error = Error::Processor {
-                            shard_id: shard_id.clone(),
-                            source,
-                        };
-                        self.pause_after_failure(&error, attempt, &mut backoff)
-                            .await?;
-                        continue;
-                    }
+                    .emit();
+                }
+                self.deliver_run(&kept).await?;
+                if kept.last().map(|r| record_seq(r)) != run.last().map(|r| record_seq(r)) {
+                    // Filtered records after the last delivered one.
+                    self.done(run).await?;
                 }
             }
-            let Some((error, index)) = undecodable else {
-                return Ok(());
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Delivers records that pass the filter, under the failure policy: retries with
+    /// backoff up to `max_retries`, bisection of failing batches, partial batch
+    /// responses, and the failure handler for what is given up. An undecodable record
+    /// ends the batch before it and is a failure of its own. Held records are retried in
+    /// this loop, never by recursion.
+    async fn deliver_run(&mut self, run: &[Arc<Record>]) -> Result<(), Interrupted> {
+        type Item<F> = <<F as ProcessorFactory>::Processor as RecordProcessor>::Item;
+        let shard_id = self.key().shard_id.clone();
+        let (max_retries, bisect) = (self.delivery().max_retries, self.delivery().bisect_on_error);
+        let mut todo: VecDeque<Range<usize>> = VecDeque::new();
+        todo.push_back(0..run.len());
+        let mut attempts: u32 = 0;
+        let mut backoff = self.processing_backoff();
+        while let Some(range) = todo.pop_front() {
+            if range.is_empty() {
+                continue;
+            }
+            let (changes, undecodable) = decode_prefix::<Item<F>>(&shard_id, &run[range.clone()]);
+            let decoded_end = range.start + changes.len();
+            if changes.is_empty() {
+                if let Some((error, _)) = undecodable {
+                    self.undecodable(&run[range.start], error).await?;
+                }
+                todo.push_front(range.start + 1..range.end);
+                attempts = 0;
+                continue;
+            }
+            todo.push_front(decoded_end..range.end);
+            let tried = range.start..decoded_end;
+            let failed = match self.attempt(changes).await? {
+                Ok(()) => {
+                    self.done(&run[tried]).await?;
+                    attempts = 0;
+                    backoff = self.processing_backoff();
+                    continue;
+                }
+                Err(failed) => failed,
             };
-            // The prefix is done; hold at the record that does not decode. Nothing after
-            // it is delivered, nothing is skipped.
-            let rest = &records[index..];
-            let pause = self.consumer.shared.config.processing_backoff_max;
+            // Where the failure starts: a partial batch response names the record.
+            let partial_at = failed.at.as_ref().and_then(|seq| {
+                (tried.clone()).find(|&i| record_seq(&run[i]).as_ref() == Some(seq))
+            });
+            let from = partial_at.unwrap_or(tried.start);
+            if from > tried.start {
+                self.done(&run[tried.start..from]).await?;
+                attempts = 0;
+            }
+            attempts += 1;
+            let rest = from..tried.end;
+            let exhausted = max_retries.is_some_and(|max| attempts > max);
+            if bisect && partial_at.is_none() && rest.len() > 1 {
+                let mid = rest.start + rest.len() / 2;
+                todo.push_front(mid..rest.end);
+                todo.push_front(rest.start..mid);
+                tracing::warn!(%shard_id, records = rest.len(), error = %failed.error, "batch failed; bisecting it");
+                attempts = 0;
+                continue;
+            }
+            if exhausted && self.delivery().on_failure.is_some() {
+                let gone = if partial_at.is_some() {
+                    from..from + 1
+                } else {
+                    rest.clone()
+                };
+                todo.push_front(gone.end..rest.end);
+                self.give_up(&run[gone], failed.reason, failed.error.to_string())
+                    .await?;
+                attempts = 0;
+                backoff = self.processing_backoff();
+                continue;
+            }
+            todo.push_front(rest);
+            if exhausted {
+                // No handler to take them: the shard holds here, retried at the longest pause.
+                let mut held =
+                    std::iter::repeat(self.consumer.shared.config.processing_backoff_max);
+                self.pause_after_failure(&failed.error, attempts, &mut held)
+                    .await?;
+            } else {
+                self.pause_after_failure(&failed.error, attempts, &mut backoff)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One `process` call with `changes`, raced against lease loss, the batch timeout and
+    /// the shutdown timeout; a panic or a timeout is a failure like an error.
+    async fn attempt(
+        &mut self,
+        changes: Vec<Change<<F::Processor as RecordProcessor>::Item>>,
+    ) -> Result<Result<(), AttemptFailed>, Interrupted> {
+        let shard_id = self.key().shard_id.clone();
+        let Some(last_seq) = changes.last().map(|c| c.sequence_number.clone()) else {
+            return Ok(Ok(()));
+        };
+        let behind_latest = changes
+            .last()
+            .and_then(|c| c.approximate_creation_time)
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let count = changes.len();
+        let batch = ChangeBatch {
+            stream_arn: self.key().stream.clone(),
+            shard_id: shard_id.clone(),
+            changes,
+            behind_latest,
+        };
+        let timeout = self.delivery().batch_timeout;
+        self.checkpointer.begin(&last_seq);
+        let started = Instant::now();
+        let called = guarded(
+            self.signals,
+            &self.shutdown,
+            timeout,
+            self.processor.process(batch, self.checkpointer),
+        )
+        .await;
+        let failed = |reason, error: String, at| AttemptFailed {
+            reason,
+            error: Error::Processor {
+                shard_id: shard_id.clone(),
+                source: error.into(),
+            },
+            at,
+        };
+        let result = match called {
+            Err(interrupted) => {
+                self.checkpointer.end(None);
+                return Err(interrupted);
+            }
+            Ok(Called::Returned(Ok(()))) => {
+                BatchProcessed {
+                    stream_arn: &self.key().stream,
+                    shard_id: &shard_id,
+                    records: count,
+                    behind_latest,
+                    duration: started.elapsed(),
+                }
+                .emit();
+                Ok(())
+            }
+            Ok(Called::Returned(Err(source))) => Err(match source.downcast::<BatchFailure>() {
+                Ok(partial) => AttemptFailed {
+                    reason: FailureReason::RetriesExhausted,
+                    error: Error::Processor {
+                        shard_id: shard_id.clone(),
+                        source: partial.source,
+                    },
+                    at: Some(partial.sequence_number),
+                },
+                Err(source) => AttemptFailed {
+                    reason: FailureReason::RetriesExhausted,
+                    error: Error::Processor {
+                        shard_id: shard_id.clone(),
+                        source,
+                    },
+                    at: None,
+                },
+            }),
+            Ok(Called::Panicked) => Err(failed(
+                FailureReason::Panicked,
+                "`process` panicked".to_owned(),
+                None,
+            )),
+            Ok(Called::TimedOut(limit)) => Err(failed(
+                FailureReason::TimedOut,
+                format!(
+                    "`process` ran longer than the batch timeout ({})",
+                    humanize(limit)
+                ),
+                None,
+            )),
+        };
+        // Done records are marked by the caller; a failed call leaves nothing covered.
+        self.checkpointer.end(None);
+        Ok(result)
+    }
+
+    /// Every record of `records` (and before) is done: checkpoint past them.
+    async fn done(&mut self, records: &[Arc<Record>]) -> Result<(), Interrupted> {
+        let Some(last) = records.last().and_then(|r| record_seq(r)) else {
+            return Ok(());
+        };
+        self.checkpointer.delivered(&last);
+        self.consumer.shared.telemetry.lag.processed(self.key(), &last);
+        if self.consumer.shared.config.auto_checkpoint {
+            self.checkpoint_delivered().await?;
+        }
+        Ok(())
+    }
+
+    /// A record whose image does not decode: to the failure handler if there is one (the
+    /// shard moves on once it accepted it); else the shard holds here, reporting it on each
+    /// retry, until the lease moves to a worker whose item type fits.
+    async fn undecodable(&mut self, record: &Arc<Record>, error: Error) -> Result<(), Interrupted> {
+        let shard_id = self.key().shard_id.clone();
+        let has_handler = self.delivery().on_failure.is_some();
+        let pause = if has_handler {
+            Duration::ZERO
+        } else {
+            self.consumer.shared.config.processing_backoff_max
+        };
+        loop {
             DecodeFailed {
                 shard_id: &shard_id,
                 error: &error,
                 pause,
             }
             .emit();
-            self.processor.decode_failed(&error).await;
+            guarded(
+                self.signals,
+                &self.shutdown,
+                None,
+                self.processor.decode_failed(&error),
+            )
+            .await?;
+            if has_handler {
+                let records = std::slice::from_ref(record);
+                return self
+                    .give_up(records, FailureReason::Undecodable, error.to_string())
+                    .await;
+            }
             sleep_unless_stopped(self.signals, pause).await?;
-            return Box::pin(self.deliver(rest)).await;
         }
+    }
+
+    /// Hands `records` to the failure handler, retrying it (with the processing backoff)
+    /// until it accepts them, then checkpoints past them. Reported first: error log,
+    /// metric, `RecordProcessor::records_failed`.
+    async fn give_up(
+        &mut self,
+        records: &[Arc<Record>],
+        reason: FailureReason,
+        error: String,
+    ) -> Result<(), Interrupted> {
+        let Some(handler) = self.delivery().on_failure.clone() else {
+            // `build` refuses settings that lead here without a handler; hold if it happens.
+            let pause = self.consumer.shared.config.processing_backoff_max;
+            tracing::error!(shard_id = %self.key().shard_id, %reason, "no on-failure handler: the shard holds at these records");
+            loop {
+                sleep_unless_stopped(self.signals, pause).await?;
+            }
+        };
+        let failed = FailedRecords {
+            table: self.consumer.table.clone(),
+            stream_arn: self.key().stream.clone(),
+            shard_id: self.key().shard_id.clone(),
+            reason,
+            error,
+            records: records.to_vec(),
+        };
+        RecordsFailed { failed: &failed }.emit();
+        guarded(
+            self.signals,
+            &self.shutdown,
+            None,
+            self.processor.records_failed(&failed),
+        )
+        .await?;
+        let mut backoff = self.processing_backoff();
+        loop {
+            let called =
+                guarded(self.signals, &self.shutdown, None, handler.handle(&failed)).await?;
+            match hook_result(&failed.shard_id, "the on-failure handler", called) {
+                Ok(()) => break,
+                Err(error) => self.pause_after_failure(&error, 0, &mut backoff).await?,
+            }
+        }
+        self.done(records).await
     }
 
     async fn checkpoint_delivered(&mut self) -> Result<(), Interrupted> {
@@ -323,19 +763,22 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let shard_id = self.key().shard_id.clone();
         let mut backoff = self.processing_backoff();
         loop {
-            match self.processor.shard_ended(self.checkpointer).await {
-                Ok(()) => break,
-                Err(source) => {
-                    let error = Error::Processor {
-                        shard_id: shard_id.clone(),
-                        source,
-                    };
-                    if let Err(interrupted) =
-                        self.pause_after_failure(&error, 0, &mut backoff).await
-                    {
-                        return self.finish(interrupted).await;
-                    }
-                }
+            let called = guarded(
+                self.signals,
+                &self.shutdown,
+                None,
+                self.processor.shard_ended(self.checkpointer),
+            )
+            .await;
+            let error = match called {
+                Err(interrupted) => return self.finish(interrupted).await,
+                Ok(called) => match hook_result(&shard_id, "shard_ended", called) {
+                    Ok(()) => break,
+                    Err(error) => error,
+                },
+            };
+            if let Err(interrupted) = self.pause_after_failure(&error, 0, &mut backoff).await {
+                return self.finish(interrupted).await;
             }
         }
         let (consumer, lost) = (self.consumer, self.signals.lost.clone());
@@ -372,36 +815,73 @@ impl<F: ProcessorFactory> Session<'_, F> {
     /// lease is released; on loss (also while releasing), the processor is told and nothing
     /// more is written.
     async fn finish(&mut self, interrupted: Interrupted) -> ShardOutcome {
-        if let Interrupted::Release = interrupted {
+        if interrupted != Interrupted::Lost {
             let lost = self.signals.lost.clone();
+            let timed_out = interrupted == Interrupted::ShutdownTimedOut;
             tokio::select! {
                 biased;
                 _ = lost.cancelled() => {}
-                outcome = self.release() => return outcome,
+                outcome = self.release(timed_out) => return outcome,
             }
         }
+        self.report_lost().await;
+        ShardOutcome::LeaseLost
+    }
+
+    /// `lease_lost`, given at most the shutdown timeout.
+    async fn report_lost(&mut self) {
         LeaseLost {
             lease: self.key(),
             reason: "another worker owns it, or this worker was fenced",
         }
         .emit();
-        self.processor.lease_lost().await;
-        ShardOutcome::LeaseLost
+        let limit = self.delivery().shutdown_timeout;
+        let told = AssertUnwindSafe(self.processor.lease_lost()).catch_unwind();
+        if tokio::time::timeout(limit, told).await.is_err() {
+            tracing::error!(lease = %self.key(), ?limit, "`lease_lost` did not return within the shutdown timeout; dropped");
+        }
     }
 
-    /// `shutdown_requested`, the final checkpoint, the release: each lease-table write
-    /// retried as the [`retry::lease_store`] policy says.
-    async fn release(&mut self) -> ShardOutcome {
+    /// `shutdown_requested` (unless the shutdown timeout already passed), the final
+    /// checkpoint, the release: each lease-table write retried as the
+    /// [`retry::lease_store`] policy says. A final checkpoint that cannot be written keeps
+    /// the lease: releasing it would let another worker start from an older checkpoint
+    /// while this one believes it finished.
+    async fn release(&mut self, timed_out: bool) -> ShardOutcome {
         let key = self.key().clone();
-        if let Err(source) = self.processor.shutdown_requested(self.checkpointer).await {
-            tracing::error!(lease = %key, error = %source, "shutdown_requested failed; releasing anyway");
+        if !timed_out {
+            let called = guarded(
+                self.signals,
+                &self.shutdown,
+                None,
+                self.processor.shutdown_requested(self.checkpointer),
+            )
+            .await;
+            match called {
+                Err(Interrupted::Lost) => {
+                    self.report_lost().await;
+                    return ShardOutcome::LeaseLost;
+                }
+                Err(_) => {
+                    tracing::error!(lease = %key, "`shutdown_requested` did not return within the shutdown timeout; dropped");
+                }
+                Ok(called) => {
+                    if let Err(error) = hook_result(&key.shard_id, "shutdown_requested", called) {
+                        tracing::error!(lease = %key, %error, "shutdown_requested failed; releasing anyway");
+                    }
+                }
+            }
+        } else {
+            tracing::error!(lease = %key, "the processor did not finish within the shutdown timeout; dropped it");
         }
+        self.checkpointer.end(None);
         if let Err(error) = self.checkpointer.flush_retrying().await {
             if is_lease_lost(&error) {
-                self.processor.lease_lost().await;
+                self.report_lost().await;
                 return ShardOutcome::LeaseLost;
             }
-            tracing::error!(lease = %key, %error, "final checkpoint not written");
+            tracing::error!(lease = %key, %error, "final checkpoint not written; keeping the lease (others take it after failover)");
+            return ShardOutcome::Failed(error);
         }
         let ownership = self.checkpointer.ownership().clone();
         let store = &self.consumer.shared.store;
@@ -452,6 +932,30 @@ impl<F: ProcessorFactory> Session<'_, F> {
     }
 }
 
+/// What a hook's call came to: `Ok`, or the error (a panic or a timeout as text).
+fn hook_result(shard_id: &str, hook: &str, called: Called<Result<(), BoxError>>) -> Result<()> {
+    let source: BoxError = match called {
+        Called::Returned(Ok(())) => return Ok(()),
+        Called::Returned(Err(source)) => source,
+        Called::Panicked => format!("{hook} panicked").into(),
+        Called::TimedOut(limit) => format!("{hook} ran longer than {}", humanize(limit)).into(),
+    };
+    Err(Error::Processor {
+        shard_id: shard_id.to_owned(),
+        source,
+    })
+}
+
+/// A record's sequence number, parsed.
+fn record_seq(record: &Record) -> Option<SequenceNumber> {
+    sequence_text(record).and_then(|text| SequenceNumber::parse(text).ok())
+}
+
+/// `d` as people write it (`1m 30s`).
+fn humanize(d: Duration) -> String {
+    format!("{d:?}")
+}
+
 async fn sleep_unless_stopped(signals: &ShardSignals, pause: Duration) -> Result<(), Interrupted> {
     tokio::select! {
         biased;
@@ -499,6 +1003,27 @@ async fn fetch(
                 continue;
             }
             Ok(Page::ShardEnd) => Fetched::ShardEnd,
+            Err(Error::Api(e))
+                if e.kind == ApiErrorKind::ResourceNotFound
+                    && e.operation == "GetShardIterator" =>
+            {
+                let loss = DataLoss {
+                    stream_arn: reader.stream_arn().to_owned(),
+                    shard_id: reader.shard_id().to_owned(),
+                    wanted: reader.resume_position().to_string(),
+                    resumed_at:
+                        "nowhere: the shard no longer exists; it is finished so its children run"
+                            .to_owned(),
+                };
+                DataTrimmed {
+                    stream_arn: &loss.stream_arn,
+                    shard_id: &loss.shard_id,
+                    wanted: &loss.wanted,
+                    resumed_at: &loss.resumed_at,
+                }
+                .emit();
+                Fetched::Vanished(loss)
+            }
             Err(Error::Api(e)) if e.kind == ApiErrorKind::TrimmedDataAccess => {
                 let loss = DataLoss {
                     stream_arn: reader.stream_arn().to_owned(),
@@ -530,7 +1055,10 @@ async fn fetch(
             }
             Err(error) => Fetched::Failed(error),
         };
-        let last = matches!(fetched, Fetched::ShardEnd | Fetched::Failed(_));
+        let last = matches!(
+            fetched,
+            Fetched::ShardEnd | Fetched::Vanished(_) | Fetched::Failed(_)
+        );
         if tx.send(fetched).await.is_err() || last {
             return;
         }

@@ -1,0 +1,148 @@
+//! The built-in on-failure handler: a DynamoDB table of dead letters, one item per record.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::ProvideErrorMetadata;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use checkpoint_store::aws::{AwsClients, wait_until_table_active};
+use tokio::sync::OnceCell;
+
+use crate::error::BoxError;
+use crate::failure::{FailedRecords, FailureHandler, sequence_text};
+
+/// How long a new dead-letter table may take to become ACTIVE.
+const TABLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// A DynamoDB table that keeps the records the framework gave up on.
+///
+/// Created (on-demand billing, string key `pk`) on first use if absent. One item per
+/// record, key `{stream}|{shard}|{sequence number}` (so a record handed over twice is
+/// one item): `reason`, `stream`, `shard`, `sequence_number`, `table`, `event`, `keys`
+/// (the item's key attributes, to find it again), `error` (no item values) and
+/// `failed_at` (Unix seconds). Images are not copied: they may hold personal data.
+#[derive(Debug)]
+pub struct DeadLetterTable {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    ready: OnceCell<()>,
+}
+
+impl DeadLetterTable {
+    /// A dead-letter table named `table`, reached with `sdk_config`.
+    pub fn new(sdk_config: &aws_types::SdkConfig, table: impl Into<String>) -> Self {
+        Self {
+            client: AwsClients::from_sdk_config(sdk_config).dynamodb().clone(),
+            table: table.into(),
+            ready: OnceCell::new(),
+        }
+    }
+
+    /// The table's name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table if it does not exist and waits until it is ACTIVE.
+    pub async fn ensure_table(&self) -> Result<(), BoxError> {
+        self.ready
+            .get_or_try_init(|| async {
+                let created = self
+                    .client
+                    .create_table()
+                    .table_name(&self.table)
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name("pk")
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()?,
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name("pk")
+                            .key_type(KeyType::Hash)
+                            .build()?,
+                    )
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if e.code() == Some("ResourceInUseException") => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot create dead-letter table {:?}: {}",
+                            self.table,
+                            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                        )
+                        .into());
+                    }
+                }
+                wait_until_table_active(&self.client, &self.table, TABLE_DEADLINE).await?;
+                Ok::<(), BoxError>(())
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl FailureHandler for DeadLetterTable {
+    async fn handle(&self, failed: &FailedRecords) -> Result<(), BoxError> {
+        self.ensure_table().await?;
+        let failed_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        for record in &failed.records {
+            let seq = sequence_text(record).unwrap_or("unknown");
+            let keys: HashMap<String, AttributeValue> = record
+                .dynamodb()
+                .and_then(|d| d.keys.clone())
+                .map(|keys| serde_dynamo::Item::from(keys).into())
+                .unwrap_or_default();
+            let s = |v: &str| AttributeValue::S(v.to_owned());
+            let mut item = HashMap::from([
+                (
+                    "pk".to_owned(),
+                    s(&format!("{}|{}|{seq}", failed.stream_arn, failed.shard_id)),
+                ),
+                ("reason".to_owned(), s(failed.reason.as_str())),
+                ("stream".to_owned(), s(&failed.stream_arn)),
+                ("shard".to_owned(), s(&failed.shard_id)),
+                ("sequence_number".to_owned(), s(seq)),
+                ("error".to_owned(), s(&failed.error)),
+                ("keys".to_owned(), AttributeValue::M(keys)),
+                (
+                    "failed_at".to_owned(),
+                    AttributeValue::N(failed_at.to_string()),
+                ),
+            ]);
+            if let Some(table) = &failed.table {
+                item.insert("table".to_owned(), s(table));
+            }
+            if let Some(event) = record.event_name() {
+                item.insert("event".to_owned(), s(event.as_str()));
+            }
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .send()
+                .await
+                .map_err(|e| {
+                    format!(
+                        "cannot write record {seq} of shard {} to dead-letter table {:?}: {}",
+                        failed.shard_id,
+                        self.table,
+                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                    )
+                })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,60 @@
+//! Shutdown on SIGINT / SIGTERM for programs: the first signal asks for a graceful
+//! shutdown, a second one ends the process at once.
+//!
+//! ```no_run
+//! # async fn run(consumer: consumer_core::Consumer<impl consumer_core::ProcessorFactory>) -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = consumer_core::signals::graceful_then_immediate()?;
+//! consumer.run_until(shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::future::Future;
+
+/// The exit status after a second signal (128 + SIGINT, as shells report an interrupt).
+pub const FORCED_EXIT_STATUS: i32 = 130;
+
+/// Starts listening for SIGINT and SIGTERM now (so a signal during start-up is not lost)
+/// and returns a future that completes on the first one: pass it to
+/// [`Consumer::run_until`](crate::Consumer::run_until). After that, a second signal exits
+/// the process at once with status [`FORCED_EXIT_STATUS`], for when a graceful shutdown
+/// (bounded by `with_shutdown_timeout`) takes too long for the operator.
+pub fn graceful_then_immediate() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            let first = tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            tracing::info!(
+                signal = first,
+                "shutting down gracefully (signal again to quit at once)"
+            );
+            tokio::spawn(async move {
+                let second = tokio::select! {
+                    _ = interrupt.recv() => "SIGINT",
+                    _ = terminate.recv() => "SIGTERM",
+                };
+                tracing::error!(
+                    signal = second,
+                    "second signal: quitting without finishing the graceful shutdown"
+                );
+                std::process::exit(FORCED_EXIT_STATUS);
+            });
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tokio::spawn(async move {
+                let _ = tokio::signal::ctrl_c().await;
+                std::process::exit(FORCED_EXIT_STATUS);
+            });
+        })
+    }
+}

@@ -1,0 +1,539 @@
+//! The delivery controls in simulation and paused time: callbacks that can always be
+//! stopped (lease loss, shutdown timeout, batch timeout), the failure policy (max retries,
+//! bisect, partial batch response, the on-failure handler for poison, undecodable and
+//! panicking records), the filter and batches gathered across pages.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
+use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
+use consumer_core::testkit::SimulatedStream;
+use consumer_core::{
+    BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
+    FailureHandler, RecordProcessor, ShardContext,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    pk: String,
+    n: u64,
+}
+
+/// What a test processor does with the batch that holds the poison record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Poison {
+    /// Fails the whole batch (nothing of it is recorded).
+    WholeBatch,
+    /// Records the changes before the poison and reports a partial batch failure there.
+    Partial,
+    /// Panics.
+    Panics,
+    /// Never returns.
+    SleepsForever,
+}
+
+/// Records the failure handler took: the reason and the `n` of each record.
+type Failures = Vec<(String, Vec<u64>)>;
+
+/// What every processor and the failure handler saw.
+#[derive(Clone, Default)]
+struct Log {
+    delivered: Arc<Mutex<Vec<Row>>>,
+    batch_sizes: Arc<Mutex<Vec<usize>>>,
+    failed: Arc<Mutex<Failures>>,
+    lease_lost: Arc<AtomicUsize>,
+    /// `process` futures dropped before they finished.
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Log {
+    fn values(&self) -> Vec<u64> {
+        self.delivered.lock().unwrap().iter().map(|r| r.n).collect()
+    }
+    fn failed(&self) -> Failures {
+        self.failed.lock().unwrap().clone()
+    }
+}
+
+struct Tester {
+    log: Log,
+    poison: Option<u64>,
+    mode: Poison,
+}
+
+/// Counts a `process` future dropped before it returned.
+struct DropWatch(Option<Arc<AtomicUsize>>);
+
+impl Drop for DropWatch {
+    fn drop(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for Tester {
+    type Item = Row;
+
+    async fn process(
+        &mut self,
+        batch: ChangeBatch<Row>,
+        _: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        let mut watch = DropWatch(Some(self.log.dropped.clone()));
+        self.log.batch_sizes.lock().unwrap().push(batch.len());
+        let poison_at = batch
+            .iter()
+            .position(|c| Some(c.new.as_ref().map_or(u64::MAX, |r| r.n)) == self.poison);
+        let result = match poison_at {
+            None => {
+                let rows = batch.changes.into_iter().filter_map(|c| c.new);
+                self.log.delivered.lock().unwrap().extend(rows);
+                Ok(())
+            }
+            Some(at) => match self.mode {
+                Poison::WholeBatch => Err("poison in the batch".into()),
+                Poison::Partial => {
+                    let seq = batch.changes[at].sequence_number.clone();
+                    let rows = batch.changes.into_iter().take(at).filter_map(|c| c.new);
+                    self.log.delivered.lock().unwrap().extend(rows);
+                    Err(BatchFailure::at(seq, "poison").into())
+                }
+                Poison::Panics => panic!("poison"),
+                Poison::SleepsForever => std::future::pending().await,
+            },
+        };
+        watch.0 = None;
+        result
+    }
+
+    async fn lease_lost(&mut self) {
+        self.log.lease_lost.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// An on-failure handler that keeps the reason and the `n` of each record (`u64::MAX`
+/// when `n` is not a number).
+struct Collect(Log);
+
+fn n_of(record: &Record) -> u64 {
+    let image = record.dynamodb().and_then(|d| d.new_image.as_ref());
+    match image.and_then(|i| i.get("n")) {
+        Some(AttributeValue::N(n)) => n.parse().unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    }
+}
+
+#[async_trait]
+impl FailureHandler for Collect {
+    async fn handle(&self, failed: &FailedRecords) -> Result<(), BoxError> {
+        let ns = failed.records.iter().map(|r| n_of(r)).collect();
+        self.0
+            .failed
+            .lock()
+            .unwrap()
+            .push((failed.reason.as_str().to_owned(), ns));
+        assert!(
+            !failed.error.contains("secret"),
+            "no item values in errors: {}",
+            failed.error
+        );
+        Ok(())
+    }
+}
+
+fn stream_with(rows: u64) -> SimulatedStream {
+    let sim = SimulatedStream::with_seed(3);
+    sim.add_table("t");
+    for n in 0..rows {
+        sim.put_value(
+            "t",
+            &Row {
+                pk: format!("k{}", n % 10),
+                n,
+            },
+        )
+        .unwrap();
+    }
+    sim
+}
+
+fn builder(sim: &SimulatedStream, store: &Arc<InMemoryLeaseStore>) -> ConsumerBuilder {
+    Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_checkpoint_interval(Duration::ZERO)
+}
+
+fn tester(
+    log: &Log,
+    poison: Option<u64>,
+    mode: Poison,
+) -> impl Fn(&ShardContext) -> Tester + use<> {
+    let log = log.clone();
+    move |_: &ShardContext| Tester {
+        log: log.clone(),
+        poison,
+        mode,
+    }
+}
+
+/// Runs `consumer` until `done` holds (virtual deadline: one day), then shuts it down.
+async fn run_until_done(
+    consumer: Consumer<impl consumer_core::ProcessorFactory>,
+    done: impl Fn() -> bool + Send + 'static,
+) {
+    tokio::time::timeout(
+        Duration::from_secs(24 * 3600),
+        consumer.run_until(async move {
+            while !done() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }),
+    )
+    .await
+    .expect("the consumer did not get there")
+    .unwrap();
+}
+
+async fn stored_checkpoint(sim: &SimulatedStream, store: &InMemoryLeaseStore) -> Checkpoint {
+    let arn = sim.latest_stream_arn_of("t");
+    let leases = store.list_leases().await.unwrap();
+    leases
+        .into_iter()
+        .find(|l| l.key.stream == arn)
+        .map(|l| l.checkpoint)
+        .unwrap()
+}
+
+trait SimExt {
+    fn latest_stream_arn_of(&self, table: &str) -> String;
+}
+
+impl SimExt for SimulatedStream {
+    fn latest_stream_arn_of(&self, table: &str) -> String {
+        self.written()
+            .into_iter()
+            .find(|w| w.table == table)
+            .map(|w| w.stream_arn)
+            .unwrap()
+    }
+}
+
+/// Every value in `0..rows` except `poison`, delivered exactly once and in order per item.
+fn assert_delivered_once_in_order(log: &Log, rows: u64, poison: u64) {
+    let values = log.values();
+    let mut seen = values.clone();
+    seen.sort_unstable();
+    let expected: Vec<u64> = (0..rows).filter(|n| *n != poison).collect();
+    assert_eq!(seen, expected, "everything else delivered exactly once");
+    let mut last: HashMap<u64, u64> = HashMap::new();
+    for n in values {
+        if let Some(before) = last.insert(n % 10, n) {
+            assert!(
+                before < n,
+                "item k{} went back from {before} to {n}",
+                n % 10
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_poison_record_among_1000_ends_alone_in_the_handler_with_bisect_and_max_retries() {
+    let sim = stream_with(1000);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_max_retries(2)
+        .with_bisect_on_error(true)
+        .with_on_failure(Collect(log.clone()))
+        .build(tester(&log, Some(437), Poison::WholeBatch))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= 999).await;
+    assert_eq!(
+        log.failed(),
+        vec![("retries-exhausted".to_owned(), vec![437])]
+    );
+    assert_delivered_once_in_order(&log, 1000, 437);
+    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
+        panic!("checkpointed past everything");
+    };
+    assert_eq!(
+        seq,
+        sim.written().last().unwrap().sequence_number,
+        "the checkpoint moved past the poison once the handler took it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_bisect_the_whole_failing_batch_goes_to_the_handler_after_max_retries() {
+    let sim = stream_with(30);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_batch_limit(10)
+        .with_max_retries(1)
+        .with_on_failure(Collect(log.clone()))
+        .build(tester(&log, Some(15), Poison::WholeBatch))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= 20).await;
+    assert_eq!(
+        log.failed(),
+        vec![("retries-exhausted".to_owned(), (10..20).collect())]
+    );
+    // Two calls with the poison batch (first try, one retry), then the others.
+    assert_eq!(log.batch_sizes.lock().unwrap().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_response_checkpoints_before_the_failed_record_and_redelivers_from_it() {
+    let sim = stream_with(100);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_max_retries(3)
+        .with_on_failure(Collect(log.clone()))
+        .build(tester(&log, Some(42), Poison::Partial))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= 99).await;
+    assert_eq!(
+        log.failed(),
+        vec![("retries-exhausted".to_owned(), vec![42])]
+    );
+    assert_delivered_once_in_order(&log, 100, 42);
+    // One batch of 100 (first failure at 42), three retries from 42 on, then the rest.
+    let sizes = log.batch_sizes.lock().unwrap().clone();
+    assert_eq!(sizes, vec![100, 58, 58, 58, 57]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panics_and_timeouts_go_through_the_failure_policy() {
+    for (mode, reason) in [
+        (Poison::Panics, "panicked"),
+        (Poison::SleepsForever, "timed-out"),
+    ] {
+        let sim = stream_with(20);
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let log = Log::default();
+        let consumer = builder(&sim, &store)
+            .with_max_retries(1)
+            .with_bisect_on_error(true)
+            .with_batch_timeout(Duration::from_secs(5))
+            .with_on_failure(Collect(log.clone()))
+            .build(tester(&log, Some(7), mode))
+            .unwrap();
+        let watched = log.clone();
+        run_until_done(consumer, move || watched.values().len() >= 19).await;
+        assert_eq!(log.failed(), vec![(reason.to_owned(), vec![7])], "{mode:?}");
+        assert_delivered_once_in_order(&log, 20, 7);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_record_goes_to_the_handler_and_its_value_is_not_in_the_error() {
+    #[derive(Serialize)]
+    struct Bad {
+        pk: String,
+        n: String,
+    }
+    let sim = stream_with(5);
+    sim.put_value(
+        "t",
+        &Bad {
+            pk: "k5".into(),
+            n: "secret-value".into(),
+        },
+    )
+    .unwrap();
+    for n in 6..10 {
+        sim.put_value(
+            "t",
+            &Row {
+                pk: format!("k{n}"),
+                n,
+            },
+        )
+        .unwrap();
+    }
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_on_failure(Collect(log.clone()))
+        .build(tester(&log, None, Poison::WholeBatch))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= 9).await;
+    assert_eq!(
+        log.failed(),
+        vec![("undecodable".to_owned(), vec![u64::MAX])]
+    );
+    assert_eq!(log.values(), vec![0, 1, 2, 3, 4, 6, 7, 8, 9]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_processor_that_sleeps_forever_is_dropped_when_the_lease_is_lost() {
+    let sim = stream_with(10);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .build(tester(&log, Some(0), Poison::SleepsForever))
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    // Wait until the batch is stuck in `process`, then take the lease away.
+    while log.batch_sizes.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lease = loop {
+        let leases = store.list_leases().await.unwrap();
+        if let Some(lease) = leases
+            .into_iter()
+            .find(|l| !l.key.is_coordination() && l.owner.is_some())
+        {
+            break lease;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let key: LeaseKey = lease.key.clone();
+    store
+        .take_lease(&key, lease.owner.as_deref(), lease.epoch, "thief")
+        .await
+        .unwrap();
+    // The worker notices on its next scan (every 2 s) and drops the call at once.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while log.lease_lost.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("lease_lost was not called");
+    assert_eq!(
+        log.dropped.load(Ordering::SeqCst),
+        1,
+        "the stuck call was dropped"
+    );
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the worker stops at once: no shard is still running")
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_drops_a_processor_that_sleeps_forever_after_the_shutdown_timeout() {
+    let sim = stream_with(10);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_shutdown_timeout(Duration::from_secs(7))
+        .build(tester(&log, Some(5), Poison::SleepsForever))
+        .unwrap();
+    let watched = log.clone();
+    let started = tokio::time::Instant::now();
+    let stuck_at = Arc::new(Mutex::new(None));
+    let stuck = stuck_at.clone();
+    run_until_done(consumer, move || {
+        let stuck_now = !watched.batch_sizes.lock().unwrap().is_empty();
+        if stuck_now {
+            stuck
+                .lock()
+                .unwrap()
+                .get_or_insert(tokio::time::Instant::now());
+        }
+        stuck_now
+    })
+    .await;
+    let asked = stuck_at.lock().unwrap().unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(7) && took < Duration::from_secs(9),
+        "shutdown took {took:?} after it was asked for ({:?} in all)",
+        started.elapsed()
+    );
+    assert_eq!(log.dropped.load(Ordering::SeqCst), 1);
+    let leases = store.list_leases().await.unwrap();
+    assert!(
+        leases.iter().all(|l| l.owner.is_none()),
+        "every lease released: {leases:?}"
+    );
+    assert_eq!(
+        stored_checkpoint(&sim, &store).await,
+        Checkpoint::TrimHorizon,
+        "nothing succeeded, nothing is covered"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
+    let sim = stream_with(200);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let consumer = builder(&sim, &store)
+        .with_batch_limit(10)
+        .with_max_batch_size(50)
+        .with_batching_window(Duration::from_secs(1))
+        .with_prefetch_pages(8)
+        .with_filter(|record: &Record| n_of(record).is_multiple_of(2))
+        .build(tester(&log, None, Poison::WholeBatch))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= 100).await;
+    assert_eq!(log.values(), (0..200).step_by(2).collect::<Vec<_>>());
+    let sizes = log.batch_sizes.lock().unwrap().clone();
+    assert!(
+        sizes.iter().any(|&n| n > 10),
+        "batches larger than a page: {sizes:?}"
+    );
+    assert!(
+        sizes.iter().all(|&n| n <= 25),
+        "at most 50 records, half filtered: {sizes:?}"
+    );
+    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
+        panic!("checkpointed");
+    };
+    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+}
+
+#[test]
+fn busy_loop_settings_are_refused_naming_the_setting() {
+    let sim = stream_with(0);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let refused =
+        |b: ConsumerBuilder| match b.build(tester(&Log::default(), None, Poison::WholeBatch)) {
+            Err(consumer_core::Error::Config { key, .. }) => key,
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        };
+    assert_eq!(
+        refused(builder(&sim, &store).with_idle_backoff(Duration::ZERO, Duration::from_secs(1))),
+        "with_idle_backoff"
+    );
+    assert_eq!(
+        refused(builder(&sim, &store).with_retry_backoff_max(Duration::ZERO)),
+        "with_retry_backoff_max"
+    );
+    assert_eq!(
+        refused(builder(&sim, &store).with_max_record_age(Duration::from_secs(60))),
+        "with_max_record_age"
+    );
+    assert_eq!(
+        refused(builder(&sim, &store).with_max_batch_size(20_000)),
+        "with_max_batch_size"
+    );
+}
