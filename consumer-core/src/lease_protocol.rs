@@ -108,8 +108,9 @@ pub(crate) fn parents_done(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -
 pub(crate) struct Plan {
     /// Leases to take (unowned, or owned by dead workers, or handoffs that timed out).
     pub take: Vec<Lease>,
-    /// A lease to ask its owner for.
-    pub request_handoff: Option<Lease>,
+    /// Leases to ask their owners for (several at once, so a joining worker reaches its
+    /// share in a few ticks, not one lease per tick).
+    pub request_handoffs: Vec<Lease>,
 }
 
 /// Decides which leases `me` takes, given the scan and the live workers (from their
@@ -156,10 +157,18 @@ pub(crate) fn plan(
         })
         .collect();
     available.sort_by_key(|l| (!continues_mine(l), l.created_at, l.key.clone()));
-    for lease in available.into_iter().take(wanted) {
-        plan.take.push(lease.clone());
-        wanted -= 1;
+    // Workers that plan from the same scan would all pick the same oldest leases and all
+    // but one take would fail: each starts at its own offset among the others (children
+    // of its finished shards stay first), then keeps the oldest-first order.
+    let continuing = available.iter().take_while(|l| continues_mine(l)).count();
+    let rest = available.len() - continuing;
+    if rest > 0 {
+        available[continuing..].rotate_left(offset_of(me, rest));
     }
+    let mut chosen: Vec<&Lease> = available.into_iter().take(wanted).collect();
+    chosen.sort_by_key(|l| (!continues_mine(l), l.created_at, l.key.clone()));
+    wanted -= chosen.len();
+    plan.take.extend(chosen.into_iter().cloned());
 
     // Handoffs that were asked for and not granted in time.
     for lease in active.iter().filter(|l| handoffs_due.contains(&l.key)) {
@@ -173,8 +182,10 @@ pub(crate) fn plan(
         return plan;
     }
 
-    // Still short: ask the most loaded live worker for one lease, if it has more than its
-    // share (otherwise moving a lease would only move the imbalance).
+    // Still short: ask live workers above the share for their excess, split among the
+    // workers under it (so two requesters do not take a donor below its share); if none is
+    // above the share, ask the most loaded for one lease when it holds two more than this
+    // worker will (otherwise moving a lease would only move the imbalance).
     let mut load: HashMap<&str, Vec<&Lease>> = HashMap::new();
     for lease in &active {
         if let Some(owner) = lease.owner.as_deref().filter(|o| *o != me && is_alive(o)) {
@@ -182,18 +193,67 @@ pub(crate) fn plan(
         }
     }
     let mine_after_takes = mine + plan.take.len();
-    let busiest = load
-        .into_iter()
-        .filter(|(_, owned)| owned.len() > target || owned.len() > mine_after_takes + 1)
-        .max_by_key(|(owner, owned)| (owned.len(), *owner));
-    if let Some((_, owned)) = busiest {
-        plan.request_handoff = owned
-            .into_iter()
+    // Requests already made and not yet granted (or due) will bring leases too.
+    let pending = active
+        .iter()
+        .filter(|l| l.handoff_to.as_deref() == Some(me) && !handoffs_due.contains(&l.key))
+        .count();
+    if pending >= wanted {
+        return plan;
+    }
+    wanted -= pending;
+    let mut donors: Vec<(&str, Vec<&Lease>)> = load.into_iter().collect();
+    donors.sort_by_key(|(owner, owned)| (std::cmp::Reverse(owned.len()), *owner));
+    let needy = {
+        let owners: HashMap<&str, usize> = donors.iter().map(|(o, l)| (*o, l.len())).collect();
+        live.iter()
+            .filter(|w| w.as_str() != me && owners.get(w.as_str()).is_none_or(|n| *n < target))
+            .count()
+            + 1
+    };
+    for (_, owned) in &donors {
+        if wanted == 0 || owned.len() <= target {
+            break;
+        }
+        let quota = (owned.len() - target).div_ceil(needy).min(wanted);
+        let mut askable: Vec<&Lease> = owned
+            .iter()
+            .copied()
             .filter(|l| l.handoff_to.is_none())
-            .max_by_key(|l| (l.created_at, l.key.clone()))
-            .cloned();
+            .collect();
+        askable.sort_by_key(|l| std::cmp::Reverse((l.created_at, l.key.clone())));
+        let len = askable.len();
+        if len > 0 {
+            askable.rotate_left(offset_of(me, len));
+        }
+        for lease in askable.into_iter().take(quota) {
+            plan.request_handoffs.push(lease.clone());
+            wanted -= 1;
+        }
+    }
+    if plan.request_handoffs.is_empty()
+        && pending == 0
+        && let Some((_, owned)) = donors.first()
+        && owned.len() > mine_after_takes + 1
+    {
+        plan.request_handoffs.extend(
+            owned
+                .iter()
+                .filter(|l| l.handoff_to.is_none())
+                .max_by_key(|l| (l.created_at, l.key.clone()))
+                .map(|l| (*l).clone()),
+        );
     }
     plan
+}
+
+/// A stable per-worker offset in `0..len`, so workers spread their picks.
+fn offset_of(me: &str, len: usize) -> usize {
+    // FNV-1a: stable across runs and platforms (unlike the std hasher's random keys).
+    let hash = me.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % len as u64) as usize
 }
 
 #[cfg(test)]
@@ -214,7 +274,7 @@ mod tests {
         let plan = plan("me", &leases, &live(&["busy", "idle"]), &HashSet::new());
         assert!(plan.take.is_empty(), "nothing is free");
         assert!(
-            plan.request_handoff.is_some(),
+            !plan.request_handoffs.is_empty(),
             "busy holds 4 of a fair share of 2"
         );
         let busy_view = super::plan(
@@ -277,7 +337,7 @@ mod tests {
         let plan = plan("me", &leases, &live(&["other"]), &HashSet::new());
         let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
         assert_eq!(taken, ["1", "2"]);
-        assert_eq!(plan.request_handoff, None);
+        assert_eq!(plan.request_handoffs, []);
     }
 
     #[test]
@@ -285,7 +345,65 @@ mod tests {
         let leases = numbered(&[Some("a"), Some("a"), Some("a"), Some("b")]);
         let plan = plan("me", &leases, &live(&["a", "b"]), &HashSet::new());
         assert!(plan.take.is_empty());
-        assert_eq!(plan.request_handoff.unwrap().owner.as_deref(), Some("a"));
+        assert_eq!(plan.request_handoffs[0].owner.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_joining_worker_asks_for_its_whole_share_at_once_without_overdrawing_donors() {
+        // a and b hold 6 each; c and me own nothing: the share is 3, the excess 3 + 3,
+        // split between the two workers under the share.
+        let owners: Vec<Option<&str>> = [Some("a"); 6].into_iter().chain([Some("b"); 6]).collect();
+        let leases = numbered(&owners);
+        let everyone = live(&["a", "b", "c"]);
+        let mine = plan("me", &leases, &everyone, &HashSet::new());
+        assert!(mine.take.is_empty());
+        assert_eq!(
+            mine.request_handoffs.len(),
+            3,
+            "{:?}",
+            mine.request_handoffs
+        );
+        let from = |p: &Plan, owner: &str| {
+            p.request_handoffs
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some(owner))
+                .count()
+        };
+        assert!(from(&mine, "a") <= 2 && from(&mine, "b") <= 2, "{mine:?}");
+        // Once asked, the marks count as pending: nothing more is asked.
+        let mut asked = leases.clone();
+        for lease in &mut asked {
+            if mine.request_handoffs.iter().any(|r| r.key == lease.key) {
+                lease.handoff_to = Some("me".into());
+            }
+        }
+        assert_eq!(
+            plan("me", &asked, &everyone, &HashSet::new()),
+            Plan::default()
+        );
+    }
+
+    #[test]
+    fn workers_planning_from_one_scan_spread_their_takes() {
+        let leases = numbered(&[None; 40]);
+        let everyone = live(&["w0", "w1", "w2", "w3"]);
+        let picks: Vec<HashSet<LeaseKey>> = ["w0", "w1", "w2", "w3"]
+            .iter()
+            .map(|w| {
+                plan(w, &leases, &everyone, &HashSet::new())
+                    .take
+                    .into_iter()
+                    .map(|l| l.key)
+                    .collect()
+            })
+            .collect();
+        assert!(picks.iter().all(|p| p.len() == 10));
+        let distinct: HashSet<&LeaseKey> = picks.iter().flatten().collect();
+        assert!(
+            distinct.len() > 20,
+            "workers picked mostly the same leases: {}",
+            distinct.len()
+        );
     }
 
     #[test]
@@ -294,7 +412,7 @@ mod tests {
         let leases = numbered(&[Some("a"), Some("a"), None]);
         let plan = plan("me", &leases, &live(&["a"]), &HashSet::new());
         assert_eq!(plan.take.len(), 1);
-        assert_eq!(plan.request_handoff, None, "a is at its fair share");
+        assert_eq!(plan.request_handoffs, [], "a is at its fair share");
     }
 
     #[tokio::test(start_paused = true)]

@@ -184,6 +184,7 @@ impl<F: ProcessorFactory> Worker<F> {
             self.shared.store.heartbeat(&id, ttl)
         })
         .await?;
+        self.shared.telemetry.health.heartbeat_confirmed();
         let fenced = CancellationToken::new();
         let stop_heartbeat = CancellationToken::new();
         let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
@@ -339,16 +340,21 @@ impl<F: ProcessorFactory> Worker<F> {
                 Err(e) => tracing::debug!(lease = %wanted.key, error = %e, "take lost a race"),
             }
         }
-        if let Some(lease) = plan.request_handoff
-            && let Some(ownership) = lease.ownership()
-            && !state.handoffs_asked.contains_key(&lease.key)
-        {
-            match self
-                .shared
+        let asks: Vec<(Lease, checkpoint_store::Ownership)> = plan
+            .request_handoffs
+            .into_iter()
+            .filter(|lease| !state.handoffs_asked.contains_key(&lease.key))
+            .filter_map(|lease| Some((lease.clone(), lease.ownership()?)))
+            .collect();
+        let requests = asks.iter().map(|(lease, ownership)| {
+            self.shared
                 .store
-                .request_handoff(&lease.key, &ownership, &me)
-                .await
-            {
+                .request_handoff(&lease.key, ownership, &me)
+        });
+        for ((lease, ownership), asked) in
+            asks.iter().zip(futures::future::join_all(requests).await)
+        {
+            match asked {
                 Ok(_) => {
                     tracing::info!(lease = %lease.key, owner = %ownership.owner, "asked for a handoff");
                     state
@@ -544,6 +550,7 @@ impl<F: ProcessorFactory> Worker<F> {
     /// a new incarnation that takes leases like any other worker.
     async fn fence(&self, state: &mut State) -> Result<()> {
         tracing::error!(incarnation = %state.incarnation.id, "no heartbeat confirmed in time: fencing this worker (stopping every shard)");
+        self.shared.telemetry.health.fenced();
         for running in state.running.values() {
             running.signals.lost.cancel();
         }
@@ -565,6 +572,7 @@ impl<F: ProcessorFactory> Worker<F> {
     /// leases not running are released too; then the worker item goes.
     async fn shut_down(&self, mut state: State) {
         tracing::info!(incarnation = %state.incarnation.id, shards = state.running.len(), "shutting down");
+        self.shared.telemetry.health.stopped();
         for running in state.running.values() {
             running.signals.release.cancel();
         }
