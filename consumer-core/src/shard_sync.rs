@@ -51,6 +51,17 @@ pub(crate) struct SyncReport {
     pub deleted: usize,
 }
 
+/// Who else may be creating the same leases right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contention {
+    /// Only the shard-sync holder syncs: create every missing lease.
+    Alone,
+    /// Every starting worker may sync a new stream at once: the first lease found already
+    /// created means another worker is at it, so stop (its sync, or the holder's next
+    /// one, creates the rest) instead of paying a failed write per shard per worker.
+    Racing,
+}
+
 /// Creates leases for the stream's shards that have none, and deletes finished leases that
 /// are no longer needed. `leases` is the current content of the lease table.
 pub(crate) async fn sync_stream(
@@ -59,6 +70,7 @@ pub(crate) async fn sync_stream(
     stream_arn: &str,
     leases: &[Lease],
     initial: InitialPosition,
+    contention: Contention,
 ) -> Result<SyncReport> {
     let shards = describe_all_shards(api, stream_arn).await?;
     let known: HashSet<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
@@ -76,6 +88,16 @@ pub(crate) async fn sync_stream(
         );
         if create_lease_if_absent(store.as_ref(), &lease).await? {
             created += 1;
+        } else if contention == Contention::Racing {
+            tracing::debug!(
+                stream_arn,
+                created,
+                "another worker is creating this stream's leases"
+            );
+            return Ok(SyncReport {
+                created,
+                deleted: 0,
+            });
         }
     }
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();

@@ -92,6 +92,8 @@ struct State {
     rescan: bool,
     /// When the shard-sync holder audits next.
     next_audit: Instant,
+    /// The running shard sync, if any (aborted when the worker fences or stops).
+    sync_task: Option<AbortOnDropHandle<()>>,
 }
 
 impl<F: ProcessorFactory> Worker<F> {
@@ -117,6 +119,7 @@ impl<F: ProcessorFactory> Worker<F> {
             seen_version: None,
             rescan: true,
             next_audit: Instant::now() + AUDIT_INTERVAL,
+            sync_task: None,
         };
 
         let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
@@ -233,6 +236,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     &source.stream_arn,
                     &leases,
                     self.shared.config.initial_position,
+                    shard_sync::Contention::Racing,
                 )
                 .await?;
             }
@@ -491,7 +495,7 @@ impl<F: ProcessorFactory> Worker<F> {
     }
 
     /// The holder of the shard-sync lease lists every shard once per interval and removes
-    /// the items of dead workers.
+    /// the items of dead workers, in a task of its own.
     async fn run_shard_sync(&self, state: &mut State, leases: &[Lease], now: Instant) {
         let me = state.incarnation.id.clone();
         let Some(sync_lease) = leases.iter().find(|l| l.key == shard_sync_key()) else {
@@ -525,25 +529,45 @@ impl<F: ProcessorFactory> Worker<F> {
         {
             return;
         }
+        // Never two syncs at once; a slow DescribeStream delays the next sync, not the loop.
+        if state
+            .sync_task
+            .as_ref()
+            .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
         state.last_sync = Some(now);
-        for source in &self.streams {
-            if let Err(error) = shard_sync::sync_stream(
-                self.shared.api.as_ref(),
-                &self.shared.store,
-                &source.stream_arn,
-                leases,
-                self.shared.config.initial_position,
-            )
-            .await
-            {
-                tracing::warn!(stream_arn = %source.stream_arn, %error, "shard sync failed");
+        let dead: Vec<String> = state
+            .liveness
+            .dead_workers(now)
+            .into_iter()
+            .filter(|dead| leases.iter().all(|l| !l.is_owned_by(dead)))
+            .collect();
+        let shared = self.shared.clone();
+        let streams: Vec<String> = self.streams.iter().map(|s| s.stream_arn.clone()).collect();
+        let leases = leases.to_vec();
+        // The full DescribeStream and the lease creation run in their own task: scans, lease
+        // loss, fencing and shutdown are never blocked behind them.
+        state.sync_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            for stream_arn in &streams {
+                if let Err(error) = shard_sync::sync_stream(
+                    shared.api.as_ref(),
+                    &shared.store,
+                    stream_arn,
+                    &leases,
+                    shared.config.initial_position,
+                    shard_sync::Contention::Alone,
+                )
+                .await
+                {
+                    tracing::warn!(%stream_arn, %error, "shard sync failed");
+                }
             }
-        }
-        for dead in state.liveness.dead_workers(now) {
-            if leases.iter().all(|l| !l.is_owned_by(&dead)) {
-                let _ = self.shared.store.delete_worker(&dead).await;
+            for dead in dead {
+                let _ = shared.store.delete_worker(&dead).await;
             }
-        }
+        })));
     }
 
     /// No confirmed heartbeat in time: stop every shard without writing, then come back as
@@ -565,12 +589,15 @@ impl<F: ProcessorFactory> Worker<F> {
         state.handoffs_asked.clear();
         state.seen_version = None;
         state.leases.clear();
+        state.sync_task = None;
         Ok(())
     }
 
     /// Graceful shutdown: every shard finishes its batch, is told, flushes and releases;
     /// leases not running are released too; then the worker item goes.
     async fn shut_down(&self, mut state: State) {
+        // A shard sync in flight is abandoned: the next holder's sync redoes it.
+        drop(state.sync_task.take());
         tracing::info!(incarnation = %state.incarnation.id, shards = state.running.len(), "shutting down");
         self.shared.telemetry.health.stopped();
         for running in state.running.values() {
