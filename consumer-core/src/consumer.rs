@@ -4,9 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
 use crate::error::{Error, Result};
+use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::shard_consumer::Shared;
@@ -29,6 +31,8 @@ pub struct Consumer<F> {
     api: Arc<dyn StreamsApi>,
     store: Arc<dyn LeaseStore>,
     factory: F,
+    /// Health and lag, reported by the worker and its shard consumers.
+    telemetry: Arc<Telemetry>,
 }
 
 impl Consumer<()> {
@@ -44,6 +48,7 @@ impl Consumer<()> {
             sdk_config: None,
             api: None,
             store: None,
+            per_shard_metrics: false,
         }
     }
 }
@@ -67,6 +72,12 @@ impl<F: ProcessorFactory> Consumer<F> {
             })
         });
         futures::future::try_join_all(lookups).await
+    }
+
+    /// This worker's health (heartbeat confirmed, not fenced), e.g. for a `/healthz`
+    /// endpoint ([`crate::observability`]).
+    pub fn health(&self) -> Health {
+        self.telemetry.health.clone()
     }
 
     /// The worker's id (as given, or `hostname-pid`).
@@ -96,7 +107,11 @@ impl<F: ProcessorFactory> Consumer<F> {
             factory: self.factory,
             config: self.config,
             worker_id: self.worker_id,
+            telemetry: self.telemetry.clone(),
         };
+        // Sets the lag gauges every second while the worker runs.
+        let _lag_gauges =
+            AbortOnDropHandle::new(tokio::spawn(self.telemetry.lag.clone().publish_forever()));
         Worker {
             shared: Arc::new(shared),
             streams,
@@ -121,6 +136,8 @@ pub struct ConsumerBuilder {
     sdk_config: Option<aws_types::SdkConfig>,
     api: Option<Arc<dyn StreamsApi>>,
     store: Option<Arc<dyn LeaseStore>>,
+    /// Lag gauges per shard too (`with_per_shard_metrics`).
+    per_shard_metrics: bool,
 }
 
 impl ConsumerBuilder {
@@ -287,9 +304,11 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Uses this streams API instead of the AWS SDK (the simulated stream in tests).
-    pub fn with_streams_api(mut self, api: Arc<dyn StreamsApi>) -> Self {
-        self.api = Some(api);
+    /// Also reports the lag gauges per shard (`ddb_stream_shard_millis_behind_latest`,
+    /// `ddb_stream_shard_records_behind`), labelled with shard ids. Off by default: shards
+    /// roll over every few hours, so per-shard series grow without end.
+    pub fn with_per_shard_metrics(mut self, enabled: bool) -> Self {
+        self.per_shard_metrics = enabled;
         self
     }
 
@@ -325,6 +344,7 @@ impl ConsumerBuilder {
             api,
             store,
             factory,
+            telemetry: Arc::new(Telemetry::new(Health::default(), self.per_shard_metrics)),
         })
     }
 

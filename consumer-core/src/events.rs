@@ -4,13 +4,17 @@
 //! bumps its metric, so the two cannot drift apart (the shape of Vector's `InternalEvent`).
 //! Metrics go through the `metrics` facade: they cost nothing until the application
 //! installs a recorder (e.g. `metrics-exporter-prometheus`). Names share the prefix
-//! `ddb_stream_`; labels are the stream (ARN) and shard where they apply.
+//! `ddb_stream_`. Labels stay bounded: the stream (its table name, see
+//! [`stream_label`]) where it applies, never shard ids (shards roll over every few hours,
+//! so per-shard series would grow without end); the worker is a global label of the
+//! exporter (`observability::serve_metrics`). Lag gauges are published by `lag.rs`.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use checkpoint_store::LeaseKey;
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 
+use crate::observability::stream_label;
 use crate::streams::ApiError;
 
 /// Something the consumer reports: a log line and its metric.
@@ -36,12 +40,15 @@ impl Event for ApiRetried<'_> {
     }
 }
 
-/// A batch was handed to a processor and returned Ok.
+/// A batch was handed to a processor and returned Ok. The lag gauge is not set here: it
+/// is the age of the oldest record still pending, published by `lag.rs` every second.
 pub(crate) struct BatchProcessed<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,
     pub records: usize,
     pub behind_latest: Option<Duration>,
+    /// How long `process` took.
+    pub duration: Duration,
 }
 
 impl Event for BatchProcessed<'_> {
@@ -51,16 +58,14 @@ impl Event for BatchProcessed<'_> {
             shard_id = self.shard_id,
             records,
             ?behind_latest,
+            took = ?self.duration,
             "batch processed"
         );
-        let labels = [
-            ("stream", self.stream_arn.to_owned()),
-            ("shard", self.shard_id.to_owned()),
-        ];
+        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
         counter!("ddb_stream_records_processed_total", &labels).increment(records as u64);
-        if let Some(behind) = behind_latest {
-            gauge!("ddb_stream_millis_behind_latest", &labels).set(behind.as_millis() as f64);
-        }
+        counter!("ddb_stream_batches_processed_total", &labels).increment(1);
+        histogram!("ddb_stream_batch_duration_seconds", &labels)
+            .record(self.duration.as_secs_f64());
     }
 }
 
@@ -77,8 +82,7 @@ impl Event for ProcessingFailed<'_> {
     fn emit(self) {
         let (shard_id, error, attempt) = (self.shard_id, self.error, self.attempt);
         tracing::error!(shard_id, %error, attempt, pause = ?self.pause, "processing failed; the batch will be retried");
-        counter!("ddb_stream_processing_failures_total", "shard" => shard_id.to_owned())
-            .increment(1);
+        counter!("ddb_stream_processing_failures_total").increment(1);
     }
 }
 
@@ -93,7 +97,7 @@ impl Event for DecodeFailed<'_> {
     fn emit(self) {
         let (shard_id, error) = (self.shard_id, self.error);
         tracing::error!(shard_id, %error, pause = ?self.pause, "a record does not decode; the shard is held at that record and retried");
-        counter!("ddb_stream_decode_failures_total", "shard" => shard_id.to_owned()).increment(1);
+        counter!("ddb_stream_decode_failures_total").increment(1);
     }
 }
 
@@ -117,16 +121,16 @@ impl Event for DataTrimmed<'_> {
             resumed_at = self.resumed_at,
             "DATA LOSS: records were trimmed from the stream before they were processed"
         );
-        let labels = [
-            ("stream", stream_arn.to_owned()),
-            ("shard", shard_id.to_owned()),
-        ];
+        let labels = [("stream", stream_label(stream_arn).to_owned())];
         counter!("ddb_stream_data_loss_events_total", &labels).increment(1);
     }
 }
 
-/// A checkpoint was written to the lease table.
+/// A checkpoint was written to the lease table. Besides the count, the time of the last
+/// write per stream: `time() - ddb_stream_last_checkpoint_timestamp_seconds` is the
+/// checkpoint age (how much a crash now would re-deliver, in time).
 pub(crate) struct CheckpointWritten<'a> {
+    pub stream_arn: &'a str,
     pub shard_id: &'a str,
     pub checkpoint: &'a str,
 }
@@ -135,7 +139,12 @@ impl Event for CheckpointWritten<'_> {
     fn emit(self) {
         let checkpoint = self.checkpoint;
         tracing::debug!(shard_id = self.shard_id, checkpoint, "checkpoint written");
-        counter!("ddb_stream_checkpoints_total").increment(1);
+        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        counter!("ddb_stream_checkpoints_total", &labels).increment(1);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        gauge!("ddb_stream_last_checkpoint_timestamp_seconds", &labels).set(now.as_secs_f64());
     }
 }
 

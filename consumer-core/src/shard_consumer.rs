@@ -388,7 +388,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
             };
             match next {
                 Fetched::Records(records) => {
-                    self.consumer.shared.telemetry.lag.fetched(self.key(), &records);
+                    let lag = &self.consumer.shared.telemetry.lag;
+                    lag.fetched(self.key(), &records);
                     batch.extend(records);
                 }
                 // Only a hint to flush; the batch will checkpoint anyway.
@@ -647,7 +648,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
             return Ok(());
         };
         self.checkpointer.delivered(&last);
-        self.consumer.shared.telemetry.lag.processed(self.key(), &last);
+        let lag = &self.consumer.shared.telemetry.lag;
+        lag.processed(self.key(), &last);
         if self.consumer.shared.config.auto_checkpoint {
             self.checkpoint_delivered().await?;
         }
