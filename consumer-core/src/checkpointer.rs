@@ -37,6 +37,8 @@ pub struct Checkpointer {
     in_flight: Option<SequenceNumber>,
     interval: Duration,
     last_write: Option<Instant>,
+    /// Writes nothing (a key-parallel partition's: the shard checkpoints for all of them).
+    detached: bool,
 }
 
 impl Checkpointer {
@@ -57,6 +59,24 @@ impl Checkpointer {
             in_flight: None,
             interval,
             last_write: None,
+            detached: false,
+        }
+    }
+
+    /// A checkpointer for a key-parallel partition: same shard and rules, but its
+    /// checkpoints are not written (the shard checkpoints once every partition is done).
+    pub(crate) fn detached(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            key: self.key.clone(),
+            ownership: self.ownership.clone(),
+            stored: self.stored.clone(),
+            pending: None,
+            last_done: self.last_done.clone(),
+            in_flight: None,
+            interval: self.interval,
+            last_write: None,
+            detached: true,
         }
     }
 
@@ -183,6 +203,11 @@ impl Checkpointer {
     }
 
     async fn write(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        if self.detached {
+            self.stored = checkpoint;
+            self.last_write = Some(Instant::now());
+            return Ok(());
+        }
         let lease = self
             .store
             .checkpoint(&self.key, &self.ownership, &checkpoint)

@@ -289,6 +289,16 @@ impl ConsumerBuilder {
         self.set(|c| c.delivery.batching_window = window)
     }
 
+    /// Processes the records of one shard with up to `n` concurrent `process` calls (1-100),
+    /// partitioned by a hash of the item's keys, so each item's changes stay in order. Each
+    /// partition has its own processor instance (the factory is called `n` times per
+    /// shard); the framework checkpoints once every partition finished the records
+    /// gathered together, and the processors' own `Checkpointer` calls are not written.
+    /// Default: 1.
+    pub fn with_key_parallelism(self, n: usize) -> Self {
+        self.set(|c| c.delivery.key_parallelism = n)
+    }
+
     /// Where records go that the framework gives up on (see [`FailureReason`]); the
     /// checkpoint moves past them only after `handler` returned `Ok`. Default: none (the
     /// shard holds at such records).

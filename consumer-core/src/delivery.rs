@@ -18,6 +18,10 @@ pub(crate) type RecordFilter = Arc<dyn Fn(&Record) -> bool + Send + Sync>;
 /// The largest batch `with_max_batch_size` accepts (Lambda's limit for DynamoDB Streams).
 pub(crate) const MAX_BATCH_SIZE: usize = 10_000;
 
+/// The most concurrent calls per shard `with_key_parallelism` accepts (Lambda's
+/// parallelization factor goes to 10; a self-hosted worker may go further).
+pub(crate) const MAX_KEY_PARALLELISM: usize = 100;
+
 /// The longest `with_batching_window` (Lambda's limit).
 pub(crate) const MAX_BATCHING_WINDOW: Duration = Duration::from_secs(300);
 
@@ -42,6 +46,8 @@ pub(crate) struct DeliveryConfig {
     pub batching_window: Duration,
     /// Where records go that the framework gives up on.
     pub on_failure: Option<Arc<dyn FailureHandler>>,
+    /// Concurrent `process` calls per shard, records partitioned by a hash of their keys.
+    pub key_parallelism: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -56,6 +62,7 @@ impl Default for DeliveryConfig {
             max_batch_size: None,
             batching_window: Duration::ZERO,
             on_failure: None,
+            key_parallelism: 1,
         }
     }
 }
@@ -72,6 +79,7 @@ impl fmt::Debug for DeliveryConfig {
             .field("max_batch_size", &self.max_batch_size)
             .field("batching_window", &self.batching_window)
             .field("on_failure", &self.on_failure.is_some())
+            .field("key_parallelism", &self.key_parallelism)
             .finish()
     }
 }
@@ -117,6 +125,12 @@ impl DeliveryConfig {
             return Err((
                 "with_max_batch_size",
                 format!("must be between 1 and {MAX_BATCH_SIZE}"),
+            ));
+        }
+        if !(1..=MAX_KEY_PARALLELISM).contains(&self.key_parallelism) {
+            return Err((
+                "with_key_parallelism",
+                format!("must be between 1 and {MAX_KEY_PARALLELISM}"),
             ));
         }
         if self.batching_window > MAX_BATCHING_WINDOW {

@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_dynamodbstreams::types::Record;
+use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
 use backon::BackoffBuilder;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
 use futures::FutureExt;
@@ -146,12 +146,31 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         ));
         let _stop_fetch_on_exit = stop_fetch.drop_guard();
 
+        let shutdown = ShutdownClock::new(self.shared.config.delivery.shutdown_timeout);
+        // With key parallelism, the processors of partitions 1..n (partition 0 is `processor`).
+        let partitions = self.shared.config.delivery.key_parallelism.max(1);
+        let mut extra: Vec<F::Processor> = (1..partitions)
+            .map(|_| self.shared.factory.create(&ctx))
+            .collect();
+        for processor in &mut extra {
+            let mut detached = checkpointer.detached();
+            let mut session = Session {
+                consumer: &self,
+                processor,
+                checkpointer: &mut detached,
+                signals: &signals,
+                shutdown: &shutdown,
+            };
+            if let Err(interrupted) = session.initialize(&ctx).await {
+                return session.finish(interrupted).await;
+            }
+        }
         let mut session = Session {
             consumer: &self,
             processor: &mut processor,
             checkpointer: &mut checkpointer,
             signals: &signals,
-            shutdown: ShutdownClock::new(self.shared.config.delivery.shutdown_timeout),
+            shutdown: &shutdown,
         };
         if let Err(interrupted) = session.initialize(&ctx).await {
             return session.finish(interrupted).await;
@@ -179,11 +198,20 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 Some(Fetched::Records(records)) => {
                     lag.fetched(&key, &records);
                     batch.extend(records);
-                    match session.gather(&mut rx, &mut batch, max_batch).await {
+                    match session
+                        .gather(&mut rx, &mut batch, max_batch * partitions)
+                        .await
+                    {
                         Ok(next) => carried = next,
                         Err(interrupted) => break session.finish(interrupted).await,
                     }
-                    session.deliver_all(&mut batch, max_batch).await
+                    if extra.is_empty() {
+                        session.deliver_all(&mut batch, max_batch).await
+                    } else {
+                        session
+                            .deliver_partitioned(&mut batch, max_batch, &mut extra)
+                            .await
+                    }
                 }
                 Some(Fetched::Idle) => session.flush_if_due().await,
                 Some(Fetched::Trimmed(loss)) => session.data_lost(&loss).await,
@@ -205,8 +233,55 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             }
         };
         fetcher.abort();
+        tell_extra_partitions(&mut extra, &mut checkpointer, &outcome, &self.shared.config).await;
         outcome
     }
+}
+
+/// The processors of partitions 1..n hear how the shard ended, each given at most the
+/// shutdown timeout: `shard_ended`, `shutdown_requested` or `lease_lost`.
+async fn tell_extra_partitions<P: RecordProcessor>(
+    extra: &mut [P],
+    checkpointer: &mut Checkpointer,
+    outcome: &ShardOutcome,
+    config: &ConsumerConfig,
+) {
+    let limit = config.delivery.shutdown_timeout;
+    for processor in extra {
+        let mut detached = checkpointer.detached();
+        let told = async {
+            match outcome {
+                ShardOutcome::Ended => {
+                    let _ = processor.shard_ended(&mut detached).await;
+                }
+                ShardOutcome::Released | ShardOutcome::Failed(_) => {
+                    let _ = processor.shutdown_requested(&mut detached).await;
+                }
+                ShardOutcome::LeaseLost => processor.lease_lost().await,
+            }
+        };
+        let _ = tokio::time::timeout(limit, AssertUnwindSafe(told).catch_unwind()).await;
+    }
+}
+
+/// The partition of `record` among `n`: a hash of its key attributes (names sorted), so
+/// every change of one item goes to the same partition.
+fn partition_of(record: &Record, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    if let Some(keys) = record.dynamodb().and_then(|d| d.keys.as_ref()) {
+        let mut names: Vec<&String> = keys.keys().collect();
+        names.sort_unstable();
+        for name in names {
+            name.hash(&mut hasher);
+            match &keys[name] {
+                AttributeValue::S(text) | AttributeValue::N(text) => text.hash(&mut hasher),
+                AttributeValue::B(blob) => blob.as_ref().hash(&mut hasher),
+                other => format!("{other:?}").hash(&mut hasher),
+            }
+        }
+    }
+    (hasher.finish() % n as u64) as usize
 }
 
 impl<F: ProcessorFactory> ShardConsumer<F> {
@@ -247,7 +322,7 @@ struct Session<'a, F: ProcessorFactory> {
     processor: &'a mut F::Processor,
     checkpointer: &'a mut Checkpointer,
     signals: &'a ShardSignals,
-    shutdown: ShutdownClock,
+    shutdown: &'a ShutdownClock,
 }
 
 /// How a user callback ended when nothing stopped it.
@@ -332,7 +407,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         loop {
             let called = guarded(
                 self.signals,
-                &self.shutdown,
+                self.shutdown,
                 None,
                 self.processor.initialize(ctx),
             )
@@ -348,7 +423,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     async fn data_lost(&mut self, loss: &DataLoss) -> Result<(), Interrupted> {
         guarded(
             self.signals,
-            &self.shutdown,
+            self.shutdown,
             None,
             self.processor.data_lost(loss),
         )
@@ -412,6 +487,47 @@ impl<F: ProcessorFactory> Session<'_, F> {
             self.deliver(&records).await?;
         }
         Ok(())
+    }
+
+    /// Key parallelism: splits what was gathered into partitions by key and delivers them
+    /// concurrently, each with its own processor (`self.processor` for partition 0) and a
+    /// checkpointer that writes nothing; once every partition is done with its records,
+    /// the shard checkpoints past all of them (the low watermark of what is done).
+    async fn deliver_partitioned(
+        &mut self,
+        batch: &mut VecDeque<Arc<Record>>,
+        max: usize,
+        extra: &mut [F::Processor],
+    ) -> Result<(), Interrupted> {
+        let Some(last) = batch.back().cloned() else {
+            return Ok(());
+        };
+        let n = extra.len() + 1;
+        let mut parts: Vec<VecDeque<Arc<Record>>> = vec![VecDeque::new(); n];
+        for record in batch.drain(..) {
+            parts[partition_of(&record, n)].push_back(record);
+        }
+        let (consumer, signals, shutdown) = (self.consumer, self.signals, self.shutdown);
+        let mut checkpointers: Vec<Checkpointer> =
+            (0..n).map(|_| self.checkpointer.detached()).collect();
+        let processors = std::iter::once(&mut *self.processor).chain(extra.iter_mut());
+        let runs = processors
+            .zip(checkpointers.iter_mut())
+            .zip(parts.iter_mut())
+            .map(|((processor, checkpointer), part)| async move {
+                let mut lane = Session {
+                    consumer,
+                    processor,
+                    checkpointer,
+                    signals,
+                    shutdown,
+                };
+                lane.deliver_all(part, max).await
+            });
+        for result in futures::future::join_all(runs).await {
+            result?;
+        }
+        self.done(std::slice::from_ref(&last)).await
     }
 
     /// Delivers consecutive records in order: runs too old for the maximum record age go to
@@ -576,7 +692,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let started = Instant::now();
         let called = guarded(
             self.signals,
-            &self.shutdown,
+            self.shutdown,
             timeout,
             self.processor.process(batch, self.checkpointer),
         )
@@ -676,7 +792,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             .emit();
             guarded(
                 self.signals,
-                &self.shutdown,
+                self.shutdown,
                 None,
                 self.processor.decode_failed(&error),
             )
@@ -719,7 +835,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         RecordsFailed { failed: &failed }.emit();
         guarded(
             self.signals,
-            &self.shutdown,
+            self.shutdown,
             None,
             self.processor.records_failed(&failed),
         )
@@ -727,7 +843,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let mut backoff = self.processing_backoff();
         loop {
             let called =
-                guarded(self.signals, &self.shutdown, None, handler.handle(&failed)).await?;
+                guarded(self.signals, self.shutdown, None, handler.handle(&failed)).await?;
             match hook_result(&failed.shard_id, "the on-failure handler", called) {
                 Ok(()) => break,
                 Err(error) => self.pause_after_failure(&error, 0, &mut backoff).await?,
@@ -767,7 +883,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         loop {
             let called = guarded(
                 self.signals,
-                &self.shutdown,
+                self.shutdown,
                 None,
                 self.processor.shard_ended(self.checkpointer),
             )
@@ -854,7 +970,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         if !timed_out {
             let called = guarded(
                 self.signals,
-                &self.shutdown,
+                self.shutdown,
                 None,
                 self.processor.shutdown_requested(self.checkpointer),
             )

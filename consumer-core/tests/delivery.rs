@@ -151,17 +151,16 @@ impl FailureHandler for Collect {
 }
 
 fn stream_with(rows: u64) -> SimulatedStream {
+    stream_with_keys(rows, 10)
+}
+
+/// `rows` changes of `keys` items: change `n` is of item `k{n % keys}`.
+fn stream_with_keys(rows: u64, keys: u64) -> SimulatedStream {
     let sim = SimulatedStream::with_seed(3);
     sim.add_table("t");
     for n in 0..rows {
-        sim.put_value(
-            "t",
-            &Row {
-                pk: format!("k{}", n % 10),
-                n,
-            },
-        )
-        .unwrap();
+        let pk = format!("k{}", n % keys);
+        sim.put_value("t", &Row { pk, n }).unwrap();
     }
     sim
 }
@@ -231,6 +230,10 @@ impl SimExt for SimulatedStream {
 
 /// Every value in `0..rows` except `poison`, delivered exactly once and in order per item.
 fn assert_delivered_once_in_order(log: &Log, rows: u64, poison: u64) {
+    assert_delivered_once_in_order_of(log, rows, poison, 10);
+}
+
+fn assert_delivered_once_in_order_of(log: &Log, rows: u64, poison: u64, keys: u64) {
     let values = log.values();
     let mut seen = values.clone();
     seen.sort_unstable();
@@ -238,11 +241,11 @@ fn assert_delivered_once_in_order(log: &Log, rows: u64, poison: u64) {
     assert_eq!(seen, expected, "everything else delivered exactly once");
     let mut last: HashMap<u64, u64> = HashMap::new();
     for n in values {
-        if let Some(before) = last.insert(n % 10, n) {
+        if let Some(before) = last.insert(n % keys, n) {
             assert!(
                 before < n,
                 "item k{} went back from {before} to {n}",
-                n % 10
+                n % keys
             );
         }
     }
@@ -535,5 +538,71 @@ fn busy_loop_settings_are_refused_naming_the_setting() {
     assert_eq!(
         refused(builder(&sim, &store).with_max_batch_size(20_000)),
         "with_max_batch_size"
+    );
+}
+
+/// A processor that takes one second per call, whatever the batch holds.
+struct Slow(Log);
+
+#[async_trait]
+impl RecordProcessor for Slow {
+    type Item = Row;
+
+    async fn process(
+        &mut self,
+        batch: ChangeBatch<Row>,
+        _: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let rows = batch.changes.into_iter().filter_map(|c| c.new);
+        self.0.delivered.lock().unwrap().extend(rows);
+        Ok(())
+    }
+}
+
+/// Drains 2000 changes of 1000 items with batches of 10 and a one-second processor;
+/// returns how long it took and checks per-item order and the final checkpoint.
+async fn drain_with_key_parallelism(n: usize) -> Duration {
+    let sim = stream_with_keys(2000, 1000);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let processors = log.clone();
+    let consumer = builder(&sim, &store)
+        .with_max_batch_size(10)
+        .with_key_parallelism(n)
+        .build(move |_: &ShardContext| Slow(processors.clone()))
+        .unwrap();
+    let watched = log.clone();
+    let started = tokio::time::Instant::now();
+    let finished = Arc::new(Mutex::new(None));
+    let at = finished.clone();
+    run_until_done(consumer, move || {
+        let done = watched.values().len() >= 2000;
+        if done {
+            at.lock()
+                .unwrap()
+                .get_or_insert(tokio::time::Instant::now());
+        }
+        done
+    })
+    .await;
+    assert_delivered_once_in_order_of(&log, 2000, u64::MAX, 1000);
+    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
+        panic!("checkpointed");
+    };
+    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+    let took = finished.lock().unwrap().unwrap() - started;
+    took
+}
+
+#[tokio::test(start_paused = true)]
+async fn key_parallelism_keeps_per_item_order_and_drains_a_slow_backlog_about_n_times_faster() {
+    let one = drain_with_key_parallelism(1).await;
+    let four = drain_with_key_parallelism(4).await;
+    let speedup = one.as_secs_f64() / four.as_secs_f64();
+    println!("key parallelism: 1 partition {one:?}, 4 partitions {four:?}, speedup {speedup:.2}");
+    assert!(
+        speedup >= 3.0,
+        "1 partition: {one:?}, 4 partitions: {four:?}, speedup {speedup:.2}"
     );
 }

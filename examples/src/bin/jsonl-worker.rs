@@ -26,18 +26,22 @@
 //! unreachable endpoint: one line on stderr naming it, exit 2.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_sdk_dynamodbstreams::types::{OperationType, Record};
 use checkpoint_store::aws::AwsClients;
 use clap::{Parser, ValueEnum};
 use consumer_core::{
-    BoxError, ChangeBatch, Checkpointer, Consumer, InitialPosition, RecordProcessor, ShardContext,
+    BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder,
+    FailedRecords, FailureHandler, InitialPosition, RecordProcessor, ShardContext,
 };
-use examples::{Signals, change_to_json, default_worker_id};
+use examples::{Signals, attribute_to_json, change_to_json, default_worker_id, item_to_json};
 use serde::de::IgnoredAny;
+use serde_json::{Value, json};
 
 /// How long the endpoint may take to answer the first request before the worker gives up.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
@@ -76,6 +80,121 @@ struct Args {
     /// After how long without a heartbeat a worker counts as dead (e.g. 3s, 1m).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     failover_time: Duration,
+    /// Failed deliveries of a change before it goes to the on-failure file. Default:
+    /// unlimited.
+    #[arg(long, value_name = "N")]
+    max_retries: Option<u32>,
+    /// Split a failing batch in halves until the failing change is alone.
+    #[arg(long)]
+    bisect: bool,
+    /// Append one JSON line per change given up on: {"table","shard","seq","event","keys",
+    /// "reason"}, reason one of retries-exhausted, too-old, undecodable, panicked, timed-out.
+    #[arg(long, value_name = "FILE")]
+    on_failure: Option<PathBuf>,
+    /// Changes older than this when fetched go to the on-failure file (needs --on-failure).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    max_record_age: Option<Duration>,
+    /// The largest batch, 1-10000, across GetRecords pages. Default: 1000.
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Wait up to this long to fill a batch. Default: 0s.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    batching_window: Option<Duration>,
+    /// Process each shard with up to N concurrent calls, by item key (lines of one item
+    /// stay in order; lines of different items may interleave).
+    #[arg(long, value_name = "N")]
+    key_parallelism: Option<usize>,
+    /// A `process` call running longer fails (and goes through the failure policy).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    batch_timeout: Option<Duration>,
+    /// How long a graceful shutdown waits for a batch in progress. Default: 30s.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Option<Duration>,
+    /// Checkpoint writes per shard at most this often. Default: 0s (after every batch).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "0s")]
+    checkpoint_interval: Duration,
+    /// Only these kinds of change are printed (comma-separated INSERT, MODIFY, REMOVE); the
+    /// others are filtered out and checkpointed past.
+    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = parse_kind)]
+    events: Option<Vec<OperationType>>,
+    /// A change whose new image has ATTR equal to VALUE (compared as text) fails: a partial
+    /// batch failure at it (the changes before it are printed).
+    #[arg(long, value_name = "ATTR=VALUE", value_parser = parse_fail_when)]
+    fail_when: Option<(String, String)>,
+    /// With --fail-when: the whole batch fails instead, and none of it is printed.
+    #[arg(long)]
+    whole_batch_failures: bool,
+    /// Sleep this long in every `process` call before printing.
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    process_delay: Option<Duration>,
+}
+
+fn parse_kind(text: &str) -> Result<OperationType, String> {
+    match text.trim().to_ascii_uppercase().as_str() {
+        "INSERT" => Ok(OperationType::Insert),
+        "MODIFY" => Ok(OperationType::Modify),
+        "REMOVE" => Ok(OperationType::Remove),
+        other => Err(format!(
+            "unknown event {other:?}: expected INSERT, MODIFY or REMOVE"
+        )),
+    }
+}
+
+fn parse_fail_when(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((attr, value)) if !attr.is_empty() => Ok((attr.to_owned(), value.to_owned())),
+        _ => Err(format!("expected ATTR=VALUE, got {text:?}")),
+    }
+}
+
+/// How a processor fails on purpose (`--fail-when`).
+#[derive(Clone, Debug)]
+struct FailWhen {
+    attribute: String,
+    value: String,
+    whole_batch: bool,
+}
+
+impl FailWhen {
+    /// Whether `change`'s new image has the attribute at the value, compared as text.
+    fn matches(&self, change: &Change<IgnoredAny>) -> bool {
+        let new = change.raw().dynamodb().and_then(|r| r.new_image.as_ref());
+        new.and_then(|image| image.get(&self.attribute))
+            .is_some_and(|value| match attribute_to_json(value) {
+                Value::String(text) => text == self.value,
+                other => other.to_string() == self.value,
+            })
+    }
+}
+
+/// The on-failure handler of `--on-failure`: appends one JSON line per record.
+struct JsonLinesFile {
+    file: tokio::sync::Mutex<std::fs::File>,
+}
+
+#[async_trait]
+impl FailureHandler for JsonLinesFile {
+    async fn handle(&self, failed: &FailedRecords) -> Result<(), BoxError> {
+        let mut text = Vec::new();
+        for record in &failed.records {
+            let stream_record = record.dynamodb();
+            let keys = stream_record.and_then(|r| r.keys.as_ref());
+            let line = json!({
+                "table": failed.table,
+                "shard": failed.shard_id,
+                "seq": stream_record.and_then(|r| r.sequence_number()),
+                "event": record.event_name().map(|e| e.as_str()),
+                "keys": keys.map_or(Value::Null, item_to_json),
+                "reason": failed.reason.as_str(),
+            });
+            serde_json::to_writer(&mut text, &line)?;
+            text.push(b'\n');
+        }
+        let mut file = self.file.lock().await;
+        file.write_all(&text)?;
+        file.flush()?;
+        Ok(())
+    }
 }
 
 /// Writes the changes of one shard as JSON lines.
@@ -83,6 +202,8 @@ struct JsonlProcessor {
     worker: Arc<str>,
     table: Option<String>,
     shard: String,
+    fail_when: Option<FailWhen>,
+    delay: Option<Duration>,
 }
 
 #[async_trait]
@@ -95,8 +216,22 @@ impl RecordProcessor for JsonlProcessor {
         batch: ChangeBatch<IgnoredAny>,
         _checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let failing = self
+            .fail_when
+            .as_ref()
+            .and_then(|fail| Some((fail, batch.iter().position(|c| fail.matches(c))?)));
+        let printed = match failing {
+            Some((fail, _)) if fail.whole_batch => {
+                return Err(format!("a change has {}={}", fail.attribute, fail.value).into());
+            }
+            Some((_, at)) => at,
+            None => batch.len(),
+        };
         let mut out = std::io::stdout().lock();
-        for change in &batch {
+        for change in batch.iter().take(printed) {
             let line = change_to_json(
                 &self.worker,
                 self.table.as_deref(),
@@ -109,7 +244,14 @@ impl RecordProcessor for JsonlProcessor {
         // An error here (stdout closed) fails the batch: it is delivered again, never
         // checkpointed unwritten.
         out.flush()?;
-        Ok(())
+        match failing {
+            Some((fail, at)) => Err(BatchFailure::at(
+                batch.changes[at].sequence_number.clone(),
+                format!("the change has {}={}", fail.attribute, fail.value),
+            )
+            .into()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -130,10 +272,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
     let mut signals = Signals::new()?;
     let sdk_config = examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref()).await;
-    let worker_id = args.worker_id.unwrap_or_else(default_worker_id);
+    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
     let worker: Arc<str> = worker_id.as_str().into();
 
-    let mut builder = Consumer::builder(args.app)
+    let mut builder = Consumer::builder(args.app.as_str())
         .with_sdk_config(&sdk_config)
         .with_worker_id(worker_id)
         .with_initial_position(match args.initial_position {
@@ -141,14 +283,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             Position::Latest => InitialPosition::Latest,
         })
         .with_failover_time(args.failover_time)
-        .with_checkpoint_interval(Duration::ZERO);
+        .with_checkpoint_interval(args.checkpoint_interval);
     for table in &args.tables {
         builder = builder.with_table(table.as_str());
     }
+    builder = delivery_settings(builder, &args)?;
+    let fail_when = args.fail_when.clone().map(|(attribute, value)| FailWhen {
+        attribute,
+        value,
+        whole_batch: args.whole_batch_failures,
+    });
+    let delay = args.process_delay;
     let consumer = builder.build(move |shard: &ShardContext| JsonlProcessor {
         worker: worker.clone(),
         table: shard.table.clone(),
         shard: shard.shard_id.clone(),
+        fail_when: fail_when.clone(),
+        delay,
     })?;
     tracing::info!(worker_id = consumer.worker_id(), "starting");
     // How errors name the endpoint: the URL, or the default AWS endpoint and region.
@@ -165,6 +316,51 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     consumer.run_until(signals.first_then_force()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The delivery flags, applied to `builder`.
+fn delivery_settings(
+    mut builder: ConsumerBuilder,
+    args: &Args,
+) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
+    if let Some(retries) = args.max_retries {
+        builder = builder.with_max_retries(retries);
+    }
+    builder = builder.with_bisect_on_error(args.bisect);
+    if let Some(path) = &args.on_failure {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open --on-failure file {}: {e}", path.display()))?;
+        builder = builder.with_on_failure(JsonLinesFile {
+            file: tokio::sync::Mutex::new(file),
+        });
+    }
+    if let Some(age) = args.max_record_age {
+        builder = builder.with_max_record_age(age);
+    }
+    if let Some(size) = args.batch_size {
+        builder = builder.with_max_batch_size(size);
+    }
+    if let Some(window) = args.batching_window {
+        builder = builder.with_batching_window(window);
+    }
+    if let Some(n) = args.key_parallelism {
+        builder = builder.with_key_parallelism(n);
+    }
+    if let Some(timeout) = args.batch_timeout {
+        builder = builder.with_batch_timeout(timeout);
+    }
+    if let Some(timeout) = args.shutdown_timeout {
+        builder = builder.with_shutdown_timeout(timeout);
+    }
+    if let Some(kinds) = args.events.clone() {
+        builder = builder.with_filter(move |record: &Record| {
+            record.event_name().is_some_and(|kind| kinds.contains(kind))
+        });
+    }
+    Ok(builder)
 }
 
 /// Waits until the endpoint answers a DescribeTable of the first table, whatever the answer,
