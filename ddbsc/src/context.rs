@@ -8,6 +8,8 @@ use checkpoint_store::aws::{AwsClients, ErrorClass, classify};
 use consumer_core::streams::{SdkStreams, StreamsApi};
 use serde_json::Value;
 
+pub use consumer_core::observability::table_of_stream;
+
 use crate::{Failure, Global};
 
 /// The clients (built once, as the workers build theirs) and the output mode.
@@ -87,27 +89,4 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// The table name inside a stream ARN (`arn:…:table/NAME/stream/LABEL`), if it has one.
-pub fn table_of_stream(stream_arn: &str) -> Option<&str> {
-    let (_, rest) = stream_arn.split_once(":table/")?;
-    rest.split_once("/stream/").map(|(table, _)| table)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_table_comes_out_of_a_stream_arn() {
-        assert_eq!(
-            table_of_stream(
-                "arn:aws:dynamodb:ddblocal:000000000000:table/orders-1/stream/2026-11-27T05:00:00.000"
-            ),
-            Some("orders-1")
-        );
-        assert_eq!(table_of_stream("#coordination"), None);
-        assert_eq!(table_of_stream("arn:aws:dynamodb:r:1:table/t"), None);
-    }
 }

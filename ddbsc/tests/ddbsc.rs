@@ -102,12 +102,18 @@ impl RunningWorker {
     }
 }
 
-/// Polls `ddbsc status --app APP --json` until `done` holds; returns that status.
+/// Polls `ddbsc status --app APP --json` until `done` holds; returns that status. Until
+/// the workers created the lease table, the application is unknown: polled again.
 async fn status_until(app: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        let status = ddbsc_json(&["status", "--app", app]).await;
-        if done(&status) {
+        let (code, out, err) = ddbsc(&["status", "--app", app, "--json"]).await;
+        let status = match code {
+            0 => serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}")),
+            1 if err.contains("unknown application") => Value::Null,
+            _ => panic!("ddbsc status failed: {err}"),
+        };
+        if !status.is_null() && done(&status) {
             return status;
         }
         assert!(

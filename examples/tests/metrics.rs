@@ -1,0 +1,175 @@
+//! `jsonl-worker --metrics-addr`: `/healthz` and `/metrics` of a real worker process against
+//! DynamoDB Local. The lag must tell the truth: while the worker is stuck (its stdout is
+//! not read, so its writes block once the pipe is full) the lag gauge grows and records
+//! stay behind; once it can write again, it catches up and the lag is 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use integration_tests::workers::tail;
+use integration_tests::{create_table, dynamodb_client, endpoint, unique_name};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
+const DEADLINE: Duration = Duration::from_secs(60);
+/// Enough changes (about 200 bytes of output each) to fill a 64 KiB pipe several times.
+const ITEMS: usize = 1500;
+
+/// `GET path` on `addr`: status code and body.
+async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// The value of `name{...stream="table"...}` in a Prometheus text page.
+fn metric(page: &str, name: &str, table: &str) -> Option<f64> {
+    page.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| line.contains(&format!("stream=\"{table}\"")))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// Scrapes `/metrics` until `done` holds for the page; returns it.
+async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some((200, page)) = get(addr, "/metrics").await
+            && done(&page)
+        {
+            return page;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
+    let (table, app) = (unique_name("metrics"), unique_name("app"));
+    create_table(&table, "id", true).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let stderr_path = std::env::temp_dir().join(format!("{app}.stderr"));
+    let mut child = tokio::process::Command::new(WORKER_BIN)
+        .args(["--worker-id", "m1", "--app", &app, "--table", &table])
+        .args(["--endpoint", &endpoint(), "--failover-time", "3s"])
+        .args(["--metrics-addr", &addr])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let logs = || {
+        tail(
+            &std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+            30,
+        )
+    };
+
+    // Healthy once its first heartbeat is confirmed: 200 "ok"; before that 503 and why.
+    let start = Instant::now();
+    loop {
+        match get(&addr, "/healthz").await {
+            Some((200, body)) => {
+                assert_eq!(body, "ok\n");
+                break;
+            }
+            Some((503, body)) => assert_eq!(body.trim().lines().count(), 1, "{body}"),
+            _ => {}
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "never healthy; logs:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Nobody reads the worker's stdout yet: once the pipe is full, it is stuck mid-batch.
+    let client = dynamodb_client().await;
+    for n in 0..ITEMS {
+        client
+            .put_item()
+            .table_name(&table)
+            .item("id", AttributeValue::S(format!("item-{n}")))
+            .send()
+            .await
+            .unwrap();
+    }
+    let first = scrape_until(&addr, "a lag above 1 s", |page| {
+        metric(page, "ddb_stream_millis_behind_latest", &table).is_some_and(|ms| ms >= 1000.0)
+    })
+    .await;
+    let first_lag = metric(&first, "ddb_stream_millis_behind_latest", &table).unwrap();
+    assert!(
+        metric(&first, "ddb_stream_records_behind", &table).unwrap() > 0.0,
+        "{first}"
+    );
+    assert_eq!(metric(&first, "ddb_stream_leases_owned", &table), Some(1.0));
+    assert!(first.contains("worker=\"m1\""), "the worker label: {first}");
+    assert!(
+        !first.contains("shard="),
+        "no shard labels by default: {first}"
+    );
+    let grown = scrape_until(&addr, "the lag to grow while stuck", |page| {
+        metric(page, "ddb_stream_millis_behind_latest", &table)
+            .is_some_and(|ms| ms >= first_lag + 2000.0)
+    })
+    .await;
+    let stuck_processed =
+        metric(&grown, "ddb_stream_records_processed_total", &table).unwrap_or(0.0);
+    assert!(stuck_processed < ITEMS as f64, "{grown}");
+
+    // Read its output: it catches up, the lag drops to 0 and the counters reach every item.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Ok(Some(_)) = lines.next_line().await {
+            count += 1;
+        }
+        count
+    });
+    let caught_up = scrape_until(&addr, "the lag back to 0 after every item", |page| {
+        metric(page, "ddb_stream_records_processed_total", &table) == Some(ITEMS as f64)
+            && metric(page, "ddb_stream_millis_behind_latest", &table) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        metric(&caught_up, "ddb_stream_records_behind", &table),
+        Some(0.0)
+    );
+    assert!(
+        caught_up.contains("ddb_stream_batch_duration_seconds"),
+        "{caught_up}"
+    );
+    assert!(
+        metric(
+            &caught_up,
+            "ddb_stream_last_checkpoint_timestamp_seconds",
+            &table
+        )
+        .is_some(),
+        "{caught_up}"
+    );
+    assert!(matches!(get(&addr, "/nothing").await, Some((404, _))));
+
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert_eq!(reader.await.unwrap(), ITEMS, "every change printed once");
+}
