@@ -4,8 +4,12 @@
 //! ```text
 //! jsonl-worker --table T [--table T2 ...] --app APP [--worker-id ID]
 //!              [--endpoint URL] [--region R] [--initial-position trim-horizon|latest]
-//!              [--failover-time 10s]
+//!              [--failover-time 10s] [--metrics-addr HOST:PORT]
 //! ```
+//!
+//! With `--metrics-addr`, Prometheus metrics are served at `http://HOST:PORT/metrics` (global
+//! label `worker`) and health at `/healthz` (200 `ok` once a heartbeat is confirmed and while
+//! not fenced, else 503 and the reason).
 //!
 //! Stdout carries one line per delivered change, written and flushed after each batch (and
 //! before the framework checkpoints it, which happens after every batch):
@@ -35,6 +39,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{OperationType, Record};
 use checkpoint_store::aws::AwsClients;
 use clap::{Parser, ValueEnum};
+use consumer_core::observability::serve_metrics;
 use consumer_core::{
     BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder,
     FailedRecords, FailureHandler, InitialPosition, RecordProcessor, ShardContext,
@@ -127,6 +132,9 @@ struct Args {
     /// Sleep this long in every `process` call before printing.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     process_delay: Option<Duration>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_addr: Option<String>,
 }
 
 fn parse_kind(text: &str) -> Result<OperationType, String> {
@@ -302,6 +310,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         delay,
     })?;
     tracing::info!(worker_id = consumer.worker_id(), "starting");
+    let _metrics = match &args.metrics_addr {
+        Some(addr) => Some(
+            serve_metrics(addr, consumer.worker_id(), consumer.health())
+                .await
+                .map_err(|e| format!("--metrics-addr {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     // How errors name the endpoint: the URL, or the default AWS endpoint and region.
     let endpoint = AwsClients::from_sdk_config(&sdk_config)
         .endpoint()
