@@ -71,3 +71,10 @@ bench:
 	$(CARGO) build --release -p examples --bin benchmark
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
 	$(CARGO) bench -p consumer-core --bench decode
+
+## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
+## (DynamoDB Local; debug build)
+.PHONY: status-demo
+status-demo:
+	$(CARGO) build -p examples --bin jsonl-worker -p ddbsc --bin ddbsc --example status_demo
+	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --quiet -p ddbsc --example status_demo -- --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin target/debug/jsonl-worker --ddbsc-bin target/debug/ddbsc'
