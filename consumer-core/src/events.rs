@@ -249,3 +249,19 @@ impl Event for RecordsFailed<'_> {
             .increment(failed.records.len() as u64);
     }
 }
+
+/// A lease scan (or membership read) came back too late, or the worker was fenced while it
+/// ran: its view of ownership may be stale, so it is not acted on. At scale this must stay
+/// at zero (the scale simulation checks it); a steady count means scans are too slow for
+/// the failover time.
+pub(crate) struct LeaseScanDiscarded {
+    pub took: Duration,
+    pub fenced: bool,
+}
+
+impl Event for LeaseScanDiscarded {
+    fn emit(self) {
+        tracing::warn!(took = ?self.took, fenced = self.fenced, "lease scan too slow or worker fenced; its results are discarded");
+        counter!("ddb_stream_lease_scans_discarded_total").increment(1);
+    }
+}

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::Result;
-use crate::events::{Event, LeaseAcquired, LeaseReleased};
+use crate::events::{Event, LeaseAcquired, LeaseReleased, LeaseScanDiscarded};
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
 use crate::retry;
@@ -60,6 +60,8 @@ pub(crate) struct Worker<F: ProcessorFactory> {
 struct Running {
     ownership: Ownership,
     signals: ShardSignals,
+    /// The worker this lease is being handed to, once the owner was asked.
+    handoff_to: Option<String>,
 }
 
 /// The state of one incarnation of the worker.
@@ -94,6 +96,8 @@ struct State {
     next_audit: Instant,
     /// The running shard sync, if any (aborted when the worker fences or stops).
     sync_task: Option<AbortOnDropHandle<()>>,
+    /// The live workers as of the last tick.
+    live_seen: HashSet<String>,
 }
 
 impl<F: ProcessorFactory> Worker<F> {
@@ -120,6 +124,7 @@ impl<F: ProcessorFactory> Worker<F> {
             rescan: true,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             sync_task: None,
+            live_seen: HashSet::new(),
         };
 
         let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
@@ -133,7 +138,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     self.fence(&mut state).await?;
                 }
                 Some(joined) = state.tasks.join_next() => {
-                    if self.shard_finished(&mut state, joined) {
+                    if self.shard_finished(&mut state, joined).await {
                         state.rescan = true;
                         scan_tick.reset_immediately();
                     }
@@ -255,9 +260,12 @@ impl<F: ProcessorFactory> Worker<F> {
             state.seen_version = None;
             return Ok(());
         }
-        let live_before = state.liveness.live_workers(now);
         state.liveness.observe(&membership.workers, now);
-        let membership_changed = state.liveness.live_workers(now) != live_before;
+        // Compared with the last tick's view: a worker that died (or joined) since then is a
+        // change even if it is judged dead both before and after this read.
+        let live = state.liveness.live_workers(now);
+        let membership_changed = live != state.live_seen;
+        state.live_seen = live;
         let handoff_due = state
             .handoffs_asked
             .values()
@@ -390,22 +398,24 @@ impl<F: ProcessorFactory> Worker<F> {
     /// A scan that took so long that others may have judged this worker dead meanwhile (or
     /// during which it was fenced) must not be acted on: its view of ownership is stale.
     fn is_stale(&self, state: &State, started: Instant) -> bool {
-        let stale = state.incarnation.fenced.is_cancelled()
-            || started.elapsed() >= self.fencing_deadline() / 2;
+        let fenced = state.incarnation.fenced.is_cancelled();
+        let took = started.elapsed();
+        let stale = fenced || took >= self.fencing_deadline() / 2;
         if stale {
-            tracing::warn!(took = ?started.elapsed(), "lease scan too slow or worker fenced; its results are discarded");
+            LeaseScanDiscarded { took, fenced }.emit();
         }
         stale
     }
 
     /// Stops consumers whose lease moved, and releases those another worker asked for.
     fn check_running(&self, state: &mut State, leases: &[Lease]) {
-        for (key, running) in &state.running {
+        for (key, running) in &mut state.running {
             let current = leases.iter().find(|l| &l.key == key);
             match current {
                 Some(lease) if lease.ownership().as_ref() == Some(&running.ownership) => {
                     if lease.handoff_to.is_some() && !running.signals.release.is_cancelled() {
                         tracing::info!(lease = %key, to = ?lease.handoff_to, "handing the lease over");
+                        running.handoff_to = lease.handoff_to.clone();
                         running.signals.release.cancel();
                     }
                 }
@@ -464,14 +474,19 @@ impl<F: ProcessorFactory> Worker<F> {
                 (key, outcome)
             });
             state.retry_after.remove(&lease.key);
-            state
-                .running
-                .insert(lease.key.clone(), Running { ownership, signals });
+            state.running.insert(
+                lease.key.clone(),
+                Running {
+                    ownership,
+                    signals,
+                    handoff_to: None,
+                },
+            );
         }
     }
 
     /// Handles a finished shard consumer; returns whether to scan again at once.
-    fn shard_finished(
+    async fn shard_finished(
         &self,
         state: &mut State,
         joined: std::result::Result<(LeaseKey, ShardOutcome), tokio::task::JoinError>,
@@ -481,16 +496,40 @@ impl<F: ProcessorFactory> Worker<F> {
             // task was aborted, which only happens when the runtime shuts down.
             return false;
         };
-        state.running.remove(&key);
+        let running = state.running.remove(&key);
         match outcome {
             ShardOutcome::Ended => true,
-            ShardOutcome::Released | ShardOutcome::LeaseLost => false,
+            ShardOutcome::Released => {
+                if let Some(Running {
+                    ownership,
+                    handoff_to: Some(to),
+                    ..
+                }) = running
+                {
+                    self.hand_over(&key, &ownership, &to).await;
+                }
+                false
+            }
+            ShardOutcome::LeaseLost => false,
             ShardOutcome::Failed(error) => {
                 let pause = self.shared.config.processing_backoff_max;
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
                 state.retry_after.insert(key, Instant::now() + pause);
                 false
             }
+        }
+    }
+
+    /// Gives a lease released for a handoff to the worker that asked for it, right after the
+    /// release (a take on its behalf, conditional on the epoch the release left): otherwise
+    /// every worker under its share races for the free lease, the releaser among them, and
+    /// the requester may ask again and again.
+    async fn hand_over(&self, key: &LeaseKey, released: &Ownership, to: &str) {
+        let epoch = released.epoch + 1;
+        match self.shared.store.take_lease(key, None, epoch, to).await {
+            Ok(_) => tracing::info!(lease = %key, %to, "lease handed over"),
+            // Someone took it first, or the release did not happen: nothing to hand over.
+            Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
         }
     }
 

@@ -1,0 +1,264 @@
+//! Shared by the multi-worker simulations (`multi_worker.rs`, `scale.rs`): a cluster of
+//! simulated workers over one store, and the invariant checks run over every record.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
+use consumer_core::testkit::{InstrumentedStore, Link, Recording, SimulatedStream, StoreOp};
+use consumer_core::{ChangeBatch, Consumer};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub pk: String,
+    pub n: u64,
+}
+
+/// (worker, shard, sequence number, key, n)
+pub type Delivery = (String, String, String, String, u64);
+
+/// A running worker: its task, its graceful stop, and its link to the lease table.
+pub struct Running {
+    pub task: tokio::task::JoinHandle<consumer_core::Result<()>>,
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub gate: Arc<InstrumentedStore<InMemoryLeaseStore>>,
+}
+
+pub struct Cluster {
+    pub sim: SimulatedStream,
+    pub store: Arc<InMemoryLeaseStore>,
+    pub recording: Recording<Row>,
+    pub zombie_deliveries: Arc<Mutex<Vec<String>>>,
+    pub workers: BTreeMap<String, Running>,
+}
+
+impl Cluster {
+    /// No workers yet; their processors record deliveries, and whether the deliverer still
+    /// owned the lease at that moment.
+    pub fn new(sim: &SimulatedStream, store: Arc<InMemoryLeaseStore>) -> Self {
+        let zombie_deliveries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (zombies, lease_store) = (zombie_deliveries.clone(), store.clone());
+        let recording = Recording::new().with_hook(move |shard, batch: &ChangeBatch<Row>, _| {
+            let (zombies, store, shard) = (zombies.clone(), lease_store.clone(), shard.clone());
+            let key = LeaseKey::new(batch.stream_arn.clone(), batch.shard_id.clone());
+            let records = batch.len();
+            Box::pin(async move {
+                // Processing takes a little time, so workers overlap and crashes hit
+                // mid-batch.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let lease = store.get_lease(&key).await?.ok_or("lease vanished")?;
+                if lease.owner.as_deref() != Some(&shard.lease_owner)
+                    || lease.epoch != shard.lease_epoch
+                {
+                    zombies.lock().unwrap().push(format!(
+                        "{} delivered {records} records of {} at epoch {} while {:?} owned it \
+                         at epoch {}",
+                        shard.lease_owner,
+                        shard.shard_id,
+                        shard.lease_epoch,
+                        lease.owner,
+                        lease.epoch
+                    ));
+                }
+                Ok(())
+            })
+        });
+        Cluster {
+            sim: sim.clone(),
+            store,
+            recording,
+            zombie_deliveries,
+            workers: BTreeMap::new(),
+        }
+    }
+
+    /// Every delivery so far, in order.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.recording
+            .delivered()
+            .into_iter()
+            .map(|d| {
+                let row = d.change.new.expect("a new image");
+                (
+                    d.shard.worker_id.clone(),
+                    d.shard.shard_id.clone(),
+                    d.change.sequence_number.to_string(),
+                    row.pk,
+                    row.n,
+                )
+            })
+            .collect()
+    }
+
+    pub fn start(&mut self, id: &str) {
+        let gate = Arc::new(InstrumentedStore::new(self.store.clone()));
+        let consumer = Consumer::builder("app")
+            .with_table("orders")
+            .with_streams_api(Arc::new(self.sim.clone()))
+            .with_lease_store(gate.clone())
+            .with_worker_id(id)
+            .with_batch_limit(25)
+            .with_checkpoint_interval(Duration::from_millis(500))
+            .build(self.recording.factory())
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(consumer.run_until(async move {
+            let _ = stopped.await;
+        }));
+        self.workers
+            .insert(id.to_owned(), Running { task, stop, gate });
+    }
+
+    pub fn crash(&mut self, id: &str) {
+        if let Some(worker) = self.workers.remove(id) {
+            worker.task.abort();
+        }
+    }
+
+    pub fn link(&self, id: &str, link: Link) {
+        if let Some(worker) = self.workers.get(id) {
+            worker.gate.set_link(link);
+        }
+    }
+
+    pub async fn stop_all(&mut self) {
+        for (id, worker) in std::mem::take(&mut self.workers) {
+            worker.gate.set_link(Link::Up);
+            let _ = worker.stop.send(());
+            let result = tokio::time::timeout(Duration::from_secs(120), worker.task)
+                .await
+                .unwrap_or_else(|_| panic!("worker {id} did not stop gracefully"));
+            result.unwrap().unwrap();
+        }
+    }
+
+    /// Takes by the running workers so far (crashed workers' counts are gone with them).
+    pub fn takes(&self) -> u64 {
+        self.workers
+            .values()
+            .map(|w| {
+                w.gate
+                    .calls()
+                    .get(&StoreOp::TakeLease)
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Polls every 100 ms until every written change was delivered, for up to `limit`.
+    pub async fn wait_for_every_change(&self, limit: Duration) {
+        let expected = written_positions(&self.sim);
+        tokio::time::timeout(limit, async {
+            loop {
+                let delivered: HashSet<(String, String)> =
+                    self.deliveries().into_iter().map(|d| (d.1, d.2)).collect();
+                if expected.is_subset(&delivered) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+        .await
+        .expect("some changes were never delivered");
+    }
+}
+
+/// (shard, sequence number) of every change written to the simulated table.
+pub fn written_positions(sim: &SimulatedStream) -> HashSet<(String, String)> {
+    sim.written()
+        .iter()
+        .map(|w| (w.shard_id.clone(), w.sequence_number.to_string()))
+        .collect()
+}
+
+/// Invariants 1-4 over every delivery: no delivery by a worker that did not own the lease
+/// at that moment, per-key order (redeliveries aside), parents before children, and a
+/// bounded number of redeliveries. Call after every change was delivered.
+pub fn check_deliveries(cluster: &Cluster, stream_arn: &str) {
+    let expected = written_positions(&cluster.sim);
+    let zombies = cluster.zombie_deliveries.lock().unwrap().clone();
+    assert!(
+        zombies.is_empty(),
+        "deliveries by workers that had lost the lease: {zombies:#?}"
+    );
+    let delivered = cluster.deliveries();
+    // Per key, values only move forward, except redeliveries of values seen before
+    // (after a crash or a lost lease, processing resumes at the last checkpoint).
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    let mut seen: HashSet<(&str, u64)> = HashSet::new();
+    for (worker, _, _, key, n) in &delivered {
+        if let Some(prev) = last.insert(key, *n) {
+            assert!(
+                *n > prev || seen.contains(&(key.as_str(), *n)),
+                "key {key}: {n} after {prev} at {worker}, and not a redelivery"
+            );
+        }
+        seen.insert((key, *n));
+    }
+    // Parents before children.
+    let first: HashMap<&str, usize> = delivered
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, d)| (d.1.as_str(), i))
+        .collect();
+    for shard in cluster.sim.all_shards(stream_arn).unwrap() {
+        if let (Some(parent), Some(child_first)) =
+            (&shard.parent_shard_id, first.get(shard.shard_id.as_str()))
+            && let Some(parent_last) = delivered.iter().rposition(|d| &d.1 == parent)
+        {
+            assert!(
+                parent_last < *child_first,
+                "{} before its parent {parent} ended",
+                shard.shard_id
+            );
+        }
+    }
+    let duplicates = delivered.len() - expected.len();
+    assert!(
+        duplicates < expected.len() / 5,
+        "{duplicates} redeliveries for {} changes: more than crashes explain",
+        expected.len()
+    );
+}
+
+/// After a graceful stop of everyone, no unfinished lease is owned (finished ones may keep
+/// a crashed owner: nobody needs to take them).
+pub async fn check_released(store: &InMemoryLeaseStore) {
+    for lease in store.list_leases().await.unwrap() {
+        if lease.checkpoint != Checkpoint::ShardEnd && !lease.key.is_coordination() {
+            assert!(
+                lease.owner.is_none(),
+                "{} still owned by {:?}",
+                lease.key,
+                lease.owner
+            );
+        }
+    }
+}
+
+/// Unfinished shard leases per worker id (the part of the owner before `#`), and how many
+/// have no owner or one outside `live`.
+pub async fn ownership(
+    store: &InMemoryLeaseStore,
+    live: &[String],
+) -> (BTreeMap<String, usize>, usize) {
+    let mut per_worker: BTreeMap<String, usize> = live.iter().map(|w| (w.clone(), 0)).collect();
+    let mut orphans = 0;
+    for lease in store.list_leases().await.unwrap() {
+        if lease.key.is_coordination() || lease.checkpoint == Checkpoint::ShardEnd {
+            continue;
+        }
+        let worker = lease.owner.as_deref().and_then(|o| o.split('#').next());
+        match worker.and_then(|w| per_worker.get_mut(w)) {
+            Some(count) => *count += 1,
+            None => orphans += 1,
+        }
+    }
+    (per_worker, orphans)
+}
