@@ -155,6 +155,18 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the lease table itself is gone (deleted under running workers): no retry
+    /// helps, so workers stop with this error instead of retrying forever.
+    pub fn is_table_missing(&self) -> bool {
+        matches!(
+            self,
+            Self::DynamoDb {
+                class: ErrorClass::NotFound,
+                ..
+            }
+        )
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +195,7 @@ mod tests {
         ] {
             assert!(!dynamodb(class).is_transient(), "{class}");
         }
+        assert!(dynamodb(ErrorClass::NotFound).is_table_missing());
+        assert!(!dynamodb(ErrorClass::Throttling).is_table_missing());
     }
 }

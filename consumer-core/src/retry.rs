@@ -89,6 +89,15 @@ pub(crate) fn reincarnation(renew_interval: Duration) -> ExponentialBuilder {
     exponential(millis(200).min(renew_interval), renew_interval)
 }
 
+/// A failed heartbeat, until the next one is confirmed: 100 ms doubling up to a quarter
+/// of `renew_interval`, jittered, never giving up. Heartbeats have this budget of their
+/// own (not the lease-store policy shared with checkpoint writes): waiting a whole renew
+/// interval after a throttled heartbeat would leave two tries before the worker fences.
+pub(crate) fn heartbeat(renew_interval: Duration) -> ExponentialBuilder {
+    let max = (renew_interval / 4).max(millis(100));
+    exponential(millis(100).min(max), max).with_jitter()
+}
+
 /// Pauses between polls of an idle shard: `min` after the first empty page, doubling up to
 /// `max`, not jittered; a page with records starts over. Bounds the delivery latency of a
 /// quiet shard and the cost of polling it.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use backon::ExponentialBuilder;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
 use futures::FutureExt;
 use tokio::task::JoinSet;
@@ -135,7 +135,12 @@ impl<F: ProcessorFactory> Worker<F> {
                 biased;
                 _ = &mut shutdown => break,
                 _ = state.incarnation.fenced.cancelled() => {
-                    self.fence(&mut state).await?;
+                    // SIGTERM is honoured while the comeback retries.
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        comeback = self.fence(&mut state) => comeback?,
+                    }
                 }
                 Some(joined) = state.tasks.join_next() => {
                     if self.shard_finished(&mut state, joined).await {
@@ -145,14 +150,10 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
                 // A worker may turn dead between ticks: look right then, not up to a tick later.
                 _ = sleep_until_some(state.liveness.next_expiry(Instant::now())) => {
-                    if let Err(error) = self.tick(&mut state).await {
-                        tracing::warn!(%error, "lease scan failed; retrying on the next tick");
-                    }
+                    self.tick_or_give_up(&mut state).await?;
                 }
                 _ = scan_tick.tick() => {
-                    if let Err(error) = self.tick(&mut state).await {
-                        tracing::warn!(%error, "lease scan failed; retrying on the next tick");
-                    }
+                    self.tick_or_give_up(&mut state).await?;
                 }
             }
         }
@@ -247,6 +248,29 @@ impl<F: ProcessorFactory> Worker<F> {
             }
         }
         Ok(())
+    }
+
+    /// A tick whose failure is logged and retried on the next tick, except a lease table
+    /// that is gone: then the worker stops its shards and returns the error (a clear exit,
+    /// not an endless retry).
+    async fn tick_or_give_up(&self, state: &mut State) -> Result<()> {
+        match self.tick(state).await {
+            Err(crate::Error::LeaseStore(error)) if error.is_table_missing() => {
+                tracing::error!(%error, "the lease table is gone; stopping this worker");
+                for running in state.running.values() {
+                    running.signals.lost.cancel();
+                }
+                while state.tasks.join_next().await.is_some() {}
+                state.running.clear();
+                state.incarnation.stop_heartbeat.cancel();
+                Err(crate::Error::LeaseStore(error))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "lease scan failed; retrying on the next tick");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
     }
 
     /// One tick: read the membership item, and scan the leases only if something changed
@@ -621,7 +645,10 @@ impl<F: ProcessorFactory> Worker<F> {
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
         let policy = retry::reincarnation(self.shared.config.renew_interval);
-        let incarnation = self.start_incarnation(policy, |_| true).await?;
+        // Anything but a deleted lease table is worth another try.
+        let incarnation = self
+            .start_incarnation(policy, |e| !e.is_table_missing())
+            .await?;
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         state.incarnation = incarnation;
         state.last_sync = None;
@@ -738,6 +765,7 @@ async fn heartbeat_loop(
     stop: CancellationToken,
 ) {
     let mut next = confirmed_at + renew;
+    let mut pauses = retry::heartbeat(renew).build();
     loop {
         tokio::select! {
             biased;
@@ -746,14 +774,22 @@ async fn heartbeat_loop(
             _ = tokio::time::sleep_until(next) => {}
         }
         let sent = Instant::now();
-        next = sent + renew;
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(confirmed_at + deadline) => { fenced.cancel(); return; }
             result = store.heartbeat(&id, ttl) => match result {
-                Ok(_) => confirmed_at = sent,
-                Err(error) => tracing::warn!(incarnation = %id, %error, "heartbeat failed"),
+                Ok(_) => {
+                    confirmed_at = sent;
+                    next = sent + renew;
+                    pauses = retry::heartbeat(renew).build();
+                }
+                Err(error) => {
+                    // Retried soon, on the heartbeat's own budget, not a renew interval later.
+                    let pause = pauses.next().unwrap_or(renew);
+                    tracing::warn!(incarnation = %id, %error, ?pause, "heartbeat failed");
+                    next = Instant::now() + pause;
+                }
             },
         }
     }

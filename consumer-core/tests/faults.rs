@@ -201,3 +201,74 @@ async fn an_idle_stream_costs_a_bounded_number_of_calls() {
     // One full sync per minute plus the first one.
     assert!(describe <= 62, "{describe} DescribeStream calls in an hour");
 }
+
+/// A consumer over one 4-shard table whose lease-store link the test controls.
+fn gated_consumer(
+    sim: &SimulatedStream,
+    gate: Arc<consumer_core::testkit::InstrumentedStore<InMemoryLeaseStore>>,
+) -> Consumer<impl ProcessorFactory> {
+    Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(gate)
+        .build(Recording::<Row>::new().factory())
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_a_clear_error() {
+    use consumer_core::testkit::{InstrumentedStore, Link};
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(2)
+    });
+    sim.add_table("t");
+    let gate = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+    let consumer = gated_consumer(&sim, gate.clone());
+    let worker = tokio::spawn(consumer.run_until(std::future::pending()));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !worker.is_finished(),
+        "the worker runs while the table exists"
+    );
+    gate.set_link(Link::TableDeleted);
+    let error = tokio::time::timeout(Duration::from_secs(60), worker)
+        .await
+        .expect("the worker kept retrying against a deleted lease table")
+        .unwrap()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("instrumented") && error.contains("not found"),
+        "the error names the table and what happened: {error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn sigterm_is_honoured_while_a_fenced_worker_retries_its_comeback() {
+    use consumer_core::testkit::{InstrumentedStore, Link};
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(3)
+    });
+    sim.add_table("t");
+    let gate = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+    let consumer = gated_consumer(&sim, gate.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Cut off for good: the worker fences itself and retries its comeback forever.
+    gate.set_link(Link::Partitioned);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!worker.is_finished());
+    stop.send(()).unwrap();
+    // Stopping gives up the comeback; the release and the worker-item removal it then
+    // tries are retried a bounded number of times against the partition.
+    tokio::time::timeout(Duration::from_secs(300), worker)
+        .await
+        .expect("SIGTERM was not honoured during the comeback")
+        .unwrap()
+        .unwrap();
+}

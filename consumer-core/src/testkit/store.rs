@@ -79,6 +79,9 @@ pub enum Link {
     Frozen,
     /// Calls fail at once with [`Error::Unreachable`]: a network partition.
     Partitioned,
+    /// Calls fail at once as DynamoDB answers when the table was deleted
+    /// (`ResourceNotFoundException`).
+    TableDeleted,
 }
 
 /// A lease store that counts every call (per [`StoreOp`], and the items scans read) and
@@ -198,15 +201,24 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             .wait_for(|l| *l != Link::Frozen)
             .await
             .map_or(Link::Up, |l| *l);
-        if current == Link::Partitioned {
-            return Err(Error::Unreachable {
+        match current {
+            Link::Partitioned => Err(Error::Unreachable {
                 endpoint: "the test's partition".into(),
                 operation: op.name(),
                 table: "instrumented".into(),
                 source: "partitioned by the test".into(),
-            });
+            }),
+            Link::TableDeleted => Err(Error::DynamoDb {
+                operation: op.name(),
+                table: "instrumented".into(),
+                key: None,
+                class: checkpoint_store::aws::ErrorClass::NotFound,
+                source:
+                    "ResourceNotFoundException: Requested resource not found (deleted by the test)"
+                        .into(),
+            }),
+            Link::Up | Link::Frozen => Ok(()),
         }
-        Ok(())
     }
 
     fn read<T>(&self, items: Vec<T>) -> Vec<T> {
