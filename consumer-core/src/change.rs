@@ -158,8 +158,37 @@ fn decode_item<T: DeserializeOwned>(
         sequence_number: sequence_number.clone(),
         image,
         path: e.path().to_string(),
-        message: e.into_inner().to_string(),
+        message: redact(&e.into_inner().to_string()),
     })
+}
+
+/// `message` with every quoted part (`'…'`, `"…"`, `` `…` ``) blanked out. serde and
+/// serde_dynamo quote the offending value in their messages (`Failed to parse 'x' as an
+/// integer`, `invalid type: string "x"`), and images may hold personal data: errors and
+/// logs name the shard, record and field path, never item values.
+fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut open: Option<char> = None;
+    for c in message.chars() {
+        match open {
+            Some(quote) if c == quote => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if matches!(c, '\'' | '"' | '`') {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    if open.is_some() {
+        out.push('…');
+    }
+    out
 }
 
 /// The changes of one delivery: consecutive records of one shard, in order.
@@ -318,6 +347,22 @@ mod tests {
         assert!(text.contains("000000000000000000123"), "{text}");
         assert!(text.contains("count"), "{text}");
         assert!(text.contains("NewImage"), "{text}");
+    }
+
+    #[test]
+    fn decode_errors_carry_no_item_values() {
+        let err = Change::<Counter>::decode(
+            "shard-7",
+            record(
+                OperationType::Insert,
+                None,
+                Some(("test", "alice@example.com")),
+            ),
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("alice"), "{text}");
+        assert!(text.contains("count"), "{text}");
     }
 
     #[test]

@@ -298,6 +298,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_asked_for_during_a_failed_batch_covers_only_what_succeeded() {
+        let (store, mut cp) = checkpointer(Duration::ZERO).await;
+        cp.delivered(&seq(10));
+        // A batch of 11..=20 is in flight; the processor checkpoints all of it, then fails.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        assert_eq!(
+            stored(&store).await,
+            Checkpoint::TrimHorizon,
+            "not written while the batch runs"
+        );
+        cp.end(None);
+        assert_eq!(cp.last_delivered(), Some(&seq(10)));
+        // E.g. in `shutdown_requested`: covers the last batch that succeeded, no more.
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(10)));
+        // A batch that succeeds is covered once it returned.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        cp.end(Some(&seq(20)));
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_worker_that_lost_the_lease_cannot_checkpoint() {
         let (store, mut cp) = checkpointer(Duration::ZERO).await;
         let key = LeaseKey::new("arn", "shard-1");
