@@ -208,16 +208,12 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
     .await;
 
     // Owned by a live worker: refused, naming the owner; nothing moved.
-    let refused = ddbsc(&[
-        "reset",
-        "--app",
-        &app,
-        "--table",
-        &table,
-        "--to",
-        "trim-horizon",
-    ])
-    .await;
+    let reset = async |to: &str, more: &[&str]| {
+        let mut args = vec!["reset", "--app", &app, "--table", &table, "--to", to];
+        args.extend(more);
+        ddbsc(&args).await
+    };
+    let refused = reset("trim-horizon", &[]).await;
     assert_one_line_error(&refused, 1, &["w1#", "live worker", "--force"]);
     let status = ddbsc_json(&["status", "--app", &app]).await;
     assert_eq!(leases(&status)[0]["checkpoint"], seqs[2].as_str());
@@ -243,23 +239,22 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
         leases(s)[0]["checkpoint"] == seqs[2].as_str()
     })
     .await;
-    let forced = ddbsc(&[
-        "reset",
-        "--app",
-        &app,
-        "--table",
-        &table,
-        "--to",
-        "trim-horizon",
-        "--force",
-    ])
-    .await;
+    let forced = reset("trim-horizon", &["--force"]).await;
     assert_eq!(forced.0, 0, "{}", forced.2);
     assert!(forced.1.contains("taken from w2#"), "{}", forced.1);
     wait_until("the 3 changes again", DEADLINE, || second.len() >= 5).await;
     let all: Vec<i64> = second.images().iter().map(|i| i.n).collect();
     assert_eq!(all, [1, 2, 0, 1, 2]);
     worker.shut_down().await;
+
+    // Nobody consuming, two new changes: `--lag` reads them from the stream.
+    put(&table, "k3", 3).await;
+    put(&table, "k4", 4).await;
+    let lagged = ddbsc_json(&["status", "--app", &app, "--lag"]).await;
+    let lag = &leases(&lagged)[0]["lag"];
+    assert_eq!(lag["records"], 2, "{lagged}");
+    assert_eq!(lag["complete"], true, "{lagged}");
+    assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{lagged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
