@@ -171,6 +171,12 @@ async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
     for lease in leases(&lagged) {
         assert_eq!(lease["lag"]["records"], 0, "{lease}");
     }
+    // --observe: alive because their heartbeat counters moved within 2 s (renewals every
+    // second at a 3 s failover time), no clocks compared.
+    let observed = ddbsc_json(&["status", "--app", &app, "--observe", "2s"]).await;
+    let workers = observed["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{observed}");
+    assert!(workers.iter().all(|w| w["alive"] == true), "{observed}");
     // The readable form names the tables and the workers; flags may come first.
     let (code, out, err) = ddbsc(&["--endpoint", &endpoint(), "status", "--app", &app]).await;
     assert_eq!(code, 0, "{err}");
