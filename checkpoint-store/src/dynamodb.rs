@@ -1185,6 +1185,34 @@ mod tests {
     }
 
     #[test]
+    fn scans_skip_an_item_that_does_not_decode_and_keep_the_rest() {
+        let store = offline_store();
+        let good = Lease::new(LeaseKey::new("s", "good"), Checkpoint::Latest, vec![]);
+        let mut bad = encode_lease(&Lease::new(
+            LeaseKey::new("s", "bad"),
+            Checkpoint::Latest,
+            vec![],
+        ));
+        // As a newer version might write it: a field in a shape we do not know.
+        bad.insert(attr::EPOCH.into(), AttributeValue::S("v2:7".into()));
+        let membership = encode_membership(&Membership {
+            leases_version: 3,
+            workers: vec![WorkerRecord {
+                worker_id: "w#1".into(),
+                heartbeat: 9,
+                updated_at: UNIX_EPOCH + Duration::from_millis(1_000),
+                expires_at: UNIX_EPOCH + Duration::from_secs(60),
+            }],
+        });
+        let (leases, read) = store.decode_scan(&[bad, encode_lease(&good), membership]);
+        let keys: Vec<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
+        assert_eq!(keys, [&good.key]);
+        assert_eq!(read.leases_version, 3);
+        assert_eq!(read.workers.len(), 1);
+        assert_eq!(read.workers[0].heartbeat, 9);
+    }
+
+    #[test]
     fn corrupt_items_name_table_item_and_attribute() {
         let store = offline_store();
         let mut item = encode_lease(&Lease::new(

@@ -103,6 +103,18 @@ pub(crate) fn parents_done(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -
     })
 }
 
+/// Parents of `lease` that the scan did not return. The scan alone does not prove them
+/// gone (an item that did not decode is skipped, a page may be stale): the worker confirms
+/// each with a consistent read before the child starts.
+pub(crate) fn missing_parents(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -> Vec<LeaseKey> {
+    lease
+        .parent_shard_ids
+        .iter()
+        .map(|parent| LeaseKey::new(lease.key.stream.clone(), parent.clone()))
+        .filter(|key| !by_key.contains_key(key))
+        .collect()
+}
+
 /// What this worker should do after a scan.
 #[derive(Debug, Default, PartialEq)]
 pub(crate) struct Plan {

@@ -98,6 +98,8 @@ struct State {
     sync_task: Option<AbortOnDropHandle<()>>,
     /// The live workers as of the last tick.
     live_seen: HashSet<String>,
+    /// Parent leases a consistent read found gone (or finished): their children may start.
+    gone_parents: HashSet<LeaseKey>,
 }
 
 impl<F: ProcessorFactory> Worker<F> {
@@ -125,6 +127,7 @@ impl<F: ProcessorFactory> Worker<F> {
             next_audit: Instant::now() + AUDIT_INTERVAL,
             sync_task: None,
             live_seen: HashSet::new(),
+            gone_parents: HashSet::new(),
         };
 
         let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
@@ -315,6 +318,7 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         let leases = std::mem::take(&mut state.leases);
         self.run_shard_sync(state, &leases, now).await;
+        self.confirm_missing_parents(state, &leases).await;
         self.start_ready(state, &leases, now);
         state.leases = leases;
         Ok(())
@@ -410,6 +414,7 @@ impl<F: ProcessorFactory> Worker<F> {
         });
 
         self.run_shard_sync(state, &leases, now).await;
+        self.confirm_missing_parents(state, &leases).await;
         if self.is_stale(state, started) {
             return Ok(());
         }
@@ -448,6 +453,37 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
+    /// Confirms, with a consistent read each, that parents the scan did not return are
+    /// really gone (or finished) before their children owned here may start: a parent
+    /// missing from a scan is not proof (invariant 3).
+    async fn confirm_missing_parents(&self, state: &mut State, leases: &[Lease]) {
+        let by_key: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
+        let me = state.incarnation.id.as_str();
+        let unconfirmed: HashSet<LeaseKey> = leases
+            .iter()
+            .filter(|l| l.is_owned_by(me) && lease_protocol::is_active(l))
+            .filter(|l| !state.running.contains_key(&l.key))
+            .flat_map(|l| lease_protocol::missing_parents(l, &by_key))
+            .filter(|parent| !state.gone_parents.contains(parent))
+            .collect();
+        for parent in unconfirmed {
+            match self.shared.store.get_lease(&parent).await {
+                Ok(None) => {
+                    state.gone_parents.insert(parent);
+                }
+                Ok(Some(lease)) if lease.checkpoint == Checkpoint::ShardEnd => {
+                    state.gone_parents.insert(parent);
+                }
+                Ok(Some(_)) => {
+                    tracing::warn!(%parent, "a parent lease missing from the scan exists and is not finished; its children wait");
+                }
+                Err(error) => {
+                    tracing::warn!(%parent, %error, "cannot confirm a missing parent lease; its children wait")
+                }
+            }
+        }
+    }
+
     /// Starts a consumer for each lease we own whose parents are finished.
     fn start_ready(&self, state: &mut State, leases: &[Lease], now: Instant) {
         let by_key: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
@@ -464,6 +500,9 @@ impl<F: ProcessorFactory> Worker<F> {
                     .get(&lease.key)
                     .is_some_and(|at| *at > now)
                 || !lease_protocol::parents_done(lease, &by_key)
+                || !lease_protocol::missing_parents(lease, &by_key)
+                    .iter()
+                    .all(|parent| state.gone_parents.contains(parent))
             {
                 continue;
             }

@@ -272,3 +272,58 @@ async fn sigterm_is_honoured_while_a_fenced_worker_retries_its_comeback() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parent_missing_from_scans_holds_its_children_until_a_consistent_read_says_done() {
+    use checkpoint_store::LeaseKey;
+    use consumer_core::testkit::InstrumentedStore;
+    let sim = SimulatedStream::with_seed(4);
+    let arn = sim.add_table("t");
+    let parent = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    put(&sim, 0..5);
+    let (left, right) = sim.split_shard(&arn, &parent).unwrap();
+    put(&sim, 5..10);
+    // The parent's lease exists but scans skip it, as they skip an item that does not
+    // decode: the scan alone must not count the parent as done.
+    let gate = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+    gate.hide_from_scans([LeaseKey::new(arn.clone(), parent.clone())]);
+    let recording = Recording::<Row>::new();
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(gate.clone())
+        .build(recording.factory())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let children: Vec<_> = recording
+        .delivered()
+        .into_iter()
+        .filter(|d| d.shard.shard_id == left || d.shard.shard_id == right)
+        .collect();
+    assert!(
+        children.is_empty(),
+        "children started while their parent was unfinished: {} records",
+        children.len()
+    );
+    gate.unhide_all();
+    while recording.len() < 10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shards: Vec<String> = recording
+        .delivered()
+        .iter()
+        .map(|d| d.shard.shard_id.clone())
+        .collect();
+    let last_parent = shards.iter().rposition(|s| *s == parent).unwrap();
+    let first_child = shards.iter().position(|s| *s != parent).unwrap();
+    assert!(
+        last_parent < first_child,
+        "parent before children: {shards:?}"
+    );
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}

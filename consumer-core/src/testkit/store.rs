@@ -2,7 +2,7 @@
 //! store under the test's control. One decorator forwards the trait's methods, so the
 //! simulation tests and the cost example do not each forward them by hand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -95,6 +95,7 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     calls: Mutex<BTreeMap<StoreOp, u64>>,
     items_read: AtomicU64,
     billed: Mutex<Billed>,
+    hidden: Mutex<HashSet<LeaseKey>>,
 }
 
 /// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
@@ -118,6 +119,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             calls: Mutex::default(),
             items_read: AtomicU64::new(0),
             billed: Mutex::default(),
+            hidden: Mutex::default(),
         }
     }
 
@@ -142,6 +144,29 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     /// Lease and worker items returned by scans so far.
     pub fn items_read(&self) -> u64 {
         self.items_read.load(Ordering::Relaxed)
+    }
+
+    /// Leaves these leases out of scans (`snapshot`, `list_leases`) while still serving
+    /// them to `get_lease` and writes: what a scan does with an item it cannot decode.
+    pub fn hide_from_scans(&self, keys: impl IntoIterator<Item = LeaseKey>) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(keys);
+    }
+
+    /// Scans return every lease again.
+    pub fn unhide_all(&self) {
+        self.hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    fn visible(&self, mut leases: Vec<Lease>) -> Vec<Lease> {
+        let hidden = self.hidden.lock().unwrap_or_else(PoisonError::into_inner);
+        leases.retain(|l| !hidden.contains(&l.key));
+        leases
     }
 
     /// The units billed so far (see [`Billed`]).
@@ -244,7 +269,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     }
     async fn list_leases(&self) -> Result<Vec<Lease>> {
         self.pass(StoreOp::ListLeases).await?;
-        let leases = self.inner.list_leases().await?;
+        let leases = self.visible(self.inner.list_leases().await?);
         // A filtered Scan bills every item it reads, the membership item too.
         let sizes = leases.iter().map(billing::lease_item_size);
         let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
@@ -326,6 +351,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
         self.pass(StoreOp::Snapshot).await?;
         let (leases, workers) = self.inner.snapshot().await?;
+        let leases = self.visible(leases);
         let sizes = leases.iter().map(billing::lease_item_size);
         let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
         self.bill(units, 0, false);
