@@ -606,3 +606,56 @@ async fn key_parallelism_keeps_per_item_order_and_drains_a_slow_backlog_about_n_
         "1 partition: {one:?}, 4 partitions: {four:?}, speedup {speedup:.2}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_that_vanished_is_reported_as_data_loss_and_finished_so_its_child_runs() {
+    use consumer_core::testkit::Recording;
+    let sim = SimulatedStream::with_seed(8);
+    let arn = sim.add_table("t");
+    for n in 0..3 {
+        let pk = format!("k{n}");
+        sim.put_value("t", &Row { pk, n }).unwrap();
+    }
+    let parent = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let in_first_batch = Arc::new(tokio::sync::Notify::new());
+    let go_on = Arc::new(tokio::sync::Notify::new());
+    let (entered, proceed) = (in_first_batch.clone(), go_on.clone());
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let recording: Recording<Row> = Recording::new().with_hook(move |_, _, _| {
+        let (entered, proceed) = (entered.clone(), proceed.clone());
+        let is_first = first.swap(false, Ordering::SeqCst);
+        Box::pin(async move {
+            if is_first {
+                entered.notify_one();
+                proceed.notified().await;
+            }
+            Ok(())
+        })
+    });
+    let consumer = builder(&sim, &store).build(recording.factory()).unwrap();
+    let watched = recording.clone();
+    let run = tokio::spawn(run_until_done(consumer, move || watched.len() >= 6));
+    in_first_batch.notified().await;
+    // While the first batch is processed, the shard closes and, a day later, is gone.
+    sim.rotate_shard(&arn, &parent).unwrap();
+    sim.advance_clock(Duration::from_secs(25 * 3600));
+    for n in 3..6 {
+        let pk = format!("k{n}");
+        sim.put_value("t", &Row { pk, n }).unwrap();
+    }
+    go_on.notify_one();
+    run.await.unwrap();
+    let values: Vec<u64> = recording.images().iter().map(|r| r.n).collect();
+    assert_eq!(values, vec![0, 1, 2, 3, 4, 5]);
+    let losses = recording.losses();
+    assert!(
+        losses
+            .iter()
+            .any(|l| l.shard_id == parent && l.resumed_at.contains("no longer exists")),
+        "{losses:?}"
+    );
+    let leases = store.list_leases().await.unwrap();
+    let parent_lease = leases.iter().find(|l| l.key.shard_id == parent).unwrap();
+    assert_eq!(parent_lease.checkpoint, Checkpoint::ShardEnd);
+}
