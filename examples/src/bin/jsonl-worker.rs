@@ -25,6 +25,18 @@
 //! as arrays). Delivery is at least once: after a crash, another worker (or a restart)
 //! prints again the changes after the last checkpoint.
 //!
+//! Delivery flags (see the README's settings): `--max-retries N`, `--bisect`,
+//! `--on-failure FILE` (one JSON line per record given up on:
+//! `{"table","shard","seq","event","keys","reason"}`), `--max-record-age DUR`,
+//! `--batch-size N`, `--batching-window DUR`, `--key-parallelism N` (lines of different
+//! items may interleave, lines of one item may not), `--batch-timeout DUR`,
+//! `--shutdown-timeout DUR`, `--checkpoint-interval DUR` (default 0s: after every batch),
+//! `--events INSERT,MODIFY,REMOVE` (kinds printed; the others are checkpointed past). For
+//! tests: `--fail-when ATTR=VALUE` fails a change whose new image has ATTR equal to VALUE
+//! (as text): a partial batch failure at it (the changes before it are printed), or with
+//! `--whole-batch-failures` the whole batch (none of it printed); `--process-delay DUR`
+//! sleeps in every `process` call before printing.
+//!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT: graceful shutdown
 //! (leases released), exit 0. A table that does not exist or has no stream, or an
 //! unreachable endpoint: one line on stderr naming it, exit 2.
