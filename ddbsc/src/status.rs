@@ -99,10 +99,16 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         .collect();
     let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
 
-    let mut lags = Vec::with_capacity(leases.len());
+    // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its row;
+    // the rest of the status is still shown.
+    let mut lags: Vec<Option<Result<Lag, String>>> = Vec::with_capacity(leases.len());
     for (lease, state) in leases.iter().zip(&states) {
         lags.push(if args.lag && *state == State::Active {
-            Some(shard_lag(context.streams().as_ref(), lease).await?)
+            Some(
+                shard_lag(context.streams().as_ref(), lease)
+                    .await
+                    .map_err(|Failure(message)| message),
+            )
         } else {
             None
         });
@@ -153,6 +159,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     table
         .load_preset(comfy_table::presets::NOTHING)
         .set_header(header);
+    let mut unreadable = Vec::new();
     for ((lease, state), lag) in leases.iter().zip(&states).zip(&lags) {
         let mut row = vec![
             table_of_stream(&lease.key.stream)
@@ -170,7 +177,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         ];
         if args.lag {
             row.extend(match lag {
-                Some(lag) => [
+                Some(Err(message)) => {
+                    unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
+                    ["?".into(), "?".into()]
+                }
+                Some(Ok(lag)) => [
                     format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
                     lag.oldest_age
                         .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
@@ -181,7 +192,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
         table.add_row(row);
     }
-    println!("{table}\n");
+    println!("{table}");
+    for line in &unreadable {
+        println!("cannot read {line}");
+    }
+    println!();
 
     let mut table = Table::new();
     table
@@ -209,7 +224,7 @@ fn lease_json(
     lease: &Lease,
     state: State,
     live: &Liveness,
-    lag: Option<&Lag>,
+    lag: Option<&Result<Lag, String>>,
     lag_asked: bool,
 ) -> Value {
     let mut value = json!({
@@ -226,7 +241,8 @@ fn lease_json(
     });
     if lag_asked {
         value["lag"] = match lag {
-            Some(lag) => json!({
+            Some(Err(message)) => json!({ "error": message }),
+            Some(Ok(lag)) => json!({
                 "records": lag.records,
                 "complete": lag.complete,
                 "oldest_unprocessed_age_ms": lag.oldest_age.map(|a| a.as_millis() as u64),

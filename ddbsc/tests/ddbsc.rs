@@ -261,6 +261,18 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
     assert_eq!(lag["records"], 2, "{lagged}");
     assert_eq!(lag["complete"], true, "{lagged}");
     assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{lagged}");
+
+    // A checkpoint the stream cannot read from: that shard's lag says why, the status is
+    // still shown.
+    let shard = leases(&lagged)[0]["shard"].as_str().unwrap().to_owned();
+    let beyond = "9".repeat(30);
+    let moved = reset(&beyond, &["--shard", &shard]).await;
+    assert_eq!(moved.0, 0, "{}", moved.2);
+    let lagged = ddbsc_json(&["status", "--app", &app, "--lag"]).await;
+    let error = leases(&lagged)[0]["lag"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("GetShardIterator"), "{lagged}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
