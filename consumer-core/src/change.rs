@@ -149,10 +149,12 @@ fn decode_item<T: DeserializeOwned>(
     image: &'static str,
     item: &HashMap<String, AttributeValue>,
 ) -> Result<T> {
-    let item: serde_dynamo::Item = item.clone().into();
-    let deserializer = serde_dynamo::Deserializer::from_attribute_value(
-        serde_dynamo::AttributeValue::M(item.into()),
-    );
+    // Straight from the SDK's values, borrowed: no copy of the image. The field path costs
+    // an allocation per key, so it is only tracked on a second pass, for the error.
+    if let Ok(decoded) = T::deserialize(crate::attribute_de::ItemDeserializer(item)) {
+        return Ok(decoded);
+    }
+    let deserializer = crate::attribute_de::ItemDeserializer(item);
     serde_path_to_error::deserialize(deserializer).map_err(|e| Error::Decode {
         shard_id: shard_id.to_owned(),
         sequence_number: sequence_number.clone(),

@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
+mod attribute_de;
 mod change;
 mod checkpointer;
 mod config;

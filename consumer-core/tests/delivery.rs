@@ -591,8 +591,7 @@ async fn drain_with_key_parallelism(n: usize) -> Duration {
         panic!("checkpointed");
     };
     assert_eq!(seq, sim.written().last().unwrap().sequence_number);
-    let took = finished.lock().unwrap().unwrap() - started;
-    took
+    finished.lock().unwrap().unwrap() - started
 }
 
 #[tokio::test(start_paused = true)]
