@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -39,6 +40,9 @@ pub struct Checkpointer {
     last_write: Option<Instant>,
     /// Writes nothing (a key-parallel partition's: the shard checkpoints for all of them).
     detached: bool,
+    /// The framework's checkpoint write running while the next batch is processed (at most
+    /// one per shard), and what it writes.
+    background: Option<(Checkpoint, JoinHandle<checkpoint_store::Result<Lease>>)>,
 }
 
 impl Checkpointer {
@@ -60,6 +64,7 @@ impl Checkpointer {
             interval,
             last_write: None,
             detached: false,
+            background: None,
         }
     }
 
@@ -77,6 +82,7 @@ impl Checkpointer {
             interval: self.interval,
             last_write: None,
             detached: true,
+            background: None,
         }
     }
 
@@ -126,6 +132,7 @@ impl Checkpointer {
 
     /// Writes the pending checkpoint now, whatever the interval.
     pub async fn flush(&mut self) -> Result<()> {
+        self.settle().await?;
         if let Some(seq) = self.pending.take() {
             if self.stored.sequence_number() == Some(&seq) {
                 return Ok(());
@@ -202,7 +209,95 @@ impl Checkpointer {
         if due { self.flush().await } else { Ok(()) }
     }
 
+    /// The framework's checkpoint after a batch: at the last record done, written in the
+    /// background so the next batch does not wait for it. One write is in flight per shard;
+    /// a newer checkpoint waits for it and is written next (the latest wins). The result of
+    /// a write is taken in by the next call (or any flush): a lost lease surfaces there.
+    pub(crate) async fn checkpoint_in_background(&mut self) -> Result<()> {
+        if let Some(seq) = self.last_done.clone()
+            && self.pending.as_ref().or(self.stored.sequence_number()) < Some(&seq)
+        {
+            self.pending = Some(seq);
+        }
+        self.flush_in_background().await
+    }
+
+    /// Starts writing the pending checkpoint in the background if the interval has passed
+    /// and no write is in flight; takes in the result of a finished one.
+    pub(crate) async fn flush_in_background(&mut self) -> Result<()> {
+        if self
+            .background
+            .as_ref()
+            .is_some_and(|(_, h)| h.is_finished())
+        {
+            self.settle().await?;
+        }
+        let due = self
+            .last_write
+            .is_none_or(|at| at.elapsed() >= self.interval);
+        if self.background.is_some() || !due {
+            return Ok(());
+        }
+        let Some(seq) = self.pending.take() else {
+            return Ok(());
+        };
+        if self.stored.sequence_number() == Some(&seq) {
+            return Ok(());
+        }
+        let checkpoint = Checkpoint::At(seq);
+        if self.detached {
+            return self.write(checkpoint).await;
+        }
+        let (store, key, ownership) =
+            (self.store.clone(), self.key.clone(), self.ownership.clone());
+        let written = checkpoint.clone();
+        let task = tokio::spawn(async move { store.checkpoint(&key, &ownership, &written).await });
+        self.background = Some((checkpoint, task));
+        self.last_write = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Waits for the background write, if any, and takes in its result; a failed one is
+    /// pending again (unless a newer checkpoint is).
+    pub(crate) async fn settle(&mut self) -> Result<()> {
+        let Some((checkpoint, task)) = self.background.take() else {
+            return Ok(());
+        };
+        let result = match task.await {
+            Ok(result) => result,
+            Err(joined) => {
+                return Err(Error::Internal {
+                    shard_id: self.key.shard_id.clone(),
+                    problem: format!("the checkpoint write task ended early: {joined}"),
+                });
+            }
+        };
+        match result {
+            Ok(lease) => {
+                self.written(&checkpoint, lease);
+                Ok(())
+            }
+            Err(error) => {
+                if self.pending.is_none() {
+                    self.pending = checkpoint.sequence_number().cloned();
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    fn written(&mut self, checkpoint: &Checkpoint, lease: Lease) {
+        CheckpointWritten {
+            stream_arn: &self.key.stream,
+            shard_id: &self.key.shard_id,
+            checkpoint: &checkpoint.encode(),
+        }
+        .emit();
+        self.stored = lease.checkpoint;
+    }
+
     async fn write(&mut self, checkpoint: Checkpoint) -> Result<()> {
+        self.settle().await?;
         if self.detached {
             self.stored = checkpoint;
             self.last_write = Some(Instant::now());
@@ -212,13 +307,7 @@ impl Checkpointer {
             .store
             .checkpoint(&self.key, &self.ownership, &checkpoint)
             .await?;
-        CheckpointWritten {
-            stream_arn: &self.key.stream,
-            shard_id: &self.key.shard_id,
-            checkpoint: &checkpoint.encode(),
-        }
-        .emit();
-        self.stored = lease.checkpoint;
+        self.written(&checkpoint, lease);
         self.last_write = Some(Instant::now());
         Ok(())
     }
@@ -321,6 +410,20 @@ mod tests {
         cp.end(Some(&seq(20)));
         cp.flush().await.unwrap();
         assert_eq!(stored(&store).await, Checkpoint::At(seq(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_framework_checkpoint_is_written_in_the_background_one_write_at_a_time() {
+        let (store, mut cp) = checkpointer(Duration::ZERO).await;
+        cp.delivered(&seq(1));
+        cp.checkpoint_in_background().await.unwrap();
+        assert!(cp.background.is_some(), "the write runs while the next batch does");
+        cp.delivered(&seq(2));
+        cp.checkpoint_in_background().await.unwrap();
+        assert_eq!(cp.pending, Some(seq(2)), "waits for the write in flight");
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(2)));
+        assert!(cp.background.is_none());
     }
 
     #[tokio::test(start_paused = true)]

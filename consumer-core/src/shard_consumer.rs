@@ -856,15 +856,16 @@ impl<F: ProcessorFactory> Session<'_, F> {
         self.done(records).await
     }
 
+    /// The checkpoint after a batch, written while the next one is processed.
     async fn checkpoint_delivered(&mut self) -> Result<(), Interrupted> {
-        match self.checkpointer.checkpoint().await {
+        match self.checkpointer.checkpoint_in_background().await {
             Ok(()) => Ok(()),
             Err(e) => self.checkpoint_failed(e),
         }
     }
 
     async fn flush_if_due(&mut self) -> Result<(), Interrupted> {
-        match self.checkpointer.flush_if_due().await {
+        match self.checkpointer.flush_in_background().await {
             Ok(()) => Ok(()),
             Err(e) => self.checkpoint_failed(e),
         }
@@ -902,6 +903,10 @@ impl<F: ProcessorFactory> Session<'_, F> {
             if let Err(interrupted) = self.pause_after_failure(&error, 0, &mut backoff).await {
                 return self.finish(interrupted).await;
             }
+        }
+        // A checkpoint still being written must not land after `SHARD_END`.
+        if let Err(error) = self.checkpointer.settle().await {
+            tracing::debug!(%shard_id, %error, "last checkpoint before SHARD_END not written");
         }
         let (consumer, lost) = (self.consumer, self.signals.lost.clone());
         let written = tokio::select! {
