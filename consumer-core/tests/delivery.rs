@@ -204,6 +204,24 @@ async fn run_until_done(
     .unwrap();
 }
 
+/// Runs a [`Tester`] consumer over `sim`, with an on-failure handler collecting into `log`
+/// and the settings `configure` adds, until `delivered` changes were recorded.
+async fn run_tester(
+    sim: &SimulatedStream,
+    store: &Arc<InMemoryLeaseStore>,
+    log: &Log,
+    poison: Option<u64>,
+    mode: Poison,
+    delivered: usize,
+    configure: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder,
+) {
+    let consumer = configure(builder(sim, store).with_on_failure(Collect(log.clone())))
+        .build(tester(log, poison, mode))
+        .unwrap();
+    let watched = log.clone();
+    run_until_done(consumer, move || watched.values().len() >= delivered).await;
+}
+
 async fn stored_checkpoint(sim: &SimulatedStream, store: &InMemoryLeaseStore) -> Checkpoint {
     let arn = sim.latest_stream_arn_of("t");
     let leases = store.list_leases().await.unwrap();
@@ -256,14 +274,16 @@ async fn a_poison_record_among_1000_ends_alone_in_the_handler_with_bisect_and_ma
     let sim = stream_with(1000);
     let store = Arc::new(InMemoryLeaseStore::new());
     let log = Log::default();
-    let consumer = builder(&sim, &store)
-        .with_max_retries(2)
-        .with_bisect_on_error(true)
-        .with_on_failure(Collect(log.clone()))
-        .build(tester(&log, Some(437), Poison::WholeBatch))
-        .unwrap();
-    let watched = log.clone();
-    run_until_done(consumer, move || watched.values().len() >= 999).await;
+    run_tester(
+        &sim,
+        &store,
+        &log,
+        Some(437),
+        Poison::WholeBatch,
+        999,
+        |b| b.with_max_retries(2).with_bisect_on_error(true),
+    )
+    .await;
     assert_eq!(
         log.failed(),
         vec![("retries-exhausted".to_owned(), vec![437])]
@@ -284,14 +304,10 @@ async fn without_bisect_the_whole_failing_batch_goes_to_the_handler_after_max_re
     let sim = stream_with(30);
     let store = Arc::new(InMemoryLeaseStore::new());
     let log = Log::default();
-    let consumer = builder(&sim, &store)
-        .with_batch_limit(10)
-        .with_max_retries(1)
-        .with_on_failure(Collect(log.clone()))
-        .build(tester(&log, Some(15), Poison::WholeBatch))
-        .unwrap();
-    let watched = log.clone();
-    run_until_done(consumer, move || watched.values().len() >= 20).await;
+    run_tester(&sim, &store, &log, Some(15), Poison::WholeBatch, 20, |b| {
+        b.with_batch_limit(10).with_max_retries(1)
+    })
+    .await;
     assert_eq!(
         log.failed(),
         vec![("retries-exhausted".to_owned(), (10..20).collect())]
@@ -305,13 +321,10 @@ async fn a_partial_batch_response_checkpoints_before_the_failed_record_and_redel
     let sim = stream_with(100);
     let store = Arc::new(InMemoryLeaseStore::new());
     let log = Log::default();
-    let consumer = builder(&sim, &store)
-        .with_max_retries(3)
-        .with_on_failure(Collect(log.clone()))
-        .build(tester(&log, Some(42), Poison::Partial))
-        .unwrap();
-    let watched = log.clone();
-    run_until_done(consumer, move || watched.values().len() >= 99).await;
+    run_tester(&sim, &store, &log, Some(42), Poison::Partial, 99, |b| {
+        b.with_max_retries(3)
+    })
+    .await;
     assert_eq!(
         log.failed(),
         vec![("retries-exhausted".to_owned(), vec![42])]
@@ -331,15 +344,12 @@ async fn panics_and_timeouts_go_through_the_failure_policy() {
         let sim = stream_with(20);
         let store = Arc::new(InMemoryLeaseStore::new());
         let log = Log::default();
-        let consumer = builder(&sim, &store)
-            .with_max_retries(1)
-            .with_bisect_on_error(true)
-            .with_batch_timeout(Duration::from_secs(5))
-            .with_on_failure(Collect(log.clone()))
-            .build(tester(&log, Some(7), mode))
-            .unwrap();
-        let watched = log.clone();
-        run_until_done(consumer, move || watched.values().len() >= 19).await;
+        run_tester(&sim, &store, &log, Some(7), mode, 19, |b| {
+            b.with_max_retries(1)
+                .with_bisect_on_error(true)
+                .with_batch_timeout(Duration::from_secs(5))
+        })
+        .await;
         assert_eq!(log.failed(), vec![(reason.to_owned(), vec![7])], "{mode:?}");
         assert_delivered_once_in_order(&log, 20, 7);
     }
@@ -373,12 +383,7 @@ async fn an_undecodable_record_goes_to_the_handler_and_its_value_is_not_in_the_e
     }
     let store = Arc::new(InMemoryLeaseStore::new());
     let log = Log::default();
-    let consumer = builder(&sim, &store)
-        .with_on_failure(Collect(log.clone()))
-        .build(tester(&log, None, Poison::WholeBatch))
-        .unwrap();
-    let watched = log.clone();
-    run_until_done(consumer, move || watched.values().len() >= 9).await;
+    run_tester(&sim, &store, &log, None, Poison::WholeBatch, 9, |b| b).await;
     assert_eq!(
         log.failed(),
         vec![("undecodable".to_owned(), vec![u64::MAX])]
@@ -487,16 +492,14 @@ async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
     let sim = stream_with(200);
     let store = Arc::new(InMemoryLeaseStore::new());
     let log = Log::default();
-    let consumer = builder(&sim, &store)
-        .with_batch_limit(10)
-        .with_max_batch_size(50)
-        .with_batching_window(Duration::from_secs(1))
-        .with_prefetch_pages(8)
-        .with_filter(|record: &Record| n_of(record).is_multiple_of(2))
-        .build(tester(&log, None, Poison::WholeBatch))
-        .unwrap();
-    let watched = log.clone();
-    run_until_done(consumer, move || watched.values().len() >= 100).await;
+    run_tester(&sim, &store, &log, None, Poison::WholeBatch, 100, |b| {
+        b.with_batch_limit(10)
+            .with_max_batch_size(50)
+            .with_batching_window(Duration::from_secs(1))
+            .with_prefetch_pages(8)
+            .with_filter(|record: &Record| n_of(record).is_multiple_of(2))
+    })
+    .await;
     assert_eq!(log.values(), (0..200).step_by(2).collect::<Vec<_>>());
     let sizes = log.batch_sizes.lock().unwrap().clone();
     assert!(
