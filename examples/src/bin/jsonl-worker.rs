@@ -182,7 +182,11 @@ impl FailWhen {
         new.and_then(|image| image.get(&self.attribute))
             .is_some_and(|value| match attribute_to_json(value) {
                 Value::String(text) => text == self.value,
-                other => other.to_string() == self.value,
+                // Numbers and booleans as their JSON text (`5`, `true`).
+                other => {
+                    let text = other.to_string();
+                    text == self.value
+                }
             })
     }
 }
