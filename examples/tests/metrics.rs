@@ -1,7 +1,7 @@
 //! `jsonl-worker --metrics-addr`: `/healthz` and `/metrics` of a real worker process against
-//! DynamoDB Local. The lag must tell the truth: while the worker is stuck (its stdout is
-//! not read, so its writes block once the pipe is full) the lag gauge grows and records
-//! stay behind; once it can write again, it catches up and the lag is 0.
+//! DynamoDB Local. The lag must tell the truth: while the worker is held in a slow batch
+//! (`--process-delay`, small batches) the lag gauge grows and records stay behind; once it
+//! caught up, the lag is 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,8 +17,11 @@ use tokio::time::Instant;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
 const DEADLINE: Duration = Duration::from_secs(60);
-/// Enough changes (about 200 bytes of output each) to fill a 64 KiB pipe several times.
-const ITEMS: usize = 1500;
+/// Changes written; with batches of [`BATCH`] and [`DELAY`] per batch, the worker needs
+/// about 4 × 2 s to process them.
+const ITEMS: usize = 40;
+const BATCH: &str = "10";
+const DELAY: &str = "2s";
 
 /// `GET path` on `addr`: status code and body.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -26,7 +29,14 @@ async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
+    // An endpoint that does not answer is a failure, not a hang.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .expect("the endpoint answers within 10 s")
+    .ok()?;
     let (head, body) = response.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_owned()))
@@ -39,6 +49,22 @@ fn metric(page: &str, name: &str, table: &str) -> Option<f64> {
         .find(|line| line.contains(&format!("stream=\"{table}\"")))
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
+}
+
+/// Prints the stream's lag and progress lines of a page (the figures of the issue note,
+/// with `--nocapture`).
+fn show(stage: &str, page: &str, table: &str) {
+    println!("--- {stage}");
+    for name in [
+        "ddb_stream_millis_behind_latest",
+        "ddb_stream_records_behind",
+        "ddb_stream_leases_owned",
+        "ddb_stream_records_processed_total",
+    ] {
+        if let Some(value) = metric(page, name, table) {
+            println!("{name}{{stream=\"{table}\",worker=\"m1\"}} {value}");
+        }
+    }
 }
 
 /// Scrapes `/metrics` until `done` holds for the page; returns it.
@@ -56,7 +82,7 @@ async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
+async fn metrics_show_a_growing_lag_while_records_wait_and_zero_once_caught_up() {
     let (table, app) = (unique_name("metrics"), unique_name("app"));
     create_table(&table, "id", true).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -70,6 +96,7 @@ async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
         .args(["--worker-id", "m1", "--app", &app, "--table", &table])
         .args(["--endpoint", &endpoint(), "--failover-time", "3s"])
         .args(["--metrics-addr", &addr])
+        .args(["--batch-size", BATCH, "--process-delay", DELAY])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .kill_on_drop(true)
@@ -101,7 +128,16 @@ async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // Nobody reads the worker's stdout yet: once the pipe is full, it is stuck mid-batch.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let reader = tokio::spawn(async move {
+        let mut count = 0usize;
+        while let Ok(Some(_)) = lines.next_line().await {
+            count += 1;
+        }
+        count
+    });
+
+    // Written at once, processed 10 at a time with 2 s per batch: records wait.
     let client = dynamodb_client().await;
     for n in 0..ITEMS {
         client
@@ -116,6 +152,7 @@ async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
         metric(page, "ddb_stream_millis_behind_latest", &table).is_some_and(|ms| ms >= 1000.0)
     })
     .await;
+    show("behind (slow batches)", &first, &table);
     let first_lag = metric(&first, "ddb_stream_millis_behind_latest", &table).unwrap();
     assert!(
         metric(&first, "ddb_stream_records_behind", &table).unwrap() > 0.0,
@@ -127,29 +164,23 @@ async fn metrics_show_a_growing_lag_while_stuck_and_zero_once_caught_up() {
         !first.contains("shard="),
         "no shard labels by default: {first}"
     );
-    let grown = scrape_until(&addr, "the lag to grow while stuck", |page| {
+    let grown = scrape_until(&addr, "the lag to grow while records wait", |page| {
         metric(page, "ddb_stream_millis_behind_latest", &table)
             .is_some_and(|ms| ms >= first_lag + 2000.0)
     })
     .await;
+    show("still behind, later", &grown, &table);
     let stuck_processed =
         metric(&grown, "ddb_stream_records_processed_total", &table).unwrap_or(0.0);
     assert!(stuck_processed < ITEMS as f64, "{grown}");
 
-    // Read its output: it catches up, the lag drops to 0 and the counters reach every item.
-    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let reader = tokio::spawn(async move {
-        let mut count = 0usize;
-        while let Ok(Some(_)) = lines.next_line().await {
-            count += 1;
-        }
-        count
-    });
+    // Once every record is processed, the lag is 0 and the counters reach every item.
     let caught_up = scrape_until(&addr, "the lag back to 0 after every item", |page| {
         metric(page, "ddb_stream_records_processed_total", &table) == Some(ITEMS as f64)
             && metric(page, "ddb_stream_millis_behind_latest", &table) == Some(0.0)
     })
     .await;
+    show("caught up", &caught_up, &table);
     assert_eq!(
         metric(&caught_up, "ddb_stream_records_behind", &table),
         Some(0.0)
