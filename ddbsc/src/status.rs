@@ -8,6 +8,7 @@ use checkpoint_store::{Checkpoint, Lease};
 use comfy_table::Table;
 use consumer_core::Change;
 use consumer_core::streams::{StartPosition, StreamsApi};
+use futures::{StreamExt, stream};
 use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
@@ -18,6 +19,9 @@ use crate::{Failure, Outcome};
 /// Pages read per shard by `--lag` before it stops counting (the count is then a lower
 /// bound, shown with `+`): at 1000 records a page, 10 000 records.
 const LAG_MAX_PAGES: usize = 10;
+
+/// Shards `--lag` reads at the same time.
+const LAG_CONCURRENCY: usize = 8;
 
 /// `ddbsc status --app APP [--lag]`
 #[derive(Debug, clap::Args)]
@@ -101,18 +105,24 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 
     // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its row;
     // the rest of the status is still shown.
-    let mut lags: Vec<Option<Result<Lag, String>>> = Vec::with_capacity(leases.len());
-    for (lease, state) in leases.iter().zip(&states) {
-        lags.push(if args.lag && *state == State::Active {
-            Some(
-                shard_lag(context.streams().as_ref(), lease)
-                    .await
-                    .map_err(|Failure(message)| message),
-            )
-        } else {
-            None
-        });
-    }
+    // Shards are read a few at a time: quick with many shards, gentle on the stream's
+    // GetRecords limit (5 calls per second per shard, shared with the workers).
+    let api = context.streams();
+    let lags: Vec<Option<Result<Lag, String>>> = stream::iter(leases.iter().zip(&states))
+        .map(|(lease, state)| {
+            let api = api.clone();
+            let wanted = args.lag && *state == State::Active;
+            async move {
+                if !wanted {
+                    return None;
+                }
+                let lag = shard_lag(api.as_ref(), lease).await;
+                Some(lag.map_err(|Failure(message)| message))
+            }
+        })
+        .buffered(LAG_CONCURRENCY)
+        .collect()
+        .await;
 
     let mut held: BTreeMap<&str, usize> = BTreeMap::new();
     for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
