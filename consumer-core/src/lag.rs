@@ -227,9 +227,9 @@ mod tests {
         );
         assert_eq!(at(70).records, 2);
 
-        tracker.processed(&key, &SequenceNumber::parse(&format!("{:021}", 1)).unwrap());
+        tracker.processed(&key, &SequenceNumber::parse(format!("{:021}", 1)).unwrap());
         assert_eq!(at(70).behind, Duration::from_secs(65));
-        tracker.processed(&key, &SequenceNumber::parse(&format!("{:021}", 2)).unwrap());
+        tracker.processed(&key, &SequenceNumber::parse(format!("{:021}", 2)).unwrap());
         assert_eq!(
             at(70),
             Lag {
