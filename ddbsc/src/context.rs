@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use checkpoint_store::DynamoDbLeaseStore;
 use checkpoint_store::aws::{AwsClients, ErrorClass, classify};
+use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use consumer_core::streams::{SdkStreams, StreamsApi};
 use serde_json::Value;
 
@@ -51,7 +51,12 @@ impl Context {
             .send()
             .await;
         match described {
-            Ok(_) => Ok(store),
+            // It exists, so this only checks it is a lease table (one DescribeTable; no
+            // write): the same check a worker makes at start.
+            Ok(_) => match store.ensure_table().await {
+                Ok(()) => Ok(store),
+                Err(error) => Err(Failure(format!("application {app:?}: {error}"))),
+            },
             Err(error) if classify(&error) == ErrorClass::NotFound => Err(Failure(format!(
                 "unknown application {app:?}: there is no lease table named {app:?} at {}",
                 self.clients.endpoint()

@@ -352,6 +352,8 @@ async fn bad_input_gets_one_line_naming_it() {
 
     let unknown_app = ddbsc(&["status", "--app", &missing]).await;
     assert_one_line_error(&unknown_app, 1, &[&missing, "application"]);
+    let not_leases = ddbsc(&["status", "--app", &plain]).await;
+    assert_one_line_error(&not_leases, 1, &[&plain, "not a lease table"]);
     let reset_unknown = ddbsc(&[
         "reset", "--app", &missing, "--table", &plain, "--to", "latest",
     ])
