@@ -417,7 +417,10 @@ mod tests {
         let (store, mut cp) = checkpointer(Duration::ZERO).await;
         cp.delivered(&seq(1));
         cp.checkpoint_in_background().await.unwrap();
-        assert!(cp.background.is_some(), "the write runs while the next batch does");
+        assert!(
+            cp.background.is_some(),
+            "the write runs while the next batch does"
+        );
         cp.delivered(&seq(2));
         cp.checkpoint_in_background().await.unwrap();
         assert_eq!(cp.pending, Some(seq(2)), "waits for the write in flight");
