@@ -78,3 +78,16 @@ bench:
 status-demo:
 	$(CARGO) build -p examples --bin jsonl-worker -p ddbsc --bin ddbsc --example status_demo
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --quiet -p ddbsc --example status_demo -- --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin target/debug/jsonl-worker --ddbsc-bin target/debug/ddbsc'
+
+## scale: the 10,000 shards / 50 workers simulation (crashes, joins, invariants; release build)
+.PHONY: scale
+scale:
+	$(CARGO) test --release -p consumer-core --features testkit --test scale -- --ignored --nocapture
+
+## cost: coordination cost, ours and KCL's model, idle and busy ($/hour; release build), and
+## the README's chart (docs/cost.csv -> docs/cost.svg)
+.PHONY: cost
+cost:
+	mkdir -p docs
+	$(CARGO) run --release --quiet -p consumer-core --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
+	$(CARGO) run --release --quiet -p consumer-core --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg

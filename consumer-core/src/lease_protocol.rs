@@ -216,18 +216,34 @@ pub(crate) fn plan(
     wanted -= pending;
     let mut donors: Vec<(&str, Vec<&Lease>)> = load.into_iter().collect();
     donors.sort_by_key(|(owner, owned)| (std::cmp::Reverse(owned.len()), *owner));
+    // A worker far under the share (a newcomer) also asks workers above the floor of the
+    // share for their excess over it: when every worker is at the ceiling or one below,
+    // nobody is above the share, and one lease per round would be slow.
+    let floor = active.len() / live_workers;
+    let keep = if mine_after_takes + 1 < floor {
+        floor
+    } else {
+        target
+    };
     let needy = {
         let owners: HashMap<&str, usize> = donors.iter().map(|(o, l)| (*o, l.len())).collect();
         live.iter()
-            .filter(|w| w.as_str() != me && owners.get(w.as_str()).is_none_or(|n| *n < target))
+            .filter(|w| w.as_str() != me && owners.get(w.as_str()).is_none_or(|n| *n < keep))
             .count()
             + 1
     };
-    for (_, owned) in &donors {
-        if wanted == 0 || owned.len() <= target {
+    let my_slot = offset_of(me, needy);
+    for (i, (_, owned)) in donors.iter().enumerate() {
+        if wanted == 0 || owned.len() <= keep {
             break;
         }
-        let quota = (owned.len() - target).div_ceil(needy).min(wanted);
+        let excess = owned.len() - keep;
+        // A donor with less excess than there are needy workers is asked by only `excess`
+        // of them (each requester by its own slot), not drained by all of them at once.
+        if excess < needy && (my_slot + i) % needy >= excess {
+            continue;
+        }
+        let quota = excess.div_ceil(needy).min(wanted);
         let mut askable: Vec<&Lease> = owned
             .iter()
             .copied()
@@ -243,9 +259,27 @@ pub(crate) fn plan(
             wanted -= 1;
         }
     }
+    tracing::debug!(
+        me,
+        mine,
+        target,
+        wanted,
+        pending,
+        busiest = donors.first().map_or(0, |(_, owned)| owned.len()),
+        asked = plan.request_handoffs.len(),
+        "under the share"
+    );
+    // Among equally loaded donors, each requester picks its own, so that simultaneous
+    // requesters do not drain one donor below the share.
+    let busiest = donors.first().map_or(0, |(_, owned)| owned.len());
+    let tied = donors
+        .iter()
+        .take_while(|(_, owned)| owned.len() == busiest)
+        .count();
     if plan.request_handoffs.is_empty()
         && pending == 0
-        && let Some((_, owned)) = donors.first()
+        && tied > 0
+        && let Some((_, owned)) = donors.get(offset_of(me, tied))
         && owned.len() > mine_after_takes + 1
     {
         plan.request_handoffs.extend(

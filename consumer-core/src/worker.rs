@@ -351,6 +351,7 @@ impl<F: ProcessorFactory> Worker<F> {
         let mut leases: Vec<Lease> = leases.into_iter().filter(|l| ours(&l)).collect();
 
         self.check_running(state, &leases);
+        self.hand_over_idle(state, &mut leases).await;
 
         // Take what the protocol says, then refresh our copies of what we took.
         let due: HashSet<LeaseKey> = state
@@ -579,6 +580,32 @@ impl<F: ProcessorFactory> Worker<F> {
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
                 state.retry_after.insert(key, Instant::now() + pause);
                 false
+            }
+        }
+    }
+
+    /// Leases this worker owns but does not run (children waiting for their parents, shards
+    /// waiting to restart) have nothing to finish: a handoff request for one is granted at
+    /// once, instead of the requester waiting out the handoff timeout.
+    async fn hand_over_idle(&self, state: &State, leases: &mut [Lease]) {
+        let me = state.incarnation.id.as_str();
+        let idle: Vec<(LeaseKey, Ownership, String)> = leases
+            .iter()
+            .filter(|l| l.is_owned_by(me) && !state.running.contains_key(&l.key))
+            .filter_map(|l| Some((l.key.clone(), l.ownership()?, l.handoff_to.clone()?)))
+            .collect();
+        for (key, ownership, to) in idle {
+            match self
+                .shared
+                .store
+                .take_lease(&key, Some(me), ownership.epoch, &to)
+                .await
+            {
+                Ok(given) => {
+                    tracing::info!(lease = %key, %to, "idle lease handed over");
+                    replace(leases, given);
+                }
+                Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
             }
         }
     }

@@ -40,6 +40,11 @@ fn scale_run_10000_shards_50_workers() {
 }
 
 fn scale_run(shards: usize, workers: usize) {
+    // RUST_LOG=consumer_core=info shows what the workers did.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let runtime = tokio::runtime::Builder::new_current_thread()
