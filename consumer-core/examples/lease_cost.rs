@@ -313,6 +313,9 @@ fn kcl_model(
     }
 }
 
+/// A row of the per-run table: its name, the figure, and the digits it is printed with.
+type TableRow = (&'static str, fn(&Cost) -> f64, usize);
+
 fn print_run(m: &Measured, minutes: u32) {
     let load = if m.busy { "busy" } else { "idle" };
     println!(
@@ -321,32 +324,20 @@ fn print_run(m: &Measured, minutes: u32) {
     );
     println!("| per hour | ours | KCL (model) |");
     println!("| --- | ---: | ---: |");
-    let row = |name: &str, ours: String, kcl: String| println!("| {name} | {ours} | {kcl} |");
-    row(
-        "lease-table read units",
-        format!("{:.0}", m.ours.read_units),
-        format!("{:.0}", m.kcl.read_units),
-    );
-    row(
-        "lease-table write units",
-        format!("{:.0}", m.ours.write_units),
-        format!("{:.0}", m.kcl.write_units),
-    );
-    row(
-        "streams requests",
-        format!("{:.0}", m.ours.streams_requests),
-        format!("{:.0}", m.kcl.streams_requests),
-    );
-    row(
-        "lease table $/hour",
-        format!("{:.4}", m.ours.lease_table_dollars()),
-        format!("{:.4}", m.kcl.lease_table_dollars()),
-    );
-    row(
-        "total $/hour",
-        format!("{:.4}", m.ours.dollars()),
-        format!("{:.4}", m.kcl.dollars()),
-    );
+    let rows: [TableRow; 5] = [
+        ("lease-table read units", |c| c.read_units, 0),
+        ("lease-table write units", |c| c.write_units, 0),
+        ("streams requests", |c| c.streams_requests, 0),
+        ("lease table $/hour", Cost::lease_table_dollars, 4),
+        ("total $/hour", Cost::dollars, 4),
+    ];
+    for (name, value, digits) in rows {
+        println!(
+            "| {name} | {:.digits$} | {:.digits$} |",
+            value(&m.ours),
+            value(&m.kcl)
+        );
+    }
     println!(
         "\nlease table, ours / KCL: {:.4} (target at 1,000 idle shards / 20 workers: <= 0.05)",
         m.ours.lease_table_dollars() / m.kcl.lease_table_dollars()

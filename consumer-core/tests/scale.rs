@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use checkpoint_store::InMemoryLeaseStore;
-use common::{Cluster, Row, check_deliveries, check_released, ownership};
+use common::{Cluster, Row, ownership};
 use consumer_core::testkit::{SimConfig, SimulatedStream};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -148,12 +148,7 @@ async fn run(shards: usize, workers: usize) {
     }
 
     writer.abort();
-    cluster
-        .wait_for_every_change(Duration::from_secs(600))
-        .await;
-    cluster.stop_all().await;
-    check_deliveries(&cluster, &arn);
-    check_released(&cluster.store).await;
+    cluster.finish(&arn).await;
 }
 
 /// Polls every 100 ms until at least `shards` unfinished shard leases exist, every one is

@@ -150,6 +150,15 @@ impl Cluster {
             .sum()
     }
 
+    /// The end of a run: every change delivered (within 10 virtual minutes), every worker
+    /// stopped gracefully, then [`check_deliveries`] and [`check_released`].
+    pub async fn finish(&mut self, stream_arn: &str) {
+        self.wait_for_every_change(Duration::from_secs(600)).await;
+        self.stop_all().await;
+        check_deliveries(self, stream_arn);
+        check_released(&self.store).await;
+    }
+
     /// Polls every 100 ms until every written change was delivered, for up to `limit`.
     pub async fn wait_for_every_change(&self, limit: Duration) {
         let expected = written_positions(&self.sim);
