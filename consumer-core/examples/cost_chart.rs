@@ -32,13 +32,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(csv_path), Some(svg_path)) = (args.next(), args.next()) else {
         return Err("usage: cost_chart COST.csv OUT.svg".into());
     };
-    let csv = std::fs::read_to_string(&csv_path)
-        .map_err(|e| format!("cannot read {csv_path}: {e}"))?;
+    let csv =
+        std::fs::read_to_string(&csv_path).map_err(|e| format!("cannot read {csv_path}: {e}"))?;
     let mut series = vec![
-        Series { label: "KCL, busy", color: "#d62728", dash: "6 4", points: vec![] },
-        Series { label: "KCL, idle", color: "#d62728", dash: "", points: vec![] },
-        Series { label: "ours, busy", color: "#1f77b4", dash: "6 4", points: vec![] },
-        Series { label: "ours, idle", color: "#1f77b4", dash: "", points: vec![] },
+        Series {
+            label: "KCL, busy",
+            color: "#d62728",
+            dash: "6 4",
+            points: vec![],
+        },
+        Series {
+            label: "KCL, idle",
+            color: "#d62728",
+            dash: "",
+            points: vec![],
+        },
+        Series {
+            label: "ours, busy",
+            color: "#1f77b4",
+            dash: "6 4",
+            points: vec![],
+        },
+        Series {
+            label: "ours, idle",
+            color: "#1f77b4",
+            dash: "",
+            points: vec![],
+        },
     ];
     for (number, line) in csv.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
