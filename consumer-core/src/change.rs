@@ -53,6 +53,7 @@ pub struct Change<T> {
     pub size_bytes: u64,
     /// Whether DynamoDB's Time to Live deleted the item (a service, not a user).
     pub deleted_by_ttl: bool,
+    shard_id: Arc<str>,
     raw: Arc<Record>,
 }
 
@@ -75,6 +76,11 @@ impl<T> Change<T> {
     /// The record's unique event id.
     pub fn event_id(&self) -> &str {
         self.raw.event_id().unwrap_or_default()
+    }
+
+    /// The shard the record was read from (tools that read a whole stream print it).
+    pub fn shard_id(&self) -> &str {
+        &self.shard_id
     }
 
     /// The stream record as DynamoDB Streams returned it.
@@ -138,6 +144,7 @@ impl<T: DeserializeOwned> Change<T> {
             approximate_creation_time,
             size_bytes,
             deleted_by_ttl,
+            shard_id: Arc::from(shard_id),
             raw,
         })
     }

@@ -57,8 +57,8 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             return Ok(());
         };
         let change = change?;
-        // The reader does not say which shard a change came from: `shard` is null.
-        let line = examples::change_to_json(WORKER, Some(&args.table), None, &change);
+        let line =
+            examples::change_to_json(WORKER, Some(&args.table), Some(change.shard_id()), &change);
         let text = if context.json {
             line.to_string()
         } else {

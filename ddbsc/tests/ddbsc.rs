@@ -307,6 +307,12 @@ async fn tail_prints_changes_as_they_are_written() {
     assert_eq!(first["event"], "INSERT");
     assert_eq!(first["keys"]["id"], "before");
     assert_eq!(first["table"], table.as_str());
+    assert!(
+        first["shard"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("shardId-")),
+        "tail names the shard: {first}"
+    );
     put(&table, "after", 2).await;
     put(&table, "after", 3).await;
     let (second, third) = (next().await, next().await);
