@@ -53,6 +53,27 @@ pub async fn dynamodb_client() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&sdk_config().await)
 }
 
+/// Puts the item `{name, count}` into `table` (a table keyed by `name`); `count` is any
+/// attribute value, so tests can also write one that does not decode.
+///
+/// # Panics
+///
+/// When `DYNAMODB_ENDPOINT` is not set or the put fails.
+pub async fn put_count(table: &str, name: &str, count: aws_sdk_dynamodb::types::AttributeValue) {
+    dynamodb_client()
+        .await
+        .put_item()
+        .table_name(table)
+        .item(
+            "name",
+            aws_sdk_dynamodb::types::AttributeValue::S(name.into()),
+        )
+        .item("count", count)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put into {table:?} failed: {e}"));
+}
+
 /// A DynamoDB Streams client for DynamoDB Local at [`endpoint()`].
 ///
 /// # Panics

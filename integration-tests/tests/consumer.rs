@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
 use consumer_core::testkit::Recording;
 use consumer_core::{Consumer, ConsumerBuilder, InitialPosition, ProcessorFactory};
-use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+use integration_tests::{create_table, put_count as put, sdk_config, unique_name};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -38,18 +38,6 @@ impl Observed {
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}; saw {:?}", self.counts()));
     }
-}
-
-async fn put(table: &str, name: &str, count: AttributeValue) {
-    dynamodb_client()
-        .await
-        .put_item()
-        .table_name(table)
-        .item("name", AttributeValue::S(name.into()))
-        .item("count", count)
-        .send()
-        .await
-        .unwrap();
 }
 
 async fn put_counts(table: &str, range: std::ops::Range<i64>) {

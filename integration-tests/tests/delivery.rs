@@ -10,25 +10,13 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use consumer_core::testkit::Recording;
 use consumer_core::{Consumer, DeadLetterTable};
-use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+use integration_tests::{create_table, dynamodb_client, put_count as put, sdk_config, unique_name};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 struct Counter {
     name: String,
     count: i64,
-}
-
-async fn put(table: &str, name: &str, count: AttributeValue) {
-    dynamodb_client()
-        .await
-        .put_item()
-        .table_name(table)
-        .item("name", AttributeValue::S(name.into()))
-        .item("count", count)
-        .send()
-        .await
-        .unwrap();
 }
 
 /// Every item of `table`, by `pk`.
