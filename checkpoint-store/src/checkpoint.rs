@@ -1,14 +1,15 @@
 //! Where a shard's processing stands.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 use crate::sequence::SequenceNumber;
 
 /// The stored position of a shard.
 ///
-/// `TrimHorizon` and `Latest` are starting points for a shard nobody has processed yet;
-/// `At(seq)` means every record up to and including `seq` is done, so processing resumes
+/// `TrimHorizon`, `Latest` and `Since(t)` are starting points for a shard nobody has
+/// processed yet; `At(seq)` means every record up to and including `seq` is done, so processing resumes
 /// with an `AFTER_SEQUENCE_NUMBER` iterator; `ShardEnd` means the shard is finished and its
 /// children may start.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -17,6 +18,14 @@ pub enum Checkpoint {
     TrimHorizon,
     /// Start from records written after the consumer first reads the shard.
     Latest,
+    /// Start from the oldest record, but skip (count, do not deliver) records created
+    /// before this time.
+    ///
+    /// A position that survives a move: a `Latest` lease stores the time it started from
+    /// before it reads anything, so the next owner does not reopen at a newer tip; a
+    /// snapshot stores when it began. Stored with millisecond precision (make it with
+    /// [`Checkpoint::since`] so a round trip through the table compares equal).
+    Since(SystemTime),
     /// Everything up to and including this sequence number has been processed.
     At(SequenceNumber),
     /// The shard is closed and fully processed.
@@ -27,6 +36,16 @@ impl Checkpoint {
     const TRIM_HORIZON: &'static str = "TRIM_HORIZON";
     const LATEST: &'static str = "LATEST";
     const SHARD_END: &'static str = "SHARD_END";
+    /// Prefix of `Since`: letters, so the text is never mistaken for a sequence number.
+    const SINCE: &'static str = "SINCE:";
+
+    /// `Since(time)`, truncated to the millisecond the lease table keeps.
+    pub fn since(time: SystemTime) -> Self {
+        let millis = time
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self::Since(UNIX_EPOCH + Duration::from_millis(millis))
+    }
 
     /// The text stored in the lease table.
     pub fn encode(&self) -> String {
@@ -35,6 +54,9 @@ impl Checkpoint {
             Self::Latest => Self::LATEST.to_owned(),
             Self::At(seq) => seq.as_str().to_owned(),
             Self::ShardEnd => Self::SHARD_END.to_owned(),
+            Self::Since(time) => {
+                format!("{}{}", Self::SINCE, humantime::format_rfc3339_millis(*time))
+            }
         }
     }
 
@@ -44,6 +66,13 @@ impl Checkpoint {
             Self::TRIM_HORIZON => Ok(Self::TrimHorizon),
             Self::LATEST => Ok(Self::Latest),
             Self::SHARD_END => Ok(Self::ShardEnd),
+            other if other.starts_with(Self::SINCE) => {
+                humantime::parse_rfc3339(&other[Self::SINCE.len()..])
+                    .map(Self::since)
+                    .map_err(|_| Error::InvalidCheckpoint {
+                        input: other.to_owned(),
+                    })
+            }
             other => {
                 SequenceNumber::parse(other)
                     .map(Self::At)
@@ -57,6 +86,14 @@ impl Checkpoint {
     /// Whether the shard is finished.
     pub fn is_shard_end(&self) -> bool {
         matches!(self, Self::ShardEnd)
+    }
+
+    /// The time before which records are skipped, for a `Since` checkpoint.
+    pub fn skip_before(&self) -> Option<SystemTime> {
+        match self {
+            Self::Since(time) => Some(*time),
+            _ => None,
+        }
     }
 
     /// The sequence number, if the checkpoint is one.
@@ -91,6 +128,7 @@ mod tests {
             Checkpoint::Latest,
             Checkpoint::ShardEnd,
             Checkpoint::At(SequenceNumber::parse("000000000000000000042").unwrap()),
+            Checkpoint::since(UNIX_EPOCH + Duration::from_millis(1_795_758_219_123)),
         ] {
             assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
         }
@@ -100,5 +138,20 @@ mod tests {
     fn rejects_unknown_text() {
         let err = Checkpoint::decode("SOMEWHERE").unwrap_err();
         assert!(err.to_string().contains("SOMEWHERE"));
+        let err = Checkpoint::decode("SINCE:yesterday").unwrap_err();
+        assert!(err.to_string().contains("SINCE:yesterday"), "{err}");
+    }
+
+    #[test]
+    fn since_is_readable_text_kept_to_the_millisecond() {
+        let time = UNIX_EPOCH + Duration::from_nanos(1_795_758_219_123_456_789);
+        let cp = Checkpoint::since(time);
+        assert_eq!(cp.encode(), "SINCE:2026-11-27T05:43:39.123Z");
+        assert_eq!(Checkpoint::decode(&cp.encode()).unwrap(), cp);
+        assert_eq!(
+            cp.skip_before(),
+            Some(UNIX_EPOCH + Duration::from_millis(1_795_758_219_123))
+        );
+        assert_eq!(cp.sequence_number(), None);
     }
 }

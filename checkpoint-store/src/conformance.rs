@@ -44,6 +44,7 @@ macro_rules! __conformance_cases {
             delete_worker_removes_the_record,
             lists_many_leases_across_pages,
             long_sequence_number_text_round_trips,
+            since_checkpoint_round_trips,
             snapshot_holds_every_lease_and_worker,
             ownership_writes_bump_the_leases_version,
         ]);
@@ -609,6 +610,40 @@ pub async fn long_sequence_number_text_round_trips(store: Arc<dyn LeaseStore>) {
         longer
     );
     assert!(stored.checkpoint.sequence_number() > Some(&SequenceNumber::parse(text).unwrap()));
+}
+
+/// A `Since` checkpoint (start time of a `Latest` lease or a snapshot) round-trips when
+/// created and when written by the owner over `Latest`, and gives way to a sequence number.
+pub async fn since_checkpoint_round_trips(store: Arc<dyn LeaseStore>) {
+    let created = Checkpoint::since(at_millis(1_795_758_219_123));
+    let mut lease = new_lease("shard-1");
+    lease.checkpoint = created.clone();
+    store.create_lease(&lease).await.unwrap();
+    assert_eq!(get(store.as_ref(), &lease.key).await.checkpoint, created);
+
+    let mut latest = new_lease("shard-2");
+    latest.checkpoint = Checkpoint::Latest;
+    store.create_lease(&latest).await.unwrap();
+    let me = store
+        .take_lease(&latest.key, None, 0, "worker-a")
+        .await
+        .unwrap()
+        .ownership()
+        .unwrap();
+    let started = Checkpoint::since(at_millis(1_795_758_300_001));
+    store.checkpoint(&latest.key, &me, &started).await.unwrap();
+    let stored = get(store.as_ref(), &latest.key).await;
+    assert_eq!(stored.checkpoint, started);
+    assert_eq!(
+        stored.checkpoint.skip_before(),
+        Some(at_millis(1_795_758_300_001))
+    );
+    store
+        .checkpoint(&latest.key, &me, &seq("000000000000000000077"))
+        .await
+        .unwrap();
+    let stored = get(store.as_ref(), &latest.key).await;
+    assert_eq!(stored.checkpoint, seq("000000000000000000077"));
 }
 
 /// A snapshot holds every lease (exactly the lease listing) and every worker, across pages.

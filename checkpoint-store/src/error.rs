@@ -23,7 +23,7 @@ pub enum Error {
 
     /// A stored checkpoint is neither a position name nor a sequence number.
     #[error(
-        "invalid checkpoint {input:?}: expected TRIM_HORIZON, LATEST, SHARD_END or a sequence number"
+        "invalid checkpoint {input:?}: expected TRIM_HORIZON, LATEST, SHARD_END, SINCE:<RFC 3339 time> or a sequence number"
     )]
     InvalidCheckpoint {
         /// The rejected text.

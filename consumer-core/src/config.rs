@@ -58,6 +58,9 @@ pub(crate) struct ConsumerConfig {
     pub processing_backoff_max: Duration,
     /// Batch shaping, timeouts and the failure policy.
     pub delivery: DeliveryConfig,
+    /// How much older than a `Since` start time a record must look to be skipped: covers
+    /// the rounding of `ApproximateCreationDateTime` (`start_time`).
+    pub creation_time_margin: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -77,6 +80,7 @@ impl Default for ConsumerConfig {
             shard_sync_interval: Duration::from_secs(60),
             processing_backoff_max: Duration::from_secs(30),
             delivery: DeliveryConfig::default(),
+            creation_time_margin: crate::start_time::DEFAULT_CREATION_TIME_MARGIN,
         }
     }
 }

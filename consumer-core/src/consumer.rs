@@ -192,6 +192,16 @@ impl ConsumerBuilder {
         self.set(|c| c.auto_checkpoint = enabled)
     }
 
+    /// How much older than a start time (a `Since` checkpoint: a `Latest` lease that moved
+    /// before reading, or the stream after a snapshot) a record's
+    /// `ApproximateCreationDateTime` must be for the record to be skipped. The stream
+    /// rounds that time down, so the margin must cover the rounding or records made just
+    /// after the start would be skipped. Default: 1 s (AWS rounds to the second); DynamoDB
+    /// Local rounds to the minute, so tests against it set more than 60 s.
+    pub fn with_creation_time_margin(self, margin: Duration) -> Self {
+        self.set(|c| c.creation_time_margin = margin)
+    }
+
     /// What to do about records trimmed before they were read. Default: report and go on.
     pub fn with_trimmed_data_policy(self, policy: TrimmedDataPolicy) -> Self {
         self.set(|c| c.trimmed_data_policy = policy)

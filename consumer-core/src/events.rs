@@ -222,6 +222,31 @@ impl Event for RecordsFiltered<'_> {
     }
 }
 
+/// Records created before a shard's start time (`Checkpoint::Since`): counted and
+/// checkpointed past, not delivered. Not a loss: the lease asked to start after them, as
+/// `LATEST` does, so the log is at info level.
+pub(crate) struct RecordsSkippedBeforeStart<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    pub records: usize,
+    /// The last record skipped.
+    pub last: &'a str,
+}
+
+impl Event for RecordsSkippedBeforeStart<'_> {
+    fn emit(self) {
+        let records = self.records;
+        tracing::info!(
+            shard_id = self.shard_id,
+            records,
+            last = self.last,
+            "records created before the shard's start time skipped"
+        );
+        counter!("ddb_stream_records_skipped_before_start_total", "stream" => stream_label(self.stream_arn).to_owned())
+            .increment(records as u64);
+    }
+}
+
 /// Records left the normal path (retries exhausted, too old, undecodable, panicked, timed
 /// out) and go to the on-failure handler. Names shard and sequence numbers, never values.
 pub(crate) struct RecordsFailed<'a> {

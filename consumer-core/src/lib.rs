@@ -21,6 +21,7 @@ mod retry;
 mod shard_consumer;
 mod shard_sync;
 pub mod signals;
+mod start_time;
 pub mod streams;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -28,13 +28,14 @@ use crate::delivery::{DeliveryConfig, Route};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{
     BatchProcessed, DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed,
-    RecordsFailed, RecordsFiltered, ShardEnded,
+    RecordsFailed, RecordsFiltered, RecordsSkippedBeforeStart, ShardEnded,
 };
 use crate::failure::{BatchFailure, FailedRecords, FailureReason, sequence_text};
 use crate::poll_loop::{Page, ShardReader};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
 use crate::retry;
 use crate::shard_sync::create_lease_if_absent;
+use crate::start_time::StartTimeSkip;
 use crate::streams::{ApiErrorKind, ShardInfo, StartPosition, StreamsApi};
 
 /// How a shard consumer ended.
@@ -184,6 +185,10 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             .max(1);
         let mut carried: Option<Fetched> = None;
         let mut batch: VecDeque<Arc<Record>> = VecDeque::new();
+        let mut skip = StartTimeSkip::new(
+            &self.lease.checkpoint,
+            self.shared.config.creation_time_margin,
+        );
         let outcome = loop {
             let next = match carried.take() {
                 Some(next) => Some(next),
@@ -195,8 +200,17 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 },
             };
             let step = match next {
-                Some(Fetched::Records(records)) => {
+                Some(Fetched::Records(mut records)) => {
                     lag.fetched(&key, &records);
+                    if skip.is_active()
+                        && let Err(interrupted) =
+                            session.skip_before_start(&mut skip, &mut records).await
+                    {
+                        break session.finish(interrupted).await;
+                    }
+                    if records.is_empty() {
+                        continue;
+                    }
                     batch.extend(records);
                     match session
                         .gather(&mut rx, &mut batch, max_batch * partitions)
@@ -304,10 +318,16 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 self.shared.api.child_shards(&key.stream, &key.shard_id)
             })
             .await?;
+        // Children of a shard that started at a time skip what is older too (a no-op once
+        // the parent delivered anything: its children's records are newer).
+        let start = match &self.lease.checkpoint {
+            Checkpoint::Since(time) => Checkpoint::Since(*time),
+            _ => Checkpoint::TrimHorizon,
+        };
         for child in &children {
             let lease = Lease::new(
                 LeaseKey::new(key.stream.clone(), child.shard_id.clone()),
-                Checkpoint::TrimHorizon,
+                start.clone(),
                 child.parent_shard_id.iter().cloned().collect(),
             );
             create_lease_if_absent(self.shared.store.as_ref(), &lease).await?;
@@ -776,6 +796,27 @@ impl<F: ProcessorFactory> Session<'_, F> {
         Ok(())
     }
 
+    /// Takes the records created before the shard's start time off the front of `records`,
+    /// counts them and checkpoints past them (`start_time`).
+    async fn skip_before_start(
+        &mut self,
+        skip: &mut StartTimeSkip,
+        records: &mut Vec<Arc<Record>>,
+    ) -> Result<(), Interrupted> {
+        let skipped = skip.take_skipped(records);
+        let Some(last) = skipped.last().and_then(|r| record_seq(r)) else {
+            return Ok(());
+        };
+        RecordsSkippedBeforeStart {
+            stream_arn: &self.key().stream,
+            shard_id: &self.key().shard_id,
+            records: skipped.len(),
+            last: last.as_str(),
+        }
+        .emit();
+        self.done(&skipped).await
+    }
+
     /// A record whose image does not decode: to the failure handler if there is one (the
     /// shard moves on once it accepted it); else the shard holds here, reporting it on each
     /// retry, until the lease moves to a worker whose item type fits.
@@ -1099,7 +1140,7 @@ fn is_lease_lost(error: &Error) -> bool {
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
 pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
     match checkpoint {
-        Checkpoint::TrimHorizon => Some(StartPosition::TrimHorizon),
+        Checkpoint::TrimHorizon | Checkpoint::Since(_) => Some(StartPosition::TrimHorizon),
         Checkpoint::Latest => Some(StartPosition::Latest),
         Checkpoint::At(seq) => Some(StartPosition::AfterSequenceNumber(seq.clone())),
         Checkpoint::ShardEnd => None,

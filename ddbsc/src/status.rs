@@ -268,7 +268,9 @@ fn lease_json(
 async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> {
     let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
     let position = match &lease.checkpoint {
-        Checkpoint::TrimHorizon => StartPosition::TrimHorizon,
+        // From a start time: counts from the oldest record (records before the time
+        // included, an upper bound).
+        Checkpoint::TrimHorizon | Checkpoint::Since(_) => StartPosition::TrimHorizon,
         Checkpoint::At(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
         // Starts at the tip when first read: nothing is behind it.
         Checkpoint::Latest | Checkpoint::ShardEnd => {

@@ -1,0 +1,146 @@
+//! Skipping records created before a start time (`Checkpoint::Since`).
+//!
+//! A shard whose checkpoint is `Since(t)` is read from `TRIM_HORIZON`, and the records at
+//! its beginning that were created before `t` are counted and checkpointed past instead of
+//! delivered. That is how a `Latest` lease keeps its start position when it moves before
+//! reading anything, and how a stream is picked up where a snapshot began.
+//!
+//! `ApproximateCreationDateTime` is rounded down (to the second on AWS), so a record made
+//! just after `t` may carry a time just before it. Only records older than `t - margin`
+//! are skipped: the margin must be at least the rounding, and a record inside the margin is
+//! delivered (a possible duplicate, never a loss). Records without a creation time are
+//! delivered: what cannot be dated is never skipped. Skipping stops at the first record
+//! delivered; records after it are newer, and from then on the checkpoint is a sequence
+//! number anyway.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_dynamodbstreams::types::Record;
+use checkpoint_store::Checkpoint;
+
+/// The default margin for the rounding of `ApproximateCreationDateTime`: DynamoDB Streams
+/// on AWS rounds it down to the second.
+pub(crate) const DEFAULT_CREATION_TIME_MARGIN: Duration = Duration::from_secs(1);
+
+/// The skip state of one shard: active until the first record that is not skipped.
+#[derive(Clone, Debug)]
+pub(crate) struct StartTimeSkip {
+    /// Records created before this are skipped; `None` once skipping is over.
+    cutoff: Option<SystemTime>,
+}
+
+impl StartTimeSkip {
+    /// The skip for a shard resuming from `checkpoint`: none unless it is `Since(t)`, in
+    /// which case records created before `t - margin` are skipped.
+    pub(crate) fn new(checkpoint: &Checkpoint, margin: Duration) -> Self {
+        let cutoff = checkpoint
+            .skip_before()
+            .map(|t| t.checked_sub(margin).unwrap_or(SystemTime::UNIX_EPOCH));
+        Self { cutoff }
+    }
+
+    /// Whether records may still be skipped.
+    pub(crate) fn is_active(&self) -> bool {
+        self.cutoff.is_some()
+    }
+
+    /// Takes the leading records created before the cutoff out of `records` and returns
+    /// them (in order). Skipping ends at the first record kept.
+    pub(crate) fn take_skipped(&mut self, records: &mut Vec<Arc<Record>>) -> Vec<Arc<Record>> {
+        let Some(cutoff) = self.cutoff else {
+            return Vec::new();
+        };
+        let skipped = records
+            .iter()
+            .take_while(|record| created(record).is_some_and(|t| t < cutoff))
+            .count();
+        if skipped < records.len() {
+            self.cutoff = None;
+        }
+        records.drain(..skipped).collect()
+    }
+}
+
+/// A record's `ApproximateCreationDateTime`, if it has one.
+fn created(record: &Record) -> Option<SystemTime> {
+    record
+        .dynamodb()
+        .and_then(|d| d.approximate_creation_date_time())
+        .and_then(|t| SystemTime::try_from(*t).ok())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use aws_sdk_dynamodbstreams::types::StreamRecord;
+    use aws_smithy_types::DateTime;
+    use std::time::UNIX_EPOCH;
+
+    fn record(seq: u32, created_secs: Option<i64>) -> Arc<Record> {
+        let mut data = StreamRecord::builder().sequence_number(format!("{seq:021}"));
+        if let Some(secs) = created_secs {
+            data = data.approximate_creation_date_time(DateTime::from_secs(secs));
+        }
+        Arc::new(Record::builder().dynamodb(data.build()).build())
+    }
+
+    fn seqs(records: &[Arc<Record>]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| r.dynamodb().unwrap().sequence_number().unwrap()[18..].to_owned())
+            .collect()
+    }
+
+    fn since(secs: u64) -> Checkpoint {
+        Checkpoint::since(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn skips_records_older_than_the_start_minus_the_margin_then_stops() {
+        let mut skip = StartTimeSkip::new(&since(1_000), Duration::from_secs(1));
+        let mut page = vec![record(1, Some(990)), record(2, Some(998))];
+        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["001", "002"]);
+        assert!(page.is_empty());
+        assert!(skip.is_active(), "a page skipped entirely keeps skipping");
+
+        // 999 is inside the margin (rounded down from after the start): delivered.
+        let mut page = vec![
+            record(3, Some(998)),
+            record(4, Some(999)),
+            record(5, Some(10)),
+        ];
+        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["003"]);
+        assert_eq!(seqs(&page), ["004", "005"]);
+        assert!(!skip.is_active());
+        let mut page = vec![record(6, Some(10))];
+        assert!(
+            skip.take_skipped(&mut page).is_empty(),
+            "over after the first kept record"
+        );
+    }
+
+    #[test]
+    fn never_skips_a_record_without_a_creation_time() {
+        let mut skip = StartTimeSkip::new(&since(1_000), Duration::from_secs(1));
+        let mut page = vec![record(1, None), record(2, Some(10))];
+        assert!(skip.take_skipped(&mut page).is_empty());
+        assert_eq!(page.len(), 2);
+    }
+
+    #[test]
+    fn only_since_checkpoints_skip() {
+        for checkpoint in [Checkpoint::TrimHorizon, Checkpoint::Latest] {
+            let mut skip = StartTimeSkip::new(&checkpoint, Duration::from_secs(1));
+            let mut page = vec![record(1, Some(10))];
+            assert!(skip.take_skipped(&mut page).is_empty());
+            assert!(!skip.is_active());
+        }
+        // A margin wider than the rounding of DynamoDB Local (a minute) keeps a record
+        // stamped at the start of the minute.
+        let mut skip = StartTimeSkip::new(&since(1_030), Duration::from_secs(61));
+        let mut page = vec![record(1, Some(960)), record(2, Some(1_020))];
+        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["001"]);
+    }
+}

@@ -1,0 +1,149 @@
+//! Start positions that must survive: `Checkpoint::Since` (start from TRIM_HORIZON, skip
+//! records created before a time) and `Latest` leases that move before reading anything.
+//! Simulation in paused time; the simulated stream stamps records with its own wall clock,
+//! rounded down to the second as AWS does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use checkpoint_store::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
+use consumer_core::Consumer;
+use consumer_core::testkit::{Recording, SimulatedStream};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    pk: String,
+}
+
+/// The simulated wall clock at the start of a simulation (2023-11-14T22:13:20Z).
+const SIM_EPOCH_MILLIS: u64 = 1_700_000_000_000;
+
+fn sim_time(millis_after_start: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(SIM_EPOCH_MILLIS + millis_after_start)
+}
+
+fn put(sim: &SimulatedStream, pk: &str) -> String {
+    sim.put_value("orders", &Row { pk: pk.into() })
+        .unwrap()
+        .unwrap()
+        .sequence_number
+        .to_string()
+}
+
+fn delivered_keys(log: &Recording<Row>) -> Vec<String> {
+    log.delivered()
+        .into_iter()
+        .map(|d| d.change.new.unwrap().pk)
+        .collect()
+}
+
+async fn checkpoint_of(store: &InMemoryLeaseStore, key: &LeaseKey) -> Checkpoint {
+    store.get_lease(key).await.unwrap().unwrap().checkpoint
+}
+
+/// A `Since(t)` lease skips what was created before `t` (counted, checkpointed past), keeps
+/// a record made after `t` even though its rounded creation time is before `t` (the
+/// margin), and delivers everything newer.
+#[tokio::test(start_paused = true)]
+async fn since_skips_older_records_and_checkpoints_past_them() {
+    let sim = SimulatedStream::with_seed(21);
+    let arn = sim.add_table("orders");
+    put(&sim, "old-1");
+    put(&sim, "old-2");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let last_old = put(&sim, "old-3"); // stamped 4 s
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    put(&sim, "after"); // made at 5.5 s, stamped 5 s: before the start time once rounded
+    let shard = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    let key = LeaseKey::new(arn.clone(), shard);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    store
+        .create_lease(&Lease::new(
+            key.clone(),
+            Checkpoint::since(sim_time(5_300)),
+            vec![],
+        ))
+        .await
+        .unwrap();
+
+    let log = Recording::<Row>::default();
+    let consumer = Consumer::builder("app")
+        .with_table("orders")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_batch_limit(2)
+        .build(log.factory())
+        .unwrap();
+    let (watched, writer) = (log.clone(), sim.clone());
+    let done = async move {
+        while watched.len() < 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        put(&writer, "later");
+        while watched.len() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), consumer.run_until(done))
+        .await
+        .expect("the records after the start time were not delivered")
+        .unwrap();
+    assert_eq!(delivered_keys(&log), ["after", "later"]);
+    let stored = checkpoint_of(&store, &key).await;
+    assert!(
+        stored.sequence_number().unwrap().as_str() > last_old.as_str(),
+        "checkpoint {stored} is not past the skipped records"
+    );
+}
+
+/// A shard with only old records: the checkpoint moves past them without any delivery, so
+/// the next owner does not read them again.
+#[tokio::test(start_paused = true)]
+async fn a_shard_of_old_records_is_checkpointed_past_without_delivery() {
+    let sim = SimulatedStream::with_seed(22);
+    let arn = sim.add_table("orders");
+    for i in 0..5 {
+        put(&sim, &format!("old-{i}"));
+    }
+    let last = put(&sim, "old-last");
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let shard = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    let key = LeaseKey::new(arn.clone(), shard);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    store
+        .create_lease(&Lease::new(
+            key.clone(),
+            Checkpoint::since(sim_time(10_000)),
+            vec![],
+        ))
+        .await
+        .unwrap();
+    let log = Recording::<Row>::default();
+    let consumer = Consumer::builder("app")
+        .with_table("orders")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_checkpoint_interval(Duration::ZERO)
+        .build(log.factory())
+        .unwrap();
+    let watched = store.clone();
+    let (want, watched_key) = (last.clone(), key.clone());
+    let done = async move {
+        loop {
+            let cp = checkpoint_of(&watched, &watched_key).await;
+            if cp.sequence_number().map(|s| s.as_str()) == Some(want.as_str()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(600), consumer.run_until(done))
+        .await
+        .expect("the checkpoint never moved past the skipped records")
+        .unwrap();
+    assert!(log.delivered().is_empty(), "{:?}", delivered_keys(&log));
+}
