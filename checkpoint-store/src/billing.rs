@@ -64,7 +64,8 @@ fn item_size<'a>(attributes: impl Iterator<Item = (&'a String, &'a AttributeValu
         .sum()
 }
 
-fn value_size(value: &AttributeValue) -> usize {
+/// The size DynamoDB counts for one attribute value (also used to size transactions).
+pub(crate) fn value_size(value: &AttributeValue) -> usize {
     match value {
         AttributeValue::S(text) => text.len(),
         AttributeValue::N(number) => {

@@ -19,16 +19,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
-    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TableDescription, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, KeySchemaElement,
+    KeyType, ReturnValue, ReturnValuesOnConditionCheckFailure, ScalarAttributeType,
+    TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
+    Update,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
@@ -74,6 +77,12 @@ const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
 
+/// What every checkpoint write sets, plain or in a transaction ([`checkpoint_values`]).
+const CHECKPOINT_UPDATE: &str =
+    "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now";
+/// The condition of every write that needs the lease ([`owned_values`]).
+const OWNED_CONDITION: &str = "#owner = :me AND #epoch = :my_epoch";
+
 type Item = HashMap<String, AttributeValue>;
 
 /// A [`LeaseStore`] in a DynamoDB table.
@@ -85,6 +94,8 @@ pub struct DynamoDbLeaseStore {
     endpoint: String,
     /// `Limit` of each scan page; `None` lets DynamoDB fill 1 MB pages.
     scan_page_size: Option<i32>,
+    /// Key attribute names of the tables transactions write to (DescribeTable, once each).
+    key_names: Arc<Mutex<HashMap<String, Vec<String>>>>,
 }
 
 impl fmt::Debug for DynamoDbLeaseStore {
@@ -127,6 +138,7 @@ impl DynamoDbLeaseStore {
             table,
             endpoint,
             scan_page_size: None,
+            key_names: Arc::default(),
         })
     }
 
@@ -313,21 +325,14 @@ impl DynamoDbLeaseStore {
         update: &str,
         mut values: Vec<(&str, AttributeValue)>,
     ) -> Result<Lease> {
-        values.push((":me", s(&ownership.owner)));
-        values.push((":my_epoch", number(ownership.epoch)));
-        self.update_lease(
-            operation,
-            key,
-            update,
-            "#owner = :me AND #epoch = :my_epoch",
-            values,
-        )
-        .await?
-        .map_err(|_| Error::LeaseLost {
-            key: key.clone(),
-            owner: ownership.owner.clone(),
-            epoch: ownership.epoch,
-        })
+        values.extend(owned_values(ownership));
+        self.update_lease(operation, key, update, OWNED_CONDITION, values)
+            .await?
+            .map_err(|_| Error::LeaseLost {
+                key: key.clone(),
+                owner: ownership.owner.clone(),
+                epoch: ownership.epoch,
+            })
     }
 
     /// An update conditional on the lease still having the owner and epoch the caller saw;
@@ -519,6 +524,44 @@ impl DynamoDbLeaseStore {
         }
     }
 
+    /// A transactional checkpoint whose condition failed: the lease moved to another
+    /// owner (`LeaseLost`, nothing applied), or an earlier attempt of this same
+    /// transaction committed (the checkpoint is already there: `Ok`), or the stored
+    /// checkpoint is not the one expected (`CheckpointMoved`, nothing applied).
+    async fn resolve_failed_checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        previous: &Checkpoint,
+        checkpoint: &Checkpoint,
+    ) -> Result<()> {
+        let Some(lease) = self.get_lease(key).await? else {
+            return Err(Error::LeaseNotFound { key: key.clone() });
+        };
+        if lease.owner.as_deref() != Some(ownership.owner.as_str())
+            || lease.epoch != ownership.epoch
+        {
+            return Err(Error::LeaseLost {
+                key: key.clone(),
+                owner: ownership.owner.clone(),
+                epoch: ownership.epoch,
+            });
+        }
+        if lease.checkpoint == *checkpoint {
+            tracing::debug!(lease = %key, %checkpoint, "transaction committed by an earlier attempt");
+            return Ok(());
+        }
+        Err(Error::CheckpointMoved {
+            key: key.clone(),
+            expected: previous.clone(),
+            found: lease.checkpoint,
+        })
+    }
+
+    fn cached_key_names(&self, table: &str) -> Option<Vec<String>> {
+        self.key_names.lock().ok()?.get(table).cloned()
+    }
+
     // ----- errors -----
 
     /// Maps an SDK error by its [`ErrorClass`]: transport failures become `Unreachable`,
@@ -669,11 +712,8 @@ impl LeaseStore for DynamoDbLeaseStore {
                 "UpdateItem (checkpoint)",
                 key,
                 ownership,
-                "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now",
-                vec![
-                    (":checkpoint", s(&checkpoint.encode())),
-                    (":zero", number(0)),
-                ],
+                CHECKPOINT_UPDATE,
+                checkpoint_values(checkpoint),
             )
             .await?;
         if *checkpoint == Checkpoint::ShardEnd {
@@ -821,6 +861,199 @@ impl LeaseStore for DynamoDbLeaseStore {
         .await?;
         Ok(())
     }
+
+    async fn checkpoint_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        previous: &Checkpoint,
+        checkpoint: &Checkpoint,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<()> {
+        const OPERATION: &str = "TransactWriteItems (checkpoint)";
+        let condition = format!("{OWNED_CONDITION} AND #checkpoint = :previous");
+        let mut values = checkpoint_values(checkpoint);
+        values.extend(owned_values(ownership));
+        values.push((":previous", s(&previous.encode())));
+        values.push((":now", millis(SystemTime::now())));
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, lease_pk(key))
+            .update_expression(CHECKPOINT_UPDATE)
+            .condition_expression(&condition)
+            .set_expression_attribute_names(Some(names_in(&[CHECKPOINT_UPDATE, &condition])))
+            .set_expression_attribute_values(Some(to_values(values)))
+            .build()
+            .map_err(|err| self.dynamodb_error(OPERATION, ErrorClass::Other, err))?;
+        let mut items = writes;
+        let lease_index = items.len();
+        items.push(TransactWriteItem::builder().update(update).build());
+        let tables: Vec<String> = items.iter().map(write_table).collect();
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => {
+                if *checkpoint == Checkpoint::ShardEnd {
+                    self.bump_after(key).await;
+                }
+                return Ok(());
+            }
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(canceled)) =
+            err.as_service_error()
+        else {
+            return Err(self.sdk_error(OPERATION, Some(key), err));
+        };
+        let codes = cancellation_codes(canceled.cancellation_reasons(), canceled.message());
+        if codes.get(lease_index).map(String::as_str) == Some("ConditionalCheckFailed") {
+            return self
+                .resolve_failed_checkpoint(key, ownership, previous, checkpoint)
+                .await;
+        }
+        let refused: Vec<(usize, &String)> = codes
+            .iter()
+            .enumerate()
+            .filter(|(_, code)| code.as_str() != "None")
+            .collect();
+        let retryable = |code: &str| {
+            matches!(
+                code,
+                "TransactionConflict"
+                    | "ThrottlingError"
+                    | "ProvisionedThroughputExceeded"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+            )
+        };
+        if !refused.is_empty() && refused.iter().all(|(_, code)| retryable(code)) {
+            // Another request touched the same items, or throttling: the same transaction
+            // may go through when sent again.
+            return Err(Error::DynamoDb {
+                operation: OPERATION,
+                table: self.table.clone(),
+                key: Some(key.clone()),
+                class: ErrorClass::Transient,
+                source: Box::new(SdkFailure::new(err)),
+            });
+        }
+        let reasons = if refused.is_empty() {
+            SdkFailure::new(err).to_string()
+        } else {
+            refused
+                .iter()
+                .map(|(i, code)| {
+                    let table = tables.get(*i).map(String::as_str).unwrap_or("?");
+                    format!("write {i} (table {table:?}): {code}")
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        Err(Error::TransactionCanceled {
+            table: self.table.clone(),
+            key: key.clone(),
+            reasons,
+        })
+    }
+
+    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
+        if let Some(names) = self.cached_key_names(table) {
+            return Ok(names);
+        }
+        let description = self
+            .client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|err| {
+                let mut error = self.sdk_error("DescribeTable (key schema)", None, err);
+                if let Error::DynamoDb { table: named, .. }
+                | Error::Unreachable { table: named, .. } = &mut error
+                {
+                    table.clone_into(named);
+                }
+                error
+            })?;
+        let mut schema: Vec<&KeySchemaElement> = description
+            .table()
+            .map(|t| t.key_schema().iter().collect())
+            .unwrap_or_default();
+        // The partition key first, then the sort key.
+        schema.sort_by_key(|element| *element.key_type() != KeyType::Hash);
+        let names: Vec<String> = schema
+            .iter()
+            .map(|element| element.attribute_name().to_owned())
+            .collect();
+        if names.is_empty() {
+            return Err(Error::CorruptItem {
+                table: table.to_owned(),
+                item: "(table description)".to_owned(),
+                attribute: "KeySchema",
+                problem: "DescribeTable returned no key schema".to_owned(),
+            });
+        }
+        if let Ok(mut cache) = self.key_names.lock() {
+            cache.insert(table.to_owned(), names.clone());
+        }
+        Ok(names)
+    }
+}
+
+/// The table a transaction's write goes to.
+fn write_table(write: &TransactWriteItem) -> String {
+    let table = if let Some(put) = write.put() {
+        put.table_name()
+    } else if let Some(update) = write.update() {
+        update.table_name()
+    } else if let Some(delete) = write.delete() {
+        delete.table_name()
+    } else if let Some(check) = write.condition_check() {
+        check.table_name()
+    } else {
+        "?"
+    };
+    table.to_owned()
+}
+
+/// The reason code of each action of a cancelled transaction (`None` for those that were
+/// fine), from the structured reasons or, when a DynamoDB sends none, from the message
+/// (`Transaction cancelled, please refer cancellation reasons for specific reasons [A, B]`).
+fn cancellation_codes(reasons: &[CancellationReason], message: Option<&str>) -> Vec<String> {
+    if !reasons.is_empty() {
+        return reasons
+            .iter()
+            .map(|reason| reason.code().unwrap_or("None").to_owned())
+            .collect();
+    }
+    let listed = message.and_then(|m| {
+        let start = m.rfind('[')?;
+        let end = m[start..].find(']')? + start;
+        Some(&m[start + 1..end])
+    });
+    listed
+        .map(|list| list.split(',').map(|code| code.trim().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The values of [`CHECKPOINT_UPDATE`] (but `:now`, which every lease write adds).
+fn checkpoint_values(checkpoint: &Checkpoint) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        (":checkpoint", s(&checkpoint.encode())),
+        (":zero", number(0)),
+    ]
+}
+
+/// The values of [`OWNED_CONDITION`].
+fn owned_values(ownership: &Ownership) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        (":me", s(&ownership.owner)),
+        (":my_epoch", number(ownership.epoch)),
+    ]
 }
 
 /// The placeholders of one worker's attributes in the membership item.
@@ -1143,6 +1376,27 @@ mod tests {
             .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .build();
         DynamoDbLeaseStore::new(Client::from_conf(config), "t-test").unwrap()
+    }
+
+    #[test]
+    fn cancellation_codes_come_from_the_reasons_or_else_the_message() {
+        let reasons = [
+            CancellationReason::builder().code("None").build(),
+            CancellationReason::builder()
+                .code("ConditionalCheckFailed")
+                .build(),
+        ];
+        assert_eq!(
+            cancellation_codes(&reasons, None),
+            ["None", "ConditionalCheckFailed"]
+        );
+        let message = "Transaction cancelled, please refer cancellation reasons for specific \
+                       reasons [None, ConditionalCheckFailed]";
+        assert_eq!(
+            cancellation_codes(&[], Some(message)),
+            ["None", "ConditionalCheckFailed"]
+        );
+        assert!(cancellation_codes(&[], Some("no list")).is_empty());
     }
 
     #[test]

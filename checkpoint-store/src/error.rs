@@ -109,6 +109,50 @@ pub enum Error {
         problem: String,
     },
 
+    /// The store cannot commit other writes together with a checkpoint (only the DynamoDB
+    /// store can: its checkpoints live in DynamoDB).
+    #[error("the lease store {store} does not support transactions (exactly-once commits)")]
+    TransactionsUnsupported {
+        /// The store, as it describes itself.
+        store: String,
+    },
+
+    /// One record's staged writes cannot be committed in one transaction with the checkpoint
+    /// (too many, too large, an item written twice): nothing was sent.
+    #[error("record {sequence_number} of lease {key} cannot be committed in one transaction: {problem}")]
+    TransactionTooLarge {
+        /// The lease (stream and shard).
+        key: LeaseKey,
+        /// The record.
+        sequence_number: crate::SequenceNumber,
+        /// What does not fit.
+        problem: String,
+    },
+
+    /// DynamoDB cancelled a transaction because of one of the staged writes (its condition
+    /// failed, or it was invalid); none of it, checkpoint included, was applied.
+    #[error("transaction with the checkpoint of lease {key} in table {table:?} was cancelled: {reasons}")]
+    TransactionCanceled {
+        /// The lease table.
+        table: String,
+        /// The lease.
+        key: LeaseKey,
+        /// Each refused write: its position, table and DynamoDB's reason.
+        reasons: String,
+    },
+
+    /// A transactional checkpoint expected another stored checkpoint: the lease is still
+    /// ours, but its checkpoint moved (an earlier write that seemed to fail did commit).
+    #[error("checkpoint of lease {key} is {found}, expected {expected}; nothing was written")]
+    CheckpointMoved {
+        /// The lease.
+        key: LeaseKey,
+        /// The checkpoint the transaction was conditional on.
+        expected: crate::Checkpoint,
+        /// The checkpoint found by a consistent read.
+        found: crate::Checkpoint,
+    },
+
     /// DynamoDB could not be reached (connection refused, DNS, timeout).
     #[error("cannot reach DynamoDB at {endpoint} for {operation} on table {table:?}: {source}")]
     Unreachable {

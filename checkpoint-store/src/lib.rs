@@ -21,6 +21,7 @@ mod lease;
 mod memory;
 mod sequence;
 mod store;
+pub mod transaction;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -95,4 +95,39 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
     /// record that is already gone succeeds.
     async fn delete_worker(&self, worker_id: &str) -> Result<()>;
+
+    /// Commits `writes` (items of other tables) and the checkpoint of `key` in one
+    /// transaction, all or nothing: the exactly-once path. The checkpoint update has the
+    /// condition of [`LeaseStore::checkpoint`] (`ownership` still current, else `LeaseLost`
+    /// and none of the writes applied) and also requires the stored checkpoint to still be
+    /// `previous`, so a transaction sent again after an ambiguous failure cannot apply
+    /// twice: when that condition fails and a consistent read finds `checkpoint` stored
+    /// under `ownership`, the earlier attempt committed, and this returns `Ok`; another
+    /// stored checkpoint is `CheckpointMoved`. The caller fits the writes in one transaction
+    /// ([`crate::transaction::split`]). Stores without transactions refuse with
+    /// `TransactionsUnsupported` (the default).
+    async fn checkpoint_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        previous: &Checkpoint,
+        checkpoint: &Checkpoint,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        let _ = (key, ownership, previous, checkpoint, writes);
+        Err(crate::Error::TransactionsUnsupported {
+            store: format!("{self:?}"),
+        })
+    }
+
+    /// The key attribute names of `table` (partition key first), so that a caller can
+    /// tell which item a `Put` in a transaction writes: DynamoDB refuses two actions on one
+    /// item in a transaction. Stores without transactions refuse with
+    /// `TransactionsUnsupported` (the default).
+    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
+        let _ = table;
+        Err(crate::Error::TransactionsUnsupported {
+            store: format!("{self:?}"),
+        })
+    }
 }
