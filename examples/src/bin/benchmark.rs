@@ -51,6 +51,9 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use checkpoint_store::{
+    Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber,
+};
 use clap::Parser;
 use consumer_core::streams::{
     ApiError, RecordsPage, SdkStreams, ShardInfo, StartPosition, StreamPage, StreamsApi,
@@ -210,6 +213,7 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
     let mut plain_runs = Vec::new();
     let mut framework_runs = Vec::new();
     let mut coalesced_runs = Vec::new();
+    let mut plain_checkpointed_runs = Vec::new();
     let mut apps = Vec::new();
     for round in 1..=args.warmup_rounds + args.rounds {
         let warmup = round <= args.warmup_rounds;
@@ -221,12 +225,32 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
         cpu.start();
         let plain = within(
             "the plain drain",
-            drain_plain(&streams, &stream_arn, args.records),
+            drain_plain(&streams, &stream_arn, args.records, None),
         )
         .await?;
         println!("{name}: plain     {}{}", plain.summary(), cpu.report());
         if !warmup {
             plain_runs.push(plain);
+        }
+        if args.diagnose {
+            let app = unique_name(&format!("bench-app{}", apps.len() + 1));
+            apps.push(app.clone());
+            let mut checkpoints = PlainCheckpoints::new(&config, &app).await?;
+            cpu.start();
+            let written = within(
+                "the plain drain with checkpoints",
+                drain_plain(&streams, &stream_arn, args.records, Some(&mut checkpoints)),
+            )
+            .await?;
+            println!(
+                "{name}: plain+cp  {}{}; {} checkpoint writes",
+                written.summary(),
+                cpu.report(),
+                checkpoints.written
+            );
+            if !warmup {
+                plain_checkpointed_runs.push(written);
+            }
         }
 
         let mut variants = vec![("framework", Duration::ZERO, &mut framework_runs)];
@@ -274,6 +298,15 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
         "steady state (after the first page, best run): plain {steady_plain:.0} records/s, framework {steady_framework:.0} records/s, ratio {:.2}",
         steady_framework / steady_plain
     );
+    if let Ok(written) = best(&plain_checkpointed_runs) {
+        println!(
+            "diagnostic: the plain loop writing a checkpoint per page itself (the lease store's write, one in flight): {:.0} records/s, ratio {:.2}; steady {:.0} records/s, ratio {:.2}",
+            written.rate(),
+            written.rate() / best_plain.rate(),
+            best_steady(&plain_checkpointed_runs),
+            best_steady(&plain_checkpointed_runs) / steady_plain,
+        );
+    }
     if let Ok(coalesced) = best(&coalesced_runs) {
         println!(
             "diagnostic: framework with checkpoints coalesced to 1 s (the default): {:.0} records/s, ratio {:.2}; steady {:.0} records/s, ratio {:.2}; startup {:.3} s",
@@ -527,12 +560,78 @@ async fn within<T>(
         .map_err(|_| format!("{step} took longer than {DEADLINE:?}"))?
 }
 
+/// Checkpoint writes made the framework's way (the lease store's conditional UpdateItem,
+/// one in flight, the latest pending written next) by the plain loop in `--diagnose`: what
+/// a checkpoint per page costs the server, without any framework around it.
+struct PlainCheckpoints {
+    store: Arc<DynamoDbLeaseStore>,
+    key: LeaseKey,
+    ownership: Ownership,
+    in_flight: Option<tokio::task::JoinHandle<checkpoint_store::Result<Lease>>>,
+    pending: Option<SequenceNumber>,
+    written: u64,
+}
+
+impl PlainCheckpoints {
+    /// A fresh lease table `application` with one lease, taken.
+    async fn new(config: &SdkConfig, application: &str) -> Result<Self, BoxError> {
+        let store = Arc::new(DynamoDbLeaseStore::from_sdk_config(config, application)?);
+        store.ensure_table().await?;
+        let key = LeaseKey::new("bench-stream", "bench-shard");
+        store
+            .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
+            .await?;
+        let lease = store.take_lease(&key, None, 0, "bench-worker").await?;
+        let ownership = lease.ownership().ok_or("the lease taken has no owner")?;
+        Ok(Self {
+            store,
+            key,
+            ownership,
+            in_flight: None,
+            pending: None,
+            written: 0,
+        })
+    }
+
+    /// After a page: checkpoint at its last record, in the background.
+    async fn page_read(
+        &mut self,
+        page: &[aws_sdk_dynamodbstreams::types::Record],
+    ) -> Result<(), BoxError> {
+        if let Some(seq) = page
+            .last()
+            .and_then(|r| r.dynamodb())
+            .and_then(|d| d.sequence_number())
+        {
+            self.pending = Some(SequenceNumber::parse(seq)?);
+        }
+        if let Some(task) = self.in_flight.take_if(|task| task.is_finished()) {
+            task.await??;
+            self.written += 1;
+        }
+        if self.in_flight.is_none()
+            && let Some(seq) = self.pending.take()
+        {
+            let (store, key, ownership) =
+                (self.store.clone(), self.key.clone(), self.ownership.clone());
+            self.in_flight = Some(tokio::spawn(async move {
+                store
+                    .checkpoint(&key, &ownership, &Checkpoint::At(seq))
+                    .await
+            }));
+        }
+        Ok(())
+    }
+}
+
 /// The plain loop: every shard from TRIM_HORIZON, one GetRecords after another (round
-/// robin over the shards; DynamoDB Local has one), until `target` records were read.
+/// robin over the shards; DynamoDB Local has one), until `target` records were read; with
+/// `checkpoints`, also a checkpoint write per page.
 async fn drain_plain(
     client: &aws_sdk_dynamodbstreams::Client,
     stream_arn: &str,
     target: u64,
+    mut checkpoints: Option<&mut PlainCheckpoints>,
 ) -> Result<Drain, BoxError> {
     let mut shard_ids = Vec::new();
     let mut exclusive_start: Option<String> = None;
@@ -588,6 +687,9 @@ async fn drain_plain(
                 .await?;
             let got = page.records().len() as u64;
             read += got;
+            if let Some(checkpoints) = checkpoints.as_deref_mut() {
+                checkpoints.page_read(page.records()).await?;
+            }
             if got > 0 && first_page.is_none() {
                 first_page = Some((started.elapsed(), got));
             }
