@@ -30,6 +30,10 @@ pub enum Checkpoint {
     At(SequenceNumber),
     /// The shard is closed and fully processed.
     ShardEnd,
+    /// A snapshot segment's position (not a shard's): how far its Scan got, as text the
+    /// consumer writes and reads (the item count and the last evaluated key). The lease
+    /// starts at `TrimHorizon` (nothing scanned) and ends at `ShardEnd`.
+    Scan(String),
 }
 
 impl Checkpoint {
@@ -38,6 +42,8 @@ impl Checkpoint {
     const SHARD_END: &'static str = "SHARD_END";
     /// Prefix of `Since`: letters, so the text is never mistaken for a sequence number.
     const SINCE: &'static str = "SINCE:";
+    /// Prefix of `Scan`.
+    const SCAN: &'static str = "SCAN:";
 
     /// `Since(time)`, truncated to the millisecond the lease table keeps.
     pub fn since(time: SystemTime) -> Self {
@@ -57,6 +63,7 @@ impl Checkpoint {
             Self::Since(time) => {
                 format!("{}{}", Self::SINCE, humantime::format_rfc3339_millis(*time))
             }
+            Self::Scan(position) => format!("{}{position}", Self::SCAN),
         }
     }
 
@@ -66,6 +73,9 @@ impl Checkpoint {
             Self::TRIM_HORIZON => Ok(Self::TrimHorizon),
             Self::LATEST => Ok(Self::Latest),
             Self::SHARD_END => Ok(Self::ShardEnd),
+            other if other.starts_with(Self::SCAN) => {
+                Ok(Self::Scan(other[Self::SCAN.len()..].to_owned()))
+            }
             other if other.starts_with(Self::SINCE) => {
                 humantime::parse_rfc3339(&other[Self::SINCE.len()..])
                     .map(Self::since)
@@ -127,6 +137,7 @@ mod tests {
             Checkpoint::TrimHorizon,
             Checkpoint::Latest,
             Checkpoint::ShardEnd,
+            Checkpoint::Scan("{\"items\":3}".into()),
             Checkpoint::At(SequenceNumber::parse("000000000000000000042").unwrap()),
             Checkpoint::since(UNIX_EPOCH + Duration::from_millis(1_795_758_219_123)),
         ] {

@@ -19,6 +19,9 @@ pub enum ChangeKind {
     Modify,
     /// An item was deleted (by a user, or by TTL: see [`Change::deleted_by_ttl`]).
     Remove,
+    /// The item as a snapshot of the table read it (`with_snapshot`): new image only, no
+    /// stream record behind it. Delivered before the item's later stream changes.
+    Snapshot,
 }
 
 impl ChangeKind {
@@ -28,9 +31,14 @@ impl ChangeKind {
             Self::Insert => "INSERT",
             Self::Modify => "MODIFY",
             Self::Remove => "REMOVE",
+            Self::Snapshot => SNAPSHOT_EVENT,
         }
     }
 }
+
+/// The event name of the records a snapshot makes from scanned items (not a stream
+/// operation: such records never come from DynamoDB Streams).
+pub(crate) const SNAPSHOT_EVENT: &str = "SNAPSHOT";
 
 /// One change of one item, with its images decoded into `T`.
 ///
@@ -45,7 +53,9 @@ pub struct Change<T> {
     pub old: Option<T>,
     /// The item after the change.
     pub new: Option<T>,
-    /// The record's position in its shard: what checkpoints are made of.
+    /// The record's position in its shard: what checkpoints are made of. Zero for a
+    /// [`ChangeKind::Snapshot`] change, which has no stream record (its position is the
+    /// scan's, kept by the framework).
     pub sequence_number: SequenceNumber,
     /// When DynamoDB wrote the change (second precision).
     pub approximate_creation_time: Option<SystemTime>,
@@ -101,9 +111,12 @@ impl<T: DeserializeOwned> Change<T> {
         let stream_record = raw
             .dynamodb()
             .ok_or_else(|| malformed("the record has no `dynamodb` section"))?;
-        let seq_text = stream_record
-            .sequence_number()
-            .ok_or_else(|| malformed("the record has no sequence number"))?;
+        let snapshot = raw.event_name().map(OperationType::as_str) == Some(SNAPSHOT_EVENT);
+        let seq_text = match stream_record.sequence_number() {
+            Some(text) => text,
+            None if snapshot => "0",
+            None => return Err(malformed("the record has no sequence number")),
+        };
         let sequence_number =
             SequenceNumber::parse(seq_text).map_err(|e| Error::MalformedRecord {
                 shard_id: shard_id.to_owned(),
@@ -113,6 +126,7 @@ impl<T: DeserializeOwned> Change<T> {
             Some(OperationType::Insert) => ChangeKind::Insert,
             Some(OperationType::Modify) => ChangeKind::Modify,
             Some(OperationType::Remove) => ChangeKind::Remove,
+            _ if snapshot => ChangeKind::Snapshot,
             other => {
                 return Err(malformed(&format!(
                     "record {sequence_number} has event name {other:?}, expected INSERT, MODIFY or REMOVE"

@@ -61,6 +61,8 @@ pub(crate) struct ConsumerConfig {
     /// How much older than a `Since` start time a record must look to be skipped: covers
     /// the rounding of `ApproximateCreationDateTime` (`start_time`).
     pub creation_time_margin: Duration,
+    /// Deliver every item of the table first (`with_snapshot`).
+    pub snapshot: Option<crate::snapshot::SnapshotConfig>,
 }
 
 impl Default for ConsumerConfig {
@@ -81,6 +83,7 @@ impl Default for ConsumerConfig {
             processing_backoff_max: Duration::from_secs(30),
             delivery: DeliveryConfig::default(),
             creation_time_margin: crate::start_time::DEFAULT_CREATION_TIME_MARGIN,
+            snapshot: None,
         }
     }
 }

@@ -101,6 +101,18 @@ impl<F: ProcessorFactory> Consumer<F> {
         table?;
         let streams = streams?;
         tracing::debug!(application = %self.application, "resolved streams");
+        if let Some(snapshot) = &self.config.snapshot {
+            for source in &streams {
+                crate::snapshot::prepare(
+                    self.api.as_ref(),
+                    &self.store,
+                    snapshot,
+                    &source.stream_arn,
+                    source.table.as_deref(),
+                )
+                .await?;
+            }
+        }
         let shared = Shared {
             api: self.api,
             store: self.store,
@@ -200,6 +212,20 @@ impl ConsumerBuilder {
     /// Local rounds to the minute, so tests against it set more than 60 s.
     pub fn with_creation_time_margin(self, margin: Duration) -> Self {
         self.set(|c| c.creation_time_margin = margin)
+    }
+
+    /// Before the stream, delivers every item of each table as a [`ChangeKind::Snapshot`]
+    /// change (new image only), read by a parallel Scan whose segments are leased like
+    /// shards; then the stream from `TRIM_HORIZON`, skipping records created more than
+    /// [`with_creation_time_margin`](Self::with_creation_time_margin) before the snapshot
+    /// began. Each item's later changes come after its snapshot record, so a sink applying
+    /// new images converges to the table (README: "Snapshot, then stream"). Only for a
+    /// stream this application has not consumed yet; every worker of the application needs
+    /// it. Start-up refuses a stream without new images (`KEYS_ONLY`, `OLD_IMAGE`).
+    ///
+    /// [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
+    pub fn with_snapshot(self, snapshot: crate::SnapshotConfig) -> Self {
+        self.set(|c| c.snapshot = Some(snapshot))
     }
 
     /// What to do about records trimmed before they were read. Default: report and go on.
@@ -349,6 +375,17 @@ impl ConsumerBuilder {
             (None, Some(sdk)) => Arc::new(SdkStreams::from_sdk_config(sdk)),
             (None, None) => return Err(missing_sdk_config()),
         };
+        if let Some(snapshot) = &mut self.config.snapshot
+            && snapshot.scanner.is_none()
+        {
+            let Some(sdk) = &self.sdk_config else {
+                return Err(Error::Config {
+                    key: "with_snapshot",
+                    problem: "a snapshot scans the table with the DynamoDB API: give `with_sdk_config` too".into(),
+                });
+            };
+            snapshot.scanner = Some(Arc::new(SdkStreams::from_sdk_config(sdk)));
+        }
         let store = match (self.store, &self.sdk_config) {
             (Some(store), _) => store,
             (None, Some(sdk)) => {
@@ -414,6 +451,9 @@ impl ConsumerBuilder {
             );
         }
         if let Err((key, text)) = config.delivery.validate() {
+            return problem(key, &text);
+        }
+        if let Some(Err((key, text))) = config.snapshot.as_ref().map(|s| s.validate()) {
             return problem(key, &text);
         }
         if config.failover_time < Duration::from_secs(1) {

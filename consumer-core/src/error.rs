@@ -91,6 +91,16 @@ pub enum Error {
         problem: String,
     },
 
+    /// A table's snapshot (`with_snapshot`) cannot be taken, or cannot go on.
+    #[error("snapshot of table {table} (stream {stream_arn}): {problem}")]
+    Snapshot {
+        /// The table.
+        table: String,
+        /// Its stream.
+        stream_arn: String,
+        /// What is wrong (never an item's values).
+        problem: String,
+    },
     /// The consumer was configured wrongly; nothing was started.
     #[error("invalid configuration `{key}`: {problem}")]
     Config {

@@ -290,3 +290,49 @@ impl Event for LeaseScanDiscarded {
         counter!("ddb_stream_lease_scans_discarded_total").increment(1);
     }
 }
+
+/// A snapshot segment delivered a page of items (`with_snapshot`).
+pub(crate) struct SnapshotPageDelivered<'a> {
+    pub stream_arn: &'a str,
+    pub segment: &'a str,
+    pub items: usize,
+}
+
+impl Event for SnapshotPageDelivered<'_> {
+    fn emit(self) {
+        let (segment, items) = (self.segment, self.items);
+        tracing::debug!(segment, items, "snapshot page delivered");
+        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        counter!("ddb_stream_snapshot_items_total", &labels).increment(items as u64);
+    }
+}
+
+/// Where a snapshot stands, logged by each running segment every progress interval and when
+/// it finishes: segments done of total (from the lease table) and items delivered.
+pub(crate) struct SnapshotProgressed<'a> {
+    pub stream_arn: &'a str,
+    pub segment: &'a str,
+    /// Items this segment delivered so far.
+    pub segment_items: u64,
+    pub progress: &'a crate::snapshot::SnapshotProgress,
+}
+
+impl Event for SnapshotProgressed<'_> {
+    fn emit(self) {
+        let progress = self.progress;
+        tracing::info!(
+            stream_arn = self.stream_arn,
+            segment = self.segment,
+            segment_items = self.segment_items,
+            segments_done = progress.segments_done,
+            segments = progress.segments,
+            items_in_open_segments = progress.items_in_open_segments,
+            "snapshot progress: {} of {} segments done",
+            progress.segments_done,
+            progress.segments
+        );
+        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        gauge!("ddb_stream_snapshot_segments_done", &labels).set(f64::from(progress.segments_done));
+        gauge!("ddb_stream_snapshot_segments", &labels).set(f64::from(progress.segments));
+    }
+}

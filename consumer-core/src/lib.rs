@@ -21,6 +21,7 @@ mod retry;
 mod shard_consumer;
 mod shard_sync;
 pub mod signals;
+pub mod snapshot;
 mod start_time;
 pub mod streams;
 #[cfg(feature = "testkit")]
@@ -33,6 +34,7 @@ pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
+pub use snapshot::SnapshotConfig;
 pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,

@@ -18,6 +18,7 @@
 //! | [`lease_store`] | lease-table writes that no loop repeats: `SHARD_END`, lease creation, final checkpoint, release, worker removal at shutdown | 100 ms | 5 s | 11 | yes |
 //! | [`processing`] | a failing `process`, `initialize` or `shard_ended` | 100 ms | `with_retry_backoff_max` (30 s) | unbounded | yes |
 //! | [`reincarnation`] | the first heartbeat of a fenced worker's new incarnation | 200 ms | `renew_interval` | unbounded | no |
+//! | [`table_scan`] | a snapshot segment's Scan pages and the key-schema lookup (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
 //! | [`idle_poll`] | pauses between polls of an idle shard (not an error) | `with_idle_backoff` min (100 ms) | max (1 s) | unbounded | no |
 //!
 //! Attempts count the first call. Only transient failures are retried (throttling, 5xx,
@@ -96,6 +97,13 @@ pub(crate) fn reincarnation(renew_interval: Duration) -> ExponentialBuilder {
 pub(crate) fn heartbeat(renew_interval: Duration) -> ExponentialBuilder {
     let max = (renew_interval / 4).max(millis(100));
     exponential(millis(100).min(max), max).with_jitter()
+}
+
+/// A snapshot segment's Scan pages, on throttling, 5xx and transport errors: like
+/// [`streams_read`] (50 ms then doubling up to 10 s, jittered, never giving up): a segment
+/// has nothing better to do, and lease loss and shutdown stop it from outside.
+pub(crate) fn table_scan() -> ExponentialBuilder {
+    streams_read()
 }
 
 /// Pauses between polls of an idle shard: `min` after the first empty page, doubling up to

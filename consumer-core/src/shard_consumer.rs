@@ -105,6 +105,9 @@ enum Interrupted {
 
 impl<F: ProcessorFactory> ShardConsumer<F> {
     pub(crate) async fn run(self, signals: ShardSignals) -> ShardOutcome {
+        if crate::snapshot::is_segment(&self.lease.key) {
+            return crate::snapshot::run_segment(self, signals).await;
+        }
         let key = self.lease.key.clone();
         let lag = &self.shared.telemetry.lag;
         let _lag_tracked = lag.track(&key);
@@ -1143,7 +1146,8 @@ pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
         Checkpoint::TrimHorizon | Checkpoint::Since(_) => Some(StartPosition::TrimHorizon),
         Checkpoint::Latest => Some(StartPosition::Latest),
         Checkpoint::At(seq) => Some(StartPosition::AfterSequenceNumber(seq.clone())),
-        Checkpoint::ShardEnd => None,
+        // A snapshot segment, not a shard: `snapshot::run_segment` runs it, never a reader.
+        Checkpoint::ShardEnd | Checkpoint::Scan(_) => None,
     }
 }
 

@@ -273,7 +273,8 @@ async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> 
         Checkpoint::TrimHorizon | Checkpoint::Since(_) => StartPosition::TrimHorizon,
         Checkpoint::At(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
         // Starts at the tip when first read: nothing is behind it.
-        Checkpoint::Latest | Checkpoint::ShardEnd => {
+        // A snapshot segment has no records behind it (its progress is in `snapshots`).
+        Checkpoint::Latest | Checkpoint::ShardEnd | Checkpoint::Scan(_) => {
             return Ok(Lag {
                 records: 0,
                 complete: true,

@@ -53,6 +53,11 @@ impl SdkStreams {
         }
     }
 
+    /// The DynamoDB client (the snapshot's Scan goes through it: `snapshot::scan`).
+    pub(crate) fn dynamodb(&self) -> &aws_sdk_dynamodb::Client {
+        self.clients.dynamodb()
+    }
+
     /// One DescribeStream page, optionally filtered.
     async fn describe_page(
         &self,
@@ -116,7 +121,7 @@ impl SdkStreams {
 
     /// Maps an SDK error of any operation: the kind from its [`ErrorClass`](aws::ErrorClass) (or one of the
     /// two stream-specific codes), the message from the service or the transport.
-    fn map_error<E>(
+    pub(crate) fn map_error<E>(
         &self,
         err: SdkError<E, HttpResponse>,
         operation: &'static str,

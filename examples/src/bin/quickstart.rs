@@ -254,6 +254,7 @@ fn show(change: &Change<Counter>) -> String {
         ChangeKind::Insert => format!("[:insert {}]", image(&change.new)),
         ChangeKind::Modify => format!("[:modify {} {}]", image(&change.old), image(&change.new)),
         ChangeKind::Remove => format!("[:remove {}]", image(&change.old)),
+        ChangeKind::Snapshot => format!("[:snapshot {}]", image(&change.new)),
     }
 }
 

@@ -1,0 +1,359 @@
+//! Snapshot, then stream: every item of the table first, as [`ChangeKind::Snapshot`]
+//! changes, then the stream's changes after the snapshot began.
+//!
+//! How it is laid out in the lease table (per stream):
+//!
+//! - A **plan** (a coordination lease `snapshot|<stream ARN>`, written once by the first
+//!   worker to start, with a conditional put): its checkpoint `Since(T0)` is when the
+//!   snapshot began, its parent list names the segments.
+//! - One **segment lease** per parallel Scan segment, key (stream ARN,
+//!   `snapshot-<i>-of-<n>`). Segments are balanced, taken, handed off and failed over like
+//!   shards; a segment's checkpoint is [`Checkpoint::Scan`] (items delivered and the last
+//!   evaluated key) after each page's batch, and `ShardEnd` once read to its end.
+//! - A **stream lease** for every shard of the stream at T0, starting at `Since(T0)`:
+//!   `TRIM_HORIZON`, skipping (counting) records created before T0 minus the creation-time
+//!   margin (`with_creation_time_margin`). Shards whose parent is not in the stream get
+//!   every segment as parents, so no stream record is delivered before the last segment
+//!   finished (parents before children, the existing mechanism).
+//!
+//! Why a sink that applies each change's new image (and deletes on remove) converges to the
+//! table: see the README's "Snapshot, then stream".
+//!
+//! [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
+
+mod scan;
+mod segment;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_dynamodbstreams::types::StreamViewType;
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+
+use crate::error::{Error, Result};
+use crate::retry;
+use crate::shard_sync::{create_lease_if_absent, describe_all_shards};
+use crate::streams::StreamsApi;
+
+pub(crate) use scan::TableScan;
+pub(crate) use segment::run_segment;
+
+/// How long DynamoDB Streams keeps a record: a snapshot that takes longer than this (minus
+/// the creation-time margin) cannot be followed by the stream without a gap.
+pub const STREAM_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Prefix of segment lease ids (real shard ids start with `shardId-`).
+const SEGMENT_PREFIX: &str = "snapshot-";
+
+/// Settings of [`ConsumerBuilder::with_snapshot`](crate::ConsumerBuilder::with_snapshot).
+///
+/// The margin by which stream records older than the snapshot's start are still delivered
+/// is the consumer's [`with_creation_time_margin`](crate::ConsumerBuilder::with_creation_time_margin)
+/// (default 1 s for AWS, which rounds creation times down to the second; DynamoDB Local
+/// rounds to the minute, so tests against it set more than 60 s).
+#[derive(Clone)]
+pub struct SnapshotConfig {
+    pub(crate) segments: u32,
+    pub(crate) page_size: u32,
+    pub(crate) progress_interval: Duration,
+    /// The table reader (the SDK's, set by `build`; a fake in tests).
+    pub(crate) scanner: Option<Arc<dyn TableScan>>,
+}
+
+impl std::fmt::Debug for SnapshotConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotConfig")
+            .field("segments", &self.segments)
+            .field("page_size", &self.page_size)
+            .field("progress_interval", &self.progress_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SnapshotConfig {
+    /// The defaults: 8 segments, 500 items a page (one batch each), progress every 30 s.
+    pub fn new() -> Self {
+        Self {
+            segments: 8,
+            page_size: 500,
+            progress_interval: Duration::from_secs(30),
+            scanner: None,
+        }
+    }
+
+    /// Parallel Scan segments, 1-10,000: the most workers that can scan at once. Only the
+    /// first worker's setting counts (it is stored in the snapshot's plan).
+    pub fn with_segments(mut self, segments: u32) -> Self {
+        self.segments = segments;
+        self
+    }
+
+    /// Items per Scan page, 1-10,000: each page is one batch and one checkpoint (a page
+    /// also stops at 1 MB of data).
+    pub fn with_page_size(mut self, items: u32) -> Self {
+        self.page_size = items;
+        self
+    }
+
+    /// How often a running segment logs the snapshot's progress. Default: 30 s.
+    pub fn with_progress_interval(mut self, interval: Duration) -> Self {
+        self.progress_interval = interval;
+        self
+    }
+
+    /// The setting that is out of range, and why.
+    pub(crate) fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if !(1..=10_000).contains(&self.segments) {
+            return Err(("with_snapshot", "segments must be between 1 and 10,000".into()));
+        }
+        if !(1..=10_000).contains(&self.page_size) {
+            return Err(("with_snapshot", "page size must be between 1 and 10,000".into()));
+        }
+        if self.progress_interval.is_zero() {
+            return Err(("with_snapshot", "the progress interval must be above zero".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The key of a stream's snapshot plan.
+pub(crate) fn plan_key(stream_arn: &str) -> LeaseKey {
+    LeaseKey::coordination(format!("snapshot|{stream_arn}"))
+}
+
+/// The id of segment `index` of `total`.
+fn segment_id(index: u32, total: u32) -> String {
+    format!("{SEGMENT_PREFIX}{index}-of-{total}")
+}
+
+/// Segment index and total from a segment lease id.
+pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
+    let (index, total) = shard_id.strip_prefix(SEGMENT_PREFIX)?.split_once("-of-")?;
+    let (index, total) = (index.parse().ok()?, total.parse().ok()?);
+    (index < total).then_some((index, total))
+}
+
+/// Whether a lease is a snapshot segment rather than a shard.
+pub(crate) fn is_segment(key: &LeaseKey) -> bool {
+    !key.is_coordination() && parse_segment_id(&key.shard_id).is_some()
+}
+
+/// The table of a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL`).
+pub(crate) fn table_of_stream(stream_arn: &str) -> Option<&str> {
+    let rest = stream_arn.split_once(":table/")?.1;
+    rest.split_once("/stream/").map(|(table, _)| table)
+}
+
+/// Sets up the snapshot of one stream, before the worker's first shard sync: refuses a
+/// stream without new images, writes the plan if this worker is first, and creates the
+/// segment leases and the stream leases that wait for them. Idempotent: every starting
+/// worker runs it, so a first worker that crashed midway is completed by the next one.
+/// A stream this application already consumed without a snapshot gets none.
+pub(crate) async fn prepare(
+    api: &dyn StreamsApi,
+    store: &Arc<dyn LeaseStore>,
+    config: &SnapshotConfig,
+    stream_arn: &str,
+    table: Option<&str>,
+) -> Result<()> {
+    let page = retry::call(retry::startup(), retry::is_retryable_api, || {
+        api.describe_stream(stream_arn, None)
+    })
+    .await?;
+    let table = table
+        .map(str::to_owned)
+        .or(page.table_name.clone())
+        .or_else(|| table_of_stream(stream_arn).map(str::to_owned))
+        .unwrap_or_default();
+    if let Some(view @ (StreamViewType::KeysOnly | StreamViewType::OldImage)) = &page.view_type {
+        return Err(Error::Snapshot {
+            table,
+            stream_arn: stream_arn.to_owned(),
+            problem: format!(
+                "the stream's view type is {}: a snapshot followed by the stream needs new images (NEW_IMAGE or NEW_AND_OLD_IMAGES)",
+                view.as_str()
+            ),
+        });
+    }
+    let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
+        store.list_leases()
+    })
+    .await?;
+    let key = plan_key(stream_arn);
+    let has_stream_leases = leases
+        .iter()
+        .any(|l| l.key.stream == stream_arn && !is_segment(&l.key));
+    let plan = match leases.iter().find(|l| l.key == key) {
+        Some(plan) => plan.clone(),
+        None if has_stream_leases => {
+            tracing::info!(%table, stream_arn, "this application already consumes the stream: no snapshot");
+            return Ok(());
+        }
+        None => {
+            let segments = (0..config.segments)
+                .map(|i| segment_id(i, config.segments))
+                .collect();
+            let plan = Lease::new(key.clone(), Checkpoint::since(SystemTime::now()), segments);
+            if create_lease_if_absent(store.as_ref(), &plan).await? {
+                tracing::info!(%table, stream_arn, segments = config.segments, started = %plan.checkpoint, "snapshot planned");
+                plan
+            } else {
+                // Another worker was first: its plan counts.
+                retry::call(retry::startup(), retry::is_retryable_store, || {
+                    store.get_lease(&key)
+                })
+                .await?
+                .unwrap_or(plan)
+            }
+        }
+    };
+    if has_stream_leases {
+        return Ok(());
+    }
+    // Segments first: the stream leases name them as parents.
+    for segment in &plan.parent_shard_ids {
+        let lease = Lease::new(
+            LeaseKey::new(stream_arn, segment.clone()),
+            Checkpoint::TrimHorizon,
+            vec![],
+        );
+        create_lease_if_absent(store.as_ref(), &lease).await?;
+    }
+    let shards = describe_all_shards(api, stream_arn).await?;
+    let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    for shard in &shards {
+        let mut parents: Vec<String> = shard.parent_shard_id.iter().cloned().collect();
+        if !parents.iter().any(|p| described.contains(p.as_str())) {
+            parents.extend(plan.parent_shard_ids.iter().cloned());
+        }
+        let lease = Lease::new(
+            LeaseKey::new(stream_arn, shard.shard_id.clone()),
+            plan.checkpoint.clone(),
+            parents,
+        );
+        create_lease_if_absent(store.as_ref(), &lease).await?;
+    }
+    Ok(())
+}
+
+/// Where one stream's snapshot stands, as the lease table says (`ddbsc status`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotProgress {
+    /// The stream whose snapshot this is.
+    pub stream_arn: String,
+    /// When the snapshot began (T0).
+    pub started_at: Option<SystemTime>,
+    /// Scan segments in all.
+    pub segments: u32,
+    /// Segments read to their end (a finished segment's lease may be deleted once the
+    /// stream started: it counts as done).
+    pub segments_done: u32,
+    /// Items delivered and checkpointed by the segments not finished yet (a finished
+    /// segment's lease keeps no count).
+    pub items_in_open_segments: u64,
+    /// The owners of the segments not finished yet.
+    pub owners: Vec<String>,
+}
+
+impl SnapshotProgress {
+    /// Whether every segment is done.
+    pub fn is_done(&self) -> bool {
+        self.segments_done >= self.segments
+    }
+}
+
+/// The progress of every snapshot recorded in `leases` (the whole lease table).
+pub fn progress(leases: &[Lease]) -> Vec<SnapshotProgress> {
+    leases
+        .iter()
+        .filter_map(|plan| {
+            let stream_arn = plan.key.shard_id.strip_prefix("snapshot|")?;
+            if !plan.key.is_coordination() {
+                return None;
+            }
+            let mut progress = SnapshotProgress {
+                stream_arn: stream_arn.to_owned(),
+                started_at: plan.checkpoint.skip_before(),
+                segments: u32::try_from(plan.parent_shard_ids.len()).unwrap_or(u32::MAX),
+                segments_done: 0,
+                items_in_open_segments: 0,
+                owners: Vec::new(),
+            };
+            for segment in &plan.parent_shard_ids {
+                let key = LeaseKey::new(stream_arn, segment.clone());
+                match leases.iter().find(|l| l.key == key) {
+                    None => progress.segments_done += 1,
+                    Some(lease) if lease.checkpoint.is_shard_end() => {
+                        progress.segments_done += 1
+                    }
+                    Some(lease) => {
+                        if let Checkpoint::Scan(text) = &lease.checkpoint {
+                            progress.items_in_open_segments +=
+                                scan::Position::decode(text).map_or(0, |p| p.items);
+                        }
+                        progress.owners.extend(lease.owner.clone());
+                    }
+                }
+            }
+            progress.owners.sort();
+            progress.owners.dedup();
+            Some(progress)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_ids_round_trip_and_shards_are_not_segments() {
+        assert_eq!(parse_segment_id(&segment_id(3, 8)), Some((3, 8)));
+        assert_eq!(parse_segment_id("snapshot-8-of-8"), None);
+        assert_eq!(parse_segment_id("shardId-00000001"), None);
+        assert!(!is_segment(&LeaseKey::coordination("snapshot-0-of-1")));
+    }
+
+    #[test]
+    fn the_table_comes_from_the_stream_arn() {
+        let arn = "arn:aws:dynamodb:eu-west-1:123:table/orders/stream/2026-01-01T00:00:00.000";
+        assert_eq!(table_of_stream(arn), Some("orders"));
+        assert_eq!(table_of_stream("nonsense"), None);
+    }
+
+    #[test]
+    fn progress_counts_finished_and_deleted_segments_as_done() {
+        let arn = "arn:s";
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let segments: Vec<String> = (0..3).map(|i| segment_id(i, 3)).collect();
+        let plan = Lease::new(plan_key(arn), Checkpoint::since(t0), segments.clone());
+        let done = Lease::new(LeaseKey::new(arn, &segments[0]), Checkpoint::ShardEnd, vec![]);
+        let position = scan::Position {
+            items: 7,
+            after: None,
+        };
+        let mut open = Lease::new(
+            LeaseKey::new(arn, &segments[1]),
+            Checkpoint::Scan(position.encode()),
+            vec![],
+        );
+        open.owner = Some("w1".into());
+        // segments[2] is gone: deleted after it finished.
+        let all = progress(&[plan, done, open]);
+        assert_eq!(all.len(), 1);
+        let p = &all[0];
+        assert_eq!((p.segments, p.segments_done), (3, 2));
+        assert_eq!(p.items_in_open_segments, 7);
+        assert_eq!(p.owners, ["w1"]);
+        assert_eq!(p.started_at, Some(t0));
+        assert!(!p.is_done());
+    }
+}

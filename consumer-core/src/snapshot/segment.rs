@@ -1,0 +1,471 @@
+//! One snapshot segment under one lease: scan a page, deliver it as a batch of
+//! `Snapshot` changes, checkpoint the last evaluated key, until the segment's end.
+//!
+//! It ends like a shard consumer ([`ShardOutcome`]): `Ended` once read to its end
+//! (`SHARD_END` stored, so the stream leases waiting for every segment may start),
+//! `Released` on shutdown or handoff, `LeaseLost` without writing, `Failed` on an error
+//! it cannot get past (the worker restarts it later from the last checkpoint).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
+use backon::BackoffBuilder;
+use checkpoint_store::Checkpoint;
+use futures::FutureExt;
+use tokio::time::Instant;
+
+use super::scan::{Item, PageRequest, Position, to_stream_item};
+use super::{STREAM_RETENTION, parse_segment_id, plan_key, table_of_stream};
+use crate::change::{ChangeBatch, SNAPSHOT_EVENT, decode_prefix};
+use crate::checkpointer::Checkpointer;
+use crate::error::{Error, Result};
+use crate::events::{
+    DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed, ShardEnded,
+    SnapshotPageDelivered, SnapshotProgressed,
+};
+use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
+use crate::retry;
+use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals};
+
+/// Why a segment stopped before its end.
+enum Stop {
+    /// The lease is gone: stop without writing.
+    Lost,
+    /// Shutdown or handoff: release.
+    Release,
+    /// An error the worker retries later.
+    Failed(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(error: Error) -> Self {
+        if matches!(&error, Error::LeaseStore(e) if e.is_lease_lost()) {
+            Self::Lost
+        } else {
+            Self::Failed(error)
+        }
+    }
+}
+
+/// Runs the segment of `consumer`'s lease until it ends, is stopped, or fails.
+pub(crate) async fn run_segment<F: ProcessorFactory>(
+    consumer: ShardConsumer<F>,
+    signals: ShardSignals,
+) -> ShardOutcome {
+    let key = consumer.lease.key.clone();
+    let ctx = ShardContext {
+        table: consumer.table.clone(),
+        stream_arn: key.stream.clone(),
+        shard_id: key.shard_id.clone(),
+        parent_shard_ids: consumer.lease.parent_shard_ids.clone(),
+        worker_id: consumer.shared.worker_id.clone(),
+        lease_owner: consumer.ownership.owner.clone(),
+        lease_epoch: consumer.ownership.epoch,
+        resumed_from: consumer.lease.checkpoint.clone(),
+    };
+    if consumer.lease.checkpoint.is_shard_end() {
+        return ShardOutcome::Ended;
+    }
+    let mut processor = consumer.shared.factory.create(&ctx);
+    let checkpointer = Checkpointer::new(
+        consumer.shared.store.clone(),
+        key.clone(),
+        consumer.ownership.clone(),
+        consumer.lease.checkpoint.clone(),
+        consumer.shared.config.checkpoint_interval,
+    );
+    // The framework checkpoints the scan position; the processor's own calls are not
+    // written (a snapshot change has no sequence number to checkpoint).
+    let mut checkpointer = checkpointer.detached();
+    let mut segment = Segment {
+        consumer: &consumer,
+        signals: &signals,
+        processor: &mut processor,
+        checkpointer: &mut checkpointer,
+    };
+    match segment.run(&ctx).await {
+        Ok(()) => ShardOutcome::Ended,
+        Err(Stop::Release) => segment.release().await,
+        Err(Stop::Lost) => segment.lost().await,
+        Err(Stop::Failed(error)) => ShardOutcome::Failed(error),
+    }
+}
+
+/// A running segment.
+struct Segment<'a, F: ProcessorFactory> {
+    consumer: &'a ShardConsumer<F>,
+    signals: &'a ShardSignals,
+    processor: &'a mut F::Processor,
+    checkpointer: &'a mut Checkpointer,
+}
+
+impl<F: ProcessorFactory> Segment<'_, F> {
+    fn stream_arn(&self) -> &str {
+        &self.consumer.lease.key.stream
+    }
+
+    fn segment_id(&self) -> &str {
+        &self.consumer.lease.key.shard_id
+    }
+
+    /// An error naming the table, stream and segment.
+    fn problem(&self, table: &str, problem: String) -> Error {
+        Error::Snapshot {
+            table: table.to_owned(),
+            stream_arn: self.stream_arn().to_owned(),
+            problem: format!("segment {}: {problem}", self.segment_id()),
+        }
+    }
+
+    async fn run(&mut self, ctx: &ShardContext) -> Result<(), Stop> {
+        let shared = &self.consumer.shared;
+        let Some(config) = shared.config.snapshot.clone() else {
+            return Err(Stop::Failed(Error::Config {
+                key: "with_snapshot",
+                problem: format!(
+                    "this worker holds snapshot segment {} of stream {} but has no snapshot configured: give every worker of the application `with_snapshot`",
+                    self.segment_id(),
+                    self.stream_arn()
+                ),
+            }));
+        };
+        let table = self
+            .consumer
+            .table
+            .clone()
+            .or_else(|| table_of_stream(self.stream_arn()).map(str::to_owned))
+            .unwrap_or_default();
+        let Some(scanner) = config.scanner.clone() else {
+            return Err(Stop::Failed(self.problem(&table, "no table reader".into())));
+        };
+        let (index, total) = parse_segment_id(self.segment_id()).unwrap_or((0, 1));
+        let mut position = match &self.consumer.lease.checkpoint {
+            Checkpoint::Scan(text) => Position::decode(text)
+                .map_err(|problem| Stop::Failed(self.problem(&table, problem)))?,
+            _ => Position::default(),
+        };
+        let started_at = self.started_at().await;
+        let signals = self.signals;
+        call_hook(signals, &ctx.shard_id, self.processor.initialize(ctx), "initialize").await?;
+        let keys = self
+            .raced(retry::call(retry::table_scan(), retry::is_retryable_api, || {
+                scanner.key_attributes(&table)
+            }))
+            .await?
+            .map_err(Error::from)?;
+        let mut last_progress = Instant::now();
+        loop {
+            if self.signals.release.is_cancelled() {
+                return Err(Stop::Release);
+            }
+            if last_progress.elapsed() >= config.progress_interval {
+                last_progress = Instant::now();
+                self.report_progress(&position).await;
+            }
+            let request = PageRequest {
+                table: &table,
+                segment: index,
+                total_segments: total,
+                start: position.after.as_ref(),
+                limit: config.page_size,
+            };
+            let page = self
+                .raced(retry::call(retry::table_scan(), retry::is_retryable_api, || {
+                    scanner.scan_page(request)
+                }))
+                .await?
+                .map_err(Error::from)?;
+            let records = page
+                .items
+                .iter()
+                .map(|item| snapshot_record(item, &keys))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    self.problem(
+                        &table,
+                        "an item has an attribute type this SDK version does not know".into(),
+                    )
+                })?;
+            if !records.is_empty() {
+                self.deliver(&records).await?;
+                SnapshotPageDelivered {
+                    stream_arn: self.stream_arn(),
+                    segment: self.segment_id(),
+                    items: records.len(),
+                }
+                .emit();
+            }
+            position.items += records.len() as u64;
+            position.after = page.last_evaluated_key;
+            if position.after.is_none() {
+                return self.end(&position, started_at).await;
+            }
+            self.write(&Checkpoint::Scan(position.encode())).await?;
+        }
+    }
+
+    /// When the snapshot began, from its plan (`None` if the plan cannot be read: the
+    /// retention check is then skipped, with a warning).
+    async fn started_at(&mut self) -> Option<SystemTime> {
+        let store = &self.consumer.shared.store;
+        let key = plan_key(self.stream_arn());
+        match store.get_lease(&key).await {
+            Ok(plan) => plan.and_then(|p| p.checkpoint.skip_before()),
+            Err(error) => {
+                tracing::warn!(segment = self.segment_id(), %error, "cannot read the snapshot's plan; its duration is not checked against the stream's retention");
+                None
+            }
+        }
+    }
+
+    /// Delivers one page until `process` returns `Ok`: failures are retried after a pause
+    /// (the `processing` policy, never skipped); an item that does not decode holds the
+    /// segment (the worker restarts it after `with_retry_backoff_max`).
+    async fn deliver(&mut self, records: &[Arc<Record>]) -> Result<(), Stop> {
+        let max = self.consumer.shared.config.processing_backoff_max;
+        let mut pauses = retry::processing(max).build();
+        let mut attempt = 0;
+        loop {
+            let (changes, failed) = decode_prefix(self.segment_id(), records);
+            if let Some((error, _)) = failed {
+                DecodeFailed {
+                    shard_id: self.segment_id(),
+                    error: &error,
+                    pause: max,
+                }
+                .emit();
+                raced(self.signals, self.processor.decode_failed(&error)).await?;
+                return Err(Stop::Failed(error));
+            }
+            let batch = ChangeBatch {
+                stream_arn: self.stream_arn().to_owned(),
+                shard_id: self.segment_id().to_owned(),
+                changes,
+                behind_latest: None,
+            };
+            let called = self.process(batch).await?;
+            let Err(source) = called else {
+                return Ok(());
+            };
+            attempt += 1;
+            let pause = pauses.next().unwrap_or(max);
+            let error = Error::Processor {
+                shard_id: self.segment_id().to_owned(),
+                source,
+            };
+            ProcessingFailed {
+                shard_id: self.segment_id(),
+                error: &error,
+                attempt,
+                pause,
+            }
+            .emit();
+            self.raced(tokio::time::sleep(pause)).await?;
+            if self.signals.release.is_cancelled() {
+                return Err(Stop::Release);
+            }
+        }
+    }
+
+    /// One `process` call, raced against lease loss and (once shutdown or a handoff was
+    /// asked for) the shutdown timeout; a panic is a failure like an error.
+    async fn process(
+        &mut self,
+        batch: ChangeBatch<<F::Processor as RecordProcessor>::Item>,
+    ) -> Result<Result<(), crate::BoxError>, Stop> {
+        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let release = self.signals.release.clone();
+        let lost = self.signals.lost.clone();
+        let call = AssertUnwindSafe(self.processor.process(batch, self.checkpointer)).catch_unwind();
+        tokio::select! {
+            biased;
+            _ = lost.cancelled() => Err(Stop::Lost),
+            _ = async { release.cancelled().await; tokio::time::sleep(timeout).await } => Err(Stop::Release),
+            called = call => Ok(called.unwrap_or_else(|_| Err("the processor panicked".into()))),
+        }
+    }
+
+    /// `future`, unless the lease is lost first.
+    async fn raced<T>(&mut self, future: impl Future<Output = T>) -> Result<T, Stop> {
+        raced(self.signals, future).await
+    }
+
+    /// Stores `checkpoint` if the lease is still ours.
+    async fn write(&mut self, checkpoint: &Checkpoint) -> Result<(), Stop> {
+        let shared = &self.consumer.shared;
+        let key = &self.consumer.lease.key;
+        let ownership = &self.consumer.ownership;
+        self.raced(retry::call(
+            retry::lease_store(),
+            retry::is_retryable_store,
+            || shared.store.checkpoint(key, ownership, checkpoint),
+        ))
+        .await?
+        .map_err(|e| Stop::from(Error::from(e)))?;
+        Ok(())
+    }
+
+    /// The segment was read to its end: `shard_ended`, `SHARD_END`, and the retention check.
+    async fn end(&mut self, position: &Position, started_at: Option<SystemTime>) -> Result<(), Stop> {
+        let hook = self.processor.shard_ended(self.checkpointer);
+        call_hook(self.signals, &self.consumer.lease.key.shard_id, hook, "shard_ended").await?;
+        self.write(&Checkpoint::ShardEnd).await?;
+        ShardEnded {
+            stream_arn: self.stream_arn(),
+            shard_id: self.segment_id(),
+            children: 0,
+        }
+        .emit();
+        tracing::info!(
+            stream_arn = self.stream_arn(),
+            segment = self.segment_id(),
+            items = position.items,
+            "snapshot segment finished"
+        );
+        let margin = self.consumer.shared.config.creation_time_margin;
+        let late = started_at.is_some_and(|t0| {
+            SystemTime::now()
+                .duration_since(t0)
+                .is_ok_and(|took| took + margin >= STREAM_RETENTION)
+        });
+        if late {
+            self.report_late(started_at).await;
+        }
+        self.report_progress(position).await;
+        Ok(())
+    }
+
+    /// The snapshot outlasted the stream's retention: records created after it began may
+    /// be trimmed before the stream is read. Reported as data loss, never silent.
+    async fn report_late(&mut self, started_at: Option<SystemTime>) {
+        let wanted = format!(
+            "records created since the snapshot began ({})",
+            started_at.map_or_else(String::new, |t| humantime::format_rfc3339_millis(t)
+                .to_string())
+        );
+        DataTrimmed {
+            stream_arn: self.stream_arn(),
+            shard_id: self.segment_id(),
+            wanted: &wanted,
+            resumed_at: "TRIM_HORIZON",
+        }
+        .emit();
+        let loss = DataLoss {
+            stream_arn: self.stream_arn().to_owned(),
+            shard_id: self.segment_id().to_owned(),
+            wanted,
+            resumed_at: "TRIM_HORIZON".into(),
+        };
+        let _ = raced(self.signals, self.processor.data_lost(&loss)).await;
+    }
+
+    /// Logs segments done of total and items delivered (read from the lease table).
+    async fn report_progress(&mut self, position: &Position) {
+        let Ok(leases) = self.consumer.shared.store.list_leases().await else {
+            return;
+        };
+        if let Some(progress) = super::progress(&leases)
+            .into_iter()
+            .find(|p| p.stream_arn == self.stream_arn())
+        {
+            SnapshotProgressed {
+                stream_arn: self.stream_arn(),
+                segment: self.segment_id(),
+                segment_items: position.items,
+                progress: &progress,
+            }
+            .emit();
+        }
+    }
+
+    /// Shutdown or handoff: `shutdown_requested` (at most the shutdown timeout), then the
+    /// lease is released; the position of the last page is already stored.
+    async fn release(&mut self) -> ShardOutcome {
+        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let told = AssertUnwindSafe(self.processor.shutdown_requested(self.checkpointer))
+            .catch_unwind();
+        let _ = tokio::time::timeout(timeout, raced(self.signals, told)).await;
+        let shared = &self.consumer.shared;
+        let key = &self.consumer.lease.key;
+        let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            shared.store.release_lease(key, &self.consumer.ownership)
+        })
+        .await;
+        match released {
+            Ok(_) => {
+                LeaseReleased { lease: key, to: None }.emit();
+                ShardOutcome::Released
+            }
+            Err(e) if e.is_lease_lost() => self.lost().await,
+            Err(e) => ShardOutcome::Failed(e.into()),
+        }
+    }
+
+    /// The lease is gone: `lease_lost` (at most the shutdown timeout), nothing written.
+    async fn lost(&mut self) -> ShardOutcome {
+        LeaseLost {
+            lease: &self.consumer.lease.key,
+            reason: "taken by another worker, or this worker was fenced",
+        }
+        .emit();
+        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let _ = tokio::time::timeout(
+            timeout,
+            AssertUnwindSafe(self.processor.lease_lost()).catch_unwind(),
+        )
+        .await;
+        ShardOutcome::LeaseLost
+    }
+}
+
+/// A scanned item as a stream record of the `SNAPSHOT` kind: keys (the key attributes),
+/// the item as its new image, no sequence number; `None` if an attribute's type is unknown.
+fn snapshot_record(item: &Item, key_names: &[String]) -> Option<Arc<Record>> {
+    let image = to_stream_item(item)?;
+    let keys = key_names
+        .iter()
+        .filter_map(|name| Some((name.clone(), image.get(name)?.clone())))
+        .collect();
+    let record = StreamRecord::builder()
+        .set_keys(Some(keys))
+        .set_new_image(Some(image))
+        .build();
+    Some(Arc::new(
+        Record::builder()
+            .event_name(OperationType::from(SNAPSHOT_EVENT))
+            .dynamodb(record)
+            .build(),
+    ))
+}
+
+/// `future`, unless the lease is lost first.
+async fn raced<T>(signals: &ShardSignals, future: impl Future<Output = T>) -> Result<T, Stop> {
+    tokio::select! {
+        biased;
+        _ = signals.lost.cancelled() => Err(Stop::Lost),
+        done = future => Ok(done),
+    }
+}
+
+/// A processor hook (`initialize`, `shard_ended`) of segment `segment`: an error or a
+/// panic fails the segment (the worker restarts it later).
+async fn call_hook(
+    signals: &ShardSignals,
+    segment: &str,
+    hook: impl Future<Output = Result<(), crate::BoxError>>,
+    name: &str,
+) -> Result<(), Stop> {
+    let failed = |source: String| {
+        Stop::Failed(Error::Processor {
+            shard_id: segment.to_owned(),
+            source: source.into(),
+        })
+    };
+    match raced(signals, AssertUnwindSafe(hook).catch_unwind()).await? {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(failed(format!("{name}: {source}"))),
+        Err(_) => Err(failed(format!("{name} panicked"))),
+    }
+}
