@@ -124,12 +124,16 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         let Some(start) = start_position(&self.lease.checkpoint) else {
             return ShardOutcome::Ended;
         };
+        let stored = match self.store_latest_start().await {
+            Ok(stored) => stored,
+            Err(outcome) => return outcome,
+        };
         let mut processor = self.shared.factory.create(&ctx);
         let mut checkpointer = Checkpointer::new(
             self.shared.store.clone(),
             key.clone(),
             self.ownership.clone(),
-            self.lease.checkpoint.clone(),
+            stored,
             self.shared.config.checkpoint_interval,
         );
 
@@ -302,6 +306,29 @@ fn partition_of(record: &Record, n: usize) -> usize {
 }
 
 impl<F: ProcessorFactory> ShardConsumer<F> {
+    /// A `LATEST` lease stores the time it starts from (`Checkpoint::Since`) before its
+    /// iterator is opened: if it moves before delivering anything, the next owner reads
+    /// from TRIM_HORIZON and skips only what was created before that time, instead of
+    /// reopening at a newer tip and missing what was written in between. One write, on the
+    /// first owner only. Returns the checkpoint now stored.
+    async fn store_latest_start(&self) -> Result<Checkpoint, ShardOutcome> {
+        if self.lease.checkpoint != Checkpoint::Latest {
+            return Ok(self.lease.checkpoint.clone());
+        }
+        let since = Checkpoint::since(self.shared.api.now());
+        let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            self.shared
+                .store
+                .checkpoint(&self.lease.key, &self.ownership, &since)
+        })
+        .await;
+        match written {
+            Ok(_) => Ok(since),
+            Err(error) if error.is_lease_lost() => Err(ShardOutcome::LeaseLost),
+            Err(error) => Err(ShardOutcome::Failed(error.into())),
+        }
+    }
+
     async fn write_shard_end(&self) -> Result<()> {
         let key = &self.lease.key;
         retry::call(retry::lease_store(), retry::is_retryable_store, || {

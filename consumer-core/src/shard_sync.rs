@@ -1,6 +1,6 @@
 //! Shard discovery: list a stream's shards and give each new one a lease.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use checkpoint_store::aws::describe_stream_pages;
@@ -32,14 +32,63 @@ pub(crate) async fn describe_all_shards(
 ///
 /// The first sync of a stream applies the initial position: with `Latest`, closed shards
 /// are done and open ones start at their tip. Shards that appear later are descendants of
-/// shards we process, so they start at `TRIM_HORIZON`: nothing between parent and child
-/// may be skipped.
-fn initial_checkpoint(shard: &ShardInfo, first_sync: bool, initial: InitialPosition) -> Checkpoint {
+/// shards we process, so they start at `TRIM_HORIZON` (nothing between parent and child
+/// may be skipped), or at their parent's start time if the parent has one (a no-op once the
+/// parent delivered anything). A root shard found by a later sync (the first sync stopped
+/// midway) starts where the first sync started, `root_start`, not at `TRIM_HORIZON`.
+fn initial_checkpoint(
+    shard: &ShardInfo,
+    first_sync: bool,
+    initial: InitialPosition,
+    parent: Option<&Lease>,
+    root_start: Option<&Checkpoint>,
+) -> Checkpoint {
     match (first_sync, initial) {
         (true, InitialPosition::Latest) if shard.is_closed() => Checkpoint::ShardEnd,
         (true, InitialPosition::Latest) => Checkpoint::Latest,
-        _ => Checkpoint::TrimHorizon,
+        _ => match (parent.map(|p| &p.checkpoint), root_start) {
+            (Some(Checkpoint::Since(time)), _) => Checkpoint::Since(*time),
+            (None, Some(start)) => start.clone(),
+            _ => Checkpoint::TrimHorizon,
+        },
     }
+}
+
+/// The coordination item holding when this application started consuming `stream_arn`
+/// (`Checkpoint::Since`): written by the first sync of a stream under `Latest` before any
+/// of its leases, so a later sync that finds a root shard without a lease (the first sync
+/// stopped midway) starts it at that time, not at `TRIM_HORIZON`.
+pub(crate) fn stream_start_key(stream_arn: &str) -> LeaseKey {
+    LeaseKey::coordination(format!("stream-start {stream_arn}"))
+}
+
+/// Where a root shard without a lease starts, found by a sync after the first: the start
+/// time the first sync stored; failing that (a table from before the start item), the
+/// creation time of the stream's oldest lease.
+async fn root_start(
+    store: &dyn LeaseStore,
+    stream_arn: &str,
+    leases: &[Lease],
+) -> Result<Checkpoint> {
+    let key = stream_start_key(stream_arn);
+    let stored = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+        store.get_lease(&key)
+    })
+    .await?;
+    if let Some(Checkpoint::Since(time)) = stored.map(|l| l.checkpoint) {
+        return Ok(Checkpoint::Since(time));
+    }
+    let oldest = leases
+        .iter()
+        .filter(|l| l.key.stream == stream_arn)
+        .map(|l| l.created_at)
+        .min();
+    tracing::warn!(
+        stream_arn,
+        ?oldest,
+        "no stream start item; root shards start at the oldest lease's creation time"
+    );
+    Ok(oldest.map_or(Checkpoint::TrimHorizon, Checkpoint::since))
 }
 
 /// What a sync changed.
@@ -73,17 +122,46 @@ pub(crate) async fn sync_stream(
     contention: Contention,
 ) -> Result<SyncReport> {
     let shards = describe_all_shards(api, stream_arn).await?;
-    let known: HashSet<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
-    let first_sync = !known.iter().any(|key| key.stream == stream_arn);
+    let known: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
+    let first_sync = !known.keys().any(|key| key.stream == stream_arn);
+    let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    if first_sync && initial == InitialPosition::Latest {
+        let start = Lease::new(
+            stream_start_key(stream_arn),
+            Checkpoint::since(api.now()),
+            vec![],
+        );
+        create_lease_if_absent(store.as_ref(), &start).await?;
+    }
+    let mut root: Option<Checkpoint> = None;
     let mut created = 0;
     for shard in &shards {
         let key = LeaseKey::new(stream_arn, shard.shard_id.clone());
-        if known.contains(&key) {
+        if known.contains_key(&key) {
             continue;
+        }
+        let parent_key = shard
+            .parent_shard_id
+            .as_ref()
+            .map(|p| LeaseKey::new(stream_arn, p.clone()));
+        let parent = parent_key.as_ref().and_then(|k| known.get(k).copied());
+        let is_root = parent.is_none()
+            && shard
+                .parent_shard_id
+                .as_ref()
+                .is_none_or(|p| !described.contains(p.as_str()));
+        if is_root && !first_sync && initial == InitialPosition::Latest && root.is_none() {
+            root = Some(root_start(store.as_ref(), stream_arn, leases).await?);
         }
         let lease = Lease::new(
             key,
-            initial_checkpoint(shard, first_sync, initial),
+            initial_checkpoint(
+                shard,
+                first_sync,
+                initial,
+                parent,
+                root.as_ref().filter(|_| is_root),
+            ),
             shard.parent_shard_id.iter().cloned().collect(),
         );
         if create_lease_if_absent(store.as_ref(), &lease).await? {
@@ -100,7 +178,6 @@ pub(crate) async fn sync_stream(
             });
         }
     }
-    let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     let mut deleted = 0;
     for key in finished_and_gone(stream_arn, leases, &described) {
         store.delete_lease(&key).await?;
@@ -206,21 +283,85 @@ mod tests {
     fn latest_marks_closed_shards_done_only_on_the_first_sync() {
         let latest = InitialPosition::Latest;
         assert_eq!(
-            initial_checkpoint(&shard(true), true, latest),
+            initial_checkpoint(&shard(true), true, latest, None, None),
             Checkpoint::ShardEnd
         );
         assert_eq!(
-            initial_checkpoint(&shard(false), true, latest),
+            initial_checkpoint(&shard(false), true, latest, None, None),
             Checkpoint::Latest
         );
         assert_eq!(
-            initial_checkpoint(&shard(false), false, latest),
+            initial_checkpoint(&shard(false), false, latest, None, None),
             Checkpoint::TrimHorizon
         );
         let trim = InitialPosition::TrimHorizon;
         assert_eq!(
-            initial_checkpoint(&shard(true), true, trim),
+            initial_checkpoint(&shard(true), true, trim, None, None),
             Checkpoint::TrimHorizon
         );
+        // Later syncs: a root starts at the stream's start, a child at its parent's.
+        let start = Checkpoint::since(std::time::UNIX_EPOCH);
+        assert_eq!(
+            initial_checkpoint(&shard(false), false, latest, None, Some(&start)),
+            start
+        );
+        let parent = Lease::new(LeaseKey::new("arn", "p"), start.clone(), vec![]);
+        assert_eq!(
+            initial_checkpoint(&shard(false), false, trim, Some(&parent), None),
+            start
+        );
+    }
+
+    /// The first sync under `Latest` stopped after the stream start item and one of three
+    /// root leases: the next sync starts the other two at the stream start time, not at
+    /// TRIM_HORIZON; a child of a shard with a lease still starts at TRIM_HORIZON.
+    #[tokio::test(start_paused = true)]
+    async fn roots_created_after_an_interrupted_first_sync_keep_the_latest_start() {
+        use crate::testkit::{SimConfig, SimulatedStream};
+        use checkpoint_store::InMemoryLeaseStore;
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: 3,
+            ..SimConfig::with_seed(3)
+        });
+        let arn = sim.add_table("t");
+        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let roots = sim.open_shards(&arn).unwrap();
+        assert_eq!(roots.len(), 3);
+        let start = Checkpoint::since(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7));
+        store
+            .create_lease(&Lease::new(stream_start_key(&arn), start.clone(), vec![]))
+            .await
+            .unwrap();
+        let first = Lease::new(
+            LeaseKey::new(arn.clone(), roots[0].shard_id.clone()),
+            Checkpoint::Latest,
+            vec![],
+        );
+        store.create_lease(&first).await.unwrap();
+        sim.split_shard(&arn, &roots[0].shard_id).unwrap();
+
+        let leases = store.list_leases().await.unwrap();
+        let report = sync_stream(
+            &sim,
+            &store,
+            &arn,
+            &leases,
+            InitialPosition::Latest,
+            Contention::Alone,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.created, 4, "two roots and two children");
+        for lease in store.list_leases().await.unwrap() {
+            if lease.key.is_coordination() || lease.key == first.key {
+                continue;
+            }
+            let expected = if lease.parent_shard_ids.is_empty() {
+                start.clone()
+            } else {
+                Checkpoint::TrimHorizon
+            };
+            assert_eq!(lease.checkpoint, expected, "{}", lease.key);
+        }
     }
 }

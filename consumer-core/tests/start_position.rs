@@ -147,3 +147,107 @@ async fn a_shard_of_old_records_is_checkpointed_past_without_delivery() {
         .unwrap();
     assert!(log.delivered().is_empty(), "{:?}", delivered_keys(&log));
 }
+
+/// A worker over `store` with `Latest` as its initial position, stopped gracefully by the
+/// returned sender or aborted (a crash) through its handle.
+fn start_worker(
+    sim: &SimulatedStream,
+    store: Arc<InMemoryLeaseStore>,
+    id: &str,
+    log: &Recording<Row>,
+) -> (
+    tokio::task::JoinHandle<consumer_core::Result<()>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let consumer = Consumer::builder("app")
+        .with_table("orders")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store)
+        .with_worker_id(id)
+        .with_initial_position(consumer_core::InitialPosition::Latest)
+        .with_failover_time(Duration::from_secs(3))
+        .build(log.factory())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (task, stop)
+}
+
+/// Polls (virtual time) until `check` holds, failing after `limit`.
+async fn wait_for<Fut: Future<Output = bool>>(
+    limit: Duration,
+    what: &str,
+    check: impl Fn() -> Fut,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A `Latest` lease whose first owner opened it and went away (crash or graceful stop)
+/// before reading anything: a record written in between is delivered by the next owner,
+/// and nothing from before the first open is.
+async fn latest_keeps_its_start_across_a_move(crash: bool) {
+    let sim = SimulatedStream::with_seed(23);
+    let arn = sim.add_table("orders");
+    for i in 0..5 {
+        put(&sim, &format!("old-{i}"));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Recording::<Row>::default();
+    let (task, stop) = start_worker(&sim, store.clone(), "a", &log);
+    let shard = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    let key = LeaseKey::new(arn.clone(), shard);
+    wait_for(
+        Duration::from_secs(60),
+        "the first owner to open the shard",
+        || async {
+            let lease = store.get_lease(&key).await.unwrap();
+            lease.is_some_and(|l| l.checkpoint.skip_before().is_some())
+        },
+    )
+    .await;
+    if crash {
+        task.abort();
+    } else {
+        stop.send(()).unwrap();
+        task.await.unwrap().unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put(&sim, "between");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (task, stop) = start_worker(&sim, store.clone(), "b", &log);
+    let watched = log.clone();
+    wait_for(
+        Duration::from_secs(120),
+        "the record written between the moves",
+        || {
+            let watched = watched.clone();
+            async move { !watched.is_empty() }
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(delivered_keys(&log), ["between"]);
+    assert!(log.delivered().iter().all(|d| d.shard.worker_id == "b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn latest_keeps_its_start_after_a_failover() {
+    latest_keeps_its_start_across_a_move(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn latest_keeps_its_start_after_a_graceful_handoff() {
+    latest_keeps_its_start_across_a_move(false).await;
+}

@@ -237,4 +237,12 @@ pub trait StreamsApi: Send + Sync + fmt::Debug + 'static {
 
     /// Up to `limit` records (1-1000) from `iterator`.
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError>;
+
+    /// The wall-clock time that records written now would be stamped with: the start time
+    /// a `LATEST` lease stores (`Checkpoint::Since`) is compared with the records'
+    /// `ApproximateCreationDateTime`. This host's clock for AWS (NTP keeps it within the
+    /// creation-time margin); the simulated stream's own clock in simulations.
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
 }

@@ -518,6 +518,13 @@ impl Simulation {
         &self.faults
     }
 
+    /// The simulated wall clock now (what a record written now is stamped with, before
+    /// rounding to the second).
+    pub(crate) fn wall_now(&self) -> std::time::SystemTime {
+        let millis = self.clock.wall_millis(self.clock.now());
+        std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+    }
+
     pub(crate) fn advance_clock(&mut self, by: Duration) {
         self.clock.skew_by(by);
         self.tick();

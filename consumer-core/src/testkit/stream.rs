@@ -270,4 +270,8 @@ impl StreamsApi for SimulatedStream {
         self.latency().await;
         self.lock().get_records(iterator, limit)
     }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.lock().wall_now()
+    }
 }
