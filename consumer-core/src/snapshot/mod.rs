@@ -111,13 +111,22 @@ impl SnapshotConfig {
     /// The setting that is out of range, and why.
     pub(crate) fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
         if !(1..=10_000).contains(&self.segments) {
-            return Err(("with_snapshot", "segments must be between 1 and 10,000".into()));
+            return Err((
+                "with_snapshot",
+                "segments must be between 1 and 10,000".into(),
+            ));
         }
         if !(1..=10_000).contains(&self.page_size) {
-            return Err(("with_snapshot", "page size must be between 1 and 10,000".into()));
+            return Err((
+                "with_snapshot",
+                "page size must be between 1 and 10,000".into(),
+            ));
         }
         if self.progress_interval.is_zero() {
-            return Err(("with_snapshot", "the progress interval must be above zero".into()));
+            return Err((
+                "with_snapshot",
+                "the progress interval must be above zero".into(),
+            ));
         }
         Ok(())
     }
@@ -290,9 +299,7 @@ pub fn progress(leases: &[Lease]) -> Vec<SnapshotProgress> {
                 let key = LeaseKey::new(stream_arn, segment.clone());
                 match leases.iter().find(|l| l.key == key) {
                     None => progress.segments_done += 1,
-                    Some(lease) if lease.checkpoint.is_shard_end() => {
-                        progress.segments_done += 1
-                    }
+                    Some(lease) if lease.checkpoint.is_shard_end() => progress.segments_done += 1,
                     Some(lease) => {
                         if let Checkpoint::Scan(text) = &lease.checkpoint {
                             progress.items_in_open_segments +=
@@ -335,7 +342,11 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let segments: Vec<String> = (0..3).map(|i| segment_id(i, 3)).collect();
         let plan = Lease::new(plan_key(arn), Checkpoint::since(t0), segments.clone());
-        let done = Lease::new(LeaseKey::new(arn, &segments[0]), Checkpoint::ShardEnd, vec![]);
+        let done = Lease::new(
+            LeaseKey::new(arn, &segments[0]),
+            Checkpoint::ShardEnd,
+            vec![],
+        );
         let position = scan::Position {
             items: 7,
             after: None,

@@ -217,7 +217,10 @@ mod tests {
     fn positions_round_trip_with_every_key_type() {
         for after in [
             None,
-            Some(Item::from([("id".to_owned(), TableValue::S("a\"b".into()))])),
+            Some(Item::from([(
+                "id".to_owned(),
+                TableValue::S("a\"b".into()),
+            )])),
             Some(Item::from([
                 ("pk".to_owned(), TableValue::N("-12.5".into())),
                 ("sk".to_owned(), TableValue::B(vec![0u8, 255, 7].into())),
@@ -241,7 +244,10 @@ mod tests {
             "doc".to_owned(),
             TableValue::M(HashMap::from([(
                 "list".to_owned(),
-                TableValue::L(vec![TableValue::Bool(true), TableValue::Ns(vec!["1".into()])]),
+                TableValue::L(vec![
+                    TableValue::Bool(true),
+                    TableValue::Ns(vec!["1".into()]),
+                ]),
             )])),
         )]);
         let converted = to_stream_item(&item).unwrap();
@@ -250,7 +256,10 @@ mod tests {
         };
         assert_eq!(
             doc["list"],
-            StreamValue::L(vec![StreamValue::Bool(true), StreamValue::Ns(vec!["1".into()])])
+            StreamValue::L(vec![
+                StreamValue::Bool(true),
+                StreamValue::Ns(vec!["1".into()])
+            ])
         );
     }
 }

@@ -148,11 +148,19 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         };
         let started_at = self.started_at().await;
         let signals = self.signals;
-        call_hook(signals, &ctx.shard_id, self.processor.initialize(ctx), "initialize").await?;
+        call_hook(
+            signals,
+            &ctx.shard_id,
+            self.processor.initialize(ctx),
+            "initialize",
+        )
+        .await?;
         let keys = self
-            .raced(retry::call(retry::table_scan(), retry::is_retryable_api, || {
-                scanner.key_attributes(&table)
-            }))
+            .raced(retry::call(
+                retry::table_scan(),
+                retry::is_retryable_api,
+                || scanner.key_attributes(&table),
+            ))
             .await?
             .map_err(Error::from)?;
         let mut last_progress = Instant::now();
@@ -172,9 +180,11 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                 limit: config.page_size,
             };
             let page = self
-                .raced(retry::call(retry::table_scan(), retry::is_retryable_api, || {
-                    scanner.scan_page(request)
-                }))
+                .raced(retry::call(
+                    retry::table_scan(),
+                    retry::is_retryable_api,
+                    || scanner.scan_page(request),
+                ))
                 .await?
                 .map_err(Error::from)?;
             let records = page
@@ -278,7 +288,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
         let release = self.signals.release.clone();
         let lost = self.signals.lost.clone();
-        let call = AssertUnwindSafe(self.processor.process(batch, self.checkpointer)).catch_unwind();
+        let call =
+            AssertUnwindSafe(self.processor.process(batch, self.checkpointer)).catch_unwind();
         tokio::select! {
             biased;
             _ = lost.cancelled() => Err(Stop::Lost),
@@ -308,9 +319,19 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     }
 
     /// The segment was read to its end: `shard_ended`, `SHARD_END`, and the retention check.
-    async fn end(&mut self, position: &Position, started_at: Option<SystemTime>) -> Result<(), Stop> {
+    async fn end(
+        &mut self,
+        position: &Position,
+        started_at: Option<SystemTime>,
+    ) -> Result<(), Stop> {
         let hook = self.processor.shard_ended(self.checkpointer);
-        call_hook(self.signals, &self.consumer.lease.key.shard_id, hook, "shard_ended").await?;
+        call_hook(
+            self.signals,
+            &self.consumer.lease.key.shard_id,
+            hook,
+            "shard_ended",
+        )
+        .await?;
         self.write(&Checkpoint::ShardEnd).await?;
         ShardEnded {
             stream_arn: self.stream_arn(),
@@ -384,8 +405,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     /// lease is released; the position of the last page is already stored.
     async fn release(&mut self) -> ShardOutcome {
         let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
-        let told = AssertUnwindSafe(self.processor.shutdown_requested(self.checkpointer))
-            .catch_unwind();
+        let told =
+            AssertUnwindSafe(self.processor.shutdown_requested(self.checkpointer)).catch_unwind();
         let _ = tokio::time::timeout(timeout, raced(self.signals, told)).await;
         let shared = &self.consumer.shared;
         let key = &self.consumer.lease.key;
@@ -395,7 +416,11 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         .await;
         match released {
             Ok(_) => {
-                LeaseReleased { lease: key, to: None }.emit();
+                LeaseReleased {
+                    lease: key,
+                    to: None,
+                }
+                .emit();
                 ShardOutcome::Released
             }
             Err(e) if e.is_lease_lost() => self.lost().await,

@@ -1,0 +1,384 @@
+//! Snapshot, then stream, against DynamoDB Local: a table filled while its stream was off
+//! is delivered whole (as `Snapshot` changes) and then followed by its stream while a
+//! writer keeps changing and deleting items; applying the delivered changes in order gives
+//! the final table. A worker killed mid-snapshot is taken over without losing a segment.
+//! `--nocapture` prints the snapshot's throughput with two workers (items/s; set
+//! `SNAPSHOT_ITEMS` for a bigger table).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeValue, PutRequest, StreamSpecification, StreamViewType, WriteRequest,
+};
+use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
+use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use consumer_core::testkit::Recording;
+use consumer_core::{ChangeKind, Consumer, ConsumerBuilder, SnapshotConfig};
+use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+use serde::Deserialize;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct Item {
+    name: String,
+    count: i64,
+}
+
+/// Fills `table` (keyed by `name`) with `item-0..n`, 25 items per BatchWriteItem.
+async fn fill(table: &str, n: usize) {
+    let client = dynamodb_client().await;
+    let names: Vec<usize> = (0..n).collect();
+    for chunk in names.chunks(25) {
+        let mut requests: Vec<WriteRequest> = chunk
+            .iter()
+            .map(|i| {
+                let put = PutRequest::builder()
+                    .item("name", AttributeValue::S(format!("item-{i}")))
+                    .item("count", AttributeValue::N(i.to_string()))
+                    .build()
+                    .unwrap();
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        while !requests.is_empty() {
+            let out = client
+                .batch_write_item()
+                .request_items(table, requests)
+                .send()
+                .await
+                .unwrap();
+            requests = out
+                .unprocessed_items
+                .and_then(|mut m| m.remove(table))
+                .unwrap_or_default();
+        }
+    }
+}
+
+async fn enable_stream(table: &str, view: StreamViewType) {
+    let spec = StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(view)
+        .build()
+        .unwrap();
+    dynamodb_client()
+        .await
+        .update_table()
+        .table_name(table)
+        .stream_specification(spec)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// The table as it is now: name -> count.
+async fn table_state(table: &str) -> BTreeMap<String, i64> {
+    let client = dynamodb_client().await;
+    let items =
+        checkpoint_store::aws::scan_all(client.scan().table_name(table).consistent_read(true))
+            .await
+            .unwrap();
+    items
+        .iter()
+        .map(|item| {
+            let name = item["name"].as_s().unwrap().clone();
+            let count = item["count"].as_n().unwrap().parse().unwrap();
+            (name, count)
+        })
+        .collect()
+}
+
+/// Applies every delivered change in delivery order, as a sink would: a new image replaces
+/// the item, a remove deletes it.
+fn applied(recording: &Recording<Item>) -> BTreeMap<String, i64> {
+    let mut state = BTreeMap::new();
+    for delivered in recording.delivered() {
+        let change = &delivered.change;
+        let Some(StreamValue::S(name)) = change.keys().get("name") else {
+            panic!("a change without its key: {change:?}");
+        };
+        match (&change.kind, &change.new) {
+            (ChangeKind::Remove, _) => {
+                state.remove(name);
+            }
+            (_, Some(new)) => {
+                state.insert(name.clone(), new.count);
+            }
+            (kind, None) => panic!("a {kind:?} change without a new image"),
+        }
+    }
+    state
+}
+
+fn builder(app: &str, table: &str, worker: &str) -> ConsumerBuilder {
+    Consumer::builder(app)
+        .with_table(table)
+        .with_worker_id(worker)
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_scan_interval(Duration::from_millis(300))
+        .with_failover_time(Duration::from_secs(3))
+        // DynamoDB Local rounds creation times down to the minute.
+        .with_creation_time_margin(Duration::from_secs(90))
+        .with_snapshot(
+            SnapshotConfig::new()
+                .with_segments(4)
+                .with_page_size(100)
+                .with_progress_interval(Duration::from_secs(2)),
+        )
+}
+
+/// Runs a consumer; dropping (aborting) the handle is a crash.
+fn spawn(
+    consumer: Consumer<impl consumer_core::ProcessorFactory>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    JoinHandle<consumer_core::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+/// Polls `done` every 100 ms until it holds, failing after `deadline` with `what`.
+async fn wait_for(what: &str, deadline: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn snapshot_names(recording: &Recording<Item>) -> std::collections::BTreeSet<String> {
+    recording
+        .delivered()
+        .iter()
+        .filter(|d| d.change.kind == ChangeKind::Snapshot)
+        .map(|d| d.change.new.as_ref().unwrap().name.clone())
+        .collect()
+}
+
+/// Every segment lease of the application's lease table is finished (or gone).
+async fn segments_done(app: &str) -> bool {
+    let store = DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app).unwrap();
+    let leases = store.list_leases().await.unwrap();
+    let progress = consumer_core::snapshot::progress(&leases);
+    !progress.is_empty() && progress.iter().all(|p| p.is_done())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_then_stream_converges_while_a_writer_changes_and_deletes() {
+    let (table, app) = (unique_name("snap"), unique_name("snap-app"));
+    create_table(&table, "name", false).await;
+    let initial = 1500;
+    fill(&table, initial).await;
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let config = sdk_config().await;
+
+    let recording: Recording<Item> = Recording::new();
+    let workers: Vec<_> = ["w1", "w2"]
+        .iter()
+        .map(|w| {
+            spawn(
+                builder(&app, &table, w)
+                    .with_sdk_config(&config)
+                    .build(recording.factory())
+                    .unwrap(),
+            )
+        })
+        .collect();
+
+    // A writer changes, deletes and adds items while the snapshot runs and after it.
+    let writer_table = table.clone();
+    let writer = tokio::spawn(async move {
+        let client = dynamodb_client().await;
+        for round in 0..600usize {
+            let i = (round * 7919) % (initial + 100);
+            let name = AttributeValue::S(format!("item-{i}"));
+            if round % 5 == 0 {
+                client
+                    .delete_item()
+                    .table_name(&writer_table)
+                    .key("name", name)
+                    .send()
+                    .await
+                    .unwrap();
+            } else {
+                client
+                    .put_item()
+                    .table_name(&writer_table)
+                    .item("name", name)
+                    .item("count", AttributeValue::N((100_000 + round).to_string()))
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    writer.await.unwrap();
+    let expected = table_state(&table).await;
+
+    wait_for(
+        "the applied changes to equal the table",
+        Duration::from_secs(120),
+        async || applied(&recording) == expected,
+    )
+    .await;
+
+    // Every snapshot record came before every stream record (the stream waits for every
+    // segment), and the snapshot covered the table as filled (items the writer deleted
+    // before their segment reached them aside).
+    let kinds: Vec<ChangeKind> = recording
+        .delivered()
+        .iter()
+        .map(|d| d.change.kind)
+        .collect();
+    let first_stream = kinds
+        .iter()
+        .position(|k| *k != ChangeKind::Snapshot)
+        .unwrap();
+    assert!(
+        kinds[first_stream..]
+            .iter()
+            .all(|k| *k != ChangeKind::Snapshot)
+    );
+    assert!(snapshot_names(&recording).len() >= initial - 600 / 5);
+    assert!(segments_done(&app).await);
+
+    for (stop, handle) in workers {
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
+    let (table, app) = (unique_name("snap-kill"), unique_name("snap-kill-app"));
+    create_table(&table, "name", false).await;
+    let n = 2000;
+    fill(&table, n).await;
+    enable_stream(&table, StreamViewType::NewImage).await;
+    let config = sdk_config().await;
+
+    // The first worker is slow (50 ms a page of 100), so it is killed mid-snapshot.
+    let slow: Recording<Item> = Recording::new().with_hook(|_, _, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        })
+    });
+    let (_stop, first) = spawn(
+        builder(&app, &table, "doomed")
+            .with_sdk_config(&config)
+            .build(slow.factory())
+            .unwrap(),
+    );
+    wait_for(
+        "the first worker to deliver part of the snapshot",
+        Duration::from_secs(60),
+        async || slow.len() >= 300,
+    )
+    .await;
+    first.abort();
+    let delivered_before = snapshot_names(&slow).len();
+    assert!(
+        delivered_before < n,
+        "the snapshot finished before the kill"
+    );
+
+    let recording: Recording<Item> = Recording::new();
+    let (stop, second) = spawn(
+        builder(&app, &table, "survivor")
+            .with_sdk_config(&config)
+            .build(recording.factory())
+            .unwrap(),
+    );
+    wait_for(
+        "every segment to finish",
+        Duration::from_secs(90),
+        async || segments_done(&app).await,
+    )
+    .await;
+    let mut all = snapshot_names(&slow);
+    all.extend(snapshot_names(&recording));
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !all.contains(&format!("item-{i}")))
+        .collect();
+    assert!(missing.is_empty(), "items never delivered: {missing:?}");
+    // The survivor resumed from the segments' checkpoints, not from scratch.
+    assert!(
+        snapshot_names(&recording).len() < n,
+        "the survivor re-read the whole table"
+    );
+    stop.send(()).unwrap();
+    second.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_without_new_images_is_refused_naming_table_and_stream() {
+    let (table, app) = (unique_name("snap-keys"), unique_name("snap-keys-app"));
+    create_table(&table, "name", false).await;
+    enable_stream(&table, StreamViewType::KeysOnly).await;
+    let config = sdk_config().await;
+    let consumer = builder(&app, &table, "w")
+        .with_sdk_config(&config)
+        .build(Recording::<Item>::new().factory())
+        .unwrap();
+    let error = consumer.run_until(async {}).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&table) && error.contains("KEYS_ONLY"),
+        "{error}"
+    );
+    assert!(error.contains("stream"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn snapshot_throughput_with_two_workers() {
+    let n: usize = std::env::var("SNAPSHOT_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let (table, app) = (unique_name("snap-speed"), unique_name("snap-speed-app"));
+    create_table(&table, "name", false).await;
+    fill(&table, n).await;
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let config = sdk_config().await;
+    let recording: Recording<Item> = Recording::new();
+    let started = Instant::now();
+    let workers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|w| {
+            spawn(
+                builder(&app, &table, w)
+                    .with_snapshot(SnapshotConfig::new().with_segments(8).with_page_size(1000))
+                    .with_sdk_config(&config)
+                    .build(recording.factory())
+                    .unwrap(),
+            )
+        })
+        .collect();
+    wait_for("every item", Duration::from_secs(600), async || {
+        snapshot_names(&recording).len() == n
+    })
+    .await;
+    let took = started.elapsed();
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for d in recording.delivered() {
+        *per_worker.entry(d.shard.worker_id.clone()).or_default() += 1;
+    }
+    println!(
+        "snapshot of {n} items, 2 workers, 8 segments, pages of 1000: {:.1} s from start-up, {:.0} items/s (per worker: {per_worker:?})",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+    for (stop, handle) in workers {
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+}
