@@ -39,6 +39,8 @@ pub(crate) struct ConsumerConfig {
     pub poll: PollConfig,
     /// Pages fetched ahead while the processor works on the current one.
     pub prefetch_pages: usize,
+    /// Bytes of fetched pages not yet delivered, across every shard of a worker.
+    pub max_buffered_bytes: u64,
     /// Checkpoint after each successful batch (else the processor checkpoints itself).
     pub auto_checkpoint: bool,
     /// Checkpoint writes of a shard are coalesced to at most one per interval.
@@ -73,6 +75,7 @@ impl Default for ConsumerConfig {
             initial_position: InitialPosition::default(),
             poll: PollConfig::default(),
             prefetch_pages: 1,
+            max_buffered_bytes: 256 * 1024 * 1024,
             auto_checkpoint: true,
             checkpoint_interval: Duration::from_secs(1),
             trimmed_data_policy: TrimmedDataPolicy::default(),

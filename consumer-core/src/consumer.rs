@@ -6,6 +6,7 @@ use std::time::Duration;
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::budget::ByteBudget;
 use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
 use crate::error::{Error, Result};
 use crate::observability::{Health, Telemetry};
@@ -114,6 +115,7 @@ impl<F: ProcessorFactory> Consumer<F> {
             }
         }
         let shared = Shared {
+            budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
             store: self.store,
             factory: self.factory,
@@ -259,6 +261,16 @@ impl ConsumerBuilder {
     /// Pages fetched ahead of the processor, per shard. Default: 1.
     pub fn with_prefetch_pages(self, pages: usize) -> Self {
         self.set(|c| c.prefetch_pages = pages)
+    }
+
+    /// The memory a worker may hold in fetched pages not yet delivered, across all its
+    /// shards: with hundreds of shards catching up at once, read-ahead would otherwise grow
+    /// with the shard count. A shard pays for a page before asking for it and gets the bytes
+    /// back once its batch was delivered; when the budget is spent, reading waits. A page
+    /// bigger than the whole budget still goes through, alone. Counted as the records' size
+    /// in memory, an estimate. Default: 256 MB.
+    pub fn with_max_buffered_bytes(self, bytes: u64) -> Self {
+        self.set(|c| c.max_buffered_bytes = bytes)
     }
 
     /// The longest pause between deliveries of a batch whose processing fails (they start
@@ -467,6 +479,12 @@ impl ConsumerBuilder {
         }
         if config.scan_interval.is_zero() {
             return problem("with_scan_interval", "must be above zero");
+        }
+        if config.max_buffered_bytes == 0 {
+            return problem(
+                "with_max_buffered_bytes",
+                "must be above zero: no page could ever be fetched",
+            );
         }
         if config.shard_sync_interval.is_zero() {
             return problem("with_shard_sync_interval", "must be above zero");

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 mod attribute_de;
+mod budget;
 mod change;
 mod checkpointer;
 mod config;

@@ -139,9 +139,7 @@ impl ShardReader {
         if self.ended {
             return Ok(Page::ShardEnd);
         }
-        if !self.idle_delay.is_zero() {
-            tokio::time::sleep(self.idle_delay).await;
-        }
+        self.pause().await;
         let mut renewed = false;
         loop {
             let iterator = match &self.iterator {
@@ -161,6 +159,16 @@ impl ShardReader {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// The pause an empty page asks for before the next poll (none after records), taken
+    /// now: a caller that must do something right before the call (reserve memory for the
+    /// page) pauses first. Cancel-safe: a dropped pause is taken again by the next poll.
+    pub(crate) async fn pause(&mut self) {
+        if !self.idle_delay.is_zero() {
+            tokio::time::sleep(self.idle_delay).await;
+            self.idle_delay = Duration::ZERO;
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::budget::{ByteBudget, MIN_RESERVATION, Reservation, page_bytes};
 use crate::change::{Change, ChangeBatch, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::config::{ConsumerConfig, TrimmedDataPolicy};
@@ -69,6 +70,8 @@ pub(crate) struct Shared<F> {
     pub worker_id: String,
     /// Health and lag for operators (`observability`).
     pub telemetry: Arc<crate::observability::Telemetry>,
+    /// Bytes of fetched pages not yet delivered, across every shard of the worker.
+    pub budget: ByteBudget,
 }
 
 /// Everything one shard consumer needs.
@@ -81,7 +84,8 @@ pub(crate) struct ShardConsumer<F: ProcessorFactory> {
 
 /// What the fetch task hands over.
 enum Fetched {
-    Records(Vec<Arc<Record>>),
+    /// A page, and the bytes of the worker's budget it holds until it was delivered.
+    Records(Vec<Arc<Record>>, Reservation),
     Idle,
     ShardEnd,
     Trimmed(DataLoss),
@@ -148,6 +152,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         );
         let fetcher = tokio::spawn(fetch(
             reader,
+            self.shared.budget.clone(),
             tx,
             self.shared.config.trimmed_data_policy,
             stop_fetch.clone(),
@@ -192,6 +197,8 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             .max(1);
         let mut carried: Option<Fetched> = None;
         let mut batch: VecDeque<Arc<Record>> = VecDeque::new();
+        // The budget the pages in `batch` hold, given back once they were delivered.
+        let mut held: Vec<Reservation> = Vec::new();
         let mut skip = StartTimeSkip::new(
             &self.lease.checkpoint,
             self.shared.config.creation_time_margin,
@@ -207,7 +214,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 },
             };
             let step = match next {
-                Some(Fetched::Records(mut records)) => {
+                Some(Fetched::Records(mut records, reservation)) => {
                     lag.fetched(&key, &records);
                     if skip.is_active()
                         && let Err(interrupted) =
@@ -219,8 +226,9 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                         continue;
                     }
                     batch.extend(records);
+                    held.push(reservation);
                     match session
-                        .gather(&mut rx, &mut batch, max_batch * partitions)
+                        .gather(&mut rx, &mut batch, &mut held, max_batch * partitions)
                         .await
                     {
                         Ok(next) => carried = next,
@@ -249,6 +257,7 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                     });
                 }
             };
+            held.clear();
             if let Err(interrupted) = step {
                 break session.finish(interrupted).await;
             }
@@ -488,6 +497,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         &mut self,
         rx: &mut mpsc::Receiver<Fetched>,
         batch: &mut VecDeque<Arc<Record>>,
+        held: &mut Vec<Reservation>,
         max: usize,
     ) -> Result<Option<Fetched>, Interrupted> {
         let window = self.delivery().batching_window;
@@ -512,10 +522,11 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 }
             };
             match next {
-                Fetched::Records(records) => {
+                Fetched::Records(records, reservation) => {
                     let lag = &self.consumer.shared.telemetry.lag;
                     lag.fetched(self.key(), &records);
                     batch.extend(records);
+                    held.push(reservation);
                 }
                 // Only a hint to flush; the batch will checkpoint anyway.
                 Fetched::Idle => {}
@@ -1179,22 +1190,37 @@ pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
 }
 
 /// The fetch task: polls the shard and hands pages over until the shard ends, an error
-/// stops it, or it is cancelled.
+/// stops it, or it is cancelled. Each page is paid for from the worker's `budget` before
+/// it is asked for (see [`crate::budget`]).
 async fn fetch(
     mut reader: ShardReader,
+    budget: ByteBudget,
     tx: mpsc::Sender<Fetched>,
     policy: TrimmedDataPolicy,
     cancel: CancellationToken,
 ) {
+    // What the next page is expected to take: the size of the last one.
+    let mut expected = MIN_RESERVATION;
     loop {
-        let polled = tokio::select! {
+        let (polled, mut reservation) = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
-            polled = reader.poll() => polled,
+            polled = async {
+                reader.pause().await;
+                let reservation = budget.reserve(expected).await;
+                (reader.poll().await, reservation)
+            } => polled,
         };
         let fetched = match polled {
             Ok(Page::Records(records)) => {
-                Fetched::Records(records.into_iter().map(Arc::new).collect())
+                let bytes = page_bytes(&records);
+                expected = bytes.max(MIN_RESERVATION);
+                tokio::select! {
+                    biased;
+                    _ = cancel.cancelled() => return,
+                    () = reservation.resize(bytes) => {}
+                }
+                Fetched::Records(records.into_iter().map(Arc::new).collect(), reservation)
             }
             Ok(Page::Empty) => {
                 // Only a hint to flush checkpoints; skip it when the consumer is busy.

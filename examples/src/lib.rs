@@ -163,7 +163,11 @@ pub fn change_to_json<T>(
         "worker": worker,
         "table": table,
         "shard": shard,
-        "seq": change.sequence_number.as_str(),
+        // A snapshot change has no stream record, so no sequence number.
+        "seq": match change.kind {
+            consumer_core::ChangeKind::Snapshot => "",
+            _ => change.sequence_number.as_str(),
+        },
         "event": change.kind.as_str(),
         "keys": item_to_json(change.keys()),
         "old": image(record.and_then(|r| r.old_image.as_ref())),

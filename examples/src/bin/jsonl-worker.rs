@@ -37,6 +37,12 @@
 //! `--whole-batch-failures` the whole batch (none of it printed); `--process-delay DUR`
 //! sleeps in every `process` call before printing.
 //!
+//! `--snapshot [--snapshot-segments N] [--snapshot-page-size N]` first prints every item of
+//! each table as `{"event":"SNAPSHOT","keys":…,"old":null,"new":…,"seq":""}` (`shard` names
+//! the Scan segment, `snapshot-<i>-of-<n>`), then the stream's changes after the snapshot
+//! began; every worker of the application needs the flag. `--creation-time-margin DUR`
+//! (default 1s, 90s with `--endpoint`: DynamoDB Local rounds creation times to the minute).
+//!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT: graceful shutdown
 //! (leases released), exit 0. A table that does not exist or has no stream, or an
 //! unreachable endpoint: one line on stderr naming it, exit 2.
@@ -54,7 +60,7 @@ use clap::{Parser, ValueEnum};
 use consumer_core::observability::serve_metrics;
 use consumer_core::{
     BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder,
-    FailedRecords, FailureHandler, InitialPosition, RecordProcessor, ShardContext,
+    FailedRecords, FailureHandler, InitialPosition, RecordProcessor, ShardContext, SnapshotConfig,
 };
 use examples::{Signals, attribute_to_json, change_to_json, default_worker_id, item_to_json};
 use serde::de::IgnoredAny;
@@ -147,6 +153,21 @@ struct Args {
     /// Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
+    /// First print every item of each table (`"event":"SNAPSHOT"`, `"old":null`, `"seq":""`),
+    /// then the stream's changes after the snapshot began (a new application only).
+    #[arg(long)]
+    snapshot: bool,
+    /// Parallel Scan segments of --snapshot. Default: 8.
+    #[arg(long, value_name = "N")]
+    snapshot_segments: Option<u32>,
+    /// Items per Scan page (and batch) of --snapshot. Default: 500.
+    #[arg(long, value_name = "N")]
+    snapshot_page_size: Option<u32>,
+    /// Stream records created this long before a start time are still delivered (covers
+    /// the rounding of creation times). Default: 1s, or 90s with --endpoint (DynamoDB Local
+    /// rounds creation times down to the minute).
+    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
+    creation_time_margin: Option<Duration>,
 }
 
 fn parse_kind(text: &str) -> Result<OperationType, String> {
@@ -312,6 +333,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.with_table(table.as_str());
     }
     builder = delivery_settings(builder, &args)?;
+    builder = snapshot_settings(builder, &args);
     let fail_when = args.fail_when.clone().map(|(attribute, value)| FailWhen {
         attribute,
         value,
@@ -348,6 +370,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     consumer.run_until(signals.first_then_force()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `--snapshot`, `--snapshot-segments` and `--creation-time-margin`, applied to `builder`.
+fn snapshot_settings(mut builder: ConsumerBuilder, args: &Args) -> ConsumerBuilder {
+    let margin = match (args.creation_time_margin, &args.endpoint) {
+        (Some(margin), _) => Some(margin),
+        (None, Some(_)) => Some(Duration::from_secs(90)),
+        (None, None) => None,
+    };
+    if let Some(margin) = margin {
+        builder = builder.with_creation_time_margin(margin);
+    }
+    if args.snapshot {
+        let mut snapshot = SnapshotConfig::new();
+        if let Some(segments) = args.snapshot_segments {
+            snapshot = snapshot.with_segments(segments);
+        }
+        if let Some(items) = args.snapshot_page_size {
+            snapshot = snapshot.with_page_size(items);
+        }
+        builder = builder.with_snapshot(snapshot);
+    }
+    builder
 }
 
 /// The delivery flags, applied to `builder`.

@@ -1,0 +1,185 @@
+//! The memory budget (`with_max_buffered_bytes`) in simulation and paused time: while every
+//! processor is stuck, the pages fetched ahead across all shards stay within the budget; a
+//! budget smaller than one page still delivers everything, in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use checkpoint_store::InMemoryLeaseStore;
+use consumer_core::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
+use consumer_core::{ChangeBatch, Consumer};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Row {
+    pk: String,
+    n: u64,
+    payload: String,
+}
+
+const SHARDS: usize = 8;
+const PAGE: u32 = 50;
+/// Bytes of each item's payload: a page of [`PAGE`] records is at least 200 KB.
+const PAYLOAD: usize = 4096;
+
+/// A table of `SHARDS` shards with `per_shard` records each on average, items of ~4 KB,
+/// each item written twice (so per-item order can be checked).
+fn stream_with_backlog(per_shard: usize) -> SimulatedStream {
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: SHARDS,
+        max_records_per_page: PAGE,
+        ..SimConfig::default()
+    });
+    sim.add_table("t");
+    let items = SHARDS * per_shard / 2;
+    for n in 0..2 * items as u64 {
+        let row = Row {
+            pk: format!("item-{}", n % items as u64),
+            n,
+            payload: "x".repeat(PAYLOAD),
+        };
+        sim.put_value("t", &row).unwrap();
+    }
+    sim
+}
+
+/// A recording whose processors wait at every batch until `gate` is opened; `entered`
+/// counts batches that reached the gate.
+fn gated_recording(gate: watch::Receiver<bool>, entered: Arc<AtomicUsize>) -> Recording<Row> {
+    Recording::new().with_hook(move |_, _: &ChangeBatch<Row>, _| {
+        let (mut gate, entered) = (gate.clone(), entered.clone());
+        Box::pin(async move {
+            entered.fetch_add(1, Ordering::SeqCst);
+            gate.wait_for(|open| *open).await?;
+            Ok(())
+        })
+    })
+}
+
+/// Polls `done` every 100 ms (virtual) until it holds; fails after `limit`.
+async fn wait_until(what: &str, limit: Duration, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every change of each item arrives in the order it was written, and every change once.
+fn check_all_delivered_in_order(recording: &Recording<Row>, total: usize) {
+    let delivered = recording.images();
+    assert_eq!(delivered.len(), total, "every change, once");
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for row in delivered {
+        if let Some(before) = last.insert(row.pk.clone(), row.n) {
+            assert!(before < row.n, "{}: {} after {}", row.pk, row.n, before);
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pages_fetched_ahead_across_shards_stay_within_the_budget() {
+    // ~500 records a shard: far more than a shard fetches ahead (1 page processed, 4
+    // prefetched, 1 waiting to be handed over = 300 records), so every call returns a full
+    // page while the processors are stuck.
+    let sim = stream_with_backlog(500);
+    let total = sim.written().len();
+    let budget: u64 = 1024 * 1024;
+    let (open, gate) = watch::channel(false);
+    let entered = Arc::new(AtomicUsize::new(0));
+    let recording = gated_recording(gate, entered.clone());
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_prefetch_pages(4)
+        .with_max_buffered_bytes(budget)
+        .build(recording.factory())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(consumer.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    // Some shards reach their first batch; the others wait for budget to fetch one.
+    wait_until("a processor is stuck", Duration::from_secs(60), || {
+        entered.load(Ordering::SeqCst) > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let pages = sim.calls(SimOperation::GetRecords);
+    // Every byte fetched is in the budget, except at most one page per shard that came
+    // back bigger than its reservation and waits for the rest (see `budget.rs`).
+    let page_bytes = u64::from(PAGE) * PAYLOAD as u64;
+    let bound = budget / page_bytes + SHARDS as u64;
+    println!(
+        "pages fetched while every processor is stuck: {pages} (bound {bound}; without a budget {})",
+        SHARDS * 6
+    );
+    assert!(
+        pages <= bound,
+        "{pages} pages of >= {page_bytes} bytes fetched with a budget of {budget} bytes"
+    );
+    assert!(pages > 0);
+
+    open.send(true).unwrap();
+    wait_until("everything delivered", Duration::from_secs(600), || {
+        recording.len() >= total
+    })
+    .await;
+    check_all_delivered_in_order(&recording, total);
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_smaller_than_one_page_still_delivers_everything_in_order() {
+    let sim = stream_with_backlog(150);
+    let total = sim.written().len();
+    let (open, gate) = watch::channel(true);
+    let recording = gated_recording(gate, Arc::default());
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_max_buffered_bytes(10 * 1024)
+        .build(recording.factory())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(consumer.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_until("everything delivered", Duration::from_secs(600), || {
+        recording.len() >= total
+    })
+    .await;
+    check_all_delivered_in_order(&recording, total);
+    drop(open);
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_zero_budget_is_refused_naming_the_setting() {
+    let sim = SimulatedStream::new(SimConfig::default());
+    let error = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_max_buffered_bytes(0)
+        .build(Recording::<Row>::new().factory())
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("with_max_buffered_bytes"),
+        "{error}"
+    );
+}
