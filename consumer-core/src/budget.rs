@@ -8,7 +8,8 @@
 //!   least [`MIN_RESERVATION`]): the page about to arrive is paid for before it is in memory;
 //! - once the page is in hand, the reservation is settled to the page's size (surplus given
 //!   back; a shortfall taken without waiting if it is free, else everything is given back
-//!   and the whole amount waited for, so no task holds bytes while it waits for more);
+//!   and the whole amount queued for: waiters are served first come, first served, so no
+//!   task keeps bytes of its own while it waits for more);
 //! - the reservation travels with the page and is given back once its batch was delivered.
 //!
 //! A page bigger than the whole budget takes all of it and goes through alone: a small
@@ -100,8 +101,9 @@ impl Reservation {
     }
 
     /// Holds `bytes` from now on (at most the whole budget): gives back a surplus at once;
-    /// takes a shortfall without waiting if it is free, else gives everything back and waits
-    /// for the whole amount (holding nothing while waiting, so waiters cannot deadlock).
+    /// takes a shortfall without waiting if it is free, else gives everything back and
+    /// queues for the whole amount (no task keeps bytes while waiting for more, so waiters
+    /// cannot deadlock each other; the queue is served in order).
     pub(crate) async fn resize(&mut self, bytes: u64) {
         let wanted = self.budget.units(bytes);
         let held = self.held();
@@ -241,12 +243,14 @@ mod tests {
             a
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!grow.is_finished());
-        assert_eq!(budget.available(), 30 * 1024, "the waiter holds nothing");
-        b.resize(0).await;
+        assert!(!grow.is_finished(), "only 30 KiB are free");
+        b.resize(40 * 1024).await;
         let a = grow.await.unwrap();
         assert_eq!(a.bytes(), 60 * 1024);
-        assert_eq!(budget.available(), 40 * 1024);
+        assert_eq!(b.bytes(), 40 * 1024);
+        assert_eq!(budget.available(), 0);
+        drop((a, b));
+        assert_eq!(budget.available(), 100 * 1024);
     }
 
     #[test]
