@@ -34,9 +34,27 @@ impl LeaseKey {
         Self::new(Self::COORDINATION_STREAM, name)
     }
 
-    /// Whether this lease coordinates workers rather than covering a shard.
+    /// Whether this lease coordinates workers rather than covering a shard: a lease of
+    /// [`COORDINATION_STREAM`](Self::COORDINATION_STREAM), or one in a stream whose id
+    /// starts with `#` (real shard ids never do), such as a [stream gate](Self::stream_gate).
     pub fn is_coordination(&self) -> bool {
-        self.stream == Self::COORDINATION_STREAM
+        self.stream == Self::COORDINATION_STREAM || self.shard_id.starts_with('#')
+    }
+
+    /// Shard ids of stream gates start with this, followed by the older stream's ARN.
+    const GATE_PREFIX: &'static str = "#after-stream ";
+
+    /// The gate that holds the root shards of `stream` until `older_stream` is finished:
+    /// when a table's stream is disabled and enabled again, the new stream's root leases
+    /// name this gate as a parent, and it is deleted once every lease of the older stream
+    /// reached `SHARD_END`. It lives in `stream`, so parent lookups find it like a shard.
+    pub fn stream_gate(stream: impl Into<String>, older_stream: &str) -> Self {
+        Self::new(stream, format!("{}{older_stream}", Self::GATE_PREFIX))
+    }
+
+    /// The older stream this gate waits for, if this is a [stream gate](Self::stream_gate).
+    pub fn gated_stream(&self) -> Option<&str> {
+        self.shard_id.strip_prefix(Self::GATE_PREFIX)
     }
 }
 

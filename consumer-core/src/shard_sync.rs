@@ -125,6 +125,35 @@ pub(crate) async fn sync_stream(
     let known: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
     let first_sync = !known.keys().any(|key| key.stream == stream_arn);
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+    // A table's stream disabled and enabled again: the new stream's roots read from their
+    // first record, after the older streams' shards (gates as parents).
+    let older = older_streams(stream_arn, leases);
+    let reenabled = !older.is_empty();
+    let mut gates: Vec<String> = leases
+        .iter()
+        .filter(|l| l.key.stream == stream_arn && l.key.gated_stream().is_some())
+        .map(|l| l.key.shard_id.clone())
+        .collect();
+    if first_sync {
+        for (older_stream, finished) in &older {
+            if *finished {
+                continue;
+            }
+            let gate = Lease::new(
+                LeaseKey::stream_gate(stream_arn, older_stream),
+                Checkpoint::TrimHorizon,
+                vec![],
+            );
+            create_lease_if_absent(store.as_ref(), &gate).await?;
+            tracing::info!(
+                stream_arn,
+                older_stream,
+                "a table's new stream waits for its older stream to finish"
+            );
+            gates.push(gate.key.shard_id);
+        }
+    }
+    let first_sync = first_sync && !reenabled;
     if first_sync && initial == InitialPosition::Latest {
         let start = Lease::new(
             stream_start_key(stream_arn),
@@ -150,8 +179,17 @@ pub(crate) async fn sync_stream(
                 .parent_shard_id
                 .as_ref()
                 .is_none_or(|p| !described.contains(p.as_str()));
-        if is_root && !first_sync && initial == InitialPosition::Latest && root.is_none() {
+        if is_root
+            && !first_sync
+            && !reenabled
+            && initial == InitialPosition::Latest
+            && root.is_none()
+        {
             root = Some(root_start(store.as_ref(), stream_arn, leases).await?);
+        }
+        let mut parents: Vec<String> = shard.parent_shard_id.iter().cloned().collect();
+        if is_root {
+            parents.extend(gates.iter().cloned());
         }
         let lease = Lease::new(
             key,
@@ -162,7 +200,7 @@ pub(crate) async fn sync_stream(
                 parent,
                 root.as_ref().filter(|_| is_root),
             ),
-            shard.parent_shard_id.iter().cloned().collect(),
+            parents,
         );
         if create_lease_if_absent(store.as_ref(), &lease).await? {
             created += 1;
@@ -193,6 +231,63 @@ pub(crate) async fn sync_stream(
         );
     }
     Ok(SyncReport { created, deleted })
+}
+
+/// The table part of a stream ARN (`arn:...:table/NAME`), shared by every stream the
+/// table ever had.
+pub(crate) fn table_of_stream(stream_arn: &str) -> Option<&str> {
+    stream_arn.split_once("/stream/").map(|(table, _)| table)
+}
+
+/// Whether two stream ARNs belong to the same table (a stream and the one that replaced
+/// it after the table's stream was disabled and enabled again).
+pub(crate) fn same_table(a: &str, b: &str) -> bool {
+    a == b || table_of_stream(a).is_some_and(|t| table_of_stream(b) == Some(t))
+}
+
+/// Other streams of `stream_arn`'s table that have leases, each with whether all of their
+/// shard leases are finished.
+fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
+    let mut older: Vec<(&str, bool)> = Vec::new();
+    for lease in leases {
+        let stream = lease.key.stream.as_str();
+        if stream == stream_arn || lease.key.is_coordination() || !same_table(stream, stream_arn) {
+            continue;
+        }
+        let finished = lease.checkpoint == Checkpoint::ShardEnd;
+        match older.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, all)) => *all &= finished,
+            None => older.push((stream, finished)),
+        }
+    }
+    older
+}
+
+/// Opens the gates whose older stream is finished (every shard lease at `SHARD_END`):
+/// deletes the gate, so the new stream's roots start, and then the older stream's leases,
+/// which no sync recreates (only a table's current stream is synced). Returns how many
+/// gates were opened.
+pub(crate) async fn open_finished_gates(store: &dyn LeaseStore, leases: &[Lease]) -> Result<usize> {
+    let mut opened = 0;
+    for gate in leases.iter().filter(|l| l.key.gated_stream().is_some()) {
+        let Some(older) = gate.key.gated_stream() else {
+            continue;
+        };
+        let finished = leases
+            .iter()
+            .filter(|l| l.key.stream == older && !l.key.is_coordination())
+            .all(|l| l.checkpoint == Checkpoint::ShardEnd);
+        if !finished {
+            continue;
+        }
+        store.delete_lease(&gate.key).await?;
+        for done in leases.iter().filter(|l| l.key.stream == older) {
+            store.delete_lease(&done.key).await?;
+        }
+        tracing::info!(stream_arn = %gate.key.stream, older_stream = older, "the older stream finished; the new stream's root shards start");
+        opened += 1;
+    }
+    Ok(opened)
 }
 
 /// Finished leases that may be deleted: the shard has left the stream (so no sync will

@@ -345,9 +345,9 @@ impl<F: ProcessorFactory> Worker<F> {
         }
         state.liveness.observe(&workers, now);
         let me = state.incarnation.id.clone();
-        let streams: HashSet<&str> = self.streams.iter().map(|s| s.stream_arn.as_str()).collect();
+        // A table's streams before and after it was re-enabled are all ours.
         let ours =
-            |l: &&Lease| streams.contains(l.key.stream.as_str()) || l.key == shard_sync_key();
+            |l: &&Lease| self.source_of(&l.key.stream).is_some() || l.key == shard_sync_key();
         let mut leases: Vec<Lease> = leases.into_iter().filter(|l| ours(&l)).collect();
 
         self.check_running(state, &leases);
@@ -518,9 +518,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 lease: lease.clone(),
                 ownership: ownership.clone(),
                 table: self
-                    .streams
-                    .iter()
-                    .find(|s| s.stream_arn == lease.key.stream)
+                    .source_of(&lease.key.stream)
                     .and_then(|s| s.table.clone()),
             };
             let key = lease.key.clone();
@@ -674,16 +672,17 @@ impl<F: ProcessorFactory> Worker<F> {
             .filter(|dead| leases.iter().all(|l| !l.is_owned_by(dead)))
             .collect();
         let shared = self.shared.clone();
-        let streams: Vec<String> = self.streams.iter().map(|s| s.stream_arn.clone()).collect();
+        let sources = self.streams.clone();
         let leases = leases.to_vec();
         // The full DescribeStream and the lease creation run in their own task: scans, lease
         // loss, fencing and shutdown are never blocked behind them.
         state.sync_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            for stream_arn in &streams {
+            for source in &sources {
+                let stream_arn = current_stream(shared.api.as_ref(), source).await;
                 if let Err(error) = shard_sync::sync_stream(
                     shared.api.as_ref(),
                     &shared.store,
-                    stream_arn,
+                    &stream_arn,
                     &leases,
                     shared.config.initial_position,
                     shard_sync::Contention::Alone,
@@ -693,10 +692,28 @@ impl<F: ProcessorFactory> Worker<F> {
                     tracing::warn!(%stream_arn, %error, "shard sync failed");
                 }
             }
+            if let Err(error) =
+                shard_sync::open_finished_gates(shared.store.as_ref(), &leases).await
+            {
+                tracing::warn!(%error, "cannot open the gate of a finished stream");
+            }
             for dead in dead {
                 let _ = shared.store.delete_worker(&dead).await;
             }
         })));
+    }
+
+    /// The source a lease's stream belongs to: the stream itself, or another stream of the
+    /// same table (the table's stream was disabled and enabled again).
+    fn source_of(&self, stream_arn: &str) -> Option<&StreamSource> {
+        self.streams
+            .iter()
+            .find(|s| s.stream_arn == stream_arn)
+            .or_else(|| {
+                self.streams
+                    .iter()
+                    .find(|s| shard_sync::same_table(&s.stream_arn, stream_arn))
+            })
     }
 
     /// No confirmed heartbeat in time: stop every shard without writing, then come back as
@@ -778,6 +795,27 @@ impl<F: ProcessorFactory> Worker<F> {
             tracing::warn!(%error, "worker item not deleted; it expires by itself");
         }
         tracing::info!(incarnation = %me, "worker stopped");
+    }
+}
+
+/// The stream to sync for `source`: a table's current stream (DescribeTable, once per
+/// sync), which is new after the table's stream was disabled and enabled again; the
+/// stream named at start if the table cannot be described or has no stream now.
+async fn current_stream(api: &dyn crate::streams::StreamsApi, source: &StreamSource) -> String {
+    let Some(table) = &source.table else {
+        return source.stream_arn.clone();
+    };
+    match api.latest_stream_arn(table).await {
+        Ok(arn) => {
+            if arn != source.stream_arn {
+                tracing::debug!(table, stream_arn = %arn, previous = %source.stream_arn, "the table has a new stream");
+            }
+            arn
+        }
+        Err(error) => {
+            tracing::warn!(table, %error, "cannot look up the table's current stream; syncing the known one");
+            source.stream_arn.clone()
+        }
     }
 }
 

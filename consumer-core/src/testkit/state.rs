@@ -314,6 +314,39 @@ impl Simulation {
         if table.stream_arn.is_some() || !spec.stream_enabled {
             return table.stream_arn.clone();
         }
+        self.open_stream(name, now).ok()
+    }
+
+    /// Disables the table's stream and enables it again: every open shard of the old
+    /// stream is closed (it can be read to its end), and a new stream with a new ARN and
+    /// new root shards takes the table's writes.
+    pub(crate) fn reenable_stream(&mut self, table_name: &str) -> Result<String, SimError> {
+        let now = self.tick();
+        let table = self
+            .tables
+            .get(table_name)
+            .ok_or_else(|| SimError::no_such_table(table_name))?;
+        if let Some(old) = table.stream_arn.clone() {
+            let stream = stream_in(&mut self.streams, &old)?;
+            let open: Vec<String> = stream
+                .shards
+                .iter()
+                .filter(|s| s.is_open())
+                .map(|s| s.id.clone())
+                .collect();
+            for shard in open {
+                stream.close(&mut self.counters, &shard, 0, now)?;
+            }
+        }
+        self.open_stream(table_name, now)
+    }
+
+    /// A new stream for table `name`, with its initial shards, taking the table's writes.
+    fn open_stream(&mut self, name: &str, now: Instant) -> Result<String, SimError> {
+        let table = self
+            .tables
+            .get_mut(name)
+            .ok_or_else(|| SimError::no_such_table(name))?;
         // Real stream labels are creation timestamps; a fixed epoch plus the stream's
         // ordinal (in milliseconds) keeps them unique and independent of test speed.
         let ordinal = i64::try_from(self.streams.len()).unwrap_or(i64::MAX);
@@ -336,7 +369,7 @@ impl Simulation {
         }
         table.stream_arn = Some(arn.clone());
         self.streams.insert(arn.clone(), stream);
-        Some(arn)
+        Ok(arn)
     }
 
     pub(crate) fn write(

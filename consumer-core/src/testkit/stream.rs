@@ -137,6 +137,13 @@ impl SimulatedStream {
 
     // ---- shards ------------------------------------------------------------------
 
+    /// Disables the table's stream and enables it again (UpdateTable
+    /// StreamSpecification twice): the old stream's open shards close, and a new stream
+    /// with a new ARN takes the writes. Returns the new ARN.
+    pub fn reenable_stream(&self, table: &str) -> Result<String, SimError> {
+        self.lock().reenable_stream(table)
+    }
+
     /// Closes an open shard and opens two children of it; the parent's keys route to the
     /// children from now on. Returns the children's ids.
     pub fn split_shard(
