@@ -1,15 +1,18 @@
 //! Checkpoints of one shard, validated and coalesced.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::TransactWriteItem;
 use backon::BackoffBuilder;
+use checkpoint_store::transaction::{self, StagedWrites};
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::events::{CheckpointWritten, Event};
+use crate::events::{CheckpointWritten, Event, TransactionCommitted};
 use crate::retry;
 
 /// Records how far a shard has been processed.
@@ -24,6 +27,13 @@ use crate::retry;
 /// it asks for is only noted (written after the call returned `Ok`), and after a failed
 /// call it is cut back to the last record that succeeded, so a `checkpoint()` in
 /// `shutdown_requested` covers only what succeeded.
+///
+/// Exactly-once into DynamoDB: during `process`, [`stage`](Self::stage) DynamoDB writes
+/// per record; once `process` returns `Ok` (or, with a partial batch response, for the
+/// records before the failed one), the framework commits them with the checkpoint in
+/// `TransactWriteItems`, conditional on this worker's lease, before the next batch. A batch
+/// that fails (or is dropped) has its staged writes dropped, and they are staged again when
+/// the batch is delivered again.
 #[derive(Debug)]
 pub struct Checkpointer {
     store: Arc<dyn LeaseStore>,
@@ -43,6 +53,18 @@ pub struct Checkpointer {
     /// The framework's checkpoint write running while the next batch is processed (at most
     /// one per shard), and what it writes.
     background: Option<(Checkpoint, JoinHandle<checkpoint_store::Result<Lease>>)>,
+    /// Writes staged by the batch in flight, per record, in record order.
+    staged: Vec<StagedWrites>,
+    /// Key attribute names of the tables staged `Put`s write to.
+    key_names: HashMap<String, Vec<String>>,
+}
+
+/// Staged writes that could not be committed: the records before `first_uncommitted` are
+/// committed (or had no writes), the rest must be processed again.
+#[derive(Debug)]
+pub(crate) struct CommitFailed {
+    pub first_uncommitted: SequenceNumber,
+    pub error: Error,
 }
 
 impl Checkpointer {
@@ -65,6 +87,8 @@ impl Checkpointer {
             last_write: None,
             detached: false,
             background: None,
+            staged: Vec::new(),
+            key_names: HashMap::new(),
         }
     }
 
@@ -83,6 +107,8 @@ impl Checkpointer {
             last_write: None,
             detached: true,
             background: None,
+            staged: Vec::new(),
+            key_names: self.key_names.clone(),
         }
     }
 
@@ -128,6 +154,203 @@ impl Checkpointer {
             return Ok(());
         }
         self.flush_if_due().await
+    }
+
+    /// Stages DynamoDB writes (to any table of the lease table's account and region) for
+    /// the record `seq` of the batch being processed. They are committed together with the
+    /// checkpoint, all or nothing, after `process` returns `Ok`: a crash, a lost lease or a
+    /// failed batch leaves neither the writes nor the checkpoint, so each record's writes
+    /// are applied exactly once. Call it in record order; several calls for one record
+    /// add up.
+    ///
+    /// Refused (nothing staged) outside `process`, for a record outside the batch or
+    /// before one already staged, with key parallelism, and when one record's writes cannot
+    /// fit in one transaction with the checkpoint (more than 99, more than about 4 MB, or
+    /// one item written twice): the error names the shard and sequence number.
+    pub async fn stage(
+        &mut self,
+        seq: &SequenceNumber,
+        writes: impl IntoIterator<Item = TransactWriteItem>,
+    ) -> Result<()> {
+        let refuse = |reason: String| Error::InvalidCheckpoint {
+            shard_id: self.key.shard_id.clone(),
+            requested: seq.clone(),
+            reason: format!("cannot stage writes: {reason}"),
+        };
+        let Some(last) = self.in_flight.as_ref() else {
+            return Err(refuse("writes are staged during `process` only".into()));
+        };
+        if self.detached {
+            return Err(refuse(
+                "exactly-once commits need key parallelism 1 (one transaction per shard)".into(),
+            ));
+        }
+        if seq > last {
+            return Err(refuse(format!(
+                "it is past the last record of the batch, {last}"
+            )));
+        }
+        if let Some(done) = self.last_done.as_ref().or(self.stored.sequence_number())
+            && seq <= done
+        {
+            return Err(refuse(format!(
+                "record {done} and those before it are done"
+            )));
+        }
+        if let Some(staged) = self.staged.last()
+            && seq < &staged.sequence_number
+        {
+            return Err(refuse(format!(
+                "writes of the later record {} are staged already (stage in record order)",
+                staged.sequence_number
+            )));
+        }
+        let mut record = match self.staged.last() {
+            Some(staged) if &staged.sequence_number == seq => self.staged.pop(),
+            _ => None,
+        }
+        .unwrap_or_else(|| StagedWrites {
+            sequence_number: seq.clone(),
+            writes: Vec::new(),
+        });
+        let before = record.writes.len();
+        record.writes.extend(writes);
+        let checked = match self.learn_key_names(&record.writes[before..]).await {
+            Ok(()) => transaction::check_record(&self.key, &record, &self.key_names),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = checked {
+            record.writes.truncate(before);
+            if !record.writes.is_empty() {
+                self.staged.push(record);
+            }
+            return Err(error.into());
+        }
+        self.staged.push(record);
+        Ok(())
+    }
+
+    /// Asks the store for the key schema of tables that `Put`s write to and are not known
+    /// yet (one DescribeTable per table for the life of the shard).
+    async fn learn_key_names(
+        &mut self,
+        writes: &[TransactWriteItem],
+    ) -> checkpoint_store::Result<()> {
+        for table in transaction::put_tables(writes) {
+            if !self.key_names.contains_key(&table) {
+                let names = self.store.key_attribute_names(&table).await?;
+                self.key_names.insert(table, names);
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the writes staged for records before `failed_at` (all of them when `None`:
+    /// the batch succeeded, and the last transaction checkpoints at `batch_last`), with the
+    /// checkpoint, in as few transactions as the service's limits allow, one after the
+    /// other; each checkpoints at the last record whose writes it holds. Transient errors
+    /// are retried as the [`retry::lease_store`] policy says. The rest of what was staged
+    /// is dropped.
+    pub(crate) async fn commit_staged(
+        &mut self,
+        failed_at: Option<&SequenceNumber>,
+        batch_last: &SequenceNumber,
+    ) -> Result<(), CommitFailed> {
+        let staged: Vec<StagedWrites> = std::mem::take(&mut self.staged)
+            .into_iter()
+            .filter(|record| failed_at.is_none_or(|at| &record.sequence_number < at))
+            .filter(|record| !record.writes.is_empty())
+            .collect();
+        let Some(first) = staged.first().map(|r| r.sequence_number.clone()) else {
+            return Ok(());
+        };
+        let fail = |first_uncommitted: SequenceNumber, error: Error| CommitFailed {
+            first_uncommitted,
+            error,
+        };
+        // The transaction is conditional on the stored checkpoint: no write may be in flight.
+        if let Err(error) = self.settle().await {
+            return Err(fail(first, error));
+        }
+        let firsts: Vec<SequenceNumber> =
+            staged.iter().map(|r| r.sequence_number.clone()).collect();
+        let mut transactions = transaction::split(&self.key, staged, &self.key_names)
+            .map_err(|error| fail(first.clone(), error.into()))?;
+        if failed_at.is_none()
+            && let Some(last) = transactions.last_mut()
+        {
+            last.checkpoint = batch_last.clone();
+        }
+        for tx in transactions {
+            // The first record whose writes this transaction holds: where a failure restarts.
+            let start = firsts
+                .iter()
+                .find(|seq| self.stored.sequence_number().is_none_or(|done| *seq > done))
+                .cloned()
+                .unwrap_or_else(|| first.clone());
+            let writes = tx.writes.len();
+            let checkpoint = Checkpoint::At(tx.checkpoint);
+            if let Err(error) = self.commit_one(&checkpoint, tx.writes).await {
+                return Err(fail(start, error));
+            }
+            TransactionCommitted {
+                stream_arn: &self.key.stream,
+                shard_id: &self.key.shard_id,
+                checkpoint: &checkpoint.encode(),
+                writes,
+            }
+            .emit();
+            self.stored = checkpoint;
+            self.last_write = Some(Instant::now());
+            if self.pending.as_ref() <= self.stored.sequence_number() {
+                self.pending = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// One transaction, retried on transient errors. A checkpoint found to have moved
+    /// (an earlier plain write that seemed to fail did commit) is taken as the new
+    /// condition once, if it is still before this transaction's checkpoint.
+    async fn commit_one(
+        &mut self,
+        checkpoint: &Checkpoint,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<()> {
+        let mut pauses = retry::lease_store().build();
+        let mut adopted = false;
+        loop {
+            let result = self
+                .store
+                .checkpoint_with_writes(
+                    &self.key,
+                    &self.ownership,
+                    &self.stored,
+                    checkpoint,
+                    writes.clone(),
+                )
+                .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(checkpoint_store::Error::CheckpointMoved { found, .. })
+                    if !adopted
+                        && !found.is_shard_end()
+                        && found.sequence_number().is_none_or(|f| {
+                            checkpoint
+                                .sequence_number()
+                                .is_some_and(|target| f < target)
+                        }) =>
+                {
+                    tracing::warn!(shard_id = %self.key.shard_id, %found, "checkpoint moved under a transaction; retrying from it");
+                    self.stored = found;
+                    adopted = true;
+                }
+                Err(error) if retry::is_retryable_store(&error) => {
+                    retry::pause_or_give_up(&mut pauses, error).await?;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     /// Writes the pending checkpoint now, whatever the interval.
@@ -187,12 +410,15 @@ impl Checkpointer {
     /// `process` starts on a batch ending at `last`.
     pub(crate) fn begin(&mut self, last: &SequenceNumber) {
         self.in_flight = Some(last.clone());
+        self.staged.clear();
     }
 
     /// The `process` call ended; every record up to `succeeded` is done (none when `None`).
     /// A checkpoint asked for during the call is cut back to the last record done.
     pub(crate) fn end(&mut self, succeeded: Option<&SequenceNumber>) {
         self.in_flight = None;
+        // Whatever was not committed belongs to records that failed: dropped.
+        self.staged.clear();
         if let Some(seq) = succeeded {
             self.last_done = Some(seq.clone());
         }

@@ -148,6 +148,31 @@ impl Event for CheckpointWritten<'_> {
     }
 }
 
+/// Staged DynamoDB writes were committed with the checkpoint in one transaction.
+pub(crate) struct TransactionCommitted<'a> {
+    pub stream_arn: &'a str,
+    pub shard_id: &'a str,
+    pub checkpoint: &'a str,
+    /// The staged writes in it (the checkpoint update not counted).
+    pub writes: usize,
+}
+
+impl Event for TransactionCommitted<'_> {
+    fn emit(self) {
+        let (checkpoint, writes) = (self.checkpoint, self.writes);
+        tracing::debug!(shard_id = self.shard_id, checkpoint, writes, "transaction committed");
+        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        counter!("ddb_stream_transactions_total", &labels).increment(1);
+        counter!("ddb_stream_transaction_writes_total", &labels).increment(writes as u64);
+        CheckpointWritten {
+            stream_arn: self.stream_arn,
+            shard_id: self.shard_id,
+            checkpoint,
+        }
+        .emit();
+    }
+}
+
 /// A shard was read to its end and marked `SHARD_END`.
 pub(crate) struct ShardEnded<'a> {
     pub stream_arn: &'a str,

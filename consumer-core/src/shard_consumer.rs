@@ -818,9 +818,47 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 None,
             )),
         };
+        // What `process` staged for the records that succeeded commits with the checkpoint.
+        let result = self.commit_staged(result, &last_seq).await?;
         // Done records are marked by the caller; a failed call leaves nothing covered.
         self.checkpointer.end(None);
         Ok(result)
+    }
+
+    /// Commits the DynamoDB writes `process` staged (exactly-once) for the records that
+    /// succeeded, with the checkpoint. A commit that fails makes the records from the first
+    /// uncommitted one fail (a partial batch failure), so the failure policy retries them.
+    async fn commit_staged(
+        &mut self,
+        result: Result<(), AttemptFailed>,
+        last: &SequenceNumber,
+    ) -> Result<Result<(), AttemptFailed>, Interrupted> {
+        let failed_at = match &result {
+            Ok(()) => None,
+            Err(AttemptFailed { at: Some(at), .. }) => Some(at.clone()),
+            // Nothing succeeded: the staged writes are dropped.
+            Err(_) => return Ok(result),
+        };
+        let lost = self.signals.lost.clone();
+        let committed = tokio::select! {
+            biased;
+            _ = lost.cancelled() => Err(None),
+            committed = self.checkpointer.commit_staged(failed_at.as_ref(), last) => {
+                committed.map_err(Some)
+            }
+        };
+        match committed {
+            Ok(()) => Ok(result),
+            Err(Some(failed)) if !is_lease_lost(&failed.error) => Ok(Err(AttemptFailed {
+                reason: FailureReason::RetriesExhausted,
+                error: failed.error,
+                at: Some(failed.first_uncommitted),
+            })),
+            Err(_) => {
+                self.checkpointer.end(None);
+                Err(Interrupted::Lost)
+            }
+        }
     }
 
     /// Every record of `records` (and before) is done: checkpoint past them.
