@@ -1,5 +1,6 @@
 //! `ddbsc status`: per lease, who owns it and how far it got; per worker, whether it is
-//! alive and what it holds; with `--lag`, how far each active shard is from its tip.
+//! alive and what it holds; with `--lag`, how far each active shard is from its tip; per
+//! snapshot (`with_snapshot`), segments done of total and items delivered (`snapshots`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
@@ -7,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use checkpoint_store::{Checkpoint, Lease};
 use comfy_table::Table;
 use consumer_core::Change;
+use consumer_core::snapshot::{SnapshotProgress, is_segment};
 use consumer_core::streams::{StartPosition, StreamsApi};
 use futures::{StreamExt, stream};
 use serde::de::IgnoredAny;
@@ -87,6 +89,7 @@ struct Lag {
 pub async fn run(context: &Context, args: Args) -> Outcome {
     let store = context.lease_store(&args.app).await?;
     let (leases, workers, live) = args.liveness.read(&store).await?;
+    let snapshots = consumer_core::snapshot::progress(&leases);
     let mut leases: Vec<Lease> = leases
         .into_iter()
         .filter(|l| !l.key.is_coordination())
@@ -111,7 +114,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let lags: Vec<Option<Result<Lag, String>>> = stream::iter(leases.iter().zip(&states))
         .map(|(lease, state)| {
             let api = api.clone();
-            let wanted = args.lag && *state == State::Active;
+            let wanted = args.lag && *state == State::Active && !is_segment(&lease.key);
             async move {
                 if !wanted {
                     return None;
@@ -149,7 +152,13 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 })
             })
             .collect();
-        context.print_json(&json!({ "app": args.app, "leases": leases, "workers": workers }));
+        let snapshots: Vec<Value> = snapshots.iter().map(snapshot_json).collect();
+        context.print_json(&json!({
+            "app": args.app,
+            "leases": leases,
+            "workers": workers,
+            "snapshots": snapshots,
+        }));
         return Ok(());
     }
 
@@ -207,6 +216,12 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         println!("cannot read {line}");
     }
     println!();
+    for snapshot in &snapshots {
+        println!("{}", snapshot_line(snapshot));
+    }
+    if !snapshots.is_empty() {
+        println!();
+    }
 
     let mut table = Table::new();
     table
@@ -228,6 +243,43 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     }
     println!("{table}");
     Ok(())
+}
+
+/// A snapshot's progress in `--json`: `table`, `stream`, `started_at` (RFC 3339),
+/// `segments`, `segments_done`, `done`, `items_in_open_segments` (a finished segment keeps
+/// no count) and `owners` of the open segments.
+fn snapshot_json(progress: &SnapshotProgress) -> Value {
+    json!({
+        "table": table_of_stream(&progress.stream_arn),
+        "stream": progress.stream_arn,
+        "started_at": progress
+            .started_at
+            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        "segments": progress.segments,
+        "segments_done": progress.segments_done,
+        "done": progress.is_done(),
+        "items_in_open_segments": progress.items_in_open_segments,
+        "owners": progress.owners,
+    })
+}
+
+/// A snapshot's progress as one readable line.
+fn snapshot_line(progress: &SnapshotProgress) -> String {
+    let table = table_of_stream(&progress.stream_arn).unwrap_or(&progress.stream_arn);
+    let started = progress
+        .started_at
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "?".into());
+    if progress.is_done() {
+        return format!(
+            "snapshot of {table}: done ({} segments; started {started})",
+            progress.segments
+        );
+    }
+    format!(
+        "snapshot of {table}: {} of {} segments done, {} items delivered by the open segments (started {started})",
+        progress.segments_done, progress.segments, progress.items_in_open_segments
+    )
 }
 
 fn lease_json(

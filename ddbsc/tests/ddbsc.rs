@@ -192,6 +192,94 @@ async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_snapshot_progress_per_application() {
+    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    let (app, table) = (unique_name("app"), unique_name("st-snap"));
+    create_table(&table, "id", false).await;
+    for i in 0..120 {
+        put(&table, &format!("i{i}"), i).await;
+    }
+    let spec = StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(StreamViewType::NewImage)
+        .build()
+        .unwrap();
+    dynamodb_client()
+        .await
+        .update_table()
+        .table_name(&table)
+        .stream_specification(spec)
+        .send()
+        .await
+        .unwrap();
+    // Each segment delivers its first page, then waits until the test has looked.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held: Recording<Item> = Recording::new().with_hook(move |_, _, before| {
+        let mut released = released.clone();
+        Box::pin(async move {
+            if before > 0 {
+                let _ = released.wait_for(|go| *go).await;
+            }
+            Ok(())
+        })
+    });
+    let config = sdk_config().await;
+    let consumer = Consumer::builder(&app)
+        .with_sdk_config(&config)
+        .with_table(&table)
+        .with_worker_id("w1")
+        .with_failover_time(Duration::from_secs(3))
+        .with_creation_time_margin(Duration::from_secs(90))
+        .with_snapshot(
+            consumer_core::SnapshotConfig::new()
+                .with_segments(3)
+                .with_page_size(10),
+        )
+        .build(held.factory())
+        .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let run = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+
+    let status = status_until(&app, "every segment at its first page", |s| {
+        s["snapshots"][0]["items_in_open_segments"] == 30
+    })
+    .await;
+    let snapshot = &status["snapshots"][0];
+    assert_eq!(snapshot["table"], table.as_str(), "{snapshot}");
+    assert_eq!(snapshot["segments"], 3, "{snapshot}");
+    assert_eq!(snapshot["segments_done"], 0, "{snapshot}");
+    assert_eq!(snapshot["done"], false, "{snapshot}");
+    assert!(
+        snapshot["owners"][0].as_str().unwrap().starts_with("w1#"),
+        "{snapshot}"
+    );
+    assert!(snapshot["started_at"].as_str().is_some(), "{snapshot}");
+    // Segments are leases too; --lag does not try to read them as shards.
+    let lagged = ddbsc_json(&["status", "--lag", "--app", &app]).await;
+    let segments = leases(&lagged)
+        .iter()
+        .filter(|l| l["shard"].as_str().unwrap().starts_with("snapshot-"))
+        .inspect(|l| assert!(l["lag"].is_null(), "{l}"))
+        .count();
+    assert_eq!(segments, 3, "{lagged}");
+    let (code, out, err) = ddbsc(&["status", "--app", &app]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("0 of 3 segments done, 30 items"), "{out}");
+
+    release.send(true).unwrap();
+    let status = status_until(&app, "the snapshot done", |s| {
+        s["snapshots"][0]["done"] == true
+    })
+    .await;
+    assert_eq!(status["snapshots"][0]["segments_done"], 3, "{status}");
+    assert_eq!(held.len(), 120);
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
     let app = unique_name("app");
     let table = unique_name("reset");

@@ -149,8 +149,9 @@ pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
     (index < total).then_some((index, total))
 }
 
-/// Whether a lease is a snapshot segment rather than a shard.
-pub(crate) fn is_segment(key: &LeaseKey) -> bool {
+/// Whether a lease is a snapshot segment rather than a shard (it has no records to read:
+/// tools skip it when they read shards).
+pub fn is_segment(key: &LeaseKey) -> bool {
     !key.is_coordination() && parse_segment_id(&key.shard_id).is_some()
 }
 
