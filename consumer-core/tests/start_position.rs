@@ -80,7 +80,7 @@ async fn since_skips_older_records_and_checkpoints_past_them() {
         .unwrap();
     let (watched, writer) = (log.clone(), sim.clone());
     let done = async move {
-        while watched.len() < 1 {
+        while watched.is_empty() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         put(&writer, "later");
