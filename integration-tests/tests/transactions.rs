@@ -1,0 +1,185 @@
+//! The transactional checkpoint of `DynamoDbLeaseStore` against DynamoDB Local: writes and
+//! checkpoint commit together or not at all, a zombie's transaction fails as a whole, and a
+//! transaction sent again after it committed is recognised instead of applied twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
+use checkpoint_store::{
+    Checkpoint, DynamoDbLeaseStore, Error, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore,
+    Ownership, SequenceNumber,
+};
+use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+
+fn seq(n: u64) -> Checkpoint {
+    Checkpoint::At(SequenceNumber::parse(format!("{n:021}")).unwrap())
+}
+
+/// `counter = counter + 1` on item `id` of `table`.
+fn bump(table: &str, id: &str) -> TransactWriteItem {
+    TransactWriteItem::builder()
+        .update(
+            Update::builder()
+                .table_name(table)
+                .key("id", AttributeValue::S(id.into()))
+                .update_expression("ADD #n :one")
+                .expression_attribute_names("#n", "counter")
+                .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                .build()
+                .unwrap(),
+        )
+        .build()
+}
+
+async fn counter(table: &str, id: &str) -> Option<u64> {
+    let item = dynamodb_client()
+        .await
+        .get_item()
+        .table_name(table)
+        .key("id", AttributeValue::S(id.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item?;
+    match item.get("counter") {
+        Some(AttributeValue::N(n)) => n.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A lease store, a target table, and a lease owned by `w1`.
+async fn setup() -> (DynamoDbLeaseStore, String, LeaseKey, Ownership) {
+    let store =
+        DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, unique_name("tx-leases")).unwrap();
+    store.ensure_table().await.unwrap();
+    let target = unique_name("tx-target");
+    create_table(&target, "id", false).await;
+    let key = LeaseKey::new("arn:stream", "shard-1");
+    store
+        .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
+        .await
+        .unwrap();
+    let ownership = store
+        .take_lease(&key, None, 0, "w1#a")
+        .await
+        .unwrap()
+        .ownership()
+        .unwrap();
+    (store, target, key, ownership)
+}
+
+async fn stored(store: &DynamoDbLeaseStore, key: &LeaseKey) -> Checkpoint {
+    store.get_lease(key).await.unwrap().unwrap().checkpoint
+}
+
+#[tokio::test]
+async fn writes_and_checkpoint_commit_together_and_a_resent_transaction_applies_once() {
+    let (store, target, key, me) = setup().await;
+    let writes = vec![bump(&target, "a"), bump(&target, "b")];
+    store
+        .checkpoint_with_writes(&key, &me, &Checkpoint::TrimHorizon, &seq(5), writes.clone())
+        .await
+        .unwrap();
+    assert_eq!(stored(&store, &key).await, seq(5));
+    assert_eq!(counter(&target, "a").await, Some(1));
+    // The same transaction again, as after a timeout whose request did commit: its
+    // condition on the previous checkpoint fails, and the store finds it committed.
+    store
+        .checkpoint_with_writes(&key, &me, &Checkpoint::TrimHorizon, &seq(5), writes)
+        .await
+        .unwrap();
+    assert_eq!(counter(&target, "a").await, Some(1), "applied twice");
+    assert_eq!(counter(&target, "b").await, Some(1), "applied twice");
+    // Expecting a checkpoint that is not stored: nothing is applied.
+    let err = store
+        .checkpoint_with_writes(&key, &me, &seq(3), &seq(9), vec![bump(&target, "a")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointMoved { found, .. } if *found == seq(5)),
+        "{err:?}"
+    );
+    assert_eq!(counter(&target, "a").await, Some(1));
+}
+
+#[tokio::test]
+async fn a_zombies_transaction_fails_as_a_whole() {
+    let (store, target, key, zombie) = setup().await;
+    store
+        .take_lease(&key, Some(&zombie.owner), zombie.epoch, "w2#b")
+        .await
+        .unwrap();
+    let err = store
+        .checkpoint_with_writes(
+            &key,
+            &zombie,
+            &Checkpoint::TrimHorizon,
+            &seq(5),
+            vec![bump(&target, "a")],
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_lease_lost(), "{err:?}");
+    assert_eq!(counter(&target, "a").await, None, "a zombie's write landed");
+    assert_eq!(stored(&store, &key).await, Checkpoint::TrimHorizon);
+}
+
+#[tokio::test]
+async fn a_refused_write_cancels_the_checkpoint_and_is_named() {
+    let (store, target, key, me) = setup().await;
+    let refused = TransactWriteItem::builder()
+        .update(
+            Update::builder()
+                .table_name(&target)
+                .key("id", AttributeValue::S("b".into()))
+                .update_expression("SET v = :v")
+                .condition_expression("attribute_exists(id)")
+                .expression_attribute_values(":v", AttributeValue::N("1".into()))
+                .build()
+                .unwrap(),
+        )
+        .build();
+    let err = store
+        .checkpoint_with_writes(
+            &key,
+            &me,
+            &Checkpoint::TrimHorizon,
+            &seq(5),
+            vec![bump(&target, "a"), refused],
+        )
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::TransactionCanceled { .. })
+            && text.contains("write 1")
+            && text.contains(&target)
+            && text.contains("ConditionalCheckFailed"),
+        "{text}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(counter(&target, "a").await, None);
+    assert_eq!(stored(&store, &key).await, Checkpoint::TrimHorizon);
+}
+
+#[tokio::test]
+async fn key_schemas_are_learned_and_other_stores_refuse_transactions() {
+    let (store, target, key, me) = setup().await;
+    assert_eq!(store.key_attribute_names(&target).await.unwrap(), ["id"]);
+    let err = store
+        .key_attribute_names("no-such-table-here")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no-such-table-here"), "{err}");
+
+    let memory = InMemoryLeaseStore::new();
+    let err = memory
+        .checkpoint_with_writes(&key, &me, &Checkpoint::TrimHorizon, &seq(1), vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::TransactionsUnsupported { .. }),
+        "{err:?}"
+    );
+}
