@@ -20,6 +20,10 @@ use crate::lease::{Lease, Membership};
 /// 4 KB), so they are reported as `f64`.
 pub type ReadUnits = f64;
 
+/// DynamoDB's item size limit (400 KB): it caps the membership item, so the number of
+/// workers of one application.
+pub const MAX_ITEM_BYTES: usize = 400 * 1024;
+
 /// The largest page a Scan returns before it rounds its read units.
 pub const SCAN_PAGE_BYTES: usize = 1024 * 1024;
 

@@ -45,6 +45,7 @@ macro_rules! __conformance_cases {
             lists_many_leases_across_pages,
             long_sequence_number_text_round_trips,
             since_checkpoint_round_trips,
+            a_full_membership_item_refuses_a_new_worker_clearly,
             snapshot_holds_every_lease_and_worker,
             ownership_writes_bump_the_leases_version,
         ]);
@@ -644,6 +645,37 @@ pub async fn since_checkpoint_round_trips(store: Arc<dyn LeaseStore>) {
         .unwrap();
     let stored = get(store.as_ref(), &latest.key).await;
     assert_eq!(stored.checkpoint, seq("000000000000000000077"));
+}
+
+/// The membership item holds every worker's entry and DynamoDB items hold at most 400 KB:
+/// a worker that would outgrow it gets `MembershipFull` (naming the table and the limit),
+/// workers already in keep heartbeating, and a removed entry makes room again. Long ids
+/// (1,000 characters, about 3 KB an entry) fill the item with ~130 workers.
+pub async fn a_full_membership_item_refuses_a_new_worker_clearly(store: Arc<dyn LeaseStore>) {
+    let id = |n: usize| format!("{n:04}-{}", "w".repeat(995));
+    let ttl = Duration::from_secs(60);
+    let mut joined = 0;
+    let refused = loop {
+        assert!(joined < 1_000, "the membership item never filled up");
+        match store.heartbeat(&id(joined), ttl).await {
+            Ok(_) => joined += 1,
+            Err(error) => break error,
+        }
+    };
+    assert!((100..=140).contains(&joined), "{joined} workers fit");
+    assert!(
+        matches!(&refused, Error::MembershipFull { worker_id, limit_bytes: 409_600, .. } if *worker_id == id(joined)),
+        "{refused:?}"
+    );
+    let text = refused.to_string();
+    assert!(
+        text.contains("400 KB") && text.contains("membership item of lease table"),
+        "{text}"
+    );
+    store.heartbeat(&id(0), ttl).await.unwrap();
+    store.delete_worker(&id(1)).await.unwrap();
+    store.heartbeat(&id(joined), ttl).await.unwrap();
+    assert_eq!(workers(store.as_ref()).await.len(), joined);
 }
 
 /// A snapshot holds every lease (exactly the lease listing) and every worker, across pages.

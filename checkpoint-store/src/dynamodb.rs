@@ -791,7 +791,25 @@ impl LeaseStore for DynamoDbLeaseStore {
                     (":expires", number(unix_secs(expires))),
                 ],
             )
-            .await?;
+            .await
+            .map_err(|error| match error {
+                Error::DynamoDb {
+                    class: ErrorClass::Validation,
+                    ref source,
+                    ..
+                } if source
+                    .to_string()
+                    .to_ascii_lowercase()
+                    .contains("item size") =>
+                {
+                    Error::MembershipFull {
+                        table: self.table.clone(),
+                        worker_id: worker_id.to_owned(),
+                        limit_bytes: crate::billing::MAX_ITEM_BYTES,
+                    }
+                }
+                other => other,
+            })?;
         let heartbeat = match attributes.get(&format!("{}{worker_id}", attr::HEARTBEAT_PREFIX)) {
             Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
             _ => None,

@@ -30,6 +30,20 @@ pub enum Error {
         input: String,
     },
 
+    /// The membership item has no room for another worker: one DynamoDB item holds every
+    /// worker's heartbeat entry, and items hold at most 400 KB.
+    #[error(
+        "worker {worker_id} cannot join: the membership item of lease table {table:?} would exceed DynamoDB's item size limit of {limit_bytes} bytes (400 KB: about 4,000 workers with 25-character ids; entries of dead workers are removed by the shard-sync holder once they stop heartbeating)"
+    )]
+    MembershipFull {
+        /// The lease table.
+        table: String,
+        /// The worker that could not join.
+        worker_id: String,
+        /// DynamoDB's item size limit.
+        limit_bytes: usize,
+    },
+
     /// A lease table name breaks DynamoDB's naming rules; nothing was sent.
     #[error("invalid lease table name {name:?}: {reason}")]
     InvalidTableName {

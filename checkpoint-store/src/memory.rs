@@ -26,6 +26,9 @@ struct State {
 }
 
 impl InMemoryLeaseStore {
+    /// How errors name this store's "table".
+    const TABLE: &'static str = "(in memory)";
+
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
@@ -175,6 +178,26 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         let now = SystemTime::now();
         let mut state = self.state();
+        if !state.workers.contains_key(worker_id) {
+            // DynamoDB refuses to grow the membership item past its size limit.
+            let mut joined = Membership {
+                leases_version: state.leases_version,
+                workers: state.workers.values().cloned().collect(),
+            };
+            joined.workers.push(WorkerRecord {
+                worker_id: worker_id.to_owned(),
+                heartbeat: 1,
+                updated_at: now,
+                expires_at: now + ttl,
+            });
+            if crate::billing::membership_item_size(&joined) > crate::billing::MAX_ITEM_BYTES {
+                return Err(Error::MembershipFull {
+                    table: Self::TABLE.to_owned(),
+                    worker_id: worker_id.to_owned(),
+                    limit_bytes: crate::billing::MAX_ITEM_BYTES,
+                });
+            }
+        }
         let record = state
             .workers
             .entry(worker_id.to_owned())

@@ -665,4 +665,248 @@ mod tests {
         assert!(matches!(err, Error::LeaseStore(e) if e.is_lease_lost()));
         assert_eq!(stored(&store).await, Checkpoint::TrimHorizon);
     }
+
+    /// The in-memory store with transactions: each one checks owner, epoch and the previous
+    /// checkpoint like the DynamoDB store, and is recorded as (checkpoint, writes).
+    #[derive(Debug, Default)]
+    struct TransactionalStore {
+        inner: InMemoryLeaseStore,
+        committed: std::sync::Mutex<Vec<(Checkpoint, usize)>>,
+        /// Refuse the transaction with this index (0-based) as DynamoDB refuses a write.
+        refuse: Option<usize>,
+    }
+
+    #[async_trait::async_trait]
+    impl LeaseStore for TransactionalStore {
+        async fn ensure_table(&self) -> checkpoint_store::Result<()> {
+            self.inner.ensure_table().await
+        }
+        async fn list_leases(&self) -> checkpoint_store::Result<Vec<Lease>> {
+            self.inner.list_leases().await
+        }
+        async fn get_lease(&self, key: &LeaseKey) -> checkpoint_store::Result<Option<Lease>> {
+            self.inner.get_lease(key).await
+        }
+        async fn create_lease(&self, lease: &Lease) -> checkpoint_store::Result<()> {
+            self.inner.create_lease(lease).await
+        }
+        async fn take_lease(
+            &self,
+            key: &LeaseKey,
+            seen_owner: Option<&str>,
+            seen_epoch: u64,
+            new_owner: &str,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner
+                .take_lease(key, seen_owner, seen_epoch, new_owner)
+                .await
+        }
+        async fn checkpoint(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            checkpoint: &Checkpoint,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner.checkpoint(key, ownership, checkpoint).await
+        }
+        async fn release_lease(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner.release_lease(key, ownership).await
+        }
+        async fn request_handoff(
+            &self,
+            key: &LeaseKey,
+            current: &Ownership,
+            requester: &str,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner.request_handoff(key, current, requester).await
+        }
+        async fn delete_lease(&self, key: &LeaseKey) -> checkpoint_store::Result<()> {
+            self.inner.delete_lease(key).await
+        }
+        async fn heartbeat(
+            &self,
+            worker_id: &str,
+            ttl: Duration,
+        ) -> checkpoint_store::Result<checkpoint_store::WorkerRecord> {
+            self.inner.heartbeat(worker_id, ttl).await
+        }
+        async fn snapshot(
+            &self,
+        ) -> checkpoint_store::Result<(Vec<Lease>, Vec<checkpoint_store::WorkerRecord>)> {
+            self.inner.snapshot().await
+        }
+        async fn membership(&self) -> checkpoint_store::Result<checkpoint_store::Membership> {
+            self.inner.membership().await
+        }
+        async fn bump_leases_version(&self) -> checkpoint_store::Result<u64> {
+            self.inner.bump_leases_version().await
+        }
+        async fn delete_worker(&self, worker_id: &str) -> checkpoint_store::Result<()> {
+            self.inner.delete_worker(worker_id).await
+        }
+        async fn checkpoint_with_writes(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            previous: &Checkpoint,
+            checkpoint: &Checkpoint,
+            writes: Vec<TransactWriteItem>,
+        ) -> checkpoint_store::Result<()> {
+            let index = self.committed.lock().unwrap().len();
+            if self.refuse == Some(index) {
+                return Err(checkpoint_store::Error::TransactionCanceled {
+                    table: "leases".into(),
+                    key: key.clone(),
+                    reasons: "write 0 (table \"T2\"): ConditionalCheckFailed".into(),
+                });
+            }
+            let lease = self.inner.get_lease(key).await?.unwrap();
+            assert_eq!(&lease.checkpoint, previous, "conditional on the stored one");
+            self.inner.checkpoint(key, ownership, checkpoint).await?;
+            self.committed
+                .lock()
+                .unwrap()
+                .push((checkpoint.clone(), writes.len()));
+            Ok(())
+        }
+        async fn key_attribute_names(&self, _table: &str) -> checkpoint_store::Result<Vec<String>> {
+            Ok(vec!["id".into()])
+        }
+    }
+
+    fn update(id: &str) -> TransactWriteItem {
+        use aws_sdk_dynamodb::types::{AttributeValue, Update};
+        TransactWriteItem::builder()
+            .update(
+                Update::builder()
+                    .table_name("T2")
+                    .key("id", AttributeValue::S(id.into()))
+                    .update_expression("ADD n :one")
+                    .expression_attribute_values(":one", AttributeValue::N("1".into()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    }
+
+    fn updates(record: u64, n: usize) -> Vec<TransactWriteItem> {
+        (0..n).map(|i| update(&format!("{record}-{i}"))).collect()
+    }
+
+    async fn transactional(refuse: Option<usize>) -> (Arc<TransactionalStore>, Checkpointer) {
+        let store = Arc::new(TransactionalStore {
+            refuse,
+            ..TransactionalStore::default()
+        });
+        let key = LeaseKey::new("arn", "shard-1");
+        store
+            .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
+            .await
+            .unwrap();
+        let lease = store.take_lease(&key, None, 0, "w1").await.unwrap();
+        let ownership = lease.ownership().unwrap();
+        let cp = Checkpointer::new(
+            store.clone(),
+            key,
+            ownership,
+            lease.checkpoint,
+            Duration::ZERO,
+        );
+        (store, cp)
+    }
+
+    fn committed(store: &TransactionalStore) -> Vec<(Checkpoint, usize)> {
+        store.committed.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn staging_is_refused_outside_the_batch_out_of_order_and_beyond_the_limits() {
+        let (_, mut cp) = transactional(None).await;
+        let err = cp.stage(&seq(1), [update("a")]).await.unwrap_err();
+        assert!(err.to_string().contains("during `process` only"), "{err}");
+        cp.delivered(&seq(10));
+        cp.begin(&seq(20));
+        let err = cp.stage(&seq(21), [update("a")]).await.unwrap_err();
+        assert!(err.to_string().contains("past the last record"), "{err}");
+        let err = cp.stage(&seq(10), [update("a")]).await.unwrap_err();
+        assert!(err.to_string().contains("are done"), "{err}");
+        cp.stage(&seq(15), [update("a")]).await.unwrap();
+        let err = cp.stage(&seq(12), [update("b")]).await.unwrap_err();
+        assert!(err.to_string().contains("record order"), "{err}");
+        // 99 writes fit beside the checkpoint; one more for the same record does not, and
+        // the refusal names the shard and the record and keeps what was staged.
+        cp.stage(&seq(16), updates(16, 99)).await.unwrap();
+        let err = cp.stage(&seq(16), [update("x")]).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("shard-1") && text.contains(seq(16).as_str()),
+            "{text}"
+        );
+        assert_eq!(cp.staged.last().map(|r| r.writes.len()), Some(99));
+        let mut detached = cp.detached();
+        detached.begin(&seq(20));
+        let err = detached.stage(&seq(17), [update("a")]).await.unwrap_err();
+        assert!(err.to_string().contains("key parallelism"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_batch_commits_its_writes_split_at_record_boundaries() {
+        let (store, mut cp) = transactional(None).await;
+        cp.begin(&seq(20));
+        cp.stage(&seq(12), updates(12, 60)).await.unwrap();
+        cp.stage(&seq(15), updates(15, 30)).await.unwrap();
+        cp.stage(&seq(15), updates(115, 30)).await.unwrap();
+        cp.stage(&seq(18), updates(18, 9)).await.unwrap();
+        cp.commit_staged(None, &seq(20)).await.unwrap();
+        cp.end(Some(&seq(20)));
+        // 60 + 60 > 99: record 15 starts a second transaction, which ends the batch.
+        assert_eq!(
+            committed(&store),
+            [(Checkpoint::At(seq(12)), 60), (Checkpoint::At(seq(20)), 69)]
+        );
+        assert_eq!(cp.stored(), &Checkpoint::At(seq(20)));
+        cp.checkpoint_in_background().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(committed(&store).len(), 2, "nothing left to write");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_failure_commits_only_the_records_before_it_and_a_failed_batch_nothing() {
+        let (store, mut cp) = transactional(None).await;
+        cp.begin(&seq(20));
+        cp.stage(&seq(12), updates(12, 3)).await.unwrap();
+        cp.stage(&seq(15), updates(15, 3)).await.unwrap();
+        cp.commit_staged(Some(&seq(15)), &seq(20)).await.unwrap();
+        cp.end(None);
+        assert_eq!(committed(&store), [(Checkpoint::At(seq(12)), 3)]);
+        // The batch again from 15: it fails as a whole, its writes are dropped.
+        cp.delivered(&seq(14));
+        cp.begin(&seq(20));
+        cp.stage(&seq(15), updates(15, 3)).await.unwrap();
+        cp.end(None);
+        cp.begin(&seq(20));
+        cp.commit_staged(None, &seq(20)).await.unwrap();
+        assert_eq!(
+            committed(&store).len(),
+            1,
+            "a failed batch's writes were committed"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_transaction_names_the_first_record_not_committed() {
+        let (store, mut cp) = transactional(Some(1)).await;
+        cp.begin(&seq(20));
+        cp.stage(&seq(12), updates(12, 60)).await.unwrap();
+        cp.stage(&seq(15), updates(15, 60)).await.unwrap();
+        let failed = cp.commit_staged(None, &seq(20)).await.unwrap_err();
+        assert_eq!(failed.first_uncommitted, seq(15));
+        assert!(failed.error.to_string().contains("ConditionalCheckFailed"));
+        assert_eq!(committed(&store), [(Checkpoint::At(seq(12)), 60)]);
+        assert_eq!(cp.stored(), &Checkpoint::At(seq(12)));
+    }
 }
