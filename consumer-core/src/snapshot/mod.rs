@@ -23,6 +23,8 @@
 
 mod scan;
 mod segment;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -132,6 +134,18 @@ impl SnapshotConfig {
     }
 }
 
+/// Whether a snapshot that began at `started_at` and whose last segment finishes at `now`
+/// took too long for the stream to follow without a gap: records made after it began may
+/// be trimmed (older than the retention) before the stream is read.
+pub(crate) fn outlasted_retention(
+    started_at: SystemTime,
+    now: SystemTime,
+    margin: Duration,
+) -> bool {
+    now.duration_since(started_at)
+        .is_ok_and(|took| took + margin >= STREAM_RETENTION)
+}
+
 /// The key of a stream's snapshot plan.
 pub(crate) fn plan_key(stream_arn: &str) -> LeaseKey {
     LeaseKey::coordination(format!("snapshot|{stream_arn}"))
@@ -210,7 +224,8 @@ pub(crate) async fn prepare(
             let segments = (0..config.segments)
                 .map(|i| segment_id(i, config.segments))
                 .collect();
-            let plan = Lease::new(key.clone(), Checkpoint::since(SystemTime::now()), segments);
+            // The streams' clock (this host's for AWS): creation times are compared with it.
+            let plan = Lease::new(key.clone(), Checkpoint::since(api.now()), segments);
             if create_lease_if_absent(store.as_ref(), &plan).await? {
                 tracing::info!(%table, stream_arn, segments = config.segments, started = %plan.checkpoint, "snapshot planned");
                 plan
@@ -319,7 +334,7 @@ pub fn progress(leases: &[Lease]) -> Vec<SnapshotProgress> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+mod unit_tests {
     use super::*;
 
     #[test]
@@ -328,6 +343,24 @@ mod tests {
         assert_eq!(parse_segment_id("snapshot-8-of-8"), None);
         assert_eq!(parse_segment_id("shardId-00000001"), None);
         assert!(!is_segment(&LeaseKey::coordination("snapshot-0-of-1")));
+    }
+
+    #[test]
+    fn a_snapshot_outlasts_the_retention_minus_the_margin() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let margin = Duration::from_secs(90);
+        let just_in_time = t0 + STREAM_RETENTION - margin - Duration::from_secs(1);
+        assert!(!outlasted_retention(t0, just_in_time, margin));
+        assert!(outlasted_retention(
+            t0,
+            t0 + STREAM_RETENTION - margin,
+            margin
+        ));
+        assert!(!outlasted_retention(
+            t0,
+            t0 - Duration::from_secs(5),
+            margin
+        ));
     }
 
     #[test]

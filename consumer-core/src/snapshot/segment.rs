@@ -17,7 +17,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::scan::{Item, PageRequest, Position, to_stream_item};
-use super::{STREAM_RETENTION, parse_segment_id, plan_key, table_of_stream};
+use super::{outlasted_retention, parse_segment_id, plan_key, table_of_stream};
 use crate::change::{ChangeBatch, SNAPSHOT_EVENT, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
@@ -346,12 +346,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             "snapshot segment finished"
         );
         let margin = self.consumer.shared.config.creation_time_margin;
-        let late = started_at.is_some_and(|t0| {
-            SystemTime::now()
-                .duration_since(t0)
-                .is_ok_and(|took| took + margin >= STREAM_RETENTION)
-        });
-        if late {
+        let now = self.consumer.shared.api.now();
+        if started_at.is_some_and(|t0| outlasted_retention(t0, now, margin)) {
             self.report_late(started_at).await;
         }
         self.report_progress(position).await;

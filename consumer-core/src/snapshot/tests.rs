@@ -1,0 +1,248 @@
+//! Snapshot segments on the simulated stream, with a fake table behind the `TableScan`
+//! trait, in paused time: segments shared by workers, resumed after a crash, finished
+//! before the stream; a snapshot that outlasts the retention reported as data loss.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
+use serde::{Deserialize, Serialize};
+
+use super::scan::{Item, PageRequest, ScanPage, TableScan};
+use super::*;
+use crate::streams::ApiError;
+use crate::testkit::{Recording, SimulatedStream};
+use crate::{ChangeKind, Consumer, ProcessorFactory};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+struct Row {
+    pk: String,
+    v: i64,
+}
+
+/// A table of `pk` strings: segment by a hash of the key, pages in key order.
+#[derive(Debug, Default)]
+struct FakeTable {
+    items: BTreeMap<String, i64>,
+    pages: AtomicU64,
+}
+
+impl FakeTable {
+    fn with_rows(n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            items: (0..n).map(|i| (format!("r{i:04}"), i as i64)).collect(),
+            pages: AtomicU64::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl TableScan for FakeTable {
+    async fn key_attributes(&self, _table: &str) -> Result<Vec<String>, ApiError> {
+        Ok(vec!["pk".into()])
+    }
+
+    async fn scan_page(&self, request: PageRequest<'_>) -> Result<ScanPage, ApiError> {
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let after = request
+            .start
+            .map(|key| key["pk"].as_s().unwrap().clone())
+            .unwrap_or_default();
+        let segment = |pk: &str| pk.bytes().map(u32::from).sum::<u32>() % request.total_segments;
+        let page: Vec<(&String, &i64)> = self
+            .items
+            .range(after.clone()..)
+            .filter(|(pk, _)| **pk != after && segment(pk) == request.segment)
+            .take(request.limit as usize)
+            .collect();
+        let item = |pk: &str, v: i64| -> Item {
+            Item::from([
+                ("pk".to_owned(), AttributeValue::S(pk.to_owned())),
+                ("v".to_owned(), AttributeValue::N(v.to_string())),
+            ])
+        };
+        let last_evaluated_key = (page.len() == request.limit as usize)
+            .then(|| {
+                page.last().map(|(pk, _)| {
+                    Item::from([("pk".to_owned(), AttributeValue::S((*pk).clone()))])
+                })
+            })
+            .flatten();
+        Ok(ScanPage {
+            items: page.iter().map(|(pk, v)| item(pk, **v)).collect(),
+            last_evaluated_key,
+        })
+    }
+}
+
+fn consumer(
+    sim: &SimulatedStream,
+    store: &Arc<InMemoryLeaseStore>,
+    table: &Arc<FakeTable>,
+    id: &str,
+    factory: impl ProcessorFactory,
+) -> Consumer<impl ProcessorFactory> {
+    let mut snapshot = SnapshotConfig::new()
+        .with_segments(4)
+        .with_page_size(10)
+        .with_progress_interval(Duration::from_secs(1));
+    snapshot.scanner = Some(table.clone());
+    Consumer::builder("app")
+        .with_table("orders")
+        .with_worker_id(id)
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_failover_time(Duration::from_secs(3))
+        .with_scan_interval(Duration::from_millis(300))
+        .with_snapshot(snapshot)
+        .build(factory)
+        .unwrap()
+}
+
+fn spawn(
+    consumer: Consumer<impl ProcessorFactory>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<crate::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+fn snapshot_keys(log: &Recording<Row>) -> Vec<String> {
+    log.delivered()
+        .iter()
+        .filter(|d| d.change.kind == ChangeKind::Snapshot)
+        .map(|d| d.change.new.as_ref().unwrap().pk.clone())
+        .collect()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_stream() {
+    let sim = SimulatedStream::with_seed(7);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(400);
+
+    let slow: Recording<Row> = Recording::new().with_hook(|_, _, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        })
+    });
+    let (_stop, doomed) = spawn(consumer(&sim, &store, &table, "doomed", slow.factory()));
+    until("part of the snapshot", || slow.len() >= 100).await;
+    // Changes made after the snapshot began: delivered after every snapshot record.
+    for i in 0..5 {
+        sim.put_value(
+            "orders",
+            &Row {
+                pk: format!("new{i}"),
+                v: 1_000 + i,
+            },
+        )
+        .unwrap();
+    }
+    doomed.abort();
+    let before: BTreeSet<String> = snapshot_keys(&slow).into_iter().collect();
+    assert!(before.len() < 400, "finished before the crash");
+
+    let log: Recording<Row> = Recording::new();
+    let survivors: Vec<_> = ["s1", "s2"]
+        .iter()
+        .map(|id| spawn(consumer(&sim, &store, &table, id, log.factory())))
+        .collect();
+    until("every row and the stream's changes", || {
+        let mut all = before.clone();
+        all.extend(snapshot_keys(&log));
+        all.len() == 400
+            && log
+                .delivered()
+                .iter()
+                .filter(|d| d.change.kind != ChangeKind::Snapshot)
+                .count()
+                >= 5
+    })
+    .await;
+
+    let after = snapshot_keys(&log);
+    assert!(after.len() < 400, "the survivors scanned from scratch");
+    // Redeliveries are pages in flight when a lease moved (at least once), never a rescan.
+    assert!(
+        after.len() < 400 + 2 * 10,
+        "{} rows delivered by the survivors",
+        after.len()
+    );
+    let workers: BTreeSet<String> = log
+        .delivered()
+        .iter()
+        .filter(|d| d.change.kind == ChangeKind::Snapshot)
+        .map(|d| d.shard.worker_id.clone())
+        .collect();
+    assert_eq!(
+        workers.len(),
+        2,
+        "the segments were not shared: {workers:?}"
+    );
+    let kinds: Vec<ChangeKind> = log.delivered().iter().map(|d| d.change.kind).collect();
+    let first_stream = kinds
+        .iter()
+        .position(|k| *k != ChangeKind::Snapshot)
+        .unwrap();
+    assert!(
+        kinds[first_stream..]
+            .iter()
+            .all(|k| *k != ChangeKind::Snapshot)
+    );
+    let progress = progress(&store.list_leases().await.unwrap());
+    assert!(progress[0].is_done(), "{progress:?}");
+
+    for (stop, handle) in survivors {
+        stop.send(()).unwrap();
+        handle.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_that_outlasts_the_retention_is_reported_as_data_loss() {
+    let sim = SimulatedStream::with_seed(8);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    // The first batch takes a (simulated) day.
+    let clock = sim.clone();
+    let log: Recording<Row> = Recording::new().with_hook(move |_, _, before| {
+        if before == 0 {
+            clock.advance_clock(STREAM_RETENTION);
+        }
+        Box::pin(async { Ok(()) })
+    });
+    let (stop, handle) = spawn(consumer(&sim, &store, &table, "w", log.factory()));
+    until("the loss to be reported", || !log.losses().is_empty()).await;
+    let loss = &log.losses()[0];
+    assert!(loss.shard_id.starts_with("snapshot-"), "{loss:?}");
+    assert!(loss.wanted.contains("since the snapshot began"), "{loss:?}");
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
