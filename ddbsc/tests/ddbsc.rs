@@ -193,25 +193,13 @@ async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_shows_snapshot_progress_per_application() {
-    use aws_sdk_dynamodb::types::{StreamSpecification, StreamViewType};
+    use aws_sdk_dynamodb::types::StreamViewType;
     let (app, table) = (unique_name("app"), unique_name("st-snap"));
     create_table(&table, "id", false).await;
     for i in 0..120 {
         put(&table, &format!("i{i}"), i).await;
     }
-    let spec = StreamSpecification::builder()
-        .stream_enabled(true)
-        .stream_view_type(StreamViewType::NewImage)
-        .build()
-        .unwrap();
-    dynamodb_client()
-        .await
-        .update_table()
-        .table_name(&table)
-        .stream_specification(spec)
-        .send()
-        .await
-        .unwrap();
+    integration_tests::enable_stream(&table, StreamViewType::NewImage).await;
     // Each segment delivers its first page, then waits until the test has looked.
     let (release, released) = tokio::sync::watch::channel(false);
     let held: Recording<Item> = Recording::new().with_hook(move |_, _, before| {

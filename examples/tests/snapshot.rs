@@ -7,9 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
+use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
 use integration_tests::workers::{Change, Worker, wait_until};
-use integration_tests::{create_table, dynamodb_client, endpoint, unique_name};
+use integration_tests::{create_table, dynamodb_client, enable_stream, endpoint, unique_name};
 
 /// The worker binary, built by Cargo for these tests.
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
@@ -74,19 +74,7 @@ async fn snapshot_lines_then_stream_lines_and_a_sigkilled_worker_loses_no_segmen
     for i in 0..items {
         put(&table, &format!("i{i}"), i).await;
     }
-    let spec = StreamSpecification::builder()
-        .stream_enabled(true)
-        .stream_view_type(StreamViewType::NewAndOldImages)
-        .build()
-        .unwrap();
-    dynamodb_client()
-        .await
-        .update_table()
-        .table_name(&table)
-        .stream_specification(spec)
-        .send()
-        .await
-        .unwrap();
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
 
     // Slow enough (pages of 50, 300 ms each) to be killed in the middle.
     let mut doomed = start(&app, &table, "doomed", &["--process-delay", "300ms"]);

@@ -91,3 +91,21 @@ pub async fn create_table(name: &str, key: &str, stream: bool) {
         panic!("creating table {name:?}: {e}");
     }
 }
+
+/// Turns on the stream of an existing table (one filled while it had none, for snapshot
+/// tests) with `view`. Panics on failure (test helper).
+pub async fn enable_stream(table: &str, view: aws_sdk_dynamodb::types::StreamViewType) {
+    let spec = aws_sdk_dynamodb::types::StreamSpecification::builder()
+        .stream_enabled(true)
+        .stream_view_type(view)
+        .build()
+        .unwrap_or_else(|e| panic!("stream specification: {e}"));
+    dynamodb_client()
+        .await
+        .update_table()
+        .table_name(table)
+        .stream_specification(spec)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("enabling the stream of {table:?} failed: {e}"));
+}

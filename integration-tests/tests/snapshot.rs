@@ -10,14 +10,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeValue, PutRequest, StreamSpecification, StreamViewType, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, StreamViewType, WriteRequest};
 use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use consumer_core::testkit::Recording;
 use consumer_core::{ChangeKind, Consumer, ConsumerBuilder, SnapshotConfig};
-use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+use integration_tests::{create_table, dynamodb_client, enable_stream, sdk_config, unique_name};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
@@ -56,22 +54,6 @@ async fn fill(table: &str, n: usize) {
                 .unwrap_or_default();
         }
     }
-}
-
-async fn enable_stream(table: &str, view: StreamViewType) {
-    let spec = StreamSpecification::builder()
-        .stream_enabled(true)
-        .stream_view_type(view)
-        .build()
-        .unwrap();
-    dynamodb_client()
-        .await
-        .update_table()
-        .table_name(table)
-        .stream_specification(spec)
-        .send()
-        .await
-        .unwrap();
 }
 
 /// The table as it is now: name -> count.
