@@ -54,6 +54,8 @@ struct Replicas {
     target: String,
     app: String,
     plain: bool,
+    /// Flags every replica of the run gets besides the tables and ids.
+    tuning: Vec<String>,
     started: usize,
     running: Vec<Worker>,
 }
@@ -75,14 +77,11 @@ impl Replicas {
             &integration_tests::endpoint(),
             "--failover-time",
             "3s",
-            "--batch-size",
-            "20",
-            "--apply-delay",
-            APPLY_DELAY,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        args.extend(self.tuning.iter().cloned());
         if self.plain {
             args.push("--plain-checkpoints".into());
         }
@@ -194,9 +193,9 @@ async fn scan(table: &str) -> BTreeMap<String, Item> {
     }
 }
 
-/// The number of stream records of each key, read from the source's stream (DynamoDB
-/// Local gives a stream one shard).
-async fn stream_counts(source: &str) -> BTreeMap<String, u64> {
+/// Every record of the source's stream, read directly (DynamoDB Local gives a stream one
+/// shard; the writer has stopped, so an empty page is the end).
+async fn stream_records(source: &str) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
     let arn = dynamodb_client()
         .await
         .describe_table()
@@ -208,17 +207,16 @@ async fn stream_counts(source: &str) -> BTreeMap<String, u64> {
         .and_then(|t| t.latest_stream_arn)
         .expect("a stream");
     let streams = streams_client().await;
-    let shards = streams
+    let description = streams
         .describe_stream()
         .stream_arn(&arn)
         .send()
         .await
         .expect("describe stream")
         .stream_description
-        .map(|d| d.shards.unwrap_or_default())
-        .unwrap_or_default();
-    let mut counts = BTreeMap::new();
-    for shard in shards {
+        .expect("a stream description");
+    let mut records = Vec::new();
+    for shard in description.shards() {
         let mut iterator = streams
             .get_shard_iterator()
             .stream_arn(&arn)
@@ -238,18 +236,25 @@ async fn stream_counts(source: &str) -> BTreeMap<String, u64> {
             if page.records().is_empty() {
                 break;
             }
-            for record in page.records() {
-                let id = record
-                    .dynamodb()
-                    .and_then(|d| d.keys())
-                    .and_then(|k| k.get("id"))
-                    .and_then(|v| v.as_s().ok())
-                    .expect("a key")
-                    .clone();
-                *counts.entry(id).or_insert(0) += 1;
-            }
+            records.extend(page.records().iter().cloned());
             iterator = page.next_shard_iterator;
         }
+    }
+    records
+}
+
+/// The number of stream records of each key.
+async fn stream_counts(source: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for record in stream_records(source).await {
+        let id = record
+            .dynamodb()
+            .and_then(|d| d.keys())
+            .and_then(|k| k.get("id"))
+            .and_then(|v| v.as_s().ok())
+            .expect("a key")
+            .clone();
+        *counts.entry(id).or_insert(0) += 1;
     }
     counts
 }
@@ -309,6 +314,9 @@ async fn scenario(plain: bool) -> Outcome {
         target: target.clone(),
         app: unique_name("replica-app"),
         plain,
+        tuning: ["--batch-size", "20", "--apply-delay", APPLY_DELAY]
+            .map(String::from)
+            .to_vec(),
         started: 0,
         running: Vec::new(),
     };
@@ -384,4 +392,116 @@ async fn plain_checkpoints_over_count_after_sigkills() {
         !over.is_empty(),
         "with plain checkpoints a SIGKILL mid-batch must apply some changes twice"
     );
+}
+
+// ----- figures -----
+
+/// The sequence numbers of the source's stream, in order.
+async fn stream_sequence_numbers(source: &str) -> Vec<String> {
+    stream_records(source)
+        .await
+        .iter()
+        .filter_map(|r| {
+            r.dynamodb()
+                .and_then(|d| d.sequence_number())
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// Writes `changes` puts to `source`, 25 at a time, over `keys` distinct items.
+async fn preload(source: &str, changes: u64, keys: u64) {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let client = dynamodb_client().await;
+    let mut op = 0;
+    while op < changes {
+        let requests: Vec<WriteRequest> = (op..(op + 25).min(changes))
+            .map(|n| {
+                let put = PutRequest::builder()
+                    .item("id", AttributeValue::S(format!("k{}", n % keys)))
+                    .item("op", AttributeValue::N(n.to_string()))
+                    .item("payload", AttributeValue::S("x".repeat(100)))
+                    .build()
+                    .unwrap();
+                WriteRequest::builder().put_request(put).build()
+            })
+            .collect();
+        op += requests.len() as u64;
+        let mut pending = HashMap::from([(source.to_owned(), requests)]);
+        while !pending.is_empty() {
+            let output = client
+                .batch_write_item()
+                .set_request_items(Some(pending))
+                .send()
+                .await
+                .expect("batch write");
+            pending = output.unprocessed_items.unwrap_or_default();
+            pending.retain(|_, requests| !requests.is_empty());
+        }
+    }
+}
+
+/// One replica works through a backlog of `changes` changes over `keys` items; returns
+/// its changes per second, counted from its first checkpoint to its last (start-up left
+/// out).
+async fn replica_rate(plain: bool, changes: u64, keys: u64) -> f64 {
+    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
+    let (source, target) = (unique_name("rate-src"), unique_name("rate-dst"));
+    create_table(&source, "id", true).await;
+    create_table(&target, "id", false).await;
+    preload(&source, changes, keys).await;
+    let seqs = stream_sequence_numbers(&source).await;
+    let last = seqs.last().cloned().expect("records");
+    let position = |seq: &str| seqs.iter().position(|s| s == seq).map_or(0, |i| i + 1);
+    let mut replicas = Replicas {
+        source,
+        target,
+        app: unique_name("rate-app"),
+        plain,
+        tuning: Vec::new(),
+        started: 0,
+        running: Vec::new(),
+    };
+    replicas.start();
+    let config = integration_tests::sdk_config().await;
+    let store = DynamoDbLeaseStore::from_sdk_config(&config, replicas.app.as_str()).unwrap();
+    let deadline = Instant::now() + CATCH_UP;
+    let mut first: Option<(Instant, usize)> = None;
+    let done = loop {
+        assert!(Instant::now() < deadline, "no catch-up within {CATCH_UP:?}");
+        let checkpoint = store.list_leases().await.ok().and_then(|leases| {
+            leases
+                .into_iter()
+                .find(|l| !l.key.is_coordination())
+                .map(|l| l.checkpoint)
+        });
+        if let Some(Checkpoint::At(seq)) = checkpoint {
+            let now = Instant::now();
+            let covered = position(seq.as_str());
+            first.get_or_insert((now, covered));
+            if seq.as_str() == last {
+                break now;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    replicas.stop().await;
+    let (start, covered) = first.expect("a checkpoint");
+    let seconds = (done - start).as_secs_f64();
+    (seqs.len() - covered) as f64 / seconds.max(f64::EPSILON)
+}
+
+/// Figures for the README: `scripts/dynamodb-local.sh run -- cargo test --release -p
+/// examples --test table_replica -- --ignored --nocapture`. Prints, never asserts a speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: prints the replica's changes/s with and without transactions"]
+async fn replica_throughput() {
+    const CHANGES: u64 = 4000;
+    println!("| changes | items | transactions (changes/s) | plain UpdateItem (changes/s) |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for keys in [CHANGES, 100] {
+        let transactional = replica_rate(false, CHANGES, keys).await;
+        let plain = replica_rate(true, CHANGES, keys).await;
+        println!("| {CHANGES} | {keys} | {transactional:.0} | {plain:.0} |");
+    }
 }
