@@ -272,9 +272,13 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                 pause,
             }
             .emit();
-            self.raced(tokio::time::sleep(pause)).await?;
-            if self.signals.release.is_cancelled() {
-                return Err(Stop::Release);
+            // A shutdown or handoff does not wait out the pause.
+            let release = self.signals.release.clone();
+            tokio::select! {
+                biased;
+                _ = self.signals.lost.cancelled() => return Err(Stop::Lost),
+                _ = release.cancelled() => return Err(Stop::Release),
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }

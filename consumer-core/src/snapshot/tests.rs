@@ -246,3 +246,26 @@ async fn a_snapshot_that_outlasts_the_retention_is_reported_as_data_loss() {
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_is_delivered_again_not_skipped() {
+    let sim = SimulatedStream::with_seed(9);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    // Every segment's first batch fails twice.
+    let log: Recording<Row> = Recording::new().with_hook(|_, _, before| {
+        Box::pin(async move {
+            if before < 2 {
+                return Err("the sink is down".into());
+            }
+            Ok(())
+        })
+    });
+    let (stop, handle) = spawn(consumer(&sim, &store, &table, "w", log.factory()));
+    until("every row", || snapshot_keys(&log).len() == 40).await;
+    let rows: BTreeSet<String> = snapshot_keys(&log).into_iter().collect();
+    assert_eq!(rows.len(), 40);
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
