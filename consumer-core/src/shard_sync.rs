@@ -245,13 +245,19 @@ pub(crate) fn same_table(a: &str, b: &str) -> bool {
     a == b || table_of_stream(a).is_some_and(|t| table_of_stream(b) == Some(t))
 }
 
-/// Other streams of `stream_arn`'s table that have leases, each with whether all of their
-/// shard leases are finished.
+/// Whether `stream` is another stream of `current`'s table: `current` is the table's
+/// stream now (DescribeTable), so `stream` is one it replaced.
+fn is_replaced_by(stream: &str, current: &str) -> bool {
+    stream != current && same_table(stream, current)
+}
+
+/// The streams that `stream_arn`, the table's current stream, replaced and that still have
+/// shard leases, each with whether all of them are finished.
 fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
     let mut older: Vec<(&str, bool)> = Vec::new();
     for lease in leases {
         let stream = lease.key.stream.as_str();
-        if stream == stream_arn || lease.key.is_coordination() || !same_table(stream, stream_arn) {
+        if lease.key.is_coordination() || !is_replaced_by(stream, stream_arn) {
             continue;
         }
         let finished = lease.checkpoint == Checkpoint::ShardEnd;
@@ -263,31 +269,45 @@ fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, boo
     older
 }
 
-/// Opens the gates whose older stream is finished (every shard lease at `SHARD_END`):
-/// deletes the gate, so the new stream's roots start, and then the older stream's leases,
-/// which no sync recreates (only a table's current stream is synced). Returns how many
-/// gates were opened.
-pub(crate) async fn open_finished_gates(store: &dyn LeaseStore, leases: &[Lease]) -> Result<usize> {
-    let mut opened = 0;
-    for gate in leases.iter().filter(|l| l.key.gated_stream().is_some()) {
-        let Some(older) = gate.key.gated_stream() else {
-            continue;
-        };
+/// Retires the streams that their table's `current` stream replaced once every one of their
+/// shard leases is at `SHARD_END`: deletes the gates that wait for them (so the current
+/// stream's roots start, like children of a finished parent), then their leases, which no
+/// sync recreates (only current streams are synced). Returns how many streams were retired.
+pub(crate) async fn retire_replaced_streams(
+    store: &dyn LeaseStore,
+    leases: &[Lease],
+    current: &[String],
+) -> Result<usize> {
+    let mut streams: Vec<&str> = leases
+        .iter()
+        .filter(|l| !l.key.is_coordination())
+        .map(|l| l.key.stream.as_str())
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let mut retired = 0;
+    for old in streams {
+        let replaced = current.iter().any(|c| is_replaced_by(old, c));
         let finished = leases
             .iter()
-            .filter(|l| l.key.stream == older && !l.key.is_coordination())
+            .filter(|l| l.key.stream == old && !l.key.is_coordination())
             .all(|l| l.checkpoint == Checkpoint::ShardEnd);
-        if !finished {
+        if !replaced || !finished {
             continue;
         }
-        store.delete_lease(&gate.key).await?;
-        for done in leases.iter().filter(|l| l.key.stream == older) {
+        for gate in leases.iter().filter(|l| l.key.gated_stream() == Some(old)) {
+            store.delete_lease(&gate.key).await?;
+        }
+        for done in leases.iter().filter(|l| l.key.stream == old) {
             store.delete_lease(&done.key).await?;
         }
-        tracing::info!(stream_arn = %gate.key.stream, older_stream = older, "the older stream finished; the new stream's root shards start");
-        opened += 1;
+        tracing::info!(
+            stream_arn = old,
+            "a replaced stream finished: its leases are removed and its table's newer stream runs"
+        );
+        retired += 1;
     }
-    Ok(opened)
+    Ok(retired)
 }
 
 /// Finished leases that may be deleted: the shard has left the stream (so no sync will

@@ -677,8 +677,12 @@ impl<F: ProcessorFactory> Worker<F> {
         // The full DescribeStream and the lease creation run in their own task: scans, lease
         // loss, fencing and shutdown are never blocked behind them.
         state.sync_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut current = Vec::new();
             for source in &sources {
-                let stream_arn = current_stream(shared.api.as_ref(), source).await;
+                let Some(stream_arn) = current_stream(shared.api.as_ref(), source).await else {
+                    continue;
+                };
+                current.push(stream_arn.clone());
                 if let Err(error) = shard_sync::sync_stream(
                     shared.api.as_ref(),
                     &shared.store,
@@ -693,9 +697,9 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
             }
             if let Err(error) =
-                shard_sync::open_finished_gates(shared.store.as_ref(), &leases).await
+                shard_sync::retire_replaced_streams(shared.store.as_ref(), &leases, &current).await
             {
-                tracing::warn!(%error, "cannot open the gate of a finished stream");
+                tracing::warn!(%error, "cannot retire a replaced stream");
             }
             for dead in dead {
                 let _ = shared.store.delete_worker(&dead).await;
@@ -799,22 +803,26 @@ impl<F: ProcessorFactory> Worker<F> {
 }
 
 /// The stream to sync for `source`: a table's current stream (DescribeTable, once per
-/// sync), which is new after the table's stream was disabled and enabled again; the
-/// stream named at start if the table cannot be described or has no stream now.
-async fn current_stream(api: &dyn crate::streams::StreamsApi, source: &StreamSource) -> String {
+/// sync), which is new after the table's stream was disabled and enabled again. `None`
+/// when the table cannot be described or has no stream now: its sync waits for the next
+/// interval (syncing a stream that may have been replaced could recreate retired leases).
+async fn current_stream(
+    api: &dyn crate::streams::StreamsApi,
+    source: &StreamSource,
+) -> Option<String> {
     let Some(table) = &source.table else {
-        return source.stream_arn.clone();
+        return Some(source.stream_arn.clone());
     };
     match api.latest_stream_arn(table).await {
         Ok(arn) => {
             if arn != source.stream_arn {
                 tracing::debug!(table, stream_arn = %arn, previous = %source.stream_arn, "the table has a new stream");
             }
-            arn
+            Some(arn)
         }
         Err(error) => {
-            tracing::warn!(table, %error, "cannot look up the table's current stream; syncing the known one");
-            source.stream_arn.clone()
+            tracing::warn!(table, %error, "cannot look up the table's current stream; its shard sync waits for the next interval");
+            None
         }
     }
 }

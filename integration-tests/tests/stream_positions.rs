@@ -1,0 +1,266 @@
+//! Start positions that must survive, on DynamoDB Local: a `Latest` lease that moves before
+//! reading anything keeps its start time, and a table whose stream is disabled and enabled
+//! again (new stream ARN) is picked up, after the old stream was read to its end.
+//!
+//! DynamoDB Local rounds `ApproximateCreationDateTime` to the minute, so these consumers set
+//! a creation-time margin above 60 s (the library's default is AWS's 1 s).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
+use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use consumer_core::testkit::Recording;
+use consumer_core::{Consumer, ConsumerBuilder, InitialPosition};
+use integration_tests::{create_table, dynamodb_client, put_count, sdk_config, unique_name};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct Counter {
+    name: String,
+    count: i64,
+}
+
+fn counts(log: &Recording<Counter>) -> Vec<i64> {
+    log.images().iter().map(|c| c.count).collect()
+}
+
+fn builder(app: &str, table: &str, config: &aws_config::SdkConfig) -> ConsumerBuilder {
+    Consumer::builder(app)
+        .with_table(table)
+        .with_sdk_config(config)
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_scan_interval(Duration::from_millis(300))
+        .with_shard_sync_interval(Duration::from_secs(1))
+        .with_creation_time_margin(Duration::from_secs(61))
+}
+
+/// Runs a consumer in the background; the returned sender stops it gracefully.
+fn spawn(
+    consumer: Consumer<impl consumer_core::ProcessorFactory>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<consumer_core::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+/// Polls every 50 ms until `done`, failing after `limit` with `what`.
+async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn put(table: &str, n: i64) {
+    put_count(
+        table,
+        &format!("item-{n}"),
+        AttributeValue::N(n.to_string()),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_keeps_its_start_when_the_lease_moves_before_reading_anything() {
+    let (table, app) = (unique_name("orders"), unique_name("app"));
+    create_table(&table, "name", true).await;
+    let config = sdk_config().await;
+    put(&table, 1).await;
+    let store = DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+
+    let first = Recording::<Counter>::default();
+    let (stop, run) = spawn(
+        builder(&app, &table, &config)
+            .with_initial_position(InitialPosition::Latest)
+            .build(first.factory())
+            .unwrap(),
+    );
+    wait_for(
+        "the first owner to store its start time",
+        Duration::from_secs(60),
+        async || {
+            store.list_leases().await.is_ok_and(|leases| {
+                leases
+                    .iter()
+                    .any(|l| !l.key.is_coordination() && l.checkpoint.skip_before().is_some())
+            })
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    // Written after the first owner opened the shard and before anyone reads it again.
+    put(&table, 100).await;
+
+    let second = Recording::<Counter>::default();
+    let (stop, run) = spawn(
+        builder(&app, &table, &config)
+            .with_initial_position(InitialPosition::Latest)
+            .build(second.factory())
+            .unwrap(),
+    );
+    wait_for(
+        "the change written between the owners",
+        Duration::from_secs(60),
+        async || counts(&second).contains(&100),
+    )
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    assert!(counts(&first).is_empty(), "{:?}", counts(&first));
+}
+
+async fn set_stream(table: &str, enabled: bool) {
+    let mut spec = StreamSpecification::builder().stream_enabled(enabled);
+    if enabled {
+        spec = spec.stream_view_type(StreamViewType::NewAndOldImages);
+    }
+    dynamodb_client()
+        .await
+        .update_table()
+        .table_name(table)
+        .stream_specification(spec.build().unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("UpdateTable {table} (stream {enabled}): {e:?}"));
+}
+
+async fn stream_arn(table: &str) -> Option<String> {
+    dynamodb_client()
+        .await
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap()
+        .table
+        .and_then(|t| t.latest_stream_arn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reenabled_stream_is_picked_up_after_the_old_one_ended() {
+    let (table, app) = (unique_name("orders"), unique_name("app"));
+    create_table(&table, "name", true).await;
+    let config = sdk_config().await;
+    let old = stream_arn(&table).await.unwrap();
+    for n in 0..5 {
+        put(&table, n).await;
+    }
+    let log = Recording::<Counter>::default();
+    let (stop, run) = spawn(builder(&app, &table, &config).build(log.factory()).unwrap());
+    wait_for(
+        "the old stream's changes",
+        Duration::from_secs(60),
+        async || counts(&log).len() >= 5,
+    )
+    .await;
+
+    set_stream(&table, false).await;
+    set_stream(&table, true).await;
+    let new = stream_arn(&table).await.unwrap();
+    assert_ne!(new, old, "a re-enabled stream has a new ARN");
+    for n in 5..10 {
+        put(&table, n).await;
+    }
+    wait_for(
+        "the new stream's changes",
+        Duration::from_secs(90),
+        async || (5..10).all(|n| counts(&log).contains(&n)),
+    )
+    .await;
+    let store = DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+    wait_for(
+        "the old stream's leases and the gate to go",
+        Duration::from_secs(30),
+        async || {
+            store.list_leases().await.is_ok_and(|leases| {
+                leases
+                    .iter()
+                    .all(|l| l.key.stream != old && l.key.gated_stream().is_none())
+            })
+        },
+    )
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let delivered = log.delivered();
+    let last_old = delivered.iter().rposition(|d| d.shard.stream_arn == old);
+    let first_new = delivered.iter().position(|d| d.shard.stream_arn == new);
+    assert!(last_old < first_new, "{last_old:?} {first_new:?}");
+}
+
+/// The stream is re-enabled while no worker runs and the old stream still holds unread
+/// changes: at start the new stream's root lease waits behind a gate until the old shard
+/// was read to its end (slow processing, so both would otherwise run at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reenabled_streams_roots_wait_for_the_old_streams_backlog() {
+    let (table, app) = (unique_name("orders"), unique_name("app"));
+    create_table(&table, "name", true).await;
+    let config = sdk_config().await;
+    let old = stream_arn(&table).await.unwrap();
+    put(&table, 0).await;
+    let first = Recording::<Counter>::default();
+    let (stop, run) = spawn(
+        builder(&app, &table, &config)
+            .build(first.factory())
+            .unwrap(),
+    );
+    wait_for("the first change", Duration::from_secs(60), async || {
+        !counts(&first).is_empty()
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+
+    // A backlog on the old stream, then a new stream with changes of its own.
+    for n in 1..21 {
+        put(&table, n).await;
+    }
+    set_stream(&table, false).await;
+    set_stream(&table, true).await;
+    let new = stream_arn(&table).await.unwrap();
+    assert_ne!(new, old, "a re-enabled stream has a new ARN");
+    for n in 21..26 {
+        put(&table, n).await;
+    }
+    // One record a batch, 100 ms each: the old backlog takes 2 s.
+    let log = Recording::<Counter>::new().with_hook(|_, _, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(())
+        })
+    });
+    let (stop, run) = spawn(
+        builder(&app, &table, &config)
+            .with_batch_limit(1)
+            .build(log.factory())
+            .unwrap(),
+    );
+    wait_for(
+        "every change of both streams",
+        Duration::from_secs(90),
+        async || (1..26).all(|n| counts(&log).contains(&n)),
+    )
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let delivered = log.delivered();
+    let last_old = delivered.iter().rposition(|d| d.shard.stream_arn == old);
+    let first_new = delivered.iter().position(|d| d.shard.stream_arn == new);
+    assert!(
+        last_old < first_new,
+        "the new stream started (delivery {first_new:?}) before the old one ended (delivery {last_old:?})"
+    );
+}
