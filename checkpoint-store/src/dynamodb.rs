@@ -37,6 +37,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
 
 use crate::aws::{self, AwsClients, ErrorClass, TableWaitError};
+use crate::transaction;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -906,7 +907,10 @@ impl LeaseStore for DynamoDbLeaseStore {
         let mut items = writes;
         let lease_index = items.len();
         items.push(TransactWriteItem::builder().update(update).build());
-        let tables: Vec<String> = items.iter().map(write_table).collect();
+        let tables: Vec<String> = items
+            .iter()
+            .map(|write| transaction::table_of(write).unwrap_or("?").to_owned())
+            .collect();
         let result = self
             .client
             .transact_write_items()
@@ -1020,22 +1024,6 @@ impl LeaseStore for DynamoDbLeaseStore {
         }
         Ok(names)
     }
-}
-
-/// The table a transaction's write goes to.
-fn write_table(write: &TransactWriteItem) -> String {
-    let table = if let Some(put) = write.put() {
-        put.table_name()
-    } else if let Some(update) = write.update() {
-        update.table_name()
-    } else if let Some(delete) = write.delete() {
-        delete.table_name()
-    } else if let Some(check) = write.condition_check() {
-        check.table_name()
-    } else {
-        "?"
-    };
-    table.to_owned()
 }
 
 /// The reason code of each action of a cancelled transaction (`None` for those that were

@@ -155,21 +155,32 @@ fn measure(
     Ok((bytes, items))
 }
 
+/// The table a write goes to (`None` for an empty `TransactWriteItem`).
+pub fn table_of(write: &TransactWriteItem) -> Option<&str> {
+    if let Some(put) = write.put() {
+        Some(put.table_name())
+    } else if let Some(update) = write.update() {
+        Some(update.table_name())
+    } else if let Some(delete) = write.delete() {
+        Some(delete.table_name())
+    } else {
+        write.condition_check().map(|check| check.table_name())
+    }
+}
+
 /// The item a write touches. A `Put` names it through the table's key attributes.
 fn item_of(
     write: &TransactWriteItem,
     key_names: &HashMap<String, Vec<String>>,
 ) -> std::result::Result<ItemId, String> {
-    let (table, key) = if let Some(update) = write.update() {
-        (update.table_name(), Some(update.key()))
+    let table =
+        table_of(write).ok_or("it is neither a Put, an Update, a Delete nor a ConditionCheck")?;
+    let key = if let Some(update) = write.update() {
+        Some(update.key())
     } else if let Some(delete) = write.delete() {
-        (delete.table_name(), Some(delete.key()))
-    } else if let Some(check) = write.condition_check() {
-        (check.table_name(), Some(check.key()))
-    } else if let Some(put) = write.put() {
-        (put.table_name(), None)
+        Some(delete.key())
     } else {
-        return Err("it is neither a Put, an Update, a Delete nor a ConditionCheck".into());
+        write.condition_check().map(|check| check.key())
     };
     let key: Vec<(&String, &AttributeValue)> = match (key, write.put()) {
         (Some(key), _) => key.iter().collect(),

@@ -549,8 +549,9 @@ mod tests {
         SequenceNumber::parse(format!("{n:021}")).unwrap()
     }
 
-    async fn checkpointer(interval: Duration) -> (Arc<InMemoryLeaseStore>, Checkpointer) {
-        let store = Arc::new(InMemoryLeaseStore::new());
+    /// A checkpointer of `w1`, which owns lease `shard-1` (created in `store` at
+    /// TRIM_HORIZON).
+    async fn owned(store: Arc<dyn LeaseStore>, interval: Duration) -> Checkpointer {
         let key = LeaseKey::new("arn", "shard-1");
         store
             .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
@@ -558,7 +559,12 @@ mod tests {
             .unwrap();
         let lease = store.take_lease(&key, None, 0, "w1").await.unwrap();
         let ownership = lease.ownership().unwrap();
-        let cp = Checkpointer::new(store.clone(), key, ownership, lease.checkpoint, interval);
+        Checkpointer::new(store, key, ownership, lease.checkpoint, interval)
+    }
+
+    async fn checkpointer(interval: Duration) -> (Arc<InMemoryLeaseStore>, Checkpointer) {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let cp = owned(store.clone(), interval).await;
         (store, cp)
     }
 
@@ -802,20 +808,7 @@ mod tests {
             refuse,
             ..TransactionalStore::default()
         });
-        let key = LeaseKey::new("arn", "shard-1");
-        store
-            .create_lease(&Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]))
-            .await
-            .unwrap();
-        let lease = store.take_lease(&key, None, 0, "w1").await.unwrap();
-        let ownership = lease.ownership().unwrap();
-        let cp = Checkpointer::new(
-            store.clone(),
-            key,
-            ownership,
-            lease.checkpoint,
-            Duration::ZERO,
-        );
+        let cp = owned(store.clone(), Duration::ZERO).await;
         (store, cp)
     }
 

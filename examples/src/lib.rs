@@ -135,6 +135,22 @@ impl Signals {
     }
 }
 
+/// How a long-running example program ends: exit 0, or one line `PROGRAM: error: ...` on
+/// stderr and exit 2 (a missing table, an unreachable endpoint): what operators, scripts
+/// and the multi-process tests look for.
+pub fn exit_code(
+    program: &str,
+    result: Result<(), impl std::fmt::Display>,
+) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{program}: error: {error}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// `hostname-pid`, the default worker id (`#` is reserved by the lease table).
 pub fn default_worker_id() -> String {
     let host = sysinfo::System::host_name()

@@ -304,13 +304,7 @@ impl RecordProcessor for JsonlProcessor {
 async fn main() -> ExitCode {
     let args = Args::parse();
     examples::init_tracing("info");
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("jsonl-worker: error: {error}");
-            ExitCode::from(2)
-        }
-    }
+    examples::exit_code("jsonl-worker", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -88,13 +88,7 @@ const DELETED: &str = "_deleted";
 async fn main() -> ExitCode {
     let args = Args::parse();
     examples::init_tracing("info");
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("table-replica: error: {error}");
-            ExitCode::from(2)
-        }
-    }
+    examples::exit_code("table-replica", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
