@@ -133,7 +133,9 @@ pub enum Error {
 
     /// One record's staged writes cannot be committed in one transaction with the checkpoint
     /// (too many, too large, an item written twice): nothing was sent.
-    #[error("record {sequence_number} of lease {key} cannot be committed in one transaction: {problem}")]
+    #[error(
+        "record {sequence_number} of lease {key} cannot be committed in one transaction: {problem}"
+    )]
     TransactionTooLarge {
         /// The lease (stream and shard).
         key: LeaseKey,
@@ -145,7 +147,9 @@ pub enum Error {
 
     /// DynamoDB cancelled a transaction because of one of the staged writes (its condition
     /// failed, or it was invalid); none of it, checkpoint included, was applied.
-    #[error("transaction with the checkpoint of lease {key} in table {table:?} was cancelled: {reasons}")]
+    #[error(
+        "transaction with the checkpoint of lease {key} in table {table:?} was cancelled: {reasons}"
+    )]
     TransactionCanceled {
         /// The lease table.
         table: String,
