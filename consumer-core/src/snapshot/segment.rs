@@ -283,13 +283,15 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         }
     }
 
-    /// One `process` call, raced against lease loss and (once shutdown or a handoff was
-    /// asked for) the shutdown timeout; a panic is a failure like an error.
+    /// One `process` call, raced against lease loss, `with_batch_timeout` and (once
+    /// shutdown or a handoff was asked for) the shutdown timeout; a panic or a timeout is a
+    /// failure like an error.
     async fn process(
         &mut self,
         batch: ChangeBatch<<F::Processor as RecordProcessor>::Item>,
     ) -> Result<Result<(), crate::BoxError>, Stop> {
         let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let batch_timeout = self.consumer.shared.config.delivery.batch_timeout;
         let release = self.signals.release.clone();
         let lost = self.signals.lost.clone();
         let call =
@@ -298,6 +300,12 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             biased;
             _ = lost.cancelled() => Err(Stop::Lost),
             _ = async { release.cancelled().await; tokio::time::sleep(timeout).await } => Err(Stop::Release),
+            _ = async {
+                match batch_timeout {
+                    Some(limit) => tokio::time::sleep(limit).await,
+                    None => std::future::pending().await,
+                }
+            } => Ok(Err(format!("process did not return within the batch timeout ({batch_timeout:?})").into())),
             called = call => Ok(called.unwrap_or_else(|_| Err("the processor panicked".into()))),
         }
     }

@@ -82,13 +82,12 @@ impl TableScan for FakeTable {
     }
 }
 
-fn consumer(
+fn builder(
     sim: &SimulatedStream,
     store: &Arc<InMemoryLeaseStore>,
     table: &Arc<FakeTable>,
     id: &str,
-    factory: impl ProcessorFactory,
-) -> Consumer<impl ProcessorFactory> {
+) -> crate::ConsumerBuilder {
     let mut snapshot = SnapshotConfig::new()
         .with_segments(4)
         .with_page_size(10)
@@ -103,8 +102,16 @@ fn consumer(
         .with_failover_time(Duration::from_secs(3))
         .with_scan_interval(Duration::from_millis(300))
         .with_snapshot(snapshot)
-        .build(factory)
-        .unwrap()
+}
+
+fn consumer(
+    sim: &SimulatedStream,
+    store: &Arc<InMemoryLeaseStore>,
+    table: &Arc<FakeTable>,
+    id: &str,
+    factory: impl ProcessorFactory,
+) -> Consumer<impl ProcessorFactory> {
+    builder(sim, store, table, id).build(factory).unwrap()
 }
 
 fn spawn(
@@ -266,6 +273,31 @@ async fn a_failed_batch_is_delivered_again_not_skipped() {
     until("every row", || snapshot_keys(&log).len() == 40).await;
     let rows: BTreeSet<String> = snapshot_keys(&log).into_iter().collect();
     assert_eq!(rows.len(), 40);
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_that_outlives_the_batch_timeout_is_dropped_and_delivered_again() {
+    let sim = SimulatedStream::with_seed(10);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    // Every segment's first batch never returns.
+    let log: Recording<Row> = Recording::new().with_hook(|_, _, before| {
+        Box::pin(async move {
+            if before == 0 {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    });
+    let consumer = builder(&sim, &store, &table, "w")
+        .with_batch_timeout(Duration::from_secs(1))
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(consumer);
+    until("every row", || snapshot_keys(&log).len() == 40).await;
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
