@@ -330,6 +330,11 @@ async fn snapshot_throughput_with_two_workers() {
     create_table(&table, "name", false).await;
     fill(&table, n).await;
     enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    // The baseline: one plain consistent Scan of the whole table, no framework.
+    let plain = Instant::now();
+    let scanned = table_state(&table).await.len();
+    let plain = plain.elapsed();
+    assert_eq!(scanned, n);
     let config = sdk_config().await;
     let recording: Recording<Item> = Recording::new();
     let started = Instant::now();
@@ -355,9 +360,11 @@ async fn snapshot_throughput_with_two_workers() {
         *per_worker.entry(d.shard.worker_id.clone()).or_default() += 1;
     }
     println!(
-        "snapshot of {n} items, 2 workers, 8 segments, pages of 1000: {:.1} s from start-up, {:.0} items/s (per worker: {per_worker:?})",
+        "snapshot of {n} items, 2 workers, 8 segments, pages of 1000: {:.1} s from start-up, {:.0} items/s (per worker: {per_worker:?}); one plain Scan of the table: {:.1} s, {:.0} items/s",
         took.as_secs_f64(),
-        n as f64 / took.as_secs_f64()
+        n as f64 / took.as_secs_f64(),
+        plain.as_secs_f64(),
+        n as f64 / plain.as_secs_f64()
     );
     for (stop, handle) in workers {
         stop.send(()).unwrap();
