@@ -44,6 +44,37 @@ async fn checkpoint_of(store: &InMemoryLeaseStore, key: &LeaseKey) -> Checkpoint
     store.get_lease(key).await.unwrap().unwrap().checkpoint
 }
 
+/// A store holding one lease, on the first shard of `arn`, starting at `Since(start)`;
+/// and a consumer over it (batches of `batch_limit`) recording into `log`.
+async fn since_lease(
+    sim: &SimulatedStream,
+    arn: &str,
+    start: SystemTime,
+    batch_limit: u32,
+    log: &Recording<Row>,
+) -> (
+    Arc<InMemoryLeaseStore>,
+    LeaseKey,
+    Consumer<impl consumer_core::ProcessorFactory>,
+) {
+    let shard = sim.open_shards(arn).unwrap()[0].shard_id.clone();
+    let key = LeaseKey::new(arn, shard);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    store
+        .create_lease(&Lease::new(key.clone(), Checkpoint::since(start), vec![]))
+        .await
+        .unwrap();
+    let consumer = Consumer::builder("app")
+        .with_table("orders")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_batch_limit(batch_limit)
+        .build(log.factory())
+        .unwrap();
+    (store, key, consumer)
+}
+
 /// A `Since(t)` lease skips what was created before `t` (counted, checkpointed past), keeps
 /// a record made after `t` even though its rounded creation time is before `t` (the
 /// margin), and delivers everything newer.
@@ -57,27 +88,8 @@ async fn since_skips_older_records_and_checkpoints_past_them() {
     let last_old = put(&sim, "old-3"); // stamped 4 s
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     put(&sim, "after"); // made at 5.5 s, stamped 5 s: before the start time once rounded
-    let shard = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
-    let key = LeaseKey::new(arn.clone(), shard);
-    let store = Arc::new(InMemoryLeaseStore::new());
-    store
-        .create_lease(&Lease::new(
-            key.clone(),
-            Checkpoint::since(sim_time(5_300)),
-            vec![],
-        ))
-        .await
-        .unwrap();
-
     let log = Recording::<Row>::default();
-    let consumer = Consumer::builder("app")
-        .with_table("orders")
-        .with_streams_api(Arc::new(sim.clone()))
-        .with_lease_store(store.clone())
-        .with_checkpoint_interval(Duration::ZERO)
-        .with_batch_limit(2)
-        .build(log.factory())
-        .unwrap();
+    let (store, key, consumer) = since_lease(&sim, &arn, sim_time(5_300), 2, &log).await;
     let (watched, writer) = (log.clone(), sim.clone());
     let done = async move {
         while watched.is_empty() {
@@ -111,25 +123,8 @@ async fn a_shard_of_old_records_is_checkpointed_past_without_delivery() {
     }
     let last = put(&sim, "old-last");
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let shard = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
-    let key = LeaseKey::new(arn.clone(), shard);
-    let store = Arc::new(InMemoryLeaseStore::new());
-    store
-        .create_lease(&Lease::new(
-            key.clone(),
-            Checkpoint::since(sim_time(10_000)),
-            vec![],
-        ))
-        .await
-        .unwrap();
     let log = Recording::<Row>::default();
-    let consumer = Consumer::builder("app")
-        .with_table("orders")
-        .with_streams_api(Arc::new(sim.clone()))
-        .with_lease_store(store.clone())
-        .with_checkpoint_interval(Duration::ZERO)
-        .build(log.factory())
-        .unwrap();
+    let (store, key, consumer) = since_lease(&sim, &arn, sim_time(10_000), 1000, &log).await;
     let watched = store.clone();
     let (want, watched_key) = (last.clone(), key.clone());
     let done = async move {

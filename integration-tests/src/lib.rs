@@ -109,3 +109,50 @@ pub async fn enable_stream(table: &str, view: aws_sdk_dynamodb::types::StreamVie
         .await
         .unwrap_or_else(|e| panic!("enabling the stream of {table:?} failed: {e}"));
 }
+
+/// Runs a consumer in the background until the returned sender is used (a graceful stop);
+/// aborting the handle instead is a crash.
+pub fn spawn_consumer(
+    consumer: consumer_core::Consumer<impl consumer_core::ProcessorFactory>,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<consumer_core::Result<()>>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, handle)
+}
+
+/// Polls `done` every 50 ms until it holds.
+///
+/// # Panics
+///
+/// After `limit`, naming `what` (test helper).
+pub async fn wait_for(what: &str, limit: std::time::Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A consumer of `table` for application `app` with the settings that keep tests quick:
+/// a checkpoint after every batch, idle polls every 20-200 ms, lease scans every 300 ms.
+pub fn quick_consumer(
+    app: &str,
+    table: &str,
+    config: &SdkConfig,
+) -> consumer_core::ConsumerBuilder {
+    use std::time::Duration;
+    consumer_core::Consumer::builder(app)
+        .with_table(table)
+        .with_sdk_config(config)
+        .with_checkpoint_interval(Duration::ZERO)
+        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_scan_interval(Duration::from_millis(300))
+}

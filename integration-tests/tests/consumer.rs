@@ -8,8 +8,11 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
 use consumer_core::testkit::Recording;
-use consumer_core::{Consumer, ConsumerBuilder, InitialPosition, ProcessorFactory};
-use integration_tests::{create_table, put_count as put, sdk_config, unique_name};
+use consumer_core::{ConsumerBuilder, InitialPosition, ProcessorFactory};
+use integration_tests::{
+    create_table, put_count as put, quick_consumer, sdk_config, spawn_consumer as spawn,
+    unique_name,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -52,26 +55,7 @@ async fn put_counts(table: &str, range: std::ops::Range<i64>) {
 }
 
 fn builder(app: &str, table: &str, config: &aws_config::SdkConfig) -> ConsumerBuilder {
-    Consumer::builder(app)
-        .with_table(table)
-        .with_sdk_config(config)
-        .with_checkpoint_interval(Duration::ZERO)
-        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .with_scan_interval(Duration::from_millis(300))
-}
-
-/// Runs a consumer in the background; the returned sender stops it gracefully.
-fn spawn(
-    consumer: Consumer<impl consumer_core::ProcessorFactory>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<consumer_core::Result<()>>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(consumer.run_until(async move {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
+    quick_consumer(app, table, config)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

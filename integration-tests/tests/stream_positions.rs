@@ -12,8 +12,11 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use consumer_core::testkit::Recording;
-use consumer_core::{Consumer, ConsumerBuilder, InitialPosition};
-use integration_tests::{create_table, dynamodb_client, put_count, sdk_config, unique_name};
+use consumer_core::{ConsumerBuilder, InitialPosition};
+use integration_tests::{
+    create_table, dynamodb_client, put_count, quick_consumer, sdk_config, spawn_consumer as spawn,
+    unique_name, wait_for,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -27,40 +30,9 @@ fn counts(log: &Recording<Counter>) -> Vec<i64> {
 }
 
 fn builder(app: &str, table: &str, config: &aws_config::SdkConfig) -> ConsumerBuilder {
-    Consumer::builder(app)
-        .with_table(table)
-        .with_sdk_config(config)
-        .with_checkpoint_interval(Duration::ZERO)
-        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .with_scan_interval(Duration::from_millis(300))
+    quick_consumer(app, table, config)
         .with_shard_sync_interval(Duration::from_secs(1))
         .with_creation_time_margin(Duration::from_secs(61))
-}
-
-/// Runs a consumer in the background; the returned sender stops it gracefully.
-fn spawn(
-    consumer: Consumer<impl consumer_core::ProcessorFactory>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<consumer_core::Result<()>>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(consumer.run_until(async move {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
-}
-
-/// Polls every 50 ms until `done`, failing after `limit` with `what`.
-async fn wait_for(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn put(table: &str, n: i64) {
@@ -80,13 +52,16 @@ async fn latest_keeps_its_start_when_the_lease_moves_before_reading_anything() {
     put(&table, 1).await;
     let store = DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
 
+    let start = |log: &Recording<Counter>| {
+        spawn(
+            builder(&app, &table, &config)
+                .with_initial_position(InitialPosition::Latest)
+                .build(log.factory())
+                .unwrap(),
+        )
+    };
     let first = Recording::<Counter>::default();
-    let (stop, run) = spawn(
-        builder(&app, &table, &config)
-            .with_initial_position(InitialPosition::Latest)
-            .build(first.factory())
-            .unwrap(),
-    );
+    let (stop, run) = start(&first);
     wait_for(
         "the first owner to store its start time",
         Duration::from_secs(60),
@@ -105,12 +80,7 @@ async fn latest_keeps_its_start_when_the_lease_moves_before_reading_anything() {
     put(&table, 100).await;
 
     let second = Recording::<Counter>::default();
-    let (stop, run) = spawn(
-        builder(&app, &table, &config)
-            .with_initial_position(InitialPosition::Latest)
-            .build(second.factory())
-            .unwrap(),
-    );
+    let (stop, run) = start(&second);
     wait_for(
         "the change written between the owners",
         Duration::from_secs(60),
