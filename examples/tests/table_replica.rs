@@ -8,6 +8,12 @@
 //! scenario with `--plain-checkpoints` (writes first, checkpoint after the batch) must show
 //! over-counts: the test asserts it, so the exactly-once test is known to be able to fail.
 //!
+//! Every other time, the owner is not killed but frozen (SIGSTOP) until another replica has
+//! taken its shard over, then thawed (SIGCONT): a zombie in the middle of a batch. Nothing
+//! it does may count twice. (In the runs looked at, the thawed worker fenced itself before
+//! its transaction went out; `integration-tests/tests/transactions.rs` sends a zombie's
+//! transaction and checks that it fails as a whole.)
+//!
 //! Why the plain run over-counts every time: the replicas apply changes more slowly than
 //! the writer makes them (`--apply-delay`), so the owner is always in the middle of a batch
 //! while the writer runs, and it is killed there: the changes it applied since its last
@@ -21,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Worker, shard_owners};
+use integration_tests::workers::{shard_owners, tail};
 use integration_tests::{create_table, dynamodb_client, streams_client, unique_name};
 use tokio::time::Instant;
 
@@ -57,7 +63,67 @@ struct Replicas {
     /// Flags every replica of the run gets besides the tables and ids.
     tuning: Vec<String>,
     started: usize,
-    running: Vec<Worker>,
+    running: Vec<Replica>,
+}
+
+/// One `table-replica` process (its logs in a file, shown if the test fails).
+struct Replica {
+    id: String,
+    child: tokio::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Replica {
+    fn spawn(id: &str, log_name: &str, args: &[String]) -> Replica {
+        let dir = std::env::temp_dir().join("multi-process-tests");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{log_name}.stderr"));
+        let child = tokio::process::Command::new(REPLICA_BIN)
+            .args(args)
+            .env("RUST_LOG", "info,consumer_core=debug")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start table-replica");
+        Replica {
+            id: id.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    /// Sends a signal (`KILL`, `TERM`, `STOP`, `CONT`) to this process.
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {pid}: {status}");
+    }
+
+    async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within 30 s", self.id))
+            .expect("wait for table-replica")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            eprintln!(
+                "---- {} ({}):\n{}",
+                self.id,
+                self.log.display(),
+                tail(&log, 30)
+            );
+        }
+    }
 }
 
 impl Replicas {
@@ -86,32 +152,69 @@ impl Replicas {
             args.push("--plain-checkpoints".into());
         }
         let log = format!("{}-{id}", self.app);
-        self.running
-            .push(Worker::spawn(REPLICA_BIN.as_ref(), &id, &log, &args));
+        self.running.push(Replica::spawn(&id, &log, &args));
+    }
+
+    /// The id of the replica that owns the shard, if one does.
+    async fn owner(&self) -> Option<String> {
+        shard_owners(&self.app)
+            .await
+            .into_iter()
+            .find_map(|(_, owner)| owner)
     }
 
     /// SIGKILLs the replica that owns the shard (if one does) and starts a new one.
     async fn kill_owner(&mut self) -> bool {
-        let owners = shard_owners(&self.app).await;
-        let Some(owner) = owners.into_iter().find_map(|(_, owner)| owner) else {
+        let Some(owner) = self.owner().await else {
             return false;
         };
-        let Some(i) = self.running.iter().position(|w| w.id() == owner) else {
+        let Some(i) = self.running.iter().position(|r| r.id == owner) else {
             return false;
         };
         let mut victim = self.running.remove(i);
-        victim.kill().await;
+        victim.signal("KILL");
+        victim.wait().await;
         self.start();
         true
     }
 
-    async fn stop(&mut self) {
-        for worker in &self.running {
-            worker.terminate();
+    /// Freezes the replica that owns the shard (SIGSTOP), starts a new one, waits until
+    /// another replica owns the shard, then thaws the frozen one (SIGCONT): a zombie that
+    /// goes on with its batch.
+    async fn freeze_owner_until_taken_over(&mut self) -> bool {
+        let Some(owner) = self.owner().await else {
+            return false;
+        };
+        let Some(frozen) = self.running.iter().find(|r| r.id == owner) else {
+            return false;
+        };
+        frozen.signal("STOP");
+        self.start();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.owner().await;
+            if now.is_some() && now.as_deref() != Some(owner.as_str()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nobody took over from frozen {owner}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        for worker in &mut self.running {
-            let status = worker.wait_exit(Duration::from_secs(30)).await;
-            assert!(status.success(), "{} exited with {status}", worker.id());
+        if let Some(frozen) = self.running.iter().find(|r| r.id == owner) {
+            frozen.signal("CONT");
+        }
+        true
+    }
+
+    async fn stop(&mut self) {
+        for replica in &self.running {
+            replica.signal("TERM");
+        }
+        for replica in &mut self.running {
+            let status = replica.wait().await;
+            assert!(status.success(), "{} exited with {status}", replica.id);
         }
     }
 }
@@ -327,10 +430,17 @@ async fn scenario(plain: bool) -> Outcome {
         let source = source.clone();
         async move { write(&source).await }
     });
-    let mut kills = 0;
+    let (mut kills, mut freezes) = (0, 0);
     while !writer.is_finished() {
         tokio::time::sleep(KILL_EVERY).await;
-        if !writer.is_finished() && replicas.kill_owner().await {
+        if writer.is_finished() {
+            break;
+        }
+        if kills > freezes {
+            if replicas.freeze_owner_until_taken_over().await {
+                freezes += 1;
+            }
+        } else if replicas.kill_owner().await {
             kills += 1;
         }
     }
@@ -349,7 +459,7 @@ async fn scenario(plain: bool) -> Outcome {
     let changes: u64 = last.counts.values().sum();
     let applied: u64 = last.target.values().map(|item| split_counter(item).1).sum();
     println!(
-        "{} mode: {changes} stream records over {} keys, {applied} applied, {kills} owners SIGKILLed, {} replicas started, {:.1} s",
+        "{} mode: {changes} stream records over {} keys, {applied} applied, {kills} owners SIGKILLed, {freezes} frozen until taken over, {} replicas started, {:.1} s",
         if plain { "plain" } else { "transactional" },
         last.counts.len(),
         replicas.started,
@@ -504,4 +614,45 @@ async fn replica_throughput() {
         let plain = replica_rate(true, CHANGES, keys).await;
         println!("| {CHANGES} | {keys} | {transactional:.0} | {plain:.0} |");
     }
+}
+
+#[tokio::test]
+async fn a_source_without_old_images_or_a_target_with_another_key_is_refused() {
+    use integration_tests::workers::run_to_exit;
+    let (source, target) = (unique_name("replica-nostream"), unique_name("replica-dst"));
+    create_table(&source, "id", false).await;
+    create_table(&target, "id", false).await;
+    let args = |source: &str, target: &str| -> Vec<String> {
+        [
+            "--source",
+            source,
+            "--target",
+            target,
+            "--app",
+            &unique_name("replica-app"),
+            "--endpoint",
+            &integration_tests::endpoint(),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let bin = std::path::Path::new(REPLICA_BIN);
+    let (status, _, stderr, _) =
+        run_to_exit(bin, &args(&source, &target), Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&source) && stderr.contains("NEW_AND_OLD_IMAGES"),
+        "{stderr}"
+    );
+    let streamed = unique_name("replica-src");
+    create_table(&streamed, "id", true).await;
+    let other_key = unique_name("replica-key");
+    create_table(&other_key, "pk", false).await;
+    let (status, _, stderr, _) =
+        run_to_exit(bin, &args(&streamed, &other_key), Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&other_key) && stderr.contains("must be the same"),
+        "{stderr}"
+    );
 }
