@@ -8,7 +8,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
 use backon::BackoffBuilder;
@@ -18,13 +18,14 @@ use tokio::time::Instant;
 
 use super::scan::{Item, PageRequest, Position, to_stream_item};
 use super::{outlasted_retention, parse_segment_id, plan_key, table_of_stream};
-use crate::change::{ChangeBatch, SNAPSHOT_EVENT, decode_prefix};
+use crate::change::{Change, ChangeBatch, SNAPSHOT_EVENT, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
 use crate::events::{
-    DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed, ShardEnded,
-    SnapshotPageDelivered, SnapshotProgressed,
+    DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed, RecordsFailed,
+    ShardEnded, SnapshotPageDelivered, SnapshotProgressed,
 };
+use crate::failure::{FailedRecords, FailureReason};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
 use crate::retry;
 use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals};
@@ -230,41 +231,85 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         }
     }
 
-    /// Delivers one page until `process` returns `Ok`: failures are retried after a pause
-    /// (the `processing` policy, never skipped); an item that does not decode holds the
-    /// segment (the worker restarts it after `with_retry_backoff_max`).
+    /// Delivers one page, as the failure policy says: a failing batch is delivered again
+    /// after a pause (the `processing` policy); after `with_max_retries` failed deliveries
+    /// it goes to the on-failure handler, if there is one (else it is retried forever). An
+    /// item that does not decode goes to the handler (the items around it are delivered);
+    /// without a handler it holds the segment (the worker restarts it after
+    /// `with_retry_backoff_max`, reporting it each time).
     async fn deliver(&mut self, records: &[Arc<Record>]) -> Result<(), Stop> {
+        let mut rest = records;
+        while !rest.is_empty() {
+            let (changes, failed) =
+                decode_prefix::<<F::Processor as RecordProcessor>::Item>(self.segment_id(), rest);
+            let decoded = changes.len();
+            if decoded > 0 {
+                self.deliver_decoded(&rest[..decoded], changes).await?;
+            }
+            let Some((error, index)) = failed else {
+                return Ok(());
+            };
+            let handler = self.consumer.shared.config.delivery.on_failure.clone();
+            let pause = self.consumer.shared.config.processing_backoff_max;
+            DecodeFailed {
+                shard_id: self.segment_id(),
+                error: &error,
+                pause: if handler.is_some() {
+                    Duration::ZERO
+                } else {
+                    pause
+                },
+            }
+            .emit();
+            raced(self.signals, self.processor.decode_failed(&error)).await?;
+            if handler.is_none() {
+                return Err(Stop::Failed(error));
+            }
+            let undecodable = &rest[index..=index];
+            self.give_up(undecodable, FailureReason::Undecodable, error.to_string())
+                .await?;
+            rest = &rest[index + 1..];
+        }
+        Ok(())
+    }
+
+    /// Delivers records that decode (`changes`, their first decoding; a retry decodes them
+    /// again) until `process` returns `Ok`, or until the retries are used up and the
+    /// on-failure handler took them.
+    async fn deliver_decoded(
+        &mut self,
+        records: &[Arc<Record>],
+        changes: Vec<Change<<F::Processor as RecordProcessor>::Item>>,
+    ) -> Result<(), Stop> {
+        let delivery = &self.consumer.shared.config.delivery;
+        let (max_retries, has_handler) = (delivery.max_retries, delivery.on_failure.is_some());
         let max = self.consumer.shared.config.processing_backoff_max;
         let mut pauses = retry::processing(max).build();
         let mut attempt = 0;
+        let mut first = Some(changes);
         loop {
-            let (changes, failed) = decode_prefix(self.segment_id(), records);
-            if let Some((error, _)) = failed {
-                DecodeFailed {
-                    shard_id: self.segment_id(),
-                    error: &error,
-                    pause: max,
-                }
-                .emit();
-                raced(self.signals, self.processor.decode_failed(&error)).await?;
-                return Err(Stop::Failed(error));
-            }
+            let changes = match first.take() {
+                Some(changes) => changes,
+                None => decode_prefix(self.segment_id(), records).0,
+            };
             let batch = ChangeBatch {
                 stream_arn: self.stream_arn().to_owned(),
                 shard_id: self.segment_id().to_owned(),
                 changes,
                 behind_latest: None,
             };
-            let called = self.process(batch).await?;
-            let Err(source) = called else {
+            let Some((reason, source)) = self.process(batch).await? else {
                 return Ok(());
             };
             attempt += 1;
-            let pause = pauses.next().unwrap_or(max);
             let error = Error::Processor {
                 shard_id: self.segment_id().to_owned(),
                 source,
             };
+            if has_handler && max_retries.is_some_and(|retries| attempt > retries) {
+                return self.give_up(records, reason, error.to_string()).await;
+            }
+            let pause = pauses.next().unwrap_or(max);
             ProcessingFailed {
                 shard_id: self.segment_id(),
                 error: &error,
@@ -283,13 +328,57 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         }
     }
 
+    /// Hands `records` to the on-failure handler (reported first: error log, metric,
+    /// `records_failed`), retrying the handler with the processing backoff until it took
+    /// them; the segment then moves past them.
+    async fn give_up(
+        &mut self,
+        records: &[Arc<Record>],
+        reason: FailureReason,
+        error: String,
+    ) -> Result<(), Stop> {
+        let Some(handler) = self.consumer.shared.config.delivery.on_failure.clone() else {
+            return Err(Stop::Failed(Error::Internal {
+                shard_id: self.segment_id().to_owned(),
+                problem: "records given up without an on-failure handler".into(),
+            }));
+        };
+        let failed = FailedRecords {
+            table: self.consumer.table.clone(),
+            stream_arn: self.stream_arn().to_owned(),
+            shard_id: self.segment_id().to_owned(),
+            reason,
+            error,
+            records: records.to_vec(),
+        };
+        RecordsFailed { failed: &failed }.emit();
+        raced(self.signals, self.processor.records_failed(&failed)).await?;
+        let max = self.consumer.shared.config.processing_backoff_max;
+        let mut pauses = retry::processing(max).build();
+        loop {
+            let handled = raced(
+                self.signals,
+                AssertUnwindSafe(handler.handle(&failed)).catch_unwind(),
+            )
+            .await?;
+            let error = match handled {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "the on-failure handler panicked".to_owned(),
+            };
+            let pause = pauses.next().unwrap_or(max);
+            tracing::error!(segment = self.segment_id(), %error, ?pause, "the on-failure handler failed; retrying");
+            raced(self.signals, tokio::time::sleep(pause)).await?;
+        }
+    }
+
     /// One `process` call, raced against lease loss, `with_batch_timeout` and (once
-    /// shutdown or a handoff was asked for) the shutdown timeout; a panic or a timeout is a
-    /// failure like an error.
+    /// shutdown or a handoff was asked for) the shutdown timeout. `None` when it returned
+    /// `Ok`; else why it failed (an error, a panic or the timeout) and the error.
     async fn process(
         &mut self,
         batch: ChangeBatch<<F::Processor as RecordProcessor>::Item>,
-    ) -> Result<Result<(), crate::BoxError>, Stop> {
+    ) -> Result<Option<(FailureReason, crate::BoxError)>, Stop> {
         let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
         let batch_timeout = self.consumer.shared.config.delivery.batch_timeout;
         let release = self.signals.release.clone();
@@ -305,8 +394,15 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                     Some(limit) => tokio::time::sleep(limit).await,
                     None => std::future::pending().await,
                 }
-            } => Ok(Err(format!("process did not return within the batch timeout ({batch_timeout:?})").into())),
-            called = call => Ok(called.unwrap_or_else(|_| Err("the processor panicked".into()))),
+            } => Ok(Some((
+                FailureReason::TimedOut,
+                format!("process did not return within the batch timeout ({batch_timeout:?})").into(),
+            ))),
+            called = call => Ok(match called {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some((FailureReason::RetriesExhausted, error)),
+                Err(_) => Some((FailureReason::Panicked, "the processor panicked".into())),
+            }),
         }
     }
 

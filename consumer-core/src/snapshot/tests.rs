@@ -18,7 +18,7 @@ use super::scan::{Item, PageRequest, ScanPage, TableScan};
 use super::*;
 use crate::streams::ApiError;
 use crate::testkit::{Recording, SimulatedStream};
-use crate::{ChangeKind, Consumer, ProcessorFactory};
+use crate::{ChangeBatch, ChangeKind, Consumer, ProcessorFactory};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct Row {
@@ -31,6 +31,8 @@ struct Row {
 struct FakeTable {
     items: BTreeMap<String, i64>,
     pages: AtomicU64,
+    /// An item whose `v` is a string: it does not decode into `Row`.
+    undecodable: Option<String>,
 }
 
 impl FakeTable {
@@ -38,6 +40,7 @@ impl FakeTable {
         Arc::new(Self {
             items: (0..n).map(|i| (format!("r{i:04}"), i as i64)).collect(),
             pages: AtomicU64::new(0),
+            undecodable: None,
         })
     }
 }
@@ -63,9 +66,14 @@ impl TableScan for FakeTable {
             .take(request.limit as usize)
             .collect();
         let item = |pk: &str, v: i64| -> Item {
+            let v = if self.undecodable.as_deref() == Some(pk) {
+                AttributeValue::S("not a number".into())
+            } else {
+                AttributeValue::N(v.to_string())
+            };
             Item::from([
                 ("pk".to_owned(), AttributeValue::S(pk.to_owned())),
-                ("v".to_owned(), AttributeValue::N(v.to_string())),
+                ("v".to_owned(), v),
             ])
         };
         let last_evaluated_key = (page.len() == request.limit as usize)
@@ -298,6 +306,133 @@ async fn a_batch_that_outlives_the_batch_timeout_is_dropped_and_delivered_again(
         .unwrap();
     let (stop, handle) = spawn(consumer);
     until("every row", || snapshot_keys(&log).len() == 40).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+/// An on-failure handler that keeps what it was given.
+#[derive(Clone, Default)]
+struct Collected(Arc<std::sync::Mutex<Vec<crate::FailedRecords>>>);
+
+#[async_trait]
+impl crate::FailureHandler for Collected {
+    async fn handle(&self, failed: &crate::FailedRecords) -> Result<(), crate::BoxError> {
+        self.0.lock().unwrap().push(failed.clone());
+        Ok(())
+    }
+}
+
+impl Collected {
+    fn reasons_and_keys(&self) -> Vec<(crate::FailureReason, Vec<String>)> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let keys = f
+                    .records
+                    .iter()
+                    .map(
+                        |r| match &r.dynamodb().unwrap().keys.as_ref().unwrap()["pk"] {
+                            aws_sdk_dynamodbstreams::types::AttributeValue::S(pk) => pk.clone(),
+                            other => panic!("{other:?}"),
+                        },
+                    )
+                    .collect();
+                (f.reason, keys)
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_undecodable_item_goes_to_the_handler_and_the_segment_goes_on() {
+    let sim = SimulatedStream::with_seed(11);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = Arc::new(FakeTable {
+        undecodable: Some("r0007".into()),
+        ..Arc::try_unwrap(FakeTable::with_rows(40)).unwrap()
+    });
+    let handler = Collected::default();
+    let log: Recording<Row> = Recording::new();
+    let consumer = builder(&sim, &store, &table, "w")
+        .with_on_failure(handler.clone())
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(consumer);
+    until("every other row", || snapshot_keys(&log).len() == 39).await;
+    until("the segments done", || {
+        futures::executor::block_on(store.list_leases())
+            .map(|leases| progress(&leases)[0].is_done())
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(
+        handler.reasons_and_keys(),
+        [(crate::FailureReason::Undecodable, vec!["r0007".to_owned()])]
+    );
+    assert_eq!(log.decode_errors().len(), 1);
+    assert!(!snapshot_keys(&log).contains(&"r0007".to_owned()));
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_handler_an_undecodable_item_holds_its_segment() {
+    let sim = SimulatedStream::with_seed(12);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = Arc::new(FakeTable {
+        undecodable: Some("r0007".into()),
+        ..Arc::try_unwrap(FakeTable::with_rows(40)).unwrap()
+    });
+    let log: Recording<Row> = Recording::new();
+    let (stop, handle) = spawn(consumer(&sim, &store, &table, "w", log.factory()));
+    until("the failure reported", || !log.decode_errors().is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let progress = progress(&store.list_leases().await.unwrap());
+    assert_eq!(progress[0].segments_done, 3, "{progress:?}");
+    assert!(!snapshot_keys(&log).contains(&"r0007".to_owned()));
+    // Reported again at each restart of the segment (every `with_retry_backoff_max`).
+    assert!(log.decode_errors().len() >= 2, "{:?}", log.decode_errors());
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
+    let sim = SimulatedStream::with_seed(13);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    let handler = Collected::default();
+    // Any batch holding r0007 fails.
+    let log: Recording<Row> = Recording::new().with_hook(|_, batch: &ChangeBatch<Row>, _| {
+        let poisoned = batch.iter().any(|c| c.new.as_ref().unwrap().pk == "r0007");
+        Box::pin(async move {
+            if poisoned {
+                return Err("r0007 is poison".into());
+            }
+            Ok(())
+        })
+    });
+    let consumer = builder(&sim, &store, &table, "w")
+        .with_max_retries(2)
+        .with_on_failure(handler.clone())
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(consumer);
+    until("the poisoned page handed over", || {
+        !handler.reasons_and_keys().is_empty()
+    })
+    .await;
+    let given = handler.reasons_and_keys();
+    assert_eq!(given.len(), 1);
+    assert_eq!(given[0].0, crate::FailureReason::RetriesExhausted);
+    assert!(given[0].1.contains(&"r0007".to_owned()));
+    let page = given[0].1.len();
+    until("every other row", || snapshot_keys(&log).len() == 40 - page).await;
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
