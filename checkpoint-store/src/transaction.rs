@@ -41,8 +41,24 @@ pub struct StagedWrites {
 pub struct Transaction {
     /// The last record whose writes are in this transaction.
     pub checkpoint: SequenceNumber,
-    /// The writes (without the checkpoint update, which the store adds).
-    pub writes: Vec<TransactWriteItem>,
+    /// The records whose writes it holds, in order (the checkpoint update is not among
+    /// them: the store adds it).
+    pub records: Vec<StagedWrites>,
+}
+
+impl Transaction {
+    /// Every write, in record order: what the store sends with the checkpoint.
+    pub fn writes(&self) -> Vec<TransactWriteItem> {
+        self.records
+            .iter()
+            .flat_map(|record| record.writes.iter().cloned())
+            .collect()
+    }
+
+    /// How many writes it holds.
+    pub fn write_count(&self) -> usize {
+        self.records.iter().map(|record| record.writes.len()).sum()
+    }
 }
 
 /// The tables whose `Put`s need their key schema to tell which item they write: pass
@@ -86,7 +102,7 @@ pub fn split(
         }
         let (record_bytes, record_items) = measure(lease, &record, key_names)?;
         let fits = current.as_ref().is_some_and(|t| {
-            t.writes.len() + record.writes.len() <= write_limit
+            t.write_count() + record.writes.len() <= write_limit
                 && bytes + record_bytes <= byte_limit
                 && items.is_disjoint(&record_items)
         });
@@ -97,10 +113,10 @@ pub fn split(
         }
         let transaction = current.get_or_insert_with(|| Transaction {
             checkpoint: record.sequence_number.clone(),
-            writes: Vec::new(),
+            records: Vec::new(),
         });
-        transaction.checkpoint = record.sequence_number;
-        transaction.writes.extend(record.writes);
+        transaction.checkpoint = record.sequence_number.clone();
+        transaction.records.push(record);
         bytes += record_bytes;
         items.extend(record_items);
     }
@@ -312,7 +328,7 @@ mod tests {
     fn shape(transactions: &[Transaction]) -> Vec<(SequenceNumber, usize)> {
         transactions
             .iter()
-            .map(|t| (t.checkpoint.clone(), t.writes.len()))
+            .map(|t| (t.checkpoint.clone(), t.writes().len()))
             .collect()
     }
 

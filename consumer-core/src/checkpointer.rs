@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::events::{CheckpointWritten, Event, TransactionCommitted};
 use crate::retry;
+use crate::shard_consumer::is_lease_lost;
 
 /// Records how far a shard has been processed.
 ///
@@ -272,8 +273,6 @@ impl Checkpointer {
         if let Err(error) = self.settle().await {
             return Err(fail(first, error));
         }
-        let firsts: Vec<SequenceNumber> =
-            staged.iter().map(|r| r.sequence_number.clone()).collect();
         let mut transactions = transaction::split(&self.key, staged, &self.key_names)
             .map_err(|error| fail(first.clone(), error.into()))?;
         if failed_at.is_none()
@@ -282,29 +281,50 @@ impl Checkpointer {
             last.checkpoint = batch_last.clone();
         }
         for tx in transactions {
-            // The first record whose writes this transaction holds: where a failure restarts.
-            let start = firsts
-                .iter()
-                .find(|seq| self.stored.sequence_number().is_none_or(|done| *seq > done))
-                .cloned()
-                .unwrap_or_else(|| first.clone());
-            let writes = tx.writes.len();
-            let checkpoint = Checkpoint::At(tx.checkpoint);
-            if let Err(error) = self.commit_one(&checkpoint, tx.writes).await {
+            let Some(start) = tx.records.first().map(|r| r.sequence_number.clone()) else {
+                continue;
+            };
+            let error = match self.commit_one(&tx.checkpoint, tx.writes()).await {
+                Ok(()) => continue,
+                Err(error) => error,
+            };
+            if tx.records.len() == 1 || is_lease_lost(&error) || retry::is_retryable(&error) {
                 return Err(fail(start, error));
             }
-            TransactionCommitted {
-                stream_arn: &self.key.stream,
-                shard_id: &self.key.shard_id,
-                checkpoint: &checkpoint.encode(),
-                writes,
+            // A write was refused: record by record, so that the failure names the record
+            // whose writes are refused and those before it are committed.
+            tracing::warn!(shard_id = %self.key.shard_id, %error, records = tx.records.len(), "transaction refused; committing its records one by one");
+            for record in tx.records {
+                let seq = record.sequence_number.clone();
+                if let Err(error) = self.commit_one(&seq, record.writes).await {
+                    return Err(fail(seq, error));
+                }
             }
-            .emit();
-            self.stored = checkpoint;
-            self.last_write = Some(Instant::now());
-            if self.pending.as_ref() <= self.stored.sequence_number() {
-                self.pending = None;
-            }
+        }
+        Ok(())
+    }
+
+    /// Commits one transaction (retried on transient errors) and takes its checkpoint as
+    /// stored.
+    async fn commit_one(
+        &mut self,
+        checkpoint: &SequenceNumber,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<()> {
+        let count = writes.len();
+        let checkpoint = Checkpoint::At(checkpoint.clone());
+        self.send_transaction(&checkpoint, writes).await?;
+        TransactionCommitted {
+            stream_arn: &self.key.stream,
+            shard_id: &self.key.shard_id,
+            checkpoint: &checkpoint.encode(),
+            writes: count,
+        }
+        .emit();
+        self.stored = checkpoint;
+        self.last_write = Some(Instant::now());
+        if self.pending.as_ref() <= self.stored.sequence_number() {
+            self.pending = None;
         }
         Ok(())
     }
@@ -312,7 +332,7 @@ impl Checkpointer {
     /// One transaction, retried on transient errors. A checkpoint found to have moved
     /// (an earlier plain write that seemed to fail did commit) is taken as the new
     /// condition once, if it is still before this transaction's checkpoint.
-    async fn commit_one(
+    async fn send_transaction(
         &mut self,
         checkpoint: &Checkpoint,
         writes: Vec<TransactWriteItem>,
@@ -678,8 +698,9 @@ mod tests {
     struct TransactionalStore {
         inner: InMemoryLeaseStore,
         committed: std::sync::Mutex<Vec<(Checkpoint, usize)>>,
-        /// Refuse the transaction with this index (0-based) as DynamoDB refuses a write.
-        refuse: Option<usize>,
+        /// Refuse every transaction writing this item, as DynamoDB refuses a write whose
+        /// condition fails.
+        refuse: Option<&'static str>,
     }
 
     #[async_trait::async_trait]
@@ -762,8 +783,14 @@ mod tests {
             checkpoint: &Checkpoint,
             writes: Vec<TransactWriteItem>,
         ) -> checkpoint_store::Result<()> {
-            let index = self.committed.lock().unwrap().len();
-            if self.refuse == Some(index) {
+            let poisoned = writes.iter().any(|write| {
+                write
+                    .update()
+                    .and_then(|u| u.key().get("id"))
+                    .and_then(|id| id.as_s().ok())
+                    .is_some_and(|id| Some(id.as_str()) == self.refuse)
+            });
+            if poisoned {
                 return Err(checkpoint_store::Error::TransactionCanceled {
                     table: "leases".into(),
                     key: key.clone(),
@@ -803,7 +830,9 @@ mod tests {
         (0..n).map(|i| update(&format!("{record}-{i}"))).collect()
     }
 
-    async fn transactional(refuse: Option<usize>) -> (Arc<TransactionalStore>, Checkpointer) {
+    async fn transactional(
+        refuse: Option<&'static str>,
+    ) -> (Arc<TransactionalStore>, Checkpointer) {
         let store = Arc::new(TransactionalStore {
             refuse,
             ..TransactionalStore::default()
@@ -891,15 +920,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_refused_transaction_names_the_first_record_not_committed() {
-        let (store, mut cp) = transactional(Some(1)).await;
+    async fn a_refused_write_is_narrowed_to_its_record_and_those_before_it_commit() {
+        let (store, mut cp) = transactional(Some("poison")).await;
         cp.begin(&seq(20));
-        cp.stage(&seq(12), updates(12, 60)).await.unwrap();
-        cp.stage(&seq(15), updates(15, 60)).await.unwrap();
+        cp.stage(&seq(11), updates(11, 60)).await.unwrap();
+        cp.stage(&seq(12), [update("a")]).await.unwrap();
+        cp.stage(&seq(13), [update("poison")]).await.unwrap();
+        cp.stage(&seq(14), [update("b")]).await.unwrap();
         let failed = cp.commit_staged(None, &seq(20)).await.unwrap_err();
-        assert_eq!(failed.first_uncommitted, seq(15));
+        // One transaction of 11..=14 is refused; one by one, 11 and 12 commit, 13 is refused.
+        assert_eq!(failed.first_uncommitted, seq(13));
         assert!(failed.error.to_string().contains("ConditionalCheckFailed"));
-        assert_eq!(committed(&store), [(Checkpoint::At(seq(12)), 60)]);
+        assert_eq!(
+            committed(&store),
+            [(Checkpoint::At(seq(11)), 60), (Checkpoint::At(seq(12)), 1)]
+        );
         assert_eq!(cp.stored(), &Checkpoint::At(seq(12)));
     }
 }

@@ -183,3 +183,157 @@ async fn key_schemas_are_learned_and_other_stores_refuse_transactions() {
         "{err:?}"
     );
 }
+
+// ----- through the consumer -----
+
+/// Counts each change of the source into the target (`ADD counter 1` on the item of the
+/// same name), staged with the checkpoint. The item `poison` gets a write whose condition
+/// never holds; the first delivery of each batch fails after staging, so staged writes of
+/// failed attempts must be dropped.
+struct Counting {
+    target: String,
+    failed_once: std::collections::HashSet<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Named {
+    name: String,
+}
+
+#[async_trait::async_trait]
+impl consumer_core::RecordProcessor for Counting {
+    type Item = Named;
+
+    async fn process(
+        &mut self,
+        batch: consumer_core::ChangeBatch<Named>,
+        checkpointer: &mut consumer_core::Checkpointer,
+    ) -> Result<(), consumer_core::BoxError> {
+        for change in &batch.changes {
+            let Some(name) = change.new.as_ref().map(|n| n.name.clone()) else {
+                continue;
+            };
+            let mut update = Update::builder()
+                .table_name(&self.target)
+                .key("id", AttributeValue::S(name.clone()))
+                .update_expression("ADD #n :one")
+                .expression_attribute_names("#n", "counter")
+                .expression_attribute_values(":one", AttributeValue::N("1".into()));
+            if name == "poison" {
+                update = update.condition_expression("attribute_exists(never_there)");
+            }
+            let write = TransactWriteItem::builder().update(update.build()?).build();
+            checkpointer.stage(&change.sequence_number, [write]).await?;
+        }
+        let first = batch.changes.first().map(|c| c.sequence_number.to_string());
+        if let Some(first) = first
+            && self.failed_once.insert(first)
+        {
+            return Err("the first delivery of every batch fails after staging".into());
+        }
+        Ok(())
+    }
+}
+
+/// Keeps what the on-failure handler was given: the names of the records.
+#[derive(Clone, Default)]
+struct Given(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+#[async_trait::async_trait]
+impl consumer_core::FailureHandler for Given {
+    async fn handle(
+        &self,
+        failed: &consumer_core::FailedRecords,
+    ) -> Result<(), consumer_core::BoxError> {
+        for record in &failed.records {
+            let name = record
+                .dynamodb()
+                .and_then(|d| d.keys())
+                .and_then(|k| k.get("name"))
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+                .unwrap_or_default();
+            self.0.lock().unwrap().push(name);
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_commits_each_records_writes_once_and_a_refused_write_fails_only_its_record() {
+    use std::time::Duration;
+    let (source, target, app) = (
+        unique_name("tx-src"),
+        unique_name("tx-dst"),
+        unique_name("tx-app"),
+    );
+    create_table(&source, "name", true).await;
+    create_table(&target, "id", false).await;
+    let names: Vec<String> = (0..10)
+        .map(|i| format!("item-{i}"))
+        .chain(["poison".to_owned()])
+        .chain((10..20).map(|i| format!("item-{i}")))
+        .collect();
+    for name in &names {
+        integration_tests::put_count(&source, name, AttributeValue::N("1".into())).await;
+    }
+    let given = Given::default();
+    let config = sdk_config().await;
+    let target_name = target.clone();
+    let consumer = consumer_core::Consumer::builder(&app)
+        .with_table(&source)
+        .with_sdk_config(&config)
+        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .with_scan_interval(Duration::from_millis(300))
+        .with_retry_backoff_max(Duration::from_millis(200))
+        .with_max_retries(2)
+        .with_on_failure(given.clone())
+        .build(move |_: &consumer_core::ShardContext| Counting {
+            target: target_name.clone(),
+            failed_once: Default::default(),
+        })
+        .unwrap();
+    let watched = target.clone();
+    let done = given.clone();
+    let run = tokio::spawn(consumer.run_until(async move {
+        loop {
+            let mut all = true;
+            for i in 0..20 {
+                all &= counter(&watched, &format!("item-{i}")).await.is_some();
+            }
+            if all && !done.0.lock().unwrap().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }));
+    tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("every record committed and the poison record handed over")
+        .unwrap()
+        .unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            counter(&target, &format!("item-{i}")).await,
+            Some(1),
+            "item-{i} applied more or less than once"
+        );
+    }
+    assert_eq!(counter(&target, "poison").await, None);
+    assert_eq!(
+        *given.0.lock().unwrap(),
+        ["poison"],
+        "only the refused record"
+    );
+    let store = DynamoDbLeaseStore::from_sdk_config(&config, app.as_str()).unwrap();
+    let leases = store.list_leases().await.unwrap();
+    let lease = leases
+        .iter()
+        .find(|l| !l.key.is_coordination())
+        .expect("the shard's lease");
+    assert!(
+        matches!(lease.checkpoint, Checkpoint::At(_)),
+        "{:?}",
+        lease.checkpoint
+    );
+}
