@@ -251,7 +251,7 @@ pub(crate) async fn prepare(
         );
         create_lease_if_absent(store.as_ref(), &lease).await?;
     }
-    let shards = describe_all_shards(api, stream_arn).await?;
+    let shards = stream_shards(api, stream_arn, &table).await?;
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     for shard in &shards {
         let mut parents: Vec<String> = shard.parent_shard_id.iter().cloned().collect();
@@ -266,6 +266,37 @@ pub(crate) async fn prepare(
         create_lease_if_absent(store.as_ref(), &lease).await?;
     }
     Ok(())
+}
+
+/// How long start-up waits for a just-enabled stream to list its first shard.
+const FIRST_SHARD_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every shard of the stream, waiting (polling every second, at most
+/// [`FIRST_SHARD_DEADLINE`]) while a just-enabled stream lists none: its stream leases must
+/// be created here, gated by the segments, not later by a shard sync that knows nothing of
+/// the snapshot.
+async fn stream_shards(
+    api: &dyn StreamsApi,
+    stream_arn: &str,
+    table: &str,
+) -> Result<Vec<crate::streams::ShardInfo>> {
+    let deadline = tokio::time::Instant::now() + FIRST_SHARD_DEADLINE;
+    loop {
+        let shards = describe_all_shards(api, stream_arn).await?;
+        if !shards.is_empty() {
+            return Ok(shards);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Snapshot {
+                table: table.to_owned(),
+                stream_arn: stream_arn.to_owned(),
+                problem: format!(
+                    "the stream lists no shard after {FIRST_SHARD_DEADLINE:?}; start the worker again once it does"
+                ),
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Where one stream's snapshot stands, as the lease table says (`ddbsc status`).
