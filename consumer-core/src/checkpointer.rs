@@ -798,7 +798,13 @@ mod tests {
                 });
             }
             let lease = self.inner.get_lease(key).await?.unwrap();
-            assert_eq!(&lease.checkpoint, previous, "conditional on the stored one");
+            if &lease.checkpoint != previous {
+                return Err(checkpoint_store::Error::CheckpointMoved {
+                    key: key.clone(),
+                    expected: previous.clone(),
+                    found: lease.checkpoint,
+                });
+            }
             self.inner.checkpoint(key, ownership, checkpoint).await?;
             self.committed
                 .lock()
@@ -936,5 +942,39 @@ mod tests {
             [(Checkpoint::At(seq(11)), 60), (Checkpoint::At(seq(12)), 1)]
         );
         assert_eq!(cp.stored(), &Checkpoint::At(seq(12)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_checkpoint_moved_by_an_earlier_write_of_ours_is_taken_as_the_condition() {
+        let (store, mut cp) = transactional(None).await;
+        // A plain checkpoint whose answer was lost did commit: the store is at 5, the
+        // checkpointer still believes TRIM_HORIZON.
+        let key = LeaseKey::new("arn", "shard-1");
+        store
+            .checkpoint(&key, cp.ownership(), &Checkpoint::At(seq(5)))
+            .await
+            .unwrap();
+        cp.begin(&seq(20));
+        cp.stage(&seq(12), [update("a")]).await.unwrap();
+        cp.commit_staged(None, &seq(20)).await.unwrap();
+        assert_eq!(committed(&store), [(Checkpoint::At(seq(20)), 1)]);
+        // Found at or past the transaction's own checkpoint: not ours to build on.
+        store
+            .checkpoint(&key, cp.ownership(), &Checkpoint::At(seq(40)))
+            .await
+            .unwrap();
+        cp.end(Some(&seq(20)));
+        cp.begin(&seq(30));
+        cp.stage(&seq(25), [update("b")]).await.unwrap();
+        let failed = cp.commit_staged(None, &seq(30)).await.unwrap_err();
+        assert!(
+            matches!(
+                &failed.error,
+                Error::LeaseStore(checkpoint_store::Error::CheckpointMoved { .. })
+            ),
+            "{:?}",
+            failed.error
+        );
+        assert_eq!(committed(&store).len(), 1);
     }
 }
