@@ -364,7 +364,8 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
             _ => Checkpoint::TrimHorizon,
         };
         for child in &children {
-            let lease = Lease::new(
+            let lease = crate::shard_sync::new_shard_lease(
+                self.shared.api.as_ref(),
                 LeaseKey::new(key.stream.clone(), child.shard_id.clone()),
                 start.clone(),
                 child.parent_shard_id.iter().cloned().collect(),

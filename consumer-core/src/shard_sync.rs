@@ -191,7 +191,8 @@ pub(crate) async fn sync_stream(
         if is_root {
             parents.extend(gates.iter().cloned());
         }
-        let lease = Lease::new(
+        let lease = new_shard_lease(
+            api,
             key,
             initial_checkpoint(
                 shard,
@@ -335,6 +336,21 @@ fn finished_and_gone(
         })
         .map(|l| l.key.clone())
         .collect()
+}
+
+/// A new shard lease, its creation time from the stream's clock ([`StreamsApi::now`]): the
+/// protocol takes the oldest leases first, and in simulations the order must follow the
+/// simulated time, not how long the host took, or runs of one seed would differ.
+pub(crate) fn new_shard_lease(
+    api: &dyn StreamsApi,
+    key: LeaseKey,
+    checkpoint: Checkpoint,
+    parent_shard_ids: Vec<String>,
+) -> Lease {
+    let mut lease = Lease::new(key, checkpoint, parent_shard_ids);
+    lease.created_at = api.now();
+    lease.updated_at = lease.created_at;
+    lease
 }
 
 /// Creates `lease` unless it exists (another worker may have been first); returns whether

@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
@@ -37,6 +37,10 @@ use crate::shard_sync::{self, create_lease_if_absent};
 /// How often the shard-sync holder scans the leases even though the version did not move,
 /// to catch a lost version bump (a crash between a lease write and its bump).
 pub(crate) const AUDIT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Rescans in a row right after takes that lost a race, before waiting for the next tick
+/// again (bounded: persistent conflicts must not become a busy loop).
+const QUICK_RESCANS: u32 = 3;
 
 /// The lease whose holder runs the periodic full shard sync (and cleanup).
 pub(crate) fn shard_sync_key() -> LeaseKey {
@@ -92,6 +96,10 @@ struct State {
     seen_version: Option<u64>,
     /// Scan on the next tick whatever the version says (a shard ended).
     rescan: bool,
+    /// A take lost a race: plan again at once rather than a tick later, so a collision
+    /// does not add a scan interval to a takeover. Counts such quick rescans in a row (at
+    /// most [`QUICK_RESCANS`]).
+    quick_rescans: u32,
     /// When the shard-sync holder audits next.
     next_audit: Instant,
     /// The running shard sync, if any (aborted when the worker fences or stops).
@@ -124,6 +132,7 @@ impl<F: ProcessorFactory> Worker<F> {
             leases: Vec::new(),
             seen_version: None,
             rescan: true,
+            quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             sync_task: None,
             live_seen: HashSet::new(),
@@ -159,6 +168,9 @@ impl<F: ProcessorFactory> Worker<F> {
                     self.tick_or_give_up(&mut state).await?;
                 }
             }
+            if state.rescan && state.quick_rescans > 0 {
+                scan_tick.reset_immediately();
+            }
         }
         self.shut_down(state).await;
         Ok(())
@@ -172,7 +184,12 @@ impl<F: ProcessorFactory> Worker<F> {
         when: fn(&checkpoint_store::Error) -> bool,
     ) -> Result<Incarnation> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let millis = SystemTime::now()
+        // The stream's clock: the host's on AWS, the simulated one in simulations (where
+        // ids, and so the protocol's per-worker offsets, must not depend on the host).
+        let millis = self
+            .shared
+            .api
+            .now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
@@ -367,6 +384,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 .store
                 .take_lease(&wanted.key, wanted.owner.as_deref(), wanted.epoch, &me)
         });
+        let mut lost_races = 0;
         for (wanted, taken) in plan.take.iter().zip(futures::future::join_all(takes).await) {
             match taken {
                 Ok(taken) => {
@@ -378,8 +396,17 @@ impl<F: ProcessorFactory> Worker<F> {
                     state.handoffs_asked.remove(&taken.key);
                     replace(&mut leases, taken);
                 }
-                Err(e) => tracing::debug!(lease = %wanted.key, error = %e, "take lost a race"),
+                Err(e) => {
+                    tracing::debug!(lease = %wanted.key, error = %e, "take lost a race");
+                    lost_races += 1;
+                }
             }
+        }
+        if lost_races > 0 && state.quick_rescans < QUICK_RESCANS {
+            state.quick_rescans += 1;
+            state.rescan = true;
+        } else {
+            state.quick_rescans = 0;
         }
         let asks: Vec<(Lease, checkpoint_store::Ownership)> = plan
             .request_handoffs
