@@ -4,86 +4,176 @@
 //! up at once those pages add up (a 1,000-record page of 2 KB items is several MB in memory),
 //! so one [`ByteBudget`] is shared by every shard of a worker:
 //!
-//! - before a GetRecords call, the fetch task reserves what the shard's last page took (at
-//!   least [`MIN_RESERVATION`]): the page about to arrive is paid for before it is in memory;
-//! - once the page is in hand, the reservation is settled to the page's size (surplus given
-//!   back; a shortfall taken without waiting if it is free, else everything is given back
-//!   and the whole amount queued for: waiters are served first come, first served, so no
-//!   task keeps bytes of its own while it waits for more);
+//! - before a GetRecords call, the fetch task reserves what the shard's last page with
+//!   records cost, plus a quarter (at least [`MIN_RESERVATION`]; [`FULL_PAGE_COST`] before
+//!   the first one): the page about to arrive is paid for before it is in memory, and
+//!   reservations wait, first come first served, while the budget is spent;
+//! - once the page is in hand, the reservation is settled to the page's cost without
+//!   waiting: a surplus is given back, a shortfall is taken even if that overdraws the
+//!   budget (the page is in memory either way, and it is counted), and later reservations
+//!   wait until the overdraft is paid back;
 //! - the reservation travels with the page and is given back once its batch was delivered.
 //!
-//! A page bigger than the whole budget takes all of it and goes through alone: a small
-//! budget slows reading down, it never deadlocks. What is counted is an estimate of the
-//! page's size in memory ([`page_bytes`]), not DynamoDB's item sizes.
+//! Nothing waits while holding bytes, so a small budget slows reading down and never
+//! deadlocks; a page bigger than the whole budget waits until nothing else is held and
+//! goes through alone. What is counted is an estimate of the page's size in memory, twice:
+//! the records, and the changes decoded from them while the batch is delivered
+//! ([`page_cost`]); not DynamoDB's item sizes.
 
+use std::collections::VecDeque;
 use std::mem::size_of;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 
-/// The budget is counted in units of this many bytes (so a `u32` of permits covers TBs).
-const UNIT: u64 = 1024;
-
-/// The least a fetch task reserves before a GetRecords call (an idle shard's pages are
-/// empty; a shard's first page is unknown).
+/// The least a fetch task reserves before a GetRecords call.
 pub(crate) const MIN_RESERVATION: u64 = 64 * 1024;
+
+/// What a fetch task reserves before a shard's first page (and after empty pages until one
+/// with records came): the most a page may cost. DynamoDB Streams returns at most 1 MB of
+/// items and 1,000 records per call; as the SDK holds them that is up to about 2 MB, and
+/// a page costs twice its size ([`page_cost`]).
+pub(crate) const FULL_PAGE_COST: u64 = 4 * 1024 * 1024;
 
 /// Bytes shared by every shard of a worker, for pages fetched but not yet delivered.
 #[derive(Clone, Debug)]
 pub(crate) struct ByteBudget {
-    semaphore: Arc<Semaphore>,
-    /// The whole budget, in units.
-    total: u32,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The whole budget.
+    total: u64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Bytes free; negative while overdrawn.
+    available: i64,
+    /// Reservations waiting, in arrival order: bytes wanted, and where to say they got them.
+    waiting: VecDeque<(u64, oneshot::Sender<()>)>,
 }
 
 /// Bytes taken from a [`ByteBudget`]; given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Reservation {
     budget: ByteBudget,
-    permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
 }
 
 impl ByteBudget {
-    /// A budget of `bytes` (at least one unit).
+    /// A budget of `bytes` (at least one).
     pub(crate) fn new(bytes: u64) -> Self {
-        let total = u32::try_from(bytes.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let total = bytes.clamp(1, i64::MAX as u64);
         Self {
-            semaphore: Arc::new(Semaphore::new(total as usize)),
-            total,
+            shared: Arc::new(Shared {
+                total,
+                state: Mutex::new(State {
+                    available: total as i64,
+                    waiting: VecDeque::new(),
+                }),
+            }),
         }
     }
 
-    /// Bytes not reserved right now.
+    /// Bytes not reserved right now (negative while overdrawn).
     #[cfg(test)]
-    pub(crate) fn available(&self) -> u64 {
-        self.semaphore.available_permits() as u64 * UNIT
+    pub(crate) fn available(&self) -> i64 {
+        self.lock().available
     }
 
-    /// The whole budget, in bytes.
-    #[cfg(test)]
-    pub(crate) fn total(&self) -> u64 {
-        u64::from(self.total) * UNIT
-    }
-
-    /// Waits until `bytes` are free and takes them; more than the whole budget takes all of
-    /// it.
+    /// Waits until `bytes` are free (after every reservation that waits already) and takes
+    /// them; more than the whole budget is the whole budget.
     pub(crate) async fn reserve(&self, bytes: u64) -> Reservation {
-        let mut reservation = Reservation {
-            budget: self.clone(),
-            permit: None,
+        let bytes = bytes.min(self.shared.total);
+        let granted = {
+            let mut state = self.lock();
+            if state.waiting.is_empty() && state.available >= bytes as i64 {
+                state.available -= bytes as i64;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                state.waiting.push_back((bytes, tx));
+                Some(rx)
+            }
         };
-        reservation.resize(bytes).await;
+        let reservation = Reservation {
+            budget: self.clone(),
+            bytes,
+        };
+        let Some(granted) = granted else {
+            return reservation;
+        };
+        // Dropped while waiting, `pending` gives the bytes back if they were granted
+        // meanwhile; if not, no grant can reach it any more.
+        let mut pending = PendingGrant {
+            reservation: Some(reservation),
+            granted,
+        };
+        let was_granted = (&mut pending.granted).await.is_ok();
+        let mut reservation = pending.reservation.take().unwrap_or(Reservation {
+            budget: self.clone(),
+            bytes: 0,
+        });
+        if !was_granted {
+            // Only if the waiting list was dropped, which the budget never does.
+            reservation.bytes = 0;
+        }
         reservation
     }
 
-    /// How many units `bytes` take (at most the whole budget).
-    fn units(&self, bytes: u64) -> u32 {
-        u32::try_from(bytes.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .min(self.total)
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives `bytes` back and grants waiting reservations, in order, while they fit.
+    fn give_back(&self, bytes: u64) {
+        let mut state = self.lock();
+        state.available += bytes as i64;
+        while let Some((wanted, _)) = state.waiting.front() {
+            let wanted = *wanted as i64;
+            if state.available < wanted {
+                break;
+            }
+            if let Some((_, tx)) = state.waiting.pop_front()
+                && tx.send(()).is_ok()
+            {
+                state.available -= wanted;
+            }
+        }
+    }
+}
+
+/// A reservation waiting for its grant; if dropped after the grant was sent, the
+/// reservation inside gives the bytes back.
+struct PendingGrant {
+    reservation: Option<Reservation>,
+    granted: oneshot::Receiver<()>,
+}
+
+impl Drop for PendingGrant {
+    fn drop(&mut self) {
+        if let Some(mut reservation) = self.reservation.take() {
+            // No grant can arrive after `close`; one that came before is in the channel.
+            self.granted.close();
+            if self.granted.try_recv().is_err() {
+                reservation.bytes = 0;
+            }
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.give_back(std::mem::take(&mut self.bytes));
+        }
     }
 }
 
@@ -91,52 +181,30 @@ impl Reservation {
     /// Bytes held.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {
-        u64::from(self.held()) * UNIT
+        self.bytes
     }
 
-    fn held(&self) -> u32 {
-        self.permit
-            .as_ref()
-            .map_or(0, |p| u32::try_from(p.num_permits()).unwrap_or(u32::MAX))
+    /// Holds `bytes` from now on (at most the whole budget), without waiting: a surplus is
+    /// given back; a shortfall is taken even if it overdraws the budget, so what is in
+    /// memory is counted, and later reservations wait until it is paid back.
+    pub(crate) fn settle(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.budget.shared.total);
+        if bytes < self.bytes {
+            let surplus = self.bytes - bytes;
+            self.bytes = bytes;
+            self.budget.give_back(surplus);
+        } else if bytes > self.bytes {
+            self.budget.lock().available -= (bytes - self.bytes) as i64;
+            self.bytes = bytes;
+        }
     }
+}
 
-    /// Holds `bytes` from now on (at most the whole budget): gives back a surplus at once;
-    /// takes a shortfall without waiting if it is free, else gives everything back and
-    /// queues for the whole amount (no task keeps bytes while waiting for more, so waiters
-    /// cannot deadlock each other; the queue is served in order).
-    pub(crate) async fn resize(&mut self, bytes: u64) {
-        let wanted = self.budget.units(bytes);
-        let held = self.held();
-        if wanted == held {
-            return;
-        }
-        if wanted < held {
-            if let Some(permit) = self.permit.as_mut() {
-                drop(permit.split((held - wanted) as usize));
-            }
-            if wanted == 0 {
-                self.permit = None;
-            }
-            return;
-        }
-        let more = wanted - held;
-        if let Ok(extra) = self.budget.semaphore.clone().try_acquire_many_owned(more) {
-            match self.permit.as_mut() {
-                Some(permit) => permit.merge(extra),
-                None => self.permit = Some(extra),
-            }
-            return;
-        }
-        self.permit = None;
-        // The semaphore is never closed, so acquiring only fails if it was: hold nothing then.
-        self.permit = self
-            .budget
-            .semaphore
-            .clone()
-            .acquire_many_owned(wanted)
-            .await
-            .ok();
-    }
+/// What a page costs the budget: its records in memory ([`page_bytes`]), and as much
+/// again for the changes decoded from them while its batch is delivered (the decoded
+/// images are about as big as the records' images).
+pub(crate) fn page_cost(records: &[Record]) -> u64 {
+    2 * page_bytes(records)
 }
 
 /// An estimate of what `records` take in memory as the SDK holds them: the structs, every
@@ -205,52 +273,93 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test(start_paused = true)]
-    async fn reservations_wait_for_bytes_given_back() {
-        let budget = ByteBudget::new(100 * 1024);
-        let first = budget.reserve(60 * 1024).await;
-        assert_eq!(budget.available(), 40 * 1024);
-        let waiting = tokio::spawn({
+    async fn reservations_wait_in_order_for_bytes_given_back() {
+        let budget = ByteBudget::new(100);
+        let first = budget.reserve(60).await;
+        assert_eq!(budget.available(), 40);
+        let second = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.reserve(60 * 1024).await.bytes() }
+            async move { budget.reserve(60).await }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!waiting.is_finished(), "only 40 KiB are free");
+        // A small request does not jump the queue.
+        let third = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(10).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!second.is_finished(), "only 40 are free");
+        assert!(!third.is_finished(), "waits behind the second");
         drop(first);
-        assert_eq!(waiting.await.unwrap(), 60 * 1024);
-        assert_eq!(budget.available(), 100 * 1024, "given back when dropped");
+        let second = second.await.unwrap();
+        let third = third.await.unwrap();
+        assert_eq!((second.bytes(), third.bytes()), (60, 10));
+        assert_eq!(budget.available(), 30);
+        drop((second, third));
+        assert_eq!(budget.available(), 100, "given back when dropped");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_page_bigger_than_the_budget_takes_all_of_it_and_goes_alone() {
-        let budget = ByteBudget::new(10 * 1024);
-        let big = budget.reserve(1024 * 1024).await;
-        assert_eq!(big.bytes(), 10 * 1024);
-        assert_eq!(budget.available(), 0);
+        let budget = ByteBudget::new(10);
+        let small = budget.reserve(1).await;
+        let big = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(1000).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!big.is_finished(), "waits until nothing else is held");
+        drop(small);
+        let mut big = big.await.unwrap();
+        assert_eq!(big.bytes(), 10);
+        big.settle(5000);
+        assert_eq!(budget.available(), 0, "never more than the whole budget");
         drop(big);
-        assert_eq!(budget.available(), budget.total());
+        assert_eq!(budget.available(), 10);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn resize_gives_back_a_surplus_and_waits_holding_nothing_for_a_shortfall() {
-        let budget = ByteBudget::new(100 * 1024);
-        let mut a = budget.reserve(50 * 1024).await;
-        a.resize(20 * 1024).await;
-        assert_eq!(budget.available(), 80 * 1024);
-        let mut b = budget.reserve(70 * 1024).await;
-        // `a` wants 60 KiB; 10 KiB are free: it gives its 20 back and waits for 60.
-        let grow = tokio::spawn(async move {
-            a.resize(60 * 1024).await;
-            a
+    async fn settling_overdraws_without_waiting_and_later_reservations_wait_for_the_payback() {
+        let budget = ByteBudget::new(100);
+        let mut a = budget.reserve(50).await;
+        a.settle(20);
+        assert_eq!(budget.available(), 80, "a surplus is given back");
+        let mut b = budget.reserve(70).await;
+        b.settle(100);
+        a.settle(60);
+        assert_eq!(
+            budget.available(),
+            -60,
+            "overdrawn: the pages are in memory"
+        );
+        let c = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(10).await }
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert!(!grow.is_finished(), "only 30 KiB are free");
-        b.resize(40 * 1024).await;
-        let a = grow.await.unwrap();
-        assert_eq!(a.bytes(), 60 * 1024);
-        assert_eq!(b.bytes(), 40 * 1024);
-        assert_eq!(budget.available(), 0);
-        drop((a, b));
-        assert_eq!(budget.available(), 100 * 1024);
+        assert!(!c.is_finished(), "waits for the overdraft to be paid back");
+        drop(b);
+        let c = c.await.unwrap();
+        assert_eq!(c.bytes(), 10);
+        assert_eq!(budget.available(), 30);
+        drop((a, c));
+        assert_eq!(budget.available(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reservation_dropped_while_waiting_keeps_nothing() {
+        let budget = ByteBudget::new(100);
+        let held = budget.reserve(100).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(50).await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waiting.abort();
+        let _ = waiting.await;
+        drop(held);
+        assert_eq!(budget.available(), 100);
+        assert_eq!(budget.reserve(100).await.bytes(), 100);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::budget::{ByteBudget, MIN_RESERVATION, Reservation, page_bytes};
+use crate::budget::{ByteBudget, FULL_PAGE_COST, MIN_RESERVATION, Reservation, page_cost};
 use crate::change::{Change, ChangeBatch, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::config::{ConsumerConfig, TrimmedDataPolicy};
@@ -1238,8 +1238,8 @@ async fn fetch(
     policy: TrimmedDataPolicy,
     cancel: CancellationToken,
 ) {
-    // What the next page is expected to take: the size of the last one.
-    let mut expected = MIN_RESERVATION;
+    // What the next page is expected to cost: the last page with records, and a margin.
+    let mut expected = FULL_PAGE_COST;
     loop {
         let (polled, mut reservation) = tokio::select! {
             biased;
@@ -1252,13 +1252,10 @@ async fn fetch(
         };
         let fetched = match polled {
             Ok(Page::Records(records)) => {
-                let bytes = page_bytes(&records);
-                expected = bytes.max(MIN_RESERVATION);
-                tokio::select! {
-                    biased;
-                    _ = cancel.cancelled() => return,
-                    () = reservation.resize(bytes) => {}
-                }
+                let cost = page_cost(&records);
+                // Pages of a shard vary: a margin keeps overdrafts rare.
+                expected = (cost + cost / 4).max(MIN_RESERVATION);
+                reservation.settle(cost);
                 Fetched::Records(records.into_iter().map(Arc::new).collect(), reservation)
             }
             Ok(Page::Empty) => {
