@@ -160,7 +160,12 @@ pub(crate) struct TransactionCommitted<'a> {
 impl Event for TransactionCommitted<'_> {
     fn emit(self) {
         let (checkpoint, writes) = (self.checkpoint, self.writes);
-        tracing::debug!(shard_id = self.shard_id, checkpoint, writes, "transaction committed");
+        tracing::debug!(
+            shard_id = self.shard_id,
+            checkpoint,
+            writes,
+            "transaction committed"
+        );
         let labels = [("stream", stream_label(self.stream_arn).to_owned())];
         counter!("ddb_stream_transactions_total", &labels).increment(1);
         counter!("ddb_stream_transaction_writes_total", &labels).increment(writes as u64);
