@@ -10,14 +10,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, StreamViewType, WriteRequest};
 use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use consumer_core::testkit::Recording;
-use consumer_core::{ChangeKind, Consumer, ConsumerBuilder, SnapshotConfig};
-use integration_tests::{create_table, dynamodb_client, enable_stream, sdk_config, unique_name};
+use consumer_core::{ChangeKind, ConsumerBuilder, SnapshotConfig};
+use integration_tests::{
+    create_table, dynamodb_client, enable_stream, quick_consumer, sdk_config, spawn_consumer,
+    unique_name, wait_for,
+};
 use serde::Deserialize;
-use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 struct Item {
@@ -95,13 +98,9 @@ fn applied(recording: &Recording<Item>) -> BTreeMap<String, i64> {
     state
 }
 
-fn builder(app: &str, table: &str, worker: &str) -> ConsumerBuilder {
-    Consumer::builder(app)
-        .with_table(table)
+fn builder(app: &str, table: &str, worker: &str, config: &SdkConfig) -> ConsumerBuilder {
+    quick_consumer(app, table, config)
         .with_worker_id(worker)
-        .with_checkpoint_interval(Duration::ZERO)
-        .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
-        .with_scan_interval(Duration::from_millis(300))
         .with_failover_time(Duration::from_secs(3))
         // DynamoDB Local rounds creation times down to the minute.
         .with_creation_time_margin(Duration::from_secs(90))
@@ -111,29 +110,6 @@ fn builder(app: &str, table: &str, worker: &str) -> ConsumerBuilder {
                 .with_page_size(100)
                 .with_progress_interval(Duration::from_secs(2)),
         )
-}
-
-/// Runs a consumer; dropping (aborting) the handle is a crash.
-fn spawn(
-    consumer: Consumer<impl consumer_core::ProcessorFactory>,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    JoinHandle<consumer_core::Result<()>>,
-) {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let handle = tokio::spawn(consumer.run_until(async move {
-        let _ = stopped.await;
-    }));
-    (stop, handle)
-}
-
-/// Polls `done` every 100 ms until it holds, failing after `deadline` with `what`.
-async fn wait_for(what: &str, deadline: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn snapshot_names(recording: &Recording<Item>) -> std::collections::BTreeSet<String> {
@@ -166,9 +142,8 @@ async fn snapshot_then_stream_converges_while_a_writer_changes_and_deletes() {
     let workers: Vec<_> = ["w1", "w2"]
         .iter()
         .map(|w| {
-            spawn(
-                builder(&app, &table, w)
-                    .with_sdk_config(&config)
+            spawn_consumer(
+                builder(&app, &table, w, &config)
                     .build(recording.factory())
                     .unwrap(),
             )
@@ -255,9 +230,8 @@ async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
             Ok(())
         })
     });
-    let (_stop, first) = spawn(
-        builder(&app, &table, "doomed")
-            .with_sdk_config(&config)
+    let (_stop, first) = spawn_consumer(
+        builder(&app, &table, "doomed", &config)
             .build(slow.factory())
             .unwrap(),
     );
@@ -275,9 +249,8 @@ async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
     );
 
     let recording: Recording<Item> = Recording::new();
-    let (stop, second) = spawn(
-        builder(&app, &table, "survivor")
-            .with_sdk_config(&config)
+    let (stop, second) = spawn_consumer(
+        builder(&app, &table, "survivor", &config)
             .build(recording.factory())
             .unwrap(),
     );
@@ -308,8 +281,7 @@ async fn a_stream_without_new_images_is_refused_naming_table_and_stream() {
     create_table(&table, "name", false).await;
     enable_stream(&table, StreamViewType::KeysOnly).await;
     let config = sdk_config().await;
-    let consumer = builder(&app, &table, "w")
-        .with_sdk_config(&config)
+    let consumer = builder(&app, &table, "w", &config)
         .build(Recording::<Item>::new().factory())
         .unwrap();
     let error = consumer.run_until(async {}).await.unwrap_err().to_string();
@@ -341,10 +313,9 @@ async fn snapshot_throughput_with_two_workers() {
     let workers: Vec<_> = ["a", "b"]
         .iter()
         .map(|w| {
-            spawn(
-                builder(&app, &table, w)
+            spawn_consumer(
+                builder(&app, &table, w, &config)
                     .with_snapshot(SnapshotConfig::new().with_segments(8).with_page_size(1000))
-                    .with_sdk_config(&config)
                     .build(recording.factory())
                     .unwrap(),
             )
