@@ -280,15 +280,43 @@ impl Checkpointer {
         {
             last.checkpoint = batch_last.clone();
         }
-        for tx in transactions {
-            let Some(start) = tx.records.first().map(|r| r.sequence_number.clone()) else {
+        for mut tx in transactions {
+            let mut adopted = false;
+            let error = loop {
+                let Some(start) = tx.records.first().map(|r| r.sequence_number.clone()) else {
+                    break None;
+                };
+                let error = match self.commit_one(&tx.checkpoint, tx.writes()).await {
+                    Ok(()) => break None,
+                    Err(error) => error,
+                };
+                // The stored checkpoint moved on without us seeing it: an earlier write of
+                // ours whose answer was lost did commit. The records it covers are done
+                // (their writes committed with it): go on with the others, once.
+                if let Error::LeaseStore(checkpoint_store::Error::CheckpointMoved {
+                    found: Checkpoint::At(found),
+                    ..
+                }) = &error
+                    && !adopted
+                    && *found < tx.checkpoint
+                {
+                    tracing::warn!(shard_id = %self.key.shard_id, %found, "checkpoint moved under a transaction; going on from it");
+                    adopted = true;
+                    self.stored = Checkpoint::At(found.clone());
+                    let found = found.clone();
+                    tx.records.retain(|record| record.sequence_number > found);
+                    continue;
+                }
+                break Some((start, error));
+            };
+            let Some((start, error)) = error else {
                 continue;
             };
-            let error = match self.commit_one(&tx.checkpoint, tx.writes()).await {
-                Ok(()) => continue,
-                Err(error) => error,
-            };
-            if tx.records.len() == 1 || is_lease_lost(&error) || retry::is_retryable(&error) {
+            let refused = matches!(
+                error,
+                Error::LeaseStore(checkpoint_store::Error::TransactionCanceled { .. })
+            );
+            if !refused || tx.records.len() == 1 {
                 return Err(fail(start, error));
             }
             // A write was refused: record by record, so that the failure names the record
@@ -329,16 +357,14 @@ impl Checkpointer {
         Ok(())
     }
 
-    /// One transaction, retried on transient errors. A checkpoint found to have moved
-    /// (an earlier plain write that seemed to fail did commit) is taken as the new
-    /// condition once, if it is still before this transaction's checkpoint.
+    /// One transaction, retried on transient errors (a retry of one that did commit is
+    /// recognised by the store).
     async fn send_transaction(
         &mut self,
         checkpoint: &Checkpoint,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
         let mut pauses = retry::lease_store().build();
-        let mut adopted = false;
         loop {
             let result = self
                 .store
@@ -352,19 +378,6 @@ impl Checkpointer {
                 .await;
             match result {
                 Ok(()) => return Ok(()),
-                Err(checkpoint_store::Error::CheckpointMoved { found, .. })
-                    if !adopted
-                        && !found.is_shard_end()
-                        && found.sequence_number().is_none_or(|f| {
-                            checkpoint
-                                .sequence_number()
-                                .is_some_and(|target| f < target)
-                        }) =>
-                {
-                    tracing::warn!(shard_id = %self.key.shard_id, %found, "checkpoint moved under a transaction; retrying from it");
-                    self.stored = found;
-                    adopted = true;
-                }
                 Err(error) if retry::is_retryable_store(&error) => {
                     retry::pause_or_give_up(&mut pauses, error).await?;
                 }
@@ -945,7 +958,8 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_checkpoint_moved_by_an_earlier_write_of_ours_is_taken_as_the_condition() {
+    async fn a_checkpoint_moved_by_an_earlier_write_of_ours_is_gone_on_from_without_repeating_writes()
+     {
         let (store, mut cp) = transactional(None).await;
         // A plain checkpoint whose answer was lost did commit: the store is at 5, the
         // checkpointer still believes TRIM_HORIZON.
@@ -958,15 +972,31 @@ mod tests {
         cp.stage(&seq(12), [update("a")]).await.unwrap();
         cp.commit_staged(None, &seq(20)).await.unwrap();
         assert_eq!(committed(&store), [(Checkpoint::At(seq(20)), 1)]);
+        // An earlier transaction of ours (records up to 22) committed though its answer
+        // was lost, and the batch is processed again: 22's writes must not apply twice.
+        store
+            .checkpoint(&key, cp.ownership(), &Checkpoint::At(seq(22)))
+            .await
+            .unwrap();
+        cp.end(Some(&seq(20)));
+        cp.begin(&seq(30));
+        cp.stage(&seq(22), [update("a")]).await.unwrap();
+        cp.stage(&seq(25), [update("b")]).await.unwrap();
+        cp.commit_staged(None, &seq(30)).await.unwrap();
+        assert_eq!(
+            committed(&store)[1..],
+            [(Checkpoint::At(seq(30)), 1)],
+            "only 25's write"
+        );
         // Found at or past the transaction's own checkpoint: not ours to build on.
         store
             .checkpoint(&key, cp.ownership(), &Checkpoint::At(seq(40)))
             .await
             .unwrap();
-        cp.end(Some(&seq(20)));
-        cp.begin(&seq(30));
-        cp.stage(&seq(25), [update("b")]).await.unwrap();
-        let failed = cp.commit_staged(None, &seq(30)).await.unwrap_err();
+        cp.end(Some(&seq(30)));
+        cp.begin(&seq(35));
+        cp.stage(&seq(33), [update("b")]).await.unwrap();
+        let failed = cp.commit_staged(None, &seq(35)).await.unwrap_err();
         assert!(
             matches!(
                 &failed.error,
@@ -975,6 +1005,6 @@ mod tests {
             "{:?}",
             failed.error
         );
-        assert_eq!(committed(&store).len(), 1);
+        assert_eq!(committed(&store).len(), 2);
     }
 }
