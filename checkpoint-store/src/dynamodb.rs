@@ -486,7 +486,8 @@ impl DynamoDbLeaseStore {
     }
 
     /// A plain `UpdateItem` on the membership item (no condition); returns the updated
-    /// attributes. `names` maps each `#placeholder` to its attribute name.
+    /// attributes. `names` maps each `#placeholder` to its attribute name. A liveness call:
+    /// short attempt timeout ([`aws::LIVENESS_ATTEMPT_TIMEOUT`]).
     async fn update_membership(
         &self,
         operation: &'static str,
@@ -511,6 +512,8 @@ impl DynamoDbLeaseStore {
             request = request.set_expression_attribute_values(Some(to_values(values)));
         }
         let output = request
+            .customize()
+            .config_override(aws::liveness_overrides())
             .send()
             .await
             .map_err(|err| self.sdk_error(operation, None, err))?;
@@ -841,6 +844,8 @@ impl LeaseStore for DynamoDbLeaseStore {
             .get_item()
             .table_name(&self.table)
             .key(attr::PK, s(MEMBERSHIP_PK))
+            .customize()
+            .config_override(aws::liveness_overrides())
             .send()
             .await
             .map_err(|err| self.sdk_error("GetItem (membership)", None, err))?;

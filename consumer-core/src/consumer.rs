@@ -237,7 +237,11 @@ impl ConsumerBuilder {
 
     /// After how long without a heartbeat a worker counts as dead. Default: 10 s. The renew
     /// interval follows (a third of it) unless [`with_renew_interval`](Self::with_renew_interval)
-    /// is given, before or after this.
+    /// is given, before or after this. `build` refuses a failover time that does not exceed
+    /// the renew interval plus one heartbeat attempt's timeout
+    /// ([`LIVENESS_ATTEMPT_TIMEOUT`](checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT), 1 s):
+    /// one stuck heartbeat must not cost the worker its leases. With the derived renew interval
+    /// that is anything above 1.5 s.
     pub fn with_failover_time(self, failover_time: Duration) -> Self {
         self.set(|c| c.failover_time = failover_time)
     }
@@ -477,6 +481,16 @@ impl ConsumerBuilder {
                 "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
             );
         }
+        let stuck = checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT;
+        if config.renew_interval + stuck >= config.failover_time {
+            return problem(
+                "with_failover_time",
+                &format!(
+                    "must exceed the renew interval ({:?}) plus the attempt timeout of a heartbeat ({stuck:?}): one stuck heartbeat would let other workers take this worker's leases",
+                    config.renew_interval
+                ),
+            );
+        }
         if config.scan_interval.is_zero() {
             return problem("with_scan_interval", "must be above zero");
         }
@@ -554,6 +568,34 @@ mod tests {
         assert_eq!(before.renew_interval, renew);
         assert_eq!(after.renew_interval, renew);
         assert_eq!(before.failover_time, failover);
+    }
+
+    #[test]
+    fn a_failover_time_one_stuck_heartbeat_could_exceed_is_refused_naming_the_setting() {
+        let build = |failover: Duration, renew: Option<Duration>| {
+            let builder = Consumer::builder("app")
+                .with_table("t")
+                .with_streams_api(Arc::new(SimulatedStream::with_seed(1)))
+                .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+                .with_failover_time(failover);
+            let builder = match renew {
+                Some(renew) => builder.with_renew_interval(renew),
+                None => builder,
+            };
+            builder
+                .build(crate::processor_fn(|_: crate::ChangeBatch<()>| async {
+                    Ok(())
+                }))
+                .err()
+                .map(|e| e.to_string())
+        };
+        // The multi-process tests' 3 s (renewed every second) stays legal.
+        assert_eq!(build(Duration::from_secs(3), None), None);
+        let refused = build(Duration::from_millis(1500), None).expect("refused");
+        assert!(refused.contains("with_failover_time"), "{refused}");
+        assert!(refused.contains("attempt timeout"), "{refused}");
+        let refused = build(Duration::from_secs(2), Some(Duration::from_secs(1))).expect("refused");
+        assert!(refused.contains("with_failover_time"), "{refused}");
     }
 
     #[test]

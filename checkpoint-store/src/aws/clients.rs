@@ -13,6 +13,14 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whole operation (with retries disabled, one attempt plus the SDK's own work).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// One attempt of a liveness call: a heartbeat, or the read of the membership item other
+/// workers' liveness is judged from. Much shorter than [`ATTEMPT_TIMEOUT`]: a heartbeat
+/// stuck for 10 s would outlast a failover time of a few seconds and let other workers
+/// take this worker's leases, while a retried one gets through. Small items, one round
+/// trip: DynamoDB answers these in milliseconds. A failover time must leave room for one
+/// stuck attempt (consumer-core's `build` refuses one that does not).
+pub const LIVENESS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
 const DEFAULT_ENDPOINT: &str = "the default AWS endpoint";
 
 /// The DynamoDB and DynamoDB Streams clients, built once with the same settings, and where
@@ -84,6 +92,19 @@ impl AwsClients {
     }
 }
 
+/// The per-call settings of liveness calls ([`LIVENESS_ATTEMPT_TIMEOUT`] to connect, per
+/// attempt and per operation), applied with the SDK's `customize().config_override(...)`
+/// whatever client the store was given.
+pub fn liveness_overrides() -> aws_sdk_dynamodb::config::Builder {
+    aws_sdk_dynamodb::config::Builder::new().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(LIVENESS_ATTEMPT_TIMEOUT)
+            .operation_attempt_timeout(LIVENESS_ATTEMPT_TIMEOUT)
+            .operation_timeout(LIVENESS_ATTEMPT_TIMEOUT)
+            .build(),
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -109,5 +130,58 @@ mod tests {
             assert_eq!(timeouts.operation_attempt_timeout(), Some(ATTEMPT_TIMEOUT));
             assert_eq!(timeouts.operation_timeout(), Some(OPERATION_TIMEOUT));
         }
+    }
+
+    /// Against a server that accepts connections and never answers, a liveness call gives
+    /// up after its own attempt timeout, not the client's 10 s.
+    #[tokio::test]
+    async fn a_stuck_liveness_call_gives_up_after_its_own_attempt_timeout() {
+        use crate::{DynamoDbLeaseStore, LeaseStore};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "k", "s", None, None, "test",
+            ))
+            .endpoint_url(format!("http://{address}"))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let store =
+            DynamoDbLeaseStore::new(aws_sdk_dynamodb::Client::from_conf(config), "leases").unwrap();
+        let started = std::time::Instant::now();
+        let membership = store.membership().await;
+        let heartbeat = store.heartbeat("w1", Duration::from_secs(60)).await;
+        let took = started.elapsed();
+        assert!(membership.is_err() && heartbeat.is_err());
+        assert!(
+            took < 3 * LIVENESS_ATTEMPT_TIMEOUT,
+            "two stuck liveness calls took {took:?}"
+        );
+    }
+
+    #[test]
+    fn liveness_calls_have_a_short_attempt_timeout() {
+        let overrides = liveness_overrides().build();
+        let timeouts = overrides.timeout_config().unwrap();
+        assert_eq!(
+            timeouts.operation_attempt_timeout(),
+            Some(LIVENESS_ATTEMPT_TIMEOUT)
+        );
+        assert_eq!(timeouts.operation_timeout(), Some(LIVENESS_ATTEMPT_TIMEOUT));
+        assert_eq!(timeouts.connect_timeout(), Some(LIVENESS_ATTEMPT_TIMEOUT));
+        assert!(LIVENESS_ATTEMPT_TIMEOUT * 3 < ATTEMPT_TIMEOUT);
     }
 }

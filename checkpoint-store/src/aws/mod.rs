@@ -9,7 +9,9 @@
 //!   [`aws_types::SdkConfig`]. Libraries never load credentials: only programs do, with
 //!   `aws-config`, and hand the resulting `SdkConfig` in.
 //! - **Timeouts**: 3 s to connect, 10 s per attempt, 30 s per operation, so that an
-//!   unreachable endpoint fails within seconds instead of hanging a worker.
+//!   unreachable endpoint fails within seconds instead of hanging a worker; liveness calls
+//!   (heartbeats, the membership read) 1 s per attempt ([`LIVENESS_ATTEMPT_TIMEOUT`],
+//!   [`liveness_overrides`]), so one stuck attempt cannot outlast a failover time.
 //! - **One retry layer, ours**: the clients are built with the SDK's retries disabled
 //!   (`RetryConfig::disabled()`). Every retry happens in consumer-core's named retry
 //!   policies (`consumer-core/src/retry.rs`), which know what the call is for (a poll loop
@@ -31,7 +33,7 @@ mod errors;
 mod paging;
 mod tables;
 
-pub use clients::AwsClients;
+pub use clients::{AwsClients, LIVENESS_ATTEMPT_TIMEOUT, liveness_overrides};
 pub use errors::{ErrorClass, classify};
 pub use paging::{CursorStalled, describe_stream_pages, scan_all};
 pub use tables::{TableWaitError, wait_until_table_active};
