@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::events::{CheckpointWritten, Event, TransactionCommitted};
 use crate::retry;
-use crate::shard_consumer::is_lease_lost;
 
 /// Records how far a shard has been processed.
 ///

@@ -1213,7 +1213,7 @@ async fn sleep_unless_stopped(signals: &ShardSignals, pause: Duration) -> Result
     }
 }
 
-pub(crate) fn is_lease_lost(error: &Error) -> bool {
+fn is_lease_lost(error: &Error) -> bool {
     matches!(error, Error::LeaseStore(e) if e.is_lease_lost())
 }
 
