@@ -12,7 +12,8 @@
 //! not fenced, else 503 and the reason).
 //!
 //! Stdout carries one line per delivered change, written and flushed after each batch (and
-//! before the framework checkpoints it, which happens after every batch):
+//! before the framework checkpoints it, which happens after every batch) by a thread of its
+//! own: a reader that stops reading holds up printing, never heartbeats or shutdown:
 //!
 //! ```text
 //! {"worker":"w1","table":"T","shard":"shardId-…","seq":"000…","event":"INSERT",
@@ -242,6 +243,44 @@ impl FailureHandler for JsonLinesFile {
     }
 }
 
+/// A batch's lines, and where the writer says whether they were written and flushed.
+type Lines = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
+/// Stdout, written by a thread of its own. A reader that stops reading blocks that thread
+/// and the batches waiting for their lines to be written, never the runtime's threads:
+/// heartbeats, lease scans, `/healthz` and shutdown go on.
+#[derive(Clone)]
+struct StdoutWriter {
+    lines: tokio::sync::mpsc::Sender<Lines>,
+}
+
+impl StdoutWriter {
+    fn start() -> std::io::Result<Self> {
+        let (lines, mut queue) = tokio::sync::mpsc::channel::<Lines>(64);
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let mut out = std::io::stdout().lock();
+                while let Some((text, written)) = queue.blocking_recv() {
+                    let _ = written.send(out.write_all(&text).and_then(|()| out.flush()));
+                }
+            })?;
+        Ok(Self { lines })
+    }
+
+    /// Writes and flushes `text`; returns once it is written (or failed to be).
+    async fn write(&self, text: Vec<u8>) -> Result<(), BoxError> {
+        let (written, done) = tokio::sync::oneshot::channel();
+        let stopped = || BoxError::from("the stdout writer stopped");
+        self.lines
+            .send((text, written))
+            .await
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())??;
+        Ok(())
+    }
+}
+
 /// Writes the changes of one shard as JSON lines.
 struct JsonlProcessor {
     worker: Arc<str>,
@@ -249,6 +288,7 @@ struct JsonlProcessor {
     shard: String,
     fail_when: Option<FailWhen>,
     delay: Option<Duration>,
+    out: StdoutWriter,
 }
 
 #[async_trait]
@@ -275,7 +315,7 @@ impl RecordProcessor for JsonlProcessor {
             Some((_, at)) => at,
             None => batch.len(),
         };
-        let mut out = std::io::stdout().lock();
+        let mut text = Vec::new();
         for change in batch.iter().take(printed) {
             let line = change_to_json(
                 &self.worker,
@@ -283,12 +323,14 @@ impl RecordProcessor for JsonlProcessor {
                 Some(&self.shard),
                 change,
             );
-            serde_json::to_writer(&mut out, &line)?;
-            out.write_all(b"\n")?;
+            serde_json::to_writer(&mut text, &line)?;
+            text.push(b'\n');
         }
-        // An error here (stdout closed) fails the batch: it is delivered again, never
-        // checkpointed unwritten.
-        out.flush()?;
+        // Written and flushed before the batch succeeds; an error (stdout closed) fails the
+        // batch: it is delivered again, never checkpointed unwritten.
+        if !text.is_empty() {
+            self.out.write(text).await?;
+        }
         match failing {
             Some((fail, at)) => Err(BatchFailure::at(
                 batch.changes[at].sequence_number.clone(),
@@ -334,12 +376,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         whole_batch: args.whole_batch_failures,
     });
     let delay = args.process_delay;
+    let out = StdoutWriter::start()?;
     let consumer = builder.build(move |shard: &ShardContext| JsonlProcessor {
         worker: worker.clone(),
         table: shard.table.clone(),
         shard: shard.shard_id.clone(),
         fail_when: fail_when.clone(),
         delay,
+        out: out.clone(),
     })?;
     tracing::info!(worker_id = consumer.worker_id(), "starting");
     let _metrics = match &args.metrics_addr {
