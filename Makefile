@@ -91,3 +91,9 @@ cost:
 	mkdir -p docs
 	$(CARGO) run --release --quiet -p consumer-core --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
 	$(CARGO) run --release --quiet -p consumer-core --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg
+
+## replica-figures: table-replica's changes/s with and without transactions (one replica
+## through a 4,000-change backlog, DynamoDB Local, release build)
+.PHONY: replica-figures
+replica-figures:
+	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p examples --test table_replica -- --ignored --nocapture
