@@ -227,19 +227,22 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                     }
                     batch.extend(records);
                     held.push(reservation);
-                    match session
-                        .gather(&mut rx, &mut batch, &mut held, max_batch * partitions)
-                        .await
-                    {
-                        Ok(next) => carried = next,
-                        Err(interrupted) => break session.finish(interrupted).await,
-                    }
                     if extra.is_empty() {
+                        match session
+                            .gather(&mut rx, &mut batch, &mut held, max_batch)
+                            .await
+                        {
+                            Ok(next) => carried = next,
+                            Err(interrupted) => break session.finish(interrupted).await,
+                        }
                         session.deliver_all(&mut batch, max_batch).await
                     } else {
                         session
-                            .deliver_partitioned(&mut batch, max_batch, &mut extra)
+                            .deliver_partitioned(
+                                &mut rx, &mut batch, &mut held, max_batch, &mut extra,
+                            )
                             .await
+                            .map(|next| carried = next)
                     }
                 }
                 Some(Fetched::Idle) => session.flush_if_due().await,
@@ -265,6 +268,75 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
         fetcher.abort();
         tell_extra_partitions(&mut extra, &mut checkpointer, &outcome, &self.shared.config).await;
         outcome
+    }
+}
+
+/// With key parallelism, how many records past the checkpoint (done or not) a shard takes
+/// in while one partition is behind: bounds the bookkeeping of a partition stuck on an item.
+const MAX_AHEAD_OF_CHECKPOINT: usize = 100_000;
+
+/// Key parallelism's bookkeeping: the records taken in and not yet below the checkpoint, in
+/// stream order, whether each is done, and the pages' shares of the memory budget.
+#[derive(Default)]
+struct Watermark {
+    /// From index `base` on: each record's sequence number, whether it is done, its page.
+    order: VecDeque<(Option<SequenceNumber>, bool, usize)>,
+    base: usize,
+    /// Per page still held: records not done, and its budget.
+    pages: std::collections::HashMap<usize, (usize, Option<Reservation>)>,
+    next_page: usize,
+}
+
+impl Watermark {
+    /// Records taken in across the partitions' queues (by key), with the page's budget.
+    fn take_in(
+        &mut self,
+        records: Vec<Arc<Record>>,
+        reservation: Option<Reservation>,
+        queues: &mut [VecDeque<(usize, Arc<Record>)>],
+    ) {
+        if records.is_empty() {
+            return;
+        }
+        let page = self.next_page;
+        self.next_page += 1;
+        self.pages.insert(page, (records.len(), reservation));
+        for record in records {
+            let index = self.base + self.order.len();
+            self.order.push_back((record_seq(&record), false, page));
+            queues[partition_of(&record, queues.len())].push_back((index, record));
+        }
+    }
+
+    /// Records taken in and not yet below the checkpoint.
+    fn tracked(&self) -> usize {
+        self.order.len()
+    }
+
+    /// The records at `indices` are done; returns the new watermark if it moved: the
+    /// sequence number of the last record of the longest done prefix.
+    fn done(&mut self, indices: &[usize]) -> Option<SequenceNumber> {
+        for &index in indices {
+            let Some(entry) = self.order.get_mut(index - self.base) else {
+                continue;
+            };
+            entry.1 = true;
+            if let Some((left, reservation)) = self.pages.get_mut(&entry.2) {
+                *left -= 1;
+                if *left == 0 {
+                    drop(reservation.take());
+                    self.pages.remove(&entry.2);
+                }
+            }
+        }
+        let mut moved = None;
+        while self.order.front().is_some_and(|(_, done, _)| *done) {
+            if let Some((seq, _, _)) = self.order.pop_front() {
+                moved = seq.or(moved);
+            }
+            self.base += 1;
+        }
+        moved
     }
 }
 
@@ -551,45 +623,120 @@ impl<F: ProcessorFactory> Session<'_, F> {
         Ok(())
     }
 
-    /// Key parallelism: splits what was gathered into partitions by key and delivers them
-    /// concurrently, each with its own processor (`self.processor` for partition 0) and a
-    /// checkpointer that writes nothing; once every partition is done with its records,
-    /// the shard checkpoints past all of them (the low watermark of what is done).
+    /// Key parallelism: every partition has its own queue and its own processor
+    /// (`self.processor` for partition 0; each with a checkpointer that writes nothing) and
+    /// starts its next batch as soon as it finished the last, while pages keep coming in:
+    /// a slow item holds up only its own partition. The shard checkpoints at the highest
+    /// sequence number below which every record is done (the low watermark); a page's share
+    /// of the memory budget is given back once all its records are done. Returns once
+    /// everything taken in is done, with what came from the fetch task that is not records;
+    /// on release, the batches running finish and nothing new starts.
     async fn deliver_partitioned(
         &mut self,
+        rx: &mut mpsc::Receiver<Fetched>,
         batch: &mut VecDeque<Arc<Record>>,
+        held: &mut Vec<Reservation>,
         max: usize,
         extra: &mut [F::Processor],
-    ) -> Result<(), Interrupted> {
-        let Some(last) = batch.back().cloned() else {
-            return Ok(());
-        };
+    ) -> Result<Option<Fetched>, Interrupted> {
+        type Ran<'r, P> = (
+            usize,
+            &'r mut P,
+            Checkpointer,
+            Vec<usize>,
+            Result<(), Interrupted>,
+        );
         let n = extra.len() + 1;
-        let mut parts: Vec<VecDeque<Arc<Record>>> = vec![VecDeque::new(); n];
-        for record in batch.drain(..) {
-            parts[partition_of(&record, n)].push_back(record);
-        }
         let (consumer, signals, shutdown) = (self.consumer, self.signals, self.shutdown);
-        let mut checkpointers: Vec<Checkpointer> =
-            (0..n).map(|_| self.checkpointer.detached()).collect();
-        let processors = std::iter::once(&mut *self.processor).chain(extra.iter_mut());
-        let runs = processors
-            .zip(checkpointers.iter_mut())
-            .zip(parts.iter_mut())
-            .map(|((processor, checkpointer), part)| async move {
-                let mut lane = Session {
-                    consumer,
-                    processor,
-                    checkpointer,
-                    signals,
-                    shutdown,
+        let key = &consumer.lease.key;
+        let lag = &consumer.shared.telemetry.lag;
+        let mut window = Watermark::default();
+        let mut queues: Vec<VecDeque<(usize, Arc<Record>)>> = vec![VecDeque::new(); n];
+        let mut idle: Vec<Option<(&mut F::Processor, Checkpointer)>> =
+            std::iter::once(&mut *self.processor)
+                .chain(extra.iter_mut())
+                .map(|processor| Some((processor, self.checkpointer.detached())))
+                .collect();
+        let mut running = futures::stream::FuturesUnordered::<
+            std::pin::Pin<Box<dyn Future<Output = Ran<'_, F::Processor>> + Send + '_>>,
+        >::new();
+        let mut reservations = held.drain(..);
+        window.take_in(batch.drain(..).collect(), reservations.next(), &mut queues);
+        // (Only one page comes in here: the rest of `held`, if any, is given back with it.)
+        drop(reservations);
+        let (mut carried, mut closed, mut stopping) = (None, false, false);
+        loop {
+            for (i, queue) in queues.iter_mut().enumerate() {
+                if stopping || queue.is_empty() {
+                    continue;
+                }
+                let Some((processor, mut checkpointer)) = idle[i].take() else {
+                    continue;
                 };
-                lane.deliver_all(part, max).await
-            });
-        for result in futures::future::join_all(runs).await {
-            result?;
+                let take = queue.len().min(max);
+                let (indices, mut records): (Vec<usize>, VecDeque<Arc<Record>>) =
+                    queue.drain(..take).unzip();
+                running.push(Box::pin(async move {
+                    let result = Session {
+                        consumer,
+                        processor: &mut *processor,
+                        checkpointer: &mut checkpointer,
+                        signals,
+                        shutdown,
+                    }
+                    .deliver_all(&mut records, max)
+                    .await;
+                    (i, processor, checkpointer, indices, result)
+                }));
+            }
+            if running.is_empty() && (stopping || queues.iter().all(VecDeque::is_empty)) {
+                return if stopping {
+                    Err(Interrupted::Release)
+                } else {
+                    Ok(carried)
+                };
+            }
+            // More pages while some partition has less than a batch waiting (a partition
+            // stuck on an item collects its share meanwhile, up to the bounds of
+            // `MAX_AHEAD_OF_CHECKPOINT` and the memory budget).
+            let intake = !closed
+                && carried.is_none()
+                && !stopping
+                && queues.iter().any(|queue| queue.len() < max)
+                && window.tracked() < MAX_AHEAD_OF_CHECKPOINT;
+            tokio::select! {
+                biased;
+                _ = signals.lost.cancelled() => return Err(Interrupted::Lost),
+                _ = signals.release.cancelled(), if !stopping => stopping = true,
+                Some((i, processor, checkpointer, indices, result)) =
+                    futures::StreamExt::next(&mut running), if !running.is_empty() => {
+                    idle[i] = Some((processor, checkpointer));
+                    result?;
+                    if let Some(seq) = window.done(&indices) {
+                        self.checkpointer.delivered(&seq);
+                        lag.processed(key, &seq);
+                        if consumer.shared.config.auto_checkpoint
+                            && let Err(error) = self.checkpointer.checkpoint_in_background().await
+                        {
+                            if is_lease_lost(&error) {
+                                return Err(Interrupted::Lost);
+                            }
+                            tracing::warn!(shard_id = %key.shard_id, %error, "checkpoint not written; will retry");
+                        }
+                    }
+                }
+                next = rx.recv(), if intake => match next {
+                    Some(Fetched::Records(records, reservation)) => {
+                        lag.fetched(key, &records);
+                        window.take_in(records, Some(reservation), &mut queues);
+                    }
+                    // Only a hint to flush; the watermark checkpoints anyway.
+                    Some(Fetched::Idle) => {}
+                    Some(other) => carried = Some(other),
+                    None => closed = true,
+                },
+            }
         }
-        self.done(std::slice::from_ref(&last)).await
     }
 
     /// Delivers consecutive records in order: runs too old for the maximum record age go to
