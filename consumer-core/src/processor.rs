@@ -111,6 +111,17 @@ pub trait RecordProcessor: Send + 'static {
     /// checkpoint moves past them once it accepted them. For the processor's own
     /// bookkeeping: the framework already logged and counted them.
     async fn records_failed(&mut self, _failed: &crate::FailedRecords) {}
+
+    /// Records of this shard the filter ([`with_filter`](crate::ConsumerBuilder::with_filter))
+    /// left out, in stream order: never delivered, checkpointed past once this returned (and
+    /// the records around them were processed). For the processor's own bookkeeping (count,
+    /// sample, audit what is dropped): the framework already counted them
+    /// (`ddb_stream_records_filtered_total`) and logged them at debug level.
+    async fn records_filtered(
+        &mut self,
+        _records: &[std::sync::Arc<aws_sdk_dynamodbstreams::types::Record>],
+    ) {
+    }
 }
 
 /// Makes a processor for each shard this worker starts.

@@ -781,6 +781,19 @@ impl<F: ProcessorFactory> Session<'_, F> {
                         records: run.len() - kept.len(),
                     }
                     .emit();
+                    let filtered: Vec<Arc<Record>> = run
+                        .iter()
+                        .zip(&routes[start..end])
+                        .filter(|(_, route)| **route == Route::Filtered)
+                        .map(|(record, _)| record.clone())
+                        .collect();
+                    guarded(
+                        self.signals,
+                        self.shutdown,
+                        None,
+                        self.processor.records_filtered(&filtered),
+                    )
+                    .await?;
                 }
                 self.deliver_run(&kept).await?;
                 if kept.last().map(|r| record_seq(r)) != run.last().map(|r| record_seq(r)) {

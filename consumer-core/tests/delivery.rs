@@ -51,6 +51,8 @@ struct Log {
     lease_lost: Arc<AtomicUsize>,
     /// `process` futures dropped before they finished.
     dropped: Arc<AtomicUsize>,
+    /// The `n` of each record `records_filtered` was told of.
+    filtered: Arc<Mutex<Vec<u64>>>,
 }
 
 impl Log {
@@ -117,6 +119,11 @@ impl RecordProcessor for Tester {
 
     async fn lease_lost(&mut self) {
         self.log.lease_lost.fetch_add(1, Ordering::SeqCst);
+    }
+
+    async fn records_filtered(&mut self, records: &[Arc<Record>]) {
+        let filtered = records.iter().map(|record| n_of(record));
+        self.log.filtered.lock().unwrap().extend(filtered);
     }
 }
 
@@ -501,6 +508,11 @@ async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
     })
     .await;
     assert_eq!(log.values(), (0..200).step_by(2).collect::<Vec<_>>());
+    assert_eq!(
+        *log.filtered.lock().unwrap(),
+        (1..200).step_by(2).collect::<Vec<_>>(),
+        "records_filtered hears of every record left out, in order"
+    );
     let sizes = log.batch_sizes.lock().unwrap().clone();
     assert!(
         sizes.iter().any(|&n| n > 10),
