@@ -97,3 +97,14 @@ cost:
 .PHONY: replica-figures
 replica-figures:
 	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p examples --test table_replica -- --ignored --nocapture
+
+## memory: a worker's RSS (release build, simulated stream, real time): 1,000 idle leases,
+## then 200 shards of 1-4 KB items caught up at once with the default 256 MB budget, with
+## 64 MB, and without a budget
+.PHONY: memory
+MEMORY_RUN = $(CARGO) run --release --quiet -p consumer-core --features testkit --example memory --
+memory:
+	$(MEMORY_RUN) idle
+	$(MEMORY_RUN) catch-up
+	$(MEMORY_RUN) catch-up --max-buffered-mb 64
+	$(MEMORY_RUN) catch-up --max-buffered-mb 100000
