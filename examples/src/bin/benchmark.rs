@@ -25,8 +25,14 @@
 //!    rate (records after the first page, over the time from the first page to the Nth
 //!    record), and the ratio of both rates framework/plain. Each framework run prints a
 //!    profile: time between batches, time per streams call as the framework saw it, and
-//!    CPU use. `--diagnose` adds a run per round with checkpoints coalesced to 1 s (the
-//!    default), which shows what the per-batch checkpoint costs.
+//!    CPU use. `--diagnose` adds two runs per round: the plain loop writing a checkpoint
+//!    per page itself (the lease store's conditional write, one in flight, the latest
+//!    pending written next, as the framework does), the ceiling of any consumer that
+//!    checkpoints every batch against this server; and the framework with checkpoints
+//!    coalesced to 1 s (the default). Together they show what the per-batch checkpoint
+//!    costs the server and what the framework adds to it (its start-up, mostly: the plain
+//!    loop's clock starts after its DescribeStream, the framework's before it creates its
+//!    lease table).
 //!
 //! Figures only: nothing here asserts a speed. Run it against DynamoDB Local with
 //!
