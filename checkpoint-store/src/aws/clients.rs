@@ -14,7 +14,7 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One attempt of a liveness call: a heartbeat, or the read of the membership item other
-/// workers' liveness is judged from. Much shorter than [`ATTEMPT_TIMEOUT`]: a heartbeat
+/// workers' liveness is judged from. Much shorter than the 10 s of other calls: a heartbeat
 /// stuck for 10 s would outlast a failover time of a few seconds and let other workers
 /// take this worker's leases, while a retried one gets through. Small items, one round
 /// trip: DynamoDB answers these in milliseconds. A failover time must leave room for one
