@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::workers::tail;
-use integration_tests::{create_table, dynamodb_client, endpoint, unique_name};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name};
 use tokio::time::Instant;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
@@ -26,17 +24,7 @@ const ITEMS: usize = 150;
 
 /// `GET path` on `addr`: status code and body; `None` if it does not answer within 3 s.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let code = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((code, body.to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(3), exchange)
+    http::get(addr, path, Duration::from_secs(3))
         .await
         .ok()
         .flatten()
@@ -57,12 +45,7 @@ async fn a_worker_whose_stdout_is_not_read_stays_alive_and_stops_on_sigterm() {
     for table in &tables {
         create_table(table, "id", true).await;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = http::free_local_addr();
     let stderr_path = std::env::temp_dir().join(format!("{app}.stderr"));
     let mut command = tokio::process::Command::new(WORKER_BIN);
     command

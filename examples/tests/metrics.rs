@@ -10,9 +10,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use integration_tests::workers::tail;
-use integration_tests::{create_table, dynamodb_client, endpoint, unique_name};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name};
+use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
@@ -25,21 +24,10 @@ const DELAY: &str = "2s";
 
 /// `GET path` on `addr`: status code and body.
 async fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
     // An endpoint that does not answer is a failure, not a hang.
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .expect("the endpoint answers within 10 s")
-    .ok()?;
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
+    http::get(addr, path, Duration::from_secs(10))
+        .await
+        .expect("the endpoint answers within 10 s")
 }
 
 /// The value of `name{...stream="table"...}` in a Prometheus text page.
@@ -85,12 +73,7 @@ async fn scrape_until(addr: &str, what: &str, done: impl Fn(&str) -> bool) -> St
 async fn metrics_show_a_growing_lag_while_records_wait_and_zero_once_caught_up() {
     let (table, app) = (unique_name("metrics"), unique_name("app"));
     create_table(&table, "id", true).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = http::free_local_addr();
     let stderr_path = std::env::temp_dir().join(format!("{app}.stderr"));
     let mut child = tokio::process::Command::new(WORKER_BIN)
         .args(["--worker-id", "m1", "--app", &app, "--table", &table])

@@ -8,6 +8,7 @@ use aws_config::SdkConfig;
 
 pub use examples::unique_name;
 
+pub mod http;
 pub mod workers;
 
 /// The environment variable holding the DynamoDB endpoint URL.
