@@ -96,6 +96,7 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     items_read: AtomicU64,
     billed: Mutex<Billed>,
     hidden: Mutex<HashSet<LeaseKey>>,
+    losing: Mutex<HashSet<LeaseKey>>,
 }
 
 /// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
@@ -120,6 +121,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             items_read: AtomicU64::new(0),
             billed: Mutex::default(),
             hidden: Mutex::default(),
+            losing: Mutex::default(),
         }
     }
 
@@ -150,6 +152,15 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     /// them to `get_lease` and writes: what a scan does with an item it cannot decode.
     pub fn hide_from_scans(&self, keys: impl IntoIterator<Item = LeaseKey>) {
         self.hidden
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(keys);
+    }
+
+    /// The next take of each of these leases fails as if another worker had won it between
+    /// the taker's scan and its write (`LeaseLost`; the lease is not changed).
+    pub fn lose_next_take(&self, keys: impl IntoIterator<Item = LeaseKey>) {
+        self.losing
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(keys);
@@ -299,6 +310,18 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         new_owner: &str,
     ) -> Result<Lease> {
         self.pass(StoreOp::TakeLease).await?;
+        if self
+            .losing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key)
+        {
+            return Err(checkpoint_store::Error::LeaseLost {
+                key: key.clone(),
+                owner: new_owner.to_owned(),
+                epoch: seen_epoch,
+            });
+        }
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self
             .inner
