@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use checkpoint_store::{DynamoDbLeaseStore, Lease, LeaseStore};
 use consumer_core::testkit::Recording;
 use consumer_core::{ConsumerBuilder, InitialPosition};
 use integration_tests::{
@@ -33,6 +33,14 @@ fn builder(app: &str, table: &str, config: &aws_config::SdkConfig) -> ConsumerBu
     quick_consumer(app, table, config)
         .with_shard_sync_interval(Duration::from_secs(1))
         .with_creation_time_margin(Duration::from_secs(61))
+}
+
+/// Polls the lease table (for up to a minute) until `done` holds for its leases.
+async fn wait_for_leases(store: &DynamoDbLeaseStore, what: &str, done: impl Fn(&[Lease]) -> bool) {
+    wait_for(what, Duration::from_secs(60), async || {
+        store.list_leases().await.is_ok_and(|leases| done(&leases))
+    })
+    .await;
 }
 
 async fn put(table: &str, n: i64) {
@@ -62,15 +70,13 @@ async fn latest_keeps_its_start_when_the_lease_moves_before_reading_anything() {
     };
     let first = Recording::<Counter>::default();
     let (stop, run) = start(&first);
-    wait_for(
+    wait_for_leases(
+        &store,
         "the first owner to store its start time",
-        Duration::from_secs(60),
-        async || {
-            store.list_leases().await.is_ok_and(|leases| {
-                leases
-                    .iter()
-                    .any(|l| !l.key.is_coordination() && l.checkpoint.skip_before().is_some())
-            })
+        |leases| {
+            leases
+                .iter()
+                .any(|l| !l.key.is_coordination() && l.checkpoint.skip_before().is_some())
         },
     )
     .await;
@@ -151,15 +157,13 @@ async fn a_reenabled_stream_is_picked_up_after_the_old_one_ended() {
     )
     .await;
     let store = DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
-    wait_for(
+    wait_for_leases(
+        &store,
         "the old stream's leases and the gate to go",
-        Duration::from_secs(30),
-        async || {
-            store.list_leases().await.is_ok_and(|leases| {
-                leases
-                    .iter()
-                    .all(|l| l.key.stream != old && l.key.gated_stream().is_none())
-            })
+        |leases| {
+            leases
+                .iter()
+                .all(|l| l.key.stream != old && l.key.gated_stream().is_none())
         },
     )
     .await;
