@@ -630,7 +630,9 @@ impl<F: ProcessorFactory> Session<'_, F> {
     /// sequence number below which every record is done (the low watermark); a page's share
     /// of the memory budget is given back once all its records are done. Returns once
     /// everything taken in is done, with what came from the fetch task that is not records;
-    /// on release, the batches running finish and nothing new starts.
+    /// on release, the batches running finish and nothing new starts. With a batching window,
+    /// a free partition waits up to the window for a full batch (not once nothing more can
+    /// come).
     async fn deliver_partitioned(
         &mut self,
         rx: &mut mpsc::Receiver<Fetched>,
@@ -665,9 +667,18 @@ impl<F: ProcessorFactory> Session<'_, F> {
         // (Only one page comes in here: the rest of `held`, if any, is given back with it.)
         drop(reservations);
         let (mut carried, mut closed, mut stopping) = (None, false, false);
+        // With a batching window: since when each partition's queue has been filling.
+        let batching = consumer.shared.config.delivery.batching_window;
+        let mut filling: Vec<Option<Instant>> = vec![None; n];
         loop {
+            let now = Instant::now();
+            let more_may_come = !closed && carried.is_none();
             for (i, queue) in queues.iter_mut().enumerate() {
-                if stopping || queue.is_empty() {
+                if stopping || queue.is_empty() || idle[i].is_none() {
+                    continue;
+                }
+                let since = *filling[i].get_or_insert(now);
+                if queue.len() < max && more_may_come && now < since + batching {
                     continue;
                 }
                 let Some((processor, mut checkpointer)) = idle[i].take() else {
@@ -676,6 +687,9 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 let take = queue.len().min(max);
                 let (indices, mut records): (Vec<usize>, VecDeque<Arc<Record>>) =
                     queue.drain(..take).unzip();
+                if queue.is_empty() {
+                    filling[i] = None;
+                }
                 running.push(Box::pin(async move {
                     let result = Session {
                         consumer,
@@ -689,6 +703,11 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     (i, processor, checkpointer, indices, result)
                 }));
             }
+            // The first partition whose batching window ends, among those waiting to fill.
+            let window_ends = (0..n)
+                .filter(|&i| idle[i].is_some() && !queues[i].is_empty())
+                .filter_map(|i| filling[i].map(|since| since + batching))
+                .min();
             if running.is_empty() && (stopping || queues.iter().all(VecDeque::is_empty)) {
                 return if stopping {
                     Err(Interrupted::Release)
@@ -708,6 +727,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 biased;
                 _ = signals.lost.cancelled() => return Err(Interrupted::Lost),
                 _ = signals.release.cancelled(), if !stopping => stopping = true,
+                () = tokio::time::sleep_until(window_ends.unwrap_or(now)), if window_ends.is_some() => {}
                 Some((i, processor, checkpointer, indices, result)) =
                     futures::StreamExt::next(&mut running), if !running.is_empty() => {
                     idle[i] = Some((processor, checkpointer));

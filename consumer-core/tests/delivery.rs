@@ -528,6 +528,29 @@ async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
     assert_eq!(seq, sim.written().last().unwrap().sequence_number);
 }
 
+#[tokio::test(start_paused = true)]
+async fn with_key_parallelism_the_batching_window_still_fills_batches_across_pages() {
+    let sim = stream_with(400);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    run_tester(&sim, &store, &log, None, Poison::WholeBatch, 400, |b| {
+        b.with_batch_limit(10)
+            .with_max_batch_size(50)
+            .with_batching_window(Duration::from_secs(1))
+            .with_prefetch_pages(8)
+            .with_key_parallelism(2)
+    })
+    .await;
+    assert_delivered_once_in_order_of(&log, 400, u64::MAX, 10);
+    let sizes = log.batch_sizes.lock().unwrap().clone();
+    // Pages of 10 split over 2 partitions: without the window, batches of about 5.
+    assert!(
+        sizes.iter().any(|&n| n > 10),
+        "batches larger than a page: {sizes:?}"
+    );
+    assert!(sizes.iter().all(|&n| n <= 50), "at most 50: {sizes:?}");
+}
+
 #[test]
 fn busy_loop_settings_are_refused_naming_the_setting() {
     let sim = stream_with(0);
