@@ -674,11 +674,15 @@ impl<F: ProcessorFactory> Session<'_, F> {
             let now = Instant::now();
             let more_may_come = !closed && carried.is_none();
             for (i, queue) in queues.iter_mut().enumerate() {
-                if stopping || queue.is_empty() || idle[i].is_none() {
+                if queue.is_empty() {
                     continue;
                 }
+                // Counted from when records started waiting, busy partition or not.
                 let since = *filling[i].get_or_insert(now);
-                if queue.len() < max && more_may_come && now < since + batching {
+                if stopping
+                    || idle[i].is_none()
+                    || (queue.len() < max && more_may_come && now < since + batching)
+                {
                     continue;
                 }
                 let Some((processor, mut checkpointer)) = idle[i].take() else {
