@@ -35,8 +35,8 @@ pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
-pub use snapshot::SnapshotConfig;
 pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };
+pub use snapshot::SnapshotConfig;
