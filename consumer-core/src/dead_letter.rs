@@ -21,7 +21,8 @@ const TABLE_DEADLINE: Duration = Duration::from_secs(60);
 /// A DynamoDB table that keeps the records the framework gave up on.
 ///
 /// Created (on-demand billing, string key `pk`) on first use if absent. One item per
-/// record, key `{stream}|{shard}|{sequence number}` (so a record handed over twice is
+/// record, key `{stream}|{shard}|{sequence number}` (snapshot records: their item keys
+/// instead of the sequence number; a record handed over twice is
 /// one item): `reason`, `stream`, `shard`, `sequence_number`, `table`, `event`, `keys`
 /// (the item's key attributes, to find it again), `error` (no item values) and
 /// `failed_at` (Unix seconds). Images are not copied: they may hold personal data.
@@ -90,6 +91,27 @@ impl DeadLetterTable {
     }
 }
 
+/// `{stream}|{shard}|{sequence number}`, so a record handed over twice is one item. A
+/// snapshot record has no sequence number: its item's keys (already stored in `keys`)
+/// tell the items of one segment apart instead.
+fn dead_letter_key(
+    failed: &FailedRecords,
+    seq: &str,
+    keys: &HashMap<String, AttributeValue>,
+) -> String {
+    let prefix = format!("{}|{}", failed.stream_arn, failed.shard_id);
+    if seq != "unknown" {
+        return format!("{prefix}|{seq}");
+    }
+    let mut names: Vec<&String> = keys.keys().collect();
+    names.sort();
+    let rendered: Vec<String> = names
+        .into_iter()
+        .map(|name| format!("{name}={:?}", keys[name]))
+        .collect();
+    format!("{prefix}|keys:{}", rendered.join(","))
+}
+
 #[async_trait]
 impl FailureHandler for DeadLetterTable {
     async fn handle(&self, failed: &FailedRecords) -> Result<(), BoxError> {
@@ -107,10 +129,7 @@ impl FailureHandler for DeadLetterTable {
                 .unwrap_or_default();
             let s = |v: &str| AttributeValue::S(v.to_owned());
             let mut item = HashMap::from([
-                (
-                    "pk".to_owned(),
-                    s(&format!("{}|{}|{seq}", failed.stream_arn, failed.shard_id)),
-                ),
+                ("pk".to_owned(), s(&dead_letter_key(failed, seq, &keys))),
                 ("reason".to_owned(), s(failed.reason.as_str())),
                 ("stream".to_owned(), s(&failed.stream_arn)),
                 ("shard".to_owned(), s(&failed.shard_id)),
@@ -144,5 +163,44 @@ impl FailureHandler for DeadLetterTable {
                 })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failure::FailureReason;
+
+    fn failed() -> FailedRecords {
+        FailedRecords {
+            table: None,
+            stream_arn: "arn:stream".into(),
+            shard_id: "snapshot-0-of-2".into(),
+            reason: FailureReason::Undecodable,
+            error: "bad".into(),
+            records: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn records_are_keyed_by_sequence_number_or_else_by_item_keys() {
+        let keys = |id: &str| {
+            HashMap::from([
+                ("pk".to_owned(), AttributeValue::S(id.to_owned())),
+                ("sk".to_owned(), AttributeValue::N("1".to_owned())),
+            ])
+        };
+        let failed = failed();
+        assert_eq!(
+            dead_letter_key(&failed, "42", &keys("a")),
+            "arn:stream|snapshot-0-of-2|42"
+        );
+        let a = dead_letter_key(&failed, "unknown", &keys("a"));
+        let b = dead_letter_key(&failed, "unknown", &keys("b"));
+        assert_ne!(
+            a, b,
+            "two snapshot items of one segment must not share a dead letter"
+        );
+        assert_eq!(a, dead_letter_key(&failed, "unknown", &keys("a")));
     }
 }

@@ -394,6 +394,32 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.bill(0.0, units, false);
         Ok(version)
     }
+    // Counted as a checkpoint; billed for the lease item only (the transaction's other
+    // writes go to the user's tables, not the lease table).
+    async fn checkpoint_with_writes(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        previous: &Checkpoint,
+        c: &Checkpoint,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self
+            .inner
+            .checkpoint_with_writes(key, o, previous, c, writes)
+            .await;
+        // A transactional write is billed twice the units of a plain one.
+        for _ in 0..2 {
+            self.bill_lease_write(before.clone(), &result, None, false)
+                .await;
+        }
+        result
+    }
+    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
+        self.inner.key_attribute_names(table).await
+    }
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
         self.pass(StoreOp::DeleteWorker).await?;
         let units = billing::write_units(self.membership_size().await);
