@@ -210,8 +210,9 @@ impl ConsumerBuilder {
     /// before reading, or the stream after a snapshot) a record's
     /// `ApproximateCreationDateTime` must be for the record to be skipped. The stream
     /// rounds that time down, so the margin must cover the rounding or records made just
-    /// after the start would be skipped. Default: 1 s (AWS rounds to the second); DynamoDB
-    /// Local rounds to the minute, so tests against it set more than 60 s.
+    /// after the start would be skipped, and the skew between this worker's clock and
+    /// DynamoDB's. Default: 5 s (AWS rounds to the second; 4 s for skew); DynamoDB Local
+    /// rounds to the minute, so tests against it set more than 60 s.
     pub fn with_creation_time_margin(self, margin: Duration) -> Self {
         self.set(|c| c.creation_time_margin = margin)
     }

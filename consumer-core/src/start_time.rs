@@ -19,9 +19,11 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_dynamodbstreams::types::Record;
 use checkpoint_store::Checkpoint;
 
-/// The default margin for the rounding of `ApproximateCreationDateTime`: DynamoDB Streams
-/// on AWS rounds it down to the second.
-pub(crate) const DEFAULT_CREATION_TIME_MARGIN: Duration = Duration::from_secs(1);
+/// The default margin for the rounding of `ApproximateCreationDateTime` (DynamoDB Streams
+/// on AWS rounds it down to the second) plus a clock skew of up to 4 s between the worker
+/// that stores a start time and DynamoDB. Too small a margin loses records; too large one
+/// only delivers a few more seconds of changes again.
+pub(crate) const DEFAULT_CREATION_TIME_MARGIN: Duration = Duration::from_secs(5);
 
 /// The skip state of one shard: active until the first record that is not skipped.
 #[derive(Clone, Debug)]

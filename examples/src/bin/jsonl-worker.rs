@@ -165,7 +165,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     snapshot_page_size: Option<u32>,
     /// Stream records created this long before a start time are still delivered (covers
-    /// the rounding of creation times). Default: 1s, or 90s with --endpoint (DynamoDB Local
+    /// the rounding of creation times and clock skew). Default: 5s, or 90s with --endpoint (DynamoDB Local
     /// rounds creation times down to the minute).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     creation_time_margin: Option<Duration>,
