@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
 use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
-use consumer_core::testkit::SimulatedStream;
+use consumer_core::testkit::{InstrumentedStore, SimulatedStream, StoreOp};
 use consumer_core::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
     FailureHandler, RecordProcessor, ShardContext,
@@ -792,110 +792,11 @@ async fn a_shard_that_vanished_is_reported_as_data_loss_and_finished_so_its_chil
     assert_eq!(parent_lease.checkpoint, Checkpoint::ShardEnd);
 }
 
-/// A lease store whose checkpoint writes fail (as if DynamoDB could not be reached) once
-/// `fail_checkpoints` is set; everything else goes through.
-#[derive(Debug)]
-struct FailingCheckpoints {
-    inner: Arc<InMemoryLeaseStore>,
-    fail_checkpoints: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl LeaseStore for FailingCheckpoints {
-    async fn ensure_table(&self) -> checkpoint_store::Result<()> {
-        self.inner.ensure_table().await
-    }
-    async fn list_leases(&self) -> checkpoint_store::Result<Vec<checkpoint_store::Lease>> {
-        self.inner.list_leases().await
-    }
-    async fn get_lease(
-        &self,
-        key: &LeaseKey,
-    ) -> checkpoint_store::Result<Option<checkpoint_store::Lease>> {
-        self.inner.get_lease(key).await
-    }
-    async fn create_lease(&self, lease: &checkpoint_store::Lease) -> checkpoint_store::Result<()> {
-        self.inner.create_lease(lease).await
-    }
-    async fn take_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        new_owner: &str,
-    ) -> checkpoint_store::Result<checkpoint_store::Lease> {
-        self.inner
-            .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await
-    }
-    async fn checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &checkpoint_store::Ownership,
-        checkpoint: &Checkpoint,
-    ) -> checkpoint_store::Result<checkpoint_store::Lease> {
-        if self.fail_checkpoints.load(Ordering::SeqCst) {
-            return Err(checkpoint_store::Error::Unreachable {
-                endpoint: "test".into(),
-                operation: "UpdateItem",
-                table: "app".into(),
-                source: "cut off".into(),
-            });
-        }
-        self.inner.checkpoint(key, ownership, checkpoint).await
-    }
-    async fn release_lease(
-        &self,
-        key: &LeaseKey,
-        ownership: &checkpoint_store::Ownership,
-    ) -> checkpoint_store::Result<checkpoint_store::Lease> {
-        self.inner.release_lease(key, ownership).await
-    }
-    async fn request_handoff(
-        &self,
-        key: &LeaseKey,
-        current: &checkpoint_store::Ownership,
-        requester: &str,
-    ) -> checkpoint_store::Result<checkpoint_store::Lease> {
-        self.inner.request_handoff(key, current, requester).await
-    }
-    async fn delete_lease(&self, key: &LeaseKey) -> checkpoint_store::Result<()> {
-        self.inner.delete_lease(key).await
-    }
-    async fn heartbeat(
-        &self,
-        worker_id: &str,
-        ttl: Duration,
-    ) -> checkpoint_store::Result<checkpoint_store::WorkerRecord> {
-        self.inner.heartbeat(worker_id, ttl).await
-    }
-    async fn snapshot(
-        &self,
-    ) -> checkpoint_store::Result<(
-        Vec<checkpoint_store::Lease>,
-        Vec<checkpoint_store::WorkerRecord>,
-    )> {
-        self.inner.snapshot().await
-    }
-    async fn membership(&self) -> checkpoint_store::Result<checkpoint_store::Membership> {
-        self.inner.membership().await
-    }
-    async fn bump_leases_version(&self) -> checkpoint_store::Result<u64> {
-        self.inner.bump_leases_version().await
-    }
-    async fn delete_worker(&self, worker_id: &str) -> checkpoint_store::Result<()> {
-        self.inner.delete_worker(worker_id).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_final_checkpoint_that_cannot_be_written_keeps_the_lease() {
     let sim = stream_with(10);
     let inner = Arc::new(InMemoryLeaseStore::new());
-    let store = Arc::new(FailingCheckpoints {
-        inner: inner.clone(),
-        fail_checkpoints: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(InstrumentedStore::new(inner.clone()));
     let log = Log::default();
     // The first checkpoint is written at once; later ones wait for the hour to pass.
     let consumer = Consumer::builder("app")
@@ -916,7 +817,7 @@ async fn a_final_checkpoint_that_cannot_be_written_keeps_the_lease() {
         }
         if seen >= 20 {
             // The second batch's checkpoint is pending; the final flush will fail.
-            cut.fail_checkpoints.store(true, Ordering::SeqCst);
+            cut.fail_calls(StoreOp::Checkpoint, true);
         }
         seen >= 20
     })

@@ -97,6 +97,7 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     billed: Mutex<Billed>,
     hidden: Mutex<HashSet<LeaseKey>>,
     losing: Mutex<HashSet<LeaseKey>>,
+    failing: Mutex<HashSet<StoreOp>>,
 }
 
 /// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
@@ -122,6 +123,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             billed: Mutex::default(),
             hidden: Mutex::default(),
             losing: Mutex::default(),
+            failing: Mutex::default(),
         }
     }
 
@@ -164,6 +166,17 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .extend(keys);
+    }
+
+    /// Calls of `op` fail (as if DynamoDB could not be reached) while `failing` is set;
+    /// every other operation goes through: e.g. checkpoints cut off while heartbeats work.
+    pub fn fail_calls(&self, op: StoreOp, failing: bool) {
+        let mut ops = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+        if failing {
+            ops.insert(op);
+        } else {
+            ops.remove(&op);
+        }
     }
 
     /// Scans return every lease again.
@@ -231,6 +244,19 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(op)
             .or_default() += 1;
+        let failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&op);
+        if failing {
+            return Err(Error::Unreachable {
+                endpoint: "the test's fault".into(),
+                operation: op.name(),
+                table: "instrumented".into(),
+                source: format!("{} calls cut off by the test", op.name()).into(),
+            });
+        }
         let mut link = self.link.subscribe();
         // The sender lives in `self`, so waiting cannot fail with a closed channel.
         let current = link
