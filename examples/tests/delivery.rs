@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Change, Worker, shard_owners, wait_until};
+use integration_tests::workers::{Change, Worker, WorkerConfig, shard_owners, wait_until};
 use integration_tests::{create_table, dynamodb_client, unique_name};
 use serde_json::Value;
 use tokio::time::Instant;
@@ -70,28 +70,13 @@ impl Setup {
 
     /// Starts a worker with the test's table and app and `flags`.
     fn start(&self, id: &str, flags: &[&str]) -> Worker {
-        let mut args: Vec<String> = [
-            "--worker-id",
-            id,
-            "--app",
-            &self.app,
-            "--table",
-            &self.table,
-            "--endpoint",
-            &integration_tests::endpoint(),
-            "--failover-time",
-            "3s",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(flags.iter().map(|s| (*s).to_owned()));
-        Worker::spawn(
-            std::path::Path::new(WORKER_BIN),
-            id,
-            &format!("{}-{id}", self.app),
-            &args,
-        )
+        let config = WorkerConfig {
+            bin: WORKER_BIN.into(),
+            app: self.app.clone(),
+            tables: vec![self.table.clone()],
+            failover_time: Some("3s".to_owned()),
+        };
+        Worker::start_with(id, &config, flags)
     }
 
     fn failures_flag(&self) -> String {

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
-use integration_tests::workers::{Change, Worker, wait_until};
-use integration_tests::{create_table, dynamodb_client, enable_stream, endpoint, unique_name};
+use integration_tests::workers::{Change, Worker, WorkerConfig, wait_until};
+use integration_tests::{create_table, dynamodb_client, enable_stream, unique_name};
 
 /// The worker binary, built by Cargo for these tests.
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
@@ -17,33 +17,21 @@ const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
 const DEADLINE: Duration = Duration::from_secs(90);
 
 fn start(app: &str, table: &str, id: &str, flags: &[&str]) -> Worker {
-    let mut args: Vec<String> = [
-        "--worker-id",
-        id,
-        "--app",
-        app,
-        "--table",
-        table,
-        "--endpoint",
-        &endpoint(),
-        "--failover-time",
-        "3s",
+    let config = WorkerConfig {
+        bin: WORKER_BIN.into(),
+        app: app.to_owned(),
+        tables: vec![table.to_owned()],
+        failover_time: Some("3s".to_owned()),
+    };
+    let snapshot = [
         "--snapshot",
         "--snapshot-segments",
         "4",
         "--snapshot-page-size",
         "50",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.extend(flags.iter().map(|s| (*s).to_owned()));
-    Worker::spawn(
-        std::path::Path::new(WORKER_BIN),
-        id,
-        &format!("{app}-{id}"),
-        &args,
-    )
+    ];
+    let flags: Vec<&str> = snapshot.iter().chain(flags).copied().collect();
+    Worker::start_with(id, &config, &flags)
 }
 
 async fn put(table: &str, id: &str, n: u64) {

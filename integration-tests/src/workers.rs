@@ -113,6 +113,15 @@ impl Worker {
     ///
     /// When the binary cannot be started, or `DYNAMODB_ENDPOINT` is not set.
     pub fn start(id: &str, config: &WorkerConfig) -> Worker {
+        Self::start_with(id, config, &[])
+    }
+
+    /// [`Worker::start`] with `flags` added at the end of the command line.
+    ///
+    /// # Panics
+    ///
+    /// As [`Worker::start`].
+    pub fn start_with(id: &str, config: &WorkerConfig, flags: &[&str]) -> Worker {
         let mut args: Vec<String> = vec![
             "--worker-id".into(),
             id.into(),
@@ -127,6 +136,7 @@ impl Worker {
         if let Some(failover) = &config.failover_time {
             args.extend(["--failover-time".into(), failover.clone()]);
         }
+        args.extend(flags.iter().map(|flag| (*flag).to_owned()));
         let log_name = format!("{}-{id}", config.app);
         Self::spawn(&config.bin, id, &log_name, &args)
     }
