@@ -172,8 +172,9 @@ impl DynamoDbLeaseStore {
         }
     }
 
-    /// Creates the table; returns its description if the answer says it is usable already.
-    async fn create_table(&self) -> Result<Option<TableDescription>> {
+    /// Creates the table; says whether the answer shows it usable already, and whether
+    /// another worker was creating it first.
+    async fn create_table(&self) -> Result<Created> {
         let build_error = |err| self.dynamodb_error("CreateTable", ErrorClass::Other, err);
         let request = self
             .client
@@ -197,10 +198,13 @@ impl DynamoDbLeaseStore {
         match request.send().await {
             Ok(output) => {
                 tracing::info!(table = %self.table, "created lease table");
-                Ok(output.table_description.filter(is_active))
+                Ok(output
+                    .table_description
+                    .filter(is_active)
+                    .map_or(Created::Creating, |d| Created::Active(Box::new(d))))
             }
             // Another worker is creating it at the same time: wait for it like for ours.
-            Err(err) if err.code() == Some("ResourceInUseException") => Ok(None),
+            Err(err) if err.code() == Some("ResourceInUseException") => Ok(Created::ByAnother),
             Err(err) => Err(self.sdk_error("CreateTable", None, err)),
         }
     }
@@ -227,22 +231,27 @@ impl DynamoDbLeaseStore {
 
     /// Turns on TTL for `expires_at`, so items of dead workers go away by themselves.
     /// Best effort: failing here only leaves cleanup to the workers' cleanup pass.
-    async fn enable_ttl(&self) {
-        let enabled = self
-            .client
-            .describe_time_to_live()
-            .table_name(&self.table)
-            .send()
-            .await
-            .ok()
-            .and_then(|output| output.time_to_live_description)
-            .is_some_and(|ttl| {
-                ttl.attribute_name() == Some(attr::EXPIRES_AT)
-                    && matches!(
-                        ttl.time_to_live_status(),
-                        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-                    )
-            });
+    ///
+    /// `created_here`: this store's CreateTable made the table, so it has no TTL yet and
+    /// the DescribeTimeToLive round trip is skipped (a new application's start-up waits
+    /// for this call). Otherwise another worker created it and may have set TTL already.
+    async fn enable_ttl(&self, created_here: bool) {
+        let enabled = !created_here
+            && self
+                .client
+                .describe_time_to_live()
+                .table_name(&self.table)
+                .send()
+                .await
+                .ok()
+                .and_then(|output| output.time_to_live_description)
+                .is_some_and(|ttl| {
+                    ttl.attribute_name() == Some(attr::EXPIRES_AT)
+                        && matches!(
+                            ttl.time_to_live_status(),
+                            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+                        )
+                });
         if enabled {
             return;
         }
@@ -630,11 +639,21 @@ impl LeaseStore for DynamoDbLeaseStore {
                 self.wait_until_active().await
             }
             None => {
-                match self.create_table().await? {
-                    Some(description) => check_key_schema(&self.table, &description)?,
-                    None => self.wait_until_active().await?,
-                }
-                self.enable_ttl().await;
+                let created_here = match self.create_table().await? {
+                    Created::Active(description) => {
+                        check_key_schema(&self.table, &description)?;
+                        true
+                    }
+                    Created::Creating => {
+                        self.wait_until_active().await?;
+                        true
+                    }
+                    Created::ByAnother => {
+                        self.wait_until_active().await?;
+                        false
+                    }
+                };
+                self.enable_ttl(created_here).await;
                 Ok(())
             }
         }
@@ -1103,6 +1122,16 @@ fn validate_table_name(name: &str) -> Result<()> {
         }),
         None => Ok(()),
     }
+}
+
+/// What a CreateTable call of the lease table came to.
+enum Created {
+    /// Ours, and the answer already shows it usable.
+    Active(Box<TableDescription>),
+    /// Ours, still being created.
+    Creating,
+    /// Another worker's CreateTable came first: it sets the table up.
+    ByAnother,
 }
 
 /// Whether the table accepts reads and writes.

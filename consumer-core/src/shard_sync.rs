@@ -98,6 +98,8 @@ pub(crate) struct SyncReport {
     pub created: usize,
     /// Finished leases deleted.
     pub deleted: usize,
+    /// A racing sync stopped at a lease another worker had created: leases may be missing.
+    pub stopped_early: bool,
 }
 
 /// Who else may be creating the same leases right now.
@@ -214,6 +216,7 @@ pub(crate) async fn sync_stream(
             return Ok(SyncReport {
                 created,
                 deleted: 0,
+                stopped_early: true,
             });
         }
     }
@@ -231,7 +234,11 @@ pub(crate) async fn sync_stream(
             "lease table synced with the stream's shards"
         );
     }
-    Ok(SyncReport { created, deleted })
+    Ok(SyncReport {
+        created,
+        deleted,
+        stopped_early: false,
+    })
 }
 
 /// The table part of a stream ARN (`arn:...:table/NAME`), shared by every stream the

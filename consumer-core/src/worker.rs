@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
+use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership};
 use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -104,6 +104,14 @@ struct State {
     next_audit: Instant,
     /// The running shard sync, if any (aborted when the worker fences or stops).
     sync_task: Option<AbortOnDropHandle<()>>,
+    /// When this worker's start-up sync listed every stream's shards in full (it found no
+    /// leases for any of them): on taking the shard-sync lease, that counts as the last
+    /// sync, so a new application does not list the same shards again while it starts.
+    synced_at_start: Option<Instant>,
+    /// The membership item as read during start-up (when asked, when answered), for the
+    /// first tick. Its leases version may predate the start-up sync's lease creation: then
+    /// the next tick sees the version moved and scans once more, which is safe.
+    first_membership: Option<(Membership, Instant, Instant)>,
     /// The live workers as of the last tick.
     live_seen: HashSet<String>,
     /// Parent leases a consistent read found gone (or finished): their children may start.
@@ -115,8 +123,18 @@ impl<F: ProcessorFactory> Worker<F> {
     /// (`LeaseStore::ensure_table`).
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         let sync_lease = Lease::new(shard_sync_key(), Checkpoint::TrimHorizon, vec![]);
-        let (incarnation, (), _) = tokio::try_join!(
-            self.start_incarnation(retry::startup(), retry::is_retryable_store),
+        let ((incarnation, first_membership), synced_at_start, _) = tokio::try_join!(
+            async {
+                let incarnation = self
+                    .start_incarnation(retry::startup(), retry::is_retryable_store)
+                    .await?;
+                // Read after our own heartbeat, while the start-up sync may still run: the
+                // first tick needs it and need not wait for another round trip. Best
+                // effort: without it, the first tick reads it itself.
+                let asked = Instant::now();
+                let membership = self.shared.store.membership().await.ok();
+                Ok((incarnation, membership.map(|m| (m, asked, Instant::now()))))
+            },
             self.first_sync(),
             create_lease_if_absent(self.shared.store.as_ref(), &sync_lease),
         )?;
@@ -135,6 +153,8 @@ impl<F: ProcessorFactory> Worker<F> {
             quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             sync_task: None,
+            synced_at_start,
+            first_membership,
             live_seen: HashSet::new(),
             gone_parents: HashSet::new(),
         };
@@ -248,15 +268,20 @@ impl<F: ProcessorFactory> Worker<F> {
     }
 
     /// Leases for streams that have none yet: every worker may do this at start, so a new
-    /// application does not wait for the shard-sync holder.
-    async fn first_sync(&self) -> Result<()> {
+    /// application does not wait for the shard-sync holder. Returns when it began if it
+    /// synced every stream in full (a full shard sync, as the holder's would have been).
+    async fn first_sync(&self) -> Result<Option<Instant>> {
+        let started = Instant::now();
         let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
             self.shared.store.list_leases()
         })
         .await?;
+        let mut complete = true;
         for source in &self.streams {
-            if !leases.iter().any(|l| l.key.stream == source.stream_arn) {
-                shard_sync::sync_stream(
+            if leases.iter().any(|l| l.key.stream == source.stream_arn) {
+                complete = false;
+            } else {
+                let report = shard_sync::sync_stream(
                     self.shared.api.as_ref(),
                     &self.shared.store,
                     &source.stream_arn,
@@ -265,9 +290,10 @@ impl<F: ProcessorFactory> Worker<F> {
                     shard_sync::Contention::Racing,
                 )
                 .await?;
+                complete &= !report.stopped_early;
             }
         }
-        Ok(())
+        Ok(complete.then_some(started))
     }
 
     /// A tick whose failure is logged and retried on the next tick, except a lease table
@@ -296,10 +322,19 @@ impl<F: ProcessorFactory> Worker<F> {
     /// One tick: read the membership item, and scan the leases only if something changed
     /// (or an audit is due); otherwise act on the leases of the last scan.
     async fn tick(&self, state: &mut State) -> Result<()> {
-        let started = Instant::now();
-        let membership = self.shared.store.membership().await?;
-        // Liveness is judged when the answer came, not when the question was sent.
-        let now = Instant::now();
+        let first = state
+            .first_membership
+            .take()
+            .filter(|(_, asked, _)| !self.is_stale(state, *asked));
+        let (membership, started, now) = match first {
+            Some(read) => read,
+            None => {
+                let started = Instant::now();
+                let membership = self.shared.store.membership().await?;
+                // Liveness is judged when the answer came, not when the question was sent.
+                (membership, started, Instant::now())
+            }
+        };
         if self.is_stale(state, started) {
             state.seen_version = None;
             return Ok(());
@@ -334,9 +369,9 @@ impl<F: ProcessorFactory> Worker<F> {
             return scanned;
         }
         let leases = std::mem::take(&mut state.leases);
-        self.run_shard_sync(state, &leases, now).await;
         self.confirm_missing_parents(state, &leases).await;
         self.start_ready(state, &leases, now);
+        self.run_shard_sync(state, &leases, now).await;
         state.leases = leases;
         Ok(())
     }
@@ -441,12 +476,17 @@ impl<F: ProcessorFactory> Worker<F> {
                 .any(|l| &l.key == key && l.epoch == *epoch && !l.is_owned_by(&me))
         });
 
-        self.run_shard_sync(state, &leases, now).await;
         self.confirm_missing_parents(state, &leases).await;
-        if self.is_stale(state, started) {
+        let stale = self.is_stale(state, started);
+        if !stale {
+            self.start_ready(state, &leases, now);
+        }
+        // After the shards start: taking the shard-sync lease (a write and a version bump)
+        // must not delay the first records.
+        self.run_shard_sync(state, &leases, now).await;
+        if stale {
             return Ok(());
         }
-        self.start_ready(state, &leases, now);
         state.leases = leases;
         state.seen_version = Some(version);
         Ok(())
@@ -671,7 +711,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 )
                 .await
             {
-                Ok(_) => state.last_sync = None,
+                Ok(_) => state.last_sync = state.synced_at_start.take(),
                 Err(_) => return,
             }
         } else if !sync_lease.is_owned_by(&me) {
