@@ -430,6 +430,9 @@ struct Drain {
     first_page_after: Duration,
     /// How many records that first page had.
     first_page_records: u64,
+    /// The plain loop's GetRecords calls and their total time (the framework's are in its
+    /// profile line), to compare the server's answer times path by path.
+    get_records: Option<(u32, Duration)>,
 }
 
 impl Drain {
@@ -451,8 +454,17 @@ impl Drain {
     }
 
     fn summary(&self) -> String {
+        let get_records = self
+            .get_records
+            .map(|(calls, total)| {
+                format!(
+                    "; GetRecords {calls}x {:.1} ms",
+                    total.as_secs_f64() * 1000.0 / f64::from(calls.max(1))
+                )
+            })
+            .unwrap_or_default();
         format!(
-            "{} records in {:.3} s = {:.0} records/s; first page after {:.3} s; steady {:.0} records/s; untimed setup {:.3} s",
+            "{} records in {:.3} s = {:.0} records/s; first page after {:.3} s; steady {:.0} records/s; untimed setup {:.3} s{get_records}",
             self.records,
             self.elapsed.as_secs_f64(),
             self.rate(),
@@ -711,6 +723,7 @@ async fn drain_plain(
     }
     let mut read = 0;
     let mut first_page: Option<(Duration, u64)> = None;
+    let (mut calls, mut in_get_records) = (0u32, Duration::ZERO);
     'drain: while read < target {
         if iterators.iter().all(Option::is_none) {
             return Err(format!("every shard ended after {read} of {target} records").into());
@@ -719,12 +732,15 @@ async fn drain_plain(
             let Some(iterator) = slot.take() else {
                 continue;
             };
+            let asked = Instant::now();
             let page = client
                 .get_records()
                 .shard_iterator(iterator)
                 .limit(PAGE_LIMIT as i32)
                 .send()
                 .await?;
+            calls += 1;
+            in_get_records += asked.elapsed();
             let got = page.records().len() as u64;
             read += got;
             if let Some(checkpoints) = checkpoints.as_deref_mut() {
@@ -747,6 +763,7 @@ async fn drain_plain(
         elapsed,
         first_page_after,
         first_page_records,
+        get_records: Some((calls, in_get_records)),
     })
 }
 
@@ -836,6 +853,7 @@ impl Progress {
             elapsed: done - started,
             first_page_after: first_at - started,
             first_page_records: first_count,
+            get_records: None,
         })
     }
 
@@ -868,13 +886,22 @@ impl CallStats {
             .fetch_add(since.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// One span from `from` to `to`.
+    fn note_span(&self, from: Instant, to: Instant) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add((to - from).as_micros() as u64, Ordering::Relaxed);
+    }
+
     fn describe(&self, name: &str) -> String {
         let calls = self.calls.load(Ordering::Relaxed);
+        format!("{name} {calls}x {:.1} ms", self.mean_ms())
+    }
+
+    fn mean_ms(&self) -> f64 {
+        let calls = self.calls.load(Ordering::Relaxed);
         let micros = self.micros.load(Ordering::Relaxed);
-        format!(
-            "{name} {calls}x {:.1} ms",
-            micros as f64 / 1000.0 / calls.max(1) as f64
-        )
+        micros as f64 / 1000.0 / calls.max(1) as f64
     }
 }
 
@@ -887,6 +914,10 @@ struct TimedStreams {
     shard_iterator: CallStats,
     get_records: CallStats,
     empty_pages: AtomicU64,
+    /// When the last GetRecords answer came, and the time from there to the next call:
+    /// what the framework spends between pages on one shard (the plain loop: nothing).
+    last_answer: Mutex<Option<Instant>>,
+    between_calls: CallStats,
 }
 
 #[async_trait]
@@ -940,8 +971,14 @@ impl StreamsApi for TimedStreams {
 
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
         let at = Instant::now();
+        if let Some(answered) = self.last_answer.lock().ok().and_then(|last| *last) {
+            self.between_calls.note_span(answered, at);
+        }
         let result = self.inner.get_records(iterator, limit).await;
         self.get_records.note(at);
+        if let Ok(mut last) = self.last_answer.lock() {
+            *last = Some(Instant::now());
+        }
         if result.as_ref().is_ok_and(|page| page.records.is_empty()) {
             self.empty_pages.fetch_add(1, Ordering::Relaxed);
         }
@@ -960,7 +997,7 @@ impl FrameworkRun {
     fn profile(&self) -> String {
         let (gap, inside, batches) = self.progress.batch_times();
         format!(
-            "profile: {batches} batches, {:.1} ms between batches, {:.0} us in process; {}, {}, {}, {} ({} empty); graceful shutdown {:.3} s",
+            "profile: {batches} batches, {:.1} ms between batches, {:.0} us in process; {}, {}, {}, {} ({} empty), {:.2} ms from a GetRecords answer to the next call; graceful shutdown {:.3} s",
             gap.as_secs_f64() * 1000.0,
             inside.as_secs_f64() * 1e6,
             self.api.describe_table.describe("DescribeTable"),
@@ -968,6 +1005,7 @@ impl FrameworkRun {
             self.api.shard_iterator.describe("GetShardIterator"),
             self.api.get_records.describe("GetRecords"),
             self.api.empty_pages.load(Ordering::Relaxed),
+            self.api.between_calls.mean_ms(),
             self.shutdown.as_secs_f64()
         )
     }
@@ -989,6 +1027,8 @@ async fn drain_framework(
         shard_iterator: CallStats::default(),
         get_records: CallStats::default(),
         empty_pages: AtomicU64::new(0),
+        last_answer: Mutex::new(None),
+        between_calls: CallStats::default(),
     });
     // Setup, like the plain loop's DescribeStream: a long-running worker's lease table
     // exists before it drains anything. Timed apart, for the cold start-up line.
