@@ -31,9 +31,10 @@
 //!
 //!    Both paths also report the time to their first record (startup) and a steady-state
 //!    rate (records after the first page, over the time from the first page to the Nth
-//!    record), and the ratio of both rates framework/plain. Each framework run prints a
-//!    profile: time between batches, time per streams call as the framework saw it, and
-//!    CPU use. `--diagnose` adds two runs per round: the plain loop writing a checkpoint
+//!    record), and the ratio of both rates framework/plain. The plain loops print their
+//!    mean GetRecords time; each framework run prints a profile: time between batches,
+//!    time per streams call as the framework saw it, the time from a GetRecords answer to
+//!    the next call, and CPU use. `--diagnose` adds two runs per round: the plain loop writing a checkpoint
 //!    per page itself (the lease store's conditional write, one in flight, the latest
 //!    pending written next, as the framework does), the ceiling of any consumer that
 //!    checkpoints every batch against this server; and the framework with checkpoints
