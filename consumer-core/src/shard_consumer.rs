@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -85,7 +86,7 @@ pub(crate) struct ShardConsumer<F: ProcessorFactory> {
 /// What the fetch task hands over.
 enum Fetched {
     /// A page, and the bytes of the worker's budget it holds until it was delivered.
-    Records(Vec<Arc<Record>>, Reservation),
+    Records(FetchedPage),
     Idle,
     ShardEnd,
     Trimmed(DataLoss),
@@ -93,6 +94,33 @@ enum Fetched {
     /// it is finished, so its children can run.
     Vanished(DataLoss),
     Failed(Error),
+}
+
+/// A page as the fetch task hands it over: its reservation still holds the estimate it was
+/// fetched under. The receiver settles it to the page's cost, off the fetch task's path, so
+/// the walk over every attribute overlaps the next GetRecords call instead of delaying it.
+#[derive(Debug)]
+struct FetchedPage {
+    records: Vec<Record>,
+    reservation: Reservation,
+    /// What the shard's next page is expected to cost, read by the fetch task.
+    expected: Arc<AtomicU64>,
+}
+
+impl FetchedPage {
+    /// Settles the page's share of the budget to its cost; the records, shared.
+    fn receive(self) -> (Vec<Arc<Record>>, Reservation) {
+        let Self {
+            records,
+            mut reservation,
+            expected,
+        } = self;
+        let cost = page_cost(&records);
+        // Pages of a shard vary: a margin keeps overdrafts rare.
+        expected.store((cost + cost / 4).max(MIN_RESERVATION), Ordering::Relaxed);
+        reservation.settle(cost);
+        (records.into_iter().map(Arc::new).collect(), reservation)
+    }
 }
 
 /// Why delivery stopped early.
@@ -214,7 +242,8 @@ impl<F: ProcessorFactory> ShardConsumer<F> {
                 },
             };
             let step = match next {
-                Some(Fetched::Records(mut records, reservation)) => {
+                Some(Fetched::Records(page)) => {
+                    let (mut records, reservation) = page.receive();
                     lag.fetched(&key, &records);
                     if skip.is_active()
                         && let Err(interrupted) =
@@ -595,7 +624,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 }
             };
             match next {
-                Fetched::Records(records, reservation) => {
+                Fetched::Records(page) => {
+                    let (records, reservation) = page.receive();
                     let lag = &self.consumer.shared.telemetry.lag;
                     lag.fetched(self.key(), &records);
                     batch.extend(records);
@@ -750,7 +780,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     }
                 }
                 next = rx.recv(), if intake => match next {
-                    Some(Fetched::Records(records, reservation)) => {
+                    Some(Fetched::Records(page)) => {
+                        let (records, reservation) = page.receive();
                         lag.fetched(key, &records);
                         window.take_in(records, Some(reservation), &mut queues);
                     }
@@ -1422,26 +1453,25 @@ async fn fetch(
     policy: TrimmedDataPolicy,
     cancel: CancellationToken,
 ) {
-    // What the next page is expected to cost: the last page with records, and a margin.
-    let mut expected = FULL_PAGE_COST;
+    // What the next page is expected to cost: the last page received, and a margin (see
+    // `FetchedPage::receive`).
+    let expected = Arc::new(AtomicU64::new(FULL_PAGE_COST));
     loop {
-        let (polled, mut reservation) = tokio::select! {
+        let (polled, reservation) = tokio::select! {
             biased;
             _ = cancel.cancelled() => return,
             polled = async {
                 reader.pause().await;
-                let reservation = budget.reserve(expected).await;
+                let reservation = budget.reserve(expected.load(Ordering::Relaxed)).await;
                 (reader.poll().await, reservation)
             } => polled,
         };
         let fetched = match polled {
-            Ok(Page::Records(records)) => {
-                let cost = page_cost(&records);
-                // Pages of a shard vary: a margin keeps overdrafts rare.
-                expected = (cost + cost / 4).max(MIN_RESERVATION);
-                reservation.settle(cost);
-                Fetched::Records(records.into_iter().map(Arc::new).collect(), reservation)
-            }
+            Ok(Page::Records(records)) => Fetched::Records(FetchedPage {
+                records,
+                reservation,
+                expected: expected.clone(),
+            }),
             Ok(Page::Empty) => {
                 // Only a hint to flush checkpoints; skip it when the consumer is busy.
                 let _ = tx.try_send(Fetched::Idle);
