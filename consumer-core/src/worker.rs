@@ -406,12 +406,12 @@ impl<F: ProcessorFactory> Worker<F> {
         self.hand_over_idle(state, &mut leases).await;
 
         // Take what the protocol says, then refresh our copies of what we took.
-        let due: HashSet<LeaseKey> = state
-            .handoffs_asked
-            .iter()
-            .filter(|(_, (_, at))| now.duration_since(*at) >= self.shared.config.failover_time)
-            .map(|(key, _)| key.clone())
-            .collect();
+        let due = handoffs_due(
+            &state.handoffs_asked,
+            &leases,
+            now,
+            self.shared.config.failover_time,
+        );
         let live = state.liveness.live_workers(now);
         let plan = lease_protocol::plan(&me, &leases, &live, &due);
         let takes = plan.take.iter().map(|wanted| {
@@ -906,6 +906,24 @@ async fn sleep_until_some(at: Option<Instant>) {
 type OwnershipView = (LeaseKey, Option<String>, u64, Option<String>, bool);
 
 /// Whether two scans disagree on who owns what (checkpoints aside): what an audit looks for.
+/// The leases this worker asked for whose handoff timed out while the owner it asked still
+/// holds them (same epoch): those it may take by force. A request whose lease changed hands
+/// since (its owner died and another worker took it) is not due: forcing it would steal
+/// from a live owner that was never asked.
+fn handoffs_due(
+    asked: &HashMap<LeaseKey, (u64, Instant)>,
+    leases: &[Lease],
+    now: Instant,
+    timeout: Duration,
+) -> HashSet<LeaseKey> {
+    asked
+        .iter()
+        .filter(|(_, (_, at))| now.duration_since(*at) >= timeout)
+        .filter(|(key, (epoch, _))| leases.iter().any(|l| &l.key == *key && l.epoch == *epoch))
+        .map(|(key, _)| key.clone())
+        .collect()
+}
+
 fn ownership_differs(before: &[Lease], after: &[Lease]) -> bool {
     let view = |leases: &[Lease]| -> HashSet<OwnershipView> {
         leases
@@ -971,5 +989,35 @@ async fn heartbeat_loop(
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use checkpoint_store::Checkpoint;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handoff_is_due_only_while_the_owner_asked_still_holds_the_lease() {
+        let timeout = Duration::from_secs(10);
+        let asked_at = Instant::now();
+        let lease = |shard: &str, owner: &str, epoch: u64| {
+            let mut lease =
+                Lease::new(LeaseKey::new("arn", shard), Checkpoint::TrimHorizon, vec![]);
+            lease.owner = Some(owner.into());
+            lease.epoch = epoch;
+            lease
+        };
+        let asked = HashMap::from([
+            (LeaseKey::new("arn", "kept"), (1, asked_at)),
+            (LeaseKey::new("arn", "moved"), (1, asked_at)),
+        ]);
+        // "moved": its owner died and another worker took it (epoch 2) before the timeout.
+        let leases = [lease("kept", "a", 1), lease("moved", "b", 2)];
+        assert!(handoffs_due(&asked, &leases, Instant::now(), timeout).is_empty());
+        tokio::time::advance(timeout).await;
+        let due = handoffs_due(&asked, &leases, Instant::now(), timeout);
+        assert_eq!(due, HashSet::from([LeaseKey::new("arn", "kept")]));
     }
 }
