@@ -23,7 +23,7 @@ use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
 use crate::events::{
     DataTrimmed, DecodeFailed, Event, LeaseLost, LeaseReleased, ProcessingFailed, RecordsFailed,
-    ShardEnded, SnapshotPageDelivered, SnapshotProgressed,
+    RecordsFiltered, ShardEnded, SnapshotPageDelivered, SnapshotProgressed,
 };
 use crate::failure::{FailedRecords, FailureReason};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
@@ -238,7 +238,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     /// without a handler it holds the segment (the worker restarts it after
     /// `with_retry_backoff_max`, reporting it each time).
     async fn deliver(&mut self, records: &[Arc<Record>]) -> Result<(), Stop> {
-        let mut rest = records;
+        let kept = self.filter(records).await?;
+        let mut rest = kept.as_slice();
         while !rest.is_empty() {
             let (changes, failed) =
                 decode_prefix::<<F::Processor as RecordProcessor>::Item>(self.segment_id(), rest);
@@ -271,6 +272,30 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             rest = &rest[index + 1..];
         }
         Ok(())
+    }
+
+    /// The records `with_filter` keeps; those it drops are counted and told to the
+    /// processor (`records_filtered`), and the page's checkpoint passes them.
+    async fn filter(&mut self, records: &[Arc<Record>]) -> Result<Vec<Arc<Record>>, Stop> {
+        let Some(keep) = self.consumer.shared.config.delivery.filter.clone() else {
+            return Ok(records.to_vec());
+        };
+        let (kept, filtered): (Vec<Arc<Record>>, Vec<Arc<Record>>) =
+            records.iter().cloned().partition(|record| keep(record));
+        if !filtered.is_empty() {
+            RecordsFiltered {
+                stream_arn: self.stream_arn(),
+                shard_id: self.segment_id(),
+                records: filtered.len(),
+            }
+            .emit();
+            let told = AssertUnwindSafe(self.processor.records_filtered(&filtered));
+            if raced(self.signals, told.catch_unwind()).await?.is_err() {
+                // Only a notification: the records are filtered out all the same.
+                tracing::error!(shard_id = self.segment_id(), "records_filtered panicked");
+            }
+        }
+        Ok(kept)
     }
 
     /// Delivers records that decode (`changes`, their first decoding; a retry decodes them

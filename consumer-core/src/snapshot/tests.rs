@@ -436,3 +436,44 @@ async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }
+
+/// `with_filter` judges snapshot records too (event name `SNAPSHOT`): the items it drops
+/// are not delivered, and every segment still finishes.
+#[tokio::test(start_paused = true)]
+async fn the_filter_applies_to_snapshot_records() {
+    let sim = SimulatedStream::with_seed(9);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(60);
+    let log = Recording::<Row>::default();
+    let keep_even = |record: &aws_sdk_dynamodbstreams::types::Record| {
+        let pk = record
+            .dynamodb()
+            .and_then(|d| d.keys())
+            .and_then(|keys| keys.get("pk"))
+            .and_then(|pk| pk.as_s().ok());
+        pk.is_some_and(|pk| pk.ends_with(['0', '2', '4', '6', '8']))
+    };
+    let worker = builder(&sim, &store, &table, "w1")
+        .with_filter(keep_even)
+        .build(log.factory())
+        .unwrap();
+    let (stop, run) = spawn(worker);
+    let watched = store.clone();
+    until("every segment done", || {
+        futures::executor::block_on(watched.list_leases()).is_ok_and(|leases| {
+            let progress = progress(&leases);
+            !progress.is_empty() && progress.iter().all(|p| p.is_done())
+        })
+    })
+    .await;
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
+    let mut delivered = snapshot_keys(&log);
+    delivered.sort();
+    let expected: Vec<String> = (0..60)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("r{i:04}"))
+        .collect();
+    assert_eq!(delivered, expected);
+}

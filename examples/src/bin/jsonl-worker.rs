@@ -32,7 +32,8 @@
 //! `--batch-size N`, `--batching-window DUR`, `--key-parallelism N` (lines of different
 //! items may interleave, lines of one item may not), `--batch-timeout DUR`,
 //! `--shutdown-timeout DUR`, `--checkpoint-interval DUR` (default 0s: after every batch),
-//! `--events INSERT,MODIFY,REMOVE` (kinds printed; the others are checkpointed past). For
+//! `--events INSERT,MODIFY,REMOVE` (kinds printed, SNAPSHOT too if listed; the others are
+//! checkpointed past). For
 //! tests: `--fail-when ATTR=VALUE` fails a change whose new image has ATTR equal to VALUE
 //! (as text): a partial batch failure at it (the changes before it are printed), or with
 //! `--whole-batch-failures` the whole batch (none of it printed); `--process-delay DUR`
@@ -137,8 +138,8 @@ struct Args {
     /// Checkpoint writes per shard at most this often. Default: 0s (after every batch).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "0s")]
     checkpoint_interval: Duration,
-    /// Only these kinds of change are printed (comma-separated INSERT, MODIFY, REMOVE); the
-    /// others are filtered out and checkpointed past.
+    /// Only these kinds of change are printed (comma-separated INSERT, MODIFY, REMOVE, and
+    /// SNAPSHOT with `--snapshot`); the others are filtered out and checkpointed past.
     #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = parse_kind)]
     events: Option<Vec<OperationType>>,
     /// A change whose new image has ATTR equal to VALUE (compared as text) fails: a partial
@@ -176,8 +177,10 @@ fn parse_kind(text: &str) -> Result<OperationType, String> {
         "INSERT" => Ok(OperationType::Insert),
         "MODIFY" => Ok(OperationType::Modify),
         "REMOVE" => Ok(OperationType::Remove),
+        // Snapshot records (`--snapshot`) carry this event name.
+        "SNAPSHOT" => Ok(OperationType::from("SNAPSHOT")),
         other => Err(format!(
-            "unknown event {other:?}: expected INSERT, MODIFY or REMOVE"
+            "unknown event {other:?}: expected INSERT, MODIFY, REMOVE or SNAPSHOT"
         )),
     }
 }
