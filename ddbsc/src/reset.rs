@@ -9,6 +9,7 @@
 use std::fmt;
 
 use checkpoint_store::{Checkpoint, Lease, LeaseStore, SequenceNumber};
+use consumer_core::snapshot::is_segment;
 use serde_json::{Value, json};
 
 use crate::context::{Context, table_of_stream};
@@ -46,9 +47,11 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let target = parse_position(&args.to)?;
     let store = context.lease_store(&args.app).await?;
     let (leases, _, live) = args.liveness.read(&store).await?;
+    // Shards only: a snapshot segment's position is a scan key, and a stream gate has none.
     let of_table: Vec<&Lease> = leases
         .iter()
         .filter(|l| table_of_stream(&l.key.stream) == Some(args.table.as_str()))
+        .filter(|l| !is_segment(&l.key) && l.key.gated_stream().is_none())
         .collect();
     if of_table.is_empty() {
         return Err(Failure(format!(
@@ -63,6 +66,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 .copied()
                 .filter(|l| &l.key.shard_id == shard)
                 .collect();
+            let names_a_segment = leases.iter().any(|l| {
+                &l.key.shard_id == shard
+                    && is_segment(&l.key)
+                    && table_of_stream(&l.key.stream) == Some(args.table.as_str())
+            });
+            if names_a_segment {
+                return Err(Failure(format!(
+                    "{shard:?} is a snapshot segment of table {:?}, not a shard: reset moves \
+                     shard checkpoints only",
+                    args.table
+                )));
+            }
             if found.is_empty() {
                 return Err(Failure(format!(
                     "application {:?} has no lease for shard {shard:?} of table {:?}",

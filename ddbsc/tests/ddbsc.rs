@@ -255,6 +255,24 @@ async fn status_shows_snapshot_progress_per_application() {
     let (code, out, err) = ddbsc(&["status", "--app", &app]).await;
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("0 of 3 segments done, 30 items"), "{out}");
+    // A segment's position is a scan key: reset refuses to move it, naming it.
+    let (code, _, err) = ddbsc(&[
+        "reset",
+        "--app",
+        &app,
+        "--table",
+        &table,
+        "--shard",
+        "snapshot-0-of-3",
+        "--to",
+        "TRIM_HORIZON",
+    ])
+    .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("\"snapshot-0-of-3\" is a snapshot segment"),
+        "{err}"
+    );
 
     release.send(true).unwrap();
     let status = status_until(&app, "the snapshot done", |s| {
