@@ -6,6 +6,8 @@
 //! `Released` on shutdown or handoff, `LeaseLost` without writing, `Failed` on an error
 //! it cannot get past (the worker restarts it later from the last checkpoint).
 
+use std::collections::VecDeque;
+use std::ops::Range;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -300,22 +302,33 @@ impl<F: ProcessorFactory> Segment<'_, F> {
 
     /// Delivers records that decode (`changes`, their first decoding; a retry decodes them
     /// again) until `process` returns `Ok`, or until the retries are used up and the
-    /// on-failure handler took them.
+    /// on-failure handler took them. With `with_bisect_on_error`, a failing batch is split
+    /// in halves (at once, as a shard's is) until the failing item is alone, so only it
+    /// reaches the handler.
     async fn deliver_decoded(
         &mut self,
         records: &[Arc<Record>],
         changes: Vec<Change<<F::Processor as RecordProcessor>::Item>>,
     ) -> Result<(), Stop> {
         let delivery = &self.consumer.shared.config.delivery;
-        let (max_retries, has_handler) = (delivery.max_retries, delivery.on_failure.is_some());
+        let (max_retries, has_handler, bisect) = (
+            delivery.max_retries,
+            delivery.on_failure.is_some(),
+            delivery.bisect_on_error,
+        );
         let max = self.consumer.shared.config.processing_backoff_max;
         let mut pauses = retry::processing(max).build();
         let mut attempt = 0;
         let mut first = Some(changes);
-        loop {
+        let mut todo: VecDeque<Range<usize>> = VecDeque::new();
+        todo.push_back(0..records.len());
+        while let Some(range) = todo.pop_front() {
+            if range.is_empty() {
+                continue;
+            }
             let changes = match first.take() {
                 Some(changes) => changes,
-                None => decode_prefix(self.segment_id(), records).0,
+                None => decode_prefix(self.segment_id(), &records[range.clone()]).0,
             };
             let batch = ChangeBatch {
                 stream_arn: self.stream_arn().to_owned(),
@@ -324,15 +337,29 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                 behind_latest: None,
             };
             let Some((reason, source)) = self.process(batch).await? else {
-                return Ok(());
+                attempt = 0;
+                pauses = retry::processing(max).build();
+                continue;
             };
             attempt += 1;
             let error = Error::Processor {
                 shard_id: self.segment_id().to_owned(),
                 source,
             };
+            if bisect && range.len() > 1 {
+                let mid = range.start + range.len() / 2;
+                todo.push_front(mid..range.end);
+                todo.push_front(range.start..mid);
+                tracing::warn!(shard_id = self.segment_id(), records = range.len(), %error, "batch failed; bisecting it");
+                attempt = 0;
+                continue;
+            }
             if has_handler && max_retries.is_some_and(|retries| attempt > retries) {
-                return self.give_up(records, reason, error.to_string()).await;
+                self.give_up(&records[range], reason, error.to_string())
+                    .await?;
+                attempt = 0;
+                pauses = retry::processing(max).build();
+                continue;
             }
             let pause = pauses.next().unwrap_or(max);
             ProcessingFailed {
@@ -342,6 +369,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                 pause,
             }
             .emit();
+            todo.push_front(range);
             // A shutdown or handoff does not wait out the pause.
             let release = self.signals.release.clone();
             tokio::select! {
@@ -351,6 +379,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
                 _ = tokio::time::sleep(pause) => {}
             }
         }
+        Ok(())
     }
 
     /// Hands `records` to the on-failure handler (reported first: error log, metric,

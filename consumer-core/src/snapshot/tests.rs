@@ -477,3 +477,44 @@ async fn the_filter_applies_to_snapshot_records() {
         .collect();
     assert_eq!(delivered, expected);
 }
+
+/// With bisect, a poison item among a page's items ends alone in the handler; every other
+/// item of its page is delivered.
+#[tokio::test(start_paused = true)]
+async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
+    let sim = SimulatedStream::with_seed(14);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    let handler = Collected::default();
+    let log: Recording<Row> = Recording::new().with_hook(|_, batch: &ChangeBatch<Row>, _| {
+        let poisoned = batch.iter().any(|c| c.new.as_ref().unwrap().pk == "r0007");
+        Box::pin(async move {
+            if poisoned {
+                return Err("r0007 is poison".into());
+            }
+            Ok(())
+        })
+    });
+    let consumer = builder(&sim, &store, &table, "w")
+        .with_max_retries(1)
+        .with_bisect_on_error(true)
+        .with_on_failure(handler.clone())
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(consumer);
+    until("every other row", || snapshot_keys(&log).len() == 39).await;
+    assert_eq!(
+        handler.reasons_and_keys(),
+        [(
+            crate::FailureReason::RetriesExhausted,
+            vec!["r0007".to_owned()]
+        )]
+    );
+    let mut delivered = snapshot_keys(&log);
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(delivered.len(), 39, "each other item delivered");
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
