@@ -400,6 +400,19 @@ async fn without_a_handler_an_undecodable_item_holds_its_segment() {
     handle.await.unwrap().unwrap();
 }
 
+/// A recording processor for which any batch holding item `pk` fails.
+fn failing_on(pk: &'static str) -> Recording<Row> {
+    Recording::new().with_hook(move |_, batch: &ChangeBatch<Row>, _| {
+        let poisoned = batch.iter().any(|c| c.new.as_ref().unwrap().pk == pk);
+        Box::pin(async move {
+            if poisoned {
+                return Err(format!("{pk} is poison").into());
+            }
+            Ok(())
+        })
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
     let sim = SimulatedStream::with_seed(13);
@@ -407,16 +420,7 @@ async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
     let store = Arc::new(InMemoryLeaseStore::new());
     let table = FakeTable::with_rows(40);
     let handler = Collected::default();
-    // Any batch holding r0007 fails.
-    let log: Recording<Row> = Recording::new().with_hook(|_, batch: &ChangeBatch<Row>, _| {
-        let poisoned = batch.iter().any(|c| c.new.as_ref().unwrap().pk == "r0007");
-        Box::pin(async move {
-            if poisoned {
-                return Err("r0007 is poison".into());
-            }
-            Ok(())
-        })
-    });
+    let log = failing_on("r0007");
     let consumer = builder(&sim, &store, &table, "w")
         .with_max_retries(2)
         .with_on_failure(handler.clone())
@@ -487,15 +491,7 @@ async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
     let store = Arc::new(InMemoryLeaseStore::new());
     let table = FakeTable::with_rows(40);
     let handler = Collected::default();
-    let log: Recording<Row> = Recording::new().with_hook(|_, batch: &ChangeBatch<Row>, _| {
-        let poisoned = batch.iter().any(|c| c.new.as_ref().unwrap().pk == "r0007");
-        Box::pin(async move {
-            if poisoned {
-                return Err("r0007 is poison".into());
-            }
-            Ok(())
-        })
-    });
+    let log = failing_on("r0007");
     let consumer = builder(&sim, &store, &table, "w")
         .with_max_retries(1)
         .with_bisect_on_error(true)
