@@ -1,6 +1,6 @@
 //! The built-in on-failure handler: a DynamoDB table of dead letters, one item per record.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -96,18 +96,17 @@ impl DeadLetterTable {
 /// tell the items of one segment apart instead.
 fn dead_letter_key(
     failed: &FailedRecords,
-    seq: &str,
+    seq: Option<&str>,
     keys: &HashMap<String, AttributeValue>,
 ) -> String {
     let prefix = format!("{}|{}", failed.stream_arn, failed.shard_id);
-    if seq != "unknown" {
+    if let Some(seq) = seq {
         return format!("{prefix}|{seq}");
     }
-    let mut names: Vec<&String> = keys.keys().collect();
-    names.sort();
-    let rendered: Vec<String> = names
+    let sorted: BTreeMap<&String, &AttributeValue> = keys.iter().collect();
+    let rendered: Vec<String> = sorted
         .into_iter()
-        .map(|name| format!("{name}={:?}", keys[name]))
+        .map(|(name, value)| format!("{name}={value:?}"))
         .collect();
     format!("{prefix}|keys:{}", rendered.join(","))
 }
@@ -121,7 +120,8 @@ impl FailureHandler for DeadLetterTable {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         for record in &failed.records {
-            let seq = sequence_text(record).unwrap_or("unknown");
+            let seq = sequence_text(record);
+            let seq_text = seq.unwrap_or("unknown");
             let keys: HashMap<String, AttributeValue> = record
                 .dynamodb()
                 .and_then(|d| d.keys.clone())
@@ -133,7 +133,7 @@ impl FailureHandler for DeadLetterTable {
                 ("reason".to_owned(), s(failed.reason.as_str())),
                 ("stream".to_owned(), s(&failed.stream_arn)),
                 ("shard".to_owned(), s(&failed.shard_id)),
-                ("sequence_number".to_owned(), s(seq)),
+                ("sequence_number".to_owned(), s(seq_text)),
                 ("error".to_owned(), s(&failed.error)),
                 ("keys".to_owned(), AttributeValue::M(keys)),
                 (
@@ -155,7 +155,7 @@ impl FailureHandler for DeadLetterTable {
                 .await
                 .map_err(|e| {
                     format!(
-                        "cannot write record {seq} of shard {} to dead-letter table {:?}: {}",
+                        "cannot write record {seq_text} of shard {} to dead-letter table {:?}: {}",
                         failed.shard_id,
                         self.table,
                         aws_sdk_dynamodb::error::DisplayErrorContext(&e)
@@ -192,15 +192,15 @@ mod tests {
         };
         let failed = failed();
         assert_eq!(
-            dead_letter_key(&failed, "42", &keys("a")),
+            dead_letter_key(&failed, Some("42"), &keys("a")),
             "arn:stream|snapshot-0-of-2|42"
         );
-        let a = dead_letter_key(&failed, "unknown", &keys("a"));
-        let b = dead_letter_key(&failed, "unknown", &keys("b"));
+        let a = dead_letter_key(&failed, None, &keys("a"));
+        let b = dead_letter_key(&failed, None, &keys("b"));
         assert_ne!(
             a, b,
             "two snapshot items of one segment must not share a dead letter"
         );
-        assert_eq!(a, dead_letter_key(&failed, "unknown", &keys("a")));
+        assert_eq!(a, dead_letter_key(&failed, None, &keys("a")));
     }
 }
