@@ -436,11 +436,10 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .inner
             .checkpoint_with_writes(key, o, previous, c, writes)
             .await;
-        // A transactional write is billed twice the units of a plain one.
-        for _ in 0..2 {
-            self.bill_lease_write(before.clone(), &result, None, false)
-                .await;
-        }
+        // A transactional write is billed twice the units of a plain one; a refused one is
+        // still one failed condition.
+        let size = before.as_ref().map_or(0, billing::lease_item_size);
+        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
         result
     }
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
