@@ -220,16 +220,7 @@ async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_strea
         2,
         "the segments were not shared: {workers:?}"
     );
-    let kinds: Vec<ChangeKind> = log.delivered().iter().map(|d| d.change.kind).collect();
-    let first_stream = kinds
-        .iter()
-        .position(|k| *k != ChangeKind::Snapshot)
-        .unwrap();
-    assert!(
-        kinds[first_stream..]
-            .iter()
-            .all(|k| *k != ChangeKind::Snapshot)
-    );
+    assert!(log.snapshot_before_stream());
     let progress = progress(&store.list_leases().await.unwrap());
     assert!(progress[0].is_done(), "{progress:?}");
 

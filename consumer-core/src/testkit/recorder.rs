@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 
-use crate::change::{Change, ChangeBatch};
+use crate::change::{Change, ChangeBatch, ChangeKind};
 use crate::checkpointer::Checkpointer;
 use crate::error::{BoxError, Error};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
@@ -131,6 +131,17 @@ impl<T: Clone + DeserializeOwned + Send + Sync + 'static> Recording<T> {
             .iter()
             .filter_map(|d| d.change.new.as_ref().or(d.change.old.as_ref()).cloned())
             .collect()
+    }
+
+    /// Whether some stream change was delivered and every snapshot change came before
+    /// every stream change (the order `with_snapshot` promises).
+    pub fn snapshot_before_stream(&self) -> bool {
+        let log = self.log();
+        let is_snapshot = |d: &Delivered<T>| d.change.kind == ChangeKind::Snapshot;
+        match log.delivered.iter().position(|d| !is_snapshot(d)) {
+            Some(first_stream) => !log.delivered[first_stream..].iter().any(is_snapshot),
+            None => false,
+        }
     }
 
     /// Every data loss reported so far.
