@@ -299,15 +299,8 @@ async fn scan(table: &str) -> BTreeMap<String, Item> {
 /// Every record of the source's stream, read directly (DynamoDB Local gives a stream one
 /// shard; the writer has stopped, so an empty page is the end).
 async fn stream_records(source: &str) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
-    let arn = dynamodb_client()
+    let arn = integration_tests::stream_arn(source)
         .await
-        .describe_table()
-        .table_name(source)
-        .send()
-        .await
-        .expect("describe")
-        .table
-        .and_then(|t| t.latest_stream_arn)
         .expect("a stream");
     let streams = streams_client().await;
     let description = streams

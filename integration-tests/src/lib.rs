@@ -111,6 +111,37 @@ pub async fn enable_stream(table: &str, view: aws_sdk_dynamodb::types::StreamVie
         .unwrap_or_else(|e| panic!("enabling the stream of {table:?} failed: {e}"));
 }
 
+/// Turns off the stream of `table` (enabling it again gives a new stream ARN). Panics on
+/// failure (test helper).
+pub async fn disable_stream(table: &str) {
+    let spec = aws_sdk_dynamodb::types::StreamSpecification::builder()
+        .stream_enabled(false)
+        .build()
+        .unwrap_or_else(|e| panic!("stream specification: {e}"));
+    dynamodb_client()
+        .await
+        .update_table()
+        .table_name(table)
+        .stream_specification(spec)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("disabling the stream of {table:?} failed: {e}"));
+}
+
+/// The ARN of `table`'s current stream, if it has one. Panics if DescribeTable fails (test
+/// helper).
+pub async fn stream_arn(table: &str) -> Option<String> {
+    dynamodb_client()
+        .await
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("DescribeTable {table:?} failed: {e}"))
+        .table
+        .and_then(|t| t.latest_stream_arn)
+}
+
 /// Runs a consumer in the background until the returned sender is used (a graceful stop);
 /// aborting the handle instead is a crash.
 pub fn spawn_consumer(

@@ -9,13 +9,13 @@
 
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, StreamSpecification, StreamViewType};
+use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
 use checkpoint_store::{DynamoDbLeaseStore, Lease, LeaseStore};
 use consumer_core::testkit::Recording;
 use consumer_core::{ConsumerBuilder, InitialPosition};
 use integration_tests::{
-    create_table, dynamodb_client, put_count, quick_consumer, sdk_config, spawn_consumer as spawn,
-    unique_name, wait_for,
+    create_table, disable_stream, enable_stream, put_count, quick_consumer, sdk_config,
+    spawn_consumer as spawn, stream_arn, unique_name, wait_for,
 };
 use serde::Deserialize;
 
@@ -98,33 +98,6 @@ async fn latest_keeps_its_start_when_the_lease_moves_before_reading_anything() {
     assert!(counts(&first).is_empty(), "{:?}", counts(&first));
 }
 
-async fn set_stream(table: &str, enabled: bool) {
-    let mut spec = StreamSpecification::builder().stream_enabled(enabled);
-    if enabled {
-        spec = spec.stream_view_type(StreamViewType::NewAndOldImages);
-    }
-    dynamodb_client()
-        .await
-        .update_table()
-        .table_name(table)
-        .stream_specification(spec.build().unwrap())
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("UpdateTable {table} (stream {enabled}): {e:?}"));
-}
-
-async fn stream_arn(table: &str) -> Option<String> {
-    dynamodb_client()
-        .await
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .unwrap()
-        .table
-        .and_then(|t| t.latest_stream_arn)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reenabled_stream_is_picked_up_after_the_old_one_ended() {
     let (table, app) = (unique_name("orders"), unique_name("app"));
@@ -143,8 +116,8 @@ async fn a_reenabled_stream_is_picked_up_after_the_old_one_ended() {
     )
     .await;
 
-    set_stream(&table, false).await;
-    set_stream(&table, true).await;
+    disable_stream(&table).await;
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
     let new = stream_arn(&table).await.unwrap();
     assert_ne!(new, old, "a re-enabled stream has a new ARN");
     for n in 5..10 {
@@ -202,8 +175,8 @@ async fn a_reenabled_streams_roots_wait_for_the_old_streams_backlog() {
     for n in 1..21 {
         put(&table, n).await;
     }
-    set_stream(&table, false).await;
-    set_stream(&table, true).await;
+    disable_stream(&table).await;
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
     let new = stream_arn(&table).await.unwrap();
     assert_ne!(new, old, "a re-enabled stream has a new ARN");
     for n in 21..26 {
