@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
-use checkpoint_store::aws::{AwsClients, wait_until_table_active};
+use checkpoint_store::aws::{AwsClients, error_message, wait_until_table_active};
 use tokio::sync::OnceCell;
 
 use crate::error::BoxError;
@@ -29,6 +29,8 @@ const TABLE_DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct DeadLetterTable {
     client: aws_sdk_dynamodb::Client,
+    /// Named in error messages.
+    endpoint: String,
     table: String,
     ready: OnceCell<()>,
 }
@@ -36,8 +38,10 @@ pub struct DeadLetterTable {
 impl DeadLetterTable {
     /// A dead-letter table named `table`, reached with `sdk_config`.
     pub fn new(sdk_config: &aws_types::SdkConfig, table: impl Into<String>) -> Self {
+        let clients = AwsClients::from_sdk_config(sdk_config);
         Self {
-            client: AwsClients::from_sdk_config(sdk_config).dynamodb().clone(),
+            client: clients.dynamodb().clone(),
+            endpoint: clients.endpoint().to_owned(),
             table: table.into(),
             ready: OnceCell::new(),
         }
@@ -78,7 +82,7 @@ impl DeadLetterTable {
                         return Err(format!(
                             "cannot create dead-letter table {:?}: {}",
                             self.table,
-                            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                            error_message(&e, &self.endpoint)
                         )
                         .into());
                     }
@@ -158,7 +162,7 @@ impl FailureHandler for DeadLetterTable {
                         "cannot write record {seq_text} of shard {} to dead-letter table {:?}: {}",
                         failed.shard_id,
                         self.table,
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+                        error_message(&e, &self.endpoint)
                     )
                 })?;
         }

@@ -4,6 +4,7 @@ use std::fmt;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 /// What kind of failure an AWS call met, whatever the operation. Callers decide what to do
@@ -96,6 +97,48 @@ pub fn classify<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Err
     }
 }
 
+/// One line saying what went wrong, for error messages and logs: the service's code and
+/// message for an answer (the HTTP status when it has no code), or what kept the request
+/// from being answered, naming `endpoint`. Never the raw response's debug dump.
+pub fn error_message<E>(err: &SdkError<E, HttpResponse>, endpoint: &str) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(context) => {
+            let message = service_message(context.err());
+            match context.err().code() {
+                Some(_) => message,
+                // No code at all: the HTTP status is the only clue left.
+                None => format!("HTTP {}: {message}", context.raw().status().as_u16()),
+            }
+        }
+        SdkError::DispatchFailure(_) => {
+            format!("could not reach {endpoint}: {}", DisplayErrorContext(err))
+        }
+        SdkError::TimeoutError(_) => format!(
+            "no answer from {endpoint} in time: {}",
+            DisplayErrorContext(err)
+        ),
+        SdkError::ResponseError(_) if classify(err) == ErrorClass::Transport => format!(
+            "unusable answer from {endpoint}: {}",
+            DisplayErrorContext(err)
+        ),
+        // 5xx answers we could not read, construction failures and future variants.
+        _ => DisplayErrorContext(err).to_string(),
+    }
+}
+
+/// `Code: message` of a service error.
+fn service_message<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> String {
+    match (err.code(), err.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        // Modeled errors built without metadata display their name and message.
+        _ => err.to_string(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -151,5 +194,23 @@ mod tests {
         assert!(!ErrorClass::Validation.is_retryable());
         assert!(!ErrorClass::NotFound.is_retryable());
         assert!(!ErrorClass::ConditionFailed.is_retryable());
+    }
+
+    #[test]
+    fn messages_are_one_line_naming_the_code_or_the_endpoint() {
+        let mut meta = ErrorMetadata::builder().code("ValidationException");
+        meta = meta.message("Invalid table/index name.");
+        let raw = HttpResponse::new(StatusCode::try_from(400).unwrap(), SdkBody::empty());
+        let invalid = SdkError::service_error(GetItemError::generic(meta.build()), raw);
+        assert_eq!(
+            error_message(&invalid, "http://local"),
+            "ValidationException: Invalid table/index name."
+        );
+        assert!(error_message(&answer(503, None), "http://local").starts_with("HTTP 503: "));
+        let refused: SdkError<GetItemError, HttpResponse> =
+            SdkError::dispatch_failure(ConnectorError::io("connection refused".into()));
+        let text = error_message(&refused, "http://local");
+        assert!(text.starts_with("could not reach http://local: "), "{text}");
+        assert!(text.contains("connection refused"), "{text}");
     }
 }

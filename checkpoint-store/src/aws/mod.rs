@@ -34,6 +34,6 @@ mod paging;
 mod tables;
 
 pub use clients::{AwsClients, LIVENESS_ATTEMPT_TIMEOUT, liveness_overrides};
-pub use errors::{ErrorClass, classify};
+pub use errors::{ErrorClass, classify, error_message};
 pub use paging::{CursorStalled, describe_stream_pages, scan_all};
 pub use tables::{TableWaitError, wait_until_table_active};

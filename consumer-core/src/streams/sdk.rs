@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodbstreams::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodbstreams::types::{Shard, ShardFilter, ShardFilterType, ShardIteratorType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
@@ -136,29 +136,7 @@ impl SdkStreams {
             Some("TrimmedDataAccessException") => ApiErrorKind::TrimmedDataAccess,
             _ => ApiErrorKind::from(aws::classify(&err)),
         };
-        let message = match &err {
-            SdkError::ServiceError(context) => {
-                let message = service_message(context.err());
-                match context.err().code() {
-                    Some(_) => message,
-                    // No code at all: the HTTP status is the only clue left.
-                    None => format!("HTTP {}: {message}", context.raw().status().as_u16()),
-                }
-            }
-            SdkError::DispatchFailure(_) => {
-                format!("could not reach {endpoint}: {}", DisplayErrorContext(&err))
-            }
-            SdkError::TimeoutError(_) => format!(
-                "no answer from {endpoint} in time: {}",
-                DisplayErrorContext(&err)
-            ),
-            SdkError::ResponseError(_) if kind == ApiErrorKind::Transport => format!(
-                "unusable answer from {endpoint}: {}",
-                DisplayErrorContext(&err)
-            ),
-            // 5xx answers we could not read, construction failures and future variants.
-            _ => DisplayErrorContext(&err).to_string(),
-        };
+        let message = aws::error_message(&err, endpoint);
         ApiError {
             kind,
             operation,
@@ -381,15 +359,6 @@ fn iterator_resource(iterator: &str) -> String {
 }
 
 /// The service's code and message, e.g. `ExpiredIteratorException: Iterator expired`.
-fn service_message<E: ProvideErrorMetadata + std::error::Error>(err: &E) -> String {
-    match (err.code(), err.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        // Modeled errors built without metadata display their name and message.
-        _ => err.to_string(),
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -35,6 +35,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, StreamViewType, TransactWriteItem, Update};
 use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
+use checkpoint_store::aws;
 use clap::Parser;
 use consumer_core::{
     BoxError, Change, ChangeBatch, ChangeKind, Checkpointer, Consumer, InitialPosition,
@@ -96,7 +97,11 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let signals = Signals::new()?;
     let sdk_config = examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref()).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config);
-    let keys = check_tables(&client, &args.source, &args.target).await?;
+    let endpoint = args
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| "the default AWS endpoint".to_owned());
+    let keys = check_tables(&client, &endpoint, &args.source, &args.target).await?;
     tracing::info!(source = %args.source, target = %args.target, ?keys, plain = args.plain_checkpoints, "replicating");
 
     let mut builder = Consumer::builder(args.app.as_str())
@@ -115,6 +120,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
     );
     let consumer = builder.build(move |_: &ShardContext| Replica {
         client: client.clone(),
+        endpoint: endpoint.clone(),
         target: target.clone(),
         keys: keys.clone(),
         plain,
@@ -129,6 +135,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
 /// same key schema; returns the key attribute names.
 async fn check_tables(
     client: &aws_sdk_dynamodb::Client,
+    endpoint: &str,
     source: &str,
     target: &str,
 ) -> Result<Vec<String>, BoxError> {
@@ -143,7 +150,7 @@ async fn check_tables(
                 .map_err(|e| {
                     format!(
                         "cannot describe table {table:?}: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                        aws::error_message(&e, endpoint)
                     )
                 })?
                 .table
@@ -189,6 +196,8 @@ async fn check_tables(
 /// Applies one shard's changes to the target.
 struct Replica {
     client: aws_sdk_dynamodb::Client,
+    /// Named in error messages.
+    endpoint: String,
     target: String,
     keys: Vec<String>,
     plain: bool,
@@ -223,7 +232,7 @@ impl RecordProcessor for Replica {
                         format!(
                             "UpdateItem on {:?}: {}",
                             self.target,
-                            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+                            aws::error_message(&e, &self.endpoint)
                         )
                     })?;
             } else {
