@@ -18,6 +18,7 @@ mod checkpoint;
 mod dynamodb;
 mod error;
 mod lease;
+mod membership;
 mod memory;
 mod sequence;
 mod store;
@@ -29,7 +30,11 @@ pub mod conformance;
 pub use checkpoint::Checkpoint;
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{Error, Result};
-pub use lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
+pub use lease::{Lease, LeaseKey, Ownership};
+pub use membership::{
+    Coordination, LeaderRecord, MEMBERS_PER_SHARD, MEMBERSHIP_SHARDS, Membership, Notice,
+    WorkerRecord, membership_shard,
+};
 pub use memory::InMemoryLeaseStore;
 pub use sequence::SequenceNumber;
 pub use store::LeaseStore;
