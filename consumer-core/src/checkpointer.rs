@@ -787,6 +787,49 @@ mod tests {
         async fn delete_worker(&self, worker_id: &str) -> checkpoint_store::Result<()> {
             self.inner.delete_worker(worker_id).await
         }
+        async fn coordination(&self) -> checkpoint_store::Result<checkpoint_store::Coordination> {
+            self.inner.coordination().await
+        }
+        async fn remove_worker(
+            &self,
+            worker_id: &str,
+            seen: u64,
+        ) -> checkpoint_store::Result<bool> {
+            self.inner.remove_worker(worker_id, seen).await
+        }
+        async fn claim_leadership(
+            &self,
+            worker_id: &str,
+            replacing: Option<&str>,
+        ) -> checkpoint_store::Result<bool> {
+            self.inner.claim_leadership(worker_id, replacing).await
+        }
+        async fn renew_leadership(
+            &self,
+            worker_id: &str,
+            workers: u64,
+        ) -> checkpoint_store::Result<bool> {
+            self.inner.renew_leadership(worker_id, workers).await
+        }
+        async fn resign_leadership(&self, worker_id: &str) -> checkpoint_store::Result<()> {
+            self.inner.resign_leadership(worker_id).await
+        }
+        async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> checkpoint_store::Result<()> {
+            self.inner.notify(worker_id, keys).await
+        }
+        async fn notices(
+            &self,
+            worker_id: &str,
+        ) -> checkpoint_store::Result<Vec<checkpoint_store::Notice>> {
+            self.inner.notices(worker_id).await
+        }
+        async fn clear_notices(
+            &self,
+            worker_id: &str,
+            notices: &[checkpoint_store::Notice],
+        ) -> checkpoint_store::Result<()> {
+            self.inner.clear_notices(worker_id, notices).await
+        }
         async fn checkpoint_with_writes(
             &self,
             key: &LeaseKey,

@@ -1,6 +1,7 @@
 #![doc = include_str!("../../README.md")]
 #![warn(missing_docs)]
 
+mod announce;
 mod attribute_de;
 mod budget;
 mod change;
@@ -12,7 +13,10 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+mod fencing_clock;
+mod heartbeat;
 mod lag;
+mod leader;
 mod lease_protocol;
 pub mod observability;
 mod poll_loop;

@@ -65,6 +65,19 @@ impl MembershipCache {
     }
 }
 
+/// One `UpdateItem` on a membership, coordination or inbox item.
+struct Update<'a> {
+    operation: &'static str,
+    pk: String,
+    update: &'a str,
+    condition: Option<&'a str>,
+    /// Each `#placeholder` and its attribute name.
+    names: Vec<(&'a str, String)>,
+    values: Vec<(&'a str, AttributeValue)>,
+    /// A liveness call: the short attempt timeout.
+    liveness: bool,
+}
+
 /// The membership, coordination and inbox items as seen through one client.
 pub(crate) struct MembershipItems<'a> {
     pub client: &'a Client,
@@ -73,19 +86,21 @@ pub(crate) struct MembershipItems<'a> {
 }
 
 impl MembershipItems<'_> {
-    /// One `UpdateItem`; the updated attributes, or the failed condition (with whether the
-    /// item had the attribute `probe` before, when DynamoDB returned the old item).
-    #[allow(clippy::too_many_arguments)]
+    /// One `UpdateItem`; the updated attributes, or the failed condition (with the old
+    /// item, when DynamoDB returned it).
     async fn update(
         &self,
-        operation: &'static str,
-        pk: String,
-        update: &str,
-        condition: Option<&str>,
-        names: Vec<(&str, String)>,
-        values: Vec<(&str, AttributeValue)>,
-        liveness: bool,
+        request: Update<'_>,
     ) -> Result<std::result::Result<Item, (ConditionFailed, Option<Item>)>> {
+        let Update {
+            operation,
+            pk,
+            update,
+            condition,
+            names,
+            values,
+            liveness,
+        } = request;
         let mut request = self
             .client
             .update_item()
@@ -135,13 +150,12 @@ impl MembershipItems<'_> {
     pub async fn join(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         let shard = membership_shard(worker_id);
         let now = SystemTime::now();
-        let joined = self
-            .update(
-                "UpdateItem (join)",
-                membership_pk(shard),
-                "SET #kind = :kind, #up = :now, #ex = :expires ADD #members :one, #hb :one",
-                Some("attribute_not_exists(#hb) AND (attribute_not_exists(#members) OR #members < :max)"),
-                [
+        let joined = self.update(Update {
+operation: "UpdateItem (join)",
+pk: membership_pk(shard),
+update: "SET #kind = :kind, #up = :now, #ex = :expires ADD #members :one, #hb :one",
+condition: Some("attribute_not_exists(#hb) AND (attribute_not_exists(#members) OR #members < :max)"),
+names: [
                     member_names(worker_id),
                     vec![
                         ("#kind", attr::KIND.to_owned()),
@@ -149,15 +163,15 @@ impl MembershipItems<'_> {
                     ],
                 ]
                 .concat(),
-                vec![
+values: vec![
                     (":kind", s(KIND_MEMBERSHIP)),
                     (":now", millis(now)),
                     (":expires", number(unix_secs(now + ttl))),
                     (":one", number(1)),
                     (":max", number(u64::from(MEMBERS_PER_SHARD))),
                 ],
-                true,
-            )
+liveness: true,
+})
             .await?;
         let record = match joined {
             Ok(attributes) => self.record(worker_id, &attributes, now, ttl)?,
@@ -184,21 +198,21 @@ impl MembershipItems<'_> {
             .unwrap_or_else(PoisonError::into_inner)
             .contains(&shard);
         if !listed {
-            self.update(
-                "UpdateItem (list membership item)",
-                COORDINATION_PK.to_owned(),
-                "SET #kind = :kind ADD #shards :shard",
-                None,
-                vec![
+            self.update(Update {
+                operation: "UpdateItem (list membership item)",
+                pk: COORDINATION_PK.to_owned(),
+                update: "SET #kind = :kind ADD #shards :shard",
+                condition: None,
+                names: vec![
                     ("#kind", attr::KIND.to_owned()),
                     ("#shards", attr::SHARDS.to_owned()),
                 ],
-                vec![
+                values: vec![
                     (":kind", s(KIND_COORDINATION)),
                     (":shard", AttributeValue::Ns(vec![shard.to_string()])),
                 ],
-                true,
-            )
+                liveness: true,
+            })
             .await?
             .map_err(|_| self.unexpected_condition("UpdateItem (list membership item)"))?;
         }
@@ -226,19 +240,19 @@ impl MembershipItems<'_> {
     pub async fn beat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         let now = SystemTime::now();
         let beaten = self
-            .update(
-                "UpdateItem (heartbeat)",
-                membership_pk(membership_shard(worker_id)),
-                "SET #up = :now, #ex = :expires ADD #hb :one",
-                Some("attribute_exists(#hb)"),
-                member_names(worker_id),
-                vec![
+            .update(Update {
+                operation: "UpdateItem (heartbeat)",
+                pk: membership_pk(membership_shard(worker_id)),
+                update: "SET #up = :now, #ex = :expires ADD #hb :one",
+                condition: Some("attribute_exists(#hb)"),
+                names: member_names(worker_id),
+                values: vec![
                     (":now", millis(now)),
                     (":expires", number(unix_secs(now + ttl))),
                     (":one", number(1)),
                 ],
-                true,
-            )
+                liveness: true,
+            })
             .await?;
         match beaten {
             Ok(attributes) => self.record(worker_id, &attributes, now, ttl),
@@ -286,19 +300,19 @@ impl MembershipItems<'_> {
             None => "attribute_exists(#hb)",
         };
         let removed = self
-            .update(
-                "UpdateItem (remove worker)",
-                membership_pk(membership_shard(worker_id)),
-                "REMOVE #hb, #up, #ex ADD #members :minus_one",
-                Some(condition),
-                [
+            .update(Update {
+                operation: "UpdateItem (remove worker)",
+                pk: membership_pk(membership_shard(worker_id)),
+                update: "REMOVE #hb, #up, #ex ADD #members :minus_one",
+                condition: Some(condition),
+                names: [
                     member_names(worker_id),
                     vec![("#members", attr::MEMBERS.to_owned())],
                 ]
                 .concat(),
                 values,
-                false,
-            )
+                liveness: false,
+            })
             .await?
             .is_ok();
         if removed || seen.is_none() {
@@ -404,18 +418,18 @@ impl MembershipItems<'_> {
 
     pub async fn bump_leases_version(&self) -> Result<u64> {
         let attributes = self
-            .update(
-                "UpdateItem (leases version)",
-                COORDINATION_PK.to_owned(),
-                "SET #kind = :kind ADD #v :one",
-                None,
-                vec![
+            .update(Update {
+                operation: "UpdateItem (leases version)",
+                pk: COORDINATION_PK.to_owned(),
+                update: "SET #kind = :kind ADD #v :one",
+                condition: None,
+                names: vec![
                     ("#kind", attr::KIND.to_owned()),
                     ("#v", attr::LEASES_VERSION.to_owned()),
                 ],
-                vec![(":kind", s(KIND_COORDINATION)), (":one", number(1))],
-                true,
-            )
+                values: vec![(":kind", s(KIND_COORDINATION)), (":one", number(1))],
+                liveness: true,
+            })
             .await?
             .map_err(|_| self.unexpected_condition("UpdateItem (leases version)"))?;
         match attributes.get(attr::LEASES_VERSION) {
@@ -469,29 +483,29 @@ impl MembershipItems<'_> {
             "UpdateItem (leader heartbeat)"
         };
         Ok(self
-            .update(
+            .update(Update {
                 operation,
-                COORDINATION_PK.to_owned(),
-                &update,
-                Some(&condition),
+                pk: COORDINATION_PK.to_owned(),
+                update: &update,
+                condition: Some(&condition),
                 names,
                 values,
-                true,
-            )
+                liveness: true,
+            })
             .await?
             .is_ok())
     }
 
     pub async fn resign(&self, worker_id: &str) -> Result<()> {
-        self.update(
-            "UpdateItem (resign leadership)",
-            COORDINATION_PK.to_owned(),
-            "REMOVE #leader",
-            Some("#leader = :me"),
-            vec![("#leader", attr::LEADER.to_owned())],
-            vec![(":me", s(worker_id))],
-            false,
-        )
+        self.update(Update {
+            operation: "UpdateItem (resign leadership)",
+            pk: COORDINATION_PK.to_owned(),
+            update: "REMOVE #leader",
+            condition: Some("#leader = :me"),
+            names: vec![("#leader", attr::LEADER.to_owned())],
+            values: vec![(":me", s(worker_id))],
+            liveness: false,
+        })
         .await?
         .ok();
         Ok(())
@@ -510,23 +524,23 @@ impl MembershipItems<'_> {
                 })
             })
             .collect();
-        self.update(
-            "UpdateItem (notify)",
-            inbox_pk(worker_id),
-            "SET #kind = :kind, #expires_at = :expires ADD #notes :notes",
-            None,
-            vec![
+        self.update(Update {
+            operation: "UpdateItem (notify)",
+            pk: inbox_pk(worker_id),
+            update: "SET #kind = :kind, #expires_at = :expires ADD #notes :notes",
+            condition: None,
+            names: vec![
                 ("#kind", attr::KIND.to_owned()),
                 ("#expires_at", attr::EXPIRES_AT.to_owned()),
                 ("#notes", attr::NOTES.to_owned()),
             ],
-            vec![
+            values: vec![
                 (":kind", s(KIND_INBOX)),
                 (":expires", number(unix_secs(SystemTime::now() + INBOX_TTL))),
                 (":notes", AttributeValue::Ss(notes)),
             ],
-            false,
-        )
+            liveness: false,
+        })
         .await?
         .map_err(|_| self.unexpected_condition("UpdateItem (notify)"))?;
         Ok(())
@@ -551,18 +565,18 @@ impl MembershipItems<'_> {
         if notices.is_empty() {
             return Ok(());
         }
-        self.update(
-            "UpdateItem (clear notices)",
-            inbox_pk(worker_id),
-            "DELETE #notes :notes",
-            None,
-            vec![("#notes", attr::NOTES.to_owned())],
-            vec![(
+        self.update(Update {
+            operation: "UpdateItem (clear notices)",
+            pk: inbox_pk(worker_id),
+            update: "DELETE #notes :notes",
+            condition: None,
+            names: vec![("#notes", attr::NOTES.to_owned())],
+            values: vec![(
                 ":notes",
                 AttributeValue::Ss(notices.iter().map(encode_note).collect()),
             )],
-            false,
-        )
+            liveness: false,
+        })
         .await?
         .map_err(|_| self.unexpected_condition("UpdateItem (clear notices)"))?;
         Ok(())

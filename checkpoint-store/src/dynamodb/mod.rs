@@ -60,6 +60,17 @@ const CHECKPOINT_UPDATE: &str =
 /// The condition of every write that needs the lease ([`owned_values`]).
 const OWNED_CONDITION: &str = "#owner = :me AND #epoch = :my_epoch";
 
+/// What a write conditional on an unchanged lease expects to find.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    /// The owner seen (`None`: no owner).
+    owner: Option<&'a str>,
+    /// The epoch seen.
+    epoch: u64,
+    /// Whether the lease must also have no pending handoff request.
+    no_handoff: bool,
+}
+
 /// A [`LeaseStore`] in a DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoDbLeaseStore {
@@ -226,12 +237,15 @@ impl DynamoDbLeaseStore {
         &self,
         operation: &'static str,
         key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        no_handoff: bool,
+        seen: Seen<'_>,
         update: &str,
         mut values: Vec<(&str, AttributeValue)>,
     ) -> Result<Lease> {
+        let Seen {
+            owner: seen_owner,
+            epoch: seen_epoch,
+            no_handoff,
+        } = seen;
         values.push((":seen_epoch", number(seen_epoch)));
         let mut condition = match seen_owner {
             Some(owner) => {
@@ -397,9 +411,11 @@ impl LeaseStore for DynamoDbLeaseStore {
         self.update_unchanged(
             "UpdateItem (take)",
             key,
-            seen_owner,
-            seen_epoch,
-            false,
+            Seen {
+                owner: seen_owner,
+                epoch: seen_epoch,
+                no_handoff: false,
+            },
             "SET #owner = :new_owner, #epoch = #epoch + :one, \
              #owner_switches = #owner_switches + :one, #updated_at = :now REMOVE #handoff_to",
             vec![(":new_owner", s(new_owner)), (":one", number(1))],
@@ -443,9 +459,11 @@ impl LeaseStore for DynamoDbLeaseStore {
         self.update_unchanged(
             "UpdateItem (request handoff)",
             key,
-            Some(&current.owner),
-            current.epoch,
-            true,
+            Seen {
+                owner: Some(&current.owner),
+                epoch: current.epoch,
+                no_handoff: true,
+            },
             "SET #handoff_to = :requester, #updated_at = :now",
             vec![(":requester", s(requester))],
         )
