@@ -34,5 +34,5 @@ pub use faults::SimOperation;
 pub use items::{Item, string_key};
 pub use recorder::{BatchHook, Delivered, Recording};
 pub use state::WrittenRecord;
-pub use store::{Billed, InstrumentedStore, Link, StoreOp};
+pub use store::{Billed, InstrumentedStore, ItemUnits, Link, StoreOp};
 pub use stream::SimulatedStream;
