@@ -329,8 +329,10 @@ impl Leader {
         bounded(sends).await;
     }
 
-    /// Hints the owner again about a handoff it was asked for a failover time ago and has
-    /// not done (a hint may be lost with a worker that restarted its inbox reads).
+    /// A handoff asked a failover time ago whose lease still shows it pending in the view:
+    /// the lease is read again (the owner may have handed it over without a bump, which the
+    /// leader does not need), and if the request still stands the owner is hinted again (a
+    /// hint can be lost with an inbox read that failed).
     async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant) {
         let pending: std::collections::HashSet<&LeaseKey> = self
             .leases
@@ -345,17 +347,27 @@ impl Leader {
             .filter(|(_, at)| now.duration_since(**at) >= env.config.failover_time)
             .map(|(key, _)| key.clone())
             .collect();
-        for key in due {
+        if due.is_empty() {
+            return;
+        }
+        let current = match env.store.get_leases(&due).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read leases asked for; reminding later");
+                return;
+            }
+        };
+        for lease in current {
+            let key = lease.key.clone();
             self.asked.insert(key.clone(), now);
-            let Some(owner) = self
-                .leases
-                .iter()
-                .find(|l| l.key == key)
-                .and_then(|l| l.owner.clone())
-            else {
+            let owner = lease.owner.clone();
+            let still_asked = lease.handoff_to.is_some();
+            self.replace(lease);
+            if !still_asked {
+                self.asked.remove(&key);
                 continue;
-            };
-            if owner != env.me
+            }
+            if let Some(owner) = owner.filter(|o| o != env.me)
                 && let Err(error) = env.store.notify(&owner, std::slice::from_ref(&key)).await
             {
                 tracing::debug!(%owner, %error, "handoff reminder not delivered");

@@ -300,8 +300,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let random = self.shared.api.random_u64() as u32;
-        format!("{}#{millis:x}{random:08x}", self.shared.worker_id)
+        incarnation_id(&self.shared.worker_id, millis, self.shared.api.random_u64())
     }
 
     /// How long a heartbeat may go unconfirmed before this worker stops its shards: others
@@ -750,10 +749,11 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// Gives a lease released for a handoff to the worker that asked for it, right after the
     /// release (a take on its behalf, conditional on the epoch the release left), and hints
-    /// it: otherwise the lease would wait unowned for the leader.
+    /// it: otherwise the lease would wait unowned for the leader. Not announced: the leader
+    /// asked for this move and already counts the lease as the requester's.
     async fn hand_over(&self, key: &LeaseKey, released: &Ownership, to: &str) {
         let epoch = released.epoch + 1;
-        match self.shared.store.take_lease(key, None, epoch, to).await {
+        match self.announcer.inner().take_lease(key, None, epoch, to).await {
             Ok(_) => {
                 tracing::info!(lease = %key, %to, "lease handed over");
                 self.hint(to, key).await;
@@ -764,11 +764,11 @@ impl<F: ProcessorFactory> Worker<F> {
     }
 
     /// Hands over a lease this worker owns but does not run: one take on the requester's
-    /// behalf, conditional on this worker's ownership.
+    /// behalf, conditional on this worker's ownership (not announced, like [`Self::hand_over`]).
     async fn hand_over_unreleased(&self, key: &LeaseKey, ownership: &Ownership, to: &str) {
         match self
-            .shared
-            .store
+            .announcer
+            .inner()
             .take_lease(key, Some(&ownership.owner), ownership.epoch, to)
             .await
         {
@@ -843,6 +843,24 @@ impl<F: ProcessorFactory> Worker<F> {
                 Err(_) => {}
             }
         }
+        // Leases given to this worker whose hints it has not read yet are its own too.
+        let inbox = self.announcer.inner();
+        if let Ok(notices) = inbox.notices(&me).await
+            && !notices.is_empty()
+        {
+            let keys: Vec<LeaseKey> = notices.iter().map(|n| n.key.clone()).collect();
+            if let Ok(leases) = inbox.get_leases(&keys).await {
+                for lease in leases.into_iter().filter(|l| l.is_owned_by(&me)) {
+                    if lease.checkpoint == Checkpoint::ShardEnd {
+                        if let Some(ownership) = lease.ownership() {
+                            state.finished.insert(lease.key.clone(), ownership);
+                        }
+                    } else {
+                        state.mine.insert(lease.key.clone(), lease);
+                    }
+                }
+            }
+        }
         let store = self.shared.store.as_ref();
         let mut owned: Vec<(LeaseKey, Ownership)> = state
             .mine
@@ -888,6 +906,12 @@ impl<F: ProcessorFactory> Worker<F> {
     }
 }
 
+/// `{worker id}#{millis, hex}{low 32 bits of random, hex}`: two processes with the same
+/// host name and pid starting in the same millisecond differ by the random part.
+fn incarnation_id(worker_id: &str, millis: u128, random: u64) -> String {
+    format!("{worker_id}#{millis:x}{:08x}", random as u32)
+}
+
 /// What a step of the loop is for.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -912,5 +936,29 @@ async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::streams::StreamsApi;
+
+    /// Two containers with the same host name and pid (so the same worker id) starting in
+    /// the same millisecond: their incarnation ids differ (issue 17; the id used to be the
+    /// time and a per-process counter, the same in both).
+    #[test]
+    fn incarnations_started_in_the_same_millisecond_differ() {
+        // The AWS streams access draws from the OS (no request is sent).
+        let config = aws_types::SdkConfig::builder()
+            .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
+            .build();
+        let api = crate::streams::SdkStreams::from_sdk_config(&config);
+        let millis = 1_767_225_600_123;
+        let (one, other) = (api.random_u64(), api.random_u64());
+        let a = incarnation_id("ip-10-0-0-7-1", millis, one);
+        let b = incarnation_id("ip-10-0-0-7-1", millis, other);
+        assert_ne!(a, b);
+        assert!(a.starts_with("ip-10-0-0-7-1#19b7"), "{a}");
     }
 }

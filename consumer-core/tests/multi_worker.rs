@@ -113,3 +113,60 @@ async fn a_joining_worker_gets_its_fair_share_by_handoff() {
     wait_until(6, 6).await;
     cluster.stop_all().await;
 }
+
+/// Issue 15: a handoff asked of an owner whose batch runs longer than the failover time
+/// (25 s, under the 30 s shutdown timeout) waits for the batch: the lease is never taken by
+/// force from a live owner, so no shard is processed by two workers at once. (It used to be
+/// forced `failover_time` after the request, while the batch still ran.)
+#[tokio::test(start_paused = true)]
+async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(77)
+    });
+    let arn = sim.add_table("orders");
+    let mut cluster = Cluster::new(&sim, Arc::new(InMemoryLeaseStore::new()));
+    cluster.start("a");
+    let put = |n: u64| {
+        sim.put_value(
+            "orders",
+            &Row {
+                pk: format!("k{}", n % 40),
+                n,
+            },
+        )
+        .unwrap();
+    };
+    for n in 0..40 {
+        put(n);
+    }
+    cluster.wait_for_every_change(Duration::from_secs(60)).await;
+    // From now on a's batches take 25 s; b joins and gets two leases by handoff.
+    *cluster.processing.lock().unwrap() = Duration::from_secs(25);
+    for n in 40..80 {
+        put(n);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start("b");
+    let joined = tokio::time::Instant::now();
+    let live = ["a".to_owned(), "b".to_owned()];
+    let balanced = async {
+        loop {
+            let (per_worker, orphans) = common::ownership(&cluster.store, &live).await;
+            if orphans == 0 && per_worker.values().all(|n| *n == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), balanced)
+        .await
+        .expect("b never got its share");
+    let waited = joined.elapsed();
+    assert!(
+        waited > Duration::from_secs(10),
+        "the handoff was done in {waited:?}, before a's batch could end"
+    );
+    *cluster.processing.lock().unwrap() = Duration::from_millis(20);
+    cluster.finish(&arn).await;
+}

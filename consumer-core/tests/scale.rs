@@ -146,16 +146,19 @@ async fn run(scale: Scale) {
         }
     });
 
+    let real = std::time::Instant::now();
     let cold_start = wait_balanced(&cluster, &live, shards, Duration::from_secs(120)).await;
     println!(
-        "{shards} shards, {workers} workers: every shard owned and balanced {:?} after a cold start",
-        cold_start.duration_since(started)
+        "{shards} shards, {workers} workers: every shard owned and balanced {:?} after a cold start ({:?} of real time)",
+        cold_start.duration_since(started),
+        real.elapsed()
     );
     hottest("cold start", &cluster, false);
 
     // Steady state: nothing changes hands for a minute, and no item is hot.
     let takes = cluster.takes();
     cluster.billing.reset_item_units();
+    let real = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
         cluster.takes(),
@@ -163,6 +166,7 @@ async fn run(scale: Scale) {
         "leases changed hands at steady state"
     );
     hottest("idle", &cluster, true);
+    println!("an idle minute took {:?} of real time", real.elapsed());
 
     // A few splits: children are created and started after their parents.
     let mut rng = SmallRng::seed_from_u64(seed ^ 12); // 5 for the default seed
@@ -214,7 +218,13 @@ async fn run(scale: Scale) {
     cluster.billing.reset_item_units();
     let restart_started = Instant::now();
     let mut slowest = Duration::ZERO;
-    for old in live.clone() {
+    // SCALE_RESTARTS=n restarts only the first n (for profiling).
+    let restarts = std::env::var("SCALE_RESTARTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(live.len());
+    let real = std::time::Instant::now();
+    for old in live.clone().into_iter().take(restarts) {
         cluster.stop(&old).await;
         running.lock().unwrap().remove(&old);
         let new = format!("{old}-r");
@@ -229,9 +239,9 @@ async fn run(scale: Scale) {
     let took = restart_started.elapsed();
     let (longest_gap, gaps) = watch.stop();
     println!(
-        "rolling restart of {} workers: {took:?}; each balanced again within {slowest:?}; \
-         {gaps} shard leases went without a running owner for a while, the longest {longest_gap:?} (bound {TAKEOVER_BOUND:?})",
-        live.len()
+        "rolling restart of {restarts} workers: {took:?}; each balanced again within {slowest:?}; \
+         {gaps} shard leases went without a running owner for a while, the longest {longest_gap:?} (bound {TAKEOVER_BOUND:?}); {:?} of real time",
+        real.elapsed()
     );
     hottest("rolling restart", &cluster, true);
     assert!(

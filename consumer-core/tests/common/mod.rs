@@ -45,6 +45,8 @@ pub struct Cluster {
     pub workers: BTreeMap<String, Running>,
     /// The longest pause between polls of an idle shard (`with_idle_backoff`).
     pub idle_backoff_max: Duration,
+    /// How long each `process` call takes (20 ms unless a test slows it down).
+    pub processing: Arc<Mutex<Duration>>,
 }
 
 impl Cluster {
@@ -56,9 +58,12 @@ impl Cluster {
         let in_flight: InFlight = Arc::default();
         let (zombies, lease_store) = (zombie_deliveries.clone(), store.clone());
         let overlapping = overlaps.clone();
+        let processing = Arc::new(Mutex::new(Duration::from_millis(20)));
+        let took = processing.clone();
         let recording = Recording::new().with_hook(move |shard, batch: &ChangeBatch<Row>, _| {
             let (zombies, store, shard) = (zombies.clone(), lease_store.clone(), shard.clone());
             let (in_flight, overlapping) = (in_flight.clone(), overlapping.clone());
+            let took = *took.lock().unwrap();
             let key = LeaseKey::new(batch.stream_arn.clone(), batch.shard_id.clone());
             let records = batch.len();
             Box::pin(async move {
@@ -78,7 +83,7 @@ impl Cluster {
                 }
                 // Processing takes a little time, so workers overlap and crashes hit
                 // mid-batch.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(took).await;
                 {
                     let mut calls = in_flight.lock().unwrap();
                     if let Some(entry) = calls.get_mut(&shard.shard_id)
@@ -113,6 +118,7 @@ impl Cluster {
             overlaps,
             workers: BTreeMap::new(),
             idle_backoff_max: Duration::from_secs(1),
+            processing,
         }
     }
 
