@@ -136,10 +136,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                        "previous_owner": m.previous_owner})
             })
             .collect();
-        context.print_json(&json!({"app": args.app, "table": args.table, "reset": shards}));
+        context.print_json(&json!({"app": args.app, "table": args.table, "reset": shards}))?;
     } else {
         for m in &moved {
-            println!("{m} -> {target}");
+            context.line(format_args!("{m} -> {target}"))?;
         }
     }
     Ok(())

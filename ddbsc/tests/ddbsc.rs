@@ -480,3 +480,45 @@ async fn bad_input_gets_one_line_naming_it() {
         assert_eq!(code, 2, "{args:?}: {err}");
     }
 }
+
+/// `ddbsc ... | head`: the reader is gone before ddbsc writes its first line (the read end
+/// of the pipe is closed before ddbsc starts). Each command ends quietly: exit 0, nothing on
+/// stderr (no panic, no "broken pipe" error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_went_away_ends_each_command_quietly() {
+    use checkpoint_store::LeaseStore;
+    let (app, table) = (unique_name("app"), unique_name("pipe"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let config = sdk_config().await;
+    let store = checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+    store.ensure_table().await.unwrap();
+
+    for args in [
+        &["status", "--app", &app][..],
+        &["status", "--app", &app, "--json"],
+        &["shards", "--table", &table],
+        &["tail", "--table", &table],
+        &["tail", "--table", &table, "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        // Not `Command::output`: it would replace stdout with a pipe of its own.
+        let child = tokio::process::Command::new(DDBSC)
+            .args(args)
+            .args(["--endpoint", &endpoint()])
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("ddbsc {args:?} still runs with nobody reading"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "ddbsc {args:?}: {err}");
+        assert!(err.is_empty(), "ddbsc {args:?}: {err}");
+    }
+}
