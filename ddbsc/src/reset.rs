@@ -44,6 +44,7 @@ pub struct Args {
 const OWNER_PREFIX: &str = "ddbsc#";
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let target = parse_position(&args.to)?;
     let store = context.lease_store(&args.app).await?;
     let (leases, _, live) = args.liveness.read(&store).await?;

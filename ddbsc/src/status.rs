@@ -87,6 +87,7 @@ struct Lag {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let store = context.lease_store(&args.app).await?;
     let (leases, workers, live) = args.liveness.read(&store).await?;
     let snapshots = consumer_core::snapshot::progress(&leases);
