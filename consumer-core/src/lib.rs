@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod failure;
 mod lag;
+pub mod lambda;
 mod lease_protocol;
 pub mod observability;
 mod poll_loop;

@@ -16,6 +16,8 @@ use aws_sdk_dynamodbstreams::types::AttributeValue;
 use checkpoint_store::aws::wait_until_table_active;
 use serde_json::{Map, Number, Value};
 
+pub mod worker_flags;
+
 /// The region used with an explicit endpoint when none is given.
 pub const LOCAL_REGION: &str = "us-east-1";
 
