@@ -12,6 +12,7 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+pub mod json;
 mod lag;
 mod lease_protocol;
 pub mod observability;
