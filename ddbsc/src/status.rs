@@ -91,13 +91,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let store = context.lease_store(&args.app).await?;
     let (leases, workers, live) = args.liveness.read(&store).await?;
     let snapshots = consumer_core::snapshot::progress(&leases);
-    let mut leases: Vec<Lease> = leases
-        .into_iter()
-        .filter(|l| !l.key.is_coordination())
-        .collect();
+    let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
+        leases.into_iter().partition(|l| l.key.is_coordination());
     leases.sort_by(|a, b| a.key.cmp(&b.key));
+    // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots until
+    // the older stream is read to its end: a gate still in the table is unfinished.
+    let gates: Vec<&Lease> = coordination
+        .iter()
+        .filter(|l| l.key.gated_stream().is_some())
+        .collect();
     let finished: HashMap<(&str, &str), bool> = leases
         .iter()
+        .chain(gates.iter().copied())
         .map(|l| {
             (
                 (l.key.stream.as_str(), l.key.shard_id.as_str()),
@@ -216,6 +221,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     for line in &unreadable {
         context.line(format_args!("cannot read {line}"))?;
     }
+    for gate in &gates {
+        context.line(gate_line(gate))?;
+    }
     context.line("")?;
     for snapshot in &snapshots {
         context.line(snapshot_line(snapshot))?;
@@ -262,6 +270,17 @@ fn snapshot_json(progress: &SnapshotProgress) -> Value {
         "items_in_open_segments": progress.items_in_open_segments,
         "owners": progress.owners,
     })
+}
+
+/// What a stream gate holds back, as one readable line.
+fn gate_line(gate: &Lease) -> String {
+    let stream = &gate.key.stream;
+    let table = table_of_stream(stream).unwrap_or(stream);
+    let older = gate.key.gated_stream().unwrap_or_default();
+    format!(
+        "{table}: stream {stream} waits until {older} is read to its end (the table's stream \
+         was disabled and enabled again)"
+    )
 }
 
 /// A snapshot's progress as one readable line.

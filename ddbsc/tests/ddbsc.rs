@@ -84,7 +84,9 @@ impl RunningWorker {
             .with_sdk_config(&config)
             .with_worker_id(id)
             .with_failover_time(Duration::from_secs(3))
-            .with_checkpoint_interval(Duration::ZERO);
+            .with_checkpoint_interval(Duration::ZERO)
+            // A finished older stream (and its gate) goes at the next sync.
+            .with_shard_sync_interval(Duration::from_secs(1));
         for table in tables {
             builder = builder.with_table(table.as_str());
         }
@@ -295,6 +297,84 @@ async fn status_shows_snapshot_progress_per_application() {
     assert_eq!(held.len(), 120);
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
+}
+
+/// A table's stream disabled and enabled again while the old stream still has unread
+/// changes: the new stream's root waits behind a gate lease (`#after-stream <old ARN>`)
+/// until the old shard is read to its end. `status` shows that root as
+/// `waiting-for-parent`, not `active`, and says which stream it waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() {
+    use aws_sdk_dynamodb::types::StreamViewType;
+    let (app, table) = (unique_name("app"), unique_name("st-gate"));
+    create_table(&table, "id", true).await;
+    let old = integration_tests::stream_arn(&table).await.unwrap();
+    put(&table, "k0", 0).await;
+    let tables = vec![table.clone()];
+    let first: Recording<Item> = Recording::new();
+    let worker = RunningWorker::start(&app, &tables, "w1", first.factory()).await;
+    wait_until("the first change", DEADLINE, || first.len() == 1).await;
+    worker.shut_down().await;
+
+    // A backlog on the old stream, then a new stream.
+    put(&table, "k1", 1).await;
+    integration_tests::disable_stream(&table).await;
+    integration_tests::enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let new = integration_tests::stream_arn(&table).await.unwrap();
+    assert_ne!(new, old);
+    put(&table, "k2", 2).await;
+    // Holds the old stream's backlog until the test has looked.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held: Recording<Item> = Recording::new().with_hook(move |_, _, _| {
+        let mut released = released.clone();
+        Box::pin(async move {
+            let _ = released.wait_for(|go| *go).await;
+            Ok(())
+        })
+    });
+    let worker = RunningWorker::start(&app, &tables, "w2", held.factory()).await;
+
+    let status = status_until(&app, "a lease of the new stream", |s| {
+        leases(s).iter().any(|l| l["stream"] == new.as_str())
+    })
+    .await;
+    let of = |stream: &str| -> Vec<&Value> {
+        leases(&status)
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .collect()
+    };
+    let (roots, olds) = (of(&new), of(&old));
+    assert_eq!((roots.len(), olds.len()), (1, 1), "{status:#}");
+    assert_eq!(roots[0]["state"], "waiting-for-parent", "{status:#}");
+    assert!(
+        roots[0]["parents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("#after-stream "),
+        "{status:#}"
+    );
+    assert_eq!(olds[0]["state"], "active", "{status:#}");
+    assert!(
+        leases(&status).iter().all(|l| l["table"] == table.as_str()),
+        "only the table's shards are listed: {status:#}"
+    );
+    let (code, out, err) = ddbsc(&["status", "--app", &app]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("waiting-for-parent"), "{out}");
+    assert!(
+        out.contains(&format!("waits until {old} is read to its end")),
+        "{out}"
+    );
+
+    release.send(true).unwrap();
+    status_until(&app, "the new stream's root running", |s| {
+        leases(s)
+            .iter()
+            .any(|l| l["stream"] == new.as_str() && l["state"] == "active")
+    })
+    .await;
+    worker.shut_down().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
