@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -459,6 +461,51 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
         .as_str()
         .unwrap_or_default();
     assert!(error.contains("GetShardIterator"), "{lagged}");
+}
+
+/// DynamoDB Streams may answer with empty pages before the records of a shard (a proxy in
+/// front of DynamoDB Local gives each iterator two): `status --lag` follows
+/// `NextShardIterator` past them and counts the records, instead of calling the shard
+/// caught up at the first empty page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reads_past_empty_pages_before_calling_a_shard_caught_up() {
+    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore};
+    let (app, table) = (unique_name("app"), unique_name("lag-empty"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    put(&table, "b", 2).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let (stream, shard) = (
+        graph["stream"].as_str().unwrap(),
+        graph["shards"][0]["shard"].as_str().unwrap(),
+    );
+    let store = DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+    store.ensure_table().await.unwrap();
+    let lease = Lease::new(
+        LeaseKey::new(stream, shard),
+        Checkpoint::TrimHorizon,
+        vec![],
+    );
+    store.create_lease(&lease).await.unwrap();
+
+    let proxy = proxy::EmptyPagesProxy::start(&endpoint(), 2).await;
+    let args = [
+        "status",
+        "--app",
+        &app,
+        "--lag",
+        "--json",
+        "--endpoint",
+        proxy.endpoint(),
+    ];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (code, out, err, _) = run_to_exit(DDBSC.as_ref(), &args, DEADLINE).await;
+    assert_eq!(code.code(), Some(0), "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let lag = &leases(&status)[0]["lag"];
+    assert_eq!(lag["records"], 2, "{status:#}");
+    assert_eq!(lag["complete"], true, "{status:#}");
+    assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
