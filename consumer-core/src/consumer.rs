@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::Shared;
+use crate::runtime::Runtime;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -115,7 +115,7 @@ impl<F: ProcessorFactory> Consumer<F> {
                 .await?;
             }
         }
-        let shared = Shared {
+        let shared = Runtime {
             budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
             store: self.store,
