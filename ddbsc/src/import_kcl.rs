@@ -472,8 +472,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     if !args.dry_run {
         write(&store, &stream_arn, &plan, &existing).await?;
     }
-    print(context, &args, &stream_arn, &plan, &existing);
-    Ok(())
+    print(context, &args, &stream_arn, &plan, &existing)
 }
 
 /// APP's shard leases of the stream (none when its table does not exist yet, or on a dry
@@ -525,7 +524,7 @@ fn print(
     stream_arn: &str,
     plan: &Plan,
     existing: &BTreeMap<String, Lease>,
-) {
+) -> Outcome {
     let previous = |shard: &str| existing.get(shard).map(|l| l.checkpoint.to_string());
     if context.json {
         let shards: Vec<Value> = plan
@@ -550,24 +549,23 @@ fn print(
             .iter()
             .map(|s| json!({"kcl_lease_key": s.lease_key, "reason": s.reason}))
             .collect();
-        context.print_json(&json!({
+        return context.print_json(&json!({
             "app": args.app, "table": args.table, "stream": stream_arn,
             "kcl_table": args.kcl_table, "dry_run": args.dry_run,
             "shards": shards, "skipped": skipped,
         }));
-        return;
     }
     let verb = if args.dry_run {
         "would import"
     } else {
         "imported"
     };
-    println!(
+    context.line(format!(
         "{verb} {} shards of {stream_arn} from KCL table {:?} into application {:?}",
         plan.entries.len(),
         args.kcl_table,
         args.app
-    );
+    ))?;
     let mut table = Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
@@ -603,10 +601,11 @@ fn print(
             },
         ]);
     }
-    println!("{table}");
+    context.line(table)?;
     for s in &plan.skipped {
-        println!("skipped KCL lease {}: {}", s.lease_key, s.reason);
+        context.line(format!("skipped KCL lease {}: {}", s.lease_key, s.reason))?;
     }
+    Ok(())
 }
 
 impl fmt::Display for KclLease {

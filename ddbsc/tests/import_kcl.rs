@@ -235,13 +235,13 @@ async fn after_the_import_a_worker_delivers_exactly_the_records_after_each_kcl_c
             )
         })
         .collect();
-    delivered.sort_by_key(|(_, n)| *n);
+    delivered.sort_by_key(|(seq, n)| (*n, seq.clone()));
     let expected: Vec<(String, i64)> = (4..10)
         .map(|i| (seqs1[i].clone(), i as i64))
         .chain((7..10).map(|i| (seqs2[i].clone(), i as i64)))
         .collect();
     let mut expected = expected;
-    expected.sort_by_key(|(_, n)| *n);
+    expected.sort_by_key(|(seq, n)| (*n, seq.clone()));
     assert_eq!(delivered, expected, "nothing lost, nothing read again");
 }
 
