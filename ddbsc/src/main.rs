@@ -18,11 +18,13 @@
 
 mod context;
 mod liveness;
+mod output;
 mod reset;
 mod shards;
 mod status;
 mod tail;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -93,8 +95,13 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            // One line, whatever the error's source chain looked like.
-            eprintln!("ddbsc: error: {}", message.replace('\n', " "));
+            // One line, whatever the error's source chain looked like (and no panic when
+            // stderr is closed too).
+            let _ = writeln!(
+                std::io::stderr(),
+                "ddbsc: error: {}",
+                message.replace('\n', " ")
+            );
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -87,6 +87,7 @@ struct Lag {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let store = context.lease_store(&args.app).await?;
     let (leases, workers, live) = args.liveness.read(&store).await?;
     let snapshots = consumer_core::snapshot::progress(&leases);
@@ -158,7 +159,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             "leases": leases,
             "workers": workers,
             "snapshots": snapshots,
-        }));
+        }))?;
         return Ok(());
     }
 
@@ -211,16 +212,16 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
         table.add_row(row);
     }
-    println!("{table}");
+    context.line(&table)?;
     for line in &unreadable {
-        println!("cannot read {line}");
+        context.line(format_args!("cannot read {line}"))?;
     }
-    println!();
+    context.line("")?;
     for snapshot in &snapshots {
-        println!("{}", snapshot_line(snapshot));
+        context.line(snapshot_line(snapshot))?;
     }
     if !snapshots.is_empty() {
-        println!();
+        context.line("")?;
     }
 
     let mut table = Table::new();
@@ -241,7 +242,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             ),
         ]);
     }
-    println!("{table}");
+    context.line(&table)?;
     Ok(())
 }
 

@@ -1,15 +1,13 @@
 //! `ddbsc tail`: a table's changes as they come, parents before children, without a lease
 //! table: the lease-free reader (`consumer_core::reader::stream_changes`) as a command.
 
-use std::io::Write;
-
 use consumer_core::InitialPosition;
 use consumer_core::reader::{PollConfig, stream_changes};
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 
+use crate::Outcome;
 use crate::context::Context;
-use crate::{Failure, Outcome};
 
 /// The `worker` field of `--json` lines (the `jsonl-worker` shape).
 const WORKER: &str = "ddbsc-tail";
@@ -49,7 +47,6 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let changes =
         stream_changes::<IgnoredAny>(context.streams(), arn, position, PollConfig::default());
     let mut changes = changes.take(args.max_changes.unwrap_or(usize::MAX));
-    let mut out = std::io::stdout().lock();
     loop {
         let change = tokio::select! {
             change = changes.next() => change,
@@ -77,8 +74,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 change.sequence_number
             )
         };
-        writeln!(out, "{text}").map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
-        out.flush()
-            .map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
+        context.line(text)?;
+        // `ddbsc tail | head`: the reader has what it wanted.
+        if context.output_closed() {
+            return Ok(());
+        }
     }
 }

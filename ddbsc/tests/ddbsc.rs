@@ -172,8 +172,20 @@ async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
         assert_eq!(lease["lag"]["records"], 0, "{lease}");
     }
     // --observe: alive because their heartbeat counters moved within 2 s (renewals every
-    // second at a 3 s failover time), no clocks compared.
-    let observed = ddbsc_json(&["status", "--app", &app, "--observe", "2s"]).await;
+    // second at a 3 s failover time), no clocks compared. Observing for less than the
+    // renew interval is refused (`--renew-interval` tells ddbsc theirs).
+    let short = ddbsc(&["status", "--app", &app, "--observe", "2s"]).await;
+    assert_one_line_error(&short, 1, &["--observe 2s", "renew interval"]);
+    let observed = ddbsc_json(&[
+        "status",
+        "--app",
+        &app,
+        "--observe",
+        "2s",
+        "--renew-interval",
+        "1s",
+    ])
+    .await;
     let workers = observed["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2, "{observed}");
     assert!(workers.iter().all(|w| w["alive"] == true), "{observed}");
@@ -477,6 +489,38 @@ async fn bad_input_gets_one_line_naming_it() {
     assert_one_line_error(&malformed, 1, &["12x4", "sequence number"]);
     let bad_app_name = ddbsc(&["status", "--app", "no spaces allowed"]).await;
     assert_one_line_error(&bad_app_name, 1, &["no spaces allowed"]);
+    // Liveness windows in which a live worker need not heartbeat: refused before anything
+    // is read (the application does not even exist), naming the flag.
+    let reset = [
+        "reset", "--app", &missing, "--table", &plain, "--to", "latest",
+    ];
+    for (command, flags, named) in [
+        (
+            &["status", "--app", &missing][..],
+            &["--alive-within", "0s"][..],
+            "--alive-within 0s",
+        ),
+        (&reset, &["--alive-within", "0s"], "--alive-within 0s"),
+        (
+            &["status", "--app", &missing],
+            &["--alive-within", "1s"],
+            "--alive-within 1s",
+        ),
+        (
+            &["status", "--app", &missing],
+            &["--observe", "1s"],
+            "--observe 1s",
+        ),
+        (&reset, &["--observe", "2s"], "--observe 2s"),
+        (
+            &reset,
+            &["--observe", "2s", "--renew-interval", "3s"],
+            "--observe 2s",
+        ),
+    ] {
+        let refused = ddbsc(&[command, flags].concat()).await;
+        assert_one_line_error(&refused, 1, &[named]);
+    }
 
     // Usage errors: exit 2.
     for args in [
@@ -486,5 +530,47 @@ async fn bad_input_gets_one_line_naming_it() {
     ] {
         let (code, _, err) = ddbsc(args).await;
         assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+/// `ddbsc ... | head`: the reader is gone before ddbsc writes its first line (the read end
+/// of the pipe is closed before ddbsc starts). Each command ends quietly: exit 0, nothing on
+/// stderr (no panic, no "broken pipe" error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_went_away_ends_each_command_quietly() {
+    use checkpoint_store::LeaseStore;
+    let (app, table) = (unique_name("app"), unique_name("pipe"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let config = sdk_config().await;
+    let store = checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+    store.ensure_table().await.unwrap();
+
+    for args in [
+        &["status", "--app", &app][..],
+        &["status", "--app", &app, "--json"],
+        &["shards", "--table", &table],
+        &["tail", "--table", &table],
+        &["tail", "--table", &table, "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        // Not `Command::output`: it would replace stdout with a pipe of its own.
+        let child = tokio::process::Command::new(DDBSC)
+            .args(args)
+            .args(["--endpoint", &endpoint()])
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("ddbsc {args:?} still runs with nobody reading"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "ddbsc {args:?}: {err}");
+        assert!(err.is_empty(), "ddbsc {args:?}: {err}");
     }
 }

@@ -11,6 +11,8 @@ use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::TableDescription;
 use checkpoint_store::aws::wait_until_table_active;
 
+pub mod worker_flags;
+
 pub use checkpoint_store::aws::{LOCAL_REGION, local_sdk_config, sdk_config};
 pub use consumer_core::json::{attribute_to_json, change_to_json, item_to_json};
 
