@@ -560,7 +560,15 @@ async fn tail_prints_changes_as_they_are_written() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.starts_with("INSERT {\"id\":\"before\"}"), "{out}");
-    child.start_kill().unwrap();
+
+    // SIGTERM ends a running tail cleanly (it printed lines, so its handler is installed).
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+    let status = tokio::time::timeout(DEADLINE, child.wait()).await;
+    assert!(status.expect("tail ends in time").unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
