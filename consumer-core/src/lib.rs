@@ -13,6 +13,7 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+pub mod json;
 mod lag;
 pub mod lambda;
 mod lease_protocol;

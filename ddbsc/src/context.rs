@@ -27,7 +27,8 @@ impl Context {
     /// Clients for `--endpoint`/`--region`, or the default AWS chain.
     pub async fn new(global: &Global) -> Self {
         let config =
-            examples::sdk_config(global.endpoint.as_deref(), global.region.as_deref()).await;
+            checkpoint_store::aws::sdk_config(global.endpoint.as_deref(), global.region.as_deref())
+                .await;
         let clients = AwsClients::from_sdk_config(&config);
         Self {
             streams: Arc::new(SdkStreams::from_clients(clients.clone())),

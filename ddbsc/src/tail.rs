@@ -36,7 +36,9 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let mut signals = examples::Signals::new()?;
+    // The first SIGINT or SIGTERM ends the tail; a second one during the exit quits at once.
+    let stop = consumer_core::signals::graceful_then_immediate()?;
+    tokio::pin!(stop);
     let arn = context.stream_arn(&args.table).await?;
     let position = match args.from {
         From::TrimHorizon => InitialPosition::TrimHorizon,
@@ -48,14 +50,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     loop {
         let change = tokio::select! {
             change = changes.next() => change,
-            _ = signals.recv() => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         let Some(change) = change else {
             return Ok(());
         };
         let change = change?;
-        let line =
-            examples::change_to_json(WORKER, Some(&args.table), Some(change.shard_id()), &change);
+        let line = consumer_core::json::change_to_json(
+            WORKER,
+            Some(&args.table),
+            Some(change.shard_id()),
+            &change,
+        );
         let text = if context.json {
             line.to_string()
         } else {
