@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::item_to_json;
 
 /// How long the endpoint may take to answer the first request before the worker gives up.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
+pub const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Where shards nobody has processed yet start.
 #[derive(Clone, Copy, Debug, ValueEnum)]
