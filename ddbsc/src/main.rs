@@ -5,6 +5,7 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -19,6 +20,7 @@
 mod context;
 mod liveness;
 mod reset;
+mod serve;
 mod shards;
 mod status;
 mod tail;
@@ -78,6 +80,8 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
+    Serve(serve::Args),
 }
 
 #[tokio::main]
@@ -89,6 +93,7 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::Serve(args) => serve::run(context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
