@@ -12,6 +12,15 @@ ITERATIONS ?=
 DEMO_DATA := $(CURDIR)/.demo-data
 # The cargo test output, kept for the summary line at the end of `make test`.
 TEST_LOG := target/make-test.log
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# What `make demo` builds: every program of the workspace, with the feature set of the test
+# build. Cargo unifies a dependency's features over the packages and targets of one command,
+# so `-p examples --bin quickstart` alone would build tokio, serde and the AWS SDK a second
+# time without the features the tests add (tokio's test-util, ...: 55 crates, 5 minutes
+# after a full `make test`). `--workspace` plus `--examples` (which need the
+# dev-dependencies) resolves exactly as `cargo test --workspace --all-targets` does, and the
+# dev and test profiles agree (Cargo.toml), so either command reuses the other's build.
+PROGRAMS := --workspace --bins --examples
 
 .PHONY: test demo fmt lint doc dynamodb-local
 
@@ -32,9 +41,9 @@ test:
 
 ## demo: write to the table `stream-me` and print its change stream (Ctrl-C stops; ITERATIONS=N stops after N cycles)
 demo:
-	$(CARGO) build -p examples --bin quickstart
+	$(CARGO) build $(PROGRAMS)
 	scripts/dynamodb-local.sh run --db-path "$(DEMO_DATA)" -- \
-		$(CARGO) run --quiet -p examples --bin quickstart -- $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
+		$(TARGET_DIR)/debug/quickstart $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
 
 ## figures: failover figures with real jsonl-worker processes against DynamoDB Local (release
 ## build, default settings): takeover after SIGKILL of a shard owner, gap after a SIGTERM
@@ -85,8 +94,8 @@ screenshot:
 ## (DynamoDB Local; debug build)
 .PHONY: status-demo
 status-demo:
-	$(CARGO) build -p examples --bin jsonl-worker -p ddbsc --bin ddbsc --example status_demo
-	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --quiet -p ddbsc --example status_demo -- --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin target/debug/jsonl-worker --ddbsc-bin target/debug/ddbsc'
+	$(CARGO) build $(PROGRAMS)
+	scripts/dynamodb-local.sh run -- sh -c '$(TARGET_DIR)/debug/examples/status_demo --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin $(TARGET_DIR)/debug/jsonl-worker --ddbsc-bin $(TARGET_DIR)/debug/ddbsc'
 
 ## scale: the 10,000 shards / 50 workers simulation (crashes, joins, invariants; release build)
 .PHONY: scale

@@ -141,7 +141,8 @@ pub enum Error {
         key: LeaseKey,
         /// The record.
         sequence_number: crate::SequenceNumber,
-        /// What does not fit.
+        /// What does not fit, naming writes by position and tables by name, never key or
+        /// item values (the text reaches logs and dead-letter items).
         problem: String,
     },
 

@@ -315,7 +315,8 @@ impl ConsumerBuilder {
 
     /// How long graceful shutdown (and a handoff) waits for a processor's callback before
     /// dropping it, flushing what succeeded and releasing; also how long `lease_lost` may
-    /// take. Default: 30 s.
+    /// take. Default: 30 s. Every duration setting longer than 100 years (`Duration::MAX`
+    /// for "never") counts as 100 years.
     pub fn with_shutdown_timeout(self, timeout: Duration) -> Self {
         self.set(|c| c.delivery.shutdown_timeout = timeout)
     }
@@ -385,7 +386,10 @@ impl ConsumerBuilder {
     /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
     /// [`processor_fn`](crate::processor_fn)).
     pub fn build<F: ProcessorFactory>(mut self, factory: F) -> Result<Consumer<F>> {
-        self.config.renew_interval = self.renew_interval.unwrap_or(self.config.failover_time / 3);
+        cap_durations(&mut self.config);
+        self.config.renew_interval = self
+            .renew_interval
+            .map_or(self.config.failover_time / 3, capped);
         self.validate()?;
         let api = match (self.api, &self.sdk_config) {
             (Some(api), _) => api,
@@ -518,6 +522,45 @@ impl ConsumerBuilder {
     }
 }
 
+/// The longest a duration setting is taken to be: a longer one (`Duration::MAX` for "never")
+/// counts as 100 years, so that `Instant + setting`, and sums and small multiples of
+/// settings, cannot overflow anywhere in the consumer.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `duration`, at most [`LONGEST_SETTING`].
+pub(crate) fn capped(duration: Duration) -> Duration {
+    duration.min(LONGEST_SETTING)
+}
+
+/// Caps every duration setting at [`LONGEST_SETTING`]: the one place user durations are
+/// bounded before any `Instant` arithmetic uses them.
+fn cap_durations(config: &mut ConsumerConfig) {
+    let delivery = &mut config.delivery;
+    for duration in [
+        &mut config.poll.idle_backoff_min,
+        &mut config.poll.idle_backoff_max,
+        &mut config.checkpoint_interval,
+        &mut config.failover_time,
+        &mut config.scan_interval,
+        &mut config.shard_sync_interval,
+        &mut config.processing_backoff_max,
+        &mut config.creation_time_margin,
+        &mut delivery.shutdown_timeout,
+        &mut delivery.batching_window,
+    ] {
+        *duration = capped(*duration);
+    }
+    for duration in [&mut delivery.max_record_age, &mut delivery.batch_timeout]
+        .into_iter()
+        .flatten()
+    {
+        *duration = capped(*duration);
+    }
+    if let Some(snapshot) = &mut config.snapshot {
+        snapshot.progress_interval = capped(snapshot.progress_interval);
+    }
+}
+
 fn missing_sdk_config() -> Error {
     Error::Config {
         key: "with_sdk_config",
@@ -597,6 +640,49 @@ mod tests {
         assert!(refused.contains("attempt timeout"), "{refused}");
         let refused = build(Duration::from_secs(2), Some(Duration::from_secs(1))).expect("refused");
         assert!(refused.contains("with_failover_time"), "{refused}");
+    }
+
+    /// `Duration::MAX` ("never") in every duration setting that accepts it: the consumer
+    /// delivers and shuts down instead of panicking on `Instant + timeout`.
+    #[tokio::test(start_paused = true)]
+    async fn duration_max_settings_mean_never_and_do_not_overflow() {
+        struct Accept;
+        #[async_trait::async_trait]
+        impl crate::FailureHandler for Accept {
+            async fn handle(&self, _: &crate::FailedRecords) -> Result<(), crate::BoxError> {
+                Ok(())
+            }
+        }
+        let sim = SimulatedStream::with_seed(1);
+        sim.add_table("t");
+        sim.put("t", crate::testkit::string_key("pk", "a")).unwrap();
+        let recording = crate::testkit::Recording::<serde_json::Value>::new();
+        let consumer = Consumer::builder("app")
+            .with_table("t")
+            .with_streams_api(Arc::new(sim.clone()))
+            .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+            .with_worker_id("w")
+            .with_shutdown_timeout(Duration::MAX)
+            .with_batch_timeout(Duration::MAX)
+            .with_failover_time(Duration::MAX)
+            .with_checkpoint_interval(Duration::MAX)
+            .with_retry_backoff_max(Duration::MAX)
+            .with_shard_sync_interval(Duration::MAX)
+            .with_max_record_age(Duration::MAX)
+            .with_on_failure(Accept)
+            .build(recording.factory())
+            .unwrap();
+        let watched = recording.clone();
+        let run = consumer.run_until(async move {
+            while watched.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(600), run)
+            .await
+            .expect("delivered and stopped")
+            .unwrap();
+        assert_eq!(recording.len(), 1);
     }
 
     #[test]
