@@ -87,8 +87,8 @@ bench:
 .PHONY: screenshot
 screenshot:
 	scripts/browser.sh install
-	$(CARGO) build -p examples --bin jsonl-worker
-	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test -p ddbsc --test serve
+	$(CARGO) build $(PROGRAMS)
+	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --test serve
 
 ## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
 ## (DynamoDB Local; debug build)
