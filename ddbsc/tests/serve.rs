@@ -24,7 +24,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioExecutor;
 use integration_tests::workers::{Worker, WorkerConfig, lease_counts, run_to_exit, tail};
-use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name};
+use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name, wait_for};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -364,15 +364,11 @@ async fn the_page_shows_a_killed_worker_dead_and_its_leases_moved() {
     };
     let mut w1 = Worker::start("w1", &config);
     let w2 = Worker::start("w2", &config);
-    let start = Instant::now();
-    while lease_counts(&app).await != [("w1".into(), 2), ("w2".into(), 2)].into() {
-        assert!(
-            start.elapsed() < DEADLINE,
-            "the workers did not split the leases: {:?}",
-            lease_counts(&app).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let split = [("w1".to_owned(), 2), ("w2".to_owned(), 2)].into();
+    wait_for("two leases per worker", DEADLINE, async || {
+        lease_counts(&app).await == split
+    })
+    .await;
 
     let (_serve, addr) = start_serve(&app).await;
     let (_driver, webdriver) = start_chromedriver().await;
