@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::Shared;
+use crate::runtime::Runtime;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -50,6 +50,7 @@ impl Consumer<()> {
             api: None,
             store: None,
             per_shard_metrics: false,
+            filter_patterns: Vec::new(),
         }
     }
 }
@@ -114,7 +115,7 @@ impl<F: ProcessorFactory> Consumer<F> {
                 .await?;
             }
         }
-        let shared = Shared {
+        let shared = Runtime {
             budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
             store: self.store,
@@ -152,6 +153,8 @@ pub struct ConsumerBuilder {
     store: Option<Arc<dyn LeaseStore>>,
     /// Lag gauges per shard too (`with_per_shard_metrics`).
     per_shard_metrics: bool,
+    /// Lambda filter patterns (`with_filter_pattern`), parsed by `build`.
+    filter_patterns: Vec<String>,
 }
 
 impl ConsumerBuilder {
@@ -331,6 +334,18 @@ impl ConsumerBuilder {
         self.set(|c| c.delivery.filter = Some(Arc::new(keep)))
     }
 
+    /// Delivers only the records that match `pattern`, in Lambda's event filtering syntax,
+    /// applied to each record in Lambda's JSON shape (`eventName`, `dynamodb.Keys`,
+    /// `dynamodb.NewImage.ATTR.S`, ...; see [`crate::lambda`]). Given several times, the
+    /// patterns are OR-ed (Lambda's `FilterCriteria`, at most 10); with
+    /// [`with_filter`](Self::with_filter) too, a record must pass both. Records it rejects
+    /// are counted, told to `records_filtered` and checkpointed past, as with `with_filter`.
+    /// `build` refuses an invalid pattern, naming the JSON path of what is wrong.
+    pub fn with_filter_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.filter_patterns.push(pattern.into());
+        self
+    }
+
     /// The largest batch given to `process`, 1-10,000, gathered across GetRecords pages.
     /// Default: the GetRecords limit (`with_batch_limit`, 1000).
     pub fn with_max_batch_size(self, records: usize) -> Self {
@@ -391,6 +406,7 @@ impl ConsumerBuilder {
             .renew_interval
             .map_or(self.config.failover_time / 3, capped);
         self.validate()?;
+        self.apply_filter_patterns()?;
         let api = match (self.api, &self.sdk_config) {
             (Some(api), _) => api,
             (None, Some(sdk)) => Arc::new(SdkStreams::from_sdk_config(sdk)),
@@ -424,6 +440,26 @@ impl ConsumerBuilder {
             factory,
             telemetry: Arc::new(Telemetry::new(Health::default(), self.per_shard_metrics)),
         })
+    }
+
+    /// Makes the filter patterns part of the consumer's filter (AND-ed with `with_filter`'s):
+    /// one filter path for both.
+    fn apply_filter_patterns(&mut self) -> Result<()> {
+        if self.filter_patterns.is_empty() {
+            return Ok(());
+        }
+        let criteria =
+            crate::lambda::FilterCriteria::parse(&self.filter_patterns).map_err(|e| {
+                Error::Config {
+                    key: "with_filter_pattern",
+                    problem: e.to_string(),
+                }
+            })?;
+        let other = self.config.delivery.filter.take();
+        self.config.delivery.filter = Some(Arc::new(move |record| {
+            criteria.matches_record(record) && other.as_ref().is_none_or(|keep| keep(record))
+        }));
+        Ok(())
     }
 
     /// Changes one setting.

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use checkpoint_store::LeaseKey;
 use metrics::{counter, gauge, histogram};
 
-use crate::observability::stream_label;
+use crate::stream_arn::stream_label;
 use crate::streams::ApiError;
 
 /// Something the consumer reports: a log line and its metric.

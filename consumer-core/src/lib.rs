@@ -3,6 +3,7 @@
 
 mod attribute_de;
 mod budget;
+mod callback;
 mod change;
 mod checkpointer;
 mod config;
@@ -12,18 +13,22 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+pub mod json;
 mod lag;
+pub mod lambda;
 mod lease_protocol;
 pub mod observability;
 mod poll_loop;
 mod processor;
 pub mod reader;
 mod retry;
-mod shard_consumer;
+mod runtime;
+mod shard;
 mod shard_sync;
 pub mod signals;
 pub mod snapshot;
 mod start_time;
+mod stream_arn;
 pub mod streams;
 #[cfg(feature = "testkit")]
 pub mod testkit;

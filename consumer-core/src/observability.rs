@@ -88,17 +88,7 @@ impl Telemetry {
     }
 }
 
-/// The `stream` label of a stream ARN: the table name inside it
-/// (`arn:…:table/NAME/stream/LABEL`), else the ARN itself.
-pub fn stream_label(stream_arn: &str) -> &str {
-    table_of_stream(stream_arn).unwrap_or(stream_arn)
-}
-
-/// The table name inside a stream ARN (`arn:…:table/NAME/stream/LABEL`), if it has one.
-pub fn table_of_stream(stream_arn: &str) -> Option<&str> {
-    let (_, rest) = stream_arn.split_once(":table/")?;
-    rest.split_once("/stream/").map(|(table, _)| table)
-}
+pub use crate::stream_arn::{stream_label, table_of_stream};
 
 #[cfg(feature = "prometheus")]
 pub use endpoint::{MetricsEndpoint, serve_metrics};
@@ -241,16 +231,5 @@ mod tests {
         assert_eq!(health.check(), Ok(()));
         health.stopped();
         assert!(health.check().is_err());
-    }
-
-    #[test]
-    fn the_stream_label_is_the_table() {
-        assert_eq!(
-            stream_label("arn:aws:dynamodb:r:1:table/orders/stream/2026-01-01T00:00:00.000"),
-            "orders"
-        );
-        assert_eq!(stream_label("arn:custom"), "arn:custom");
-        assert_eq!(table_of_stream("#coordination"), None);
-        assert_eq!(table_of_stream("arn:aws:dynamodb:r:1:table/t"), None);
     }
 }

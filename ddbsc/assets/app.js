@@ -288,9 +288,11 @@ async function start() {
   }
   document.getElementById("app").textContent = settings.app;
   document.title = `ddbsc · ${settings.app}`;
+  const liveness = settings.observe_ms
+    ? `a worker is alive when its heartbeat counter moved during the last ${duration(settings.observe_ms)} of a reading`
+    : `a worker is alive when its last stored heartbeat is within ${duration(settings.alive_within_ms)}`;
   document.getElementById("settings").textContent =
-    `Refreshes every ${duration(settings.refresh_ms)}; a worker is alive when its last stored heartbeat ` +
-    `is within ${duration(settings.alive_within_ms)}` +
+    `Refreshes every ${duration(settings.refresh_ms)}; ${liveness}` +
     (settings.lag ? "; lag read from each active shard." : "; start with --lag to read lag.");
   refresh();
 }

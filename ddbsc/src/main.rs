@@ -5,7 +5,7 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
-//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s]
+//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -19,12 +19,14 @@
 
 mod context;
 mod liveness;
+mod output;
 mod reset;
 mod serve;
 mod shards;
 mod status;
 mod tail;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -98,8 +100,13 @@ async fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            // One line, whatever the error's source chain looked like.
-            eprintln!("ddbsc: error: {}", message.replace('\n', " "));
+            // One line, whatever the error's source chain looked like (and no panic when
+            // stderr is closed too).
+            let _ = writeln!(
+                std::io::stderr(),
+                "ddbsc: error: {}",
+                message.replace('\n', " ")
+            );
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -41,7 +41,8 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");
 
-/// A reading that takes longer than this is given up (the page says so and retries).
+/// A reading that takes longer than this (plus `--observe`) is given up (the page says so
+/// and retries).
 const READ_LIMIT: Duration = Duration::from_secs(30);
 
 /// A client that has not sent a request head within this long is dropped.
@@ -64,11 +65,10 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "2s")]
     refresh: Duration,
-    /// A worker is alive when its stored heartbeat time is this recent (by this machine's
-    /// clock), as for `status`.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
-          default_value = "15s")]
-    alive_within: Duration,
+    /// Liveness as `status` judges it. With `--observe`, every reading watches the
+    /// heartbeat counters for that long, so the page refreshes that much slower.
+    #[command(flatten)]
+    liveness: LivenessArgs,
 }
 
 /// What every request shares.
@@ -91,6 +91,7 @@ struct Reading {
 }
 
 pub async fn run(context: Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let store = context.lease_store(&args.app).await?;
     let listener = TcpListener::bind(&args.addr)
         .await
@@ -102,16 +103,13 @@ pub async fn run(context: Context, args: Args) -> Outcome {
         app: args.app,
         lag: args.lag,
         refresh: args.refresh,
-        liveness: LivenessArgs {
-            alive_within: args.alive_within,
-            observe: None,
-        },
+        liveness: args.liveness,
         latest: Mutex::new(None),
     });
-    println!(
+    page.context.line(format_args!(
         "ddbsc serve: http://{local}/ (application {}, read-only; Ctrl-C stops)",
         page.app
-    );
+    ))?;
 
     let stop = stop_signal();
     tokio::pin!(stop);
@@ -186,6 +184,7 @@ async fn answer(page: &Page, request: Request<Incoming>) -> Response<Full<Bytes>
                 "lag": page.lag,
                 "refresh_ms": page.refresh.as_millis() as u64,
                 "alive_within_ms": page.liveness.alive_within.as_millis() as u64,
+                "observe_ms": page.liveness.observe.map(|d| d.as_millis() as u64),
                 "version": env!("CARGO_PKG_VERSION"),
             });
             api(StatusCode::OK, Bytes::from(body.to_string()))
@@ -217,7 +216,8 @@ impl Page {
             self.lag,
             &self.liveness,
         );
-        let reading = match tokio::time::timeout(READ_LIMIT, read).await {
+        let limit = READ_LIMIT + self.liveness.observe.unwrap_or_default();
+        let reading = match tokio::time::timeout(limit, read).await {
             Ok(Ok(report)) => Reading {
                 status: StatusCode::OK,
                 body: Bytes::from(report.to_json().to_string()),
@@ -225,7 +225,10 @@ impl Page {
             Ok(Err(Failure(message))) => unavailable(&self.app, message),
             Err(_) => unavailable(
                 &self.app,
-                format!("reading the lease table took more than {READ_LIMIT:?}"),
+                format!(
+                    "reading the lease table took more than {}",
+                    humantime::format_duration(limit)
+                ),
             ),
         };
         *latest = Some((Instant::now(), reading.clone()));

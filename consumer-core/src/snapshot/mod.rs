@@ -36,6 +36,7 @@ use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::{Error, Result};
 use crate::retry;
 use crate::shard_sync::{create_lease_if_absent, describe_all_shards};
+use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
@@ -167,12 +168,6 @@ pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
 /// tools skip it when they read shards).
 pub fn is_segment(key: &LeaseKey) -> bool {
     !key.is_coordination() && parse_segment_id(&key.shard_id).is_some()
-}
-
-/// The table of a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL`).
-pub(crate) fn table_of_stream(stream_arn: &str) -> Option<&str> {
-    let rest = stream_arn.split_once(":table/")?.1;
-    rest.split_once("/stream/").map(|(table, _)| table)
 }
 
 /// Sets up the snapshot of one stream, before the worker's first shard sync: refuses a
@@ -392,13 +387,6 @@ mod unit_tests {
             t0 - Duration::from_secs(5),
             margin
         ));
-    }
-
-    #[test]
-    fn the_table_comes_from_the_stream_arn() {
-        let arn = "arn:aws:dynamodb:eu-west-1:123:table/orders/stream/2026-01-01T00:00:00.000";
-        assert_eq!(table_of_stream(arn), Some("orders"));
-        assert_eq!(table_of_stream("nonsense"), None);
     }
 
     #[test]

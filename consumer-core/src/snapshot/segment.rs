@@ -19,7 +19,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 
 use super::scan::{Item, PageRequest, Position, to_stream_item};
-use super::{outlasted_retention, parse_segment_id, plan_key, table_of_stream};
+use super::{outlasted_retention, parse_segment_id, plan_key};
 use crate::change::{Change, ChangeBatch, SNAPSHOT_EVENT, decode_prefix};
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
@@ -30,7 +30,8 @@ use crate::events::{
 use crate::failure::{FailedRecords, FailureReason};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
 use crate::retry;
-use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals};
+use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
+use crate::stream_arn::table_of_stream;
 
 /// Why a segment stopped before its end.
 enum Stop {
@@ -54,7 +55,7 @@ impl From<Error> for Stop {
 
 /// Runs the segment of `consumer`'s lease until it ends, is stopped, or fails.
 pub(crate) async fn run_segment<F: ProcessorFactory>(
-    consumer: ShardConsumer<F>,
+    consumer: LeaseTask<F>,
     signals: ShardSignals,
 ) -> ShardOutcome {
     let key = consumer.lease.key.clone();
@@ -63,7 +64,7 @@ pub(crate) async fn run_segment<F: ProcessorFactory>(
         stream_arn: key.stream.clone(),
         shard_id: key.shard_id.clone(),
         parent_shard_ids: consumer.lease.parent_shard_ids.clone(),
-        worker_id: consumer.shared.worker_id.clone(),
+        worker_id: consumer.runtime.worker_id.clone(),
         lease_owner: consumer.ownership.owner.clone(),
         lease_epoch: consumer.ownership.epoch,
         resumed_from: consumer.lease.checkpoint.clone(),
@@ -71,13 +72,13 @@ pub(crate) async fn run_segment<F: ProcessorFactory>(
     if consumer.lease.checkpoint.is_shard_end() {
         return ShardOutcome::Ended;
     }
-    let mut processor = consumer.shared.factory.create(&ctx);
+    let mut processor = consumer.runtime.factory.create(&ctx);
     let checkpointer = Checkpointer::new(
-        consumer.shared.store.clone(),
+        consumer.runtime.store.clone(),
         key.clone(),
         consumer.ownership.clone(),
         consumer.lease.checkpoint.clone(),
-        consumer.shared.config.checkpoint_interval,
+        consumer.runtime.config.checkpoint_interval,
     );
     // The framework checkpoints the scan position; the processor's own calls are not
     // written (a snapshot change has no sequence number to checkpoint).
@@ -98,7 +99,7 @@ pub(crate) async fn run_segment<F: ProcessorFactory>(
 
 /// A running segment.
 struct Segment<'a, F: ProcessorFactory> {
-    consumer: &'a ShardConsumer<F>,
+    consumer: &'a LeaseTask<F>,
     signals: &'a ShardSignals,
     processor: &'a mut F::Processor,
     checkpointer: &'a mut Checkpointer,
@@ -123,7 +124,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     }
 
     async fn run(&mut self, ctx: &ShardContext) -> Result<(), Stop> {
-        let shared = &self.consumer.shared;
+        let shared = &self.consumer.runtime;
         let Some(config) = shared.config.snapshot.clone() else {
             return Err(Stop::Failed(Error::Config {
                 key: "with_snapshot",
@@ -222,7 +223,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     /// When the snapshot began, from its plan (`None` if the plan cannot be read: the
     /// retention check is then skipped, with a warning).
     async fn started_at(&mut self) -> Option<SystemTime> {
-        let store = &self.consumer.shared.store;
+        let store = &self.consumer.runtime.store;
         let key = plan_key(self.stream_arn());
         match store.get_lease(&key).await {
             Ok(plan) => plan.and_then(|p| p.checkpoint.skip_before()),
@@ -252,8 +253,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             let Some((error, index)) = failed else {
                 return Ok(());
             };
-            let handler = self.consumer.shared.config.delivery.on_failure.clone();
-            let pause = self.consumer.shared.config.processing_backoff_max;
+            let handler = self.consumer.runtime.config.delivery.on_failure.clone();
+            let pause = self.consumer.runtime.config.processing_backoff_max;
             DecodeFailed {
                 shard_id: self.segment_id(),
                 error: &error,
@@ -279,7 +280,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     /// The records `with_filter` keeps; those it drops are counted and told to the
     /// processor (`records_filtered`), and the page's checkpoint passes them.
     async fn filter(&mut self, records: &[Arc<Record>]) -> Result<Vec<Arc<Record>>, Stop> {
-        let Some(keep) = self.consumer.shared.config.delivery.filter.clone() else {
+        let Some(keep) = self.consumer.runtime.config.delivery.filter.clone() else {
             return Ok(records.to_vec());
         };
         let (kept, filtered): (Vec<Arc<Record>>, Vec<Arc<Record>>) =
@@ -310,13 +311,13 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         records: &[Arc<Record>],
         changes: Vec<Change<<F::Processor as RecordProcessor>::Item>>,
     ) -> Result<(), Stop> {
-        let delivery = &self.consumer.shared.config.delivery;
+        let delivery = &self.consumer.runtime.config.delivery;
         let (max_retries, has_handler, bisect) = (
             delivery.max_retries,
             delivery.on_failure.is_some(),
             delivery.bisect_on_error,
         );
-        let max = self.consumer.shared.config.processing_backoff_max;
+        let max = self.consumer.runtime.config.processing_backoff_max;
         let mut pauses = retry::processing(max).build();
         let mut attempt = 0;
         let mut first = Some(changes);
@@ -391,7 +392,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         reason: FailureReason,
         error: String,
     ) -> Result<(), Stop> {
-        let Some(handler) = self.consumer.shared.config.delivery.on_failure.clone() else {
+        let Some(handler) = self.consumer.runtime.config.delivery.on_failure.clone() else {
             return Err(Stop::Failed(Error::Internal {
                 shard_id: self.segment_id().to_owned(),
                 problem: "records given up without an on-failure handler".into(),
@@ -407,7 +408,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         };
         RecordsFailed { failed: &failed }.emit();
         raced(self.signals, self.processor.records_failed(&failed)).await?;
-        let max = self.consumer.shared.config.processing_backoff_max;
+        let max = self.consumer.runtime.config.processing_backoff_max;
         let mut pauses = retry::processing(max).build();
         loop {
             let handled = raced(
@@ -433,8 +434,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
         &mut self,
         batch: ChangeBatch<<F::Processor as RecordProcessor>::Item>,
     ) -> Result<Option<(FailureReason, crate::BoxError)>, Stop> {
-        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
-        let batch_timeout = self.consumer.shared.config.delivery.batch_timeout;
+        let timeout = self.consumer.runtime.config.delivery.shutdown_timeout;
+        let batch_timeout = self.consumer.runtime.config.delivery.batch_timeout;
         let release = self.signals.release.clone();
         let lost = self.signals.lost.clone();
         let call =
@@ -467,7 +468,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
 
     /// Stores `checkpoint` if the lease is still ours.
     async fn write(&mut self, checkpoint: &Checkpoint) -> Result<(), Stop> {
-        let shared = &self.consumer.shared;
+        let shared = &self.consumer.runtime;
         let key = &self.consumer.lease.key;
         let ownership = &self.consumer.ownership;
         self.raced(retry::call(
@@ -507,8 +508,8 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             items = position.items,
             "snapshot segment finished"
         );
-        let margin = self.consumer.shared.config.creation_time_margin;
-        let now = self.consumer.shared.api.now();
+        let margin = self.consumer.runtime.config.creation_time_margin;
+        let now = self.consumer.runtime.api.now();
         if started_at.is_some_and(|t0| outlasted_retention(t0, now, margin)) {
             self.report_late(started_at).await;
         }
@@ -542,7 +543,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
 
     /// Logs segments done of total and items delivered (read from the lease table).
     async fn report_progress(&mut self, position: &Position) {
-        let Ok(leases) = self.consumer.shared.store.list_leases().await else {
+        let Ok(leases) = self.consumer.runtime.store.list_leases().await else {
             return;
         };
         if let Some(progress) = super::progress(&leases)
@@ -562,11 +563,11 @@ impl<F: ProcessorFactory> Segment<'_, F> {
     /// Shutdown or handoff: `shutdown_requested` (at most the shutdown timeout), then the
     /// lease is released; the position of the last page is already stored.
     async fn release(&mut self) -> ShardOutcome {
-        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let timeout = self.consumer.runtime.config.delivery.shutdown_timeout;
         let told =
             AssertUnwindSafe(self.processor.shutdown_requested(self.checkpointer)).catch_unwind();
         let _ = tokio::time::timeout(timeout, raced(self.signals, told)).await;
-        let shared = &self.consumer.shared;
+        let shared = &self.consumer.runtime;
         let key = &self.consumer.lease.key;
         let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
             shared.store.release_lease(key, &self.consumer.ownership)
@@ -593,7 +594,7 @@ impl<F: ProcessorFactory> Segment<'_, F> {
             reason: "taken by another worker, or this worker was fenced",
         }
         .emit();
-        let timeout = self.consumer.shared.config.delivery.shutdown_timeout;
+        let timeout = self.consumer.runtime.config.delivery.shutdown_timeout;
         let _ = tokio::time::timeout(
             timeout,
             AssertUnwindSafe(self.processor.lease_lost()).catch_unwind(),

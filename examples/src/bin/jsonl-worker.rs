@@ -33,7 +33,9 @@
 //! items may interleave, lines of one item may not), `--batch-timeout DUR`,
 //! `--shutdown-timeout DUR`, `--checkpoint-interval DUR` (default 0s: after every batch),
 //! `--events INSERT,MODIFY,REMOVE` (kinds printed, SNAPSHOT too if listed; the others are
-//! checkpointed past). For
+//! checkpointed past), `--filter-pattern JSON|@FILE` (Lambda's event filtering syntax on
+//! the record in Lambda's JSON shape; repeatable, the patterns OR-ed; an invalid pattern is
+//! refused at start-up naming its JSON path). For
 //! tests: `--fail-when ATTR=VALUE` fails a change whose new image has ATTR equal to VALUE
 //! (as text): a partial batch failure at it (the changes before it are printed), or with
 //! `--whole-batch-failures` the whole batch (none of it printed); `--process-delay DUR`
@@ -44,6 +46,11 @@
 //! the Scan segment, `snapshot-<i>-of-<n>`), then the stream's changes after the snapshot
 //! began; every worker of the application needs the flag. `--creation-time-margin DUR`
 //! (default 1s, 90s with `--endpoint`: DynamoDB Local rounds creation times to the minute).
+//!
+//! `--format lambda` prints each batch as one line instead: the event Lambda would invoke a
+//! function with, `{"Records": [{"eventID", "eventName", "eventVersion", "eventSource",
+//! "awsRegion", "dynamodb": {…}, "eventSourceARN"}]}`, attribute values in DynamoDB JSON
+//! (see `consumer_core::lambda::event`).
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT: graceful shutdown
 //! (leases released), exit 0. A table that does not exist or has no stream, or an
@@ -78,6 +85,16 @@ enum Position {
     TrimHorizon,
     /// Only changes made after the worker starts.
     Latest,
+}
+
+/// How each batch is printed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// One line per change (the shape above).
+    #[default]
+    Jsonl,
+    /// One line per batch: Lambda's DynamoDB event, `{"Records": [...]}`.
+    Lambda,
 }
 
 /// Prints every change of the streams of the given tables as one JSON line on stdout.
@@ -170,6 +187,14 @@ struct Args {
     /// rounds creation times down to the minute).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     creation_time_margin: Option<Duration>,
+    /// Deliver only the records matching this Lambda event filtering pattern (JSON, or
+    /// @FILE to read it from a file), applied to the record in Lambda's JSON shape; repeat
+    /// for several, OR-ed. The others are checkpointed past.
+    #[arg(long, value_name = "JSON|@FILE", value_parser = examples::worker_flags::read_filter_pattern)]
+    filter_pattern: Vec<String>,
+    /// `jsonl`: one line per change; `lambda`: one line per batch, Lambda's DynamoDB event.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: Format,
 }
 
 fn parse_kind(text: &str) -> Result<OperationType, String> {
@@ -289,6 +314,9 @@ struct JsonlProcessor {
     worker: Arc<str>,
     table: Option<String>,
     shard: String,
+    /// `eventSourceARN` of `--format lambda`.
+    stream_arn: String,
+    format: Format,
     fail_when: Option<FailWhen>,
     delay: Option<Duration>,
     out: StdoutWriter,
@@ -319,7 +347,18 @@ impl RecordProcessor for JsonlProcessor {
             None => batch.len(),
         };
         let mut text = Vec::new();
-        for change in batch.iter().take(printed) {
+        if self.format == Format::Lambda && printed > 0 {
+            let records = batch.iter().take(printed).map(|change| change.raw());
+            let event =
+                consumer_core::lambda::event::event_to_json(records, Some(&self.stream_arn));
+            serde_json::to_writer(&mut text, &event)?;
+            text.push(b'\n');
+        }
+        for change in batch
+            .iter()
+            .take(printed)
+            .filter(|_| self.format == Format::Jsonl)
+        {
             let line = change_to_json(
                 &self.worker,
                 self.table.as_deref(),
@@ -384,6 +423,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         worker: worker.clone(),
         table: shard.table.clone(),
         shard: shard.shard_id.clone(),
+        stream_arn: shard.stream_arn.clone(),
+        format: args.format,
         fail_when: fail_when.clone(),
         delay,
         out: out.clone(),
@@ -472,6 +513,9 @@ fn delivery_settings(
     }
     if let Some(timeout) = args.shutdown_timeout {
         builder = builder.with_shutdown_timeout(timeout);
+    }
+    for pattern in &args.filter_pattern {
+        builder = builder.with_filter_pattern(pattern.as_str());
     }
     if let Some(kinds) = args.events.clone() {
         builder = builder.with_filter(move |record: &Record| {
