@@ -3,7 +3,7 @@
 //! The page (`ddbsc/assets/`: HTML, JavaScript and CSS, embedded in the binary; no CDN, no
 //! inline script) asks `/api/status` every `--refresh` and draws workers, shards, lag,
 //! snapshots and pending handoffs from it. `/api/status` is exactly `ddbsc status --json`:
-//! both come from [`status::Report`], so there is one way to compute a status.
+//! both come from [`crate::status::Report`], so there is one way to compute a status.
 //!
 //! Read-only by construction: the server answers `GET` and `HEAD` only (anything else is
 //! 405), and no route writes to the lease table. Readings are shared: a reading younger
