@@ -28,6 +28,7 @@ PROGRAMS := --workspace --bins --examples
 ## example included), then fmt, clippy and warning-free docs
 test:
 	scripts/dynamodb-local.sh install
+	scripts/browser.sh install
 	mkdir -p $(dir $(TEST_LOG))
 	scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --all-targets 2>&1 | tee $(TEST_LOG)
 	# `--all-targets` leaves doctests out; they need no DynamoDB.
@@ -111,6 +112,14 @@ bench:
 	$(CARGO) build --release -p examples --bin benchmark
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
 	$(CARGO) bench -p consumer-core --bench decode
+
+## screenshot: the README's picture of `ddbsc serve` (docs/ddbsc-serve.png), taken by the page
+## test in chromium while a killed worker's leases move (DynamoDB Local; debug build)
+.PHONY: screenshot
+screenshot:
+	scripts/browser.sh install
+	$(CARGO) build $(PROGRAMS)
+	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --test serve
 
 ## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
 ## (DynamoDB Local; debug build)
