@@ -369,3 +369,22 @@ async fn keep_alive_runs_one_handler_process_for_every_batch() {
     assert_eq!(starts.lines().count(), 1, "one process for every batch");
     stop(bridge).await;
 }
+
+#[tokio::test]
+async fn a_handler_that_outlives_the_batch_timeout_is_killed_and_the_batch_delivered_again() {
+    let setup = Bridge::new("bridge-timeout").await;
+    put(&setup.table, (0..3).map(|n| (n, "new"))).await;
+    // The first process hangs (exec: the process the bridge kills is the sleep itself).
+    let script = r#"if [ ! -e "$DIR/hung" ]; then touch "$DIR/hung"; exec sleep 600; fi; cat >> "$DIR/events.jsonl""#;
+    let bridge = setup.start(&["--batch-timeout", "1s"], script);
+    wait_until("the batch delivered again", DEADLINE, || {
+        setup.batches().concat().len() >= 3
+    })
+    .await;
+    assert_eq!(setup.batches().concat(), [0, 1, 2]);
+    assert!(
+        bridge.stderr().contains("timed out") || bridge.stderr().contains("timeout"),
+        "the timeout is reported"
+    );
+    stop(bridge).await;
+}
