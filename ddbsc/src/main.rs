@@ -6,6 +6,7 @@
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
 //! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
+//! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -18,6 +19,7 @@
 //! format and one set of conditional writes.
 
 mod context;
+mod import_kcl;
 mod liveness;
 mod output;
 mod reset;
@@ -84,6 +86,8 @@ enum Command {
     Shards(shards::Args),
     /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
     Serve(serve::Args),
+    /// Take over from a KCL application at the positions it checkpointed.
+    ImportKcl(import_kcl::Args),
 }
 
 #[tokio::main]
@@ -95,6 +99,7 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::ImportKcl(args) => import_kcl::run(&context, args).await,
         Command::Serve(args) => serve::run(context, args).await,
     };
     match outcome {
