@@ -152,6 +152,11 @@ struct Args {
     /// How long a graceful shutdown waits for a batch in progress. Default: 30s.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     shutdown_timeout: Option<Duration>,
+    /// Pauses between polls of an idle shard, doubling from MIN to MAX after empty pages
+    /// (e.g. 50ms,1s): lower for less latency, higher for fewer GetRecords. Default:
+    /// 100ms,1s.
+    #[arg(long, value_name = "MIN,MAX", value_parser = examples::worker_flags::parse_idle_backoff)]
+    idle_backoff: Option<(Duration, Duration)>,
     /// Checkpoint writes per shard at most this often. Default: 0s (after every batch).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "0s")]
     checkpoint_interval: Duration,
@@ -407,6 +412,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .with_failover_time(args.failover_time)
         .with_checkpoint_interval(args.checkpoint_interval);
+    if let Some((min, max)) = args.idle_backoff {
+        builder = builder.with_idle_backoff(min, max);
+    }
     for table in &args.tables {
         builder = builder.with_table(table.as_str());
     }
