@@ -42,7 +42,7 @@ pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
-pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
+pub use failure::{BatchFailure, FailedAt, FailedRecords, FailureHandler, FailureReason};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };
