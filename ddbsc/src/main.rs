@@ -5,6 +5,7 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force] [--include-finished]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -17,6 +18,7 @@
 //! format and one set of conditional writes.
 
 mod context;
+mod import_kcl;
 mod liveness;
 mod output;
 mod reset;
@@ -80,6 +82,8 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// Take over from a KCL application at the positions it checkpointed.
+    ImportKcl(import_kcl::Args),
 }
 
 #[tokio::main]
@@ -91,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::ImportKcl(args) => import_kcl::run(&context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,7 +94,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let mut outcomes = Vec::with_capacity(order.len());
     for (lease, moves) in order {
         outcomes.push(if moves {
-            move_lease(&store, lease, &target).await
+            move_and_report(&store, lease, &target).await
         } else {
             ShardOutcome::Finished { lease }
         });
@@ -321,16 +321,26 @@ fn outcomes_json(args: &Args, target: &Checkpoint, outcomes: &[ShardOutcome<'_>]
     })
 }
 
-/// One conditional write; a refusal says what the lease looks like now.
-async fn move_lease<'a>(
+/// Moves `lease` (as it was read) to `target` in one conditional write, fencing its owner:
+/// reset's write, also `import-kcl --force`'s.
+pub(crate) async fn move_lease(
+    store: &dyn LeaseStore,
+    lease: &Lease,
+    target: &Checkpoint,
+) -> checkpoint_store::Result<Lease> {
+    store
+        .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, target)
+        .await
+}
+
+/// [`move_lease`]; a refusal says what the lease looks like now.
+async fn move_and_report<'a>(
     store: &dyn LeaseStore,
     lease: &'a Lease,
     target: &Checkpoint,
 ) -> ShardOutcome<'a> {
     let key = &lease.key;
-    let written = store
-        .reset_lease(key, lease.owner.as_deref(), lease.epoch, target)
-        .await;
+    let written = move_lease(store, lease, target).await;
     let reason = match written {
         Ok(_) => return ShardOutcome::Moved { lease },
         Err(StoreError::LeaseChanged { .. }) => {
