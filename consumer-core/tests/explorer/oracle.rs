@@ -59,6 +59,8 @@ struct Rec {
     n: Option<u64>,
     /// The stream's creation time of the record (rounded down to the second).
     created: SystemTime,
+    /// When it was written, in the journal's virtual milliseconds.
+    written_ms: u64,
     filtered: bool,
     finished: Option<Finished>,
     /// Calls that included it, and those that failed.
@@ -120,6 +122,12 @@ struct State {
     since: BTreeMap<LeaseKey, SystemTime>,
     /// Shard leases created finished (`Latest` on a shard closed before the start).
     born_finished: BTreeSet<LeaseKey>,
+    /// Shard leases created at `Latest`, and when their start time was stored (virtual ms):
+    /// their first reader opens a `LATEST` iterator, so records written before may be
+    /// passed.
+    born_latest: BTreeMap<LeaseKey, Option<u64>>,
+    /// Each lease's checkpoint now (deleted leases are gone).
+    checkpoints: BTreeMap<LeaseKey, Checkpoint>,
     deleted: BTreeSet<LeaseKey>,
     paused: BTreeSet<String>,
     /// The item as a sink applying every successful batch has it: `Some(n)` or deleted.
@@ -171,12 +179,27 @@ impl State {
         if self.born_finished.contains(&key) {
             return true;
         }
+        if let Some(started) = self.born_latest.get(&key)
+            && started.is_none_or(|at| rec.written_ms <= at)
+        {
+            return true;
+        }
         self.since.get(&key).is_some_and(|since| {
             let cutoff = since
                 .checked_sub(self.rules.creation_time_margin)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             rec.created < cutoff
         })
+    }
+
+    /// Whether the stored checkpoint of `key` covers `seq` (a deleted lease was finished).
+    fn covers(&self, key: &LeaseKey, seq: &SequenceNumber) -> bool {
+        match self.checkpoints.get(key) {
+            Some(Checkpoint::At(at)) => seq <= at,
+            Some(Checkpoint::ShardEnd) => true,
+            Some(_) => false,
+            None => self.deleted.contains(key),
+        }
     }
 
     fn done(&self, i: usize) -> bool {
@@ -213,6 +236,8 @@ impl Oracle {
                 next_call: 0,
                 since: BTreeMap::new(),
                 born_finished: BTreeSet::new(),
+                born_latest: BTreeMap::new(),
+                checkpoints: BTreeMap::new(),
                 deleted: BTreeSet::new(),
                 paused: BTreeSet::new(),
                 sink: BTreeMap::new(),
@@ -275,6 +300,7 @@ impl Oracle {
             .entry((written.table.clone(), key.clone()))
             .or_default()
             .push(i);
+        let written_ms = state.journal.millis();
         state.records.push(Rec {
             table: written.table.clone(),
             stream: written.stream_arn.clone(),
@@ -284,6 +310,7 @@ impl Oracle {
             key,
             n,
             created: SystemTime::UNIX_EPOCH + Duration::from_secs(created_secs),
+            written_ms,
             filtered,
             finished: None,
             attempts: 0,
@@ -582,6 +609,23 @@ impl Oracle {
             .collect()
     }
 
+    /// Shards whose stored checkpoint does not cover a finished record yet (what a drain
+    /// with automatic checkpoints waits for).
+    pub fn lagging_checkpoints(&self) -> Vec<String> {
+        let state = self.state();
+        let mut lagging = BTreeSet::new();
+        for (i, rec) in state.records.iter().enumerate() {
+            if rec.finished.is_none() || state.passed_by_rule(i) {
+                continue;
+            }
+            let key = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
+            if !state.covers(&key, &rec.seq) {
+                lagging.insert(format!("{} (record {})", rec.shard, rec.seq));
+            }
+        }
+        lagging.into_iter().collect()
+    }
+
     /// How many records were written.
     pub fn written(&self) -> usize {
         self.state().records.len()
@@ -600,7 +644,11 @@ impl Oracle {
             let Some(&last) = records.last() else {
                 continue;
             };
-            if state.records[last].finished != Some(Finished::Ok) {
+            let rec = &state.records[last];
+            let shard = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
+            // A shard whose checkpoint lags may be delivered again from it: the sink holds
+            // what the last (partial) redelivery left.
+            if rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq) {
                 continue;
             }
             let sink = state
@@ -653,9 +701,13 @@ impl StoreObserver for Oracle {
         }
         if op == StoreOp::DeleteLease {
             state.deleted.insert(key.clone());
+            state.checkpoints.remove(key);
             return;
         }
         let Some(after) = after else { return };
+        state
+            .checkpoints
+            .insert(key.clone(), after.checkpoint.clone());
         if op == StoreOp::CreateLease {
             if state.deleted.contains(key) {
                 state.violate(
@@ -666,6 +718,15 @@ impl StoreObserver for Oracle {
             if after.checkpoint == Checkpoint::ShardEnd {
                 state.born_finished.insert(key.clone());
             }
+            if after.checkpoint == Checkpoint::Latest {
+                state.born_latest.insert(key.clone(), None);
+            }
+        }
+        let now = state.journal.millis();
+        if let Some(started @ None) = state.born_latest.get_mut(key)
+            && after.checkpoint != Checkpoint::Latest
+        {
+            *started = Some(now);
         }
         if let Checkpoint::Since(t) = &after.checkpoint {
             state.since.entry(key.clone()).or_insert(*t);

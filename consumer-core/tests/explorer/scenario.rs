@@ -145,6 +145,17 @@ pub struct Space {
     /// streams' clock (`StreamsApi::now`), so in the simulation every record is "too old".
     /// Narrowed: no maximum record age.
     pub record_age: bool,
+    /// Found by the explorer (engine, `shard_consumer.rs` `store_latest_start`): a
+    /// `LATEST` lease stores its start time, then opens its iterator at `LATEST`; records
+    /// written in between are neither delivered by it nor by a later owner. Narrowed: with
+    /// `Latest`, the simulated service answers at once (nothing can be written in between).
+    pub latest_gap: bool,
+    /// Found by the explorer (engine, `shard_consumer.rs` `deliver_partitioned`): with key
+    /// parallelism, a shard told to stop while one partition runs and another has records
+    /// queued spins (its batching-window timer is already due), so a stop or handoff burns
+    /// a core until the running batch ends, and in paused time never ends. Narrowed: key
+    /// parallelism 1.
+    pub partition_spin: bool,
 }
 
 impl Space {
@@ -152,11 +163,15 @@ impl Space {
     pub const NOW: Self = Self {
         slow_handoffs: false,
         record_age: false,
+        latest_gap: false,
+        partition_spin: false,
     };
     /// Everything.
     pub const FULL: Self = Self {
         slow_handoffs: true,
         record_age: true,
+        latest_gap: true,
+        partition_spin: true,
     };
 }
 
@@ -242,6 +257,13 @@ impl Scenario {
         };
         if !space.record_age {
             settings.max_record_age = None;
+        }
+        if !space.partition_spin {
+            settings.key_parallelism = 1;
+        }
+        let mut service = service;
+        if !space.latest_gap && settings.latest {
+            service.latency = Duration::ZERO;
         }
         if !space.slow_handoffs {
             // A handoff ends well within the failover time: the owner notices the request

@@ -83,8 +83,18 @@ impl fmt::Debug for Failure {
     }
 }
 
-/// Runs `scenario` on a fresh runtime in paused time.
-pub fn run(scenario: &Scenario) -> Result<Outcome, Failure> {
+/// The oracle a run of `scenario` checks with (made before the run, so a watchdog can
+/// print its events if the run never ends).
+pub fn oracle_for(scenario: &Scenario) -> Oracle {
+    Oracle::new(Rules {
+        creation_time_margin: Duration::from_secs(5),
+        filter_modulus: scenario.settings.filter_modulus,
+        max_record_age: scenario.settings.max_record_age,
+    })
+}
+
+/// Runs `scenario` on a fresh runtime in paused time, checked by `oracle`.
+pub fn run(scenario: &Scenario, oracle: Oracle) -> Result<Outcome, Failure> {
     // backon's jitter draws from fastrand's thread-local generator: seed it, on the one
     // thread the current-thread runtime runs every task on.
     fastrand::seed(scenario.seed);
@@ -94,7 +104,7 @@ pub fn run(scenario: &Scenario) -> Result<Outcome, Failure> {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let mut world = World::new(scenario);
+        let mut world = World::new(scenario, oracle);
         let result = world.play().await;
         world.abort_all();
         if let (Ok(path), Some(log)) = (std::env::var("EXPLORE_LOG"), world.oracle.full_log()) {
@@ -155,7 +165,7 @@ struct World<'a> {
 }
 
 impl<'a> World<'a> {
-    fn new(scenario: &'a Scenario) -> Self {
+    fn new(scenario: &'a Scenario, oracle: Oracle) -> Self {
         let service = &scenario.service;
         let sim = SimulatedStream::new(SimConfig {
             seed: scenario.seed,
@@ -168,11 +178,6 @@ impl<'a> World<'a> {
         });
         let tables: Vec<String> = (0..service.tables).map(|t| format!("t{t}")).collect();
         let streams = tables.iter().map(|t| sim.add_table(t)).collect();
-        let oracle = Oracle::new(Rules {
-            creation_time_margin: Duration::from_secs(5),
-            filter_modulus: scenario.settings.filter_modulus,
-            max_record_age: scenario.settings.max_record_age,
-        });
         Self {
             scenario,
             sim,
@@ -206,16 +211,23 @@ impl<'a> World<'a> {
         self.advance_to(faults_end.max(Instant::now())).await?;
         self.tick()?;
         if self.workers.values().all(|w| w.stop.is_none()) {
-            self.oracle
-                .log("explorer: no worker runs; starting w1 to drain");
-            self.start_worker(1);
+            let free = (1..=crate::scenario::MAX_WORKERS)
+                .find(|id| !self.workers.contains_key(id))
+                .unwrap_or(1);
+            self.oracle.log(format!(
+                "explorer: no worker runs; starting w{free} to drain"
+            ));
+            self.start_worker(free);
         }
         let quiet = Instant::now();
         let bound = drain_bound(scenario);
         loop {
             self.advance_to(Instant::now() + Duration::from_millis(500))
                 .await?;
-            let pending = self.oracle.pending();
+            let mut pending = self.oracle.pending();
+            if pending.is_empty() && scenario.settings.auto_checkpoint {
+                pending = self.oracle.lagging_checkpoints();
+            }
             if pending.is_empty() && self.oracle.running_calls() == 0 {
                 break;
             }
@@ -223,7 +235,7 @@ impl<'a> World<'a> {
                 return Err(Violation {
                     invariant: "8 drain",
                     detail: format!(
-                        "{} records still pending {:?} after the last fault (bound {bound:?}); first: {}",
+                        "{} records (or checkpoints) still pending {:?} after the last fault (bound {bound:?}); first: {}",
                         pending.len(),
                         quiet.elapsed(),
                         pending.first().cloned().unwrap_or_default()
@@ -329,6 +341,7 @@ impl<'a> World<'a> {
             if worker.task.is_finished() {
                 finished.push(*id);
             } else if let Some(since) = worker.stopping_since
+                && worker.fault_until.is_none()
                 && now - since > bound
             {
                 return Err(Violation {
