@@ -82,8 +82,9 @@ pub enum Link {
     /// Calls fail at once as DynamoDB answers when the table was deleted
     /// (`ResourceNotFoundException`).
     TableDeleted,
-    /// Every other call fails at once with a throttling error (`ThrottlingException`);
-    /// the rest go through: a table over its capacity.
+    /// About half the calls fail at once with a throttling error (`ThrottlingException`),
+    /// the rest go through: a table over its capacity. Which ones is a fixed pseudo-random
+    /// sequence of the calls made under this link, so a run replays exactly.
     Throttled,
 }
 
@@ -117,7 +118,7 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     failing: Mutex<HashSet<StoreOp>>,
     /// Per operation, how many of the next successful calls lose their answer.
     lost_answers: Mutex<BTreeMap<StoreOp, usize>>,
-    /// Calls passed while the link was `Throttled` (every other one fails).
+    /// Calls passed while the link was `Throttled` (the throttling sequence's position).
     throttle_count: AtomicU64,
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
 }
@@ -172,9 +173,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     /// The caller's answer to a call of `op` that reached the store: `result`, or a lost
     /// answer if one is due (see [`lose_answers`](Self::lose_answers)).
     fn answer<T>(&self, op: StoreOp, result: Result<T>) -> Result<T> {
-        if result.is_err() {
-            return result;
-        }
+        let value = result?;
         let mut lost = self
             .lost_answers
             .lock()
@@ -193,7 +192,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                     .into(),
                 })
             }
-            _ => result,
+            _ => Ok(value),
         }
     }
 
@@ -363,7 +362,10 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                     "ResourceNotFoundException: Requested resource not found (deleted by the test)"
                         .into(),
             }),
-            Link::Throttled if self.throttle_count.fetch_add(1, Ordering::Relaxed) % 2 == 0 => {
+            Link::Throttled
+                if super::items::remix(self.throttle_count.fetch_add(1, Ordering::Relaxed))
+                    .is_multiple_of(2) =>
+            {
                 Err(Error::DynamoDb {
                     operation: op.name(),
                     table: "instrumented".into(),

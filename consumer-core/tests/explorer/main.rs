@@ -19,16 +19,17 @@
 mod journal;
 mod oracle;
 mod processor;
+mod regressions;
 mod scenario;
 mod world;
 
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
-use scenario::Scenario;
+use scenario::{Scenario, Space};
 
-/// Seeds `cargo test` runs (about a minute in a debug build on a slow machine).
-const FIXED_SEEDS: u64 = 20;
+/// Seeds `cargo test` runs (10-45 s in a debug build, as busy as the machine is).
+const FIXED_SEEDS: u64 = 300;
 
 /// How long one seed may take in real time before the run is declared stuck (a task that
 /// spins keeps virtual time from advancing).
@@ -65,9 +66,21 @@ struct SeedRun {
     output: String,
 }
 
+/// The space of `EXPLORE_SPACE` (`full`, a list of pending-defect flags, or today's by
+/// default).
+fn space_from_env() -> Space {
+    let text = std::env::var("EXPLORE_SPACE").unwrap_or_default();
+    Space::parse(&text).unwrap_or_else(|| panic!("EXPLORE_SPACE={text:?} names no space"))
+}
+
+/// Runs one seed of today's space (or `EXPLORE_SPACE`'s) in a child process.
+fn explore_one(seed: u64) -> SeedRun {
+    explore_one_in(seed, space_from_env())
+}
+
 /// Runs one seed in a child process (this test binary's `one_seed`): incarnation ids use
 /// a process-wide counter, so a seed replays exactly only in a fresh process.
-fn explore_one(seed: u64) -> SeedRun {
+fn explore_one_in(seed: u64, space: Space) -> SeedRun {
     let exe = std::env::current_exe().expect("the test binary");
     let output = std::process::Command::new(exe)
         .args([
@@ -78,6 +91,7 @@ fn explore_one(seed: u64) -> SeedRun {
             "--test-threads=1",
         ])
         .env("EXPLORE_ONE", seed.to_string())
+        .env("EXPLORE_SPACE", space.name())
         .output()
         .expect("the test binary runs");
     let text = format!(
@@ -127,7 +141,14 @@ fn one_seed() {
         return;
     };
     quiet_drawn_panics();
-    let scenario = Scenario::draw(seed);
+    if std::env::var_os("RUST_LOG").is_some() {
+        // The workers' own logs, for a replay: RUST_LOG=consumer_core=info EXPLORE_SEED=n.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let scenario = Scenario::draw_in(seed, space_from_env());
     let (done, watch) = std::sync::mpsc::channel::<()>();
     let shown = scenario.to_string();
     let oracle = world::oracle_for(&scenario);

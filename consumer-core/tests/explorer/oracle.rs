@@ -157,7 +157,7 @@ pub fn fnv(parts: &[&[u8]]) -> u64 {
 
 /// Whether the drawn filter drops the record with this event id.
 pub fn filtered_out(modulus: Option<u64>, event_id: &str) -> bool {
-    modulus.is_some_and(|m| fnv(&[b"filter", event_id.as_bytes()]) % m == 0)
+    modulus.is_some_and(|m| fnv(&[b"filter", event_id.as_bytes()]).is_multiple_of(m))
 }
 
 impl State {

@@ -55,12 +55,61 @@ pub struct Explorer {
     pub switch: PauseSwitch,
 }
 
+/// A number drawn for `what` of `parts` in the run of `seed`.
+fn draw(seed: u64, what: &str, parts: &[&[u8]]) -> u64 {
+    let seed = seed.to_le_bytes();
+    let mut all: Vec<&[u8]> = vec![&seed, what.as_bytes()];
+    all.extend_from_slice(parts);
+    fnv(&all)
+}
+
+/// How the record with this event id behaves on attempt `attempt` (1 = first), and on how
+/// many attempts it misbehaves in all.
+fn misbehaviour(seed: u64, b: &Behaviour, event_id: &str, attempt: u32) -> Option<(Bad, u32)> {
+    let h = draw(seed, "bad", &[event_id.as_bytes()]);
+    if h % 1000 >= u64::from(b.bad_per_mille) {
+        return None;
+    }
+    let spoiled = 1 + u32::try_from((h / 1000) % u64::from(b.max_bad_attempts.max(1))).unwrap_or(0);
+    if attempt > spoiled {
+        return None;
+    }
+    let kind = draw(seed, "kind", &[event_id.as_bytes()]);
+    let bad = if kind % 1000 < u64::from(b.fail_per_mille) {
+        Bad::Fail
+    } else if kind.is_multiple_of(2) {
+        Bad::Panic
+    } else {
+        Bad::Hang
+    };
+    Some((bad, spoiled))
+}
+
+/// The most time the record with this event id can cost by misbehaving: each spoiled
+/// attempt may hang (up to `hang`, or the batch timeout) and is followed by a retry pause
+/// (up to `backoff`).
+pub fn worst_delay(
+    seed: u64,
+    b: &Behaviour,
+    event_id: &str,
+    batch_timeout: Option<Duration>,
+    backoff: Duration,
+) -> Duration {
+    match misbehaviour(seed, b, event_id, 1) {
+        None => Duration::ZERO,
+        Some((bad, spoiled)) => {
+            let hang = match bad {
+                Bad::Hang => batch_timeout.map_or(b.hang, |t| t.min(b.hang)),
+                _ => Duration::ZERO,
+            };
+            (hang + backoff) * spoiled
+        }
+    }
+}
+
 impl Explorer {
     fn draw(&self, what: &str, parts: &[&[u8]]) -> u64 {
-        let seed = self.seed.to_le_bytes();
-        let mut all: Vec<&[u8]> = vec![&seed, what.as_bytes()];
-        all.extend_from_slice(parts);
-        fnv(&all)
+        draw(self.seed, what, parts)
     }
 
     fn per_mille(&self, what: &str, parts: &[&[u8]], rate: u32) -> bool {
@@ -69,23 +118,10 @@ impl Explorer {
 
     /// How the record with this event id behaves on attempt `attempt` (1 = first).
     fn misbehaves(&self, event_id: &str, attempt: u32) -> Option<Bad> {
-        let b = &self.behaviour;
-        let h = self.draw("bad", &[event_id.as_bytes()]);
-        if attempt == 0 || h % 1000 >= u64::from(b.bad_per_mille) {
+        if attempt == 0 {
             return None;
         }
-        let spoiled = 1 + (h / 1000) % u64::from(b.max_bad_attempts.max(1));
-        if u64::from(attempt) > spoiled {
-            return None;
-        }
-        let kind = self.draw("kind", &[event_id.as_bytes()]);
-        Some(if kind % 1000 < u64::from(b.fail_per_mille) {
-            Bad::Fail
-        } else if kind % 2 == 0 {
-            Bad::Panic
-        } else {
-            Bad::Hang
-        })
+        misbehaviour(self.seed, &self.behaviour, event_id, attempt).map(|(bad, _)| bad)
     }
 
     /// Whether the lease table names this processor's caller as the owner, at its epoch.
@@ -150,7 +186,6 @@ impl RecordProcessor for Processor {
         checkpointer: &mut Checkpointer,
     ) -> Result<(), BoxError> {
         let ex = &self.explorer;
-        ex.switch.running().await;
         let seen: Vec<Seen> = batch
             .changes
             .iter()
@@ -174,6 +209,8 @@ impl RecordProcessor for Processor {
             id,
             end: CallEnd::Dropped,
         };
+        // A paused worker's call was made, but runs only once the worker does.
+        ex.switch.running().await;
         let ids: Vec<&str> = batch.changes.iter().map(|c| c.event_id()).collect();
         let first_id = ids.first().copied().unwrap_or_default();
         let attempt_bytes = attempts.first().copied().unwrap_or(0).to_le_bytes();

@@ -94,7 +94,7 @@ pub fn oracle_for(scenario: &Scenario) -> Oracle {
 }
 
 /// Runs `scenario` on a fresh runtime in paused time, checked by `oracle`.
-pub fn run(scenario: &Scenario, oracle: Oracle) -> Result<Outcome, Failure> {
+pub fn run(scenario: &Scenario, oracle: Oracle) -> Result<Outcome, Box<Failure>> {
     // backon's jitter draws from fastrand's thread-local generator: seed it, on the one
     // thread the current-thread runtime runs every task on.
     fastrand::seed(scenario.seed);
@@ -110,10 +110,12 @@ pub fn run(scenario: &Scenario, oracle: Oracle) -> Result<Outcome, Failure> {
         if let (Ok(path), Some(log)) = (std::env::var("EXPLORE_LOG"), world.oracle.full_log()) {
             let _ = std::fs::write(path, log);
         }
-        result.map_err(|violation| Failure {
-            scenario: scenario.clone(),
-            violation,
-            tail: world.oracle.tail(),
+        result.map_err(|violation| {
+            Box::new(Failure {
+                scenario: scenario.clone(),
+                violation,
+                tail: world.oracle.tail(),
+            })
         })
     })
 }
@@ -161,6 +163,8 @@ struct World<'a> {
     last_tick: Instant,
     rng: SmallRng,
     next_n: u64,
+    /// What misbehaving records can add to a drain, at most.
+    misbehaviour: Duration,
     start: Instant,
 }
 
@@ -191,6 +195,7 @@ impl<'a> World<'a> {
             last_tick: Instant::now(),
             rng: SmallRng::seed_from_u64(scenario.seed ^ 0x5eed),
             next_n: 0,
+            misbehaviour: Duration::ZERO,
             start: Instant::now(),
         }
     }
@@ -220,7 +225,7 @@ impl<'a> World<'a> {
             self.start_worker(free);
         }
         let quiet = Instant::now();
-        let bound = drain_bound(scenario);
+        let bound = drain_bound(scenario) + self.misbehaviour;
         loop {
             self.advance_to(Instant::now() + Duration::from_millis(500))
                 .await?;
@@ -468,6 +473,14 @@ impl<'a> World<'a> {
             (self.sim.delete(name, string_key("pk", &key)), None)
         };
         if let Ok(Some(written)) = written {
+            let s = &self.scenario.settings;
+            self.misbehaviour += crate::processor::worst_delay(
+                self.scenario.seed,
+                &self.scenario.behaviour,
+                &written.event_id,
+                s.batch_timeout,
+                s.retry_backoff_max.unwrap_or(DEFAULT_BACKOFF),
+            ) + self.scenario.behaviour.slow;
             let created: SystemTime = StreamsApi::now(&self.sim);
             self.oracle.wrote(&written, image, created);
         }
