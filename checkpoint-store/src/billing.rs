@@ -13,7 +13,7 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::dynamodb::{encode_lease, encode_membership};
+use crate::dynamodb::item::{encode_lease, encode_membership};
 use crate::lease::{Lease, Membership};
 
 /// Read units are counted in halves (eventually consistent reads cost half a unit per

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::Shared;
+use crate::runtime::Runtime;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -50,6 +50,7 @@ impl Consumer<()> {
             api: None,
             store: None,
             per_shard_metrics: false,
+            filter_patterns: Vec::new(),
         }
     }
 }
@@ -114,7 +115,7 @@ impl<F: ProcessorFactory> Consumer<F> {
                 .await?;
             }
         }
-        let shared = Shared {
+        let shared = Runtime {
             budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
             store: self.store,
@@ -152,6 +153,8 @@ pub struct ConsumerBuilder {
     store: Option<Arc<dyn LeaseStore>>,
     /// Lag gauges per shard too (`with_per_shard_metrics`).
     per_shard_metrics: bool,
+    /// Lambda filter patterns (`with_filter_pattern`), parsed by `build`.
+    filter_patterns: Vec<String>,
 }
 
 impl ConsumerBuilder {
@@ -331,6 +334,18 @@ impl ConsumerBuilder {
         self.set(|c| c.delivery.filter = Some(Arc::new(keep)))
     }
 
+    /// Delivers only the records that match `pattern`, in Lambda's event filtering syntax,
+    /// applied to each record in Lambda's JSON shape (`eventName`, `dynamodb.Keys`,
+    /// `dynamodb.NewImage.ATTR.S`, ...; see [`crate::lambda`]). Given several times, the
+    /// patterns are OR-ed (Lambda's `FilterCriteria`, at most 10); with
+    /// [`with_filter`](Self::with_filter) too, a record must pass both. Records it rejects
+    /// are counted, told to `records_filtered` and checkpointed past, as with `with_filter`.
+    /// `build` refuses an invalid pattern, naming the JSON path of what is wrong.
+    pub fn with_filter_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.filter_patterns.push(pattern.into());
+        self
+    }
+
     /// The largest batch given to `process`, 1-10,000, gathered across GetRecords pages.
     /// Default: the GetRecords limit (`with_batch_limit`, 1000).
     pub fn with_max_batch_size(self, records: usize) -> Self {
@@ -391,6 +406,7 @@ impl ConsumerBuilder {
             .renew_interval
             .map_or(self.config.failover_time / 3, capped);
         self.validate()?;
+        self.apply_filter_patterns()?;
         let api = match (self.api, &self.sdk_config) {
             (Some(api), _) => api,
             (None, Some(sdk)) => Arc::new(SdkStreams::from_sdk_config(sdk)),
@@ -424,6 +440,26 @@ impl ConsumerBuilder {
             factory,
             telemetry: Arc::new(Telemetry::new(Health::default(), self.per_shard_metrics)),
         })
+    }
+
+    /// Makes the filter patterns part of the consumer's filter (AND-ed with `with_filter`'s):
+    /// one filter path for both.
+    fn apply_filter_patterns(&mut self) -> Result<()> {
+        if self.filter_patterns.is_empty() {
+            return Ok(());
+        }
+        let criteria =
+            crate::lambda::FilterCriteria::parse(&self.filter_patterns).map_err(|e| {
+                Error::Config {
+                    key: "with_filter_pattern",
+                    problem: e.to_string(),
+                }
+            })?;
+        let other = self.config.delivery.filter.take();
+        self.config.delivery.filter = Some(Arc::new(move |record| {
+            criteria.matches_record(record) && other.as_ref().is_none_or(|keep| keep(record))
+        }));
+        Ok(())
     }
 
     /// Changes one setting.
@@ -476,6 +512,9 @@ impl ConsumerBuilder {
         }
         if let Some(Err((key, text))) = config.snapshot.as_ref().map(|s| s.validate()) {
             return problem(key, &text);
+        }
+        if let Some(Err(text)) = config.snapshot.as_ref().map(|_| snapshot_fits(config)) {
+            return problem("with_snapshot", &text);
         }
         if config.failover_time < Duration::from_secs(1) {
             return problem("with_failover_time", "must be at least 1 s");
@@ -559,6 +598,18 @@ fn cap_durations(config: &mut ConsumerConfig) {
     if let Some(snapshot) = &mut config.snapshot {
         snapshot.progress_interval = capped(snapshot.progress_interval);
     }
+}
+
+/// Settings that cannot apply to snapshot records; the text names the other setting.
+/// Every other delivery setting applies to them as to stream records.
+fn snapshot_fits(config: &ConsumerConfig) -> std::result::Result<(), String> {
+    if config.delivery.max_record_age.is_some() {
+        return Err("cannot be combined with `with_max_record_age`: a scanned item has no creation time, and the stream records that follow a long snapshot would go to the on-failure handler instead of the sink the snapshot fills".into());
+    }
+    if !config.auto_checkpoint {
+        return Err("cannot be combined with `with_auto_checkpoint(false)`: a snapshot record has no sequence number to checkpoint at; the framework stores a segment's scan position once every record of a page is done".into());
+    }
+    Ok(())
 }
 
 fn missing_sdk_config() -> Error {
@@ -683,6 +734,59 @@ mod tests {
             .expect("delivered and stopped")
             .unwrap();
         assert_eq!(recording.len(), 1);
+    }
+
+    #[test]
+    fn settings_that_cannot_apply_to_snapshot_records_are_refused_naming_both() {
+        struct Accept;
+        #[async_trait::async_trait]
+        impl crate::FailureHandler for Accept {
+            async fn handle(&self, _: &crate::FailedRecords) -> Result<(), crate::BoxError> {
+                Ok(())
+            }
+        }
+        let refused = |builder: ConsumerBuilder| {
+            builder
+                .with_table("t")
+                .with_streams_api(Arc::new(SimulatedStream::with_seed(1)))
+                .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+                .with_snapshot(crate::SnapshotConfig::new())
+                .build(crate::processor_fn(|_: crate::ChangeBatch<()>| async {
+                    Ok(())
+                }))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let aged = Consumer::builder("app")
+            .with_max_record_age(Duration::from_secs(60))
+            .with_on_failure(Accept);
+        let text = refused(aged).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_max_record_age"),
+            "{text}"
+        );
+        let manual = Consumer::builder("app").with_auto_checkpoint(false);
+        let text = refused(manual).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_auto_checkpoint"),
+            "{text}"
+        );
+        // Batch shaping, key parallelism, partial failures and the rest apply (what is left
+        // to refuse is the missing table reader: the test gives no AWS configuration).
+        let shaped = Consumer::builder("app")
+            .with_max_batch_size(7)
+            .with_batching_window(Duration::from_secs(1))
+            .with_key_parallelism(4)
+            .with_batch_timeout(Duration::from_secs(5))
+            .with_max_retries(2)
+            .with_bisect_on_error(true)
+            .with_on_failure(Accept)
+            .with_filter(|_| true);
+        let text = refused(shaped).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.contains("with_sdk_config"),
+            "{text}"
+        );
     }
 
     #[test]

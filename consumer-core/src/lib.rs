@@ -1,8 +1,11 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attribute_de;
 mod budget;
+mod callback;
 mod change;
 mod checkpointer;
 mod config;
@@ -12,18 +15,22 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+pub mod json;
 mod lag;
+pub mod lambda;
 mod lease_protocol;
 pub mod observability;
 mod poll_loop;
 mod processor;
 pub mod reader;
 mod retry;
-mod shard_consumer;
+mod runtime;
+mod shard;
 mod shard_sync;
 pub mod signals;
 pub mod snapshot;
 mod start_time;
+mod stream_arn;
 pub mod streams;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -35,7 +42,7 @@ pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
-pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
+pub use failure::{BatchFailure, FailedAt, FailedRecords, FailureHandler, FailureReason};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };

@@ -21,6 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -31,8 +32,9 @@ use crate::events::{Event, LeaseAcquired, LeaseReleased, LeaseScanDiscarded};
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals, Shared};
+use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
 use crate::shard_sync::{self, create_lease_if_absent};
+use crate::{shard, snapshot};
 
 /// How often the shard-sync holder scans the leases even though the version did not move,
 /// to catch a lost version bump (a crash between a lease write and its bump).
@@ -56,7 +58,7 @@ pub(crate) struct StreamSource {
 
 /// A worker of one application.
 pub(crate) struct Worker<F: ProcessorFactory> {
-    pub shared: Arc<Shared<F>>,
+    pub shared: Arc<Runtime<F>>,
     pub streams: Vec<StreamSource>,
 }
 
@@ -580,18 +582,23 @@ impl<F: ProcessorFactory> Worker<F> {
                 release: CancellationToken::new(),
                 lost: state.incarnation.fenced.child_token(),
             };
-            let consumer = ShardConsumer {
-                shared: self.shared.clone(),
+            let task = LeaseTask {
+                runtime: self.shared.clone(),
                 lease: lease.clone(),
                 ownership: ownership.clone(),
                 table: self
                     .source_of(&lease.key.stream)
                     .and_then(|s| s.table.clone()),
             };
+            // A Scan segment of a snapshot, or a shard of the stream.
+            let run: BoxFuture<'static, ShardOutcome> = if snapshot::is_segment(&lease.key) {
+                Box::pin(snapshot::run_segment(task, signals.clone()))
+            } else {
+                Box::pin(shard::run(task, signals.clone()))
+            };
             let key = lease.key.clone();
-            let task_signals = signals.clone();
             state.tasks.spawn(async move {
-                let outcome = AssertUnwindSafe(consumer.run(task_signals))
+                let outcome = AssertUnwindSafe(run)
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| {
@@ -783,7 +790,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .or_else(|| {
                 self.streams
                     .iter()
-                    .find(|s| shard_sync::same_table(&s.stream_arn, stream_arn))
+                    .find(|s| crate::stream_arn::same_table(&s.stream_arn, stream_arn))
             })
     }
 

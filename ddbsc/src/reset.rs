@@ -44,6 +44,7 @@ pub struct Args {
 const OWNER_PREFIX: &str = "ddbsc#";
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let target = parse_position(&args.to)?;
     let store = context.lease_store(&args.app).await?;
     let (leases, _, live) = args.liveness.read(&store).await?;
@@ -136,17 +137,17 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                        "previous_owner": m.previous_owner})
             })
             .collect();
-        context.print_json(&json!({"app": args.app, "table": args.table, "reset": shards}));
+        context.print_json(&json!({"app": args.app, "table": args.table, "reset": shards}))?;
     } else {
         for m in &moved {
-            println!("{m} -> {target}");
+            context.line(format_args!("{m} -> {target}"))?;
         }
     }
     Ok(())
 }
 
 /// Take (fencing the previous owner), checkpoint, release: the worker's own writes.
-async fn move_lease(
+pub(crate) async fn move_lease(
     store: &dyn LeaseStore,
     lease: &Lease,
     me: &str,

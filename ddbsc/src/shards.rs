@@ -44,10 +44,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 })
             })
             .collect();
-        context.print_json(&json!({"table": args.table, "stream": arn, "shards": list}));
+        context.print_json(&json!({"table": args.table, "stream": arn, "shards": list}))?;
         return Ok(());
     }
-    println!("stream {arn}");
+    context.line(format_args!("stream {arn}"))?;
     let mut table = Table::new();
     table
         .load_preset(comfy_table::presets::NOTHING)
@@ -68,6 +68,6 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             seq(s.ending_sequence_number.as_ref()).unwrap_or_else(dash),
         ]);
     }
-    println!("{table}");
+    context.line(&table)?;
     Ok(())
 }

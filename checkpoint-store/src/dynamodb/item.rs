@@ -1,0 +1,397 @@
+//! The item codec: how leases and the membership are laid out in DynamoDB items, and the
+//! small value and expression helpers every request of the store uses. Pure functions of
+//! the model, no requests: billing sizes items with the same encoders the store writes.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::lease::{Lease, LeaseKey, Membership, WorkerRecord};
+
+/// Attribute names. Expressions refer to them as `#name` (see [`names_in`]), which also
+/// keeps DynamoDB's reserved words (`owner` is one) out of the way.
+pub(crate) mod attr {
+    pub const PK: &str = "pk";
+    pub const KIND: &str = "kind";
+    pub const STREAM: &str = "stream";
+    pub const SHARD_ID: &str = "shard_id";
+    pub const OWNER: &str = "owner";
+    pub const EPOCH: &str = "epoch";
+    pub const CHECKPOINT: &str = "checkpoint";
+    pub const PARENTS: &str = "parents";
+    pub const OWNER_SWITCHES: &str = "owner_switches";
+    pub const HANDOFF_TO: &str = "handoff_to";
+    pub const CREATED_AT: &str = "created_at";
+    pub const UPDATED_AT: &str = "updated_at";
+    /// The table's TTL attribute (no item sets it today; kept so tables stay as created).
+    pub const EXPIRES_AT: &str = "expires_at";
+    pub const LEASES_VERSION: &str = "leases_version";
+    /// Per-worker attributes of the membership item: `{prefix}{worker id}`.
+    pub const HEARTBEAT_PREFIX: &str = "hb|";
+    pub const UPDATED_PREFIX: &str = "up|";
+    pub const EXPIRES_PREFIX: &str = "ex|";
+}
+
+pub(crate) const KIND_LEASE: &str = "lease";
+pub(crate) const KIND_MEMBERSHIP: &str = "membership";
+/// The key of the membership item.
+pub(crate) const MEMBERSHIP_PK: &str = "membership";
+
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+/// The placeholders of one worker's attributes in the membership item.
+pub(crate) fn member_names(worker_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("#hb", format!("{}{worker_id}", attr::HEARTBEAT_PREFIX)),
+        ("#up", format!("{}{worker_id}", attr::UPDATED_PREFIX)),
+        ("#ex", format!("{}{worker_id}", attr::EXPIRES_PREFIX)),
+    ]
+}
+
+/// The expression attribute names used in `expressions`: every `#name` maps to `name`.
+/// DynamoDB rejects names that no expression uses, so they are collected, not listed.
+pub(crate) fn names_in(expressions: &[&str]) -> HashMap<String, String> {
+    let mut names = HashMap::new();
+    for expression in expressions {
+        for (start, _) in expression.match_indices('#') {
+            let name: String = expression[start + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(format!("#{name}"), name);
+        }
+    }
+    names
+}
+
+pub(crate) fn to_values(values: Vec<(&str, AttributeValue)>) -> HashMap<String, AttributeValue> {
+    values
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
+pub(crate) fn lease_pk(key: &LeaseKey) -> AttributeValue {
+    s(&format!("lease|{}|{}", key.stream, key.shard_id))
+}
+
+pub(crate) fn s(text: &str) -> AttributeValue {
+    AttributeValue::S(text.to_owned())
+}
+
+pub(crate) fn number(n: u64) -> AttributeValue {
+    AttributeValue::N(n.to_string())
+}
+
+pub(crate) fn unix_millis(time: SystemTime) -> u64 {
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    u64::try_from(millis).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+pub(crate) fn millis(time: SystemTime) -> AttributeValue {
+    number(unix_millis(time))
+}
+
+/// The membership item as the store keeps it (for sizing: the store itself only ever
+/// writes it attribute by attribute).
+pub(crate) fn encode_membership(membership: &Membership) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), s(MEMBERSHIP_PK)),
+        (attr::KIND.to_owned(), s(KIND_MEMBERSHIP)),
+        (
+            attr::LEASES_VERSION.to_owned(),
+            number(membership.leases_version),
+        ),
+    ]);
+    for worker in &membership.workers {
+        let id = &worker.worker_id;
+        item.insert(
+            format!("{}{id}", attr::HEARTBEAT_PREFIX),
+            number(worker.heartbeat),
+        );
+        item.insert(
+            format!("{}{id}", attr::UPDATED_PREFIX),
+            millis(worker.updated_at),
+        );
+        item.insert(
+            format!("{}{id}", attr::EXPIRES_PREFIX),
+            number(unix_secs(worker.expires_at)),
+        );
+    }
+    item
+}
+
+pub(crate) fn encode_lease(lease: &Lease) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), lease_pk(&lease.key)),
+        (attr::KIND.to_owned(), s(KIND_LEASE)),
+        (attr::STREAM.to_owned(), s(&lease.key.stream)),
+        (attr::SHARD_ID.to_owned(), s(&lease.key.shard_id)),
+        (attr::EPOCH.to_owned(), number(lease.epoch)),
+        (attr::CHECKPOINT.to_owned(), s(&lease.checkpoint.encode())),
+        (
+            attr::PARENTS.to_owned(),
+            AttributeValue::L(lease.parent_shard_ids.iter().map(|id| s(id)).collect()),
+        ),
+        (
+            attr::OWNER_SWITCHES.to_owned(),
+            number(lease.owner_switches_since_checkpoint),
+        ),
+        (attr::CREATED_AT.to_owned(), millis(lease.created_at)),
+        (attr::UPDATED_AT.to_owned(), millis(lease.updated_at)),
+    ]);
+    let optional = [
+        (attr::OWNER, lease.owner.clone()),
+        (attr::HANDOFF_TO, lease.handoff_to.clone()),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            item.insert(name.to_owned(), AttributeValue::S(value));
+        }
+    }
+    item
+}
+
+/// Reads typed attributes out of an item, naming the table, item and attribute on failure.
+struct ItemReader<'a> {
+    table: &'a str,
+    item: &'a Item,
+}
+
+impl ItemReader<'_> {
+    fn corrupt(&self, attribute: &'static str, problem: impl Into<String>) -> Error {
+        let item = match self.item.get(attr::PK) {
+            Some(AttributeValue::S(pk)) => pk.clone(),
+            Some(other) => format!("{other:?}"),
+            None => "(no pk)".to_owned(),
+        };
+        Error::CorruptItem {
+            table: self.table.to_owned(),
+            item,
+            attribute,
+            problem: problem.into(),
+        }
+    }
+
+    fn optional_string(&self, name: &'static str) -> Result<Option<String>> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(self.corrupt(name, format!("is not a string: {other:?}"))),
+        }
+    }
+
+    fn string(&self, name: &'static str) -> Result<String> {
+        self.optional_string(name)?
+            .ok_or_else(|| self.corrupt(name, "is missing"))
+    }
+
+    fn number(&self, name: &'static str) -> Result<u64> {
+        match self.item.get(name) {
+            Some(AttributeValue::N(text)) => text.parse().map_err(|_| {
+                self.corrupt(name, format!("is not a non-negative integer: {text:?}"))
+            }),
+            Some(other) => Err(self.corrupt(name, format!("is not a number: {other:?}"))),
+            None => Err(self.corrupt(name, "is missing")),
+        }
+    }
+
+    fn checkpoint(&self, name: &'static str) -> Result<Checkpoint> {
+        Checkpoint::decode(&self.string(name)?).map_err(|err| self.corrupt(name, err.to_string()))
+    }
+
+    fn string_list(&self, name: &'static str) -> Result<Vec<String>> {
+        match self.item.get(name) {
+            None => Ok(Vec::new()),
+            Some(AttributeValue::L(values)) => values
+                .iter()
+                .map(|value| match value {
+                    AttributeValue::S(text) => Ok(text.clone()),
+                    other => {
+                        Err(self.corrupt(name, format!("has a non-string element: {other:?}")))
+                    }
+                })
+                .collect(),
+            Some(other) => Err(self.corrupt(name, format!("is not a list: {other:?}"))),
+        }
+    }
+}
+
+/// A lease item as the model's [`Lease`]; a missing or malformed attribute is `CorruptItem`
+/// naming `table`, the item and the attribute.
+pub(crate) fn decode_lease(table: &str, item: &Item) -> Result<Lease> {
+    let r = ItemReader { table, item };
+    Ok(Lease {
+        key: LeaseKey::new(r.string(attr::STREAM)?, r.string(attr::SHARD_ID)?),
+        owner: r.optional_string(attr::OWNER)?,
+        epoch: r.number(attr::EPOCH)?,
+        checkpoint: r.checkpoint(attr::CHECKPOINT)?,
+        parent_shard_ids: r.string_list(attr::PARENTS)?,
+        owner_switches_since_checkpoint: r.number(attr::OWNER_SWITCHES)?,
+        handoff_to: r.optional_string(attr::HANDOFF_TO)?,
+        created_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::CREATED_AT)?),
+        updated_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::UPDATED_AT)?),
+    })
+}
+
+/// The membership item's worker records (sorted by id) and version. An entry with a
+/// missing or unreadable part is reported and skipped, like an undecodable lease.
+pub(crate) fn decode_membership(table: &str, item: &Item) -> Membership {
+    let number_at = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    let mut workers = Vec::new();
+    for name in item.keys() {
+        let Some(id) = name.strip_prefix(attr::HEARTBEAT_PREFIX) else {
+            continue;
+        };
+        let parts = (
+            number_at(name),
+            number_at(&format!("{}{id}", attr::UPDATED_PREFIX)),
+            number_at(&format!("{}{id}", attr::EXPIRES_PREFIX)),
+        );
+        match parts {
+            (Some(heartbeat), Some(updated), Some(expires)) => workers.push(WorkerRecord {
+                worker_id: id.to_owned(),
+                heartbeat,
+                updated_at: UNIX_EPOCH + Duration::from_millis(updated),
+                expires_at: UNIX_EPOCH + Duration::from_secs(expires),
+            }),
+            _ => {
+                tracing::error!(table = %table, worker_id = id, "membership entry of this worker does not decode; skipped")
+            }
+        }
+    }
+    workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+    Membership {
+        leases_version: number_at(attr::LEASES_VERSION).unwrap_or(0),
+        workers,
+    }
+}
+
+/// Leases and the membership out of scanned items. An item that does not decode is
+/// reported (error log naming table and key) and skipped: one item written by a newer
+/// version must not stop every worker from taking leases.
+pub(crate) fn decode_scan(table: &str, items: &[Item]) -> (Vec<Lease>, Membership) {
+    let mut leases = Vec::new();
+    let mut membership = Membership::default();
+    for item in items {
+        match item.get(attr::KIND) {
+            Some(AttributeValue::S(kind)) if kind == KIND_LEASE => {
+                match decode_lease(table, item) {
+                    Ok(lease) => leases.push(lease),
+                    Err(error) => {
+                        tracing::error!(%error, "lease item does not decode; skipped by this scan")
+                    }
+                }
+            }
+            Some(AttributeValue::S(kind)) if kind == KIND_MEMBERSHIP => {
+                membership = decode_membership(table, item)
+            }
+            // Items of other kinds are not ours to read (or written by a newer version).
+            _ => {}
+        }
+    }
+    (leases, membership)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "t-test";
+
+    #[test]
+    fn names_are_collected_from_expressions() {
+        let names = names_in(&[
+            "SET #owner = :o, #epoch = #epoch + :one",
+            "attribute_exists(#pk)",
+        ]);
+        let mut keys: Vec<_> = names.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["#epoch", "#owner", "#pk"]);
+        assert_eq!(names["#owner"], "owner");
+    }
+
+    #[test]
+    fn lease_items_round_trip() {
+        let mut lease = Lease::new(
+            LeaseKey::new("arn:stream", "shard-1"),
+            Checkpoint::TrimHorizon,
+            vec!["p1".into(), "p2".into()],
+        );
+        lease.owner = Some("w1".into());
+        lease.epoch = 7;
+        lease.handoff_to = Some("w2".into());
+        lease.created_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        lease.updated_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_456);
+        assert_eq!(decode_lease(TABLE, &encode_lease(&lease)).unwrap(), lease);
+    }
+
+    #[test]
+    fn scans_skip_an_item_that_does_not_decode_and_keep_the_rest() {
+        let good = Lease::new(LeaseKey::new("s", "good"), Checkpoint::Latest, vec![]);
+        let mut bad = encode_lease(&Lease::new(
+            LeaseKey::new("s", "bad"),
+            Checkpoint::Latest,
+            vec![],
+        ));
+        // As a newer version might write it: a field in a shape we do not know.
+        bad.insert(attr::EPOCH.into(), AttributeValue::S("v2:7".into()));
+        let membership = encode_membership(&Membership {
+            leases_version: 3,
+            workers: vec![WorkerRecord {
+                worker_id: "w#1".into(),
+                heartbeat: 9,
+                updated_at: UNIX_EPOCH + Duration::from_millis(1_000),
+                expires_at: UNIX_EPOCH + Duration::from_secs(60),
+            }],
+        });
+        let (leases, read) = decode_scan(TABLE, &[bad, encode_lease(&good), membership]);
+        let keys: Vec<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
+        assert_eq!(keys, [&good.key]);
+        assert_eq!(read.leases_version, 3);
+        assert_eq!(read.workers.len(), 1);
+        assert_eq!(read.workers[0].heartbeat, 9);
+    }
+
+    #[test]
+    fn corrupt_items_name_table_item_and_attribute() {
+        let mut item = encode_lease(&Lease::new(
+            LeaseKey::new("s", "sh"),
+            Checkpoint::Latest,
+            vec![],
+        ));
+        item.insert(attr::EPOCH.into(), AttributeValue::S("seven".into()));
+        let msg = decode_lease(TABLE, &item).unwrap_err().to_string();
+        assert!(
+            msg.contains("t-test") && msg.contains("lease|s|sh") && msg.contains("epoch"),
+            "{msg}"
+        );
+
+        item.insert(attr::EPOCH.into(), number(1));
+        item.insert(attr::CHECKPOINT.into(), s("SOMEWHERE"));
+        let msg = decode_lease(TABLE, &item).unwrap_err().to_string();
+        assert!(
+            msg.contains("checkpoint") && msg.contains("SOMEWHERE"),
+            "{msg}"
+        );
+
+        item.remove(attr::CHECKPOINT);
+        let msg = decode_lease(TABLE, &item).unwrap_err().to_string();
+        assert!(msg.contains("\"checkpoint\" is missing"), "{msg}");
+    }
+}
