@@ -782,6 +782,17 @@ mod tests {
         ) -> checkpoint_store::Result<Lease> {
             self.inner.release_lease(key, ownership).await
         }
+        async fn reset_lease(
+            &self,
+            key: &LeaseKey,
+            seen_owner: Option<&str>,
+            seen_epoch: u64,
+            checkpoint: &Checkpoint,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner
+                .reset_lease(key, seen_owner, seen_epoch, checkpoint)
+                .await
+        }
         async fn request_handoff(
             &self,
             key: &LeaseKey,

@@ -1,5 +1,7 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attribute_de;
 mod budget;

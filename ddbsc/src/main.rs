@@ -5,6 +5,8 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
+//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -17,9 +19,11 @@
 //! format and one set of conditional writes.
 
 mod context;
+mod import_kcl;
 mod liveness;
 mod output;
 mod reset;
+mod serve;
 mod shards;
 mod status;
 mod tail;
@@ -80,6 +84,10 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// Take over from a KCL application at the positions it checkpointed.
+    ImportKcl(import_kcl::Args),
+    /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
+    Serve(serve::Args),
 }
 
 #[tokio::main]
@@ -91,6 +99,8 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::ImportKcl(args) => import_kcl::run(&context, args).await,
+        Command::Serve(args) => serve::run(context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
