@@ -12,6 +12,15 @@ ITERATIONS ?=
 DEMO_DATA := $(CURDIR)/.demo-data
 # The cargo test output, kept for the summary line at the end of `make test`.
 TEST_LOG := target/make-test.log
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# What `make demo` builds: every program of the workspace, with the feature set of the test
+# build. Cargo unifies a dependency's features over the packages and targets of one command,
+# so `-p examples --bin quickstart` alone would build tokio, serde and the AWS SDK a second
+# time without the features the tests add (tokio's test-util, ...: 55 crates, 5 minutes
+# after a full `make test`). `--workspace` plus `--examples` (which need the
+# dev-dependencies) resolves exactly as `cargo test --workspace --all-targets` does, and the
+# dev and test profiles agree (Cargo.toml), so either command reuses the other's build.
+PROGRAMS := --workspace --bins --examples
 
 .PHONY: test demo fmt lint doc dynamodb-local
 
@@ -19,6 +28,7 @@ TEST_LOG := target/make-test.log
 ## example included), then fmt, clippy and warning-free docs
 test:
 	scripts/dynamodb-local.sh install
+	scripts/browser.sh install
 	mkdir -p $(dir $(TEST_LOG))
 	scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --all-targets 2>&1 | tee $(TEST_LOG)
 	# `--all-targets` leaves doctests out; they need no DynamoDB.
@@ -26,14 +36,15 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
+	$(MAKE) --no-print-directory package public-api CARGO="$(CARGO)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { print "tests: " passed " passed, " failed " failed" }' $(TEST_LOG)
 
 ## demo: write to the table `stream-me` and print its change stream (Ctrl-C stops; ITERATIONS=N stops after N cycles)
 demo:
-	$(CARGO) build -p examples --bin quickstart
+	$(CARGO) build $(PROGRAMS)
 	scripts/dynamodb-local.sh run --db-path "$(DEMO_DATA)" -- \
-		$(CARGO) run --quiet -p examples --bin quickstart -- $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
+		$(TARGET_DIR)/debug/quickstart $(if $(strip $(ITERATIONS)),--iterations $(strip $(ITERATIONS)))
 
 ## figures: failover figures with real jsonl-worker processes against DynamoDB Local (release
 ## build, default settings): takeover after SIGKILL of a shard owner, gap after a SIGTERM
@@ -43,6 +54,36 @@ FIGURES_ARGS ?=
 figures:
 	$(CARGO) build --release -p examples --bin jsonl-worker --bin failover-figures
 	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p examples --bin failover-figures -- $(FIGURES_ARGS)
+
+## package: what `cargo publish` would upload, built offline for every publishable crate in
+## dependency order (`cargo package --workspace`, which resolves the workspace's crates against
+## each other without the registry). `--no-verify`: verifying would build each crate alone in
+## its own feature set, i.e. the whole AWS SDK again for every crate (minutes on 2 cores); the
+## packaged sources are the tested ones, and `ddbsc` is checked to need no example code.
+.PHONY: package
+UNPUBLISHED := integration-tests public-api-check
+package:
+	$(CARGO) package --workspace $(foreach p,$(UNPUBLISHED),--exclude $(p)) --no-verify --offline --allow-dirty 2>&1 \
+		| grep -v '^warning: ignoring .* not included in the published package$$'
+	@if $(CARGO) tree --offline -p ddbsc -e normal,build --prefix none | grep -q '^examples '; then \
+		echo "ddbsc depends on the examples package: cargo install ddbsc would build example code"; exit 1; fi
+
+## public-api: the library crates' public API compared with its snapshot
+## (CRATE/public-api.txt): a removed or changed item fails, naming it. From rustdoc's JSON
+## (`--workspace --lib`: the test build's feature set, so no dependency is checked again).
+## public-api-update: records the current API as the snapshot (after an intended change).
+.PHONY: public-api public-api-update
+API_CRATES := checkpoint-store consumer-core
+RUSTDOC_JSON = RUSTDOC=$(CURDIR)/scripts/rustdoc-json.sh RUSTDOCFLAGS="-Z unstable-options --output-format json" \
+	$(CARGO) doc --no-deps --workspace --lib
+public-api:
+	$(RUSTDOC_JSON)
+	$(CARGO) build $(PROGRAMS)
+	$(TARGET_DIR)/debug/public-api-check $(TARGET_DIR)/doc $(API_CRATES)
+public-api-update:
+	$(RUSTDOC_JSON)
+	$(CARGO) build $(PROGRAMS)
+	$(TARGET_DIR)/debug/public-api-check --update $(TARGET_DIR)/doc $(API_CRATES)
 
 ## fmt: format the code
 fmt:
@@ -72,12 +113,20 @@ bench:
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
 	$(CARGO) bench -p consumer-core --bench decode
 
+## screenshot: the README's picture of `ddbsc serve` (docs/ddbsc-serve.png), taken by the page
+## test in chromium while a killed worker's leases move (DynamoDB Local; debug build)
+.PHONY: screenshot
+screenshot:
+	scripts/browser.sh install
+	$(CARGO) build $(PROGRAMS)
+	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --test serve
+
 ## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
 ## (DynamoDB Local; debug build)
 .PHONY: status-demo
 status-demo:
-	$(CARGO) build -p examples --bin jsonl-worker -p ddbsc --bin ddbsc --example status_demo
-	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --quiet -p ddbsc --example status_demo -- --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin target/debug/jsonl-worker --ddbsc-bin target/debug/ddbsc'
+	$(CARGO) build $(PROGRAMS)
+	scripts/dynamodb-local.sh run -- sh -c '$(TARGET_DIR)/debug/examples/status_demo --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin $(TARGET_DIR)/debug/jsonl-worker --ddbsc-bin $(TARGET_DIR)/debug/ddbsc'
 
 ## scale: the 10,000 shards / 50 workers simulation (crashes, joins, invariants; release build)
 .PHONY: scale
@@ -97,6 +146,16 @@ cost:
 .PHONY: replica-figures
 replica-figures:
 	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p examples --test table_replica -- --ignored --nocapture
+
+## explore: the explorer (consumer-core/tests/explorer) over SEEDS seeds from FROM (release
+## build): every failing seed with its broken invariant, and seeds per second. SPACE=full
+## (or a list of pending-defect flags) widens the drawn space; EXPLORE_SEED=n replays one.
+.PHONY: explore
+SEEDS ?= 1000
+FROM ?= 0
+SPACE ?= now
+explore:
+	EXPLORE_SEEDS=$(SEEDS) EXPLORE_FROM=$(FROM) EXPLORE_SPACE=$(SPACE) $(CARGO) test --release -p consumer-core --features testkit --test explorer -- --ignored --exact explore --nocapture
 
 ## memory: a worker's RSS (release build, simulated stream, real time): 1,000 idle leases,
 ## then 200 shards of 1-4 KB items caught up at once with the default 256 MB budget, with

@@ -189,6 +189,25 @@ impl LeaseStore for InMemoryLeaseStore {
         })
     }
 
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        let moved = self.update_unchanged(key, seen_owner, seen_epoch, false, |lease| {
+            lease.checkpoint = checkpoint.clone();
+            lease.owner = None;
+            lease.handoff_to = None;
+            lease.epoch += 1;
+            lease.owner_switches_since_checkpoint = 0;
+        })?;
+        // An operator's move, made outside any worker: it bumps the version itself.
+        self.bump_leases_version().await?;
+        Ok(moved)
+    }
+
     async fn request_handoff(
         &self,
         key: &LeaseKey,

@@ -23,7 +23,9 @@ use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
 /// [`LeaseStore::bump_leases_version`] afterwards, once for a batch of writes, so that a
 /// shard sync creating 2,000 leases or a worker releasing 100 at shutdown costs one write
 /// to the coordination item, not one each. A lost bump is caught by the leader's audit
-/// scan; safety never rests on the version, only on the conditional writes.
+/// scan; safety never rests on the version, only on the conditional writes. The one
+/// exception is [`LeaseStore::reset_lease`], an operator's move made outside any worker:
+/// it bumps the version itself, so workers see it at their next version read.
 ///
 /// Worker records are spread over [`crate::MEMBERSHIP_SHARDS`] membership items (a
 /// worker's item is [`crate::membership_shard`] of its id), each holding at most
@@ -67,6 +69,19 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Gives the lease up: removes the owner and any handoff request and bumps the epoch,
     /// if `ownership` is still current (else `LeaseLost`).
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease>;
+
+    /// An operator's move (`ddbsc reset`), in one write: sets the checkpoint and frees the
+    /// lease (owner and handoff request removed, epoch bumped, owner-switch counter
+    /// cleared), provided the lease still has the owner (or none) and the epoch the caller
+    /// saw; else `LeaseChanged` (`LeaseNotFound` when it is gone) and nothing changed. The
+    /// previous owner is fenced as by a take: its next write is `LeaseLost`.
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease>;
 
     /// Asks the current owner to hand the lease to `requester`, if the owner and epoch are
     /// still `current` and no other handoff is pending (else `LeaseChanged`): of two

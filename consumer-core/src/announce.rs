@@ -187,6 +187,16 @@ impl LeaseStore for AnnouncingStore {
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.announced(self.inner.release_lease(key, o).await)
     }
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        c: &Checkpoint,
+    ) -> Result<Lease> {
+        // Bumps the version itself (an operator's move).
+        self.inner.reset_lease(key, seen_owner, seen_epoch, c).await
+    }
     async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
         self.announced(self.inner.request_handoff(key, o, to).await)
     }

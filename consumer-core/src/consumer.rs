@@ -8,13 +8,14 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::announce::AnnouncingStore;
 use crate::budget::ByteBudget;
-use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
+use crate::config::{ConsumerConfig, TrimmedDataPolicy, capped};
 use crate::error::{Error, Result};
 use crate::leader::StreamSource;
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::Shared;
+use crate::runtime::Runtime;
+use crate::start_time::InitialPosition;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::Worker;
 
@@ -52,6 +53,7 @@ impl Consumer<()> {
             api: None,
             store: None,
             per_shard_metrics: false,
+            filter_patterns: Vec::new(),
         }
     }
 }
@@ -120,7 +122,7 @@ impl<F: ProcessorFactory> Consumer<F> {
                 .await?;
             }
         }
-        let shared = Shared {
+        let shared = Runtime {
             budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
             store,
@@ -159,6 +161,8 @@ pub struct ConsumerBuilder {
     store: Option<Arc<dyn LeaseStore>>,
     /// Lag gauges per shard too (`with_per_shard_metrics`).
     per_shard_metrics: bool,
+    /// Lambda filter patterns (`with_filter_pattern`), parsed by `build`.
+    filter_patterns: Vec<String>,
 }
 
 impl ConsumerBuilder {
@@ -338,6 +342,18 @@ impl ConsumerBuilder {
         self.set(|c| c.delivery.filter = Some(Arc::new(keep)))
     }
 
+    /// Delivers only the records that match `pattern`, in Lambda's event filtering syntax,
+    /// applied to each record in Lambda's JSON shape (`eventName`, `dynamodb.Keys`,
+    /// `dynamodb.NewImage.ATTR.S`, ...; see [`crate::lambda`]). Given several times, the
+    /// patterns are OR-ed (Lambda's `FilterCriteria`, at most 10); with
+    /// [`with_filter`](Self::with_filter) too, a record must pass both. Records it rejects
+    /// are counted, told to `records_filtered` and checkpointed past, as with `with_filter`.
+    /// `build` refuses an invalid pattern, naming the JSON path of what is wrong.
+    pub fn with_filter_pattern(mut self, pattern: impl Into<String>) -> Self {
+        self.filter_patterns.push(pattern.into());
+        self
+    }
+
     /// The largest batch given to `process`, 1-10,000, gathered across GetRecords pages.
     /// Default: the GetRecords limit (`with_batch_limit`, 1000).
     pub fn with_max_batch_size(self, records: usize) -> Self {
@@ -393,11 +409,12 @@ impl ConsumerBuilder {
     /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
     /// [`processor_fn`](crate::processor_fn)).
     pub fn build<F: ProcessorFactory>(mut self, factory: F) -> Result<Consumer<F>> {
-        cap_durations(&mut self.config);
+        self.config.cap_durations();
         self.config.renew_interval = self
             .renew_interval
             .map_or(self.config.failover_time / 3, capped);
         self.validate()?;
+        self.apply_filter_patterns()?;
         let api = match (self.api, &self.sdk_config) {
             (Some(api), _) => api,
             (None, Some(sdk)) => Arc::new(SdkStreams::from_sdk_config(sdk)),
@@ -433,6 +450,26 @@ impl ConsumerBuilder {
         })
     }
 
+    /// Makes the filter patterns part of the consumer's filter (AND-ed with `with_filter`'s):
+    /// one filter path for both.
+    fn apply_filter_patterns(&mut self) -> Result<()> {
+        if self.filter_patterns.is_empty() {
+            return Ok(());
+        }
+        let criteria =
+            crate::lambda::FilterCriteria::parse(&self.filter_patterns).map_err(|e| {
+                Error::Config {
+                    key: "with_filter_pattern",
+                    problem: e.to_string(),
+                }
+            })?;
+        let other = self.config.delivery.filter.take();
+        self.config.delivery.filter = Some(Arc::new(move |record| {
+            criteria.matches_record(record) && other.as_ref().is_none_or(|keep| keep(record))
+        }));
+        Ok(())
+    }
+
     /// Changes one setting.
     fn set(mut self, change: impl FnOnce(&mut ConsumerConfig)) -> Self {
         change(&mut self.config);
@@ -457,63 +494,8 @@ impl ConsumerBuilder {
         {
             return problem("with_table", "a table name or stream ARN is empty");
         }
-        if !(1..=1000).contains(&config.poll.batch_limit) {
-            return problem(
-                "with_batch_limit",
-                "must be between 1 and 1000 (the GetRecords limit)",
-            );
-        }
-        if config.poll.idle_backoff_min > config.poll.idle_backoff_max {
-            return problem("with_idle_backoff", "min must not exceed max");
-        }
-        if config.poll.idle_backoff_min.is_zero() {
-            return problem(
-                "with_idle_backoff",
-                "min must be above zero: an idle shard would be polled in a busy loop",
-            );
-        }
-        if config.processing_backoff_max.is_zero() {
-            return problem(
-                "with_retry_backoff_max",
-                "must be above zero: a failing batch would be retried in a busy loop",
-            );
-        }
-        if let Err((key, text)) = config.delivery.validate() {
+        if let Err((key, text)) = config.validate() {
             return problem(key, &text);
-        }
-        if let Some(Err((key, text))) = config.snapshot.as_ref().map(|s| s.validate()) {
-            return problem(key, &text);
-        }
-        if config.failover_time < Duration::from_secs(1) {
-            return problem("with_failover_time", "must be at least 1 s");
-        }
-        if config.renew_interval.is_zero() || config.renew_interval * 2 > config.failover_time {
-            return problem(
-                "with_renew_interval",
-                "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
-            );
-        }
-        let stuck = checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT;
-        if config.renew_interval + stuck >= config.failover_time {
-            return problem(
-                "with_failover_time",
-                &format!(
-                    "must exceed the renew interval ({:?}) plus the attempt timeout of a heartbeat ({stuck:?}): one stuck heartbeat would let other workers take this worker's leases",
-                    config.renew_interval
-                ),
-            );
-        }
-        if config.scan_interval.is_zero() {
-            return problem("with_scan_interval", "must be above zero");
-        }
-        if config.max_buffered_bytes == 0 {
-            return problem(
-                "with_max_buffered_bytes",
-                "must be above zero: no page could ever be fetched",
-            );
-        }
-        if config.shard_sync_interval.is_zero() {
-            return problem("with_shard_sync_interval", "must be above zero");
         }
         if self
             .worker_id
@@ -526,45 +508,6 @@ impl ConsumerBuilder {
             );
         }
         Ok(())
-    }
-}
-
-/// The longest a duration setting is taken to be: a longer one (`Duration::MAX` for "never")
-/// counts as 100 years, so that `Instant + setting`, and sums and small multiples of
-/// settings, cannot overflow anywhere in the consumer.
-pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
-
-/// `duration`, at most [`LONGEST_SETTING`].
-pub(crate) fn capped(duration: Duration) -> Duration {
-    duration.min(LONGEST_SETTING)
-}
-
-/// Caps every duration setting at [`LONGEST_SETTING`]: the one place user durations are
-/// bounded before any `Instant` arithmetic uses them.
-fn cap_durations(config: &mut ConsumerConfig) {
-    let delivery = &mut config.delivery;
-    for duration in [
-        &mut config.poll.idle_backoff_min,
-        &mut config.poll.idle_backoff_max,
-        &mut config.checkpoint_interval,
-        &mut config.failover_time,
-        &mut config.scan_interval,
-        &mut config.shard_sync_interval,
-        &mut config.processing_backoff_max,
-        &mut config.creation_time_margin,
-        &mut delivery.shutdown_timeout,
-        &mut delivery.batching_window,
-    ] {
-        *duration = capped(*duration);
-    }
-    for duration in [&mut delivery.max_record_age, &mut delivery.batch_timeout]
-        .into_iter()
-        .flatten()
-    {
-        *duration = capped(*duration);
-    }
-    if let Some(snapshot) = &mut config.snapshot {
-        snapshot.progress_interval = capped(snapshot.progress_interval);
     }
 }
 
@@ -690,6 +633,59 @@ mod tests {
             .expect("delivered and stopped")
             .unwrap();
         assert_eq!(recording.len(), 1);
+    }
+
+    #[test]
+    fn settings_that_cannot_apply_to_snapshot_records_are_refused_naming_both() {
+        struct Accept;
+        #[async_trait::async_trait]
+        impl crate::FailureHandler for Accept {
+            async fn handle(&self, _: &crate::FailedRecords) -> Result<(), crate::BoxError> {
+                Ok(())
+            }
+        }
+        let refused = |builder: ConsumerBuilder| {
+            builder
+                .with_table("t")
+                .with_streams_api(Arc::new(SimulatedStream::with_seed(1)))
+                .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+                .with_snapshot(crate::SnapshotConfig::new())
+                .build(crate::processor_fn(|_: crate::ChangeBatch<()>| async {
+                    Ok(())
+                }))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let aged = Consumer::builder("app")
+            .with_max_record_age(Duration::from_secs(60))
+            .with_on_failure(Accept);
+        let text = refused(aged).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_max_record_age"),
+            "{text}"
+        );
+        let manual = Consumer::builder("app").with_auto_checkpoint(false);
+        let text = refused(manual).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_auto_checkpoint"),
+            "{text}"
+        );
+        // Batch shaping, key parallelism, partial failures and the rest apply (what is left
+        // to refuse is the missing table reader: the test gives no AWS configuration).
+        let shaped = Consumer::builder("app")
+            .with_max_batch_size(7)
+            .with_batching_window(Duration::from_secs(1))
+            .with_key_parallelism(4)
+            .with_batch_timeout(Duration::from_secs(5))
+            .with_max_retries(2)
+            .with_bisect_on_error(true)
+            .with_on_failure(Accept)
+            .with_filter(|_| true);
+        let text = refused(shaped).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.contains("with_sdk_config"),
+            "{text}"
+        );
     }
 
     #[test]

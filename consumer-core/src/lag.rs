@@ -26,7 +26,7 @@ use aws_sdk_dynamodbstreams::types::Record;
 use checkpoint_store::{LeaseKey, SequenceNumber};
 use metrics::gauge;
 
-use crate::observability::stream_label;
+use crate::stream_arn::stream_label;
 
 /// How often the gauges are set.
 pub(crate) const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);

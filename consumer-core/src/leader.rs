@@ -76,7 +76,7 @@ pub(crate) fn source_of<'a>(
         .or_else(|| {
             streams
                 .iter()
-                .find(|s| shard_sync::same_table(&s.stream_arn, stream_arn))
+                .find(|s| crate::stream_arn::same_table(&s.stream_arn, stream_arn))
         })
 }
 

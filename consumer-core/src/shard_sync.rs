@@ -6,9 +6,10 @@ use std::sync::Arc;
 use checkpoint_store::aws::describe_stream_pages;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
-use crate::config::InitialPosition;
 use crate::error::Result;
 use crate::retry;
+use crate::start_time::InitialPosition;
+use crate::stream_arn::same_table;
 use crate::streams::{ApiError, ShardInfo, StreamsApi};
 
 /// Every shard of a stream, through the one DescribeStream pager, each page retried by the
@@ -239,18 +240,6 @@ pub(crate) async fn sync_stream(
         deleted,
         stopped_early: false,
     })
-}
-
-/// The table part of a stream ARN (`arn:...:table/NAME`), shared by every stream the
-/// table ever had.
-pub(crate) fn table_of_stream(stream_arn: &str) -> Option<&str> {
-    stream_arn.split_once("/stream/").map(|(table, _)| table)
-}
-
-/// Whether two stream ARNs belong to the same table (a stream and the one that replaced
-/// it after the table's stream was disabled and enabled again).
-pub(crate) fn same_table(a: &str, b: &str) -> bool {
-    a == b || table_of_stream(a).is_some_and(|t| table_of_stream(b) == Some(t))
 }
 
 /// Whether `stream` is another stream of `current`'s table: `current` is the table's

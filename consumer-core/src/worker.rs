@@ -21,6 +21,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use backon::ExponentialBuilder;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, WorkerRecord};
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -36,7 +37,8 @@ use crate::leader::{AUDIT_INTERVAL, Leader, LeaderEnv, StreamSource, shard_sync_
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
 use crate::retry;
-use crate::shard_consumer::{ShardConsumer, ShardOutcome, ShardSignals, Shared};
+use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
+use crate::{shard, snapshot};
 
 /// How many coordination-item reads per second all workers together aim at: half a read
 /// unit each, so the item stays at about 150 read units a second (a twentieth of what one
@@ -56,7 +58,7 @@ const JOIN_ATTEMPTS: u32 = 8;
 
 /// A worker of one application.
 pub(crate) struct Worker<F: ProcessorFactory> {
-    pub shared: Arc<Shared<F>>,
+    pub shared: Arc<Runtime<F>>,
     pub streams: Vec<StreamSource>,
     /// The store the shared one announces through: its inner store for the leader's own
     /// writes, its changes for the bump task and the children created here.
@@ -634,18 +636,23 @@ impl<F: ProcessorFactory> Worker<F> {
                 release: CancellationToken::new(),
                 lost: state.incarnation.fenced.child_token(),
             };
-            let consumer = ShardConsumer {
-                shared: self.shared.clone(),
+            let task = LeaseTask {
+                runtime: self.shared.clone(),
                 lease: lease.clone(),
                 ownership: ownership.clone(),
                 table: self
                     .source_of(&lease.key.stream)
                     .and_then(|s| s.table.clone()),
             };
+            // A Scan segment of a snapshot, or a shard of the stream.
+            let run: BoxFuture<'static, ShardOutcome> = if snapshot::is_segment(&lease.key) {
+                Box::pin(snapshot::segment::run_segment(task, signals.clone()))
+            } else {
+                Box::pin(shard::run(task, signals.clone()))
+            };
             let key = lease.key.clone();
-            let task_signals = signals.clone();
             state.tasks.spawn(async move {
-                let outcome = AssertUnwindSafe(consumer.run(task_signals))
+                let outcome = AssertUnwindSafe(run)
                     .catch_unwind()
                     .await
                     .unwrap_or_else(|_| {
@@ -753,7 +760,12 @@ impl<F: ProcessorFactory> Worker<F> {
     /// asked for this move and already counts the lease as the requester's.
     async fn hand_over(&self, key: &LeaseKey, released: &Ownership, to: &str) {
         let epoch = released.epoch + 1;
-        match self.announcer.inner().take_lease(key, None, epoch, to).await {
+        match self
+            .announcer
+            .inner()
+            .take_lease(key, None, epoch, to)
+            .await
+        {
             Ok(_) => {
                 tracing::info!(lease = %key, %to, "lease handed over");
                 self.hint(to, key).await;

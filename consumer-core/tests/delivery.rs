@@ -533,6 +533,60 @@ async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
     assert_eq!(seq, sim.written().last().unwrap().sequence_number);
 }
 
+/// `with_filter_pattern` goes through the same filter path as `with_filter`: records it
+/// rejects are told to `records_filtered` and checkpointed past. Two patterns are OR-ed and
+/// a third setting, `with_filter`, must also pass.
+#[tokio::test(start_paused = true)]
+async fn lambda_filter_patterns_are_the_filter() {
+    let sim = stream_with(200);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    // Even n (a DynamoDB number is a string in Lambda's shape: suffixes, not `numeric`),
+    // or n written with a leading 19 (19, 190-199); and with_filter drops n = 0.
+    let even = r#"{"eventName": ["INSERT", "MODIFY"], "dynamodb": {"NewImage": {"n": {"N": [
+        {"suffix": "0"}, {"suffix": "2"}, {"suffix": "4"}, {"suffix": "6"}, {"suffix": "8"}]}}}}"#;
+    let from_190 = r#"{"dynamodb": {"NewImage": {"n": {"N": [{"prefix": "19"}]}}}}"#;
+    let kept: Vec<u64> = (1..200)
+        .filter(|n| n % 2 == 0 || n.to_string().starts_with("19"))
+        .collect();
+    run_tester(
+        &sim,
+        &store,
+        &log,
+        None,
+        Poison::WholeBatch,
+        kept.len(),
+        |b| {
+            b.with_batch_limit(10)
+                .with_filter_pattern(even)
+                .with_filter_pattern(from_190)
+                .with_filter(|record: &Record| n_of(record) != 0)
+        },
+    )
+    .await;
+    assert_eq!(log.values(), kept);
+    let filtered: Vec<u64> = (0..200).filter(|n| !kept.contains(n)).collect();
+    assert_eq!(*log.filtered.lock().unwrap(), filtered);
+    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
+        panic!("checkpointed");
+    };
+    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+}
+
+#[test]
+fn an_invalid_filter_pattern_is_refused_at_build_naming_its_path() {
+    let sim = stream_with(1);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let error = builder(&sim, &store)
+        .with_filter_pattern(r#"{"dynamodb": {"Keys": {"id": {"S": [{"prefix": 1}]}}}}"#)
+        .build(tester(&Log::default(), None, Poison::WholeBatch))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(error.contains("with_filter_pattern"), "{error}");
+    assert!(error.contains("$.dynamodb.Keys.id.S[0].prefix"), "{error}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn with_key_parallelism_the_batching_window_still_fills_batches_across_pages() {
     let sim = stream_with(400);

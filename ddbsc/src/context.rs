@@ -1,15 +1,17 @@
 //! What every command needs: the AWS clients, the lease store of an application, the stream
 //! of a table, and how to print.
 
-use std::sync::Arc;
+use std::fmt::Display;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use checkpoint_store::aws::{AwsClients, ErrorClass, classify};
+use checkpoint_store::aws::{AwsClients, ErrorClass, classify, describe_stream_pages};
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
-use consumer_core::streams::{SdkStreams, StreamsApi};
+use consumer_core::streams::{ApiError, SdkStreams, ShardInfo, StreamsApi};
 use serde_json::Value;
 
 pub use consumer_core::observability::table_of_stream;
 
+use crate::output::Output;
 use crate::{Failure, Global};
 
 /// The clients (built once, as the workers build theirs) and the output mode.
@@ -18,19 +20,27 @@ pub struct Context {
     streams: Arc<SdkStreams>,
     /// `--json`.
     pub json: bool,
+    output: Mutex<Output>,
 }
 
 impl Context {
     /// Clients for `--endpoint`/`--region`, or the default AWS chain.
     pub async fn new(global: &Global) -> Self {
         let config =
-            examples::sdk_config(global.endpoint.as_deref(), global.region.as_deref()).await;
+            checkpoint_store::aws::sdk_config(global.endpoint.as_deref(), global.region.as_deref())
+                .await;
         let clients = AwsClients::from_sdk_config(&config);
         Self {
             streams: Arc::new(SdkStreams::from_clients(clients.clone())),
             clients,
             json: global.json,
+            output: Mutex::new(Output::stdout()),
         }
+    }
+
+    /// The AWS clients (for tables that are not lease tables, such as KCL's).
+    pub fn clients(&self) -> &AwsClients {
+        &self.clients
     }
 
     /// The DynamoDB Streams API the workers use.
@@ -75,9 +85,39 @@ impl Context {
         Ok(self.streams.latest_stream_arn(table).await?)
     }
 
+    /// Every shard of stream `arn`: a full paginated DescribeStream, through the one pager
+    /// every DescribeStream listing goes through.
+    pub async fn shards(&self, arn: &str) -> Result<Vec<ShardInfo>, Failure> {
+        let api = self.streams();
+        let shards = describe_stream_pages(arn, |start| {
+            let api = api.clone();
+            async move {
+                let page = api.describe_stream(arn, start.as_deref()).await?;
+                Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
+            }
+        })
+        .await?;
+        Ok(shards)
+    }
+
     /// Prints `value` as one line of JSON.
-    pub fn print_json(&self, value: &Value) {
-        println!("{value}");
+    pub fn print_json(&self, value: &Value) -> Result<(), Failure> {
+        self.line(value)
+    }
+
+    /// Prints `text` and a newline on standard output (nothing once its reader went away).
+    pub fn line(&self, text: impl Display) -> Result<(), Failure> {
+        self.output().line(text)
+    }
+
+    /// Whether standard output's reader went away (`ddbsc tail | head`).
+    pub fn output_closed(&self) -> bool {
+        self.output().is_closed()
+    }
+
+    fn output(&self) -> std::sync::MutexGuard<'_, Output> {
+        // A panic while printing leaves nothing half-updated in `Output`.
+        self.output.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -11,6 +11,11 @@
 //! - **Observed** (`--observe DURATION`): reads the table twice, DURATION apart, and calls
 //!   alive exactly the workers whose counter moved (or that appeared) in between, as the
 //!   workers themselves do. Use a DURATION of at least the workers' failover time.
+//!
+//! Either window shorter than the workers' renew interval (`--renew-interval`, default the
+//! library's: a third of the default failover time) is refused before anything is read: a
+//! live worker heartbeats only once per interval, so it would be called dead, and `reset`
+//! would move its leases without `--force`.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -64,21 +69,62 @@ impl Liveness {
     }
 }
 
+/// The workers' renew interval when they do not set one: a third of the default failover
+/// time (10 s), as `consumer_core::ConsumerBuilder` derives it.
+const DEFAULT_RENEW_INTERVAL: &str = "3333ms";
+
 /// How `status` and `reset` judge liveness.
 #[derive(Clone, Debug, clap::Args)]
 pub struct LivenessArgs {
     /// A worker is alive when its stored heartbeat time is this recent (by this machine's
-    /// clock).
+    /// clock). At least the renew interval.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "15s")]
     pub alive_within: Duration,
     /// Read the lease table twice, DURATION apart, and call alive the workers whose
-    /// heartbeat counter moved (no clocks compared; use at least the failover time).
+    /// heartbeat counter moved (no clocks compared; use at least the failover time, and
+    /// never less than the renew interval).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub observe: Option<Duration>,
+    /// How often the workers heartbeat (`with_renew_interval`; default a third of their
+    /// failover time). `--observe` and `--alive-within` shorter than this are refused.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = DEFAULT_RENEW_INTERVAL)]
+    pub renew_interval: Duration,
 }
 
 impl LivenessArgs {
+    /// Refuses windows in which a live worker need not heartbeat at all, naming the flag.
+    pub fn check(&self) -> Result<(), Failure> {
+        let format = |d: Duration| humantime::format_duration(d).to_string();
+        if self.renew_interval.is_zero() {
+            return Err(Failure(
+                "--renew-interval 0s: workers heartbeat at an interval above zero".into(),
+            ));
+        }
+        // Zero is never meaningful, even where --observe makes the window unused.
+        if self.alive_within.is_zero() {
+            return Err(Failure(
+                "--alive-within 0s would call every worker dead: give at least the workers' \
+                 renew interval"
+                    .into(),
+            ));
+        }
+        let (flag, window) = match self.observe {
+            Some(observe) => ("--observe", observe),
+            None => ("--alive-within", self.alive_within),
+        };
+        if window < self.renew_interval {
+            return Err(Failure(format!(
+                "{flag} {} is shorter than the workers' renew interval ({}; --renew-interval): \
+                 a live worker may not heartbeat within it and would be called dead",
+                format(window),
+                format(self.renew_interval)
+            )));
+        }
+        Ok(())
+    }
+
     /// The leases and workers of `store` (the last read), and who is alive.
     pub async fn read(
         &self,
@@ -124,6 +170,33 @@ mod tests {
         assert!(!live.is_alive("stale"));
         assert!(live.is_alive("ahead"), "a clock slightly ahead is not dead");
         assert!(!live.is_alive("unknown"));
+    }
+
+    #[test]
+    fn windows_shorter_than_the_renew_interval_are_refused_naming_the_flag() {
+        let args = |alive_within: u64, observe: Option<u64>, renew_interval: u64| LivenessArgs {
+            alive_within: Duration::from_millis(alive_within),
+            observe: observe.map(Duration::from_millis),
+            renew_interval: Duration::from_millis(renew_interval),
+        };
+        let refused = |a: LivenessArgs| match a.check() {
+            Err(Failure(message)) => message,
+            Ok(()) => panic!("accepted: {a:?}"),
+        };
+        assert!(args(15_000, None, 3_333).check().is_ok());
+        assert!(args(15_000, Some(3_333), 3_333).check().is_ok());
+        assert!(refused(args(0, None, 3_333)).contains("--alive-within 0s"));
+        assert!(refused(args(0, Some(10_000), 3_333)).contains("--alive-within 0s"));
+        assert!(refused(args(2_000, None, 3_333)).contains("--alive-within 2s"));
+        let short = refused(args(15_000, Some(2_000), 3_333));
+        assert!(
+            short.contains("--observe 2s") && short.contains("3s 333ms"),
+            "{short}"
+        );
+        assert!(refused(args(15_000, Some(0), 3_333)).contains("--observe 0s"));
+        assert!(refused(args(15_000, None, 0)).contains("--renew-interval"));
+        // Workers that heartbeat every second may be observed for two.
+        assert!(args(15_000, Some(2_000), 1_000).check().is_ok());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! `ddbsc`: the operator's command for DynamoDB Streams consumers.
 //!
 //! ```text
-//! ddbsc status --app APP [--lag] [--alive-within 15s | --observe 10s] [--json]
-//! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
+//! ddbsc status --app APP [--lag] [--alive-within 15s | --observe 10s] [--renew-interval D] [--json]
+//! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force] [--include-finished]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
+//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -17,12 +19,16 @@
 //! format and one set of conditional writes.
 
 mod context;
+mod import_kcl;
 mod liveness;
+mod output;
 mod reset;
+mod serve;
 mod shards;
 mod status;
 mod tail;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -78,6 +84,10 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// Take over from a KCL application at the positions it checkpointed.
+    ImportKcl(import_kcl::Args),
+    /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
+    Serve(serve::Args),
 }
 
 #[tokio::main]
@@ -89,12 +99,19 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::ImportKcl(args) => import_kcl::run(&context, args).await,
+        Command::Serve(args) => serve::run(context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(message)) => {
-            // One line, whatever the error's source chain looked like.
-            eprintln!("ddbsc: error: {}", message.replace('\n', " "));
+            // One line, whatever the error's source chain looked like (and no panic when
+            // stderr is closed too).
+            let _ = writeln!(
+                std::io::stderr(),
+                "ddbsc: error: {}",
+                message.replace('\n', " ")
+            );
             ExitCode::from(EXIT_FAILURE)
         }
     }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use checkpoint_store::{Checkpoint, Lease};
+use checkpoint_store::{Checkpoint, Lease, LeaseStore, WorkerRecord};
 use comfy_table::Table;
 use consumer_core::Change;
 use consumer_core::snapshot::{SnapshotProgress, is_segment};
@@ -18,9 +18,22 @@ use crate::context::{Context, table_of_stream};
 use crate::liveness::{Liveness, LivenessArgs};
 use crate::{Failure, Outcome};
 
-/// Pages read per shard by `--lag` before it stops counting (the count is then a lower
-/// bound, shown with `+`): at 1000 records a page, 10 000 records.
+/// Pages with records read per shard by `--lag` before it stops counting (the count is
+/// then a lower bound, shown with `+`): at 1000 records a page, 10 000 records.
 const LAG_MAX_PAGES: usize = 10;
+
+/// Empty pages in a row after which an open shard counts as read to its tip. DynamoDB
+/// Streams also returns empty pages where a shard has no records yet further on ("it might
+/// take multiple calls to get to a portion of the shard that contains stream records"), so
+/// one empty page proves nothing; the shard's end (no `NextShardIterator`) is certain.
+const LAG_EMPTY_PAGES_AT_TIP: usize = 4;
+
+/// The pause between empty pages: GetRecords allows about 5 calls a second per shard,
+/// shared with the workers reading it.
+const LAG_EMPTY_PAGE_PAUSE: Duration = Duration::from_millis(200);
+
+/// GetRecords calls per shard at most, however the pages come (a lower bound again).
+const LAG_MAX_CALLS: usize = 2 * (LAG_MAX_PAGES + LAG_EMPTY_PAGES_AT_TIP);
 
 /// Shards `--lag` reads at the same time.
 const LAG_CONCURRENCY: usize = 8;
@@ -87,162 +100,244 @@ struct Lag {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
+    args.liveness.check()?;
     let store = context.lease_store(&args.app).await?;
-    let (leases, workers, live) = args.liveness.read(&store).await?;
-    let snapshots = consumer_core::snapshot::progress(&leases);
-    let mut leases: Vec<Lease> = leases
-        .into_iter()
-        .filter(|l| !l.key.is_coordination())
-        .collect();
-    leases.sort_by(|a, b| a.key.cmp(&b.key));
-    let finished: HashMap<(&str, &str), bool> = leases
-        .iter()
-        .map(|l| {
-            (
-                (l.key.stream.as_str(), l.key.shard_id.as_str()),
-                l.checkpoint.is_shard_end(),
-            )
-        })
-        .collect();
-    let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
-
-    // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its row;
-    // the rest of the status is still shown.
-    // Shards are read a few at a time: quick with many shards, gentle on the stream's
-    // GetRecords limit (5 calls per second per shard, shared with the workers).
-    let api = context.streams();
-    let lags: Vec<Option<Result<Lag, String>>> = stream::iter(leases.iter().zip(&states))
-        .map(|(lease, state)| {
-            let api = api.clone();
-            let wanted = args.lag && *state == State::Active && !is_segment(&lease.key);
-            async move {
-                if !wanted {
-                    return None;
-                }
-                let lag = shard_lag(api.as_ref(), lease).await;
-                Some(lag.map_err(|Failure(message)| message))
-            }
-        })
-        .buffered(LAG_CONCURRENCY)
-        .collect()
-        .await;
-
-    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
-    for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
-        *held.entry(owner).or_default() += 1;
-    }
-    let now = SystemTime::now();
-
+    let report = Report::read(context, &store, &args.app, args.lag, &args.liveness).await?;
     if context.json {
-        let leases: Vec<Value> = leases
+        context.print_json(&report.to_json())
+    } else {
+        report.print(context)
+    }
+}
+
+/// One reading of an application's lease table (and, with `lag`, of its shards): what
+/// `status` prints and what `serve` shows, computed in one place.
+pub struct Report {
+    app: String,
+    /// The shard and segment leases (no coordination items), in key order.
+    leases: Vec<Lease>,
+    /// Per lease, in the same order.
+    states: Vec<State>,
+    /// Per lease, in the same order: `None` when not asked or not active.
+    lags: Vec<Option<Result<Lag, String>>>,
+    lag_asked: bool,
+    /// The gates that hold a re-enabled stream's roots (coordination items).
+    gates: Vec<Lease>,
+    workers: Vec<WorkerRecord>,
+    live: Liveness,
+    snapshots: Vec<SnapshotProgress>,
+    /// Leases held per owner.
+    held: BTreeMap<String, usize>,
+    /// When the lease table was read (this machine's clock): what ages are measured from.
+    now: SystemTime,
+}
+
+impl Report {
+    /// Reads `store` (the lease table of `app`); with `lag`, each active shard towards its
+    /// tip too.
+    pub async fn read(
+        context: &Context,
+        store: &dyn LeaseStore,
+        app: &str,
+        lag: bool,
+        liveness: &LivenessArgs,
+    ) -> Result<Self, Failure> {
+        let (leases, workers, live) = liveness.read(store).await?;
+        let snapshots = consumer_core::snapshot::progress(&leases);
+        let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
+            leases.into_iter().partition(|l| l.key.is_coordination());
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots
+        // until the older stream is read to its end: a gate still in the table is unfinished.
+        let gates: Vec<Lease> = coordination
+            .into_iter()
+            .filter(|l| l.key.gated_stream().is_some())
+            .collect();
+        let finished: HashMap<(&str, &str), bool> = leases
+            .iter()
+            .chain(&gates)
+            .map(|l| {
+                (
+                    (l.key.stream.as_str(), l.key.shard_id.as_str()),
+                    l.checkpoint.is_shard_end(),
+                )
+            })
+            .collect();
+        let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
+
+        // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its
+        // row; the rest of the status is still shown.
+        // Shards are read a few at a time: quick with many shards, gentle on the stream's
+        // GetRecords limit (5 calls per second per shard, shared with the workers).
+        // The reads are made before they are streamed: a stream built from a closure over
+        // borrowed leases is not `Send`, and `serve` runs this on its server's tasks.
+        let api = context.streams();
+        let reads: Vec<_> = leases
             .iter()
             .zip(&states)
-            .zip(&lags)
-            .map(|((lease, state), lag)| lease_json(lease, *state, &live, lag.as_ref(), args.lag))
+            .map(|(lease, state)| {
+                let api = api.clone();
+                let wanted = lag && *state == State::Active && !is_segment(&lease.key);
+                async move {
+                    if !wanted {
+                        return None;
+                    }
+                    let lag = shard_lag(api.as_ref(), lease).await;
+                    Some(lag.map_err(|Failure(message)| message))
+                }
+            })
             .collect();
-        let workers: Vec<Value> = workers
+        let lags: Vec<Option<Result<Lag, String>>> = stream::iter(reads)
+            .buffered(LAG_CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
+            *held.entry(owner.to_owned()).or_default() += 1;
+        }
+        Ok(Self {
+            app: app.to_owned(),
+            leases,
+            states,
+            lags,
+            lag_asked: lag,
+            gates,
+            workers,
+            live,
+            snapshots,
+            held,
+            now: SystemTime::now(),
+        })
+    }
+
+    fn held_by(&self, worker: &str) -> usize {
+        self.held.get(worker).copied().unwrap_or(0)
+    }
+
+    /// The `--json` object (see the README for its fields).
+    pub fn to_json(&self) -> Value {
+        let leases: Vec<Value> = self
+            .leases
+            .iter()
+            .zip(&self.states)
+            .zip(&self.lags)
+            .map(|((lease, state), lag)| {
+                lease_json(
+                    lease,
+                    *state,
+                    &self.live,
+                    lag.as_ref(),
+                    self.lag_asked,
+                    self.now,
+                )
+            })
+            .collect();
+        let workers: Vec<Value> = self
+            .workers
             .iter()
             .map(|w| {
                 json!({
                     "id": w.worker_id,
-                    "alive": live.is_alive(&w.worker_id),
-                    "leases": held.get(w.worker_id.as_str()).copied().unwrap_or(0),
+                    "alive": self.live.is_alive(&w.worker_id),
+                    "leases": self.held_by(&w.worker_id),
                     "heartbeat": w.heartbeat,
-                    "heartbeat_age_ms": age(now, w.updated_at).as_millis() as u64,
+                    "heartbeat_age_ms": age(self.now, w.updated_at).as_millis() as u64,
                 })
             })
             .collect();
-        let snapshots: Vec<Value> = snapshots.iter().map(snapshot_json).collect();
-        context.print_json(&json!({
-            "app": args.app,
+        let snapshots: Vec<Value> = self.snapshots.iter().map(snapshot_json).collect();
+        json!({
+            "app": self.app,
             "leases": leases,
             "workers": workers,
             "snapshots": snapshots,
-        }));
-        return Ok(());
+        })
     }
 
-    let mut table = Table::new();
-    let mut header = vec![
-        "TABLE",
-        "SHARD",
-        "STATE",
-        "OWNER",
-        "ALIVE",
-        "CHECKPOINT",
-        "HANDOFF TO",
-    ];
-    if args.lag {
-        header.extend(["BEHIND", "OLDEST UNPROCESSED"]);
-    }
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header(header);
-    let mut unreadable = Vec::new();
-    for ((lease, state), lag) in leases.iter().zip(&states).zip(&lags) {
-        let mut row = vec![
-            table_of_stream(&lease.key.stream)
-                .unwrap_or(&lease.key.stream)
-                .to_owned(),
-            lease.key.shard_id.clone(),
-            state.as_str().to_owned(),
-            lease.owner.clone().unwrap_or_else(|| "-".into()),
-            match &lease.owner {
-                Some(owner) => yes_no(live.is_alive(owner)).to_owned(),
-                None => "-".into(),
-            },
-            lease.checkpoint.to_string(),
-            lease.handoff_to.clone().unwrap_or_else(|| "-".into()),
+    /// The readable tables.
+    fn print(&self, context: &Context) -> Outcome {
+        let mut table = Table::new();
+        let mut header = vec![
+            "TABLE",
+            "SHARD",
+            "STATE",
+            "OWNER",
+            "ALIVE",
+            "CHECKPOINT",
+            "HANDOFF TO",
         ];
-        if args.lag {
-            row.extend(match lag {
-                Some(Err(message)) => {
-                    unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
-                    ["?".into(), "?".into()]
-                }
-                Some(Ok(lag)) => [
-                    format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
-                    lag.oldest_age
-                        .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
-                        .unwrap_or_else(|| "-".into()),
-                ],
-                None => ["-".into(), "-".into()],
-            });
+        if self.lag_asked {
+            header.extend(["BEHIND", "OLDEST UNPROCESSED"]);
         }
-        table.add_row(row);
-    }
-    println!("{table}");
-    for line in &unreadable {
-        println!("cannot read {line}");
-    }
-    println!();
-    for snapshot in &snapshots {
-        println!("{}", snapshot_line(snapshot));
-    }
-    if !snapshots.is_empty() {
-        println!();
-    }
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_header(header);
+        let mut unreadable = Vec::new();
+        for ((lease, state), lag) in self.leases.iter().zip(&self.states).zip(&self.lags) {
+            let mut row = vec![
+                table_of_stream(&lease.key.stream)
+                    .unwrap_or(&lease.key.stream)
+                    .to_owned(),
+                lease.key.shard_id.clone(),
+                state.as_str().to_owned(),
+                lease.owner.clone().unwrap_or_else(|| "-".into()),
+                match &lease.owner {
+                    Some(owner) => yes_no(self.live.is_alive(owner)).to_owned(),
+                    None => "-".into(),
+                },
+                lease.checkpoint.to_string(),
+                lease.handoff_to.clone().unwrap_or_else(|| "-".into()),
+            ];
+            if self.lag_asked {
+                row.extend(match lag {
+                    Some(Err(message)) => {
+                        unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
+                        ["?".into(), "?".into()]
+                    }
+                    Some(Ok(lag)) => [
+                        format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
+                        lag.oldest_age
+                            .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
+                            .unwrap_or_else(|| "-".into()),
+                    ],
+                    None => ["-".into(), "-".into()],
+                });
+            }
+            table.add_row(row);
+        }
+        context.line(&table)?;
+        for line in &unreadable {
+            context.line(format_args!("cannot read {line}"))?;
+        }
+        for gate in &self.gates {
+            context.line(gate_line(gate))?;
+        }
+        context.line("")?;
+        for snapshot in &self.snapshots {
+            context.line(snapshot_line(snapshot))?;
+        }
+        if !self.snapshots.is_empty() {
+            context.line("")?;
+        }
 
-    let mut table = Table::new();
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header(["WORKER", "ALIVE", "LEASES", "LAST HEARTBEAT"]);
-    for w in &workers {
-        table.add_row([
-            w.worker_id.clone(),
-            yes_no(live.is_alive(&w.worker_id)).to_owned(),
-            held.get(w.worker_id.as_str())
-                .copied()
-                .unwrap_or(0)
-                .to_string(),
-            format!(
-                "{} ago",
-                humantime::format_duration(whole_seconds(age(now, w.updated_at)))
-            ),
-        ]);
+        let mut table = Table::new();
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_header(["WORKER", "ALIVE", "LEASES", "LAST HEARTBEAT"]);
+        for w in &self.workers {
+            table.add_row([
+                w.worker_id.clone(),
+                yes_no(self.live.is_alive(&w.worker_id)).to_owned(),
+                self.held_by(&w.worker_id).to_string(),
+                format!(
+                    "{} ago",
+                    humantime::format_duration(whole_seconds(age(self.now, w.updated_at)))
+                ),
+            ]);
+        }
+        context.line(&table)
     }
-    println!("{table}");
-    Ok(())
 }
 
 /// A snapshot's progress in `--json`: `table`, `stream`, `started_at` (RFC 3339),
@@ -261,6 +356,17 @@ fn snapshot_json(progress: &SnapshotProgress) -> Value {
         "items_in_open_segments": progress.items_in_open_segments,
         "owners": progress.owners,
     })
+}
+
+/// What a stream gate holds back, as one readable line.
+fn gate_line(gate: &Lease) -> String {
+    let stream = &gate.key.stream;
+    let table = table_of_stream(stream).unwrap_or(stream);
+    let older = gate.key.gated_stream().unwrap_or_default();
+    format!(
+        "{table}: stream {stream} waits until {older} is read to its end (the table's stream \
+         was disabled and enabled again)"
+    )
 }
 
 /// A snapshot's progress as one readable line.
@@ -288,6 +394,7 @@ fn lease_json(
     live: &Liveness,
     lag: Option<&Result<Lag, String>>,
     lag_asked: bool,
+    now: SystemTime,
 ) -> Value {
     let mut value = json!({
         "table": table_of_stream(&lease.key.stream),
@@ -300,6 +407,9 @@ fn lease_json(
         "handoff_to": lease.handoff_to,
         "parents": lease.parent_shard_ids,
         "epoch": lease.epoch,
+        // The checkpoint's age, or less: the last write is a checkpoint, an owner change or
+        // a handoff request.
+        "last_write_age_ms": age(now, lease.updated_at).as_millis() as u64,
     });
     if lag_asked {
         value["lag"] = match lag {
@@ -315,8 +425,9 @@ fn lease_json(
     value
 }
 
-/// Reads the shard from the lease's checkpoint towards its tip, at most
-/// [`LAG_MAX_PAGES`] pages, stopping at the first empty page or the shard's end.
+/// Reads the shard from the lease's checkpoint towards its tip: to its end (no
+/// `NextShardIterator`), or until [`LAG_EMPTY_PAGES_AT_TIP`] empty pages in a row (following
+/// `NextShardIterator` past fewer), or until the page budget is spent (a lower bound then).
 async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> {
     let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
     let position = match &lease.checkpoint {
@@ -340,28 +451,39 @@ async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> 
         complete: false,
         oldest_age: None,
     };
-    for _ in 0..LAG_MAX_PAGES {
+    let (mut pages_with_records, mut empty_in_a_row) = (0, 0);
+    for _ in 0..LAG_MAX_CALLS {
         let Some(current) = iterator.take() else {
-            lag.complete = true;
             break;
         };
+        if empty_in_a_row > 0 {
+            tokio::time::sleep(LAG_EMPTY_PAGE_PAUSE).await;
+        }
         let page = api.get_records(&current, 1000).await?;
-        if lag.oldest_age.is_none()
-            && let Some(first) = page.records.first()
-        {
+        iterator = page.next_iterator;
+        let Some(first) = page.records.first() else {
+            empty_in_a_row += 1;
+            if empty_in_a_row >= LAG_EMPTY_PAGES_AT_TIP {
+                lag.complete = true;
+                break;
+            }
+            continue;
+        };
+        empty_in_a_row = 0;
+        if lag.oldest_age.is_none() {
             let change = Change::<IgnoredAny>::decode(shard, first.clone())?;
             lag.oldest_age = change
                 .approximate_creation_time
                 .map(|t| age(SystemTime::now(), t));
         }
         lag.records += page.records.len() as u64;
-        if page.records.is_empty() {
-            lag.complete = true;
+        pages_with_records += 1;
+        if pages_with_records >= LAG_MAX_PAGES {
             break;
         }
-        iterator = page.next_iterator;
     }
     if iterator.is_none() {
+        // Read to the shard's end.
         lag.complete = true;
     }
     Ok(lag)

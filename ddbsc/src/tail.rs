@@ -1,15 +1,13 @@
 //! `ddbsc tail`: a table's changes as they come, parents before children, without a lease
 //! table: the lease-free reader (`consumer_core::reader::stream_changes`) as a command.
 
-use std::io::Write;
-
 use consumer_core::InitialPosition;
 use consumer_core::reader::{PollConfig, stream_changes};
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 
+use crate::Outcome;
 use crate::context::Context;
-use crate::{Failure, Outcome};
 
 /// The `worker` field of `--json` lines (the `jsonl-worker` shape).
 const WORKER: &str = "ddbsc-tail";
@@ -38,7 +36,9 @@ pub struct Args {
 }
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
-    let mut signals = examples::Signals::new()?;
+    // The first SIGINT or SIGTERM ends the tail; a second one during the exit quits at once.
+    let stop = consumer_core::signals::graceful_then_immediate()?;
+    tokio::pin!(stop);
     let arn = context.stream_arn(&args.table).await?;
     let position = match args.from {
         From::TrimHorizon => InitialPosition::TrimHorizon,
@@ -47,18 +47,21 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let changes =
         stream_changes::<IgnoredAny>(context.streams(), arn, position, PollConfig::default());
     let mut changes = changes.take(args.max_changes.unwrap_or(usize::MAX));
-    let mut out = std::io::stdout().lock();
     loop {
         let change = tokio::select! {
             change = changes.next() => change,
-            _ = signals.recv() => return Ok(()),
+            () = &mut stop => return Ok(()),
         };
         let Some(change) = change else {
             return Ok(());
         };
         let change = change?;
-        let line =
-            examples::change_to_json(WORKER, Some(&args.table), Some(change.shard_id()), &change);
+        let line = consumer_core::json::change_to_json(
+            WORKER,
+            Some(&args.table),
+            Some(change.shard_id()),
+            &change,
+        );
         let text = if context.json {
             line.to_string()
         } else {
@@ -71,8 +74,10 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
                 change.sequence_number
             )
         };
-        writeln!(out, "{text}").map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
-        out.flush()
-            .map_err(|e| Failure(format!("cannot write to stdout: {e}")))?;
+        context.line(text)?;
+        // `ddbsc tail | head`: the reader has what it wanted.
+        if context.output_closed() {
+            return Ok(());
+        }
     }
 }

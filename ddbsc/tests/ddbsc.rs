@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -84,7 +86,9 @@ impl RunningWorker {
             .with_sdk_config(&config)
             .with_worker_id(id)
             .with_failover_time(Duration::from_secs(3))
-            .with_checkpoint_interval(Duration::ZERO);
+            .with_checkpoint_interval(Duration::ZERO)
+            // A finished older stream (and its gate) goes at the next sync.
+            .with_shard_sync_interval(Duration::from_secs(1));
         for table in tables {
             builder = builder.with_table(table.as_str());
         }
@@ -172,8 +176,20 @@ async fn status_shows_owners_checkpoints_and_live_workers_while_they_run() {
         assert_eq!(lease["lag"]["records"], 0, "{lease}");
     }
     // --observe: alive because their heartbeat counters moved within 2 s (renewals every
-    // second at a 3 s failover time), no clocks compared.
-    let observed = ddbsc_json(&["status", "--app", &app, "--observe", "2s"]).await;
+    // second at a 3 s failover time), no clocks compared. Observing for less than the
+    // renew interval is refused (`--renew-interval` tells ddbsc theirs).
+    let short = ddbsc(&["status", "--app", &app, "--observe", "2s"]).await;
+    assert_one_line_error(&short, 1, &["--observe 2s", "renew interval"]);
+    let observed = ddbsc_json(&[
+        "status",
+        "--app",
+        &app,
+        "--observe",
+        "2s",
+        "--renew-interval",
+        "1s",
+    ])
+    .await;
     let workers = observed["workers"].as_array().unwrap();
     assert_eq!(workers.len(), 2, "{observed}");
     assert!(workers.iter().all(|w| w["alive"] == true), "{observed}");
@@ -285,8 +301,87 @@ async fn status_shows_snapshot_progress_per_application() {
     run.await.unwrap().unwrap();
 }
 
+/// A table's stream disabled and enabled again while the old stream still has unread
+/// changes: the new stream's root waits behind a gate lease (`#after-stream <old ARN>`)
+/// until the old shard is read to its end. `status` shows that root as
+/// `waiting-for-parent`, not `active`, and says which stream it waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() {
+    use aws_sdk_dynamodb::types::StreamViewType;
+    let (app, table) = (unique_name("app"), unique_name("st-gate"));
+    create_table(&table, "id", true).await;
+    let old = integration_tests::stream_arn(&table).await.unwrap();
+    put(&table, "k0", 0).await;
+    let tables = vec![table.clone()];
+    let first: Recording<Item> = Recording::new();
+    let worker = RunningWorker::start(&app, &tables, "w1", first.factory()).await;
+    wait_until("the first change", DEADLINE, || first.len() == 1).await;
+    worker.shut_down().await;
+
+    // A backlog on the old stream, then a new stream.
+    put(&table, "k1", 1).await;
+    integration_tests::disable_stream(&table).await;
+    integration_tests::enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let new = integration_tests::stream_arn(&table).await.unwrap();
+    assert_ne!(new, old);
+    put(&table, "k2", 2).await;
+    // Holds the old stream's backlog until the test has looked.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held: Recording<Item> = Recording::new().with_hook(move |_, _, _| {
+        let mut released = released.clone();
+        Box::pin(async move {
+            let _ = released.wait_for(|go| *go).await;
+            Ok(())
+        })
+    });
+    let worker = RunningWorker::start(&app, &tables, "w2", held.factory()).await;
+
+    let status = status_until(&app, "a lease of the new stream", |s| {
+        leases(s).iter().any(|l| l["stream"] == new.as_str())
+    })
+    .await;
+    let of = |stream: &str| -> Vec<&Value> {
+        leases(&status)
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .collect()
+    };
+    let (roots, olds) = (of(&new), of(&old));
+    assert_eq!((roots.len(), olds.len()), (1, 1), "{status:#}");
+    assert_eq!(roots[0]["state"], "waiting-for-parent", "{status:#}");
+    assert!(
+        roots[0]["parents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("#after-stream "),
+        "{status:#}"
+    );
+    assert_eq!(olds[0]["state"], "active", "{status:#}");
+    assert!(
+        leases(&status).iter().all(|l| l["table"] == table.as_str()),
+        "only the table's shards are listed: {status:#}"
+    );
+    let (code, out, err) = ddbsc(&["status", "--app", &app]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("waiting-for-parent"), "{out}");
+    assert!(
+        out.contains(&format!("waits until {old} is read to its end")),
+        "{out}"
+    );
+
+    release.send(true).unwrap();
+    status_until(&app, "the new stream's root running", |s| {
+        leases(s)
+            .iter()
+            .any(|l| l["stream"] == new.as_str() && l["state"] == "active")
+    })
+    .await;
+    worker.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
+    use checkpoint_store::{Checkpoint, LeaseStore};
     let app = unique_name("app");
     let table = unique_name("reset");
     create_table(&table, "id", true).await;
@@ -356,17 +451,279 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
     assert_eq!(lag["complete"], true, "{lagged}");
     assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{lagged}");
 
-    // A checkpoint the stream cannot read from: that shard's lag says why, the status is
-    // still shown.
+    // A sequence number a worker could not resume after: reset refuses it.
     let shard = leases(&lagged)[0]["shard"].as_str().unwrap().to_owned();
     let beyond = "9".repeat(30);
-    let moved = reset(&beyond, &["--shard", &shard]).await;
-    assert_eq!(moved.0, 0, "{}", moved.2);
+    let refused = reset(&beyond, &["--shard", &shard]).await;
+    assert_one_line_error(&refused, 1, &[&beyond, &shard, "could not resume"]);
+    // Such a checkpoint written anyway (by hand, or by an older ddbsc): that shard's lag
+    // says why, the status is still shown.
+    let store =
+        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+    let all = store.list_leases().await.unwrap();
+    let lease = all.iter().find(|l| l.key.shard_id == shard).unwrap();
+    let beyond = Checkpoint::At(checkpoint_store::SequenceNumber::parse(beyond).unwrap());
+    store
+        .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, &beyond)
+        .await
+        .unwrap();
     let lagged = ddbsc_json(&["status", "--app", &app, "--lag"]).await;
     let error = leases(&lagged)[0]["lag"]["error"]
         .as_str()
         .unwrap_or_default();
     assert!(error.contains("GetShardIterator"), "{lagged}");
+}
+
+/// `sequence_number + delta`, as wide as `sequence_number`.
+fn seq_plus(sequence_number: &str, delta: i128) -> String {
+    let moved = sequence_number.parse::<i128>().unwrap() + delta;
+    format!("{moved:0width$}", width = sequence_number.len())
+}
+
+/// The lease table of `app` with one lease per shard id, each owned by `owner` at epoch 1.
+async fn leases_owned_by(
+    app: &str,
+    stream: &str,
+    shards: &[&str],
+    owner: &str,
+) -> checkpoint_store::DynamoDbLeaseStore {
+    use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+    let store =
+        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app).unwrap();
+    store.ensure_table().await.unwrap();
+    for shard in shards {
+        let key = LeaseKey::new(stream, *shard);
+        let lease = Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]);
+        store.create_lease(&lease).await.unwrap();
+        store.take_lease(&key, None, 0, owner).await.unwrap();
+    }
+    store
+}
+
+/// Each lease moves with one conditional write on its item. A worker that takes a lease
+/// between ddbsc's read and its write (a proxy in front of DynamoDB Local lets the test
+/// take it just before ddbsc's write goes on) makes only that shard's move fail: it is
+/// reported refused, keeps the worker's ownership and position, and the other shard still
+/// moves; exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_moves_each_lease_in_one_write_and_reports_a_raced_one_refused() {
+    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (app, table) = (unique_name("app"), unique_name("reset-race"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let stream = graph["stream"].as_str().unwrap().to_owned();
+    let real = graph["shards"][0]["shard"].as_str().unwrap().to_owned();
+    // Sorts first, so ddbsc meets the race before it moves the other lease.
+    let raced = "shardId-00000000000000000001-raced000";
+    let store = leases_owned_by(&app, &stream, &[raced, &real], "w-gone#1").await;
+
+    let raced_key = LeaseKey::new(stream.as_str(), raced);
+    let raced_pk = format!("lease|{stream}|{raced}");
+    let once = std::sync::Arc::new(AtomicBool::new(false));
+    let hook_store = store.clone();
+    let faults = proxy::Faults::default().with_hook(move |request| {
+        let first = request.is("UpdateItem")
+            && request.item_key() == Some(raced_pk.as_str())
+            && !once.swap(true, Ordering::SeqCst);
+        let (store, key) = (hook_store.clone(), raced_key.clone());
+        first.then(|| {
+            Box::pin(async move {
+                store
+                    .take_lease(&key, Some("w-gone#1"), 1, "w-race#1")
+                    .await
+                    .unwrap();
+            }) as futures::future::BoxFuture<'static, ()>
+        })
+    });
+    let proxy = proxy::Proxy::start(&endpoint(), faults).await;
+    let args = [
+        "reset",
+        "--app",
+        &app,
+        "--table",
+        &table,
+        "--to",
+        "latest",
+        "--endpoint",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(proxy.endpoint().to_owned());
+    let (code, out, err, _) = run_to_exit(DDBSC.as_ref(), &args, DEADLINE).await;
+    assert_eq!(code.code(), Some(1), "{out}{err}");
+    assert_one_line_error(&(1, out.clone(), err), 1, &["refused for 1 of 2 shards"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per shard: {out}");
+    assert!(
+        lines[0].starts_with(&format!("shard {raced}: refused: the lease changed"))
+            && lines[0].contains("now owner w-race#1"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("shard {real}: TRIM_HORIZON (taken from w-gone#1) -> LATEST"),
+        "{out}"
+    );
+
+    // One conditional write on each lease item, nothing more.
+    let requests = proxy.requests();
+    for shard in [raced, real.as_str()] {
+        let pk = format!("lease|{stream}|{shard}");
+        let writes = requests
+            .iter()
+            .filter(|r| r.item_key() == Some(pk.as_str()) && !r.is("GetItem"))
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>();
+        assert_eq!(writes, ["DynamoDB_20120810.UpdateItem"], "shard {shard}");
+    }
+    let now = |shard: &str| {
+        let store = store.clone();
+        let key = LeaseKey::new(stream.as_str(), shard);
+        async move { store.get_lease(&key).await.unwrap().unwrap() }
+    };
+    let (moved, kept) = (now(&real).await, now(raced).await);
+    assert_eq!(
+        (moved.owner, moved.epoch, moved.checkpoint),
+        (None, 2, Checkpoint::Latest)
+    );
+    assert_eq!(
+        (kept.owner.as_deref(), kept.epoch, kept.checkpoint),
+        (Some("w-race#1"), 2, Checkpoint::TrimHorizon)
+    );
+
+    // Run again without a race: both move (w-race#1 has no heartbeat: not alive).
+    let again = ddbsc_json(&["reset", "--app", &app, "--table", &table, "--to", "latest"]).await;
+    assert_eq!(again["reset"].as_array().unwrap().len(), 2, "{again}");
+    assert_eq!(again["refused"], serde_json::json!([]), "{again}");
+}
+
+/// `--to SEQ` must lie within the shard's range (DescribeStream) and be a place a worker can
+/// resume after; a finished shard moves only with `--include-finished`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_keeps_sequence_numbers_in_the_shards_range_and_finished_shards_unless_asked() {
+    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    let (app, table) = (unique_name("app"), unique_name("reset-range"));
+    create_table(&table, "id", true).await;
+    for n in 0..3 {
+        put(&table, &format!("k{n}"), n).await;
+    }
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let stream = graph["stream"].as_str().unwrap().to_owned();
+    let shard = graph["shards"][0]["shard"].as_str().unwrap().to_owned();
+    let start = graph["shards"][0]["starting_sequence_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let store = leases_owned_by(&app, &stream, &[&shard], "w-gone#1").await;
+    let key = LeaseKey::new(stream.as_str(), shard.as_str());
+    let checkpoint = async || store.get_lease(&key).await.unwrap().unwrap().checkpoint;
+    let reset = async |to: &str, more: &[&str]| {
+        let mut args = vec!["reset", "--app", &app, "--table", &table, "--to", to];
+        args.extend(more);
+        ddbsc(&args).await
+    };
+
+    // Open shard: before its first sequence number, or where no worker could resume.
+    let before = seq_plus(&start, -1);
+    let refused = reset(&before, &[]).await;
+    assert_one_line_error(&refused, 1, &[&before, &shard, "outside", &start]);
+    let beyond = "9".repeat(30);
+    let refused = reset(&beyond, &[]).await;
+    assert_one_line_error(&refused, 1, &[&beyond, &shard, "could not resume"]);
+    assert_eq!(checkpoint().await, Checkpoint::TrimHorizon, "nothing moved");
+    let (code, out, err) = reset(&start, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("-> {start}")), "{out}");
+
+    // Closed and finished.
+    integration_tests::disable_stream(&table).await;
+    let described = integration_tests::streams_client()
+        .await
+        .describe_stream()
+        .stream_arn(&stream)
+        .send()
+        .await
+        .unwrap();
+    let end = described.stream_description().unwrap().shards()[0]
+        .sequence_number_range()
+        .and_then(|r| r.ending_sequence_number())
+        .expect("a closed shard has an end")
+        .to_owned();
+    let lease = store.get_lease(&key).await.unwrap().unwrap();
+    store
+        .reset_lease(&key, None, lease.epoch, &Checkpoint::ShardEnd)
+        .await
+        .unwrap();
+    let refused = reset("trim-horizon", &["--shard", &shard]).await;
+    assert_one_line_error(&refused, 1, &[&shard, "finished", "--include-finished"]);
+    let whole_table =
+        ddbsc_json(&["reset", "--app", &app, "--table", &table, "--to", "latest"]).await;
+    assert_eq!(whole_table["reset"], serde_json::json!([]), "{whole_table}");
+    assert_eq!(
+        whole_table["skipped"][0]["shard"],
+        shard.as_str(),
+        "{whole_table}"
+    );
+    let (code, out, _) = reset("latest", &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("not moved: finished"), "{out}");
+    assert_eq!(checkpoint().await, Checkpoint::ShardEnd, "nothing moved");
+
+    let after = seq_plus(&end, 1);
+    let refused = reset(&after, &["--include-finished"]).await;
+    assert_one_line_error(&refused, 1, &[&after, &shard, "outside", &end]);
+    let (code, out, err) = reset(&end, &["--include-finished"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("SHARD_END -> {end}")), "{out}");
+    let moved = checkpoint().await;
+    assert_eq!(moved.to_string(), end);
+}
+
+/// DynamoDB Streams may answer with empty pages before the records of a shard (a proxy in
+/// front of DynamoDB Local gives each iterator two): `status --lag` follows
+/// `NextShardIterator` past them and counts the records, instead of calling the shard
+/// caught up at the first empty page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reads_past_empty_pages_before_calling_a_shard_caught_up() {
+    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore};
+    let (app, table) = (unique_name("app"), unique_name("lag-empty"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    put(&table, "b", 2).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let (stream, shard) = (
+        graph["stream"].as_str().unwrap(),
+        graph["shards"][0]["shard"].as_str().unwrap(),
+    );
+    let store = DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+    store.ensure_table().await.unwrap();
+    let lease = Lease::new(
+        LeaseKey::new(stream, shard),
+        Checkpoint::TrimHorizon,
+        vec![],
+    );
+    store.create_lease(&lease).await.unwrap();
+
+    let proxy =
+        proxy::Proxy::start(&endpoint(), proxy::Faults::default().with_empty_pages(2)).await;
+    let args = [
+        "status",
+        "--app",
+        &app,
+        "--lag",
+        "--json",
+        "--endpoint",
+        proxy.endpoint(),
+    ];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (code, out, err, _) = run_to_exit(DDBSC.as_ref(), &args, DEADLINE).await;
+    assert_eq!(code.code(), Some(0), "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let lag = &leases(&status)[0]["lag"];
+    assert_eq!(lag["records"], 2, "{status:#}");
+    assert_eq!(lag["complete"], true, "{status:#}");
+    assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,7 +778,15 @@ async fn tail_prints_changes_as_they_are_written() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.lines().count(), 2, "{out}");
     assert!(out.starts_with("INSERT {\"id\":\"before\"}"), "{out}");
-    child.start_kill().unwrap();
+
+    // SIGTERM ends a running tail cleanly (it printed lines, so its handler is installed).
+    let pid = child.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
+    let status = tokio::time::timeout(DEADLINE, child.wait()).await;
+    assert!(status.expect("tail ends in time").unwrap().success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,6 +834,38 @@ async fn bad_input_gets_one_line_naming_it() {
     assert_one_line_error(&malformed, 1, &["12x4", "sequence number"]);
     let bad_app_name = ddbsc(&["status", "--app", "no spaces allowed"]).await;
     assert_one_line_error(&bad_app_name, 1, &["no spaces allowed"]);
+    // Liveness windows in which a live worker need not heartbeat: refused before anything
+    // is read (the application does not even exist), naming the flag.
+    let reset = [
+        "reset", "--app", &missing, "--table", &plain, "--to", "latest",
+    ];
+    for (command, flags, named) in [
+        (
+            &["status", "--app", &missing][..],
+            &["--alive-within", "0s"][..],
+            "--alive-within 0s",
+        ),
+        (&reset, &["--alive-within", "0s"], "--alive-within 0s"),
+        (
+            &["status", "--app", &missing],
+            &["--alive-within", "1s"],
+            "--alive-within 1s",
+        ),
+        (
+            &["status", "--app", &missing],
+            &["--observe", "1s"],
+            "--observe 1s",
+        ),
+        (&reset, &["--observe", "2s"], "--observe 2s"),
+        (
+            &reset,
+            &["--observe", "2s", "--renew-interval", "3s"],
+            "--observe 2s",
+        ),
+    ] {
+        let refused = ddbsc(&[command, flags].concat()).await;
+        assert_one_line_error(&refused, 1, &[named]);
+    }
 
     // Usage errors: exit 2.
     for args in [
@@ -478,5 +875,47 @@ async fn bad_input_gets_one_line_naming_it() {
     ] {
         let (code, _, err) = ddbsc(args).await;
         assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+/// `ddbsc ... | head`: the reader is gone before ddbsc writes its first line (the read end
+/// of the pipe is closed before ddbsc starts). Each command ends quietly: exit 0, nothing on
+/// stderr (no panic, no "broken pipe" error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_went_away_ends_each_command_quietly() {
+    use checkpoint_store::LeaseStore;
+    let (app, table) = (unique_name("app"), unique_name("pipe"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let config = sdk_config().await;
+    let store = checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+    store.ensure_table().await.unwrap();
+
+    for args in [
+        &["status", "--app", &app][..],
+        &["status", "--app", &app, "--json"],
+        &["shards", "--table", &table],
+        &["tail", "--table", &table],
+        &["tail", "--table", &table, "--json"],
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        // Not `Command::output`: it would replace stdout with a pipe of its own.
+        let child = tokio::process::Command::new(DDBSC)
+            .args(args)
+            .args(["--endpoint", &endpoint()])
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let output = tokio::time::timeout(DEADLINE, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("ddbsc {args:?} still runs with nobody reading"))
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "ddbsc {args:?}: {err}");
+        assert!(err.is_empty(), "ddbsc {args:?}: {err}");
     }
 }

@@ -29,13 +29,19 @@
 //!   [`CursorStalled`] when the cursor does not advance (never a partial list, never a
 //!   loop).
 //! - **Waiting**: table status through the SDK's waiter ([`wait_until_table_active`]).
+//! - **Programs** (feature `sdk-config`): `sdk_config` loads the configuration for a
+//!   program's `--endpoint`/`--region` flags, the default chain or a local endpoint.
 
 mod clients;
+#[cfg(feature = "sdk-config")]
+mod config;
 mod errors;
 mod paging;
 mod tables;
 
 pub use clients::{AwsClients, LIVENESS_ATTEMPT_TIMEOUT, liveness_overrides};
+#[cfg(feature = "sdk-config")]
+pub use config::{LOCAL_REGION, local_sdk_config, sdk_config};
 pub use errors::{ErrorClass, classify, error_message};
 pub use paging::{
     BATCH_GET_KEYS, BatchGot, CursorStalled, batch_get_all, describe_stream_pages,

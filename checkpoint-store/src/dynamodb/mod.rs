@@ -450,6 +450,35 @@ impl LeaseStore for DynamoDbLeaseStore {
         .await
     }
 
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        let mut values = checkpoint_values(checkpoint);
+        values.push((":one", number(1)));
+        let moved = self
+            .update_unchanged(
+                "UpdateItem (reset)",
+                key,
+                Seen {
+                    owner: seen_owner,
+                    epoch: seen_epoch,
+                    no_handoff: false,
+                },
+                &format!("{CHECKPOINT_UPDATE}, #epoch = #epoch + :one REMOVE #owner, #handoff_to"),
+                values,
+            )
+            .await?;
+        // An operator's move, made outside any worker: it bumps the version itself.
+        if let Err(error) = self.bump_leases_version().await {
+            tracing::warn!(lease = %key, %error, "leases version not bumped after a reset; the audit scan will catch it");
+        }
+        Ok(moved)
+    }
+
     async fn request_handoff(
         &self,
         key: &LeaseKey,

@@ -9,7 +9,7 @@
 //! - One **segment lease** per parallel Scan segment, key (stream ARN,
 //!   `snapshot-<i>-of-<n>`). Segments are balanced, taken, handed off and failed over like
 //!   shards; a segment's checkpoint is [`Checkpoint::Scan`] (items delivered and the last
-//!   evaluated key) after each page's batch, and `ShardEnd` once read to its end.
+//!   evaluated key) once every item of a page is done, and `ShardEnd` once read to its end.
 //! - A **stream lease** for every shard of the stream at T0, starting at `Since(T0)`:
 //!   `TRIM_HORIZON`, skipping (counting) records created before T0 minus the creation-time
 //!   margin (`with_creation_time_margin`). Shards whose parent is not in the stream get
@@ -22,7 +22,7 @@
 //! [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
 
 mod scan;
-mod segment;
+pub(crate) mod segment;
 #[cfg(test)]
 mod tests;
 
@@ -36,10 +36,10 @@ use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::{Error, Result};
 use crate::retry;
 use crate::shard_sync::{create_lease_if_absent, describe_all_shards};
+use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
-pub(crate) use segment::run_segment;
 
 /// How long DynamoDB Streams keeps a record: a snapshot that takes longer than this (minus
 /// the creation-time margin) cannot be followed by the stream without a gap.
@@ -80,7 +80,7 @@ impl Default for SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// The defaults: 8 segments, 500 items a page (one batch each), progress every 30 s.
+    /// The defaults: 8 segments, 500 items a page, progress every 30 s.
     pub fn new() -> Self {
         Self {
             segments: 8,
@@ -97,8 +97,9 @@ impl SnapshotConfig {
         self
     }
 
-    /// Items per Scan page, 1-10,000: each page is one batch and one checkpoint (a page
-    /// also stops at 1 MB of data).
+    /// Items per Scan page, 1-10,000 (a page also stops at 1 MB of data): each page is one
+    /// read, and one position stored once its items are done; batches are shaped as for
+    /// stream records (`with_max_batch_size`, `with_batching_window`).
     pub fn with_page_size(mut self, items: u32) -> Self {
         self.page_size = items;
         self
@@ -167,12 +168,6 @@ pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
 /// tools skip it when they read shards).
 pub fn is_segment(key: &LeaseKey) -> bool {
     !key.is_coordination() && parse_segment_id(&key.shard_id).is_some()
-}
-
-/// The table of a stream ARN (`arn:aws:dynamodb:REGION:ACCOUNT:table/NAME/stream/LABEL`).
-pub(crate) fn table_of_stream(stream_arn: &str) -> Option<&str> {
-    let rest = stream_arn.split_once(":table/")?.1;
-    rest.split_once("/stream/").map(|(table, _)| table)
 }
 
 /// Sets up the snapshot of one stream, before the worker's first shard sync: refuses a
@@ -392,13 +387,6 @@ mod unit_tests {
             t0 - Duration::from_secs(5),
             margin
         ));
-    }
-
-    #[test]
-    fn the_table_comes_from_the_stream_arn() {
-        let arn = "arn:aws:dynamodb:eu-west-1:123:table/orders/stream/2026-01-01T00:00:00.000";
-        assert_eq!(table_of_stream(arn), Some("orders"));
-        assert_eq!(table_of_stream("nonsense"), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub enum StoreOp {
     TakeLease,
     Checkpoint,
     ReleaseLease,
+    ResetLease,
     RequestHandoff,
     DeleteLease,
     Heartbeat,
@@ -56,6 +57,7 @@ impl StoreOp {
             StoreOp::TakeLease => "take lease",
             StoreOp::Checkpoint => "checkpoint",
             StoreOp::ReleaseLease => "release lease",
+            StoreOp::ResetLease => "reset lease",
             StoreOp::RequestHandoff => "request handoff",
             StoreOp::DeleteLease => "delete lease",
             StoreOp::Heartbeat => "heartbeat",
@@ -102,6 +104,24 @@ pub enum Link {
     /// Calls fail at once as DynamoDB answers when the table was deleted
     /// (`ResourceNotFoundException`).
     TableDeleted,
+    /// About half the calls fail at once with a throttling error (`ThrottlingException`),
+    /// the rest go through: a table over its capacity. Which ones is a fixed pseudo-random
+    /// sequence of the calls made under this link, so a run replays exactly.
+    Throttled,
+}
+
+/// Told of every lease write that reached the store, with the lease before and after it,
+/// whatever the caller was answered (a lost answer included): the view a test checks
+/// invariants on at the moment of each write.
+pub trait StoreObserver: Send + Sync {
+    /// `op` changed (or kept) the lease `key` from `before` to `after` (`None`: absent).
+    fn lease_written(
+        &self,
+        op: StoreOp,
+        key: &LeaseKey,
+        before: Option<&Lease>,
+        after: Option<&Lease>,
+    );
 }
 
 /// A lease store that counts every call (per [`StoreOp`], and the items scans read) and
@@ -120,6 +140,11 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     hidden: Mutex<HashSet<LeaseKey>>,
     losing: Mutex<HashSet<LeaseKey>>,
     failing: Mutex<HashSet<StoreOp>>,
+    /// Per operation, how many of the next successful calls lose their answer.
+    lost_answers: Mutex<BTreeMap<StoreOp, usize>>,
+    /// Calls passed while the link was `Throttled` (the throttling sequence's position).
+    throttle_count: AtomicU64,
+    observer: Mutex<Option<Arc<dyn StoreObserver>>>,
 }
 
 /// The units one item was billed since [`InstrumentedStore::reset_item_units`] (or the
@@ -217,6 +242,66 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             hidden: Mutex::default(),
             losing: Mutex::default(),
             failing: Mutex::default(),
+            lost_answers: Mutex::default(),
+            throttle_count: AtomicU64::new(0),
+            observer: Mutex::default(),
+        }
+    }
+
+    /// Tells `observer` of every lease write from now on (see [`StoreObserver`]).
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) {
+        *self.observer.lock().unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
+    /// The next `count` calls of `op` that succeed are applied, but their caller is told the
+    /// store could not be reached (`Unreachable`, transient): an answer lost on the way
+    /// back, after which the caller cannot know whether the write happened.
+    pub fn lose_answers(&self, op: StoreOp, count: usize) {
+        *self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(op)
+            .or_default() += count;
+    }
+
+    /// The caller's answer to a call of `op` that reached the store: `result`, or a lost
+    /// answer if one is due (see [`lose_answers`](Self::lose_answers)).
+    fn answer<T>(&self, op: StoreOp, result: Result<T>) -> Result<T> {
+        let value = result?;
+        let mut lost = self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match lost.get_mut(&op) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(Error::Unreachable {
+                    endpoint: "the test's fault".into(),
+                    operation: op.name(),
+                    table: "instrumented".into(),
+                    source: format!(
+                        "the answer to a {} was lost after it was applied",
+                        op.name()
+                    )
+                    .into(),
+                })
+            }
+            _ => Ok(value),
+        }
+    }
+
+    /// Tells the observer, if any, of a write to `key` (reading the lease after it from
+    /// `inner`, uncounted).
+    async fn observed(&self, op: StoreOp, key: &LeaseKey, before: Option<&Lease>) {
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            let after = self.inner.get_lease(key).await.ok().flatten();
+            observer.lease_written(op, key, before, after.as_ref());
         }
     }
 
@@ -449,7 +534,19 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                     "ResourceNotFoundException: Requested resource not found (deleted by the test)"
                         .into(),
             }),
-            Link::Up | Link::Frozen => Ok(()),
+            Link::Throttled
+                if super::items::remix(self.throttle_count.fetch_add(1, Ordering::Relaxed))
+                    .is_multiple_of(2) =>
+            {
+                Err(Error::DynamoDb {
+                    operation: op.name(),
+                    table: "instrumented".into(),
+                    key: None,
+                    class: checkpoint_store::aws::ErrorClass::Throttling,
+                    source: "ThrottlingException: Rate exceeded (throttled by the test)".into(),
+                })
+            }
+            Link::Up | Link::Frozen | Link::Throttled => Ok(()),
         }
     }
 
@@ -508,8 +605,12 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::CreateLease).await?;
         let before = self.inner.get_lease(&lease.key).await.ok().flatten();
         let result = self.inner.create_lease(lease).await;
-        self.bill_lease_write(&lease.key, before, &result, Some(lease));
-        result
+        self.bill_lease_write(&lease.key, before.clone(), &result, Some(lease));
+        if result.is_ok() {
+            self.observed(StoreOp::CreateLease, &lease.key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::CreateLease, result)
     }
     async fn take_lease(
         &self,
@@ -536,36 +637,74 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .inner
             .take_lease(key, seen_owner, seen_epoch, new_owner)
             .await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
-        result
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::TakeLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::TakeLease, result)
     }
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.checkpoint(key, o, c).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
-        result
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::Checkpoint, result)
     }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.release_lease(key, o).await;
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::ReleaseLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::ReleaseLease, result)
+    }
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        c: &Checkpoint,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::ResetLease).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.reset_lease(key, seen_owner, seen_epoch, c).await;
         self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        if result.is_ok() {
+            // An operator's move bumps the leases version itself.
+            self.bill_coordination_write(false);
+        }
         result
     }
     async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
         self.pass(StoreOp::RequestHandoff).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.request_handoff(key, o, to).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
-        result
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::RequestHandoff, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::RequestHandoff, result)
     }
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
         self.pass(StoreOp::DeleteLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.delete_lease(key).await;
-        self.bill_lease_write(key, before, &result, None);
-        result
+        let existed = before.is_some();
+        self.bill_lease_write(key, before.clone(), &result, None);
+        if existed && result.is_ok() {
+            self.observed(StoreOp::DeleteLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::DeleteLease, result)
     }
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
@@ -767,7 +906,11 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             2 * billing::write_units(size),
             result.is_err(),
         );
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::Checkpoint, result)
     }
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
         self.inner.key_attribute_names(table).await

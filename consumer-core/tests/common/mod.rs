@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
 use consumer_core::testkit::{InstrumentedStore, Link, Recording, SimulatedStream, StoreOp};
-use tokio::time::Instant;
 use consumer_core::{ChangeBatch, Consumer};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
@@ -345,7 +345,10 @@ pub struct OrphanWatch {
 
 impl OrphanWatch {
     /// Starts watching `store`; `live` says which worker ids run.
-    pub fn start(store: Arc<InMemoryLeaseStore>, live: Arc<Mutex<std::collections::BTreeSet<String>>>) -> Self {
+    pub fn start(
+        store: Arc<InMemoryLeaseStore>,
+        live: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    ) -> Self {
         let longest: Arc<Mutex<(Duration, usize)>> = Arc::default();
         let report = longest.clone();
         let task = tokio::spawn(async move {

@@ -1,0 +1,83 @@
+//! What every task of a worker shares (a shard's or a snapshot segment's), what the worker
+//! tells a running task, and how a task ends.
+//!
+//! The worker starts one task per lease it owns and runs: [`crate::shard`] for a shard,
+//! [`crate::snapshot`]'s segment task for a Scan segment, picked by the lease's kind. Both
+//! take a [`LeaseTask`] and the [`ShardSignals`], and end with a [`ShardOutcome`].
+
+use std::sync::Arc;
+
+use checkpoint_store::{Lease, LeaseKey, LeaseStore, Ownership};
+use tokio_util::sync::CancellationToken;
+
+use crate::budget::ByteBudget;
+use crate::config::ConsumerConfig;
+use crate::error::Error;
+use crate::observability::Telemetry;
+use crate::processor::{ProcessorFactory, ShardContext};
+use crate::streams::StreamsApi;
+
+/// What a worker and all its tasks share.
+pub(crate) struct Runtime<F> {
+    pub api: Arc<dyn StreamsApi>,
+    pub store: Arc<dyn LeaseStore>,
+    pub factory: F,
+    pub config: ConsumerConfig,
+    pub worker_id: String,
+    /// Health and lag for operators (`observability`).
+    pub telemetry: Arc<Telemetry>,
+    /// Bytes of fetched pages not yet delivered, across every task of the worker.
+    pub budget: ByteBudget,
+}
+
+/// One lease a task runs under, as the worker owned it when it started the task.
+pub(crate) struct LeaseTask<F> {
+    pub runtime: Arc<Runtime<F>>,
+    pub lease: Lease,
+    pub ownership: Ownership,
+    /// The table whose stream this is, when the consumer was given a table name.
+    pub table: Option<String>,
+}
+
+impl<F: ProcessorFactory> LeaseTask<F> {
+    pub(crate) fn key(&self) -> &LeaseKey {
+        &self.lease.key
+    }
+
+    /// What the processors of this lease are told about it.
+    pub(crate) fn context(&self) -> ShardContext {
+        ShardContext {
+            table: self.table.clone(),
+            stream_arn: self.lease.key.stream.clone(),
+            shard_id: self.lease.key.shard_id.clone(),
+            parent_shard_ids: self.lease.parent_shard_ids.clone(),
+            worker_id: self.runtime.worker_id.clone(),
+            lease_owner: self.ownership.owner.clone(),
+            lease_epoch: self.ownership.epoch,
+            resumed_from: self.lease.checkpoint.clone(),
+        }
+    }
+}
+
+/// The signals a worker sends a running task.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ShardSignals {
+    /// Finish the current batch, then flush, release and stop (shutdown or handoff).
+    pub release: CancellationToken,
+    /// Stop at once without writing: the lease is gone (fenced, or taken by another).
+    pub lost: CancellationToken,
+}
+
+/// How a task ended.
+#[derive(Debug)]
+pub(crate) enum ShardOutcome {
+    /// The shard (or segment) was read to its end; `SHARD_END` is stored and a shard's
+    /// children have leases.
+    Ended,
+    /// Stopped on request: checkpoints flushed, lease released.
+    Released,
+    /// Another worker owns the lease now.
+    LeaseLost,
+    /// Stopped by an error it cannot get past; the lease is kept (and retried later).
+    Failed(Error),
+}
