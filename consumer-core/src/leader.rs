@@ -14,7 +14,7 @@
 //! requests, then a hint in each affected worker's inbox. Everything it writes is
 //! conditional, so a stale leader (paused, or deposed and not yet fenced) can only fail.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ pub(crate) struct Leader {
     quick_rescans: u32,
     next_audit: Instant,
     /// Handoffs asked, and when the owner was last told.
-    asked: HashMap<LeaseKey, Instant>,
+    asked: BTreeMap<LeaseKey, Instant>,
     last_sync: Option<Instant>,
     /// The running shard sync, if any (aborted when the leader stops leading).
     sync_task: Option<AbortOnDropHandle<()>>,
@@ -139,7 +139,7 @@ impl Leader {
             rescan: true,
             quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
-            asked: HashMap::new(),
+            asked: BTreeMap::new(),
             last_sync: None,
             sync_task: None,
             live_count: 1,
@@ -310,7 +310,7 @@ impl Leader {
         let mut sends: Vec<Pending<'_, ()>> = Vec::new();
         for (worker, keys) in hints {
             if worker == env.me {
-                let keys: std::collections::HashSet<&LeaseKey> = keys.iter().collect();
+                let keys: std::collections::BTreeSet<&LeaseKey> = keys.iter().collect();
                 for_me.leases.extend(
                     self.leases
                         .iter()
@@ -334,7 +334,7 @@ impl Leader {
     /// leader does not need), and if the request still stands the owner is hinted again (a
     /// hint can be lost with an inbox read that failed).
     async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant) {
-        let pending: std::collections::HashSet<&LeaseKey> = self
+        let pending: std::collections::BTreeSet<&LeaseKey> = self
             .leases
             .iter()
             .filter(|l| l.handoff_to.is_some())

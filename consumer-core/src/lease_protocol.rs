@@ -16,7 +16,7 @@
 //! batch. The functions here are pure: the leader and the worker runtime do the I/O.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 use checkpoint_store::{Checkpoint, Lease, WorkerRecord};
@@ -27,19 +27,19 @@ use tokio::time::Instant;
 pub(crate) struct Liveness {
     failover_time: Duration,
     /// Per worker: the last counter seen and when (our clock) it was first seen.
-    seen: HashMap<String, (u64, Instant)>,
+    seen: BTreeMap<String, (u64, Instant)>,
     /// Workers known dead without our own observation (a leader this worker replaced after
     /// judging it dead): never alive again, whatever their entry shows; with the counter
     /// their record showed last.
-    dead: HashMap<String, Option<u64>>,
+    dead: BTreeMap<String, Option<u64>>,
 }
 
 impl Liveness {
     pub(crate) fn new(failover_time: Duration) -> Self {
         Self {
             failover_time,
-            seen: HashMap::new(),
-            dead: HashMap::new(),
+            seen: BTreeMap::new(),
+            dead: BTreeMap::new(),
         }
     }
 
@@ -51,7 +51,7 @@ impl Liveness {
 
     /// Records a read of the worker records; workers whose record is gone are forgotten.
     pub(crate) fn observe(&mut self, workers: &[WorkerRecord], now: Instant) {
-        let present: HashSet<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
+        let present: BTreeSet<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
         self.seen.retain(|id, _| present.contains(id.as_str()));
         self.dead.retain(|id, _| present.contains(id.as_str()));
         for worker in workers {
@@ -188,7 +188,7 @@ pub(crate) fn assign(leases: &[Lease], live: &BTreeSet<String>) -> Assignment {
 
     // Orphans, oldest first, to a preferred worker under its share, else to the one
     // furthest under it.
-    let finished_by: HashMap<(&str, &str), &str> = leases
+    let finished_by: BTreeMap<(&str, &str), &str> = leases
         .iter()
         .filter(|l| l.checkpoint == Checkpoint::ShardEnd)
         .filter_map(|l| {
@@ -319,7 +319,7 @@ mod tests {
 
     /// Owner per lease after applying the plan's takes, and the handoffs asked.
     fn apply(leases: &[Lease], plan: &Assignment) -> (BTreeMap<String, usize>, usize) {
-        let mut owners: HashMap<&LeaseKey, &str> = leases
+        let mut owners: BTreeMap<&LeaseKey, &str> = leases
             .iter()
             .filter_map(|l| Some((&l.key, l.owner.as_deref()?)))
             .collect();
@@ -445,7 +445,7 @@ mod tests {
         asked.handoff_to = Some("b".into());
         let leases = vec![asked, lease("2", None), lease("3", Some("a"))];
         let plan = assign(&leases, &live(&["a", "b"]));
-        let to: HashMap<&str, &str> = plan
+        let to: BTreeMap<&str, &str> = plan
             .takes
             .iter()
             .map(|(l, to)| (l.key.shard_id.as_str(), to.as_str()))

@@ -13,7 +13,7 @@
 //! back as a new incarnation. Idle, a worker costs one heartbeat write per renew interval
 //! and two small reads per scan interval, whatever the number of workers and shards.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -91,16 +91,16 @@ struct State {
     incarnation: Incarnation,
     /// The leases this incarnation owns, as last read: running, or waiting for their
     /// parents or for a retry.
-    mine: HashMap<LeaseKey, Lease>,
-    running: HashMap<LeaseKey, Running>,
+    mine: BTreeMap<LeaseKey, Lease>,
+    running: BTreeMap<LeaseKey, Running>,
     tasks: JoinSet<(LeaseKey, ShardOutcome)>,
     /// Shards that failed: not restarted before this instant.
-    retry_after: HashMap<LeaseKey, Instant>,
+    retry_after: BTreeMap<LeaseKey, Instant>,
     /// Leases of shards this incarnation finished: they stay owned (the leader gives a
     /// finished shard's children to its owner first) until shutdown releases them.
-    finished: HashMap<LeaseKey, Ownership>,
+    finished: BTreeMap<LeaseKey, Ownership>,
     /// Parent leases a consistent read found finished or gone: their children may start.
-    done_parents: HashSet<LeaseKey>,
+    done_parents: BTreeSet<LeaseKey>,
     /// The leader as this worker observes it (through the coordination item).
     leader_liveness: Liveness,
     /// The leader's state, while this incarnation leads.
@@ -121,12 +121,12 @@ impl State {
     fn new(incarnation: Incarnation, failover_time: Duration) -> Self {
         Self {
             incarnation,
-            mine: HashMap::new(),
-            running: HashMap::new(),
+            mine: BTreeMap::new(),
+            running: BTreeMap::new(),
             tasks: JoinSet::new(),
-            retry_after: HashMap::new(),
-            finished: HashMap::new(),
-            done_parents: HashSet::new(),
+            retry_after: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            done_parents: BTreeSet::new(),
             leader_liveness: Liveness::new(failover_time),
             leader: None,
             lead_now: false,
@@ -481,7 +481,7 @@ impl<F: ProcessorFactory> Worker<F> {
         keys.sort();
         keys.dedup();
         let leases = store.get_leases(&keys).await?;
-        let mut read: HashMap<LeaseKey, Lease> =
+        let mut read: BTreeMap<LeaseKey, Lease> =
             leases.into_iter().map(|l| (l.key.clone(), l)).collect();
         for key in keys {
             match read.remove(&key) {
@@ -505,7 +505,7 @@ impl<F: ProcessorFactory> Worker<F> {
         keys.dedup();
         let leases = self.shared.store.get_leases(&keys).await?;
         state.next_self_audit = Instant::now() + AUDIT_INTERVAL;
-        let mut read: HashMap<LeaseKey, Lease> =
+        let mut read: BTreeMap<LeaseKey, Lease> =
             leases.into_iter().map(|l| (l.key.clone(), l)).collect();
         for key in keys {
             match read.remove(&key) {
@@ -588,7 +588,7 @@ impl<F: ProcessorFactory> Worker<F> {
         parents.dedup();
         match self.shared.store.get_leases(&parents).await {
             Ok(read) => {
-                let unfinished: HashSet<&LeaseKey> = read
+                let unfinished: BTreeSet<&LeaseKey> = read
                     .iter()
                     .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
                     .map(|l| &l.key)
@@ -842,7 +842,7 @@ impl<F: ProcessorFactory> Worker<F> {
             running.signals.release.cancel();
         }
         // (issue 8) A shard whose final checkpoint could not be written keeps its lease.
-        let mut kept = HashSet::new();
+        let mut kept = BTreeSet::new();
         while let Some(joined) = state.tasks.join_next().await {
             match joined {
                 Ok((key, ShardOutcome::Failed(error))) => {
@@ -879,7 +879,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .values()
             .filter(|l| !kept.contains(&l.key))
             .filter_map(|l| Some((l.key.clone(), l.ownership()?)))
-            .chain(state.finished.drain())
+            .chain(std::mem::take(&mut state.finished))
             .collect();
         if leading
             && let Ok(Some(sync)) = store.get_lease(&shard_sync_key()).await
