@@ -28,6 +28,11 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Restarts the clock (before any event).
+    pub fn start_clock(&mut self) {
+        self.start = Instant::now();
+    }
+
     /// An empty journal whose clock starts now.
     pub fn new() -> Self {
         Self {
