@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use checkpoint_store::{
+use dynamodb_streams_leases::{
     Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership, Result,
     WorkerRecord,
 };
@@ -268,7 +268,7 @@ impl LeaseStore for AnnouncingStore {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::InMemoryLeaseStore;
+    use dynamodb_streams_leases::InMemoryLeaseStore;
 
     fn lease(shard: &str, parents: &[&str]) -> Lease {
         Lease::new(
@@ -312,7 +312,7 @@ mod tests {
         let taken = store.take_lease(&key, None, 2, "w").await.unwrap();
         tokio::time::sleep(interval * 2).await;
         assert_eq!(version().await, 3);
-        let seq = Checkpoint::At(checkpoint_store::SequenceNumber::parse("7").unwrap());
+        let seq = Checkpoint::At(dynamodb_streams_leases::SequenceNumber::parse("7").unwrap());
         store
             .checkpoint(&key, &taken.ownership().unwrap(), &seq)
             .await

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use checkpoint_store::LeaseStore;
+use dynamodb_streams_leases::LeaseStore;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +70,7 @@ impl Heartbeat {
                         pauses = retry::heartbeat(self.renew).build();
                     }
                     Ok(false) => return self.fence("another worker leads now"),
-                    Err(checkpoint_store::Error::WorkerRemoved { .. }) => {
+                    Err(dynamodb_streams_leases::Error::WorkerRemoved { .. }) => {
                         return self.fence("the leader judged this worker dead and removed its entry");
                     }
                     Err(error) => {
@@ -86,7 +86,7 @@ impl Heartbeat {
 
     /// One heartbeat; while leading, with the leader's heartbeat. `Ok(false)`: this worker
     /// was leading and another one is named now.
-    async fn beat(&self) -> checkpoint_store::Result<bool> {
+    async fn beat(&self) -> dynamodb_streams_leases::Result<bool> {
         let leading = *self.leading.borrow();
         let member = self.store.heartbeat(&self.id, self.ttl);
         match leading {
@@ -126,7 +126,7 @@ impl Heartbeat {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::InMemoryLeaseStore;
+    use dynamodb_streams_leases::InMemoryLeaseStore;
     use std::sync::Mutex;
 
     fn heartbeat(store: Arc<dyn LeaseStore>, clock: FencingClock) -> Heartbeat {

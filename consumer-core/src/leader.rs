@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -238,7 +238,7 @@ impl Leader {
         let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
         let mut lost_races = 0;
         let store = env.store;
-        let mut takes: Vec<Pending<'_, (&Lease, &String, checkpoint_store::Result<Lease>)>> =
+        let mut takes: Vec<Pending<'_, (&Lease, &String, dynamodb_streams_leases::Result<Lease>)>> =
             Vec::new();
         for (lease, to) in &plan.takes {
             takes.push(Box::pin(async move {
@@ -261,8 +261,9 @@ impl Leader {
                 }
             }
         }
-        let mut asks: Vec<Pending<'_, (&Lease, Ownership, checkpoint_store::Result<Lease>)>> =
-            Vec::new();
+        let mut asks: Vec<
+            Pending<'_, (&Lease, Ownership, dynamodb_streams_leases::Result<Lease>)>,
+        > = Vec::new();
         for (lease, to) in &plan.handoffs {
             let Some(ownership) = lease.ownership() else {
                 continue;

@@ -11,7 +11,7 @@
 //! finished its parent first, a lease asked for to the worker that asked), and workers
 //! above their share are asked to hand leases to the workers still under it. Takes are
 //! conditional on the owner and epoch the leader saw (see
-//! [`checkpoint_store::LeaseStore::take_lease`]), so a stale plan fails instead of
+//! [`dynamodb_streams_leases::LeaseStore::take_lease`]), so a stale plan fails instead of
 //! stealing. A live owner is never taken from: it hands a lease over when asked, after its
 //! batch. The functions here are pure: the leader and the worker runtime do the I/O.
 
@@ -19,7 +19,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
-use checkpoint_store::{Checkpoint, Lease, WorkerRecord};
+use dynamodb_streams_leases::{Checkpoint, Lease, WorkerRecord};
 use tokio::time::Instant;
 
 /// Liveness of workers as this worker observes it.
@@ -282,7 +282,7 @@ pub(crate) fn assign(leases: &[Lease], live: &BTreeSet<String>) -> Assignment {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::LeaseKey;
+    use dynamodb_streams_leases::LeaseKey;
     use std::time::SystemTime;
 
     fn live(workers: &[&str]) -> BTreeSet<String> {

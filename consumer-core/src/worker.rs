@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use backon::ExponentialBuilder;
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, WorkerRecord};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, WorkerRecord};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -236,14 +236,14 @@ impl<F: ProcessorFactory> Worker<F> {
     async fn start_incarnation(
         &self,
         policy: ExponentialBuilder,
-        when: fn(&checkpoint_store::Error) -> bool,
+        when: fn(&dynamodb_streams_leases::Error) -> bool,
     ) -> Result<Incarnation> {
         let ttl = self.worker_ttl();
         let mut attempt = 0;
         let (id, sent) = loop {
             let id = self.incarnation_id();
             let mut sent = Instant::now();
-            let retried = |error: &checkpoint_store::Error| {
+            let retried = |error: &dynamodb_streams_leases::Error| {
                 let retried = when(error);
                 if retried {
                     tracing::warn!(incarnation = %id, %error, "cannot heartbeat yet");
@@ -258,7 +258,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .await;
             match joined {
                 Ok(_) => break (id, sent),
-                Err(error @ checkpoint_store::Error::MembershipFull { .. })
+                Err(error @ dynamodb_streams_leases::Error::MembershipFull { .. })
                     if attempt + 1 < JOIN_ATTEMPTS =>
                 {
                     tracing::warn!(incarnation = %id, %error, "membership item full; trying another id");

@@ -11,12 +11,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{
+use common::{Cluster, Row};
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_leases::{
     InMemoryLeaseStore, LeaseStore, MEMBERS_PER_SHARD, MEMBERSHIP_SHARDS, membership_shard,
 };
-use common::{Cluster, Row};
-use consumer_core::Consumer;
-use consumer_core::testkit::{Recording, SimulatedStream};
 
 async fn member_ids(store: &InMemoryLeaseStore) -> Vec<String> {
     let membership = store.membership().await.unwrap();
@@ -110,7 +110,7 @@ async fn fill(store: &InMemoryLeaseStore, items: impl Fn(u16) -> bool) {
 fn consumer(
     sim: &SimulatedStream,
     store: &Arc<InMemoryLeaseStore>,
-) -> Consumer<impl consumer_core::ProcessorFactory> {
+) -> Consumer<impl dynamodb_streams_consumer::ProcessorFactory> {
     Consumer::builder("app")
         .with_table("orders")
         .with_streams_api(Arc::new(sim.clone()))

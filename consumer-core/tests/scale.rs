@@ -16,7 +16,7 @@
 //!
 //! `scale_run_1000_shards_20_workers` runs in `make test`; the 100,000 shards / 1,000
 //! workers run is `make scale` (release build):
-//! `cargo test --release -p consumer-core --features testkit --test scale -- --ignored --nocapture`.
+//! `cargo test --release -p dynamodb-streams-consumer --features testkit --test scale -- --ignored --nocapture`.
 //! `SCALE_SEED=n` runs another seed; `SCALE_SHARDS` / `SCALE_WORKERS` size the ignored run
 //! (for profiling at sizes in between).
 
@@ -28,9 +28,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
 use common::{Cluster, OrphanWatch, Row, ownership};
-use consumer_core::testkit::{ItemUnits, SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::testkit::{ItemUnits, SimConfig, SimulatedStream};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::time::Instant;
@@ -78,7 +78,7 @@ fn scale_run_100000_shards_1000_workers() {
 }
 
 fn scale_run(scale: Scale) {
-    // RUST_LOG=consumer_core=info shows what the workers did.
+    // RUST_LOG=dynamodb_streams_consumer=info shows what the workers did.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
