@@ -423,11 +423,16 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 }),
             },
         };
-        if result.is_ok() {
+        // Processed Ok: the whole batch, or the records before a partial batch failure.
+        let processed = match &result {
+            Ok(()) => count,
+            Err(failed) => failed.index.unwrap_or(0),
+        };
+        if processed > 0 {
             BatchProcessed {
                 stream_arn: &self.key().stream,
                 shard_id: &shard_id,
-                records: count,
+                records: processed,
                 behind_latest,
                 duration: started.elapsed(),
             }
