@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::budget::ByteBudget;
@@ -228,7 +228,9 @@ impl ConsumerBuilder {
     /// began. Each item's later changes come after its snapshot record, so a sink applying
     /// new images converges to the table (README: "Snapshot, then stream"). Only for a
     /// stream this application has not consumed yet; every worker of the application needs
-    /// it. Start-up refuses a stream without new images (`KEYS_ONLY`, `OLD_IMAGE`).
+    /// it. Start-up refuses a stream without new images (`KEYS_ONLY`, `OLD_IMAGE`); `build`
+    /// refuses it together with `with_max_record_age`, `with_auto_checkpoint(false)` or
+    /// `with_initial_position(Latest)`, which cannot apply to a snapshot.
     ///
     /// [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
     pub fn with_snapshot(self, snapshot: crate::SnapshotConfig) -> Self {
@@ -244,7 +246,7 @@ impl ConsumerBuilder {
     /// interval follows (a third of it) unless [`with_renew_interval`](Self::with_renew_interval)
     /// is given, before or after this. `build` refuses a failover time that does not exceed
     /// the renew interval plus one heartbeat attempt's timeout
-    /// ([`LIVENESS_ATTEMPT_TIMEOUT`](checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT), 1 s):
+    /// ([`LIVENESS_ATTEMPT_TIMEOUT`](dynamodb_streams_leases::aws::LIVENESS_ATTEMPT_TIMEOUT), 1 s):
     /// one stuck heartbeat must not cost the worker its leases. With the derived renew interval
     /// that is anything above 1.5 s.
     pub fn with_failover_time(self, failover_time: Duration) -> Self {
@@ -657,6 +659,12 @@ mod tests {
             text.contains("with_snapshot") && text.contains("with_max_record_age"),
             "{text}"
         );
+        let latest = Consumer::builder("app").with_initial_position(InitialPosition::Latest);
+        let text = refused(latest).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_initial_position(Latest)"),
+            "{text}"
+        );
         let manual = Consumer::builder("app").with_auto_checkpoint(false);
         let text = refused(manual).expect("refused");
         assert!(
@@ -666,6 +674,7 @@ mod tests {
         // Batch shaping, key parallelism, partial failures and the rest apply (what is left
         // to refuse is the missing table reader: the test gives no AWS configuration).
         let shaped = Consumer::builder("app")
+            .with_initial_position(InitialPosition::TrimHorizon)
             .with_max_batch_size(7)
             .with_batching_window(Duration::from_secs(1))
             .with_key_parallelism(4)

@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use checkpoint_store::LeaseKey;
+use dynamodb_streams_leases::LeaseKey;
 use metrics::{counter, gauge, histogram};
 
 use crate::stream_arn::stream_label;
@@ -40,8 +40,10 @@ impl Event for ApiRetried<'_> {
     }
 }
 
-/// A batch was handed to a processor and returned Ok. The lag gauge is not set here: it
-/// is the age of the oldest record still pending, published by `lag.rs` every second.
+/// A batch was handed to a processor and returned Ok, or failed partially
+/// (`BatchFailure`): `records` counts the records processed Ok, the failure's prefix then.
+/// The lag gauge is not set here: it is the age of the oldest record still pending,
+/// published by `lag.rs` every second.
 pub(crate) struct BatchProcessed<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
-use consumer_core::testkit::{InstrumentedStore, SimulatedStream, StoreOp};
-use consumer_core::{
+use dynamodb_streams_consumer::testkit::{InstrumentedStore, SimulatedStream, StoreOp};
+use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
     FailureHandler, RecordProcessor, ShardContext,
 };
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,7 +195,7 @@ fn tester(
 
 /// Runs `consumer` until `done` holds (virtual deadline: one day), then shuts it down.
 async fn run_until_done(
-    consumer: Consumer<impl consumer_core::ProcessorFactory>,
+    consumer: Consumer<impl dynamodb_streams_consumer::ProcessorFactory>,
     done: impl Fn() -> bool + Send + 'static,
 ) {
     tokio::time::timeout(
@@ -340,6 +340,42 @@ async fn a_partial_batch_response_checkpoints_before_the_failed_record_and_redel
     // One batch of 100 (first failure at 42), three retries from 42 on, then the rest.
     let sizes = log.batch_sizes.lock().unwrap().clone();
     assert_eq!(sizes, vec![100, 58, 58, 58, 57]);
+}
+
+#[test]
+fn the_records_before_a_partial_batch_failure_count_as_processed() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // A thread-local recorder (the runtime runs every task on this thread): this test's
+    // counters only.
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sim = stream_with(100);
+            let store = Arc::new(InMemoryLeaseStore::new());
+            let log = Log::default();
+            run_tester(&sim, &store, &log, Some(42), Poison::Partial, 99, |b| {
+                b.with_max_retries(3)
+            })
+            .await;
+        });
+    });
+    let processed: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "ddb_stream_records_processed_total")
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    // 0..42 before the failure (their partial batch), 43..100 after the handler took 42.
+    assert_eq!(processed, 99, "every record processed Ok is counted once");
 }
 
 #[tokio::test(start_paused = true)]
@@ -611,7 +647,7 @@ fn busy_loop_settings_are_refused_naming_the_setting() {
     let store = Arc::new(InMemoryLeaseStore::new());
     let refused =
         |b: ConsumerBuilder| match b.build(tester(&Log::default(), None, Poison::WholeBatch)) {
-            Err(consumer_core::Error::Config { key, .. }) => key,
+            Err(dynamodb_streams_consumer::Error::Config { key, .. }) => key,
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("accepted"),
         };
@@ -724,9 +760,9 @@ impl RecordProcessor for HotItem {
 #[tokio::test(start_paused = true)]
 async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partitions() {
     // The hot item's change first, then 600 changes of 100 other items, in pages of 10.
-    let sim = SimulatedStream::new(consumer_core::testkit::SimConfig {
+    let sim = SimulatedStream::new(dynamodb_streams_consumer::testkit::SimConfig {
         max_records_per_page: 10,
-        ..consumer_core::testkit::SimConfig::with_seed(5)
+        ..dynamodb_streams_consumer::testkit::SimConfig::with_seed(5)
     });
     sim.add_table("t");
     sim.put_value(
@@ -795,7 +831,7 @@ async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partition
 
 #[tokio::test(start_paused = true)]
 async fn a_shard_that_vanished_is_reported_as_data_loss_and_finished_so_its_child_runs() {
-    use consumer_core::testkit::Recording;
+    use dynamodb_streams_consumer::testkit::Recording;
     let sim = SimulatedStream::with_seed(8);
     let arn = sim.add_table("t");
     for n in 0..3 {

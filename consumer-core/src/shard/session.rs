@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Record;
 use backon::BackoffBuilder;
-use checkpoint_store::{LeaseKey, SequenceNumber};
+use dynamodb_streams_leases::{LeaseKey, SequenceNumber};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -423,11 +423,16 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 }),
             },
         };
-        if result.is_ok() {
+        // Processed Ok: the whole batch, or the records before a partial batch failure.
+        let processed = match &result {
+            Ok(()) => count,
+            Err(failed) => failed.index.unwrap_or(0),
+        };
+        if processed > 0 {
             BatchProcessed {
                 stream_arn: &self.key().stream,
                 shard_id: &shard_id,
-                records: count,
+                records: processed,
                 behind_latest,
                 duration: started.elapsed(),
             }
