@@ -284,7 +284,7 @@ impl Scenario {
         }
         let rng = &mut dimension(seed, "behaviour");
         let bad = rng.random_bool(0.7);
-        let behaviour = Behaviour {
+        let mut behaviour = Behaviour {
             bad_per_mille: if bad { rng.random_range(10..=300) } else { 0 },
             fail_per_mille: rng.random_range(300..=1000),
             max_bad_attempts: rng.random_range(1..=3),
@@ -301,6 +301,8 @@ impl Scenario {
             mid_flush_per_mille: 0,
             manual_checkpoint_per_mille: rng.random_range(300..=1000),
         };
+        // Drawn last, so the fields above draw what they drew before it joined.
+        behaviour.outside_per_mille = rng.random_range(0..=300);
         let rng = &mut dimension(seed, "timeline");
         let length = ms(rng, 10_000..=90_000);
         let workers = rng.random_range(1..=MAX_WORKERS);
