@@ -396,17 +396,33 @@ impl Checkpointer {
         }
     }
 
-    /// Writes the pending checkpoint now, whatever the interval.
+    /// Writes the pending checkpoint now, whatever the interval. During `process`, only
+    /// up to the last record done before the batch: a checkpoint inside the batch waits
+    /// until the batch succeeded (and is cut back if it fails).
     pub async fn flush(&mut self) -> Result<()> {
         self.settle().await?;
-        let Some(checkpoint) = self.take_pending() else {
-            return Ok(());
+        // Before, a flush in the middle of `process` wrote a checkpoint asked for inside
+        // the batch at once, covering records whose batch then failed.
+        let held_back = match (&self.in_flight, &self.pending) {
+            (Some(_), Some(pending)) if self.last_done.as_ref() < Some(pending) => {
+                std::mem::replace(&mut self.pending, self.last_done.clone())
+            }
+            _ => None,
         };
-        if let Err(e) = self.write(checkpoint.clone()).await {
-            self.put_back(checkpoint);
-            return Err(e);
+        let written = match self.take_pending() {
+            Some(checkpoint) => match self.write(checkpoint.clone()).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.put_back(checkpoint);
+                    Err(e)
+                }
+            },
+            None => Ok(()),
+        };
+        if let Some(seq) = held_back {
+            self.pending = Some(seq);
         }
-        Ok(())
+        written
     }
 
     /// [`flush`](Self::flush), retried on transient errors as the [`retry::lease_store`]
@@ -678,6 +694,33 @@ mod tests {
         cp.checkpoint().await.unwrap();
         cp.flush().await.unwrap();
         assert_eq!(stored(&store).await, Checkpoint::At(seq(3)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_during_a_batch_writes_only_what_was_done_before_it() {
+        let (store, mut cp) = checkpointer(Duration::ZERO).await;
+        cp.delivered(&seq(10));
+        // A batch of 11..=20 is in flight; the processor checkpoints all of it and flushes.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(
+            stored(&store).await,
+            Checkpoint::At(seq(10)),
+            "not past the batch"
+        );
+        // The batch fails: nothing of it is covered, ever.
+        cp.end(None);
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(10)));
+        // The batch again, and it succeeds: its checkpoint is written after it.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(10)));
+        cp.end(Some(&seq(20)));
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(20)));
     }
 
     #[tokio::test(start_paused = true)]
