@@ -748,6 +748,24 @@ mod tests {
         ) -> checkpoint_store::Result<Lease> {
             self.inner.checkpoint(key, ownership, checkpoint).await
         }
+        async fn checkpoint_pipelines(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            update: &checkpoint_store::PipelineCheckpoints,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner
+                .checkpoint_pipelines(key, ownership, update)
+                .await
+        }
+        async fn remove_pipeline(
+            &self,
+            key: &LeaseKey,
+            pipeline: &str,
+            ownership: Option<&Ownership>,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner.remove_pipeline(key, pipeline, ownership).await
+        }
         async fn release_lease(
             &self,
             key: &LeaseKey,

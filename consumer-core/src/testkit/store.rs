@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use checkpoint_store::billing::{self, ReadUnits};
 use checkpoint_store::{
-    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, Result, WorkerRecord,
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, PipelineCheckpoints,
+    Result, WorkerRecord,
 };
 use tokio::sync::watch;
 
@@ -366,6 +367,35 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .await;
         result
     }
+    // Pipelines' checkpoints are counted (and billed) as checkpoints; removing a pipeline
+    // (an operator's write) too.
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.checkpoint_pipelines(key, o, update).await;
+        let bumps = update.read_position == Checkpoint::ShardEnd;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), bumps)
+            .await;
+        result
+    }
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        o: Option<&Ownership>,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.remove_pipeline(key, pipeline, o).await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), false)
+            .await;
+        result
+    }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
@@ -438,6 +468,25 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .await;
         // A transactional write is billed twice the units of a plain one; a refused one is
         // still one failed condition.
+        let size = before.as_ref().map_or(0, billing::lease_item_size);
+        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
+        result
+    }
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self
+            .inner
+            .checkpoint_pipeline_with_writes(key, o, pipeline, previous, update, writes)
+            .await;
         let size = before.as_ref().map_or(0, billing::lease_item_size);
         self.bill(0.0, 2 * billing::write_units(size), result.is_err());
         result
