@@ -5,6 +5,8 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc pipelines --app APP [--json]
+//! ddbsc drop-pipeline --app APP --name N [--force] [--json]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -19,6 +21,7 @@
 mod context;
 mod liveness;
 mod output;
+mod pipelines;
 mod reset;
 mod shards;
 mod status;
@@ -80,6 +83,12 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// The application's named pipelines: leases with a checkpoint, finished, holding the
+    /// read back, live workers running each.
+    Pipelines(pipelines::ListArgs),
+    /// Remove a pipeline's checkpoints (refused while a live worker runs it, unless
+    /// --force).
+    DropPipeline(pipelines::DropArgs),
 }
 
 #[tokio::main]
@@ -91,6 +100,8 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::Pipelines(args) => pipelines::list(&context, args).await,
+        Command::DropPipeline(args) => pipelines::drop(&context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
