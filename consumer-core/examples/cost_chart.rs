@@ -1,6 +1,6 @@
 //! Draws the README's cost chart (SVG) from the CSV that `lease_cost --sweep --csv` writes:
 //! lease-table dollars per month against shard count, ours and KCL's, idle and busy, on
-//! log scales. No plotting dependency: the chart is a few lines of SVG.
+//! log scales, drawn with `plotters` (its SVG backend).
 //!
 //! ```text
 //! cargo run --release -p consumer-core --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
@@ -10,7 +10,8 @@
 //! The points are the runs whose worker count grows with the shard count (100 shards / 4
 //! workers, 1,000 / 20, 10,000 / 50).
 
-use std::fmt::Write as _;
+use plotters::element::DashedPathElement;
+use plotters::prelude::*;
 
 /// On-demand prices, dollars per million units (as in `lease_cost`).
 const WRITE_UNIT_PRICE: f64 = 0.625;
@@ -19,11 +20,16 @@ const HOURS_PER_MONTH: f64 = 730.0;
 /// The runs the chart draws: (shards, workers).
 const POINTS: [(u32, u32); 3] = [(100, 4), (1000, 20), (10_000, 50)];
 
-/// One series: its label, color, dash pattern and (shards, dollars per month) points.
+/// KCL's series are red, ours blue; busy ones dashed.
+const KCL: RGBColor = RGBColor(0xd6, 0x27, 0x28);
+const OURS: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
+const NOTE: RGBColor = RGBColor(0x55, 0x55, 0x55);
+
+/// One series: its label, color, whether dashed, and (shards, dollars per month) points.
 struct Series {
     label: &'static str,
-    color: &'static str,
-    dash: &'static str,
+    color: RGBColor,
+    dashed: bool,
     points: Vec<(f64, f64)>,
 }
 
@@ -37,26 +43,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut series = vec![
         Series {
             label: "KCL, busy",
-            color: "#d62728",
-            dash: "6 4",
+            color: KCL,
+            dashed: true,
             points: vec![],
         },
         Series {
             label: "KCL, idle",
-            color: "#d62728",
-            dash: "",
+            color: KCL,
+            dashed: false,
             points: vec![],
         },
         Series {
             label: "ours, busy",
-            color: "#1f77b4",
-            dash: "6 4",
+            color: OURS,
+            dashed: true,
             points: vec![],
         },
         Series {
             label: "ours, idle",
-            color: "#1f77b4",
-            dash: "",
+            color: OURS,
+            dashed: false,
             points: vec![],
         },
     ];
@@ -90,111 +96,89 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
-    std::fs::write(&svg_path, draw(&series))
-        .map_err(|e| format!("cannot write {svg_path}: {e}"))?;
+    draw(&series, &svg_path).map_err(|e| format!("cannot write {svg_path}: {e}"))?;
     println!("chart written to {svg_path}");
     Ok(())
 }
 
-fn draw(series: &[Series]) -> String {
-    let (width, height) = (760.0, 440.0);
-    let (left, right, top, bottom) = (80.0, 170.0, 40.0, 60.0);
-    let (plot_w, plot_h) = (width - left - right, height - top - bottom);
+fn draw(series: &[Series], svg_path: &str) -> Result<(), Box<dyn std::error::Error>> {
     let all = series.iter().flat_map(|s| s.points.iter());
     let max = all.clone().map(|p| p.1).fold(1.0, f64::max);
     let min = all.map(|p| p.1).fold(max, f64::min).max(0.01);
-    let (y_lo, y_hi) = (min.log10().floor(), max.log10().ceil());
-    let (x_lo, x_hi) = (2.0, 4.0);
-    let x = |shards: f64| left + (shards.log10() - x_lo) / (x_hi - x_lo) * plot_w;
-    let y = |dollars: f64| top + (y_hi - dollars.max(0.01).log10()) / (y_hi - y_lo) * plot_h;
+    let decades = 10f64.powf(min.log10().floor())..10f64.powf(max.log10().ceil());
 
-    let mut svg = String::new();
-    let _ = write!(
-        svg,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="13">
-<rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="24" text-anchor="middle" font-size="15">Lease-table cost, $/month (on-demand), against shard count</text>
-"##,
-        left + plot_w / 2.0
-    );
-    for decade in (y_lo as i32)..=(y_hi as i32) {
-        let value = 10f64.powi(decade);
-        let py = y(value);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{left}" x2="{}" y1="{py:.1}" y2="{py:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">${}</text>"##,
-            left + plot_w,
-            left - 8.0,
-            py + 4.0,
-            dollars_label(value)
-        );
-    }
-    for shards in [100.0, 1000.0, 10_000.0] {
-        let px = x(shards);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{px:.1}" x2="{px:.1}" y1="{top}" y2="{}" stroke="#ddd"/><text x="{px:.1}" y="{}" text-anchor="middle">{}</text>"##,
-            top + plot_h,
-            top + plot_h + 20.0,
-            match shards as u32 {
-                100 => "100 shards / 4 workers",
-                1000 => "1,000 / 20",
-                _ => "10,000 / 50",
+    let root = SVGBackend::new(svg_path, (760, 440)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (chart_area, note_area) = root.split_vertically(415);
+    let mut chart = ChartBuilder::on(&chart_area)
+        .caption(
+            "Lease-table cost, $/month (on-demand), against shard count",
+            ("sans-serif", 20),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d((80f64..12_500f64).log_scale(), decades.log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("shards (with 4 workers at 100, 20 at 1,000, 50 at 10,000)")
+        .y_desc("$ per month")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 15))
+        .x_label_formatter(&|shards| thousands(*shards))
+        .y_label_formatter(&|dollars| format!("${}", thousands(*dollars)))
+        .light_line_style(WHITE)
+        .draw()?;
+    for s in series {
+        let style = s.color.stroke_width(2);
+        let drawn = if s.dashed {
+            chart.draw_series(DashedLineSeries::new(s.points.iter().copied(), 6, 4, style))?
+        } else {
+            chart.draw_series(LineSeries::new(s.points.iter().copied(), style))?
+        };
+        let dashed = s.dashed;
+        drawn.label(s.label).legend(move |(x, y)| {
+            let ends = vec![(x, y), (x + 24, y)];
+            if dashed {
+                DashedPathElement::new(ends, 6, 4, style).into_dyn()
+            } else {
+                PathElement::new(ends, style).into_dyn()
             }
-        );
+        });
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&point| Circle::new(point, 4, s.color.filled())),
+        )?;
     }
-    for (i, s) in series.iter().enumerate() {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .map(|(shards, dollars)| format!("{:.1},{:.1}", x(*shards), y(*dollars)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r##"<polyline fill="none" stroke="{}" stroke-width="2.5" stroke-dasharray="{}" points="{}"/>"##,
-            s.color,
-            s.dash,
-            path.join(" ")
-        );
-        for (shards, dollars) in &s.points {
-            let _ = writeln!(
-                svg,
-                r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="{}"><title>{}: {} shards, ${:.2}/month</title></circle>"##,
-                x(*shards),
-                y(*dollars),
-                s.color,
-                s.label,
-                shards,
-                dollars
-            );
-        }
-        let ly = top + 20.0 + 24.0 * i as f64;
-        let lx = left + plot_w + 20.0;
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{lx}" x2="{}" y1="{ly}" y2="{ly}" stroke="{}" stroke-width="2.5" stroke-dasharray="{}"/><text x="{}" y="{}">{}</text>"##,
-            lx + 30.0,
-            s.color,
-            s.dash,
-            lx + 38.0,
-            ly + 4.0,
-            s.label
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r##"<text x="{}" y="{}" text-anchor="middle" fill="#555">streams requests (GetRecords etc.) cost the same for both and are not drawn</text>
-</svg>"##,
-        left + plot_w / 2.0,
-        height - 12.0
-    );
-    svg
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(NOTE)
+        .label_font(("sans-serif", 15))
+        .draw()?;
+    note_area.draw(&Text::new(
+        "streams requests (GetRecords etc.) cost the same for both and are not drawn",
+        (120, 5),
+        ("sans-serif", 15).into_font().color(&NOTE),
+    ))?;
+    root.present()?;
+    Ok(())
 }
 
-fn dollars_label(value: f64) -> String {
-    if value >= 1.0 {
-        format!("{value:.0}")
-    } else {
-        format!("{value}")
+/// `12345.0` as `12,345`; values under 1 as they are (`0.1`).
+fn thousands(value: f64) -> String {
+    if value < 1.0 {
+        return format!("{value}");
     }
+    let digits = format!("{value:.0}");
+    let mut out = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out
 }

@@ -95,24 +95,29 @@ pub use endpoint::{MetricsEndpoint, serve_metrics};
 
 #[cfg(feature = "prometheus")]
 mod endpoint {
-    //! A minimal HTTP/1.1 server: `GET /metrics` and `GET /healthz`, one request per
-    //! connection. The exporter's own listener serves only metrics, and a full HTTP stack
-    //! for two fixed answers would be most of the build.
+    //! `GET /metrics` and `GET /healthz` over HTTP/1.1, served by hyper. The exporter's own
+    //! listener serves only metrics, so the two routes are ours; the HTTP is hyper's.
 
+    use std::convert::Infallible;
     use std::net::SocketAddr;
     use std::time::Duration;
 
+    use http_body_util::Full;
+    use hyper::body::{Bytes, Incoming};
+    use hyper::header::{CONTENT_TYPE, HeaderValue};
+    use hyper::{Method, Request, Response, StatusCode};
+    use hyper_util::rt::{TokioIo, TokioTimer};
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
     use tokio_util::task::AbortOnDropHandle;
 
     use super::Health;
 
-    /// A request head longer than this is refused.
-    const MAX_REQUEST: usize = 8 * 1024;
-    /// A client that sends nothing for this long is dropped.
-    const READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// A client that has not sent its request head after this long is dropped.
+    const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+    /// After a failed accept (e.g. out of file descriptors), wait this long before the next,
+    /// rather than spin.
+    const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
     /// The running endpoint; dropping it stops serving.
     #[derive(Debug)]
@@ -149,12 +154,27 @@ mod endpoint {
             .map_err(|e| std::io::Error::other(format!("cannot install the recorder: {e}")))?;
         let server = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::debug!(%error, "metrics endpoint: accept failed");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        continue;
+                    }
                 };
                 let (handle, health) = (handle.clone(), health.clone());
+                let service = hyper::service::service_fn(move |request| {
+                    let response = answer(&request, &handle, &health);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                // One request per connection, as scrapers and probes use it.
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_READ_TIMEOUT)
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(stream), service);
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, &handle, &health).await {
+                    if let Err(error) = connection.await {
                         tracing::debug!(%error, "metrics request failed");
                     }
                 });
@@ -167,51 +187,38 @@ mod endpoint {
         })
     }
 
-    async fn answer(
-        mut stream: TcpStream,
+    /// The answer to one request.
+    fn answer(
+        request: &Request<Incoming>,
         handle: &PrometheusHandle,
         health: &Health,
-    ) -> std::io::Result<()> {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tokio::time::timeout(READ_TIMEOUT, stream.read(&mut buf))
-                .await
-                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-            if n == 0 || head.len() + n > MAX_REQUEST {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        let mut parts = line.split_whitespace();
-        let (status, content_type, body) = match (parts.next(), parts.next()) {
-            (Some("GET"), Some("/metrics")) => {
+    ) -> Response<Full<Bytes>> {
+        let (status, content_type, body) = match (request.method(), request.uri().path()) {
+            (&Method::GET, "/metrics") => {
                 handle.run_upkeep();
-                ("200 OK", "text/plain; version=0.0.4", handle.render())
+                (StatusCode::OK, "text/plain; version=0.0.4", handle.render())
             }
-            (Some("GET"), Some("/healthz")) => match health.check() {
-                Ok(()) => ("200 OK", "text/plain", "ok\n".to_owned()),
+            (&Method::GET, "/healthz") => match health.check() {
+                Ok(()) => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
                 Err(reason) => (
-                    "503 Service Unavailable",
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
                     format!("{reason}\n"),
                 ),
             },
-            (Some("GET"), _) => (
-                "404 Not Found",
+            (&Method::GET, _) => (
+                StatusCode::NOT_FOUND,
                 "text/plain",
                 "try /metrics or /healthz\n".into(),
             ),
-            _ => ("400 Bad Request", "text/plain", "GET only\n".into()),
+            _ => (StatusCode::BAD_REQUEST, "text/plain", "GET only\n".into()),
         };
-        let response = format!(
-            "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
     }
 }
 

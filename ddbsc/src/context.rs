@@ -38,6 +38,11 @@ impl Context {
         }
     }
 
+    /// The AWS clients (for tables that are not lease tables, such as KCL's).
+    pub fn clients(&self) -> &AwsClients {
+        &self.clients
+    }
+
     /// The DynamoDB Streams API the workers use.
     pub fn streams(&self) -> Arc<dyn StreamsApi> {
         self.streams.clone()

@@ -5,6 +5,7 @@
 //! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
+//! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
 //! ddbsc pipelines --app APP [--json]
 //! ddbsc drop-pipeline --app APP --name N [--force] [--json]
 //! ```
@@ -19,6 +20,7 @@
 //! format and one set of conditional writes.
 
 mod context;
+mod import_kcl;
 mod liveness;
 mod output;
 mod pipelines;
@@ -83,6 +85,8 @@ enum Command {
     Tail(tail::Args),
     /// The stream's shard graph: id, parent, open or closed, sequence range.
     Shards(shards::Args),
+    /// Take over from a KCL application at the positions it checkpointed.
+    ImportKcl(import_kcl::Args),
     /// The application's named pipelines: leases with a checkpoint, finished, holding the
     /// read back, live workers running each.
     Pipelines(pipelines::ListArgs),
@@ -100,6 +104,7 @@ async fn main() -> ExitCode {
         Command::Reset(args) => reset::run(&context, args).await,
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
+        Command::ImportKcl(args) => import_kcl::run(&context, args).await,
         Command::Pipelines(args) => pipelines::list(&context, args).await,
         Command::DropPipeline(args) => pipelines::drop(&context, args).await,
     };

@@ -147,7 +147,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
 }
 
 /// Take (fencing the previous owner), checkpoint, release: the worker's own writes.
-async fn move_lease(
+pub(crate) async fn move_lease(
     store: &dyn LeaseStore,
     lease: &Lease,
     me: &str,

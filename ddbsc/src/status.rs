@@ -17,9 +17,22 @@ use crate::context::{Context, table_of_stream};
 use crate::liveness::{Liveness, LivenessArgs};
 use crate::{Failure, Outcome};
 
-/// Pages read per shard by `--lag` before it stops counting (the count is then a lower
-/// bound, shown with `+`): at 1000 records a page, 10 000 records.
+/// Pages with records read per shard by `--lag` before it stops counting (the count is
+/// then a lower bound, shown with `+`): at 1000 records a page, 10 000 records.
 const LAG_MAX_PAGES: usize = 10;
+
+/// Empty pages in a row after which an open shard counts as read to its tip. DynamoDB
+/// Streams also returns empty pages where a shard has no records yet further on ("it might
+/// take multiple calls to get to a portion of the shard that contains stream records"), so
+/// one empty page proves nothing; the shard's end (no `NextShardIterator`) is certain.
+const LAG_EMPTY_PAGES_AT_TIP: usize = 4;
+
+/// The pause between empty pages: GetRecords allows about 5 calls a second per shard,
+/// shared with the workers reading it.
+const LAG_EMPTY_PAGE_PAUSE: Duration = Duration::from_millis(200);
+
+/// GetRecords calls per shard at most, however the pages come (a lower bound again).
+const LAG_MAX_CALLS: usize = 2 * (LAG_MAX_PAGES + LAG_EMPTY_PAGES_AT_TIP);
 
 /// Shards `--lag` reads at the same time.
 const LAG_CONCURRENCY: usize = 8;
@@ -90,13 +103,18 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let store = context.lease_store(&args.app).await?;
     let (leases, workers, live) = args.liveness.read(&store).await?;
     let snapshots = consumer_core::snapshot::progress(&leases);
-    let mut leases: Vec<Lease> = leases
-        .into_iter()
-        .filter(|l| !l.key.is_coordination())
-        .collect();
+    let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
+        leases.into_iter().partition(|l| l.key.is_coordination());
     leases.sort_by(|a, b| a.key.cmp(&b.key));
+    // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots until
+    // the older stream is read to its end: a gate still in the table is unfinished.
+    let gates: Vec<&Lease> = coordination
+        .iter()
+        .filter(|l| l.key.gated_stream().is_some())
+        .collect();
     let finished: HashMap<(&str, &str), bool> = leases
         .iter()
+        .chain(gates.iter().copied())
         .map(|l| {
             (
                 (l.key.stream.as_str(), l.key.shard_id.as_str()),
@@ -237,6 +255,9 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     for line in &unreadable {
         context.line(format_args!("cannot read {line}"))?;
     }
+    for gate in &gates {
+        context.line(gate_line(gate))?;
+    }
     context.line("")?;
     for snapshot in &snapshots {
         context.line(snapshot_line(snapshot))?;
@@ -283,6 +304,17 @@ fn snapshot_json(progress: &SnapshotProgress) -> Value {
         "items_in_open_segments": progress.items_in_open_segments,
         "owners": progress.owners,
     })
+}
+
+/// What a stream gate holds back, as one readable line.
+fn gate_line(gate: &Lease) -> String {
+    let stream = &gate.key.stream;
+    let table = table_of_stream(stream).unwrap_or(stream);
+    let older = gate.key.gated_stream().unwrap_or_default();
+    format!(
+        "{table}: stream {stream} waits until {older} is read to its end (the table's stream \
+         was disabled and enabled again)"
+    )
 }
 
 /// A snapshot's progress as one readable line.
@@ -400,9 +432,11 @@ impl<'a> Behind<'a> {
     }
 }
 
-/// Reads the shard once, from the slowest of the lease's and its pipelines' checkpoints
-/// towards its tip, at most [`LAG_MAX_PAGES`] pages, stopping at the first empty page or
-/// the shard's end, and counts for each checkpoint the records after it.
+/// Reads the shard once, from the slowest of the lease's and its named pipelines'
+/// checkpoints towards its tip, and counts for each checkpoint the records after it: to the
+/// shard's end (no `NextShardIterator`), or until [`LAG_EMPTY_PAGES_AT_TIP`] empty pages in
+/// a row (following `NextShardIterator` past fewer), or until the page budget is spent (a
+/// lower bound then).
 async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<ShardLag, Failure> {
     let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
     let fresh = || Lag {
@@ -426,14 +460,27 @@ async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<ShardLag, Fail
         Some(position) => Some(api.shard_iterator(stream, shard, &position).await?),
         None => None,
     };
-    let now = SystemTime::now();
-    let mut complete = false;
-    for _ in 0..LAG_MAX_PAGES {
+    let mut complete = iterator.is_none();
+    let (mut pages_with_records, mut empty_in_a_row) = (0, 0);
+    for _ in 0..LAG_MAX_CALLS {
         let Some(current) = iterator.take() else {
-            complete = true;
             break;
         };
+        if empty_in_a_row > 0 {
+            tokio::time::sleep(LAG_EMPTY_PAGE_PAUSE).await;
+        }
         let page = api.get_records(&current, 1000).await?;
+        iterator = page.next_iterator;
+        if page.records.is_empty() {
+            empty_in_a_row += 1;
+            if empty_in_a_row >= LAG_EMPTY_PAGES_AT_TIP {
+                complete = true;
+                break;
+            }
+            continue;
+        }
+        empty_in_a_row = 0;
+        let now = SystemTime::now();
         for record in &page.records {
             let data = record.dynamodb();
             let seq = data
@@ -451,18 +498,19 @@ async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<ShardLag, Fail
                 }
             }
         }
-        if page.records.is_empty() {
-            complete = true;
+        pages_with_records += 1;
+        if pages_with_records >= LAG_MAX_PAGES {
             break;
         }
-        iterator = page.next_iterator;
     }
+    // Read to the shard's end, or to its tip.
+    complete |= iterator.is_none();
     let mut result = ShardLag {
         lease: fresh(),
         pipelines: BTreeMap::new(),
     };
     for (name, _, mut lag) in lags {
-        lag.complete = complete || iterator.is_none();
+        lag.complete = complete;
         match name {
             Some(name) => {
                 result.pipelines.insert(name.clone(), lag);

@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod proxy;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -84,7 +86,9 @@ impl RunningWorker {
             .with_sdk_config(&config)
             .with_worker_id(id)
             .with_failover_time(Duration::from_secs(3))
-            .with_checkpoint_interval(Duration::ZERO);
+            .with_checkpoint_interval(Duration::ZERO)
+            // A finished older stream (and its gate) goes at the next sync.
+            .with_shard_sync_interval(Duration::from_secs(1));
         for table in tables {
             builder = builder.with_table(table.as_str());
         }
@@ -297,6 +301,84 @@ async fn status_shows_snapshot_progress_per_application() {
     run.await.unwrap().unwrap();
 }
 
+/// A table's stream disabled and enabled again while the old stream still has unread
+/// changes: the new stream's root waits behind a gate lease (`#after-stream <old ARN>`)
+/// until the old shard is read to its end. `status` shows that root as
+/// `waiting-for-parent`, not `active`, and says which stream it waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() {
+    use aws_sdk_dynamodb::types::StreamViewType;
+    let (app, table) = (unique_name("app"), unique_name("st-gate"));
+    create_table(&table, "id", true).await;
+    let old = integration_tests::stream_arn(&table).await.unwrap();
+    put(&table, "k0", 0).await;
+    let tables = vec![table.clone()];
+    let first: Recording<Item> = Recording::new();
+    let worker = RunningWorker::start(&app, &tables, "w1", first.factory()).await;
+    wait_until("the first change", DEADLINE, || first.len() == 1).await;
+    worker.shut_down().await;
+
+    // A backlog on the old stream, then a new stream.
+    put(&table, "k1", 1).await;
+    integration_tests::disable_stream(&table).await;
+    integration_tests::enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let new = integration_tests::stream_arn(&table).await.unwrap();
+    assert_ne!(new, old);
+    put(&table, "k2", 2).await;
+    // Holds the old stream's backlog until the test has looked.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let held: Recording<Item> = Recording::new().with_hook(move |_, _, _| {
+        let mut released = released.clone();
+        Box::pin(async move {
+            let _ = released.wait_for(|go| *go).await;
+            Ok(())
+        })
+    });
+    let worker = RunningWorker::start(&app, &tables, "w2", held.factory()).await;
+
+    let status = status_until(&app, "a lease of the new stream", |s| {
+        leases(s).iter().any(|l| l["stream"] == new.as_str())
+    })
+    .await;
+    let of = |stream: &str| -> Vec<&Value> {
+        leases(&status)
+            .iter()
+            .filter(|l| l["stream"] == stream)
+            .collect()
+    };
+    let (roots, olds) = (of(&new), of(&old));
+    assert_eq!((roots.len(), olds.len()), (1, 1), "{status:#}");
+    assert_eq!(roots[0]["state"], "waiting-for-parent", "{status:#}");
+    assert!(
+        roots[0]["parents"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("#after-stream "),
+        "{status:#}"
+    );
+    assert_eq!(olds[0]["state"], "active", "{status:#}");
+    assert!(
+        leases(&status).iter().all(|l| l["table"] == table.as_str()),
+        "only the table's shards are listed: {status:#}"
+    );
+    let (code, out, err) = ddbsc(&["status", "--app", &app]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("waiting-for-parent"), "{out}");
+    assert!(
+        out.contains(&format!("waits until {old} is read to its end")),
+        "{out}"
+    );
+
+    release.send(true).unwrap();
+    status_until(&app, "the new stream's root running", |s| {
+        leases(s)
+            .iter()
+            .any(|l| l["stream"] == new.as_str() && l["state"] == "active")
+    })
+    .await;
+    worker.shut_down().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
     let app = unique_name("app");
@@ -379,6 +461,51 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
         .as_str()
         .unwrap_or_default();
     assert!(error.contains("GetShardIterator"), "{lagged}");
+}
+
+/// DynamoDB Streams may answer with empty pages before the records of a shard (a proxy in
+/// front of DynamoDB Local gives each iterator two): `status --lag` follows
+/// `NextShardIterator` past them and counts the records, instead of calling the shard
+/// caught up at the first empty page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_reads_past_empty_pages_before_calling_a_shard_caught_up() {
+    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore};
+    let (app, table) = (unique_name("app"), unique_name("lag-empty"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    put(&table, "b", 2).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let (stream, shard) = (
+        graph["stream"].as_str().unwrap(),
+        graph["shards"][0]["shard"].as_str().unwrap(),
+    );
+    let store = DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+    store.ensure_table().await.unwrap();
+    let lease = Lease::new(
+        LeaseKey::new(stream, shard),
+        Checkpoint::TrimHorizon,
+        vec![],
+    );
+    store.create_lease(&lease).await.unwrap();
+
+    let proxy = proxy::EmptyPagesProxy::start(&endpoint(), 2).await;
+    let args = [
+        "status",
+        "--app",
+        &app,
+        "--lag",
+        "--json",
+        "--endpoint",
+        proxy.endpoint(),
+    ];
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let (code, out, err, _) = run_to_exit(DDBSC.as_ref(), &args, DEADLINE).await;
+    assert_eq!(code.code(), Some(0), "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let lag = &leases(&status)[0]["lag"];
+    assert_eq!(lag["records"], 2, "{status:#}");
+    assert_eq!(lag["complete"], true, "{status:#}");
+    assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{status:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
