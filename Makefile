@@ -28,6 +28,7 @@ PROGRAMS := --workspace --bins --examples
 ## example included), then fmt, clippy and warning-free docs
 test:
 	scripts/dynamodb-local.sh install
+	scripts/browser.sh install
 	mkdir -p $(dir $(TEST_LOG))
 	scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --all-targets 2>&1 | tee $(TEST_LOG)
 	# `--all-targets` leaves doctests out; they need no DynamoDB.
@@ -35,6 +36,7 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
+	$(MAKE) --no-print-directory package public-api CARGO="$(CARGO)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { print "tests: " passed " passed, " failed " failed" }' $(TEST_LOG)
 
@@ -52,6 +54,36 @@ FIGURES_ARGS ?=
 figures:
 	$(CARGO) build --release -p examples --bin jsonl-worker --bin failover-figures
 	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p examples --bin failover-figures -- $(FIGURES_ARGS)
+
+## package: what `cargo publish` would upload, built offline for every publishable crate in
+## dependency order (`cargo package --workspace`, which resolves the workspace's crates against
+## each other without the registry). `--no-verify`: verifying would build each crate alone in
+## its own feature set, i.e. the whole AWS SDK again for every crate (minutes on 2 cores); the
+## packaged sources are the tested ones, and `ddbsc` is checked to need no example code.
+.PHONY: package
+UNPUBLISHED := integration-tests public-api-check
+package:
+	$(CARGO) package --workspace $(foreach p,$(UNPUBLISHED),--exclude $(p)) --no-verify --offline --allow-dirty 2>&1 \
+		| grep -v '^warning: ignoring .* not included in the published package$$'
+	@if $(CARGO) tree --offline -p ddbsc -e normal,build --prefix none | grep -q '^examples '; then \
+		echo "ddbsc depends on the examples package: cargo install ddbsc would build example code"; exit 1; fi
+
+## public-api: the library crates' public API compared with its snapshot
+## (CRATE/public-api.txt): a removed or changed item fails, naming it. From rustdoc's JSON
+## (`--workspace --lib`: the test build's feature set, so no dependency is checked again).
+## public-api-update: records the current API as the snapshot (after an intended change).
+.PHONY: public-api public-api-update
+API_CRATES := checkpoint-store consumer-core
+RUSTDOC_JSON = RUSTDOC=$(CURDIR)/scripts/rustdoc-json.sh RUSTDOCFLAGS="-Z unstable-options --output-format json" \
+	$(CARGO) doc --no-deps --workspace --lib
+public-api:
+	$(RUSTDOC_JSON)
+	$(CARGO) build $(PROGRAMS)
+	$(TARGET_DIR)/debug/public-api-check $(TARGET_DIR)/doc $(API_CRATES)
+public-api-update:
+	$(RUSTDOC_JSON)
+	$(CARGO) build $(PROGRAMS)
+	$(TARGET_DIR)/debug/public-api-check --update $(TARGET_DIR)/doc $(API_CRATES)
 
 ## fmt: format the code
 fmt:
@@ -80,6 +112,14 @@ bench:
 	$(CARGO) build --release -p examples --bin benchmark
 	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
 	$(CARGO) bench -p consumer-core --bench decode
+
+## screenshot: the README's picture of `ddbsc serve` (docs/ddbsc-serve.png), taken by the page
+## test in chromium while a killed worker's leases move (DynamoDB Local; debug build)
+.PHONY: screenshot
+screenshot:
+	scripts/browser.sh install
+	$(CARGO) build $(PROGRAMS)
+	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --test serve
 
 ## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
 ## (DynamoDB Local; debug build)

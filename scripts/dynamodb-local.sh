@@ -48,17 +48,7 @@ jar_dir() {
     return 0
 }
 
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || die "$* missing and apt-get is not available: install it by hand"
-    local sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-        command -v sudo >/dev/null 2>&1 || die "$* missing: install it (apt-get needs root)"
-        sudo=(sudo)
-    fi
-    log "installing $* with apt-get"
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+apt_install() { "$ROOT/scripts/apt-install.sh" "$@"; }
 
 install() {
     if ! command -v java >/dev/null 2>&1; then

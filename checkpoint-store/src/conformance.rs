@@ -49,6 +49,7 @@ macro_rules! __conformance_cases {
             a_full_membership_item_refuses_a_new_worker_clearly,
             snapshot_holds_every_lease_and_worker,
             ownership_writes_bump_the_leases_version,
+            reset_moves_the_checkpoint_and_frees_the_lease_in_one_write,
             pipeline_checkpoints_are_written_by_the_owner_with_the_read_position,
             a_removed_pipeline_leaves_the_other_pipelines_alone,
         ]);
@@ -768,6 +769,84 @@ pub async fn ownership_writes_bump_the_leases_version(store: Arc<dyn LeaseStore>
     let membership = store.membership().await.unwrap();
     assert_eq!(membership.workers.len(), 1);
     assert_eq!(membership.workers[0].worker_id, "worker-a");
+}
+
+/// An operator's reset sets the checkpoint and frees the lease in one conditional write:
+/// the owner it read is fenced, a view that is no longer current changes nothing, and
+/// workers learn of it from the leases version.
+pub async fn reset_moves_the_checkpoint_and_frees_the_lease_in_one_write(
+    store: Arc<dyn LeaseStore>,
+) {
+    let key = create(store.as_ref(), "shard-1").await;
+    store.take_lease(&key, None, 0, "worker-a").await.unwrap();
+    let held = store
+        .take_lease(&key, Some("worker-a"), 1, "worker-b")
+        .await
+        .unwrap();
+    let b = held.ownership().unwrap();
+    store.checkpoint(&key, &b, &seq("300")).await.unwrap();
+    store
+        .take_lease(&key, Some("worker-b"), 2, "worker-b")
+        .await
+        .unwrap();
+    let b = owned("worker-b", 3);
+    let asked = store.request_handoff(&key, &b, "worker-c").await.unwrap();
+    assert_eq!(asked.owner_switches_since_checkpoint, 1);
+
+    // A view that is no longer current: refused, nothing changed.
+    let before = get(store.as_ref(), &key).await;
+    for (owner, epoch) in [(Some("worker-a"), 3), (Some("worker-b"), 2), (None, 3)] {
+        assert_err!(
+            store.reset_lease(&key, owner, epoch, &seq("100")).await,
+            Error::LeaseChanged { seen_epoch, .. } if seen_epoch == epoch
+        );
+    }
+    assert_eq!(get(store.as_ref(), &key).await, before);
+
+    let version = store.membership().await.unwrap().leases_version;
+    let moved = store
+        .reset_lease(&key, Some("worker-b"), 3, &seq("100"))
+        .await
+        .unwrap();
+    assert_eq!(moved.checkpoint, seq("100"));
+    assert_eq!(moved.owner, None);
+    assert_eq!(moved.handoff_to, None);
+    assert_eq!(moved.epoch, 4);
+    assert_eq!(moved.owner_switches_since_checkpoint, 0);
+    assert_eq!(moved.parent_shard_ids, before.parent_shard_ids);
+    assert_eq!(moved.created_at, before.created_at);
+    assert_eq!(get(store.as_ref(), &key).await, moved);
+    assert!(
+        store.membership().await.unwrap().leases_version > version,
+        "a reset changes ownership: it bumps the leases version"
+    );
+
+    // The owner it was read from is fenced.
+    assert_err!(
+        store.checkpoint(&key, &b, &seq("400")).await,
+        Error::LeaseLost { .. }
+    );
+    assert_err!(store.release_lease(&key, &b).await, Error::LeaseLost { .. });
+    assert_eq!(get(store.as_ref(), &key).await.checkpoint, seq("100"));
+
+    // Unowned: moved again (to a position name), then a worker takes it as usual.
+    let again = store
+        .reset_lease(&key, None, 4, &Checkpoint::TrimHorizon)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.checkpoint, again.epoch),
+        (Checkpoint::TrimHorizon, 5)
+    );
+    let taken = store.take_lease(&key, None, 5, "worker-c").await.unwrap();
+    assert_eq!(taken.owner.as_deref(), Some("worker-c"));
+
+    assert_err!(
+        store
+            .reset_lease(&LeaseKey::new(STREAM, "gone"), None, 0, &Checkpoint::Latest)
+            .await,
+        Error::LeaseNotFound { .. }
+    );
 }
 
 /// A pipeline checkpoint write stores the pipelines' checkpoints, the read position (the

@@ -11,6 +11,8 @@
 //! error classes, paging and waiting are done.
 
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod aws;
 pub mod billing;

@@ -198,6 +198,22 @@ impl LeaseStore for InMemoryLeaseStore {
         })
     }
 
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        self.update_unchanged(key, seen_owner, seen_epoch, |lease| {
+            lease.checkpoint = checkpoint.clone();
+            lease.owner = None;
+            lease.handoff_to = None;
+            lease.epoch += 1;
+            lease.owner_switches_since_checkpoint = 0;
+        })
+    }
+
     async fn request_handoff(
         &self,
         key: &LeaseKey,

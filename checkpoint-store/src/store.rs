@@ -19,7 +19,7 @@ use crate::pipeline::PipelineCheckpoints;
 /// to identical semantics by the conformance suite.
 ///
 /// Writes that change ownership (`create_lease`, `take_lease`, `release_lease`,
-/// `request_handoff`, `delete_lease`, and `checkpoint` to `ShardEnd`) bump the leases version
+/// `reset_lease`, `request_handoff`, `delete_lease`, and `checkpoint` to `ShardEnd`) bump the leases version
 /// of the [`Membership`] item after their own write succeeded, so idle workers learn of
 /// changes from one small read. A lost bump is caught by an audit scan; safety never rests
 /// on the version, only on the conditional writes.
@@ -83,6 +83,19 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Gives the lease up: removes the owner and any handoff request and bumps the epoch,
     /// if `ownership` is still current (else `LeaseLost`).
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease>;
+
+    /// An operator's move (`ddbsc reset`), in one write: sets the checkpoint and frees the
+    /// lease (owner and handoff request removed, epoch bumped, owner-switch counter
+    /// cleared), provided the lease still has the owner (or none) and the epoch the caller
+    /// saw; else `LeaseChanged` (`LeaseNotFound` when it is gone) and nothing changed. The
+    /// previous owner is fenced as by a take: its next write is `LeaseLost`.
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease>;
 
     /// Asks the current owner to hand the lease to `requester`, if the owner and epoch are
     /// still `current` (else `LeaseChanged`).

@@ -41,6 +41,10 @@ pub struct Checkpointer {
     ownership: Ownership,
     stored: Checkpoint,
     pending: Option<SequenceNumber>,
+    /// A position that is not a sequence number, waiting to be written: a snapshot
+    /// segment's scan position after a page whose records are all done. A lease has one
+    /// kind of position or the other.
+    position: Option<Checkpoint>,
     /// The last record done: processed with `Ok`, filtered, or accepted by the failure
     /// handler (with every record before it).
     last_done: Option<SequenceNumber>,
@@ -81,6 +85,7 @@ impl Checkpointer {
             ownership,
             stored,
             pending: None,
+            position: None,
             last_done: None,
             in_flight: None,
             interval,
@@ -101,6 +106,7 @@ impl Checkpointer {
             ownership: self.ownership.clone(),
             stored: self.stored.clone(),
             pending: None,
+            position: None,
             last_done: self.last_done.clone(),
             in_flight: None,
             interval: self.interval,
@@ -178,7 +184,9 @@ impl Checkpointer {
             reason: format!("cannot stage writes: {reason}"),
         };
         let Some(last) = self.in_flight.as_ref() else {
-            return Err(refuse("writes are staged during `process` only".into()));
+            return Err(refuse(
+                "writes are staged during `process` only, of stream records (snapshot records have no sequence number to commit with)".into(),
+            ));
         };
         if self.detached {
             return Err(refuse(
@@ -388,14 +396,12 @@ impl Checkpointer {
     /// Writes the pending checkpoint now, whatever the interval.
     pub async fn flush(&mut self) -> Result<()> {
         self.settle().await?;
-        if let Some(seq) = self.pending.take() {
-            if self.stored.sequence_number() == Some(&seq) {
-                return Ok(());
-            }
-            if let Err(e) = self.write(Checkpoint::At(seq.clone())).await {
-                self.pending = Some(seq);
-                return Err(e);
-            }
+        let Some(checkpoint) = self.take_pending() else {
+            return Ok(());
+        };
+        if let Err(e) = self.write(checkpoint.clone()).await {
+            self.put_back(checkpoint);
+            return Err(e);
         }
         Ok(())
     }
@@ -459,6 +465,33 @@ impl Checkpointer {
         }
     }
 
+    /// A snapshot segment's scan position after a page whose records are all done: written
+    /// like the framework's checkpoints after a batch (coalesced, in the background).
+    pub(crate) fn scanned(&mut self, position: Checkpoint) {
+        self.position = Some(position);
+    }
+
+    /// What is pending and not stored yet, taken out to be written.
+    fn take_pending(&mut self) -> Option<Checkpoint> {
+        let pending = match self.pending.take() {
+            Some(seq) => Checkpoint::At(seq),
+            None => self.position.take()?,
+        };
+        (pending != self.stored).then_some(pending)
+    }
+
+    /// A write of `checkpoint` failed: pending again, unless a newer one is.
+    fn put_back(&mut self, checkpoint: Checkpoint) {
+        match checkpoint {
+            Checkpoint::At(seq) => {
+                self.pending.get_or_insert(seq);
+            }
+            other => {
+                self.position.get_or_insert(other);
+            }
+        }
+    }
+
     /// Writes the pending checkpoint if the interval since the last write has passed.
     pub(crate) async fn flush_if_due(&mut self) -> Result<()> {
         let due = self
@@ -496,13 +529,9 @@ impl Checkpointer {
         if self.background.is_some() || !due {
             return Ok(());
         }
-        let Some(seq) = self.pending.take() else {
+        let Some(checkpoint) = self.take_pending() else {
             return Ok(());
         };
-        if self.stored.sequence_number() == Some(&seq) {
-            return Ok(());
-        }
-        let checkpoint = Checkpoint::At(seq);
         if self.detached {
             return self.write(checkpoint).await;
         }
@@ -536,9 +565,7 @@ impl Checkpointer {
                 Ok(())
             }
             Err(error) => {
-                if self.pending.is_none() {
-                    self.pending = checkpoint.sequence_number().cloned();
-                }
+                self.put_back(checkpoint);
                 Err(error.into())
             }
         }
@@ -772,6 +799,17 @@ mod tests {
             ownership: &Ownership,
         ) -> checkpoint_store::Result<Lease> {
             self.inner.release_lease(key, ownership).await
+        }
+        async fn reset_lease(
+            &self,
+            key: &LeaseKey,
+            seen_owner: Option<&str>,
+            seen_epoch: u64,
+            checkpoint: &Checkpoint,
+        ) -> checkpoint_store::Result<Lease> {
+            self.inner
+                .reset_lease(key, seen_owner, seen_epoch, checkpoint)
+                .await
         }
         async fn request_handoff(
             &self,

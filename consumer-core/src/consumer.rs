@@ -513,6 +513,9 @@ impl ConsumerBuilder {
         if let Some(Err((key, text))) = config.snapshot.as_ref().map(|s| s.validate()) {
             return problem(key, &text);
         }
+        if let Some(Err(text)) = config.snapshot.as_ref().map(|_| snapshot_fits(config)) {
+            return problem("with_snapshot", &text);
+        }
         if config.failover_time < Duration::from_secs(1) {
             return problem("with_failover_time", "must be at least 1 s");
         }
@@ -595,6 +598,18 @@ fn cap_durations(config: &mut ConsumerConfig) {
     if let Some(snapshot) = &mut config.snapshot {
         snapshot.progress_interval = capped(snapshot.progress_interval);
     }
+}
+
+/// Settings that cannot apply to snapshot records; the text names the other setting.
+/// Every other delivery setting applies to them as to stream records.
+fn snapshot_fits(config: &ConsumerConfig) -> std::result::Result<(), String> {
+    if config.delivery.max_record_age.is_some() {
+        return Err("cannot be combined with `with_max_record_age`: a scanned item has no creation time, and the stream records that follow a long snapshot would go to the on-failure handler instead of the sink the snapshot fills".into());
+    }
+    if !config.auto_checkpoint {
+        return Err("cannot be combined with `with_auto_checkpoint(false)`: a snapshot record has no sequence number to checkpoint at; the framework stores a segment's scan position once every record of a page is done".into());
+    }
+    Ok(())
 }
 
 fn missing_sdk_config() -> Error {
@@ -719,6 +734,59 @@ mod tests {
             .expect("delivered and stopped")
             .unwrap();
         assert_eq!(recording.len(), 1);
+    }
+
+    #[test]
+    fn settings_that_cannot_apply_to_snapshot_records_are_refused_naming_both() {
+        struct Accept;
+        #[async_trait::async_trait]
+        impl crate::FailureHandler for Accept {
+            async fn handle(&self, _: &crate::FailedRecords) -> Result<(), crate::BoxError> {
+                Ok(())
+            }
+        }
+        let refused = |builder: ConsumerBuilder| {
+            builder
+                .with_table("t")
+                .with_streams_api(Arc::new(SimulatedStream::with_seed(1)))
+                .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+                .with_snapshot(crate::SnapshotConfig::new())
+                .build(crate::processor_fn(|_: crate::ChangeBatch<()>| async {
+                    Ok(())
+                }))
+                .err()
+                .map(|e| e.to_string())
+        };
+        let aged = Consumer::builder("app")
+            .with_max_record_age(Duration::from_secs(60))
+            .with_on_failure(Accept);
+        let text = refused(aged).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_max_record_age"),
+            "{text}"
+        );
+        let manual = Consumer::builder("app").with_auto_checkpoint(false);
+        let text = refused(manual).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_auto_checkpoint"),
+            "{text}"
+        );
+        // Batch shaping, key parallelism, partial failures and the rest apply (what is left
+        // to refuse is the missing table reader: the test gives no AWS configuration).
+        let shaped = Consumer::builder("app")
+            .with_max_batch_size(7)
+            .with_batching_window(Duration::from_secs(1))
+            .with_key_parallelism(4)
+            .with_batch_timeout(Duration::from_secs(5))
+            .with_max_retries(2)
+            .with_bisect_on_error(true)
+            .with_on_failure(Accept)
+            .with_filter(|_| true);
+        let text = refused(shaped).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.contains("with_sdk_config"),
+            "{text}"
+        );
     }
 
     #[test]

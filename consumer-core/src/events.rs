@@ -321,48 +321,50 @@ impl Event for LeaseScanDiscarded {
     }
 }
 
-/// A snapshot segment delivered a page of items (`with_snapshot`).
-pub(crate) struct SnapshotPageDelivered<'a> {
+/// A snapshot segment read a page of items (`with_snapshot`), handed to its delivery.
+pub(crate) struct SnapshotPageRead<'a> {
     pub stream_arn: &'a str,
     pub segment: &'a str,
     pub items: usize,
 }
 
-impl Event for SnapshotPageDelivered<'_> {
+impl Event for SnapshotPageRead<'_> {
     fn emit(self) {
         let (segment, items) = (self.segment, self.items);
-        tracing::debug!(segment, items, "snapshot page delivered");
+        tracing::debug!(segment, items, "snapshot page read");
         let labels = [("stream", stream_label(self.stream_arn).to_owned())];
         counter!("ddb_stream_snapshot_items_total", &labels).increment(items as u64);
     }
 }
 
 /// Where a snapshot stands, logged by each running segment every progress interval and when
-/// it finishes: segments done of total (from the lease table) and items delivered.
+/// it finishes: segments done of total (from the lease table) and items read.
 pub(crate) struct SnapshotProgressed<'a> {
     pub stream_arn: &'a str,
     pub segment: &'a str,
-    /// Items this segment delivered so far.
+    /// Items this segment read so far.
     pub segment_items: u64,
-    pub progress: &'a crate::snapshot::SnapshotProgress,
+    /// Segments read to their end, of all.
+    pub segments_done: u32,
+    pub segments: u32,
+    /// Items delivered by the segments not finished yet (as their leases say).
+    pub items_in_open_segments: u64,
 }
 
 impl Event for SnapshotProgressed<'_> {
     fn emit(self) {
-        let progress = self.progress;
+        let (done, segments) = (self.segments_done, self.segments);
         tracing::info!(
             stream_arn = self.stream_arn,
             segment = self.segment,
             segment_items = self.segment_items,
-            segments_done = progress.segments_done,
-            segments = progress.segments,
-            items_in_open_segments = progress.items_in_open_segments,
-            "snapshot progress: {} of {} segments done",
-            progress.segments_done,
-            progress.segments
+            segments_done = done,
+            segments,
+            items_in_open_segments = self.items_in_open_segments,
+            "snapshot progress: {done} of {segments} segments done",
         );
         let labels = [("stream", stream_label(self.stream_arn).to_owned())];
-        gauge!("ddb_stream_snapshot_segments_done", &labels).set(f64::from(progress.segments_done));
-        gauge!("ddb_stream_snapshot_segments", &labels).set(f64::from(progress.segments));
+        gauge!("ddb_stream_snapshot_segments_done", &labels).set(f64::from(done));
+        gauge!("ddb_stream_snapshot_segments", &labels).set(f64::from(segments));
     }
 }

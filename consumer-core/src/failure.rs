@@ -95,23 +95,55 @@ pub trait FailureHandler: Send + Sync + 'static {
 }
 
 /// A partial batch response: returned by `process` (as its error) to say that every record
-/// before `sequence_number` succeeded. The framework checkpoints before it and delivers
-/// again from it; the failure counts toward `with_max_retries` for that record.
+/// before one succeeded. The framework checkpoints before it and delivers again from it;
+/// the failure counts toward `with_max_retries` for that record.
+///
+/// [`at`](Self::at) names the record by its sequence number; [`at_index`](Self::at_index)
+/// by its place in the batch, which also works for snapshot records (they have no sequence
+/// number). A record that is not in the batch fails the whole batch.
 #[derive(Debug, thiserror::Error)]
-#[error("processing failed at record {sequence_number}: {source}")]
+#[error("processing failed at {at}: {source}")]
 pub struct BatchFailure {
     /// The first record that did not succeed.
-    pub sequence_number: SequenceNumber,
+    pub at: FailedAt,
     /// Why.
     #[source]
     pub source: BoxError,
+}
+
+/// The first record of a batch that did not succeed, as a [`BatchFailure`] names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailedAt {
+    /// The record with this sequence number.
+    SequenceNumber(SequenceNumber),
+    /// The record at this place in the batch (0 is the first), stream or snapshot record.
+    Index(usize),
+}
+
+impl fmt::Display for FailedAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SequenceNumber(seq) => write!(f, "record {seq}"),
+            Self::Index(index) => write!(f, "record {index} of the batch (from 0)"),
+        }
+    }
 }
 
 impl BatchFailure {
     /// Everything before `sequence_number` succeeded; it failed because of `source`.
     pub fn at(sequence_number: SequenceNumber, source: impl Into<BoxError>) -> Self {
         Self {
-            sequence_number,
+            at: FailedAt::SequenceNumber(sequence_number),
+            source: source.into(),
+        }
+    }
+
+    /// Everything before the batch's record at `index` (0 is the first) succeeded; it failed
+    /// because of `source`. Works for snapshot records too.
+    pub fn at_index(index: usize, source: impl Into<BoxError>) -> Self {
+        Self {
+            at: FailedAt::Index(index),
             source: source.into(),
         }
     }

@@ -1,5 +1,7 @@
-#![doc = include_str!("../../README.md")]
+#![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
+// docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod attribute_de;
 mod budget;
@@ -40,7 +42,7 @@ pub use config::{InitialPosition, TrimmedDataPolicy};
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
-pub use failure::{BatchFailure, FailedRecords, FailureHandler, FailureReason};
+pub use failure::{BatchFailure, FailedAt, FailedRecords, FailureHandler, FailureReason};
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };

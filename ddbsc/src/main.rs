@@ -6,6 +6,7 @@
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
 //! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
+//! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
 //! ddbsc pipelines --app APP [--json]
 //! ddbsc drop-pipeline --app APP --name N [--force] [--json]
 //! ```
@@ -25,6 +26,7 @@ mod liveness;
 mod output;
 mod pipelines;
 mod reset;
+mod serve;
 mod shards;
 mod status;
 mod tail;
@@ -87,6 +89,8 @@ enum Command {
     Shards(shards::Args),
     /// Take over from a KCL application at the positions it checkpointed.
     ImportKcl(import_kcl::Args),
+    /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
+    Serve(serve::Args),
     /// The application's named pipelines: leases with a checkpoint, finished, holding the
     /// read back, live workers running each.
     Pipelines(pipelines::ListArgs),
@@ -105,6 +109,7 @@ async fn main() -> ExitCode {
         Command::Tail(args) => tail::run(&context, args).await,
         Command::Shards(args) => shards::run(&context, args).await,
         Command::ImportKcl(args) => import_kcl::run(&context, args).await,
+        Command::Serve(args) => serve::run(context, args).await,
         Command::Pipelines(args) => pipelines::list(&context, args).await,
         Command::DropPipeline(args) => pipelines::drop(&context, args).await,
     };

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use checkpoint_store::pipeline::slowest;
-use checkpoint_store::{Checkpoint, Lease, SequenceNumber};
+use checkpoint_store::{Checkpoint, Lease, LeaseStore, SequenceNumber, WorkerRecord};
 use comfy_table::Table;
 use consumer_core::snapshot::{SnapshotProgress, is_segment};
 use consumer_core::streams::{StartPosition, StreamsApi};
@@ -101,191 +101,264 @@ struct Lag {
 pub async fn run(context: &Context, args: Args) -> Outcome {
     args.liveness.check()?;
     let store = context.lease_store(&args.app).await?;
-    let (leases, workers, live) = args.liveness.read(&store).await?;
-    let snapshots = consumer_core::snapshot::progress(&leases);
-    let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
-        leases.into_iter().partition(|l| l.key.is_coordination());
-    leases.sort_by(|a, b| a.key.cmp(&b.key));
-    // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots until
-    // the older stream is read to its end: a gate still in the table is unfinished.
-    let gates: Vec<&Lease> = coordination
-        .iter()
-        .filter(|l| l.key.gated_stream().is_some())
-        .collect();
-    let finished: HashMap<(&str, &str), bool> = leases
-        .iter()
-        .chain(gates.iter().copied())
-        .map(|l| {
-            (
-                (l.key.stream.as_str(), l.key.shard_id.as_str()),
-                l.checkpoint.is_shard_end(),
-            )
-        })
-        .collect();
-    let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
-
-    // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its row;
-    // the rest of the status is still shown.
-    // Shards are read a few at a time: quick with many shards, gentle on the stream's
-    // GetRecords limit (5 calls per second per shard, shared with the workers).
-    let api = context.streams();
-    let lags: Vec<Option<Result<ShardLag, String>>> = stream::iter(leases.iter().zip(&states))
-        .map(|(lease, state)| {
-            let api = api.clone();
-            let wanted = args.lag && *state == State::Active && !is_segment(&lease.key);
-            async move {
-                if !wanted {
-                    return None;
-                }
-                let lag = shard_lag(api.as_ref(), lease).await;
-                Some(lag.map_err(|Failure(message)| message))
-            }
-        })
-        .buffered(LAG_CONCURRENCY)
-        .collect()
-        .await;
-
-    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
-    for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
-        *held.entry(owner).or_default() += 1;
-    }
-    let now = SystemTime::now();
-
+    let report = Report::read(context, &store, &args.app, args.lag, &args.liveness).await?;
     if context.json {
-        let leases: Vec<Value> = leases
+        context.print_json(&report.to_json())
+    } else {
+        report.print(context)
+    }
+}
+
+/// One reading of an application's lease table (and, with `lag`, of its shards): what
+/// `status` prints and what `serve` shows, computed in one place.
+pub struct Report {
+    app: String,
+    /// The shard and segment leases (no coordination items), in key order.
+    leases: Vec<Lease>,
+    /// Per lease, in the same order.
+    states: Vec<State>,
+    /// Per lease, in the same order: `None` when not asked or not active.
+    lags: Vec<Option<Result<ShardLag, String>>>,
+    lag_asked: bool,
+    /// The gates that hold a re-enabled stream's roots (coordination items).
+    gates: Vec<Lease>,
+    workers: Vec<WorkerRecord>,
+    live: Liveness,
+    snapshots: Vec<SnapshotProgress>,
+    /// Leases held per owner.
+    held: BTreeMap<String, usize>,
+    /// When the lease table was read (this machine's clock): what ages are measured from.
+    now: SystemTime,
+}
+
+impl Report {
+    /// Reads `store` (the lease table of `app`); with `lag`, each active shard towards its
+    /// tip too.
+    pub async fn read(
+        context: &Context,
+        store: &dyn LeaseStore,
+        app: &str,
+        lag: bool,
+        liveness: &LivenessArgs,
+    ) -> Result<Self, Failure> {
+        let (leases, workers, live) = liveness.read(store).await?;
+        let snapshots = consumer_core::snapshot::progress(&leases);
+        let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
+            leases.into_iter().partition(|l| l.key.is_coordination());
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots
+        // until the older stream is read to its end: a gate still in the table is unfinished.
+        let gates: Vec<Lease> = coordination
+            .into_iter()
+            .filter(|l| l.key.gated_stream().is_some())
+            .collect();
+        let finished: HashMap<(&str, &str), bool> = leases
+            .iter()
+            .chain(&gates)
+            .map(|l| {
+                (
+                    (l.key.stream.as_str(), l.key.shard_id.as_str()),
+                    l.checkpoint.is_shard_end(),
+                )
+            })
+            .collect();
+        let states: Vec<State> = leases.iter().map(|l| State::of(l, &finished)).collect();
+
+        // A shard that cannot be read (trimmed past its checkpoint, gone) says why in its
+        // row; the rest of the status is still shown.
+        // Shards are read a few at a time: quick with many shards, gentle on the stream's
+        // GetRecords limit (5 calls per second per shard, shared with the workers).
+        // The reads are made before they are streamed: a stream built from a closure over
+        // borrowed leases is not `Send`, and `serve` runs this on its server's tasks.
+        let api = context.streams();
+        let reads: Vec<_> = leases
             .iter()
             .zip(&states)
-            .zip(&lags)
-            .map(|((lease, state), lag)| lease_json(lease, *state, &live, lag.as_ref(), args.lag))
+            .map(|(lease, state)| {
+                let api = api.clone();
+                let wanted = lag && *state == State::Active && !is_segment(&lease.key);
+                async move {
+                    if !wanted {
+                        return None;
+                    }
+                    let lag = shard_lag(api.as_ref(), lease).await;
+                    Some(lag.map_err(|Failure(message)| message))
+                }
+            })
             .collect();
-        let workers: Vec<Value> = workers
+        let lags: Vec<Option<Result<ShardLag, String>>> = stream::iter(reads)
+            .buffered(LAG_CONCURRENCY)
+            .collect()
+            .await;
+
+        let mut held: BTreeMap<String, usize> = BTreeMap::new();
+        for owner in leases.iter().filter_map(|l| l.owner.as_deref()) {
+            *held.entry(owner.to_owned()).or_default() += 1;
+        }
+        Ok(Self {
+            app: app.to_owned(),
+            leases,
+            states,
+            lags,
+            lag_asked: lag,
+            gates,
+            workers,
+            live,
+            snapshots,
+            held,
+            now: SystemTime::now(),
+        })
+    }
+
+    fn held_by(&self, worker: &str) -> usize {
+        self.held.get(worker).copied().unwrap_or(0)
+    }
+
+    /// The `--json` object (see the README for its fields).
+    pub fn to_json(&self) -> Value {
+        let leases: Vec<Value> = self
+            .leases
+            .iter()
+            .zip(&self.states)
+            .zip(&self.lags)
+            .map(|((lease, state), lag)| {
+                lease_json(
+                    lease,
+                    *state,
+                    &self.live,
+                    lag.as_ref(),
+                    self.lag_asked,
+                    self.now,
+                )
+            })
+            .collect();
+        let workers: Vec<Value> = self
+            .workers
             .iter()
             .map(|w| {
                 json!({
                     "id": w.worker_id,
-                    "alive": live.is_alive(&w.worker_id),
-                    "leases": held.get(w.worker_id.as_str()).copied().unwrap_or(0),
+                    "alive": self.live.is_alive(&w.worker_id),
+                    "leases": self.held_by(&w.worker_id),
                     "heartbeat": w.heartbeat,
-                    "heartbeat_age_ms": age(now, w.updated_at).as_millis() as u64,
+                    "heartbeat_age_ms": age(self.now, w.updated_at).as_millis() as u64,
                 })
             })
             .collect();
-        let snapshots: Vec<Value> = snapshots.iter().map(snapshot_json).collect();
-        context.print_json(&json!({
-            "app": args.app,
+        let snapshots: Vec<Value> = self.snapshots.iter().map(snapshot_json).collect();
+        json!({
+            "app": self.app,
             "leases": leases,
             "workers": workers,
             "snapshots": snapshots,
-        }))?;
-        return Ok(());
+        })
     }
 
-    let mut table = Table::new();
-    let mut header = vec![
-        "TABLE",
-        "SHARD",
-        "STATE",
-        "OWNER",
-        "ALIVE",
-        "CHECKPOINT",
-        "HANDOFF TO",
-    ];
-    if args.lag {
-        header.extend(["BEHIND", "OLDEST UNPROCESSED"]);
-    }
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header(header);
-    let mut unreadable = Vec::new();
-    for ((lease, state), lag) in leases.iter().zip(&states).zip(&lags) {
-        let mut row = vec![
-            table_of_stream(&lease.key.stream)
-                .unwrap_or(&lease.key.stream)
-                .to_owned(),
-            lease.key.shard_id.clone(),
-            state.as_str().to_owned(),
-            lease.owner.clone().unwrap_or_else(|| "-".into()),
-            match &lease.owner {
-                Some(owner) => yes_no(live.is_alive(owner)).to_owned(),
-                None => "-".into(),
-            },
-            lease.checkpoint.to_string(),
-            lease.handoff_to.clone().unwrap_or_else(|| "-".into()),
+    /// The readable tables.
+    fn print(&self, context: &Context) -> Outcome {
+        let mut table = Table::new();
+        let mut header = vec![
+            "TABLE",
+            "SHARD",
+            "STATE",
+            "OWNER",
+            "ALIVE",
+            "CHECKPOINT",
+            "HANDOFF TO",
         ];
-        if args.lag {
-            row.extend(match lag {
-                Some(Err(message)) => {
-                    unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
-                    ["?".into(), "?".into()]
-                }
-                Some(Ok(lag)) => lag_cells(&lag.lease),
-                None => ["-".into(), "-".into()],
-            });
+        if self.lag_asked {
+            header.extend(["BEHIND", "OLDEST UNPROCESSED"]);
         }
-        table.add_row(row);
-        // One row per named pipeline under its lease: its checkpoint, and its lag.
-        for (name, checkpoint) in &lease.pipelines {
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_header(header);
+        let mut unreadable = Vec::new();
+        for ((lease, state), lag) in self.leases.iter().zip(&self.states).zip(&self.lags) {
             let mut row = vec![
-                String::new(),
-                format!("  pipeline {name}"),
-                if checkpoint.is_shard_end() {
-                    State::Finished.as_str().to_owned()
-                } else {
-                    String::new()
+                table_of_stream(&lease.key.stream)
+                    .unwrap_or(&lease.key.stream)
+                    .to_owned(),
+                lease.key.shard_id.clone(),
+                state.as_str().to_owned(),
+                lease.owner.clone().unwrap_or_else(|| "-".into()),
+                match &lease.owner {
+                    Some(owner) => yes_no(self.live.is_alive(owner)).to_owned(),
+                    None => "-".into(),
                 },
-                String::new(),
-                String::new(),
-                checkpoint.to_string(),
-                String::new(),
+                lease.checkpoint.to_string(),
+                lease.handoff_to.clone().unwrap_or_else(|| "-".into()),
             ];
-            if args.lag {
+            if self.lag_asked {
                 row.extend(match lag {
-                    Some(Err(_)) => ["?".into(), "?".into()],
-                    Some(Ok(lag)) => lag
-                        .pipelines
-                        .get(name)
-                        .map_or_else(|| ["-".into(), "-".into()], lag_cells),
+                    Some(Err(message)) => {
+                        unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
+                        ["?".into(), "?".into()]
+                    }
+                    Some(Ok(lag)) => lag_cells(&lag.lease),
                     None => ["-".into(), "-".into()],
                 });
             }
             table.add_row(row);
+            // One row per named pipeline under its lease: its checkpoint, and its lag.
+            for (name, checkpoint) in &lease.pipelines {
+                let mut row = vec![
+                    String::new(),
+                    format!("  pipeline {name}"),
+                    if checkpoint.is_shard_end() {
+                        State::Finished.as_str().to_owned()
+                    } else {
+                        String::new()
+                    },
+                    String::new(),
+                    String::new(),
+                    checkpoint.to_string(),
+                    String::new(),
+                ];
+                if self.lag_asked {
+                    row.extend(match lag {
+                        Some(Err(_)) => ["?".into(), "?".into()],
+                        Some(Ok(lag)) => lag
+                            .pipelines
+                            .get(name)
+                            .map_or_else(|| ["-".into(), "-".into()], lag_cells),
+                        None => ["-".into(), "-".into()],
+                    });
+                }
+                table.add_row(row);
+            }
         }
-    }
-    context.line(&table)?;
-    for line in &unreadable {
-        context.line(format_args!("cannot read {line}"))?;
-    }
-    for gate in &gates {
-        context.line(gate_line(gate))?;
-    }
-    context.line("")?;
-    for snapshot in &snapshots {
-        context.line(snapshot_line(snapshot))?;
-    }
-    if !snapshots.is_empty() {
+        context.line(&table)?;
+        for line in &unreadable {
+            context.line(format_args!("cannot read {line}"))?;
+        }
+        for gate in &self.gates {
+            context.line(gate_line(gate))?;
+        }
         context.line("")?;
-    }
+        for snapshot in &self.snapshots {
+            context.line(snapshot_line(snapshot))?;
+        }
+        if !self.snapshots.is_empty() {
+            context.line("")?;
+        }
 
-    let mut table = Table::new();
-    table
-        .load_preset(comfy_table::presets::NOTHING)
-        .set_header(["WORKER", "ALIVE", "LEASES", "LAST HEARTBEAT"]);
-    for w in &workers {
-        table.add_row([
-            w.worker_id.clone(),
-            yes_no(live.is_alive(&w.worker_id)).to_owned(),
-            held.get(w.worker_id.as_str())
-                .copied()
-                .unwrap_or(0)
-                .to_string(),
-            format!(
-                "{} ago",
-                humantime::format_duration(whole_seconds(age(now, w.updated_at)))
-            ),
-        ]);
+        let mut table = Table::new();
+        table
+            .load_preset(comfy_table::presets::NOTHING)
+            .set_header(["WORKER", "ALIVE", "LEASES", "LAST HEARTBEAT"]);
+        for w in &self.workers {
+            table.add_row([
+                w.worker_id.clone(),
+                yes_no(self.live.is_alive(&w.worker_id)).to_owned(),
+                self.held_by(&w.worker_id).to_string(),
+                format!(
+                    "{} ago",
+                    humantime::format_duration(whole_seconds(age(self.now, w.updated_at)))
+                ),
+            ]);
+        }
+        context.line(&table)
     }
-    context.line(&table)?;
-    Ok(())
 }
 
 /// A snapshot's progress in `--json`: `table`, `stream`, `started_at` (RFC 3339),
@@ -351,6 +424,7 @@ fn lease_json(
     live: &Liveness,
     lag: Option<&Result<ShardLag, String>>,
     lag_asked: bool,
+    now: SystemTime,
 ) -> Value {
     let mut value = json!({
         "table": table_of_stream(&lease.key.stream),
@@ -363,6 +437,9 @@ fn lease_json(
         "handoff_to": lease.handoff_to,
         "parents": lease.parent_shard_ids,
         "epoch": lease.epoch,
+        // The checkpoint's age, or less: the last write is a checkpoint, an owner change or
+        // a handoff request.
+        "last_write_age_ms": age(now, lease.updated_at).as_millis() as u64,
     });
     // Each named pipeline's checkpoint, and its own lag with `--lag` (the same figures
     // as the lease's, counted from the pipeline's checkpoint).

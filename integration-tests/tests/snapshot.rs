@@ -2,6 +2,8 @@
 //! is delivered whole (as `Snapshot` changes) and then followed by its stream while a
 //! writer keeps changing and deleting items; applying the delivered changes in order gives
 //! the final table. A worker killed mid-snapshot is taken over without losing a segment.
+//! Both also run with key parallelism and batch shaping (batches gathered across Scan
+//! pages), which apply to snapshot records as to stream records.
 //! `--nocapture` prints the snapshot's throughput with two workers (items/s; set
 //! `SNAPSHOT_ITEMS` for a bigger table).
 
@@ -129,8 +131,27 @@ async fn segments_done(app: &str) -> bool {
     !progress.is_empty() && progress.iter().all(|p| p.is_done())
 }
 
+/// Key parallelism and batch shaping: batches of up to 150 gathered across pages of 100.
+fn shaped(builder: ConsumerBuilder) -> ConsumerBuilder {
+    builder
+        .with_key_parallelism(3)
+        .with_max_batch_size(150)
+        .with_batching_window(Duration::from_millis(200))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_then_stream_converges_while_a_writer_changes_and_deletes() {
+    converges_while_a_writer_changes_and_deletes(|builder| builder).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_key_parallelism_and_batch_shaping_snapshot_then_stream_converges() {
+    converges_while_a_writer_changes_and_deletes(shaped).await;
+}
+
+async fn converges_while_a_writer_changes_and_deletes(
+    shape: impl Fn(ConsumerBuilder) -> ConsumerBuilder,
+) {
     let (table, app) = (unique_name("snap"), unique_name("snap-app"));
     create_table(&table, "name", false).await;
     let initial = 1500;
@@ -143,7 +164,7 @@ async fn snapshot_then_stream_converges_while_a_writer_changes_and_deletes() {
         .iter()
         .map(|w| {
             spawn_consumer(
-                builder(&app, &table, w, &config)
+                shape(builder(&app, &table, w, &config))
                     .build(recording.factory())
                     .unwrap(),
             )
@@ -203,6 +224,15 @@ async fn snapshot_then_stream_converges_while_a_writer_changes_and_deletes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
+    taken_over_without_losing_a_segment(|builder| builder).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_key_parallelism_and_batch_shaping_a_killed_worker_loses_no_segment() {
+    taken_over_without_losing_a_segment(shaped).await;
+}
+
+async fn taken_over_without_losing_a_segment(shape: impl Fn(ConsumerBuilder) -> ConsumerBuilder) {
     let (table, app) = (unique_name("snap-kill"), unique_name("snap-kill-app"));
     create_table(&table, "name", false).await;
     let n = 2000;
@@ -218,7 +248,7 @@ async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
         })
     });
     let (_stop, first) = spawn_consumer(
-        builder(&app, &table, "doomed", &config)
+        shape(builder(&app, &table, "doomed", &config))
             .build(slow.factory())
             .unwrap(),
     );
@@ -237,7 +267,7 @@ async fn a_worker_killed_mid_snapshot_is_taken_over_without_losing_a_segment() {
 
     let recording: Recording<Item> = Recording::new();
     let (stop, second) = spawn_consumer(
-        builder(&app, &table, "survivor", &config)
+        shape(builder(&app, &table, "survivor", &config))
             .build(recording.factory())
             .unwrap(),
     );

@@ -613,6 +613,29 @@ impl LeaseStore for DynamoDbLeaseStore {
         Ok(released)
     }
 
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        let mut values = checkpoint_values(checkpoint);
+        values.push((":one", number(1)));
+        let moved = self
+            .update_unchanged(
+                "UpdateItem (reset)",
+                key,
+                seen_owner,
+                seen_epoch,
+                &format!("{CHECKPOINT_UPDATE}, #epoch = #epoch + :one REMOVE #owner, #handoff_to"),
+                values,
+            )
+            .await?;
+        self.bump_after(key).await;
+        Ok(moved)
+    }
+
     async fn request_handoff(
         &self,
         key: &LeaseKey,

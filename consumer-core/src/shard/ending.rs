@@ -3,7 +3,9 @@
 
 use checkpoint_store::{Checkpoint, LeaseKey};
 
-use super::session::{Session, is_lease_lost};
+use super::EndOfSource;
+use super::progress::is_lease_lost;
+use super::session::Session;
 use crate::callback::Interrupted;
 use crate::error::{Error, Result};
 use crate::events::{Event, LeaseLost, LeaseReleased, ShardEnded};
@@ -13,43 +15,17 @@ use crate::runtime::{LeaseTask, ShardOutcome};
 use crate::shard_sync::{create_lease_if_absent, new_shard_lease};
 use crate::streams::ShardInfo;
 
-impl<F: ProcessorFactory> Session<'_, F> {
-    /// The shard was read to its end: `shard_ended` (retried until `Ok`), `SHARD_END`,
-    /// and the children's leases, so this or another worker can go on with them at once.
-    pub(crate) async fn end_shard(&mut self) -> ShardOutcome {
-        let shard_id = self.key().shard_id.clone();
-        let mut backoff = self.processing_backoff();
-        loop {
-            let called = self
-                .callbacks
-                .hook("shard_ended", self.processor.shard_ended(self.checkpointer))
-                .await;
-            let error = match called {
-                Err(interrupted) => return self.finish(interrupted).await,
-                Ok(Ok(())) => break,
-                Ok(Err(error)) => error,
-            };
-            if let Err(interrupted) = self.pause_after_failure(&error, 0, &mut backoff).await {
-                return self.finish(interrupted).await;
-            }
+/// A shard's end: `SHARD_END`, then the children's leases, so this or another worker can
+/// go on with them at once.
+pub(crate) struct ShardEnd;
+
+impl<F: ProcessorFactory> EndOfSource<F> for ShardEnd {
+    async fn end(self, session: &mut Session<'_, F>) -> ShardOutcome {
+        if let Err(outcome) = session.read_to_end().await {
+            return outcome;
         }
-        // A checkpoint still being written must not land after `SHARD_END`.
-        if let Err(error) = self.checkpointer.settle().await {
-            tracing::debug!(%shard_id, %error, "last checkpoint before SHARD_END not written");
-        }
-        let task = self.task;
-        let written = match self.callbacks.unless_lost(write_shard_end(task)).await {
-            Ok(written) => written,
-            Err(interrupted) => return self.finish(interrupted).await,
-        };
-        if let Err(error) = written {
-            return if is_lease_lost(&error) {
-                self.finish(Interrupted::Lost).await
-            } else {
-                ShardOutcome::Failed(error)
-            };
-        }
-        let children = match create_child_leases(task).await {
+        let shard_id = &session.key().shard_id;
+        let children = match create_child_leases(session.task).await {
             Ok(children) => children,
             Err(error) => {
                 // The children will still be found by the next full shard sync.
@@ -58,12 +34,47 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
         };
         ShardEnded {
-            stream_arn: &self.key().stream,
-            shard_id: &shard_id,
+            stream_arn: &session.key().stream,
+            shard_id,
             children,
         }
         .emit();
         ShardOutcome::Ended
+    }
+}
+
+impl<F: ProcessorFactory> Session<'_, F> {
+    /// The source was read to its end: `shard_ended` (retried until `Ok`), then
+    /// `SHARD_END`. `Err` with how the task ended if it was stopped first.
+    pub(crate) async fn read_to_end(&mut self) -> Result<(), ShardOutcome> {
+        let mut backoff = self.processing_backoff();
+        loop {
+            let called = self
+                .callbacks
+                .hook("shard_ended", self.processor.shard_ended(self.checkpointer))
+                .await;
+            let error = match called {
+                Err(interrupted) => return Err(self.finish(interrupted).await),
+                Ok(Ok(())) => break,
+                Ok(Err(error)) => error,
+            };
+            if let Err(interrupted) = self.pause_after_failure(&error, 0, &mut backoff).await {
+                return Err(self.finish(interrupted).await);
+            }
+        }
+        // A checkpoint still being written must not land after `SHARD_END`.
+        if let Err(error) = self.checkpointer.settle().await {
+            tracing::debug!(shard_id = %self.key().shard_id, %error, "last checkpoint before SHARD_END not written");
+        }
+        let written = match self.callbacks.unless_lost(write_shard_end(self.task)).await {
+            Ok(written) => written,
+            Err(interrupted) => return Err(self.finish(interrupted).await),
+        };
+        match written {
+            Ok(()) => Ok(()),
+            Err(error) if is_lease_lost(&error) => Err(self.finish(Interrupted::Lost).await),
+            Err(error) => Err(ShardOutcome::Failed(error)),
+        }
     }
 
     /// Ends the session: on release, the processor is told, checkpoints are flushed and the

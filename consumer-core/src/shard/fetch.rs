@@ -3,7 +3,8 @@
 //! Pages are fetched by a task of their own into a small bounded channel (`prefetch_pages`
 //! deep), so the next page is on its way while the processor works on the current one.
 //! Each page is paid for from the worker's memory budget before it is asked for (see
-//! [`crate::budget`]) and holds its share until its records were delivered.
+//! [`crate::budget`]) and holds its share until its records were delivered. A snapshot
+//! segment's scan task hands its pages over the same way ([`Fetched`], [`FetchedPage`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,22 +46,49 @@ pub(crate) struct FetchedPage {
     reservation: Reservation,
     /// What the shard's next page is expected to cost, read by the fetch task.
     expected: Arc<AtomicU64>,
+    /// A position that is not a sequence number, reached once every record of the page is
+    /// done: a snapshot segment's scan position after the page.
+    end: Option<Checkpoint>,
 }
 
 impl FetchedPage {
-    /// Settles the page's share of the budget to its cost; the records, shared.
-    pub(crate) fn receive(self) -> (Vec<Arc<Record>>, Reservation) {
+    /// A page fetched under `reservation`; `expected` is where the receiver leaves what the
+    /// next page is expected to cost.
+    pub(crate) fn new(
+        records: Vec<Record>,
+        reservation: Reservation,
+        expected: Arc<AtomicU64>,
+        end: Option<Checkpoint>,
+    ) -> Self {
+        Self {
+            records,
+            reservation,
+            expected,
+            end,
+        }
+    }
+
+    /// Settles the page's share of the budget to its cost; the records, shared, and the
+    /// position after the page if it is not a sequence number.
+    pub(crate) fn receive(self) -> (Vec<Arc<Record>>, Reservation, Option<Checkpoint>) {
         let Self {
             records,
             mut reservation,
             expected,
+            end,
         } = self;
         let cost = page_cost(&records);
         // Pages of a shard vary: a margin keeps overdrafts rare.
         expected.store((cost + cost / 4).max(MIN_RESERVATION), Ordering::Relaxed);
         reservation.settle(cost);
-        (records.into_iter().map(Arc::new).collect(), reservation)
+        let records = records.into_iter().map(Arc::new).collect();
+        (records, reservation, end)
     }
+}
+
+/// What a page is expected to cost before the first one came: a full page.
+pub(crate) fn first_expected_cost() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(FULL_PAGE_COST))
 }
 
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
@@ -111,7 +139,7 @@ pub(crate) async fn fetch(
 ) {
     // What the next page is expected to cost: the last page received, and a margin (see
     // `FetchedPage::receive`).
-    let expected = Arc::new(AtomicU64::new(FULL_PAGE_COST));
+    let expected = first_expected_cost();
     loop {
         let (polled, reservation) = tokio::select! {
             biased;
@@ -123,11 +151,12 @@ pub(crate) async fn fetch(
             } => polled,
         };
         let fetched = match polled {
-            Ok(Page::Records(records)) => Fetched::Records(FetchedPage {
+            Ok(Page::Records(records)) => Fetched::Records(FetchedPage::new(
                 records,
                 reservation,
-                expected: expected.clone(),
-            }),
+                expected.clone(),
+                None,
+            )),
             Ok(Page::Empty) => {
                 // Only a hint to flush checkpoints; skip it when the consumer is busy.
                 let _ = tx.try_send(Fetched::Idle);

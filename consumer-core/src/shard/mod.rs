@@ -1,19 +1,23 @@
-//! The shard consumer: one shard under one lease, from set-up to its end.
+//! The shard consumer: one shard under one lease, from set-up to its end; and the page
+//! loop it shares with snapshot segments.
 //!
-//! [`run`] sets up a processor (one per key partition), a checkpointer and the fetch task
-//! ([`fetch`]), then loops over what the fetch task hands over: pages go to the
-//! [`session`] (gathered into batches, delivered under the failure policy, checkpointed),
-//! idle polls flush checkpoints, and the shard's end, a release or a lost lease end it
-//! ([`ending`]). With key parallelism the pages go to [`partitioned`] instead.
+//! [`run`] sets up a checkpointer and the fetch task ([`fetch`]) and hands them to
+//! [`drive`], the page loop of every task: it makes the processors (one per key
+//! partition), then goes through what the source hands over: pages go to the [`session`]
+//! (gathered into batches, delivered under the failure policy, checkpointed) or, with key
+//! parallelism, to [`partitioned`]; idle polls flush checkpoints; the source's end, a
+//! release or a lost lease end it ([`ending`]). A snapshot segment runs the same loop over
+//! its Scan pages, with its own end ([`EndOfSource`]).
 //!
-//! A shard consumer ends in one of four ways ([`ShardOutcome`]): the shard ended (it wrote
-//! `SHARD_END` and created the children's leases), it was stopped gracefully (shutdown or
-//! handoff: checkpoints flushed, lease released), the lease was lost (no further writes),
-//! or an error it cannot get past.
+//! A task ends in one of four ways ([`ShardOutcome`]): read to its end (`SHARD_END`
+//! written, a shard's children have leases), stopped gracefully (shutdown or handoff:
+//! checkpoints flushed, lease released), the lease lost (no further writes), or an error
+//! it cannot get past.
 
 mod ending;
-mod fetch;
+pub(crate) mod fetch;
 mod partitioned;
+mod progress;
 pub(crate) mod session;
 
 use std::collections::VecDeque;
@@ -33,6 +37,13 @@ use crate::start_time::StartTimeSkip;
 use fetch::{Fetched, fetch, start_position, store_latest_start};
 use session::Session;
 
+/// How a task ends once its source was read to the end, by the lease's kind: a shard
+/// writes `SHARD_END` and creates its children's leases; a snapshot segment writes
+/// `SHARD_END` and checks the snapshot's duration against the stream's retention.
+pub(crate) trait EndOfSource<F: ProcessorFactory>: Send {
+    fn end(self, session: &mut Session<'_, F>) -> impl Future<Output = ShardOutcome> + Send;
+}
+
 /// Runs the shard of `task`'s lease until it ends, is stopped, or fails.
 pub(crate) async fn run<F: ProcessorFactory>(
     task: LeaseTask<F>,
@@ -41,9 +52,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let key = task.key().clone();
     let runtime = &task.runtime;
     let config = &runtime.config;
-    let lag = &runtime.telemetry.lag;
-    let _lag_tracked = lag.track(&key);
-    let ctx = task.context();
+    let _lag_tracked = runtime.telemetry.lag.track(&key);
     let Some(start) = start_position(&task.lease.checkpoint) else {
         return ShardOutcome::Ended;
     };
@@ -51,17 +60,15 @@ pub(crate) async fn run<F: ProcessorFactory>(
         Ok(stored) => stored,
         Err(outcome) => return outcome,
     };
-    let mut processor = runtime.factory.create(&ctx);
-    let mut checkpointer = Checkpointer::new(
+    let checkpointer = Checkpointer::new(
         runtime.store.clone(),
         key.clone(),
         task.ownership.clone(),
         stored,
         config.checkpoint_interval,
     );
-
     let stop_fetch = signals.lost.child_token();
-    let (tx, mut rx) = mpsc::channel(config.prefetch_pages.max(1));
+    let (tx, rx) = mpsc::channel(config.prefetch_pages.max(1));
     let reader = ShardReader::new(
         runtime.api.clone(),
         key.stream.clone(),
@@ -77,31 +84,39 @@ pub(crate) async fn run<F: ProcessorFactory>(
         stop_fetch.clone(),
     ));
     let _stop_fetch_on_exit = stop_fetch.drop_guard();
+    let outcome = drive(&task, &signals, checkpointer, rx, ending::ShardEnd).await;
+    fetcher.abort();
+    outcome
+}
 
-    let callbacks = Callbacks::new(&signals, config.delivery.shutdown_timeout, &key.shard_id);
+/// The page loop of a task (a shard's or a segment's): delivers what `rx` brings with the
+/// lease's processors until the source ends (then `end` ends the lease as its kind says),
+/// a release or a lost lease stops it, or an error does.
+pub(crate) async fn drive<F: ProcessorFactory>(
+    task: &LeaseTask<F>,
+    signals: &ShardSignals,
+    mut checkpointer: Checkpointer,
+    mut rx: mpsc::Receiver<Fetched>,
+    end: impl EndOfSource<F>,
+) -> ShardOutcome {
+    let key = task.key();
+    let config = &task.runtime.config;
+    let ctx = task.context();
+    let callbacks = Callbacks::new(signals, config.delivery.shutdown_timeout, &key.shard_id);
+    let mut processor = task.runtime.factory.create(&ctx);
     // With key parallelism, the processors of partitions 1..n (partition 0 is `processor`).
     let partitions = config.delivery.key_parallelism.max(1);
     let mut extra: Vec<F::Processor> = (1..partitions)
-        .map(|_| runtime.factory.create(&ctx))
+        .map(|_| task.runtime.factory.create(&ctx))
         .collect();
     for processor in &mut extra {
         let mut detached = checkpointer.detached();
-        let mut session = Session {
-            task: &task,
-            processor,
-            checkpointer: &mut detached,
-            callbacks: &callbacks,
-        };
+        let mut session = Session::new(task, processor, &mut detached, &callbacks);
         if let Err(interrupted) = session.initialize(&ctx).await {
             return session.finish(interrupted).await;
         }
     }
-    let mut session = Session {
-        task: &task,
-        processor: &mut processor,
-        checkpointer: &mut checkpointer,
-        callbacks: &callbacks,
-    };
+    let mut session = Session::new(task, &mut processor, &mut checkpointer, &callbacks);
     if let Err(interrupted) = session.initialize(&ctx).await {
         return session.finish(interrupted).await;
     }
@@ -125,8 +140,10 @@ pub(crate) async fn run<F: ProcessorFactory>(
         };
         let step = match next {
             Some(Fetched::Records(page)) => {
-                let (mut records, reservation) = page.receive();
-                lag.fetched(&key, &records);
+                let (mut records, reservation) = match session.take_in(page).await {
+                    Ok(taken) => taken,
+                    Err(interrupted) => break session.finish(interrupted).await,
+                };
                 if skip.is_active()
                     && let Err(interrupted) =
                         session.skip_before_start(&mut skip, &mut records).await
@@ -157,10 +174,10 @@ pub(crate) async fn run<F: ProcessorFactory>(
             Some(Fetched::Idle) => session.flush_if_due().await,
             Some(Fetched::Trimmed(loss)) => session.data_lost(&loss).await,
             Some(Fetched::Vanished(loss)) => match session.data_lost(&loss).await {
-                Ok(()) => break session.end_shard().await,
+                Ok(()) => break end.end(&mut session).await,
                 Err(interrupted) => Err(interrupted),
             },
-            Some(Fetched::ShardEnd) => break session.end_shard().await,
+            Some(Fetched::ShardEnd) => break end.end(&mut session).await,
             Some(Fetched::Failed(error)) => break ShardOutcome::Failed(error),
             None => {
                 break ShardOutcome::Failed(Error::Internal {
@@ -174,7 +191,6 @@ pub(crate) async fn run<F: ProcessorFactory>(
             break session.finish(interrupted).await;
         }
     };
-    fetcher.abort();
     partitioned::tell_extra_partitions(&mut extra, &mut checkpointer, &outcome, &callbacks).await;
     outcome
 }

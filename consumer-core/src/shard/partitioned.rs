@@ -4,21 +4,21 @@
 //! processor and queue; a record goes to the partition of a hash of its keys
 //! ([`partition_of`]). A partition starts its next batch as soon as it finished the last,
 //! so a slow item holds up only its own partition. The shard checkpoints at the low
-//! watermark ([`Watermark`]): the highest sequence number below which every record is done.
+//! watermark ([`Watermark`]): the last record up to which every record is done.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use checkpoint_store::SequenceNumber;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::fetch::Fetched;
-use super::session::{Session, is_lease_lost, record_seq};
+use super::progress::Progress;
+use super::session::Session;
 use crate::budget::Reservation;
 use crate::callback::{Callbacks, Interrupted};
 use crate::checkpointer::Checkpointer;
@@ -30,11 +30,11 @@ use crate::runtime::ShardOutcome;
 pub(crate) const MAX_AHEAD_OF_CHECKPOINT: usize = 100_000;
 
 /// Key parallelism's bookkeeping: the records taken in and not yet below the checkpoint, in
-/// stream order, whether each is done, and the pages' shares of the memory budget.
+/// the order taken in, whether each is done, and the pages' shares of the memory budget.
 #[derive(Default)]
 pub(crate) struct Watermark {
-    /// From index `base` on: each record's sequence number, whether it is done, its page.
-    order: VecDeque<(Option<SequenceNumber>, bool, usize)>,
+    /// From index `base` on: each record, whether it is done, its page.
+    order: VecDeque<(Arc<Record>, bool, usize)>,
     base: usize,
     /// Per page still held: records not done, and its budget.
     pages: HashMap<usize, (usize, Option<Reservation>)>,
@@ -60,8 +60,9 @@ impl Watermark {
         self.pages.insert(page, (records.len(), reservation));
         for record in records {
             let index = self.base + self.order.len();
-            self.order.push_back((record_seq(&record), false, page));
-            queues[partition_of(&record, queues.len())].push_back((index, record));
+            let partition = partition_of(&record, queues.len());
+            self.order.push_back((record.clone(), false, page));
+            queues[partition].push_back((index, record));
         }
     }
 
@@ -70,10 +71,10 @@ impl Watermark {
         self.order.len()
     }
 
-    /// The records at `indices` are done; returns the new watermark if it moved: the
-    /// sequence number of the last record of the longest done prefix. A page's budget is
-    /// given back once all its records are done.
-    pub(crate) fn done(&mut self, indices: &[usize]) -> Option<SequenceNumber> {
+    /// The records at `indices` are done; returns the records the watermark moved past (the
+    /// longest done prefix grew by them), in order. A page's budget is given back once all
+    /// its records are done.
+    pub(crate) fn done(&mut self, indices: &[usize]) -> Vec<Arc<Record>> {
         for &index in indices {
             let Some(entry) = index
                 .checked_sub(self.base)
@@ -90,14 +91,14 @@ impl Watermark {
                 }
             }
         }
-        let mut moved = None;
+        let mut passed = Vec::new();
         while self.order.front().is_some_and(|(_, done, _)| *done) {
-            if let Some((seq, _, _)) = self.order.pop_front() {
-                moved = seq.or(moved);
+            if let Some((record, _, _)) = self.order.pop_front() {
+                passed.push(record);
             }
             self.base += 1;
         }
-        moved
+        passed
     }
 }
 
@@ -150,8 +151,6 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let n = extra.len() + 1;
         let (task, callbacks) = (self.task, self.callbacks);
         let signals = callbacks.signals();
-        let key = task.key();
-        let lag = &task.runtime.telemetry.lag;
         let mut window = Watermark::default();
         let mut queues: Vec<Queue> = vec![VecDeque::new(); n];
         let mut idle: Vec<Option<(&mut F::Processor, Checkpointer)>> =
@@ -195,14 +194,9 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     filling[i] = None;
                 }
                 running.push(Box::pin(async move {
-                    let result = Session {
-                        task,
-                        processor: &mut *processor,
-                        checkpointer: &mut checkpointer,
-                        callbacks,
-                    }
-                    .deliver_all(&mut records, max)
-                    .await;
+                    let result = Session::new(task, &mut *processor, &mut checkpointer, callbacks)
+                        .deliver_all(&mut records, max)
+                        .await;
                     (i, processor, checkpointer, indices, result)
                 }));
             }
@@ -235,23 +229,12 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     running.next(), if !running.is_empty() => {
                     idle[i] = Some((processor, checkpointer));
                     result?;
-                    if let Some(seq) = window.done(&indices) {
-                        self.checkpointer.delivered(&seq);
-                        lag.processed(key, &seq);
-                        if task.runtime.config.auto_checkpoint
-                            && let Err(error) = self.checkpointer.checkpoint_in_background().await
-                        {
-                            if is_lease_lost(&error) {
-                                return Err(Interrupted::Lost);
-                            }
-                            tracing::warn!(shard_id = %key.shard_id, %error, "checkpoint not written; will retry");
-                        }
-                    }
+                    let passed = window.done(&indices);
+                    Progress::new(task, self.checkpointer, &mut self.page_ends).done(&passed).await?;
                 }
                 next = rx.recv(), if intake => match next {
                     Some(Fetched::Records(page)) => {
-                        let (records, reservation) = page.receive();
-                        lag.fetched(key, &records);
+                        let (records, reservation) = Progress::new(task, self.checkpointer, &mut self.page_ends).take_in(page).await?;
                         window.take_in(records, Some(reservation), &mut queues);
                     }
                     // Only a hint to flush; the watermark checkpoints anyway.
@@ -316,8 +299,19 @@ mod tests {
         )
     }
 
-    fn seq(n: u64) -> SequenceNumber {
-        SequenceNumber::parse(format!("{n:021}")).unwrap()
+    /// The sequence numbers (as numbers) of records the watermark passed.
+    fn seqs(passed: Vec<Arc<Record>>) -> Vec<u64> {
+        passed
+            .iter()
+            .map(|r| {
+                r.dynamodb()
+                    .unwrap()
+                    .sequence_number()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
     }
 
     /// The indices queued per partition, in order.
@@ -335,26 +329,30 @@ mod tests {
         window.take_in((1..=5).map(|i| record(i, "k")).collect(), None, &mut queues);
         assert_eq!(window.tracked(), 5);
         // Done out of order: nothing below a record that is not done moves the mark.
-        assert_eq!(window.done(&[1, 3]), None);
-        assert_eq!(window.done(&[0]), Some(seq(2)));
+        assert_eq!(seqs(window.done(&[1, 3])), [0; 0]);
+        assert_eq!(seqs(window.done(&[0])), [1, 2]);
         assert_eq!(window.tracked(), 3);
-        assert_eq!(window.done(&[2]), Some(seq(4)));
+        assert_eq!(seqs(window.done(&[2])), [3, 4]);
         // An index below the watermark (done twice) or past the end changes nothing.
-        assert_eq!(window.done(&[0, 99]), None);
-        assert_eq!(window.done(&[4]), Some(seq(5)));
+        assert_eq!(seqs(window.done(&[0, 99])), [0; 0]);
+        assert_eq!(seqs(window.done(&[4])), [5]);
         assert_eq!(window.tracked(), 0);
     }
 
     #[test]
-    fn indices_go_on_across_pages_and_records_without_a_sequence_number_keep_the_last_one() {
+    fn indices_go_on_across_pages_and_records_pass_in_the_order_taken_in() {
         let mut window = Watermark::default();
         let mut queues: Vec<Queue> = vec![VecDeque::new(); 1];
         window.take_in(vec![record(1, "a"), record(2, "b")], None, &mut queues);
-        assert_eq!(window.done(&[0, 1]), Some(seq(2)));
+        assert_eq!(seqs(window.done(&[0, 1])), [1, 2]);
+        // A snapshot record (no sequence number) passes by identity.
         let unnumbered = Arc::new(Record::builder().build());
-        window.take_in(vec![record(3, "a"), unnumbered], None, &mut queues);
+        window.take_in(vec![unnumbered.clone(), record(3, "a")], None, &mut queues);
         assert_eq!(indices(&queues), [vec![0, 1, 2, 3]]);
-        assert_eq!(window.done(&[2, 3]), Some(seq(3)));
+        assert!(window.done(&[3]).is_empty());
+        let passed = window.done(&[2]);
+        assert!(Arc::ptr_eq(&passed[0], &unnumbered));
+        assert_eq!(passed.len(), 2);
     }
 
     #[tokio::test]
@@ -372,11 +370,11 @@ mod tests {
         window.take_in(vec![record(3, "c")], Some(second), &mut queues);
         assert_eq!(budget.available(), 0);
         // The second page is done before the first: its bytes come back, the mark stays.
-        assert_eq!(window.done(&[2]), None);
+        assert_eq!(seqs(window.done(&[2])), [0; 0]);
         assert_eq!(budget.available(), 400);
-        assert_eq!(window.done(&[0]), Some(seq(1)));
+        assert_eq!(seqs(window.done(&[0])), [1]);
         assert_eq!(budget.available(), 400);
-        assert_eq!(window.done(&[1]), Some(seq(3)));
+        assert_eq!(seqs(window.done(&[1])), [2, 3]);
         assert_eq!(budget.available(), 1_000);
     }
 

@@ -1,10 +1,14 @@
-//! One delivery session: a processor, its checkpointer and the records given to it.
+//! One delivery session: a processor, its checkpointer and the records given to it, for a
+//! shard's stream records and a snapshot segment's scanned items alike.
 //!
 //! The failure policy lives here, once: routing (too old, filtered), decoding, the
 //! `process` call under [`crate::callback`]'s rule, retries with backoff, bisection,
 //! partial batch responses, the staged writes' commit, the on-failure handler, and the
 //! checkpoint that follows the last record done (processed, filtered, or accepted by the
 //! handler). Failing ranges are retried in one loop over index ranges, never by recursion.
+//!
+//! Every record is done exactly once and in order ([`Session::done`]); where the lease's
+//! position goes then is [`super::progress`].
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -17,7 +21,8 @@ use checkpoint_store::{LeaseKey, SequenceNumber};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::fetch::Fetched;
+use super::fetch::{Fetched, FetchedPage};
+use super::progress::{PageEnds, Progress, is_lease_lost, record_seq};
 use crate::budget::Reservation;
 use crate::callback::{CallbackFailed, Callbacks, Called, Interrupted};
 use crate::change::{Change, ChangeBatch, decode_prefix};
@@ -28,7 +33,7 @@ use crate::events::{
     BatchProcessed, DecodeFailed, Event, ProcessingFailed, RecordsFailed, RecordsFiltered,
     RecordsSkippedBeforeStart,
 };
-use crate::failure::{BatchFailure, FailedRecords, FailureReason, sequence_text};
+use crate::failure::{BatchFailure, FailedAt, FailedRecords, FailureReason};
 use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor, ShardContext};
 use crate::retry;
 use crate::runtime::LeaseTask;
@@ -43,13 +48,35 @@ pub(crate) struct Session<'a, F: ProcessorFactory> {
     pub processor: &'a mut F::Processor,
     pub checkpointer: &'a mut Checkpointer,
     pub callbacks: &'a Callbacks,
+    /// Scan positions reached when records taken in are done (a segment's pages).
+    pub(super) page_ends: PageEnds,
 }
 
 /// A failed `process` call.
 struct AttemptFailed {
     failed: CallbackFailed,
-    /// A partial batch response: the first record that did not succeed.
+    /// A partial batch response: the first record that did not succeed, by its place in
+    /// the batch (`None`: the whole batch failed) ...
+    index: Option<usize>,
+    /// ... and its sequence number: the staged writes of the records before it commit.
     at: Option<SequenceNumber>,
+}
+
+impl<'a, F: ProcessorFactory> Session<'a, F> {
+    pub(crate) fn new(
+        task: &'a LeaseTask<F>,
+        processor: &'a mut F::Processor,
+        checkpointer: &'a mut Checkpointer,
+        callbacks: &'a Callbacks,
+    ) -> Self {
+        Self {
+            task,
+            processor,
+            checkpointer,
+            callbacks,
+            page_ends: PageEnds::default(),
+        }
+    }
 }
 
 impl<F: ProcessorFactory> Session<'_, F> {
@@ -108,9 +135,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             };
             match next {
                 Fetched::Records(page) => {
-                    let (records, reservation) = page.receive();
-                    let lag = &self.task.runtime.telemetry.lag;
-                    lag.fetched(self.key(), &records);
+                    let (records, reservation) = self.take_in(page).await?;
                     batch.extend(records);
                     held.push(reservation);
                 }
@@ -120,6 +145,23 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
         }
         Ok(None)
+    }
+
+    /// A page from the fetch task, taken in ([`Progress::take_in`]).
+    pub(crate) async fn take_in(
+        &mut self,
+        page: FetchedPage,
+    ) -> Result<(Vec<Arc<Record>>, Reservation), Interrupted> {
+        self.progress().take_in(page).await
+    }
+
+    /// Every record of `records` (and before) is done ([`Progress::done`]).
+    pub(crate) async fn done(&mut self, records: &[Arc<Record>]) -> Result<(), Interrupted> {
+        self.progress().done(records).await
+    }
+
+    fn progress(&mut self) -> Progress<'_, F> {
+        Progress::new(self.task, self.checkpointer, &mut self.page_ends)
     }
 
     /// Delivers what was gathered, `max` records at a time.
@@ -183,8 +225,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     self.callbacks.notify("records_filtered", told).await?;
                 }
                 self.deliver_run(&kept).await?;
-                if kept.last().map(|r| record_seq(r)) != run.last().map(|r| record_seq(r)) {
-                    // Filtered records after the last delivered one.
+                if kept.len() < run.len() {
+                    // The filtered records among them are done too.
                     self.done(run).await?;
                 }
             }
@@ -221,7 +263,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
             todo.push_front(decoded_end..range.end);
             let tried = range.start..decoded_end;
-            let failed = match self.attempt(changes).await? {
+            let failed = match self.attempt(changes, &run[tried.clone()]).await? {
                 Ok(()) => {
                     self.done(&run[tried]).await?;
                     attempts = 0;
@@ -231,9 +273,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 Err(failed) => failed,
             };
             // Where the failure starts: a partial batch response names the record.
-            let partial_at = failed.at.as_ref().and_then(|seq| {
-                (tried.clone()).find(|&i| record_seq(&run[i]).as_ref() == Some(seq))
-            });
+            let partial_at = failed.index.map(|index| tried.start + index);
             let from = partial_at.unwrap_or(tried.start);
             if from > tried.start {
                 self.done(&run[tried.start..from]).await?;
@@ -277,17 +317,20 @@ impl<F: ProcessorFactory> Session<'_, F> {
         Ok(())
     }
 
-    /// One `process` call with `changes`, under the callback rule; a panic or a timeout is
-    /// a failure like an error. What `process` staged for the records that succeeded is
-    /// committed with the checkpoint.
+    /// One `process` call with `changes` (decoded from `records`), under the callback rule;
+    /// a panic or a timeout is a failure like an error. What `process` staged for the
+    /// records that succeeded is committed with the checkpoint (stream records only:
+    /// snapshot records have no sequence number to commit with).
     async fn attempt(
         &mut self,
         changes: Vec<Change<ItemOf<F>>>,
+        records: &[Arc<Record>],
     ) -> Result<Result<(), AttemptFailed>, Interrupted> {
         let shard_id = self.key().shard_id.clone();
-        let Some(last_seq) = changes.last().map(|c| c.sequence_number.clone()) else {
+        if changes.is_empty() {
             return Ok(Ok(()));
-        };
+        }
+        let last_seq = records.last().and_then(|r| record_seq(r));
         let behind_latest = changes
             .last()
             .and_then(|c| c.approximate_creation_time)
@@ -300,7 +343,9 @@ impl<F: ProcessorFactory> Session<'_, F> {
             behind_latest,
         };
         let timeout = self.delivery().batch_timeout;
-        self.checkpointer.begin(&last_seq);
+        if let Some(last) = &last_seq {
+            self.checkpointer.begin(last);
+        }
         let started = Instant::now();
         let call = self.processor.process(batch, self.checkpointer);
         let called = match self.callbacks.call(timeout, call).await {
@@ -312,24 +357,44 @@ impl<F: ProcessorFactory> Session<'_, F> {
         };
         let result = match called {
             Called::Returned(Err(source)) => Err(match source.downcast::<BatchFailure>() {
-                Ok(partial) => AttemptFailed {
-                    failed: CallbackFailed {
-                        reason: FailureReason::RetriesExhausted,
-                        error: self.callbacks.failed(partial.source),
-                    },
-                    at: Some(partial.sequence_number),
-                },
+                Ok(partial) => {
+                    let (index, at) = match partial.at {
+                        FailedAt::SequenceNumber(seq) => (
+                            records
+                                .iter()
+                                .position(|r| record_seq(r).as_ref() == Some(&seq)),
+                            Some(seq),
+                        ),
+                        FailedAt::Index(index) => (
+                            (index < records.len()).then_some(index),
+                            records.get(index).and_then(|r| record_seq(r)),
+                        ),
+                    };
+                    AttemptFailed {
+                        failed: CallbackFailed {
+                            reason: FailureReason::RetriesExhausted,
+                            error: self.callbacks.failed(partial.source),
+                        },
+                        index,
+                        at,
+                    }
+                }
                 Err(source) => AttemptFailed {
                     failed: CallbackFailed {
                         reason: FailureReason::RetriesExhausted,
                         error: self.callbacks.failed(source),
                     },
+                    index: None,
                     at: None,
                 },
             }),
             called => match self.callbacks.failure("process", called) {
                 None => Ok(()),
-                Some(failed) => Err(AttemptFailed { failed, at: None }),
+                Some(failed) => Err(AttemptFailed {
+                    failed,
+                    index: None,
+                    at: None,
+                }),
             },
         };
         if result.is_ok() {
@@ -342,7 +407,10 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
             .emit();
         }
-        let result = self.commit_staged(result, &last_seq).await?;
+        let result = match &last_seq {
+            Some(last) => self.commit_staged(result, records, last).await?,
+            None => result,
+        };
         // Done records are marked by the caller; a failed call leaves nothing covered.
         self.checkpointer.end(None);
         Ok(result)
@@ -354,6 +422,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
     async fn commit_staged(
         &mut self,
         result: Result<(), AttemptFailed>,
+        records: &[Arc<Record>],
         last: &SequenceNumber,
     ) -> Result<Result<(), AttemptFailed>, Interrupted> {
         let failed_at = match &result {
@@ -365,32 +434,24 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let commit = self.checkpointer.commit_staged(failed_at.as_ref(), last);
         match self.callbacks.unless_lost(commit).await {
             Ok(Ok(())) => Ok(result),
-            Ok(Err(failed)) if !is_lease_lost(&failed.error) => Ok(Err(AttemptFailed {
-                failed: CallbackFailed {
-                    reason: FailureReason::RetriesExhausted,
-                    error: failed.error,
-                },
-                at: Some(failed.first_uncommitted),
-            })),
+            Ok(Err(failed)) if !is_lease_lost(&failed.error) => {
+                let index = records
+                    .iter()
+                    .position(|r| record_seq(r).as_ref() == Some(&failed.first_uncommitted));
+                Ok(Err(AttemptFailed {
+                    failed: CallbackFailed {
+                        reason: FailureReason::RetriesExhausted,
+                        error: failed.error,
+                    },
+                    index,
+                    at: Some(failed.first_uncommitted),
+                }))
+            }
             Ok(Err(_)) | Err(_) => {
                 self.checkpointer.end(None);
                 Err(Interrupted::Lost)
             }
         }
-    }
-
-    /// Every record of `records` (and before) is done: checkpoint past them.
-    pub(crate) async fn done(&mut self, records: &[Arc<Record>]) -> Result<(), Interrupted> {
-        let Some(last) = records.last().and_then(|r| record_seq(r)) else {
-            return Ok(());
-        };
-        self.checkpointer.delivered(&last);
-        let lag = &self.task.runtime.telemetry.lag;
-        lag.processed(self.key(), &last);
-        if self.task.runtime.config.auto_checkpoint {
-            self.checkpoint_delivered().await?;
-        }
-        Ok(())
     }
 
     /// Takes the records created before the shard's start time off the front of `records`,
@@ -485,28 +546,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
         self.done(records).await
     }
 
-    /// The checkpoint after a batch, written while the next one is processed.
-    pub(crate) async fn checkpoint_delivered(&mut self) -> Result<(), Interrupted> {
-        match self.checkpointer.checkpoint_in_background().await {
-            Ok(()) => Ok(()),
-            Err(e) => self.checkpoint_failed(e),
-        }
-    }
-
     pub(crate) async fn flush_if_due(&mut self) -> Result<(), Interrupted> {
-        match self.checkpointer.flush_in_background().await {
-            Ok(()) => Ok(()),
-            Err(e) => self.checkpoint_failed(e),
-        }
-    }
-
-    /// A lost lease stops the shard; anything else is retried by the next flush.
-    fn checkpoint_failed(&self, error: Error) -> Result<(), Interrupted> {
-        if is_lease_lost(&error) {
-            return Err(Interrupted::Lost);
-        }
-        tracing::warn!(shard_id = %self.key().shard_id, %error, "checkpoint not written; will retry");
-        Ok(())
+        self.progress().flush_if_due().await
     }
 
     /// Reports a failed delivery or hook and waits as the [`retry::processing`] policy
@@ -533,13 +574,4 @@ impl<F: ProcessorFactory> Session<'_, F> {
     pub(crate) fn processing_backoff(&self) -> impl Iterator<Item = Duration> + use<F> {
         retry::processing(self.task.runtime.config.processing_backoff_max).build()
     }
-}
-
-/// A record's sequence number, parsed.
-pub(crate) fn record_seq(record: &Record) -> Option<SequenceNumber> {
-    sequence_text(record).and_then(|text| SequenceNumber::parse(text).ok())
-}
-
-pub(crate) fn is_lease_lost(error: &Error) -> bool {
-    matches!(error, Error::LeaseStore(e) if e.is_lease_lost())
 }

@@ -9,7 +9,7 @@
 //! - One **segment lease** per parallel Scan segment, key (stream ARN,
 //!   `snapshot-<i>-of-<n>`). Segments are balanced, taken, handed off and failed over like
 //!   shards; a segment's checkpoint is [`Checkpoint::Scan`] (items delivered and the last
-//!   evaluated key) after each page's batch, and `ShardEnd` once read to its end.
+//!   evaluated key) once every item of a page is done, and `ShardEnd` once read to its end.
 //! - A **stream lease** for every shard of the stream at T0, starting at `Since(T0)`:
 //!   `TRIM_HORIZON`, skipping (counting) records created before T0 minus the creation-time
 //!   margin (`with_creation_time_margin`). Shards whose parent is not in the stream get
@@ -81,7 +81,7 @@ impl Default for SnapshotConfig {
 }
 
 impl SnapshotConfig {
-    /// The defaults: 8 segments, 500 items a page (one batch each), progress every 30 s.
+    /// The defaults: 8 segments, 500 items a page, progress every 30 s.
     pub fn new() -> Self {
         Self {
             segments: 8,
@@ -98,8 +98,9 @@ impl SnapshotConfig {
         self
     }
 
-    /// Items per Scan page, 1-10,000: each page is one batch and one checkpoint (a page
-    /// also stops at 1 MB of data).
+    /// Items per Scan page, 1-10,000 (a page also stops at 1 MB of data): each page is one
+    /// read, and one position stored once its items are done; batches are shaped as for
+    /// stream records (`with_max_batch_size`, `with_batching_window`).
     pub fn with_page_size(mut self, items: u32) -> Self {
         self.page_size = items;
         self

@@ -153,8 +153,41 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
+/// Until the lease table says every segment of the snapshot is done.
+async fn until_segments_done(store: &InMemoryLeaseStore) {
+    until("every segment done", || {
+        futures::executor::block_on(store.list_leases()).is_ok_and(|leases| {
+            let progress = progress(&leases);
+            !progress.is_empty() && progress.iter().all(|p| p.is_done())
+        })
+    })
+    .await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_stream() {
+    // Redeliveries are at most the pages in flight when the lease moved: one per segment.
+    crash_and_resume(|builder| builder, 2 * 10).await;
+}
+
+/// The same with key parallelism and batch shaping: snapshot records go through the same
+/// session as stream records.
+#[tokio::test(start_paused = true)]
+async fn segments_with_key_parallelism_and_batch_shaping_are_resumed_after_a_crash() {
+    let shaped = |builder: crate::ConsumerBuilder| {
+        builder
+            .with_key_parallelism(3)
+            .with_max_batch_size(7)
+            .with_batching_window(Duration::from_millis(300))
+    };
+    // In flight per segment: a batch in each of 3 partitions and the pages they came from.
+    crash_and_resume(shaped, 4 * 3 * 10).await;
+}
+
+async fn crash_and_resume(
+    shape: impl Fn(crate::ConsumerBuilder) -> crate::ConsumerBuilder,
+    redelivered: usize,
+) {
     let sim = SimulatedStream::with_seed(7);
     sim.add_table("orders");
     let store = Arc::new(InMemoryLeaseStore::new());
@@ -166,7 +199,8 @@ async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_strea
             Ok(())
         })
     });
-    let (_stop, doomed) = spawn(consumer(&sim, &store, &table, "doomed", slow.factory()));
+    let doomed = shape(builder(&sim, &store, &table, "doomed"));
+    let (_stop, doomed) = spawn(doomed.build(slow.factory()).unwrap());
     until("part of the snapshot", || slow.len() >= 100).await;
     // Changes made after the snapshot began: delivered after every snapshot record.
     for i in 0..5 {
@@ -186,7 +220,13 @@ async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_strea
     let log: Recording<Row> = Recording::new();
     let survivors: Vec<_> = ["s1", "s2"]
         .iter()
-        .map(|id| spawn(consumer(&sim, &store, &table, id, log.factory())))
+        .map(|id| {
+            spawn(
+                shape(builder(&sim, &store, &table, id))
+                    .build(log.factory())
+                    .unwrap(),
+            )
+        })
         .collect();
     until("every row and the stream's changes", || {
         let mut all = before.clone();
@@ -205,7 +245,7 @@ async fn segments_are_shared_resumed_after_a_crash_and_finished_before_the_strea
     assert!(after.len() < 400, "the survivors scanned from scratch");
     // Redeliveries are pages in flight when a lease moved (at least once), never a rescan.
     assert!(
-        after.len() < 400 + 2 * 10,
+        after.len() < 400 + redelivered,
         "{} rows delivered by the survivors",
         after.len()
     );
@@ -353,12 +393,7 @@ async fn an_undecodable_item_goes_to_the_handler_and_the_segment_goes_on() {
         .unwrap();
     let (stop, handle) = spawn(consumer);
     until("every other row", || snapshot_keys(&log).len() == 39).await;
-    until("the segments done", || {
-        futures::executor::block_on(store.list_leases())
-            .map(|leases| progress(&leases)[0].is_done())
-            .unwrap_or(false)
-    })
-    .await;
+    until_segments_done(&store).await;
     assert_eq!(
         handler.reasons_and_keys(),
         [(crate::FailureReason::Undecodable, vec!["r0007".to_owned()])]
@@ -454,14 +489,7 @@ async fn the_filter_applies_to_snapshot_records() {
         .build(log.factory())
         .unwrap();
     let (stop, run) = spawn(worker);
-    let watched = store.clone();
-    until("every segment done", || {
-        futures::executor::block_on(watched.list_leases()).is_ok_and(|leases| {
-            let progress = progress(&leases);
-            !progress.is_empty() && progress.iter().all(|p| p.is_done())
-        })
-    })
-    .await;
+    until_segments_done(&store).await;
     stop.send(()).unwrap();
     run.await.unwrap().unwrap();
     let mut delivered = snapshot_keys(&log);
@@ -502,6 +530,107 @@ async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
     delivered.sort();
     delivered.dedup();
     assert_eq!(delivered.len(), 39, "each other item delivered");
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
+/// Batch shaping gathers snapshot records across Scan pages (a batch holds more than a
+/// page), and key parallelism runs several batches of one segment at once, each item in
+/// one partition; every segment finishes.
+#[tokio::test(start_paused = true)]
+async fn batch_shaping_and_key_parallelism_apply_to_snapshot_records() {
+    let sim = SimulatedStream::with_seed(15);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(300);
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let running = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let (seen, now, peak) = (sizes.clone(), running.clone(), most.clone());
+    let log: Recording<Row> = Recording::new().with_hook(move |_, batch, _| {
+        seen.lock().unwrap().push(batch.changes.len());
+        let (now, peak) = (now.clone(), peak.clone());
+        Box::pin(async move {
+            peak.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            now.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    let worker = builder(&sim, &store, &table, "w")
+        .with_max_batch_size(25)
+        .with_batching_window(Duration::from_secs(1))
+        .with_key_parallelism(4)
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(worker);
+    until("every row", || {
+        snapshot_keys(&log)
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .len()
+            == 300
+    })
+    .await;
+    until_segments_done(&store).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+    let sizes = sizes.lock().unwrap().clone();
+    assert!(sizes.iter().all(|n| *n <= 25), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|n| *n > 10),
+        "no batch gathered across pages of 10: {sizes:?}"
+    );
+    // 4 segments with 4 partitions each: more calls at once than segments.
+    assert!(most.load(Ordering::SeqCst) > 4, "{most:?}");
+    // One item, one partition: no item was delivered twice (nothing failed).
+    assert_eq!(snapshot_keys(&log).len(), 300);
+}
+
+/// A partial batch response names a snapshot record by its place in the batch: the records
+/// before it are done, and only it goes to the handler once its retries are used up.
+#[tokio::test(start_paused = true)]
+async fn a_partial_failure_names_a_snapshot_record_by_its_place_in_the_batch() {
+    let sim = SimulatedStream::with_seed(16);
+    sim.add_table("orders");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let table = FakeTable::with_rows(40);
+    let handler = Collected::default();
+    // What the processor finished: whole batches, and the records before a partial failure.
+    let finished = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let done = finished.clone();
+    let log: Recording<Row> = Recording::new().with_hook(move |_, batch: &ChangeBatch<Row>, _| {
+        let keys: Vec<String> = batch
+            .iter()
+            .map(|c| c.new.as_ref().unwrap().pk.clone())
+            .collect();
+        let poison = keys.iter().position(|pk| pk == "r0007");
+        let before = &keys[..poison.unwrap_or(keys.len())];
+        done.lock().unwrap().extend(before.iter().cloned());
+        Box::pin(async move {
+            match poison {
+                Some(at) => Err(crate::BatchFailure::at_index(at, "r0007 is poison").into()),
+                None => Ok(()),
+            }
+        })
+    });
+    let consumer = builder(&sim, &store, &table, "w")
+        .with_max_retries(1)
+        .with_on_failure(handler.clone())
+        .build(log.factory())
+        .unwrap();
+    let (stop, handle) = spawn(consumer);
+    until_segments_done(&store).await;
+    assert_eq!(
+        handler.reasons_and_keys(),
+        [(
+            crate::FailureReason::RetriesExhausted,
+            vec!["r0007".to_owned()]
+        )]
+    );
+    let finished = finished.lock().unwrap().clone();
+    assert_eq!(finished.len(), 39, "{finished:?}");
+    assert!(!finished.contains("r0007"));
     stop.send(()).unwrap();
     handle.await.unwrap().unwrap();
 }

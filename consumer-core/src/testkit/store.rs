@@ -27,6 +27,7 @@ pub enum StoreOp {
     TakeLease,
     Checkpoint,
     ReleaseLease,
+    ResetLease,
     RequestHandoff,
     DeleteLease,
     Heartbeat,
@@ -47,6 +48,7 @@ impl StoreOp {
             StoreOp::TakeLease => "take lease",
             StoreOp::Checkpoint => "checkpoint",
             StoreOp::ReleaseLease => "release lease",
+            StoreOp::ResetLease => "reset lease",
             StoreOp::RequestHandoff => "request handoff",
             StoreOp::DeleteLease => "delete lease",
             StoreOp::Heartbeat => "heartbeat",
@@ -400,6 +402,20 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.release_lease(key, o).await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+            .await;
+        result
+    }
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        c: &Checkpoint,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::ResetLease).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.reset_lease(key, seen_owner, seen_epoch, c).await;
         self.bill_lease_write(before, &result, result.as_ref().ok(), true)
             .await;
         result

@@ -57,7 +57,6 @@
 //! unreachable endpoint: one line on stderr naming it, exit 2.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,24 +67,13 @@ use checkpoint_store::aws::AwsClients;
 use clap::{Parser, ValueEnum};
 use consumer_core::observability::serve_metrics;
 use consumer_core::{
-    BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder,
-    FailedRecords, FailureHandler, InitialPosition, RecordProcessor, ShardContext, SnapshotConfig,
+    BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, ConsumerBuilder, RecordProcessor,
+    ShardContext, SnapshotConfig,
 };
-use examples::{Signals, attribute_to_json, change_to_json, default_worker_id, item_to_json};
+use examples::worker_flags::{ConnectionFlags, DeliveryFlags};
+use examples::{Signals, attribute_to_json, change_to_json, default_worker_id};
 use serde::de::IgnoredAny;
-use serde_json::{Value, json};
-
-/// How long the endpoint may take to answer the first request before the worker gives up.
-const STARTUP_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Where shards nobody has processed yet start.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Position {
-    /// The oldest record still in the stream.
-    TrimHorizon,
-    /// Only changes made after the worker starts.
-    Latest,
-}
+use serde_json::Value;
 
 /// How each batch is printed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -101,57 +89,10 @@ enum Format {
 #[derive(Debug, Parser)]
 #[command(name = "jsonl-worker", version)]
 struct Args {
-    /// A table whose stream to consume (repeat for several).
-    #[arg(long = "table", value_name = "T", required = true)]
-    tables: Vec<String>,
-    /// The application: the name of the lease table shared by its workers.
-    #[arg(long, value_name = "APP")]
-    app: String,
-    /// This worker's id, printed in every line. Default: hostname-pid.
-    #[arg(long, value_name = "ID")]
-    worker_id: Option<String>,
-    /// DynamoDB endpoint, e.g. DynamoDB Local (dummy credentials are used then).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
-    /// AWS region (default with --endpoint: us-east-1).
-    #[arg(long, value_name = "R")]
-    region: Option<String>,
-    /// Where shards nobody has processed yet start.
-    #[arg(long, value_enum, default_value = "trim-horizon")]
-    initial_position: Position,
-    /// After how long without a heartbeat a worker counts as dead (e.g. 3s, 1m).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    failover_time: Duration,
-    /// Failed deliveries of a change before it goes to the on-failure file. Default:
-    /// unlimited.
-    #[arg(long, value_name = "N")]
-    max_retries: Option<u32>,
-    /// Split a failing batch in halves until the failing change is alone.
-    #[arg(long)]
-    bisect: bool,
-    /// Append one JSON line per change given up on: {"table","shard","seq","event","keys",
-    /// "reason"}, reason one of retries-exhausted, too-old, undecodable, panicked, timed-out.
-    #[arg(long, value_name = "FILE")]
-    on_failure: Option<PathBuf>,
-    /// Changes older than this when fetched go to the on-failure file (needs --on-failure).
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    max_record_age: Option<Duration>,
-    /// The largest batch, 1-10000, across GetRecords pages. Default: 1000.
-    #[arg(long, value_name = "N")]
-    batch_size: Option<usize>,
-    /// Wait up to this long to fill a batch. Default: 0s.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    batching_window: Option<Duration>,
-    /// Process each shard with up to N concurrent calls, by item key (lines of one item
-    /// stay in order; lines of different items may interleave).
-    #[arg(long, value_name = "N")]
-    key_parallelism: Option<usize>,
-    /// A `process` call running longer fails (and goes through the failure policy).
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    batch_timeout: Option<Duration>,
-    /// How long a graceful shutdown waits for a batch in progress. Default: 30s.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    shutdown_timeout: Option<Duration>,
+    #[command(flatten)]
+    connection: ConnectionFlags,
+    #[command(flatten)]
+    delivery: DeliveryFlags,
     /// Checkpoint writes per shard at most this often. Default: 0s (after every batch).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "0s")]
     checkpoint_interval: Duration,
@@ -187,11 +128,6 @@ struct Args {
     /// rounds creation times down to the minute).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     creation_time_margin: Option<Duration>,
-    /// Deliver only the records matching this Lambda event filtering pattern (JSON, or
-    /// @FILE to read it from a file), applied to the record in Lambda's JSON shape; repeat
-    /// for several, OR-ed. The others are checkpointed past.
-    #[arg(long, value_name = "JSON|@FILE", value_parser = examples::worker_flags::read_filter_pattern)]
-    filter_pattern: Vec<String>,
     /// `jsonl`: one line per change; `lambda`: one line per batch, Lambda's DynamoDB event.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
@@ -238,36 +174,6 @@ impl FailWhen {
                     text == self.value
                 }
             })
-    }
-}
-
-/// The on-failure handler of `--on-failure`: appends one JSON line per record.
-struct JsonLinesFile {
-    file: tokio::sync::Mutex<std::fs::File>,
-}
-
-#[async_trait]
-impl FailureHandler for JsonLinesFile {
-    async fn handle(&self, failed: &FailedRecords) -> Result<(), BoxError> {
-        let mut text = Vec::new();
-        for record in &failed.records {
-            let stream_record = record.dynamodb();
-            let keys = stream_record.and_then(|r| r.keys.as_ref());
-            let line = json!({
-                "table": failed.table,
-                "shard": failed.shard_id,
-                "seq": stream_record.and_then(|r| r.sequence_number()),
-                "event": record.event_name().map(|e| e.as_str()),
-                "keys": keys.map_or(Value::Null, item_to_json),
-                "reason": failed.reason.as_str(),
-            });
-            serde_json::to_writer(&mut text, &line)?;
-            text.push(b'\n');
-        }
-        let mut file = self.file.lock().await;
-        file.write_all(&text)?;
-        file.flush()?;
-        Ok(())
     }
 }
 
@@ -394,22 +300,18 @@ async fn main() -> ExitCode {
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
     let mut signals = Signals::new()?;
-    let sdk_config = examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref()).await;
-    let worker_id = args.worker_id.clone().unwrap_or_else(default_worker_id);
+    let connection = &args.connection;
+    let sdk_config =
+        examples::sdk_config(connection.endpoint.as_deref(), connection.region.as_deref()).await;
+    let worker_id = connection
+        .worker_id
+        .clone()
+        .unwrap_or_else(default_worker_id);
     let worker: Arc<str> = worker_id.as_str().into();
 
-    let mut builder = Consumer::builder(args.app.as_str())
-        .with_sdk_config(&sdk_config)
-        .with_worker_id(worker_id)
-        .with_initial_position(match args.initial_position {
-            Position::TrimHorizon => InitialPosition::TrimHorizon,
-            Position::Latest => InitialPosition::Latest,
-        })
-        .with_failover_time(args.failover_time)
+    let mut builder = connection
+        .builder(&sdk_config, &worker_id)
         .with_checkpoint_interval(args.checkpoint_interval);
-    for table in &args.tables {
-        builder = builder.with_table(table.as_str());
-    }
     builder = delivery_settings(builder, &args)?;
     builder = snapshot_settings(builder, &args);
     let fail_when = args.fail_when.clone().map(|(attribute, value)| FailWhen {
@@ -443,7 +345,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .endpoint()
         .to_owned();
     tokio::select! {
-        answered = endpoint_answers(&sdk_config, &args.tables, &endpoint) => answered?,
+        answered = examples::worker_flags::endpoint_answers(&sdk_config, &connection.tables, &endpoint) => answered?,
         name = signals.recv() => {
             tracing::info!(signal = name, "stopped before start-up completed");
             return Ok(());
@@ -456,7 +358,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// `--snapshot`, `--snapshot-segments` and `--creation-time-margin`, applied to `builder`.
 fn snapshot_settings(mut builder: ConsumerBuilder, args: &Args) -> ConsumerBuilder {
-    let margin = match (args.creation_time_margin, &args.endpoint) {
+    let margin = match (args.creation_time_margin, &args.connection.endpoint) {
         (Some(margin), _) => Some(margin),
         (None, Some(_)) => Some(Duration::from_secs(90)),
         (None, None) => None,
@@ -477,80 +379,16 @@ fn snapshot_settings(mut builder: ConsumerBuilder, args: &Args) -> ConsumerBuild
     builder
 }
 
-/// The delivery flags, applied to `builder`.
+/// The delivery flags and `--events`, applied to `builder`.
 fn delivery_settings(
-    mut builder: ConsumerBuilder,
+    builder: ConsumerBuilder,
     args: &Args,
 ) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
-    if let Some(retries) = args.max_retries {
-        builder = builder.with_max_retries(retries);
-    }
-    builder = builder.with_bisect_on_error(args.bisect);
-    if let Some(path) = &args.on_failure {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open --on-failure file {}: {e}", path.display()))?;
-        builder = builder.with_on_failure(JsonLinesFile {
-            file: tokio::sync::Mutex::new(file),
-        });
-    }
-    if let Some(age) = args.max_record_age {
-        builder = builder.with_max_record_age(age);
-    }
-    if let Some(size) = args.batch_size {
-        builder = builder.with_max_batch_size(size);
-    }
-    if let Some(window) = args.batching_window {
-        builder = builder.with_batching_window(window);
-    }
-    if let Some(n) = args.key_parallelism {
-        builder = builder.with_key_parallelism(n);
-    }
-    if let Some(timeout) = args.batch_timeout {
-        builder = builder.with_batch_timeout(timeout);
-    }
-    if let Some(timeout) = args.shutdown_timeout {
-        builder = builder.with_shutdown_timeout(timeout);
-    }
-    for pattern in &args.filter_pattern {
-        builder = builder.with_filter_pattern(pattern.as_str());
-    }
+    let mut builder = args.delivery.apply(builder)?;
     if let Some(kinds) = args.events.clone() {
         builder = builder.with_filter(move |record: &Record| {
             record.event_name().is_some_and(|kind| kinds.contains(kind))
         });
     }
     Ok(builder)
-}
-
-/// Waits until the endpoint answers a DescribeTable of the first table, whatever the answer,
-/// at most [`STARTUP_DEADLINE`]: an endpoint that accepts connections but never answers
-/// would otherwise only fail after the consumer's operation timeout (30 s). What the answer
-/// says (no such table, no stream) is reported by the consumer, which asks again.
-async fn endpoint_answers(
-    sdk_config: &aws_config::SdkConfig,
-    tables: &[String],
-    endpoint: &str,
-) -> Result<(), String> {
-    let Some(table) = tables.first() else {
-        return Ok(());
-    };
-    // One attempt: a refused connection fails at once and the consumer reports it.
-    let config = aws_sdk_dynamodb::config::Builder::from(sdk_config)
-        .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
-        .build();
-    let probe = aws_sdk_dynamodb::Client::from_conf(config)
-        .describe_table()
-        .table_name(table)
-        .send();
-    match tokio::time::timeout(STARTUP_DEADLINE, probe).await {
-        Ok(_) => Ok(()),
-        Err(_) => Err(format!(
-            "no answer from {endpoint} within {}s (DescribeTable on table {table:?}): is \
-             DynamoDB running there?",
-            STARTUP_DEADLINE.as_secs()
-        )),
-    }
 }
