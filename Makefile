@@ -147,6 +147,16 @@ cost:
 replica-figures:
 	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p examples --test table_replica -- --ignored --nocapture
 
+## explore: the explorer (consumer-core/tests/explorer) over SEEDS seeds from FROM (release
+## build): every failing seed with its broken invariant, and seeds per second. SPACE=full
+## (or a list of pending-defect flags) widens the drawn space; EXPLORE_SEED=n replays one.
+.PHONY: explore
+SEEDS ?= 1000
+FROM ?= 0
+SPACE ?= now
+explore:
+	EXPLORE_SEEDS=$(SEEDS) EXPLORE_FROM=$(FROM) EXPLORE_SPACE=$(SPACE) $(CARGO) test --release -p consumer-core --features testkit --test explorer -- --ignored --exact explore --nocapture
+
 ## memory: a worker's RSS (release build, simulated stream, real time): 1,000 idle leases,
 ## then 200 shards of 1-4 KB items caught up at once with the default 256 MB budget, with
 ## 64 MB, and without a budget

@@ -275,28 +275,28 @@ mod tests {
             panicked.to_string(),
             "processor failed on shard shard-1: `initialize` panicked"
         );
-        let called = callbacks
-            .call(
-                Some(Duration::from_secs(2)),
-                std::future::pending::<Result<(), BoxError>>(),
+        type Call = std::pin::Pin<Box<dyn Future<Output = Result<(), BoxError>>>>;
+        let process = async |timeout, call: Call| {
+            let called = callbacks.call(timeout, call).await.unwrap();
+            let failed = callbacks.failure("process", called).unwrap();
+            (failed.reason, failed.error.to_string())
+        };
+        let hangs = std::future::pending::<Result<(), BoxError>>();
+        assert_eq!(
+            process(Some(Duration::from_secs(2)), Box::pin(hangs)).await,
+            (
+                FailureReason::TimedOut,
+                "processor failed on shard shard-1: `process` ran longer than the batch timeout (2s)"
+                    .to_owned()
             )
-            .await
-            .unwrap();
-        let failed = callbacks.failure("process", called).unwrap();
-        assert_eq!(failed.reason, FailureReason::TimedOut);
-        assert_eq!(
-            failed.error.to_string(),
-            "processor failed on shard shard-1: `process` ran longer than the batch timeout (2s)"
         );
-        let called = callbacks
-            .call(None, async { Err::<(), BoxError>("sink down".into()) })
-            .await
-            .unwrap();
-        let failed = callbacks.failure("process", called).unwrap();
-        assert_eq!(failed.reason, FailureReason::RetriesExhausted);
+        let fails = async { Err::<(), BoxError>("sink down".into()) };
         assert_eq!(
-            failed.error.to_string(),
-            "processor failed on shard shard-1: sink down"
+            process(None, Box::pin(fails)).await,
+            (
+                FailureReason::RetriesExhausted,
+                "processor failed on shard shard-1: sink down".to_owned()
+            )
         );
     }
 

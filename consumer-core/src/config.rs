@@ -1,19 +1,16 @@
 //! Settings of a consumer, with the defaults users get.
+//!
+//! [`ConsumerConfig`] gathers every setting, resolved; each settings type lives where it is
+//! read (the poll loop's, the delivery's, the snapshot's, the start position's in
+//! `start_time`), so those modules never import this one and the tasks that read the whole
+//! configuration (through `runtime`) sit above all of them. Read only by the fetch task,
+//! [`TrimmedDataPolicy`] stays here.
 
 use std::time::Duration;
 
 use crate::delivery::DeliveryConfig;
 use crate::poll_loop::PollConfig;
-
-/// Where a consumer starts on shards nobody has processed yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum InitialPosition {
-    /// From the oldest record still in the stream (up to 24 hours back).
-    #[default]
-    TrimHorizon,
-    /// Only changes made after the consumer starts; shards already closed are marked done.
-    Latest,
-}
+use crate::start_time::InitialPosition;
 
 /// What to do when records were trimmed (older than 24 hours) before they were read.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,5 +85,140 @@ impl Default for ConsumerConfig {
             creation_time_margin: crate::start_time::DEFAULT_CREATION_TIME_MARGIN,
             snapshot: None,
         }
+    }
+}
+
+/// The longest a duration setting is taken to be: a longer one (`Duration::MAX` for "never")
+/// counts as 100 years, so that `Instant + setting`, and sums and small multiples of
+/// settings, cannot overflow anywhere in the consumer.
+pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `duration`, at most [`LONGEST_SETTING`].
+pub(crate) fn capped(duration: Duration) -> Duration {
+    duration.min(LONGEST_SETTING)
+}
+
+impl ConsumerConfig {
+    /// Checks the settings; the error names the builder method that set the wrong one (and,
+    /// for a combination, the other in its text).
+    pub(crate) fn validate(&self) -> Result<(), (&'static str, String)> {
+        let (poll, renew) = (&self.poll, self.renew_interval);
+        first_wrong([
+            (
+                !(1..=1000).contains(&poll.batch_limit),
+                "with_batch_limit",
+                "must be between 1 and 1000 (the GetRecords limit)",
+            ),
+            (
+                poll.idle_backoff_min > poll.idle_backoff_max,
+                "with_idle_backoff",
+                "min must not exceed max",
+            ),
+            (
+                poll.idle_backoff_min.is_zero(),
+                "with_idle_backoff",
+                "min must be above zero: an idle shard would be polled in a busy loop",
+            ),
+            (
+                self.processing_backoff_max.is_zero(),
+                "with_retry_backoff_max",
+                "must be above zero: a failing batch would be retried in a busy loop",
+            ),
+        ])?;
+        self.delivery.validate()?;
+        if let Some(snapshot) = &self.snapshot {
+            snapshot.validate()?;
+            self.snapshot_fits()
+                .map_err(|text| ("with_snapshot", text))?;
+        }
+        first_wrong([
+            (
+                self.failover_time < Duration::from_secs(1),
+                "with_failover_time",
+                "must be at least 1 s",
+            ),
+            (
+                renew.is_zero() || renew * 2 > self.failover_time,
+                "with_renew_interval",
+                "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
+            ),
+        ])?;
+        let stuck = checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT;
+        if renew + stuck >= self.failover_time {
+            return Err((
+                "with_failover_time",
+                format!(
+                    "must exceed the renew interval ({renew:?}) plus the attempt timeout of a heartbeat ({stuck:?}): one stuck heartbeat would let other workers take this worker's leases"
+                ),
+            ));
+        }
+        first_wrong([
+            (
+                self.scan_interval.is_zero(),
+                "with_scan_interval",
+                "must be above zero",
+            ),
+            (
+                self.max_buffered_bytes == 0,
+                "with_max_buffered_bytes",
+                "must be above zero: no page could ever be fetched",
+            ),
+            (
+                self.shard_sync_interval.is_zero(),
+                "with_shard_sync_interval",
+                "must be above zero",
+            ),
+        ])
+    }
+
+    /// Caps every duration setting at [`LONGEST_SETTING`]: the one place user durations are
+    /// bounded before any `Instant` arithmetic uses them.
+    pub(crate) fn cap_durations(&mut self) {
+        let delivery = &mut self.delivery;
+        for duration in [
+            &mut self.poll.idle_backoff_min,
+            &mut self.poll.idle_backoff_max,
+            &mut self.checkpoint_interval,
+            &mut self.failover_time,
+            &mut self.scan_interval,
+            &mut self.shard_sync_interval,
+            &mut self.processing_backoff_max,
+            &mut self.creation_time_margin,
+            &mut delivery.shutdown_timeout,
+            &mut delivery.batching_window,
+        ] {
+            *duration = capped(*duration);
+        }
+        for duration in [&mut delivery.max_record_age, &mut delivery.batch_timeout]
+            .into_iter()
+            .flatten()
+        {
+            *duration = capped(*duration);
+        }
+        if let Some(snapshot) = &mut self.snapshot {
+            snapshot.progress_interval = capped(snapshot.progress_interval);
+        }
+    }
+
+    /// Settings that cannot apply to snapshot records; the text names the other setting.
+    /// Every other delivery setting applies to them as to stream records.
+    fn snapshot_fits(&self) -> Result<(), String> {
+        if self.delivery.max_record_age.is_some() {
+            return Err("cannot be combined with `with_max_record_age`: a scanned item has no creation time, and the stream records that follow a long snapshot would go to the on-failure handler instead of the sink the snapshot fills".into());
+        }
+        if !self.auto_checkpoint {
+            return Err("cannot be combined with `with_auto_checkpoint(false)`: a snapshot record has no sequence number to checkpoint at; the framework stores a segment's scan position once every record of a page is done".into());
+        }
+        Ok(())
+    }
+}
+
+/// The first check that finds its setting wrong: `(wrong, builder method, why)`.
+fn first_wrong<const N: usize>(
+    checks: [(bool, &'static str, &str); N],
+) -> Result<(), (&'static str, String)> {
+    match checks.into_iter().find(|(wrong, ..)| *wrong) {
+        Some((_, key, problem)) => Err((key, problem.to_owned())),
+        None => Ok(()),
     }
 }

@@ -7,12 +7,13 @@ use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::budget::ByteBudget;
-use crate::config::{ConsumerConfig, InitialPosition, TrimmedDataPolicy};
+use crate::config::{ConsumerConfig, TrimmedDataPolicy, capped};
 use crate::error::{Error, Result};
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::runtime::Runtime;
+use crate::start_time::InitialPosition;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::{StreamSource, Worker};
 
@@ -401,7 +402,7 @@ impl ConsumerBuilder {
     /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
     /// [`processor_fn`](crate::processor_fn)).
     pub fn build<F: ProcessorFactory>(mut self, factory: F) -> Result<Consumer<F>> {
-        cap_durations(&mut self.config);
+        self.config.cap_durations();
         self.config.renew_interval = self
             .renew_interval
             .map_or(self.config.failover_time / 3, capped);
@@ -486,66 +487,8 @@ impl ConsumerBuilder {
         {
             return problem("with_table", "a table name or stream ARN is empty");
         }
-        if !(1..=1000).contains(&config.poll.batch_limit) {
-            return problem(
-                "with_batch_limit",
-                "must be between 1 and 1000 (the GetRecords limit)",
-            );
-        }
-        if config.poll.idle_backoff_min > config.poll.idle_backoff_max {
-            return problem("with_idle_backoff", "min must not exceed max");
-        }
-        if config.poll.idle_backoff_min.is_zero() {
-            return problem(
-                "with_idle_backoff",
-                "min must be above zero: an idle shard would be polled in a busy loop",
-            );
-        }
-        if config.processing_backoff_max.is_zero() {
-            return problem(
-                "with_retry_backoff_max",
-                "must be above zero: a failing batch would be retried in a busy loop",
-            );
-        }
-        if let Err((key, text)) = config.delivery.validate() {
+        if let Err((key, text)) = config.validate() {
             return problem(key, &text);
-        }
-        if let Some(Err((key, text))) = config.snapshot.as_ref().map(|s| s.validate()) {
-            return problem(key, &text);
-        }
-        if let Some(Err(text)) = config.snapshot.as_ref().map(|_| snapshot_fits(config)) {
-            return problem("with_snapshot", &text);
-        }
-        if config.failover_time < Duration::from_secs(1) {
-            return problem("with_failover_time", "must be at least 1 s");
-        }
-        if config.renew_interval.is_zero() || config.renew_interval * 2 > config.failover_time {
-            return problem(
-                "with_renew_interval",
-                "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
-            );
-        }
-        let stuck = checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT;
-        if config.renew_interval + stuck >= config.failover_time {
-            return problem(
-                "with_failover_time",
-                &format!(
-                    "must exceed the renew interval ({:?}) plus the attempt timeout of a heartbeat ({stuck:?}): one stuck heartbeat would let other workers take this worker's leases",
-                    config.renew_interval
-                ),
-            );
-        }
-        if config.scan_interval.is_zero() {
-            return problem("with_scan_interval", "must be above zero");
-        }
-        if config.max_buffered_bytes == 0 {
-            return problem(
-                "with_max_buffered_bytes",
-                "must be above zero: no page could ever be fetched",
-            );
-        }
-        if config.shard_sync_interval.is_zero() {
-            return problem("with_shard_sync_interval", "must be above zero");
         }
         if self
             .worker_id
@@ -559,57 +502,6 @@ impl ConsumerBuilder {
         }
         Ok(())
     }
-}
-
-/// The longest a duration setting is taken to be: a longer one (`Duration::MAX` for "never")
-/// counts as 100 years, so that `Instant + setting`, and sums and small multiples of
-/// settings, cannot overflow anywhere in the consumer.
-pub(crate) const LONGEST_SETTING: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
-
-/// `duration`, at most [`LONGEST_SETTING`].
-pub(crate) fn capped(duration: Duration) -> Duration {
-    duration.min(LONGEST_SETTING)
-}
-
-/// Caps every duration setting at [`LONGEST_SETTING`]: the one place user durations are
-/// bounded before any `Instant` arithmetic uses them.
-fn cap_durations(config: &mut ConsumerConfig) {
-    let delivery = &mut config.delivery;
-    for duration in [
-        &mut config.poll.idle_backoff_min,
-        &mut config.poll.idle_backoff_max,
-        &mut config.checkpoint_interval,
-        &mut config.failover_time,
-        &mut config.scan_interval,
-        &mut config.shard_sync_interval,
-        &mut config.processing_backoff_max,
-        &mut config.creation_time_margin,
-        &mut delivery.shutdown_timeout,
-        &mut delivery.batching_window,
-    ] {
-        *duration = capped(*duration);
-    }
-    for duration in [&mut delivery.max_record_age, &mut delivery.batch_timeout]
-        .into_iter()
-        .flatten()
-    {
-        *duration = capped(*duration);
-    }
-    if let Some(snapshot) = &mut config.snapshot {
-        snapshot.progress_interval = capped(snapshot.progress_interval);
-    }
-}
-
-/// Settings that cannot apply to snapshot records; the text names the other setting.
-/// Every other delivery setting applies to them as to stream records.
-fn snapshot_fits(config: &ConsumerConfig) -> std::result::Result<(), String> {
-    if config.delivery.max_record_age.is_some() {
-        return Err("cannot be combined with `with_max_record_age`: a scanned item has no creation time, and the stream records that follow a long snapshot would go to the on-failure handler instead of the sink the snapshot fills".into());
-    }
-    if !config.auto_checkpoint {
-        return Err("cannot be combined with `with_auto_checkpoint(false)`: a snapshot record has no sequence number to checkpoint at; the framework stores a segment's scan position once every record of a page is done".into());
-    }
-    Ok(())
 }
 
 fn missing_sdk_config() -> Error {

@@ -38,7 +38,7 @@ mod worker;
 
 pub use change::{Change, ChangeBatch, ChangeKind};
 pub use checkpointer::Checkpointer;
-pub use config::{InitialPosition, TrimmedDataPolicy};
+pub use config::TrimmedDataPolicy;
 pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
@@ -47,3 +47,4 @@ pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };
 pub use snapshot::SnapshotConfig;
+pub use start_time::InitialPosition;

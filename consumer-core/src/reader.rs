@@ -13,12 +13,12 @@ use futures::stream::{self, BoxStream, StreamExt};
 use serde::de::DeserializeOwned;
 
 use crate::change::Change;
-use crate::config::InitialPosition;
 use crate::error::Result;
 pub use crate::poll_loop::PollConfig;
 use crate::poll_loop::{Page, ShardReader};
 use crate::retry;
 use crate::shard_sync::describe_all_shards;
+use crate::start_time::InitialPosition;
 use crate::streams::{StartPosition, StreamsApi};
 
 /// Changes as the reader yields them, in order.

@@ -16,8 +16,9 @@
 //! | [`streams_read`] | GetRecords, GetShardIterator (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
 //! | [`describe_stream`] | DescribeStream pages and child-shard lookups | 100 ms | 5 s | 9 | yes |
 //! | [`lease_store`] | lease-table writes that no loop repeats: `SHARD_END`, lease creation, final checkpoint, release, worker removal at shutdown | 100 ms | 5 s | 11 | yes |
-//! | [`processing`] | a failing `process`, `initialize` or `shard_ended` | 100 ms | `with_retry_backoff_max` (30 s) | unbounded | yes |
+//! | [`processing`] | a failing `process`, `initialize`, `shard_ended` or on-failure handler | 100 ms | `with_retry_backoff_max` (30 s) | unbounded | yes |
 //! | [`reincarnation`] | the first heartbeat of a fenced worker's new incarnation | 200 ms | `renew_interval` | unbounded | no |
+//! | [`heartbeat`] | a failed heartbeat, until the next one is confirmed | 100 ms | `renew_interval` / 4 (at least 100 ms) | unbounded | yes |
 //! | [`table_scan`] | a snapshot segment's Scan pages and the key-schema lookup (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
 //! | [`idle_poll`] | pauses between polls of an idle shard (not an error) | `with_idle_backoff` min (100 ms) | max (1 s) | unbounded | no |
 //!

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use checkpoint_store::aws::describe_stream_pages;
 use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
-use crate::config::InitialPosition;
 use crate::error::Result;
 use crate::retry;
+use crate::start_time::InitialPosition;
 use crate::stream_arn::same_table;
 use crate::streams::{ApiError, ShardInfo, StreamsApi};
 

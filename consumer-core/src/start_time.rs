@@ -1,4 +1,5 @@
-//! Skipping records created before a start time (`Checkpoint::Since`).
+//! Where reading starts: the initial position of shards nobody processed yet, and
+//! skipping records created before a start time (`Checkpoint::Since`).
 //!
 //! A shard whose checkpoint is `Since(t)` is read from `TRIM_HORIZON`, and the records at
 //! its beginning that were created before `t` are counted and checkpointed past instead of
@@ -18,6 +19,16 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
 use checkpoint_store::Checkpoint;
+
+/// Where a consumer starts on shards nobody has processed yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// From the oldest record still in the stream (up to 24 hours back).
+    #[default]
+    TrimHorizon,
+    /// Only changes made after the consumer starts; shards already closed are marked done.
+    Latest,
+}
 
 /// The default margin for the rounding of `ApproximateCreationDateTime` (DynamoDB Streams
 /// on AWS rounds it down to the second) plus a clock skew of up to 4 s between the worker

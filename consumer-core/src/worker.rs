@@ -592,7 +592,7 @@ impl<F: ProcessorFactory> Worker<F> {
             };
             // A Scan segment of a snapshot, or a shard of the stream.
             let run: BoxFuture<'static, ShardOutcome> = if snapshot::is_segment(&lease.key) {
-                Box::pin(snapshot::run_segment(task, signals.clone()))
+                Box::pin(snapshot::segment::run_segment(task, signals.clone()))
             } else {
                 Box::pin(shard::run(task, signals.clone()))
             };

@@ -4,9 +4,9 @@
 use std::fmt::Display;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use checkpoint_store::aws::{AwsClients, ErrorClass, classify};
+use checkpoint_store::aws::{AwsClients, ErrorClass, classify, describe_stream_pages};
 use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
-use consumer_core::streams::{SdkStreams, StreamsApi};
+use consumer_core::streams::{ApiError, SdkStreams, ShardInfo, StreamsApi};
 use serde_json::Value;
 
 pub use consumer_core::observability::table_of_stream;
@@ -83,6 +83,21 @@ impl Context {
     /// an error naming it.
     pub async fn stream_arn(&self, table: &str) -> Result<String, Failure> {
         Ok(self.streams.latest_stream_arn(table).await?)
+    }
+
+    /// Every shard of stream `arn`: a full paginated DescribeStream, through the one pager
+    /// every DescribeStream listing goes through.
+    pub async fn shards(&self, arn: &str) -> Result<Vec<ShardInfo>, Failure> {
+        let api = self.streams();
+        let shards = describe_stream_pages(arn, |start| {
+            let api = api.clone();
+            async move {
+                let page = api.describe_stream(arn, start.as_deref()).await?;
+                Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
+            }
+        })
+        .await?;
+        Ok(shards)
     }
 
     /// Prints `value` as one line of JSON.

@@ -503,11 +503,12 @@ async fn write(
     plan: &Plan,
     existing: &BTreeMap<String, Lease>,
 ) -> Outcome {
-    let me = format!("ddbsc#import-kcl-{}", std::process::id());
     for entry in &plan.entries {
         let key = LeaseKey::new(stream_arn, entry.shard_id.clone());
         let written = match existing.get(&entry.shard_id) {
-            Some(old) => crate::reset::move_lease(store, old, &me, &entry.position).await,
+            Some(old) => crate::reset::move_lease(store, old, &entry.position)
+                .await
+                .map(drop),
             None => {
                 let lease = Lease::new(key, entry.position.clone(), entry.parents.clone());
                 store.create_lease(&lease).await

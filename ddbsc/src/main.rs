@@ -1,8 +1,8 @@
 //! `ddbsc`: the operator's command for DynamoDB Streams consumers.
 //!
 //! ```text
-//! ddbsc status --app APP [--lag] [--alive-within 15s | --observe 10s] [--json]
-//! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
+//! ddbsc status --app APP [--lag] [--alive-within 15s | --observe 10s] [--renew-interval D] [--json]
+//! ddbsc reset  --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force] [--include-finished]
 //! ddbsc tail   --table T [--from trim-horizon|latest] [--max-changes N] [--json]
 //! ddbsc shards --table T [--json]
 //! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]

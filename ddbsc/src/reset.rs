@@ -1,22 +1,30 @@
-//! `ddbsc reset`: moves checkpoints, safely.
+//! `ddbsc reset`: moves checkpoints, one conditional write per lease.
 //!
-//! Each lease is moved with the same conditional writes a worker uses: take it (conditional
-//! on the owner and epoch just read, which fences any previous owner: its next checkpoint
-//! is refused by the store), write the checkpoint as the new owner, release it. Workers
-//! then take it on their next scan and resume from the new position. A lease whose owner is
-//! alive is refused (exit 1, naming the owner) unless `--force`.
+//! Each lease moves with [`LeaseStore::reset_lease`]: checkpoint set, epoch bumped, owner
+//! and pending handoff removed, conditioned on the owner and epoch just read. The previous
+//! owner is fenced (its next checkpoint is refused by the store, so it stops that shard);
+//! a worker that took the lease after it was read makes that one write fail whole, and the
+//! shard is reported refused with the worker's position untouched: a shard is moved or not,
+//! never half. Workers take the moved leases on their next scan and resume from the new
+//! position. One line per shard says what happened (moved, refused and why, or not moved
+//! because it is finished); any refusal makes the exit code 1.
+//!
+//! Checked before anything moves (a refusal moves nothing): a lease whose owner is alive
+//! (unless `--force`); a finished shard named with `--shard` (unless `--include-finished`);
+//! a sequence number outside the shard's range (DescribeStream), or where a worker could
+//! not resume (GetShardIterator after it).
 
-use std::fmt;
-
-use checkpoint_store::{Checkpoint, Lease, LeaseStore, SequenceNumber};
+use checkpoint_store::{Checkpoint, Error as StoreError, Lease, LeaseStore, SequenceNumber};
 use consumer_core::snapshot::is_segment;
+use consumer_core::streams::StartPosition;
 use serde_json::{Value, json};
 
 use crate::context::{Context, table_of_stream};
 use crate::liveness::LivenessArgs;
 use crate::{Failure, Outcome};
 
-/// `ddbsc reset --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]`
+/// `ddbsc reset --app APP --table T [--shard S] --to trim-horizon|latest|SEQ [--force]
+/// [--include-finished]`
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The application (its lease table).
@@ -28,81 +36,42 @@ pub struct Args {
     /// Only this shard. Without it, every unfinished shard of the table moves.
     #[arg(long, value_name = "S")]
     shard: Option<String>,
-    /// The new position: `trim-horizon`, `latest`, or a sequence number (processing
-    /// resumes after it).
+    /// The new position: `trim-horizon`, `latest`, or a sequence number of the shard
+    /// (processing resumes after it).
     #[arg(long, value_name = "POSITION")]
     to: String,
-    /// Move leases owned by live workers too: the lease is taken first, so the owner's
-    /// next checkpoint is refused and it stops that shard.
+    /// Move leases owned by live workers too: the owner is fenced (its next checkpoint is
+    /// refused) and stops that shard.
     #[arg(long)]
     force: bool,
+    /// Move finished shards (SHARD_END) too: they are read again, although their children
+    /// may have started already.
+    #[arg(long)]
+    include_finished: bool,
     #[command(flatten)]
     liveness: LivenessArgs,
 }
-
-/// The owner of every lease ddbsc holds while it moves it, for the moment of the move.
-const OWNER_PREFIX: &str = "ddbsc#";
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     args.liveness.check()?;
     let target = parse_position(&args.to)?;
     let store = context.lease_store(&args.app).await?;
     let (leases, _, live) = args.liveness.read(&store).await?;
-    // Shards only: a snapshot segment's position is a scan key, and a stream gate has none.
-    let of_table: Vec<&Lease> = leases
-        .iter()
-        .filter(|l| table_of_stream(&l.key.stream) == Some(args.table.as_str()))
-        .filter(|l| !is_segment(&l.key) && l.key.gated_stream().is_none())
-        .collect();
-    if of_table.is_empty() {
-        return Err(Failure(format!(
-            "application {:?} has no leases for table {:?} (is a worker consuming it?)",
-            args.app, args.table
-        )));
-    }
-    let chosen: Vec<&Lease> = match &args.shard {
-        Some(shard) => {
-            let found: Vec<&Lease> = of_table
-                .iter()
-                .copied()
-                .filter(|l| &l.key.shard_id == shard)
-                .collect();
-            let names_a_segment = leases.iter().any(|l| {
-                &l.key.shard_id == shard
-                    && is_segment(&l.key)
-                    && table_of_stream(&l.key.stream) == Some(args.table.as_str())
-            });
-            if names_a_segment {
+    let Plan { chosen, finished } = plan(&args, &leases)?;
+    if let Checkpoint::At(seq) = &target {
+        match chosen.as_slice() {
+            [] => {}
+            [lease] => check_resumable(context, lease, seq).await?,
+            _ => {
                 return Err(Failure(format!(
-                    "{shard:?} is a snapshot segment of table {:?}, not a shard: reset moves \
-                     shard checkpoints only",
-                    args.table
+                    "sequence number {seq} belongs to one shard, and table {:?} has {} shards \
+                     to move: name it with --shard",
+                    args.table,
+                    chosen.len()
                 )));
             }
-            if found.is_empty() {
-                return Err(Failure(format!(
-                    "application {:?} has no lease for shard {shard:?} of table {:?}",
-                    args.app, args.table
-                )));
-            }
-            found
         }
-        None => of_table
-            .iter()
-            .copied()
-            .filter(|l| !l.checkpoint.is_shard_end())
-            .collect(),
-    };
-    if matches!(target, Checkpoint::At(_)) && chosen.len() > 1 {
-        return Err(Failure(format!(
-            "sequence number {} belongs to one shard, and table {:?} has {} unfinished \
-             shards: name it with --shard",
-            args.to,
-            args.table,
-            chosen.len()
-        )));
     }
-    // Check every lease before moving any: a refusal moves nothing.
     if !args.force {
         for lease in &chosen {
             if let Some(owner) = lease.owner.as_deref().filter(|o| live.is_alive(o)) {
@@ -115,70 +84,291 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
         }
     }
 
-    let me = format!("{OWNER_PREFIX}{}", std::process::id());
-    let mut moved = Vec::new();
-    for lease in chosen {
-        let from = lease.checkpoint.clone();
-        move_lease(&store, lease, &me, &target)
-            .await
-            .map_err(|e| Failure(format!("shard {}: {e}", lease.key.shard_id)))?;
-        moved.push(Moved {
-            shard: lease.key.shard_id.clone(),
-            from,
-            previous_owner: lease.owner.clone(),
+    // In shard order, each lease in its own write.
+    let mut order: Vec<(&Lease, bool)> = chosen
+        .into_iter()
+        .map(|l| (l, true))
+        .chain(finished.into_iter().map(|l| (l, false)))
+        .collect();
+    order.sort_by(|(a, _), (b, _)| a.key.cmp(&b.key));
+    let mut outcomes = Vec::with_capacity(order.len());
+    for (lease, moves) in order {
+        outcomes.push(if moves {
+            move_and_report(&store, lease, &target).await
+        } else {
+            ShardOutcome::Finished { lease }
         });
     }
-
+    let refused = outcomes.iter().filter(|o| o.is_refused()).count();
+    let moved = outcomes.iter().filter(|o| o.is_moved()).count();
     if context.json {
-        let shards: Vec<Value> = moved
-            .iter()
-            .map(|m| {
-                json!({"shard": m.shard, "from": m.from.to_string(), "to": target.to_string(),
-                       "previous_owner": m.previous_owner})
-            })
-            .collect();
-        context.print_json(&json!({"app": args.app, "table": args.table, "reset": shards}))?;
+        context.print_json(&outcomes_json(&args, &target, &outcomes))?;
     } else {
-        for m in &moved {
-            context.line(format_args!("{m} -> {target}"))?;
+        for outcome in &outcomes {
+            context.line(outcome.line(&target))?;
         }
+    }
+    if refused > 0 {
+        return Err(Failure(format!(
+            "refused for {refused} of {} shards of table {:?} ({moved} moved): each refused \
+             lease changed since it was read and keeps its position; look again \
+             (ddbsc status) and rerun",
+            refused + moved,
+            args.table
+        )));
     }
     Ok(())
 }
 
-/// Take (fencing the previous owner), checkpoint, release: the worker's own writes.
+/// The leases to move, and the finished ones left alone.
+struct Plan<'a> {
+    chosen: Vec<&'a Lease>,
+    finished: Vec<&'a Lease>,
+}
+
+/// Which of `leases` move; bad names and a named finished shard (without
+/// `--include-finished`) are errors.
+fn plan<'a>(args: &Args, leases: &'a [Lease]) -> Result<Plan<'a>, Failure> {
+    let of_table = |l: &&Lease| table_of_stream(&l.key.stream) == Some(args.table.as_str());
+    // Shards only: a snapshot segment's position is a scan key, and a gate has none.
+    let shards: Vec<&Lease> = leases
+        .iter()
+        .filter(of_table)
+        .filter(|l| !is_segment(&l.key) && !l.key.is_coordination())
+        .collect();
+    if shards.is_empty() {
+        return Err(Failure(format!(
+            "application {:?} has no leases for table {:?} (is a worker consuming it?)",
+            args.app, args.table
+        )));
+    }
+    let Some(shard) = &args.shard else {
+        let (finished, unfinished): (Vec<&Lease>, Vec<&Lease>) = shards
+            .into_iter()
+            .partition(|l| l.checkpoint.is_shard_end());
+        return Ok(if args.include_finished {
+            Plan {
+                chosen: finished.into_iter().chain(unfinished).collect(),
+                finished: Vec::new(),
+            }
+        } else {
+            Plan {
+                chosen: unfinished,
+                finished,
+            }
+        });
+    };
+    let names_a_segment = leases
+        .iter()
+        .filter(of_table)
+        .any(|l| &l.key.shard_id == shard && is_segment(&l.key));
+    if names_a_segment {
+        return Err(Failure(format!(
+            "{shard:?} is a snapshot segment of table {:?}, not a shard: reset moves shard \
+             checkpoints only",
+            args.table
+        )));
+    }
+    let chosen: Vec<&Lease> = shards
+        .into_iter()
+        .filter(|l| &l.key.shard_id == shard)
+        .collect();
+    if chosen.is_empty() {
+        return Err(Failure(format!(
+            "application {:?} has no lease for shard {shard:?} of table {:?}",
+            args.app, args.table
+        )));
+    }
+    if !args.include_finished && chosen.iter().any(|l| l.checkpoint.is_shard_end()) {
+        return Err(Failure(format!(
+            "refused: shard {shard} of table {:?} is finished (SHARD_END) and its children may \
+             have started; use --include-finished to read it again anyway",
+            args.table
+        )));
+    }
+    Ok(Plan {
+        chosen,
+        finished: Vec::new(),
+    })
+}
+
+/// Refuses a sequence number outside the shard's range (DescribeStream), or after which a
+/// worker could not resume (GetShardIterator, as the worker would call it): an open shard's
+/// range has no end yet, and records before the stream's trim horizon are gone.
+async fn check_resumable(context: &Context, lease: &Lease, seq: &SequenceNumber) -> Outcome {
+    let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
+    let shards = context.shards(stream).await?;
+    let Some(info) = shards.iter().find(|s| &s.shard_id == shard) else {
+        return Err(Failure(format!(
+            "refused: --to {seq}: shard {shard} is no longer in stream {stream} (its records \
+             are past the stream's retention); use trim-horizon or latest"
+        )));
+    };
+    let range = format!(
+        "{} to {}",
+        info.starting_sequence_number
+            .as_ref()
+            .map_or_else(|| "?".to_owned(), ToString::to_string),
+        info.ending_sequence_number
+            .as_ref()
+            .map_or_else(|| "(open)".to_owned(), ToString::to_string),
+    );
+    let before_start = info
+        .starting_sequence_number
+        .as_ref()
+        .is_some_and(|s| seq < s);
+    let after_end = info
+        .ending_sequence_number
+        .as_ref()
+        .is_some_and(|e| seq > e);
+    if before_start || after_end {
+        return Err(Failure(format!(
+            "refused: sequence number {seq} is outside shard {shard}'s range ({range}); \
+             nothing moved"
+        )));
+    }
+    let after = StartPosition::AfterSequenceNumber(seq.clone());
+    if let Err(error) = context
+        .streams()
+        .shard_iterator(stream, shard, &after)
+        .await
+    {
+        return Err(Failure(format!(
+            "refused: a worker could not resume after sequence number {seq} in shard {shard} \
+             (range {range}): {error}; nothing moved"
+        )));
+    }
+    Ok(())
+}
+
+/// What happened to one shard.
+enum ShardOutcome<'a> {
+    /// Moved from `lease.checkpoint`.
+    Moved { lease: &'a Lease },
+    /// Not moved: the write was refused.
+    Refused { lease: &'a Lease, reason: String },
+    /// Not moved: finished, and `--include-finished` was not given.
+    Finished { lease: &'a Lease },
+}
+
+impl<'a> ShardOutcome<'a> {
+    fn is_moved(&self) -> bool {
+        matches!(self, Self::Moved { .. })
+    }
+
+    fn is_refused(&self) -> bool {
+        matches!(self, Self::Refused { .. })
+    }
+
+    fn lease(&self) -> &'a Lease {
+        match self {
+            Self::Moved { lease } | Self::Refused { lease, .. } | Self::Finished { lease } => lease,
+        }
+    }
+
+    /// The shard's line: `shard S: FROM [(taken from OWNER)] -> TO`, `shard S: refused:
+    /// WHY`, or `shard S: not moved: finished …`.
+    fn line(&self, target: &Checkpoint) -> String {
+        let lease = self.lease();
+        let shard = &lease.key.shard_id;
+        match self {
+            Self::Moved { .. } => {
+                let taken = lease
+                    .owner
+                    .as_ref()
+                    .map(|owner| format!(" (taken from {owner})"))
+                    .unwrap_or_default();
+                format!("shard {shard}: {}{taken} -> {target}", lease.checkpoint)
+            }
+            Self::Refused { reason, .. } => format!("shard {shard}: refused: {reason}"),
+            Self::Finished { .. } => format!(
+                "shard {shard}: not moved: finished (SHARD_END); --include-finished moves it too"
+            ),
+        }
+    }
+}
+
+/// `{"app", "table", "reset": [{"shard", "from", "to", "previous_owner"}], "refused":
+/// [{"shard", "reason"}], "skipped": [{"shard", "reason"}]}` (skipped: finished shards).
+fn outcomes_json(args: &Args, target: &Checkpoint, outcomes: &[ShardOutcome<'_>]) -> Value {
+    let mut moved = Vec::new();
+    let mut refused = Vec::new();
+    let mut skipped = Vec::new();
+    for outcome in outcomes {
+        let lease = outcome.lease();
+        match outcome {
+            ShardOutcome::Moved { .. } => moved.push(json!({
+                "shard": lease.key.shard_id,
+                "from": lease.checkpoint.to_string(),
+                "to": target.to_string(),
+                "previous_owner": lease.owner,
+            })),
+            ShardOutcome::Refused { reason, .. } => {
+                refused.push(json!({"shard": lease.key.shard_id, "reason": reason}));
+            }
+            ShardOutcome::Finished { .. } => skipped.push(json!({
+                "shard": lease.key.shard_id,
+                "reason": "finished (SHARD_END); --include-finished moves it too",
+            })),
+        }
+    }
+    json!({
+        "app": args.app,
+        "table": args.table,
+        "reset": moved,
+        "refused": refused,
+        "skipped": skipped,
+    })
+}
+
+/// Moves `lease` (as it was read) to `target` in one conditional write, fencing its owner:
+/// reset's write, also `import-kcl --force`'s.
 pub(crate) async fn move_lease(
     store: &dyn LeaseStore,
     lease: &Lease,
-    me: &str,
     target: &Checkpoint,
-) -> checkpoint_store::Result<()> {
-    let taken = store
-        .take_lease(&lease.key, lease.owner.as_deref(), lease.epoch, me)
-        .await?;
-    let Some(ownership) = taken.ownership() else {
-        return Ok(());
-    };
-    let moved = store.checkpoint(&lease.key, &ownership, target).await?;
-    let ownership = moved.ownership().unwrap_or(ownership);
-    store.release_lease(&lease.key, &ownership).await?;
-    Ok(())
+) -> checkpoint_store::Result<Lease> {
+    store
+        .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, target)
+        .await
 }
 
-struct Moved {
-    shard: String,
-    from: Checkpoint,
-    previous_owner: Option<String>,
-}
-
-impl fmt::Display for Moved {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "shard {}: {}", self.shard, self.from)?;
-        if let Some(owner) = &self.previous_owner {
-            write!(f, " (taken from {owner})")?;
+/// [`move_lease`]; a refusal says what the lease looks like now.
+async fn move_and_report<'a>(
+    store: &dyn LeaseStore,
+    lease: &'a Lease,
+    target: &Checkpoint,
+) -> ShardOutcome<'a> {
+    let key = &lease.key;
+    let written = move_lease(store, lease, target).await;
+    let reason = match written {
+        Ok(_) => return ShardOutcome::Moved { lease },
+        Err(StoreError::LeaseChanged { .. }) => {
+            let now = match store.get_lease(key).await {
+                Ok(Some(now)) => format!(
+                    "owner {}, epoch {}, checkpoint {}",
+                    now.owner.as_deref().unwrap_or("none"),
+                    now.epoch,
+                    now.checkpoint
+                ),
+                Ok(None) => "deleted".to_owned(),
+                Err(error) => format!("unknown ({error})"),
+            };
+            format!(
+                "the lease changed since it was read (owner {}, epoch {}; now {now}), \
+                 nothing moved",
+                lease.owner.as_deref().unwrap_or("none"),
+                lease.epoch
+            )
         }
-        Ok(())
-    }
+        Err(StoreError::LeaseNotFound { .. }) => {
+            "the lease was deleted since it was read (the shard finished and its children \
+             started), nothing moved"
+                .to_owned()
+        }
+        Err(error) => format!("{error}; nothing moved"),
+    };
+    ShardOutcome::Refused { lease, reason }
 }
 
 /// `trim-horizon`, `latest` or a sequence number; anything else is an error naming it.

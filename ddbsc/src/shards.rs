@@ -1,9 +1,7 @@
-//! `ddbsc shards`: the shard graph of a table's stream, from a full paginated DescribeStream
-//! (the one pager every DescribeStream listing goes through).
+//! `ddbsc shards`: the shard graph of a table's stream, from a full paginated DescribeStream.
 
-use checkpoint_store::aws::describe_stream_pages;
 use comfy_table::Table;
-use consumer_core::streams::{ApiError, ShardInfo};
+use consumer_core::streams::ShardInfo;
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -19,15 +17,7 @@ pub struct Args {
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     let arn = context.stream_arn(&args.table).await?;
-    let api = context.streams();
-    let shards: Vec<ShardInfo> = describe_stream_pages(&arn, |start| {
-        let (api, arn) = (api.clone(), arn.clone());
-        async move {
-            let page = api.describe_stream(&arn, start.as_deref()).await?;
-            Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
-        }
-    })
-    .await?;
+    let shards = context.shards(&arn).await?;
     let state = |s: &ShardInfo| if s.is_closed() { "closed" } else { "open" };
     let seq = |s: Option<&checkpoint_store::SequenceNumber>| s.map(|s| s.to_string());
 

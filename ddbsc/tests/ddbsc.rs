@@ -381,6 +381,7 @@ async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
+    use checkpoint_store::{Checkpoint, LeaseStore};
     let app = unique_name("app");
     let table = unique_name("reset");
     create_table(&table, "id", true).await;
@@ -450,17 +451,233 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
     assert_eq!(lag["complete"], true, "{lagged}");
     assert!(lag["oldest_unprocessed_age_ms"].is_u64(), "{lagged}");
 
-    // A checkpoint the stream cannot read from: that shard's lag says why, the status is
-    // still shown.
+    // A sequence number a worker could not resume after: reset refuses it.
     let shard = leases(&lagged)[0]["shard"].as_str().unwrap().to_owned();
     let beyond = "9".repeat(30);
-    let moved = reset(&beyond, &["--shard", &shard]).await;
-    assert_eq!(moved.0, 0, "{}", moved.2);
+    let refused = reset(&beyond, &["--shard", &shard]).await;
+    assert_one_line_error(&refused, 1, &[&beyond, &shard, "could not resume"]);
+    // Such a checkpoint written anyway (by hand, or by an older ddbsc): that shard's lag
+    // says why, the status is still shown.
+    let store =
+        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+    let all = store.list_leases().await.unwrap();
+    let lease = all.iter().find(|l| l.key.shard_id == shard).unwrap();
+    let beyond = Checkpoint::At(checkpoint_store::SequenceNumber::parse(beyond).unwrap());
+    store
+        .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, &beyond)
+        .await
+        .unwrap();
     let lagged = ddbsc_json(&["status", "--app", &app, "--lag"]).await;
     let error = leases(&lagged)[0]["lag"]["error"]
         .as_str()
         .unwrap_or_default();
     assert!(error.contains("GetShardIterator"), "{lagged}");
+}
+
+/// `sequence_number + delta`, as wide as `sequence_number`.
+fn seq_plus(sequence_number: &str, delta: i128) -> String {
+    let moved = sequence_number.parse::<i128>().unwrap() + delta;
+    format!("{moved:0width$}", width = sequence_number.len())
+}
+
+/// The lease table of `app` with one lease per shard id, each owned by `owner` at epoch 1.
+async fn leases_owned_by(
+    app: &str,
+    stream: &str,
+    shards: &[&str],
+    owner: &str,
+) -> checkpoint_store::DynamoDbLeaseStore {
+    use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+    let store =
+        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app).unwrap();
+    store.ensure_table().await.unwrap();
+    for shard in shards {
+        let key = LeaseKey::new(stream, *shard);
+        let lease = Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]);
+        store.create_lease(&lease).await.unwrap();
+        store.take_lease(&key, None, 0, owner).await.unwrap();
+    }
+    store
+}
+
+/// Each lease moves with one conditional write on its item. A worker that takes a lease
+/// between ddbsc's read and its write (a proxy in front of DynamoDB Local lets the test
+/// take it just before ddbsc's write goes on) makes only that shard's move fail: it is
+/// reported refused, keeps the worker's ownership and position, and the other shard still
+/// moves; exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_moves_each_lease_in_one_write_and_reports_a_raced_one_refused() {
+    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (app, table) = (unique_name("app"), unique_name("reset-race"));
+    create_table(&table, "id", true).await;
+    put(&table, "a", 1).await;
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let stream = graph["stream"].as_str().unwrap().to_owned();
+    let real = graph["shards"][0]["shard"].as_str().unwrap().to_owned();
+    // Sorts first, so ddbsc meets the race before it moves the other lease.
+    let raced = "shardId-00000000000000000001-raced000";
+    let store = leases_owned_by(&app, &stream, &[raced, &real], "w-gone#1").await;
+
+    let raced_key = LeaseKey::new(stream.as_str(), raced);
+    let raced_pk = format!("lease|{stream}|{raced}");
+    let once = std::sync::Arc::new(AtomicBool::new(false));
+    let hook_store = store.clone();
+    let faults = proxy::Faults::default().with_hook(move |request| {
+        let first = request.is("UpdateItem")
+            && request.item_key() == Some(raced_pk.as_str())
+            && !once.swap(true, Ordering::SeqCst);
+        let (store, key) = (hook_store.clone(), raced_key.clone());
+        first.then(|| {
+            Box::pin(async move {
+                store
+                    .take_lease(&key, Some("w-gone#1"), 1, "w-race#1")
+                    .await
+                    .unwrap();
+            }) as futures::future::BoxFuture<'static, ()>
+        })
+    });
+    let proxy = proxy::Proxy::start(&endpoint(), faults).await;
+    let args = [
+        "reset",
+        "--app",
+        &app,
+        "--table",
+        &table,
+        "--to",
+        "latest",
+        "--endpoint",
+    ];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(proxy.endpoint().to_owned());
+    let (code, out, err, _) = run_to_exit(DDBSC.as_ref(), &args, DEADLINE).await;
+    assert_eq!(code.code(), Some(1), "{out}{err}");
+    assert_one_line_error(&(1, out.clone(), err), 1, &["refused for 1 of 2 shards"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "one line per shard: {out}");
+    assert!(
+        lines[0].starts_with(&format!("shard {raced}: refused: the lease changed"))
+            && lines[0].contains("now owner w-race#1"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("shard {real}: TRIM_HORIZON (taken from w-gone#1) -> LATEST"),
+        "{out}"
+    );
+
+    // One conditional write on each lease item, nothing more.
+    let requests = proxy.requests();
+    for shard in [raced, real.as_str()] {
+        let pk = format!("lease|{stream}|{shard}");
+        let writes = requests
+            .iter()
+            .filter(|r| r.item_key() == Some(pk.as_str()) && !r.is("GetItem"))
+            .map(|r| r.target.clone())
+            .collect::<Vec<_>>();
+        assert_eq!(writes, ["DynamoDB_20120810.UpdateItem"], "shard {shard}");
+    }
+    let now = |shard: &str| {
+        let store = store.clone();
+        let key = LeaseKey::new(stream.as_str(), shard);
+        async move { store.get_lease(&key).await.unwrap().unwrap() }
+    };
+    let (moved, kept) = (now(&real).await, now(raced).await);
+    assert_eq!(
+        (moved.owner, moved.epoch, moved.checkpoint),
+        (None, 2, Checkpoint::Latest)
+    );
+    assert_eq!(
+        (kept.owner.as_deref(), kept.epoch, kept.checkpoint),
+        (Some("w-race#1"), 2, Checkpoint::TrimHorizon)
+    );
+
+    // Run again without a race: both move (w-race#1 has no heartbeat: not alive).
+    let again = ddbsc_json(&["reset", "--app", &app, "--table", &table, "--to", "latest"]).await;
+    assert_eq!(again["reset"].as_array().unwrap().len(), 2, "{again}");
+    assert_eq!(again["refused"], serde_json::json!([]), "{again}");
+}
+
+/// `--to SEQ` must lie within the shard's range (DescribeStream) and be a place a worker can
+/// resume after; a finished shard moves only with `--include-finished`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_keeps_sequence_numbers_in_the_shards_range_and_finished_shards_unless_asked() {
+    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    let (app, table) = (unique_name("app"), unique_name("reset-range"));
+    create_table(&table, "id", true).await;
+    for n in 0..3 {
+        put(&table, &format!("k{n}"), n).await;
+    }
+    let graph = ddbsc_json(&["shards", "--table", &table]).await;
+    let stream = graph["stream"].as_str().unwrap().to_owned();
+    let shard = graph["shards"][0]["shard"].as_str().unwrap().to_owned();
+    let start = graph["shards"][0]["starting_sequence_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let store = leases_owned_by(&app, &stream, &[&shard], "w-gone#1").await;
+    let key = LeaseKey::new(stream.as_str(), shard.as_str());
+    let checkpoint = async || store.get_lease(&key).await.unwrap().unwrap().checkpoint;
+    let reset = async |to: &str, more: &[&str]| {
+        let mut args = vec!["reset", "--app", &app, "--table", &table, "--to", to];
+        args.extend(more);
+        ddbsc(&args).await
+    };
+
+    // Open shard: before its first sequence number, or where no worker could resume.
+    let before = seq_plus(&start, -1);
+    let refused = reset(&before, &[]).await;
+    assert_one_line_error(&refused, 1, &[&before, &shard, "outside", &start]);
+    let beyond = "9".repeat(30);
+    let refused = reset(&beyond, &[]).await;
+    assert_one_line_error(&refused, 1, &[&beyond, &shard, "could not resume"]);
+    assert_eq!(checkpoint().await, Checkpoint::TrimHorizon, "nothing moved");
+    let (code, out, err) = reset(&start, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("-> {start}")), "{out}");
+
+    // Closed and finished.
+    integration_tests::disable_stream(&table).await;
+    let described = integration_tests::streams_client()
+        .await
+        .describe_stream()
+        .stream_arn(&stream)
+        .send()
+        .await
+        .unwrap();
+    let end = described.stream_description().unwrap().shards()[0]
+        .sequence_number_range()
+        .and_then(|r| r.ending_sequence_number())
+        .expect("a closed shard has an end")
+        .to_owned();
+    let lease = store.get_lease(&key).await.unwrap().unwrap();
+    store
+        .reset_lease(&key, None, lease.epoch, &Checkpoint::ShardEnd)
+        .await
+        .unwrap();
+    let refused = reset("trim-horizon", &["--shard", &shard]).await;
+    assert_one_line_error(&refused, 1, &[&shard, "finished", "--include-finished"]);
+    let whole_table =
+        ddbsc_json(&["reset", "--app", &app, "--table", &table, "--to", "latest"]).await;
+    assert_eq!(whole_table["reset"], serde_json::json!([]), "{whole_table}");
+    assert_eq!(
+        whole_table["skipped"][0]["shard"],
+        shard.as_str(),
+        "{whole_table}"
+    );
+    let (code, out, _) = reset("latest", &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("not moved: finished"), "{out}");
+    assert_eq!(checkpoint().await, Checkpoint::ShardEnd, "nothing moved");
+
+    let after = seq_plus(&end, 1);
+    let refused = reset(&after, &["--include-finished"]).await;
+    assert_one_line_error(&refused, 1, &[&after, &shard, "outside", &end]);
+    let (code, out, err) = reset(&end, &["--include-finished"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("SHARD_END -> {end}")), "{out}");
+    let moved = checkpoint().await;
+    assert_eq!(moved.to_string(), end);
 }
 
 /// DynamoDB Streams may answer with empty pages before the records of a shard (a proxy in
@@ -488,7 +705,8 @@ async fn lag_reads_past_empty_pages_before_calling_a_shard_caught_up() {
     );
     store.create_lease(&lease).await.unwrap();
 
-    let proxy = proxy::EmptyPagesProxy::start(&endpoint(), 2).await;
+    let proxy =
+        proxy::Proxy::start(&endpoint(), proxy::Faults::default().with_empty_pages(2)).await;
     let args = [
         "status",
         "--app",

@@ -109,6 +109,11 @@ pub struct DeliveryFlags {
     /// for several, OR-ed. The others are checkpointed past.
     #[arg(long, value_name = "JSON|@FILE", value_parser = read_filter_pattern)]
     pub filter_pattern: Vec<String>,
+    /// Pauses between polls of an idle shard, doubling from MIN to MAX after empty pages
+    /// (e.g. 50ms,1s): lower for less latency, higher for fewer GetRecords. Default:
+    /// 100ms,1s.
+    #[arg(long, value_name = "MIN,MAX", value_parser = parse_idle_backoff)]
+    pub idle_backoff: Option<(Duration, Duration)>,
 }
 
 impl DeliveryFlags {
@@ -141,6 +146,9 @@ impl DeliveryFlags {
         }
         for pattern in &self.filter_pattern {
             builder = builder.with_filter_pattern(pattern.as_str());
+        }
+        if let Some((min, max)) = self.idle_backoff {
+            builder = builder.with_idle_backoff(min, max);
         }
         Ok(builder)
     }
@@ -228,5 +236,37 @@ pub async fn endpoint_answers(
              DynamoDB running there?",
             STARTUP_DEADLINE.as_secs()
         )),
+    }
+}
+
+/// `--idle-backoff MIN,MAX` (e.g. `50ms,1s`): the pauses between polls of an idle shard,
+/// `ConsumerBuilder::with_idle_backoff`. Whether the pair is usable (not zero, MIN <= MAX)
+/// is checked by the consumer's `build`, which names the setting.
+pub fn parse_idle_backoff(text: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = text
+        .split_once(',')
+        .ok_or_else(|| format!("{text:?}: expected MIN,MAX (e.g. 50ms,1s)"))?;
+    let duration = |part: &str| {
+        humantime::parse_duration(part.trim()).map_err(|e| format!("{part:?} in {text:?}: {e}"))
+    };
+    Ok((duration(min)?, duration(max)?))
+}
+
+#[cfg(test)]
+mod idle_backoff_tests {
+    use super::*;
+
+    #[test]
+    fn idle_backoff_is_a_pair_of_durations() {
+        assert_eq!(
+            parse_idle_backoff("50ms, 2s"),
+            Ok((Duration::from_millis(50), Duration::from_secs(2)))
+        );
+        assert!(parse_idle_backoff("1s").unwrap_err().contains("MIN,MAX"));
+        assert!(
+            parse_idle_backoff("1s,soon")
+                .unwrap_err()
+                .contains("\"soon\"")
+        );
     }
 }

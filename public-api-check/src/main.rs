@@ -1,8 +1,9 @@
 //! `public-api-check DOC_DIR CRATE_DIR...`: compares the public API of each library crate
-//! with its snapshot `CRATE_DIR/public-api.txt`, from the rustdoc JSON that `make public-api`
-//! writes into `DOC_DIR` (one line per public item, as the `public-api` crate renders it:
-//! paths, signatures, trait impls, auto traits). Exit 1 on a difference, naming removed
-//! items (breaking for users) and added ones. `--update` rewrites the snapshots instead.
+//! (the package in CRATE_DIR) with its snapshot `CRATE_DIR/public-api.txt`, from the rustdoc
+//! JSON that `make public-api` writes into `DOC_DIR` (one line per public item, as the
+//! `public-api` crate renders it: paths, signatures, trait impls, auto traits). Exit 1 on a
+//! difference, naming removed items (breaking for users) and added ones. `--update`
+//! rewrites the snapshots instead.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -44,10 +45,7 @@ fn main() -> ExitCode {
 
 /// Whether the crate's API equals its snapshot (after `--update`, always true).
 fn check(doc_dir: &Path, crate_dir: &Path, update: bool) -> Result<bool, String> {
-    let name = crate_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("not a crate directory")?;
+    let name = package_name(crate_dir)?;
     let json = doc_dir.join(format!("{}.json", name.replace('-', "_")));
     let api = public_api::Builder::from_rustdoc_json(&json)
         .omit_blanket_impls(true)
@@ -88,4 +86,17 @@ fn check(doc_dir: &Path, crate_dir: &Path, update: bool) -> Result<bool, String>
         eprintln!("  + {line}");
     }
     Ok(false)
+}
+
+/// The package name in `CRATE_DIR/Cargo.toml` (folders and package names may differ).
+fn package_name(crate_dir: &Path) -> Result<String, String> {
+    let manifest_path = crate_dir.join("Cargo.toml");
+    let manifest = std::fs::read_to_string(&manifest_path)
+        .map_err(|e| format!("cannot read {}: {e}", manifest_path.display()))?;
+    manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("name = \""))
+        .and_then(|rest| rest.strip_suffix('"'))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{}: no package name", manifest_path.display()))
 }

@@ -1,9 +1,9 @@
-//! How a shard's session ends: the shard's end (`SHARD_END` and the children's leases), a
-//! release (shutdown or handoff: flush, then release), or the lease lost (nothing written).
+//! How a session ends: its source's end (`SHARD_END`; a shard's children's leases, see
+//! [`EndOfSource`] for a segment's), a release (shutdown or handoff: flush, then release),
+//! or the lease lost (nothing written).
 
 use checkpoint_store::{Checkpoint, LeaseKey};
 
-use super::EndOfSource;
 use super::progress::is_lease_lost;
 use super::session::Session;
 use crate::callback::Interrupted;
@@ -14,6 +14,13 @@ use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome};
 use crate::shard_sync::{create_lease_if_absent, new_shard_lease};
 use crate::streams::ShardInfo;
+
+/// How a task ends once its source was read to the end, by the lease's kind: a shard
+/// writes `SHARD_END` and creates its children's leases; a snapshot segment writes
+/// `SHARD_END` and checks the snapshot's duration against the stream's retention.
+pub(crate) trait EndOfSource<F: ProcessorFactory>: Send {
+    fn end(self, session: &mut Session<'_, F>) -> impl Future<Output = ShardOutcome> + Send;
+}
 
 /// A shard's end: `SHARD_END`, then the children's leases, so this or another worker can
 /// go on with them at once.

@@ -14,19 +14,14 @@
 //! checkpoints flushed, lease released), the lease lost (no further writes), or an error
 //! it cannot get past.
 
-mod ending;
+pub(crate) mod ending;
 pub(crate) mod fetch;
 mod partitioned;
 mod progress;
 pub(crate) mod session;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-
-use aws_sdk_dynamodbstreams::types::Record;
 use tokio::sync::mpsc;
 
-use crate::budget::Reservation;
 use crate::callback::Callbacks;
 use crate::checkpointer::Checkpointer;
 use crate::error::Error;
@@ -34,15 +29,9 @@ use crate::poll_loop::ShardReader;
 use crate::processor::ProcessorFactory;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::start_time::StartTimeSkip;
+use ending::{EndOfSource, ShardEnd};
 use fetch::{Fetched, fetch, start_position, store_latest_start};
-use session::Session;
-
-/// How a task ends once its source was read to the end, by the lease's kind: a shard
-/// writes `SHARD_END` and creates its children's leases; a snapshot segment writes
-/// `SHARD_END` and checks the snapshot's duration against the stream's retention.
-pub(crate) trait EndOfSource<F: ProcessorFactory>: Send {
-    fn end(self, session: &mut Session<'_, F>) -> impl Future<Output = ShardOutcome> + Send;
-}
+use session::{Gathered, Session};
 
 /// Runs the shard of `task`'s lease until it ends, is stopped, or fails.
 pub(crate) async fn run<F: ProcessorFactory>(
@@ -84,7 +73,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
         stop_fetch.clone(),
     ));
     let _stop_fetch_on_exit = stop_fetch.drop_guard();
-    let outcome = drive(&task, &signals, checkpointer, rx, ending::ShardEnd).await;
+    let outcome = drive(&task, &signals, checkpointer, rx, ShardEnd).await;
     fetcher.abort();
     outcome
 }
@@ -126,9 +115,7 @@ pub(crate) async fn drive<F: ProcessorFactory>(
         .unwrap_or(config.poll.batch_limit as usize)
         .max(1);
     let mut carried: Option<Fetched> = None;
-    let mut batch: VecDeque<Arc<Record>> = VecDeque::new();
-    // The budget the pages in `batch` hold, given back once they were delivered.
-    let mut held: Vec<Reservation> = Vec::new();
+    let mut batch = Gathered::default();
     let mut skip = StartTimeSkip::new(&task.lease.checkpoint, config.creation_time_margin);
     let outcome = loop {
         let next = match carried.take() {
@@ -153,20 +140,16 @@ pub(crate) async fn drive<F: ProcessorFactory>(
                 if records.is_empty() {
                     continue;
                 }
-                batch.extend(records);
-                held.push(reservation);
+                batch.add(records, reservation);
                 if extra.is_empty() {
-                    match session
-                        .gather(&mut rx, &mut batch, &mut held, max_batch)
-                        .await
-                    {
+                    match session.gather(&mut rx, &mut batch, max_batch).await {
                         Ok(next) => carried = next,
                         Err(interrupted) => break session.finish(interrupted).await,
                     }
-                    session.deliver_all(&mut batch, max_batch).await
+                    session.deliver_all(&mut batch.records, max_batch).await
                 } else {
                     session
-                        .deliver_partitioned(&mut rx, &mut batch, &mut held, max_batch, &mut extra)
+                        .deliver_partitioned(&mut extra, &mut rx, &mut batch, max_batch)
                         .await
                         .map(|next| carried = next)
                 }
@@ -186,7 +169,7 @@ pub(crate) async fn drive<F: ProcessorFactory>(
                 });
             }
         };
-        held.clear();
+        batch.delivered();
         if let Err(interrupted) = step {
             break session.finish(interrupted).await;
         }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::fetch::Fetched;
 use super::progress::Progress;
-use super::session::Session;
+use super::session::{Gathered, Session};
 use crate::budget::Reservation;
 use crate::callback::{Callbacks, Interrupted};
 use crate::checkpointer::Checkpointer;
@@ -135,11 +135,10 @@ impl<F: ProcessorFactory> Session<'_, F> {
     /// come).
     pub(crate) async fn deliver_partitioned(
         &mut self,
-        rx: &mut mpsc::Receiver<Fetched>,
-        batch: &mut VecDeque<Arc<Record>>,
-        held: &mut Vec<Reservation>,
-        max: usize,
         extra: &mut [F::Processor],
+        rx: &mut mpsc::Receiver<Fetched>,
+        batch: &mut Gathered,
+        max: usize,
     ) -> Result<Option<Fetched>, Interrupted> {
         type Ran<'r, P> = (
             usize,
@@ -161,10 +160,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let mut running = FuturesUnordered::<
             Pin<Box<dyn Future<Output = Ran<'_, F::Processor>> + Send + '_>>,
         >::new();
-        let mut reservations = held.drain(..);
-        window.take_in(batch.drain(..).collect(), reservations.next(), &mut queues);
-        // (Only one page comes in here: the rest of `held`, if any, is given back with it.)
-        drop(reservations);
+        let (records, reservation) = batch.take();
+        window.take_in(records, reservation, &mut queues);
         let (mut carried, mut closed, mut stopping) = (None, false, false);
         // With a batching window: since when each partition's queue has been filling.
         let batching = task.runtime.config.delivery.batching_window;

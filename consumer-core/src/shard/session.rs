@@ -52,6 +52,33 @@ pub(crate) struct Session<'a, F: ProcessorFactory> {
     pub(super) page_ends: PageEnds,
 }
 
+/// Records taken in and not delivered yet, with the shares of the memory budget their
+/// pages hold until then.
+#[derive(Default)]
+pub(crate) struct Gathered {
+    pub records: VecDeque<Arc<Record>>,
+    held: Vec<Reservation>,
+}
+
+impl Gathered {
+    pub(crate) fn add(&mut self, records: Vec<Arc<Record>>, reservation: Reservation) {
+        self.records.extend(records);
+        self.held.push(reservation);
+    }
+
+    /// The records were delivered: their pages' budget comes back.
+    pub(crate) fn delivered(&mut self) {
+        self.held.clear();
+    }
+
+    /// Everything, for key parallelism (one page comes in here): the records and the page's
+    /// budget (any other page's is given back).
+    pub(crate) fn take(&mut self) -> (Vec<Arc<Record>>, Option<Reservation>) {
+        let reservation = self.held.drain(..).next();
+        (self.records.drain(..).collect(), reservation)
+    }
+}
+
 /// A failed `process` call.
 struct AttemptFailed {
     failed: CallbackFailed,
@@ -114,13 +141,12 @@ impl<F: ProcessorFactory> Session<'_, F> {
     pub(crate) async fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Fetched>,
-        batch: &mut VecDeque<Arc<Record>>,
-        held: &mut Vec<Reservation>,
+        batch: &mut Gathered,
         max: usize,
     ) -> Result<Option<Fetched>, Interrupted> {
         let window = self.delivery().batching_window;
         let deadline = Instant::now() + window;
-        while batch.len() < max {
+        while batch.records.len() < max {
             let next = if window.is_zero() {
                 match rx.try_recv() {
                     Ok(next) => next,
@@ -136,8 +162,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             match next {
                 Fetched::Records(page) => {
                     let (records, reservation) = self.take_in(page).await?;
-                    batch.extend(records);
-                    held.push(reservation);
+                    batch.add(records, reservation);
                 }
                 // Only a hint to flush; the batch will checkpoint anyway.
                 Fetched::Idle => {}

@@ -22,7 +22,7 @@
 //! [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
 
 mod scan;
-mod segment;
+pub(crate) mod segment;
 #[cfg(test)]
 mod tests;
 
@@ -40,7 +40,6 @@ use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
-pub(crate) use segment::run_segment;
 
 /// How long DynamoDB Streams keeps a record: a snapshot that takes longer than this (minus
 /// the creation-time margin) cannot be followed by the stream without a gap.

@@ -40,7 +40,7 @@ use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::shard::fetch::{Fetched, FetchedPage, first_expected_cost};
 use crate::shard::session::Session;
-use crate::shard::{self, EndOfSource};
+use crate::shard::{self, ending::EndOfSource};
 use crate::stream_arn::table_of_stream;
 
 /// Runs the segment of `task`'s lease until it ends, is stopped, or fails.

@@ -9,7 +9,8 @@
 //!
 //! The in-memory lease store is re-exported so a simulation needs only this module, and
 //! [`InstrumentedStore`] wraps any lease store to count its calls or cut it off, and
-//! [`Recording`] keeps every change its processors are delivered.
+//! [`Recording`] keeps every change its processors are delivered. [`PauseSwitch`] holds a
+//! whole worker's calls (a process stopped and resumed).
 
 mod clock;
 mod config;
@@ -17,6 +18,7 @@ mod error;
 mod faults;
 mod items;
 mod iterators;
+mod pause;
 mod record;
 mod recorder;
 mod shard;
@@ -32,7 +34,8 @@ pub use config::{SimConfig, TableSpec};
 pub use error::SimError;
 pub use faults::SimOperation;
 pub use items::{Item, string_key};
+pub use pause::{PausableStreams, PauseSwitch};
 pub use recorder::{BatchHook, Delivered, Recording};
 pub use state::WrittenRecord;
-pub use store::{Billed, InstrumentedStore, Link, StoreOp};
+pub use store::{Billed, InstrumentedStore, Link, StoreObserver, StoreOp};
 pub use stream::SimulatedStream;

@@ -85,6 +85,24 @@ pub enum Link {
     /// Calls fail at once as DynamoDB answers when the table was deleted
     /// (`ResourceNotFoundException`).
     TableDeleted,
+    /// About half the calls fail at once with a throttling error (`ThrottlingException`),
+    /// the rest go through: a table over its capacity. Which ones is a fixed pseudo-random
+    /// sequence of the calls made under this link, so a run replays exactly.
+    Throttled,
+}
+
+/// Told of every lease write that reached the store, with the lease before and after it,
+/// whatever the caller was answered (a lost answer included): the view a test checks
+/// invariants on at the moment of each write.
+pub trait StoreObserver: Send + Sync {
+    /// `op` changed (or kept) the lease `key` from `before` to `after` (`None`: absent).
+    fn lease_written(
+        &self,
+        op: StoreOp,
+        key: &LeaseKey,
+        before: Option<&Lease>,
+        after: Option<&Lease>,
+    );
 }
 
 /// A lease store that counts every call (per [`StoreOp`], and the items scans read) and
@@ -101,6 +119,11 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     hidden: Mutex<HashSet<LeaseKey>>,
     losing: Mutex<HashSet<LeaseKey>>,
     failing: Mutex<HashSet<StoreOp>>,
+    /// Per operation, how many of the next successful calls lose their answer.
+    lost_answers: Mutex<BTreeMap<StoreOp, usize>>,
+    /// Calls passed while the link was `Throttled` (the throttling sequence's position).
+    throttle_count: AtomicU64,
+    observer: Mutex<Option<Arc<dyn StoreObserver>>>,
 }
 
 /// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
@@ -127,6 +150,66 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             hidden: Mutex::default(),
             losing: Mutex::default(),
             failing: Mutex::default(),
+            lost_answers: Mutex::default(),
+            throttle_count: AtomicU64::new(0),
+            observer: Mutex::default(),
+        }
+    }
+
+    /// Tells `observer` of every lease write from now on (see [`StoreObserver`]).
+    pub fn observe(&self, observer: Arc<dyn StoreObserver>) {
+        *self.observer.lock().unwrap_or_else(PoisonError::into_inner) = Some(observer);
+    }
+
+    /// The next `count` calls of `op` that succeed are applied, but their caller is told the
+    /// store could not be reached (`Unreachable`, transient): an answer lost on the way
+    /// back, after which the caller cannot know whether the write happened.
+    pub fn lose_answers(&self, op: StoreOp, count: usize) {
+        *self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(op)
+            .or_default() += count;
+    }
+
+    /// The caller's answer to a call of `op` that reached the store: `result`, or a lost
+    /// answer if one is due (see [`lose_answers`](Self::lose_answers)).
+    fn answer<T>(&self, op: StoreOp, result: Result<T>) -> Result<T> {
+        let value = result?;
+        let mut lost = self
+            .lost_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match lost.get_mut(&op) {
+            Some(left) if *left > 0 => {
+                *left -= 1;
+                Err(Error::Unreachable {
+                    endpoint: "the test's fault".into(),
+                    operation: op.name(),
+                    table: "instrumented".into(),
+                    source: format!(
+                        "the answer to a {} was lost after it was applied",
+                        op.name()
+                    )
+                    .into(),
+                })
+            }
+            _ => Ok(value),
+        }
+    }
+
+    /// Tells the observer, if any, of a write to `key` (reading the lease after it from
+    /// `inner`, uncounted).
+    async fn observed(&self, op: StoreOp, key: &LeaseKey, before: Option<&Lease>) {
+        let observer = self
+            .observer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(observer) = observer {
+            let after = self.inner.get_lease(key).await.ok().flatten();
+            observer.lease_written(op, key, before, after.as_ref());
         }
     }
 
@@ -282,7 +365,19 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                     "ResourceNotFoundException: Requested resource not found (deleted by the test)"
                         .into(),
             }),
-            Link::Up | Link::Frozen => Ok(()),
+            Link::Throttled
+                if super::items::remix(self.throttle_count.fetch_add(1, Ordering::Relaxed))
+                    .is_multiple_of(2) =>
+            {
+                Err(Error::DynamoDb {
+                    operation: op.name(),
+                    table: "instrumented".into(),
+                    key: None,
+                    class: checkpoint_store::aws::ErrorClass::Throttling,
+                    source: "ThrottlingException: Rate exceeded (throttled by the test)".into(),
+                })
+            }
+            Link::Up | Link::Frozen | Link::Throttled => Ok(()),
         }
     }
 
@@ -327,9 +422,13 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::CreateLease).await?;
         let before = self.inner.get_lease(&lease.key).await.ok().flatten();
         let result = self.inner.create_lease(lease).await;
-        self.bill_lease_write(before, &result, Some(lease), true)
+        self.bill_lease_write(before.clone(), &result, Some(lease), true)
             .await;
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::CreateLease, &lease.key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::CreateLease, result)
     }
     async fn take_lease(
         &self,
@@ -356,18 +455,26 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .inner
             .take_lease(key, seen_owner, seen_epoch, new_owner)
             .await;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
             .await;
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::TakeLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::TakeLease, result)
     }
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.checkpoint(key, o, c).await;
         let bumps = *c == Checkpoint::ShardEnd;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), bumps)
+        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), bumps)
             .await;
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::Checkpoint, result)
     }
     // Pipelines' checkpoints are counted (and billed) as checkpoints; removing a pipeline
     // (an operator's write) too.
@@ -402,9 +509,13 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.release_lease(key, o).await;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
             .await;
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::ReleaseLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::ReleaseLease, result)
     }
     async fn reset_lease(
         &self,
@@ -424,17 +535,26 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::RequestHandoff).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.request_handoff(key, o, to).await;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
+        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
             .await;
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::RequestHandoff, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::RequestHandoff, result)
     }
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
         self.pass(StoreOp::DeleteLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let existed = before.is_some();
         let result = self.inner.delete_lease(key).await;
-        self.bill_lease_write(before, &result, None, existed).await;
-        result
+        self.bill_lease_write(before.clone(), &result, None, existed)
+            .await;
+        if result.is_ok() && existed {
+            self.observed(StoreOp::DeleteLease, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::DeleteLease, result)
     }
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
@@ -486,7 +606,11 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         // still one failed condition.
         let size = before.as_ref().map_or(0, billing::lease_item_size);
         self.bill(0.0, 2 * billing::write_units(size), result.is_err());
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::Checkpoint, result)
     }
     async fn checkpoint_pipeline_with_writes(
         &self,
