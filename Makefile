@@ -15,7 +15,7 @@ TEST_LOG := target/make-test.log
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 # What `make demo` builds: every program of the workspace, with the feature set of the test
 # build. Cargo unifies a dependency's features over the packages and targets of one command,
-# so `-p examples --bin quickstart` alone would build tokio, serde and the AWS SDK a second
+# so `-p dynamodb-streams-examples --bin quickstart` alone would build tokio, serde and the AWS SDK a second
 # time without the features the tests add (tokio's test-util, ...: 55 crates, 5 minutes
 # after a full `make test`). `--workspace` plus `--examples` (which need the
 # dev-dependencies) resolves exactly as `cargo test --workspace --all-targets` does, and the
@@ -52,8 +52,8 @@ demo:
 .PHONY: figures
 FIGURES_ARGS ?=
 figures:
-	$(CARGO) build --release -p examples --bin jsonl-worker --bin failover-figures
-	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p examples --bin failover-figures -- $(FIGURES_ARGS)
+	$(CARGO) build --release -p dynamodb-streams-examples --bin jsonl-worker --bin failover-figures
+	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p dynamodb-streams-examples --bin failover-figures -- $(FIGURES_ARGS)
 
 ## package: what `cargo publish` would upload, built offline for every publishable crate in
 ## dependency order (`cargo package --workspace`, which resolves the workspace's crates against
@@ -61,11 +61,11 @@ figures:
 ## its own feature set, i.e. the whole AWS SDK again for every crate (minutes on 2 cores); the
 ## packaged sources are the tested ones, and `ddbsc` is checked to need no example code.
 .PHONY: package
-UNPUBLISHED := integration-tests public-api-check
+UNPUBLISHED := dynamodb-streams-integration-tests public-api-check
 package:
 	$(CARGO) package --workspace $(foreach p,$(UNPUBLISHED),--exclude $(p)) --no-verify --offline --allow-dirty 2>&1 \
 		| grep -v '^warning: ignoring .* not included in the published package$$'
-	@if $(CARGO) tree --offline -p ddbsc -e normal,build --prefix none | grep -q '^examples '; then \
+	@if $(CARGO) tree --offline -p ddbsc -e normal,build --prefix none | grep -q '^dynamodb-streams-examples '; then \
 		echo "ddbsc depends on the examples package: cargo install ddbsc would build example code"; exit 1; fi
 
 ## public-api: the library crates' public API compared with its snapshot
@@ -94,7 +94,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## doc: the API documentation (consumer-core's front page is the README), warnings as errors
+## doc: the API documentation (dynamodb-streams-consumer's front page is the README), warnings as errors
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 
@@ -104,14 +104,14 @@ dynamodb-local:
 
 ## bench: throughput benchmark against DynamoDB Local (release build): the framework vs a
 ## plain GetRecords loop; then decode+dispatch on the simulated stream (`cargo bench -p
-## consumer-core --bench decode`, criterion). BENCH_ARGS adds options to the first, e.g.
+## dynamodb-streams-consumer --bench decode`, criterion). BENCH_ARGS adds options to the first, e.g.
 ## `make bench BENCH_ARGS="--records 50000"`.
 .PHONY: bench
 BENCH_ARGS ?=
 bench:
-	$(CARGO) build --release -p examples --bin benchmark
-	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
-	$(CARGO) bench -p consumer-core --bench decode
+	$(CARGO) build --release -p dynamodb-streams-examples --bin benchmark
+	scripts/dynamodb-local.sh run -- sh -c '$(CARGO) run --release --quiet -p dynamodb-streams-examples --bin benchmark -- --endpoint "$$DYNAMODB_ENDPOINT" $(BENCH_ARGS)'
+	$(CARGO) bench -p dynamodb-streams-consumer --bench decode
 
 ## screenshot: the README's picture of `ddbsc serve` (docs/ddbsc-serve.png), taken by the page
 ## test in chromium while a killed worker's leases move (DynamoDB Local; debug build)
@@ -131,21 +131,21 @@ status-demo:
 ## scale: the 10,000 shards / 50 workers simulation (crashes, joins, invariants; release build)
 .PHONY: scale
 scale:
-	$(CARGO) test --release -p consumer-core --features testkit --test scale -- --ignored --nocapture
+	$(CARGO) test --release -p dynamodb-streams-consumer --features testkit --test scale -- --ignored --nocapture
 
 ## cost: coordination cost, ours and KCL's model, idle and busy ($/hour; release build), and
 ## the README's chart (docs/cost.csv -> docs/cost.svg)
 .PHONY: cost
 cost:
 	mkdir -p docs
-	$(CARGO) run --release --quiet -p consumer-core --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
-	$(CARGO) run --release --quiet -p consumer-core --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg
+	$(CARGO) run --release --quiet -p dynamodb-streams-consumer --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
+	$(CARGO) run --release --quiet -p dynamodb-streams-consumer --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg
 
 ## replica-figures: table-replica's changes/s with and without transactions (one replica
 ## through a 4,000-change backlog, DynamoDB Local, release build)
 .PHONY: replica-figures
 replica-figures:
-	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p examples --test table_replica -- --ignored --nocapture
+	scripts/dynamodb-local.sh run -- $(CARGO) test --release -p dynamodb-streams-examples --test table_replica -- --ignored --nocapture
 
 ## explore: the explorer (consumer-core/tests/explorer) over SEEDS seeds from FROM (release
 ## build): every failing seed with its broken invariant, and seeds per second. SPACE=full
@@ -155,13 +155,13 @@ SEEDS ?= 1000
 FROM ?= 0
 SPACE ?= now
 explore:
-	EXPLORE_SEEDS=$(SEEDS) EXPLORE_FROM=$(FROM) EXPLORE_SPACE=$(SPACE) $(CARGO) test --release -p consumer-core --features testkit --test explorer -- --ignored --exact explore --nocapture
+	EXPLORE_SEEDS=$(SEEDS) EXPLORE_FROM=$(FROM) EXPLORE_SPACE=$(SPACE) $(CARGO) test --release -p dynamodb-streams-consumer --features testkit --test explorer -- --ignored --exact explore --nocapture
 
 ## memory: a worker's RSS (release build, simulated stream, real time): 1,000 idle leases,
 ## then 200 shards of 1-4 KB items caught up at once with the default 256 MB budget, with
 ## 64 MB, and without a budget
 .PHONY: memory
-MEMORY_RUN = $(CARGO) run --release --quiet -p consumer-core --features testkit --example memory --
+MEMORY_RUN = $(CARGO) run --release --quiet -p dynamodb-streams-consumer --features testkit --example memory --
 memory:
 	$(MEMORY_RUN) idle
 	$(MEMORY_RUN) catch-up

@@ -1,6 +1,6 @@
 //! What DynamoDB bills for the lease table: item sizes computed by DynamoDB's rules for the
 //! items [`crate::DynamoDbLeaseStore`] writes, and the read and write units an access to
-//! them costs. Used by the cost model (`consumer-core`'s `lease_cost` example) to price
+//! them costs. Used by the cost model (`dynamodb-streams-consumer`'s `lease_cost` example) to price
 //! counted calls as the bill would, not as a count of calls.
 //!
 //! Rules (DynamoDB developer guide, "Item sizes and formats" and "Read/write capacity

@@ -5,9 +5,9 @@
 //! turns every case into its own `#[tokio::test]`; [`run_all`] runs them one after another.
 //!
 //! ```text
-//! checkpoint_store::conformance_tests!(|| async {
-//!     std::sync::Arc::new(checkpoint_store::InMemoryLeaseStore::new())
-//!         as std::sync::Arc<dyn checkpoint_store::LeaseStore>
+//! dynamodb_streams_leases::conformance_tests!(|| async {
+//!     std::sync::Arc::new(dynamodb_streams_leases::InMemoryLeaseStore::new())
+//!         as std::sync::Arc<dyn dynamodb_streams_leases::LeaseStore>
 //! });
 //! ```
 

@@ -6,7 +6,7 @@
 //! ownership-dependent write is conditional in the store, which is what keeps at most one
 //! owner per lease and rejects checkpoints from workers that lost theirs.
 //!
-//! Every call to AWS in this workspace (the lease store's and consumer-core's DynamoDB
+//! Every call to AWS in this workspace (the lease store's and dynamodb-streams-consumer's DynamoDB
 //! Streams access) goes through [`aws`]: read it to see how clients, timeouts, retries,
 //! error classes, paging and waiting are done.
 

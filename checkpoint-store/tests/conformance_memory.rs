@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 
 async fn fresh_store() -> Arc<dyn LeaseStore> {
     Arc::new(InMemoryLeaseStore::new())
 }
 
-checkpoint_store::conformance_tests!(fresh_store);
+dynamodb_streams_leases::conformance_tests!(fresh_store);
 
 /// `run_all` runs the same cases in one go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn run_all_passes() {
-    checkpoint_store::conformance::run_all(fresh_store).await;
+    dynamodb_streams_leases::conformance::run_all(fresh_store).await;
 }

@@ -6,7 +6,7 @@
 //! consumer's work.
 //!
 //! ```text
-//! cargo bench -p consumer-core --bench decode
+//! cargo bench -p dynamodb-streams-consumer --bench decode
 //! ```
 //!
 //! Besides criterion's own report it prints one line per figure, e.g.
@@ -21,12 +21,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use consumer_core::streams::{
+use criterion::{Criterion, Throughput};
+use dynamodb_streams_consumer::streams::{
     ApiError, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
-use consumer_core::testkit::{InMemoryLeaseStore, SimConfig, SimulatedStream};
-use consumer_core::{BoxError, Change, ChangeBatch, Consumer, InitialPosition, processor_fn};
-use criterion::{Criterion, Throughput};
+use dynamodb_streams_consumer::testkit::{InMemoryLeaseStore, SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::{
+    BoxError, Change, ChangeBatch, Consumer, InitialPosition, processor_fn,
+};
 use serde::{Deserialize, Serialize};
 
 /// Records per GetRecords page and per batch (the service's maximum).

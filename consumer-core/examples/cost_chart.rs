@@ -3,8 +3,8 @@
 //! log scales, drawn with `plotters` (its SVG backend).
 //!
 //! ```text
-//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
-//! cargo run --release -p consumer-core --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --sweep --csv docs/cost.csv
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example cost_chart -- docs/cost.csv docs/cost.svg
 //! ```
 //!
 //! The points are the runs whose worker count grows with the shard count (100 shards / 4

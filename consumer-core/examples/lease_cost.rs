@@ -3,16 +3,16 @@
 //!
 //! Runs `--workers` consumers over a simulated table with `--shards` shards for
 //! `--minutes` of virtual time (tokio's paused clock, so it takes seconds), counting every
-//! lease-store call priced by `checkpoint_store::billing` (read units per 4 KB, half for
+//! lease-store call priced by `dynamodb_streams_leases::billing` (read units per 4 KB, half for
 //! eventually consistent reads, Scan rounded per 1 MB page; write units per 1 KB of the
 //! larger of before and after, failed conditions included) and every DynamoDB Streams
 //! request (GetRecords, GetShardIterator, DescribeStream). Idle: no writes to the table.
 //! Busy: every shard gets about one record a second. Figures are per hour.
 //!
 //! ```text
-//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --shards 1000 --workers 20
-//! cargo run --release -p consumer-core --features testkit --example lease_cost -- --sweep --csv cost.csv
-//! cargo run --release -p consumer-core --features testkit --example cost_chart -- cost.csv docs/cost.svg
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --shards 1000 --workers 20
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --sweep --csv cost.csv
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example cost_chart -- cost.csv docs/cost.svg
 //! ```
 //!
 //! KCL's figures are a model of its protocol at the same failover time: every lease is
@@ -25,13 +25,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::billing;
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
 use clap::Parser;
-use consumer_core::testkit::{
+use dynamodb_streams_consumer::testkit::{
     Billed, InstrumentedStore, SimConfig, SimOperation, SimulatedStream, StoreOp,
 };
-use consumer_core::{ChangeBatch, Consumer, processor_fn};
+use dynamodb_streams_consumer::{ChangeBatch, Consumer, processor_fn};
+use dynamodb_streams_leases::billing;
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 
 /// On-demand prices (us-east-1), in dollars per million.
 const WRITE_UNIT_PRICE: f64 = 0.625;
@@ -206,7 +206,8 @@ fn measure(
                     tick.tick().await;
                     for _ in 0..shards {
                         n += 1;
-                        let item = consumer_core::testkit::string_key("pk", &format!("k{n}"));
+                        let item =
+                            dynamodb_streams_consumer::testkit::string_key("pk", &format!("k{n}"));
                         if let Err(error) = sim.put("cost", item) {
                             eprintln!("writer: {error}");
                             return;

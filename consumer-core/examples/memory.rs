@@ -15,19 +15,19 @@
 //! Pages are at most 1 MB of items, as DynamoDB Streams returns them.
 //!
 //! ```text
-//! cargo run --release -p consumer-core --features testkit --example memory -- idle
-//! cargo run --release -p consumer-core --features testkit --example memory -- catch-up
-//! cargo run --release -p consumer-core --features testkit --example memory -- catch-up --max-buffered-mb 64
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example memory -- idle
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example memory -- catch-up
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example memory -- catch-up --max-buffered-mb 64
 //! ```
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use checkpoint_store::InMemoryLeaseStore;
 use clap::{Parser, Subcommand};
-use consumer_core::testkit::{SimConfig, SimOperation, SimulatedStream};
-use consumer_core::{ChangeBatch, Consumer, processor_fn};
+use dynamodb_streams_consumer::testkit::{SimConfig, SimOperation, SimulatedStream};
+use dynamodb_streams_consumer::{ChangeBatch, Consumer, processor_fn};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use serde::{Deserialize, Serialize};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 
@@ -171,12 +171,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// A running worker and what stops it.
 type Worker = (
-    tokio::task::JoinHandle<consumer_core::Result<()>>,
+    tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
     tokio::sync::oneshot::Sender<()>,
 );
 
 /// Runs one worker over `sim` until the sender it returns is used.
-fn spawn_worker<F: consumer_core::ProcessorFactory>(
+fn spawn_worker<F: dynamodb_streams_consumer::ProcessorFactory>(
     sim: &SimulatedStream,
     budget: u64,
     factory: F,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record};
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};

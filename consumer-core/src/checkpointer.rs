@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::TransactWriteItem;
 use backon::BackoffBuilder;
-use checkpoint_store::transaction::{self, StagedWrites};
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
+use dynamodb_streams_leases::transaction::{self, StagedWrites};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -21,7 +21,7 @@ use crate::retry;
 /// Writes are coalesced: a checkpoint is stored at most once per `interval` (the latest one
 /// wins), and whatever is pending is always written at shard end, shutdown and release.
 /// Every write is conditional on this worker still owning the lease, so a worker that lost
-/// the shard gets [`checkpoint_store::Error::LeaseLost`] instead of overwriting the new owner.
+/// the shard gets [`dynamodb_streams_leases::Error::LeaseLost`] instead of overwriting the new owner.
 ///
 /// A checkpoint can never cover a record that failed: while `process` runs, a checkpoint
 /// it asks for is only noted (written after the call returned `Ok`), and after a failed
@@ -56,7 +56,10 @@ pub struct Checkpointer {
     detached: bool,
     /// The framework's checkpoint write running while the next batch is processed (at most
     /// one per shard), and what it writes.
-    background: Option<(Checkpoint, JoinHandle<checkpoint_store::Result<Lease>>)>,
+    background: Option<(
+        Checkpoint,
+        JoinHandle<dynamodb_streams_leases::Result<Lease>>,
+    )>,
     /// Writes staged by the batch in flight, per record, in record order.
     staged: Vec<StagedWrites>,
     /// Key attribute names of the tables staged `Put`s write to.
@@ -243,7 +246,7 @@ impl Checkpointer {
     async fn learn_key_names(
         &mut self,
         writes: &[TransactWriteItem],
-    ) -> checkpoint_store::Result<()> {
+    ) -> dynamodb_streams_leases::Result<()> {
         for table in transaction::put_tables(writes) {
             if !self.key_names.contains_key(&table) {
                 let names = self.store.key_attribute_names(&table).await?;
@@ -300,7 +303,7 @@ impl Checkpointer {
                 // The stored checkpoint moved on without us seeing it: an earlier write of
                 // ours whose answer was lost did commit. The records it covers are done
                 // (their writes committed with it): go on with the others, once.
-                if let Error::LeaseStore(checkpoint_store::Error::CheckpointMoved {
+                if let Error::LeaseStore(dynamodb_streams_leases::Error::CheckpointMoved {
                     found: Checkpoint::At(found),
                     ..
                 }) = &error
@@ -321,7 +324,7 @@ impl Checkpointer {
             };
             let refused = matches!(
                 error,
-                Error::LeaseStore(checkpoint_store::Error::TransactionCanceled { .. })
+                Error::LeaseStore(dynamodb_streams_leases::Error::TransactionCanceled { .. })
             );
             if !refused || tx.records.len() == 1 {
                 return Err(fail(start, error));
@@ -602,7 +605,7 @@ impl Checkpointer {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::{InMemoryLeaseStore, Lease};
+    use dynamodb_streams_leases::{InMemoryLeaseStore, Lease};
 
     fn seq(n: u64) -> SequenceNumber {
         SequenceNumber::parse(format!("{n:021}")).unwrap()
@@ -744,16 +747,19 @@ mod tests {
 
     #[async_trait::async_trait]
     impl LeaseStore for TransactionalStore {
-        async fn ensure_table(&self) -> checkpoint_store::Result<()> {
+        async fn ensure_table(&self) -> dynamodb_streams_leases::Result<()> {
             self.inner.ensure_table().await
         }
-        async fn list_leases(&self) -> checkpoint_store::Result<Vec<Lease>> {
+        async fn list_leases(&self) -> dynamodb_streams_leases::Result<Vec<Lease>> {
             self.inner.list_leases().await
         }
-        async fn get_lease(&self, key: &LeaseKey) -> checkpoint_store::Result<Option<Lease>> {
+        async fn get_lease(
+            &self,
+            key: &LeaseKey,
+        ) -> dynamodb_streams_leases::Result<Option<Lease>> {
             self.inner.get_lease(key).await
         }
-        async fn create_lease(&self, lease: &Lease) -> checkpoint_store::Result<()> {
+        async fn create_lease(&self, lease: &Lease) -> dynamodb_streams_leases::Result<()> {
             self.inner.create_lease(lease).await
         }
         async fn take_lease(
@@ -762,7 +768,7 @@ mod tests {
             seen_owner: Option<&str>,
             seen_epoch: u64,
             new_owner: &str,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner
                 .take_lease(key, seen_owner, seen_epoch, new_owner)
                 .await
@@ -772,15 +778,15 @@ mod tests {
             key: &LeaseKey,
             ownership: &Ownership,
             checkpoint: &Checkpoint,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.checkpoint(key, ownership, checkpoint).await
         }
         async fn checkpoint_pipelines(
             &self,
             key: &LeaseKey,
             ownership: &Ownership,
-            update: &checkpoint_store::PipelineCheckpoints,
-        ) -> checkpoint_store::Result<Lease> {
+            update: &dynamodb_streams_leases::PipelineCheckpoints,
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner
                 .checkpoint_pipelines(key, ownership, update)
                 .await
@@ -790,14 +796,14 @@ mod tests {
             key: &LeaseKey,
             pipeline: &str,
             ownership: Option<&Ownership>,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.remove_pipeline(key, pipeline, ownership).await
         }
         async fn release_lease(
             &self,
             key: &LeaseKey,
             ownership: &Ownership,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.release_lease(key, ownership).await
         }
         async fn reset_lease(
@@ -806,7 +812,7 @@ mod tests {
             seen_owner: Option<&str>,
             seen_epoch: u64,
             checkpoint: &Checkpoint,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner
                 .reset_lease(key, seen_owner, seen_epoch, checkpoint)
                 .await
@@ -816,31 +822,34 @@ mod tests {
             key: &LeaseKey,
             current: &Ownership,
             requester: &str,
-        ) -> checkpoint_store::Result<Lease> {
+        ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.request_handoff(key, current, requester).await
         }
-        async fn delete_lease(&self, key: &LeaseKey) -> checkpoint_store::Result<()> {
+        async fn delete_lease(&self, key: &LeaseKey) -> dynamodb_streams_leases::Result<()> {
             self.inner.delete_lease(key).await
         }
         async fn heartbeat(
             &self,
             worker_id: &str,
             ttl: Duration,
-        ) -> checkpoint_store::Result<checkpoint_store::WorkerRecord> {
+        ) -> dynamodb_streams_leases::Result<dynamodb_streams_leases::WorkerRecord> {
             self.inner.heartbeat(worker_id, ttl).await
         }
         async fn snapshot(
             &self,
-        ) -> checkpoint_store::Result<(Vec<Lease>, Vec<checkpoint_store::WorkerRecord>)> {
+        ) -> dynamodb_streams_leases::Result<(Vec<Lease>, Vec<dynamodb_streams_leases::WorkerRecord>)>
+        {
             self.inner.snapshot().await
         }
-        async fn membership(&self) -> checkpoint_store::Result<checkpoint_store::Membership> {
+        async fn membership(
+            &self,
+        ) -> dynamodb_streams_leases::Result<dynamodb_streams_leases::Membership> {
             self.inner.membership().await
         }
-        async fn bump_leases_version(&self) -> checkpoint_store::Result<u64> {
+        async fn bump_leases_version(&self) -> dynamodb_streams_leases::Result<u64> {
             self.inner.bump_leases_version().await
         }
-        async fn delete_worker(&self, worker_id: &str) -> checkpoint_store::Result<()> {
+        async fn delete_worker(&self, worker_id: &str) -> dynamodb_streams_leases::Result<()> {
             self.inner.delete_worker(worker_id).await
         }
         async fn checkpoint_with_writes(
@@ -850,7 +859,7 @@ mod tests {
             previous: &Checkpoint,
             checkpoint: &Checkpoint,
             writes: Vec<TransactWriteItem>,
-        ) -> checkpoint_store::Result<()> {
+        ) -> dynamodb_streams_leases::Result<()> {
             let poisoned = writes.iter().any(|write| {
                 write
                     .update()
@@ -859,7 +868,7 @@ mod tests {
                     .is_some_and(|id| Some(id.as_str()) == self.refuse)
             });
             if poisoned {
-                return Err(checkpoint_store::Error::TransactionCanceled {
+                return Err(dynamodb_streams_leases::Error::TransactionCanceled {
                     table: "leases".into(),
                     key: key.clone(),
                     reasons: "write 0 (table \"T2\"): ConditionalCheckFailed".into(),
@@ -867,7 +876,7 @@ mod tests {
             }
             let lease = self.inner.get_lease(key).await?.unwrap();
             if &lease.checkpoint != previous {
-                return Err(checkpoint_store::Error::CheckpointMoved {
+                return Err(dynamodb_streams_leases::Error::CheckpointMoved {
                     key: key.clone(),
                     expected: previous.clone(),
                     found: lease.checkpoint,
@@ -880,7 +889,10 @@ mod tests {
                 .push((checkpoint.clone(), writes.len()));
             Ok(())
         }
-        async fn key_attribute_names(&self, _table: &str) -> checkpoint_store::Result<Vec<String>> {
+        async fn key_attribute_names(
+            &self,
+            _table: &str,
+        ) -> dynamodb_streams_leases::Result<Vec<String>> {
             Ok(vec!["id".into()])
         }
     }
@@ -1055,7 +1067,7 @@ mod tests {
         assert!(
             matches!(
                 &failed.error,
-                Error::LeaseStore(checkpoint_store::Error::CheckpointMoved { .. })
+                Error::LeaseStore(dynamodb_streams_leases::Error::CheckpointMoved { .. })
             ),
             "{:?}",
             failed.error

@@ -143,7 +143,7 @@ impl ConsumerConfig {
                 "must be above zero and at most half the failover time, so a heartbeat can fail once without losing the leases",
             ),
         ])?;
-        let stuck = checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT;
+        let stuck = dynamodb_streams_leases::aws::LIVENESS_ATTEMPT_TIMEOUT;
         if renew + stuck >= self.failover_time {
             return Err((
                 "with_failover_time",

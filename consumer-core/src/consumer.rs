@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
+use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::budget::ByteBudget;
@@ -244,7 +244,7 @@ impl ConsumerBuilder {
     /// interval follows (a third of it) unless [`with_renew_interval`](Self::with_renew_interval)
     /// is given, before or after this. `build` refuses a failover time that does not exceed
     /// the renew interval plus one heartbeat attempt's timeout
-    /// ([`LIVENESS_ATTEMPT_TIMEOUT`](checkpoint_store::aws::LIVENESS_ATTEMPT_TIMEOUT), 1 s):
+    /// ([`LIVENESS_ATTEMPT_TIMEOUT`](dynamodb_streams_leases::aws::LIVENESS_ATTEMPT_TIMEOUT), 1 s):
     /// one stuck heartbeat must not cost the worker its leases. With the derived renew interval
     /// that is anything above 1.5 s.
     pub fn with_failover_time(self, failover_time: Duration) -> Self {

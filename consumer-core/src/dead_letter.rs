@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,
 };
-use checkpoint_store::aws::{AwsClients, error_message, wait_until_table_active};
+use dynamodb_streams_leases::aws::{AwsClients, error_message, wait_until_table_active};
 use tokio::sync::OnceCell;
 
 use crate::error::BoxError;

@@ -1,6 +1,6 @@
 //! The one error type of the consumer.
 
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 
 use crate::streams::ApiError;
 
@@ -20,7 +20,7 @@ pub enum Error {
 
     /// The lease store failed or refused a write.
     #[error(transparent)]
-    LeaseStore(#[from] checkpoint_store::Error),
+    LeaseStore(#[from] dynamodb_streams_leases::Error),
 
     /// A stream record's image does not decode into the processor's item type. The record
     /// was not delivered and is not checkpointed past.

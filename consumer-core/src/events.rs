@@ -11,7 +11,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use checkpoint_store::LeaseKey;
+use dynamodb_streams_leases::LeaseKey;
 use metrics::{counter, gauge, histogram};
 
 use crate::stream_arn::stream_label;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 
 use crate::error::BoxError;
 

@@ -5,7 +5,7 @@
 //! use std::collections::HashMap;
 //!
 //! let item = HashMap::from([("id".to_owned(), AttributeValue::S("a".into()))]);
-//! assert_eq!(consumer_core::json::item_to_json(&item).to_string(), r#"{"id":"a"}"#);
+//! assert_eq!(dynamodb_streams_consumer::json::item_to_json(&item).to_string(), r#"{"id":"a"}"#);
 //! ```
 
 use std::collections::HashMap;

@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::{LeaseKey, SequenceNumber};
+use dynamodb_streams_leases::{LeaseKey, SequenceNumber};
 use metrics::gauge;
 
 use crate::stream_arn::stream_label;

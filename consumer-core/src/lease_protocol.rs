@@ -6,7 +6,7 @@
 //! ownership changes, so the idle write cost grows with workers, not with shards.
 //!
 //! Taking is conditional on the owner and epoch the taker saw (see
-//! [`checkpoint_store::LeaseStore::take_lease`]), so two workers planning from the same scan
+//! [`dynamodb_streams_leases::LeaseStore::take_lease`]), so two workers planning from the same scan
 //! cannot both win. Balance: each worker aims for `ceil(active leases / live workers)`. It
 //! first takes unowned leases and those of dead workers (children of its own finished shards
 //! first, then the oldest); if still short, it asks the most loaded worker to hand one over,
@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, WorkerRecord};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, WorkerRecord};
 use tokio::time::Instant;
 
 /// Liveness of workers as this worker observes it.

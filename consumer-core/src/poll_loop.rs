@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Record;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 
 use crate::error::Result;
 use crate::events::{ApiRetried, Event};

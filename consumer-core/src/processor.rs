@@ -4,7 +4,7 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use async_trait::async_trait;
-use checkpoint_store::Checkpoint;
+use dynamodb_streams_leases::Checkpoint;
 use serde::de::DeserializeOwned;
 
 use crate::change::ChangeBatch;

@@ -178,7 +178,7 @@ pub(crate) fn is_retryable_api(error: &ApiError) -> bool {
 
 /// Whether a failed lease-store call is worth repeating (throttling, 5xx, transport); a
 /// lost lease, a race or a refused write is not.
-pub(crate) fn is_retryable_store(error: &checkpoint_store::Error) -> bool {
+pub(crate) fn is_retryable_store(error: &dynamodb_streams_leases::Error) -> bool {
     error.is_transient()
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use checkpoint_store::{Lease, LeaseKey, LeaseStore, Ownership};
+use dynamodb_streams_leases::{Lease, LeaseKey, LeaseStore, Ownership};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::ByteBudget;

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use checkpoint_store::aws::describe_stream_pages;
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+use dynamodb_streams_leases::aws::describe_stream_pages;
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::Result;
 use crate::retry;
@@ -358,7 +358,7 @@ pub(crate) async fn create_lease_if_absent(store: &dyn LeaseStore, lease: &Lease
     .await;
     match created {
         Ok(()) => Ok(true),
-        Err(checkpoint_store::Error::AlreadyExists { .. }) => Ok(false),
+        Err(dynamodb_streams_leases::Error::AlreadyExists { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
 }
@@ -367,7 +367,7 @@ pub(crate) async fn create_lease_if_absent(store: &dyn LeaseStore, lease: &Lease
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::SequenceNumber;
+    use dynamodb_streams_leases::SequenceNumber;
 
     fn shard(closed: bool) -> ShardInfo {
         ShardInfo {
@@ -445,7 +445,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn roots_created_after_an_interrupted_first_sync_keep_the_latest_start() {
         use crate::testkit::{SimConfig, SimulatedStream};
-        use checkpoint_store::InMemoryLeaseStore;
+        use dynamodb_streams_leases::InMemoryLeaseStore;
         let sim = SimulatedStream::new(SimConfig {
             initial_shards: 3,
             ..SimConfig::with_seed(3)

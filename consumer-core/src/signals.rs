@@ -2,8 +2,8 @@
 //! shutdown, a second one ends the process at once.
 //!
 //! ```no_run
-//! # async fn run(consumer: consumer_core::Consumer<impl consumer_core::ProcessorFactory>) -> Result<(), Box<dyn std::error::Error>> {
-//! let shutdown = consumer_core::signals::graceful_then_immediate()?;
+//! # async fn run(consumer: dynamodb_streams_consumer::Consumer<impl dynamodb_streams_consumer::ProcessorFactory>) -> Result<(), Box<dyn std::error::Error>> {
+//! let shutdown = dynamodb_streams_consumer::signals::graceful_then_immediate()?;
 //! consumer.run_until(shutdown).await?;
 //! # Ok(())
 //! # }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::Checkpoint;
+use dynamodb_streams_leases::Checkpoint;
 
 /// Where a consumer starts on shards nobody has processed yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

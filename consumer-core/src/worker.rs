@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::task::JoinSet;
@@ -203,7 +203,7 @@ impl<F: ProcessorFactory> Worker<F> {
     async fn start_incarnation(
         &self,
         policy: ExponentialBuilder,
-        when: fn(&checkpoint_store::Error) -> bool,
+        when: fn(&dynamodb_streams_leases::Error) -> bool,
     ) -> Result<Incarnation> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         // The stream's clock: the host's on AWS, the simulated one in simulations (where
@@ -223,7 +223,7 @@ impl<F: ProcessorFactory> Worker<F> {
         );
         let ttl = self.worker_ttl();
         let mut sent = Instant::now();
-        let retried = |error: &checkpoint_store::Error| {
+        let retried = |error: &dynamodb_streams_leases::Error| {
             let retried = when(error);
             if retried {
                 tracing::warn!(incarnation = %id, %error, "cannot heartbeat yet");
@@ -445,7 +445,7 @@ impl<F: ProcessorFactory> Worker<F> {
         } else {
             state.quick_rescans = 0;
         }
-        let asks: Vec<(Lease, checkpoint_store::Ownership)> = plan
+        let asks: Vec<(Lease, dynamodb_streams_leases::Ownership)> = plan
             .request_handoffs
             .into_iter()
             .filter(|lease| !state.handoffs_asked.contains_key(&lease.key))
@@ -1003,7 +1003,7 @@ async fn heartbeat_loop(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::Checkpoint;
+    use dynamodb_streams_leases::Checkpoint;
 
     #[tokio::test(start_paused = true)]
     async fn a_handoff_is_due_only_while_the_owner_asked_still_holds_the_lease() {

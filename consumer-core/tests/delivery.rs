@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
-use consumer_core::testkit::{InstrumentedStore, SimulatedStream, StoreOp};
-use consumer_core::{
+use dynamodb_streams_consumer::testkit::{InstrumentedStore, SimulatedStream, StoreOp};
+use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
     FailureHandler, RecordProcessor, ShardContext,
 };
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -195,7 +195,7 @@ fn tester(
 
 /// Runs `consumer` until `done` holds (virtual deadline: one day), then shuts it down.
 async fn run_until_done(
-    consumer: Consumer<impl consumer_core::ProcessorFactory>,
+    consumer: Consumer<impl dynamodb_streams_consumer::ProcessorFactory>,
     done: impl Fn() -> bool + Send + 'static,
 ) {
     tokio::time::timeout(
@@ -611,7 +611,7 @@ fn busy_loop_settings_are_refused_naming_the_setting() {
     let store = Arc::new(InMemoryLeaseStore::new());
     let refused =
         |b: ConsumerBuilder| match b.build(tester(&Log::default(), None, Poison::WholeBatch)) {
-            Err(consumer_core::Error::Config { key, .. }) => key,
+            Err(dynamodb_streams_consumer::Error::Config { key, .. }) => key,
             Err(other) => panic!("{other}"),
             Ok(_) => panic!("accepted"),
         };
@@ -724,9 +724,9 @@ impl RecordProcessor for HotItem {
 #[tokio::test(start_paused = true)]
 async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partitions() {
     // The hot item's change first, then 600 changes of 100 other items, in pages of 10.
-    let sim = SimulatedStream::new(consumer_core::testkit::SimConfig {
+    let sim = SimulatedStream::new(dynamodb_streams_consumer::testkit::SimConfig {
         max_records_per_page: 10,
-        ..consumer_core::testkit::SimConfig::with_seed(5)
+        ..dynamodb_streams_consumer::testkit::SimConfig::with_seed(5)
     });
     sim.add_table("t");
     sim.put_value(
@@ -795,7 +795,7 @@ async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partition
 
 #[tokio::test(start_paused = true)]
 async fn a_shard_that_vanished_is_reported_as_data_loss_and_finished_so_its_child_runs() {
-    use consumer_core::testkit::Recording;
+    use dynamodb_streams_consumer::testkit::Recording;
     let sim = SimulatedStream::with_seed(8);
     let arn = sim.add_table("t");
     for n in 0..3 {

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::InMemoryLeaseStore;
-use consumer_core::streams::ApiErrorKind;
-use consumer_core::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
-use consumer_core::{Consumer, ProcessorFactory, TrimmedDataPolicy};
+use dynamodb_streams_consumer::streams::ApiErrorKind;
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
+use dynamodb_streams_consumer::{Consumer, ProcessorFactory, TrimmedDataPolicy};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,7 +205,7 @@ async fn an_idle_stream_costs_a_bounded_number_of_calls() {
 /// A consumer over one 4-shard table whose lease-store link the test controls.
 fn gated_consumer(
     sim: &SimulatedStream,
-    gate: Arc<consumer_core::testkit::InstrumentedStore<InMemoryLeaseStore>>,
+    gate: Arc<dynamodb_streams_consumer::testkit::InstrumentedStore<InMemoryLeaseStore>>,
 ) -> Consumer<impl ProcessorFactory> {
     Consumer::builder("app")
         .with_table("t")
@@ -217,7 +217,7 @@ fn gated_consumer(
 
 #[tokio::test(start_paused = true)]
 async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_a_clear_error() {
-    use consumer_core::testkit::{InstrumentedStore, Link};
+    use dynamodb_streams_consumer::testkit::{InstrumentedStore, Link};
     let sim = SimulatedStream::new(SimConfig {
         initial_shards: 4,
         ..SimConfig::with_seed(2)
@@ -246,7 +246,7 @@ async fn a_lease_table_deleted_under_a_running_worker_stops_it_with_a_clear_erro
 
 #[tokio::test(start_paused = true)]
 async fn sigterm_is_honoured_while_a_fenced_worker_retries_its_comeback() {
-    use consumer_core::testkit::{InstrumentedStore, Link};
+    use dynamodb_streams_consumer::testkit::{InstrumentedStore, Link};
     let sim = SimulatedStream::new(SimConfig {
         initial_shards: 4,
         ..SimConfig::with_seed(3)
@@ -275,8 +275,8 @@ async fn sigterm_is_honoured_while_a_fenced_worker_retries_its_comeback() {
 
 #[tokio::test(start_paused = true)]
 async fn a_parent_missing_from_scans_holds_its_children_until_a_consistent_read_says_done() {
-    use checkpoint_store::LeaseKey;
-    use consumer_core::testkit::InstrumentedStore;
+    use dynamodb_streams_consumer::testkit::InstrumentedStore;
+    use dynamodb_streams_leases::LeaseKey;
     let sim = SimulatedStream::with_seed(4);
     let arn = sim.add_table("t");
     let parent = sim.open_shards(&arn).unwrap()[0].shard_id.clone();

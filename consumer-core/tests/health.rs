@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use consumer_core::Consumer;
-use consumer_core::observability::Health;
-use consumer_core::testkit::{
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::observability::Health;
+use dynamodb_streams_consumer::testkit::{
     InMemoryLeaseStore, InstrumentedStore, Link, Recording, SimulatedStream,
 };
 use serde::de::IgnoredAny;

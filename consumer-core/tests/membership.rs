@@ -10,10 +10,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
 use common::{Cluster, Row};
-use consumer_core::Consumer;
-use consumer_core::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 
 async fn member_ids(store: &InMemoryLeaseStore) -> Vec<String> {
     let membership = store.membership().await.unwrap();

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use checkpoint_store::InMemoryLeaseStore;
-use consumer_core::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
-use consumer_core::{ChangeBatch, Consumer};
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
+use dynamodb_streams_consumer::{ChangeBatch, Consumer};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 

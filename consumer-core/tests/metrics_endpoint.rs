@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use consumer_core::observability::{Health, serve_metrics};
+use dynamodb_streams_consumer::observability::{Health, serve_metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -10,9 +10,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{InMemoryLeaseStore, Lease, LeaseStore};
 use common::{Cluster, Row};
-use consumer_core::testkit::{Link, SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::testkit::{Link, SimConfig, SimulatedStream};
+use dynamodb_streams_leases::{InMemoryLeaseStore, Lease, LeaseStore};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
 #[tokio::test(start_paused = true)]

@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
-use consumer_core::Consumer;
-use consumer_core::testkit::{Recording, SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimulatedStream};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

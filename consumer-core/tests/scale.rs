@@ -10,7 +10,7 @@
 //!
 //! `scale_run` runs 1,000 shards and 20 workers in `make test`; the 10,000 shards / 50
 //! workers run is `make scale` (release build):
-//! `cargo test --release -p consumer-core --features testkit --test scale -- --ignored`.
+//! `cargo test --release -p dynamodb-streams-consumer --features testkit --test scale -- --ignored`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,9 +19,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::InMemoryLeaseStore;
 use common::{Cluster, Row, ownership};
-use consumer_core::testkit::{SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::testkit::{SimConfig, SimulatedStream};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::time::Instant;
@@ -40,7 +40,7 @@ fn scale_run_10000_shards_50_workers() {
 }
 
 fn scale_run(shards: usize, workers: usize) {
-    // RUST_LOG=consumer_core=info shows what the workers did.
+    // RUST_LOG=dynamodb_streams_consumer=info shows what the workers did.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -178,7 +178,7 @@ async fn wait_balanced(
             return Instant::now();
         }
         if Instant::now() >= deadline {
-            use checkpoint_store::LeaseStore;
+            use dynamodb_streams_leases::LeaseStore;
             let marks: Vec<String> = cluster
                 .store
                 .list_leases()

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseStore};
-use consumer_core::testkit::{Recording, SimConfig, SimulatedStream, WrittenRecord};
-use consumer_core::{Consumer, InitialPosition};
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimulatedStream, WrittenRecord};
+use dynamodb_streams_consumer::{Consumer, InitialPosition};
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -44,7 +44,7 @@ impl Log {
             })
             .collect()
     }
-    fn processor(&self) -> impl consumer_core::ProcessorFactory {
+    fn processor(&self) -> impl dynamodb_streams_consumer::ProcessorFactory {
         self.0.factory()
     }
 }

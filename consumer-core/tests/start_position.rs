@@ -8,9 +8,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use checkpoint_store::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
-use consumer_core::Consumer;
-use consumer_core::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +55,7 @@ async fn since_lease(
 ) -> (
     Arc<InMemoryLeaseStore>,
     LeaseKey,
-    Consumer<impl consumer_core::ProcessorFactory>,
+    Consumer<impl dynamodb_streams_consumer::ProcessorFactory>,
 ) {
     let shard = sim.open_shards(arn).unwrap()[0].shard_id.clone();
     let key = LeaseKey::new(arn, shard);
@@ -153,7 +153,7 @@ fn start_worker(
     id: &str,
     log: &Recording<Row>,
 ) -> (
-    tokio::task::JoinHandle<consumer_core::Result<()>>,
+    tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
     tokio::sync::oneshot::Sender<()>,
 ) {
     let consumer = Consumer::builder("app")
@@ -161,7 +161,7 @@ fn start_worker(
         .with_streams_api(Arc::new(sim.clone()))
         .with_lease_store(store)
         .with_worker_id(id)
-        .with_initial_position(consumer_core::InitialPosition::Latest)
+        .with_initial_position(dynamodb_streams_consumer::InitialPosition::Latest)
         .with_failover_time(Duration::from_secs(3))
         .build(log.factory())
         .unwrap();

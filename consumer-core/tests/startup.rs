@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::InMemoryLeaseStore;
-use consumer_core::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
-use consumer_core::{Consumer, InitialPosition};
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
+use dynamodb_streams_consumer::{Consumer, InitialPosition};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

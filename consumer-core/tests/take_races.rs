@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::{InMemoryLeaseStore, LeaseKey};
-use consumer_core::Consumer;
-use consumer_core::testkit::{InstrumentedStore, Recording, SimulatedStream};
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::{InstrumentedStore, Recording, SimulatedStream};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseKey};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 //! or by hand, with DynamoDB Local at `$DYNAMODB_ENDPOINT`:
 //!
 //! ```text
-//! cargo build -p examples --bin jsonl-worker -p ddbsc --bin ddbsc
+//! cargo build -p dynamodb-streams-examples --bin jsonl-worker -p ddbsc --bin ddbsc
 //! cargo run -p ddbsc --example status_demo -- --endpoint "$DYNAMODB_ENDPOINT" \
 //!     --worker-bin target/debug/jsonl-worker --ddbsc-bin target/debug/ddbsc
 //! ```
@@ -21,8 +21,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
 use clap::Parser;
+use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 
 /// Runs 3 workers over 6 tables and prints `ddbsc status --lag`.
 #[derive(Debug, Parser)]
@@ -63,13 +63,13 @@ impl Drop for Workers {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = Args::parse();
-    let config = examples::local_sdk_config(&args.endpoint, None);
+    let config = dynamodb_streams_examples::local_sdk_config(&args.endpoint, None);
     let client = aws_sdk_dynamodb::Client::new(&config);
-    let app = examples::unique_name("status-demo");
+    let app = dynamodb_streams_examples::unique_name("status-demo");
     let mut tables = Vec::new();
     for i in 0..args.tables {
         let table = format!("orders-{}-{i}", std::process::id());
-        examples::create_table(&client, &table, "id", true).await?;
+        dynamodb_streams_examples::create_table(&client, &table, "id", true).await?;
         for n in 0..(i + 1) * 3 {
             client
                 .put_item()

@@ -4,12 +4,12 @@
 use std::fmt::Display;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use checkpoint_store::aws::{AwsClients, ErrorClass, classify, describe_stream_pages};
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
-use consumer_core::streams::{ApiError, SdkStreams, ShardInfo, StreamsApi};
+use dynamodb_streams_consumer::streams::{ApiError, SdkStreams, ShardInfo, StreamsApi};
+use dynamodb_streams_leases::aws::{AwsClients, ErrorClass, classify, describe_stream_pages};
+use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 use serde_json::Value;
 
-pub use consumer_core::observability::table_of_stream;
+pub use dynamodb_streams_consumer::observability::table_of_stream;
 
 use crate::output::Output;
 use crate::{Failure, Global};
@@ -26,9 +26,11 @@ pub struct Context {
 impl Context {
     /// Clients for `--endpoint`/`--region`, or the default AWS chain.
     pub async fn new(global: &Global) -> Self {
-        let config =
-            checkpoint_store::aws::sdk_config(global.endpoint.as_deref(), global.region.as_deref())
-                .await;
+        let config = dynamodb_streams_leases::aws::sdk_config(
+            global.endpoint.as_deref(),
+            global.region.as_deref(),
+        )
+        .await;
         let clients = AwsClients::from_sdk_config(&config);
         Self {
             streams: Arc::new(SdkStreams::from_clients(clients.clone())),

@@ -38,12 +38,12 @@ use std::fmt;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::aws::{describe_stream_pages, error_message, scan_all};
-use checkpoint_store::{
+use comfy_table::Table;
+use dynamodb_streams_consumer::streams::{ApiError, ShardInfo};
+use dynamodb_streams_leases::aws::{describe_stream_pages, error_message, scan_all};
+use dynamodb_streams_leases::{
     Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore, SequenceNumber,
 };
-use comfy_table::Table;
-use consumer_core::streams::{ApiError, ShardInfo};
 use serde_json::{Value, json};
 
 use crate::context::Context;

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
-use checkpoint_store::{Lease, LeaseStore, WorkerRecord};
+use dynamodb_streams_leases::{Lease, LeaseStore, WorkerRecord};
 
 use crate::Failure;
 
@@ -70,7 +70,7 @@ impl Liveness {
 }
 
 /// The workers' renew interval when they do not set one: a third of the default failover
-/// time (10 s), as `consumer_core::ConsumerBuilder` derives it.
+/// time (10 s), as `dynamodb_streams_consumer::ConsumerBuilder` derives it.
 const DEFAULT_RENEW_INTERVAL: &str = "3333ms";
 
 /// How `status` and `reset` judge liveness.

@@ -17,7 +17,7 @@
 //!
 //! Exit codes: 0 done; 1 not found, refused or failed (one line on stderr naming what);
 //! 2 usage. Everything is read and written through the library the workers use
-//! (`DynamoDbLeaseStore`, `consumer_core::reader`, `SdkStreams`), so there is one item
+//! (`DynamoDbLeaseStore`, `dynamodb_streams_consumer::reader`, `SdkStreams`), so there is one item
 //! format and one set of conditional writes.
 
 mod context;

@@ -10,9 +10,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use checkpoint_store::pipeline::slowest;
-use checkpoint_store::{Checkpoint, Lease, LeaseStore};
 use comfy_table::Table;
+use dynamodb_streams_leases::pipeline::slowest;
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore};
 use serde_json::{Value, json};
 
 use crate::context::{Context, table_of_stream};
@@ -190,7 +190,7 @@ pub async fn drop(context: &Context, args: DropArgs) -> Outcome {
         match result {
             Ok(()) => {}
             // Deleted since it was read (a finished shard cleaned up): nothing to remove.
-            Err(checkpoint_store::Error::LeaseNotFound { .. }) => continue,
+            Err(dynamodb_streams_leases::Error::LeaseNotFound { .. }) => continue,
             Err(error) => {
                 return Err(Failure(format!(
                     "pipeline {name:?}, shard {}: {error}",
@@ -239,7 +239,7 @@ async fn drop_from_owned(
     lease: &Lease,
     me: &str,
     name: &str,
-) -> checkpoint_store::Result<()> {
+) -> dynamodb_streams_leases::Result<()> {
     let taken = store
         .take_lease(&lease.key, lease.owner.as_deref(), lease.epoch, me)
         .await?;

@@ -14,9 +14,9 @@
 //! a sequence number outside the shard's range (DescribeStream), or where a worker could
 //! not resume (GetShardIterator after it).
 
-use checkpoint_store::{Checkpoint, Error as StoreError, Lease, LeaseStore, SequenceNumber};
-use consumer_core::snapshot::is_segment;
-use consumer_core::streams::StartPosition;
+use dynamodb_streams_consumer::snapshot::is_segment;
+use dynamodb_streams_consumer::streams::StartPosition;
+use dynamodb_streams_leases::{Checkpoint, Error as StoreError, Lease, LeaseStore, SequenceNumber};
 use serde_json::{Value, json};
 
 use crate::context::{Context, table_of_stream};
@@ -327,7 +327,7 @@ pub(crate) async fn move_lease(
     store: &dyn LeaseStore,
     lease: &Lease,
     target: &Checkpoint,
-) -> checkpoint_store::Result<Lease> {
+) -> dynamodb_streams_leases::Result<Lease> {
     store
         .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, target)
         .await

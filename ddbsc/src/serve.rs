@@ -18,7 +18,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use checkpoint_store::DynamoDbLeaseStore;
+use dynamodb_streams_leases::DynamoDbLeaseStore;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};

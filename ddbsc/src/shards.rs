@@ -1,7 +1,7 @@
 //! `ddbsc shards`: the shard graph of a table's stream, from a full paginated DescribeStream.
 
 use comfy_table::Table;
-use consumer_core::streams::ShardInfo;
+use dynamodb_streams_consumer::streams::ShardInfo;
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -19,7 +19,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
     let arn = context.stream_arn(&args.table).await?;
     let shards = context.shards(&arn).await?;
     let state = |s: &ShardInfo| if s.is_closed() { "closed" } else { "open" };
-    let seq = |s: Option<&checkpoint_store::SequenceNumber>| s.map(|s| s.to_string());
+    let seq = |s: Option<&dynamodb_streams_leases::SequenceNumber>| s.map(|s| s.to_string());
 
     if context.json {
         let list: Vec<Value> = shards

@@ -5,11 +5,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
-use checkpoint_store::pipeline::slowest;
-use checkpoint_store::{Checkpoint, Lease, LeaseStore, SequenceNumber, WorkerRecord};
 use comfy_table::Table;
-use consumer_core::snapshot::{SnapshotProgress, is_segment};
-use consumer_core::streams::{StartPosition, StreamsApi};
+use dynamodb_streams_consumer::snapshot::{SnapshotProgress, is_segment};
+use dynamodb_streams_consumer::streams::{StartPosition, StreamsApi};
+use dynamodb_streams_leases::pipeline::slowest;
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, SequenceNumber, WorkerRecord};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 
@@ -142,7 +142,7 @@ impl Report {
         liveness: &LivenessArgs,
     ) -> Result<Self, Failure> {
         let (leases, workers, live) = liveness.read(store).await?;
-        let snapshots = consumer_core::snapshot::progress(&leases);
+        let snapshots = dynamodb_streams_consumer::snapshot::progress(&leases);
         let (coordination, mut leases): (Vec<Lease>, Vec<Lease>) =
             leases.into_iter().partition(|l| l.key.is_coordination());
         leases.sort_by(|a, b| a.key.cmp(&b.key));

@@ -1,8 +1,8 @@
 //! `ddbsc tail`: a table's changes as they come, parents before children, without a lease
-//! table: the lease-free reader (`consumer_core::reader::stream_changes`) as a command.
+//! table: the lease-free reader (`dynamodb_streams_consumer::reader::stream_changes`) as a command.
 
-use consumer_core::InitialPosition;
-use consumer_core::reader::{PollConfig, stream_changes};
+use dynamodb_streams_consumer::InitialPosition;
+use dynamodb_streams_consumer::reader::{PollConfig, stream_changes};
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 
@@ -37,7 +37,7 @@ pub struct Args {
 
 pub async fn run(context: &Context, args: Args) -> Outcome {
     // The first SIGINT or SIGTERM ends the tail; a second one during the exit quits at once.
-    let stop = consumer_core::signals::graceful_then_immediate()?;
+    let stop = dynamodb_streams_consumer::signals::graceful_then_immediate()?;
     tokio::pin!(stop);
     let arn = context.stream_arn(&args.table).await?;
     let position = match args.from {
@@ -56,7 +56,7 @@ pub async fn run(context: &Context, args: Args) -> Outcome {
             return Ok(());
         };
         let change = change?;
-        let line = consumer_core::json::change_to_json(
+        let line = dynamodb_streams_consumer::json::change_to_json(
             WORKER,
             Some(&args.table),
             Some(change.shard_id()),

@@ -14,10 +14,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use consumer_core::testkit::Recording;
-use consumer_core::{Consumer, ProcessorFactory};
-use integration_tests::workers::{run_to_exit, wait_until};
-use integration_tests::{create_table, dynamodb_client, endpoint, sdk_config, unique_name};
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_consumer::{Consumer, ProcessorFactory};
+use dynamodb_streams_integration_tests::workers::{run_to_exit, wait_until};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, sdk_config, unique_name,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
@@ -76,7 +78,7 @@ async fn put(table: &str, id: &str, n: i64) {
 /// A worker in this process: stop it gracefully with the sender.
 struct RunningWorker {
     stop: oneshot::Sender<()>,
-    run: JoinHandle<consumer_core::Result<()>>,
+    run: JoinHandle<dynamodb_streams_consumer::Result<()>>,
 }
 
 impl RunningWorker {
@@ -215,7 +217,7 @@ async fn status_shows_snapshot_progress_per_application() {
     for i in 0..120 {
         put(&table, &format!("i{i}"), i).await;
     }
-    integration_tests::enable_stream(&table, StreamViewType::NewImage).await;
+    dynamodb_streams_integration_tests::enable_stream(&table, StreamViewType::NewImage).await;
     // Each segment delivers its first page, then waits until the test has looked.
     let (release, released) = tokio::sync::watch::channel(false);
     let held: Recording<Item> = Recording::new().with_hook(move |_, _, before| {
@@ -235,7 +237,7 @@ async fn status_shows_snapshot_progress_per_application() {
         .with_failover_time(Duration::from_secs(3))
         .with_creation_time_margin(Duration::from_secs(90))
         .with_snapshot(
-            consumer_core::SnapshotConfig::new()
+            dynamodb_streams_consumer::SnapshotConfig::new()
                 .with_segments(3)
                 .with_page_size(10),
         )
@@ -310,7 +312,9 @@ async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() 
     use aws_sdk_dynamodb::types::StreamViewType;
     let (app, table) = (unique_name("app"), unique_name("st-gate"));
     create_table(&table, "id", true).await;
-    let old = integration_tests::stream_arn(&table).await.unwrap();
+    let old = dynamodb_streams_integration_tests::stream_arn(&table)
+        .await
+        .unwrap();
     put(&table, "k0", 0).await;
     let tables = vec![table.clone()];
     let first: Recording<Item> = Recording::new();
@@ -320,9 +324,12 @@ async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() 
 
     // A backlog on the old stream, then a new stream.
     put(&table, "k1", 1).await;
-    integration_tests::disable_stream(&table).await;
-    integration_tests::enable_stream(&table, StreamViewType::NewAndOldImages).await;
-    let new = integration_tests::stream_arn(&table).await.unwrap();
+    dynamodb_streams_integration_tests::disable_stream(&table).await;
+    dynamodb_streams_integration_tests::enable_stream(&table, StreamViewType::NewAndOldImages)
+        .await;
+    let new = dynamodb_streams_integration_tests::stream_arn(&table)
+        .await
+        .unwrap();
     assert_ne!(new, old);
     put(&table, "k2", 2).await;
     // Holds the old stream's backlog until the test has looked.
@@ -381,7 +388,7 @@ async fn status_shows_the_roots_of_a_reenabled_stream_waiting_for_the_old_one() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_position() {
-    use checkpoint_store::{Checkpoint, LeaseStore};
+    use dynamodb_streams_leases::{Checkpoint, LeaseStore};
     let app = unique_name("app");
     let table = unique_name("reset");
     create_table(&table, "id", true).await;
@@ -459,10 +466,11 @@ async fn reset_is_refused_while_owned_and_a_worker_redelivers_from_the_new_posit
     // Such a checkpoint written anyway (by hand, or by an older ddbsc): that shard's lag
     // says why, the status is still shown.
     let store =
-        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app).unwrap();
+        dynamodb_streams_leases::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, &app)
+            .unwrap();
     let all = store.list_leases().await.unwrap();
     let lease = all.iter().find(|l| l.key.shard_id == shard).unwrap();
-    let beyond = Checkpoint::At(checkpoint_store::SequenceNumber::parse(beyond).unwrap());
+    let beyond = Checkpoint::At(dynamodb_streams_leases::SequenceNumber::parse(beyond).unwrap());
     store
         .reset_lease(&lease.key, lease.owner.as_deref(), lease.epoch, &beyond)
         .await
@@ -486,10 +494,11 @@ async fn leases_owned_by(
     stream: &str,
     shards: &[&str],
     owner: &str,
-) -> checkpoint_store::DynamoDbLeaseStore {
-    use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+) -> dynamodb_streams_leases::DynamoDbLeaseStore {
+    use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
     let store =
-        checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app).unwrap();
+        dynamodb_streams_leases::DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app)
+            .unwrap();
     store.ensure_table().await.unwrap();
     for shard in shards {
         let key = LeaseKey::new(stream, *shard);
@@ -507,7 +516,7 @@ async fn leases_owned_by(
 /// moves; exit 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_moves_each_lease_in_one_write_and_reports_a_raced_one_refused() {
-    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    use dynamodb_streams_leases::{Checkpoint, LeaseKey, LeaseStore};
     use std::sync::atomic::{AtomicBool, Ordering};
     let (app, table) = (unique_name("app"), unique_name("reset-race"));
     create_table(&table, "id", true).await;
@@ -602,7 +611,7 @@ async fn reset_moves_each_lease_in_one_write_and_reports_a_raced_one_refused() {
 /// resume after; a finished shard moves only with `--include-finished`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_keeps_sequence_numbers_in_the_shards_range_and_finished_shards_unless_asked() {
-    use checkpoint_store::{Checkpoint, LeaseKey, LeaseStore};
+    use dynamodb_streams_leases::{Checkpoint, LeaseKey, LeaseStore};
     let (app, table) = (unique_name("app"), unique_name("reset-range"));
     create_table(&table, "id", true).await;
     for n in 0..3 {
@@ -637,8 +646,8 @@ async fn reset_keeps_sequence_numbers_in_the_shards_range_and_finished_shards_un
     assert!(out.contains(&format!("-> {start}")), "{out}");
 
     // Closed and finished.
-    integration_tests::disable_stream(&table).await;
-    let described = integration_tests::streams_client()
+    dynamodb_streams_integration_tests::disable_stream(&table).await;
+    let described = dynamodb_streams_integration_tests::streams_client()
         .await
         .describe_stream()
         .stream_arn(&stream)
@@ -686,7 +695,7 @@ async fn reset_keeps_sequence_numbers_in_the_shards_range_and_finished_shards_un
 /// caught up at the first empty page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lag_reads_past_empty_pages_before_calling_a_shard_caught_up() {
-    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore};
+    use dynamodb_streams_leases::{Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore};
     let (app, table) = (unique_name("app"), unique_name("lag-empty"));
     create_table(&table, "id", true).await;
     put(&table, "a", 1).await;
@@ -883,12 +892,13 @@ async fn bad_input_gets_one_line_naming_it() {
 /// stderr (no panic, no "broken pipe" error).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_went_away_ends_each_command_quietly() {
-    use checkpoint_store::LeaseStore;
+    use dynamodb_streams_leases::LeaseStore;
     let (app, table) = (unique_name("app"), unique_name("pipe"));
     create_table(&table, "id", true).await;
     put(&table, "a", 1).await;
     let config = sdk_config().await;
-    let store = checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
+    let store =
+        dynamodb_streams_leases::DynamoDbLeaseStore::from_sdk_config(&config, &app).unwrap();
     store.ensure_table().await.unwrap();
 
     for args in [

@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
-use consumer_core::Consumer;
-use consumer_core::testkit::Recording;
-use integration_tests::workers::{run_to_exit, wait_until};
-use integration_tests::{
+use dynamodb_streams_consumer::Consumer;
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_integration_tests::workers::{run_to_exit, wait_until};
+use dynamodb_streams_integration_tests::{
     create_table, dynamodb_client, endpoint, sdk_config, spawn_consumer, stream_arn,
     streams_client, unique_name,
 };

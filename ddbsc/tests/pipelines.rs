@@ -10,13 +10,15 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::{
+use dynamodb_streams_consumer::streams::{SdkStreams, StartPosition, StreamsApi};
+use dynamodb_streams_integration_tests::workers::run_to_exit;
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, sdk_config, unique_name,
+};
+use dynamodb_streams_leases::{
     Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore, PipelineCheckpoints,
     SequenceNumber,
 };
-use consumer_core::streams::{SdkStreams, StartPosition, StreamsApi};
-use integration_tests::workers::run_to_exit;
-use integration_tests::{create_table, dynamodb_client, endpoint, sdk_config, unique_name};
 use serde_json::Value;
 
 const DDBSC: &str = env!("CARGO_BIN_EXE_ddbsc");

@@ -19,12 +19,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
+use dynamodb_streams_integration_tests::workers::{
+    Worker, WorkerConfig, lease_counts, run_to_exit, tail,
+};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, http, unique_name, wait_for,
+};
 use fantoccini::{Client, ClientBuilder};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioExecutor;
-use integration_tests::workers::{Worker, WorkerConfig, lease_counts, run_to_exit, tail};
-use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name, wait_for};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
@@ -108,7 +112,7 @@ fn worker_bin() -> PathBuf {
             .expect("run cargo build");
         assert!(
             status.success(),
-            "cargo build -p examples --bin jsonl-worker"
+            "cargo build -p dynamodb-streams-examples --bin jsonl-worker"
         );
     }
     assert!(bin.exists(), "{} missing", bin.display());

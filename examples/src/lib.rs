@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::TableDescription;
-use checkpoint_store::aws::wait_until_table_active;
+use dynamodb_streams_leases::aws::wait_until_table_active;
 
 pub mod worker_flags;
 
-pub use checkpoint_store::aws::{LOCAL_REGION, local_sdk_config, sdk_config};
-pub use consumer_core::json::{attribute_to_json, change_to_json, item_to_json};
+pub use dynamodb_streams_consumer::json::{attribute_to_json, change_to_json, item_to_json};
+pub use dynamodb_streams_leases::aws::{LOCAL_REGION, local_sdk_config, sdk_config};
 
 /// A table or application name no other run (of this or a concurrent process) uses:
 /// `{prefix}-{pid}-{counter}-{millis}`, a valid DynamoDB table name when `prefix` is.
@@ -28,7 +28,7 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{millis}", std::process::id())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=consumer_core=debug`), or by
+/// Logs to stderr, filtered by `RUST_LOG` (e.g. `RUST_LOG=dynamodb_streams_consumer=debug`), or by
 /// `default_filter` when `RUST_LOG` is unset or invalid.
 pub fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use clap::ValueEnum;
-use consumer_core::{
+use dynamodb_streams_consumer::{
     BoxError, Consumer, ConsumerBuilder, FailedRecords, FailureHandler, InitialPosition,
 };
 use serde_json::{Value, json};

@@ -10,8 +10,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::tail;
-use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name};
+use dynamodb_streams_integration_tests::workers::tail;
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, http, unique_name,
+};
 use tokio::time::Instant;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Change, Worker, WorkerConfig, shard_owners, wait_until};
-use integration_tests::{create_table, dynamodb_client, unique_name};
+use dynamodb_streams_integration_tests::workers::{
+    Change, Worker, WorkerConfig, shard_owners, wait_until,
+};
+use dynamodb_streams_integration_tests::{create_table, dynamodb_client, unique_name};
 use serde_json::Value;
 use tokio::time::Instant;
 

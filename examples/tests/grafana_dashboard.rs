@@ -17,8 +17,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Worker, lease_counts};
-use integration_tests::{create_table, dynamodb_client, endpoint, http, unique_name, wait_for};
+use dynamodb_streams_integration_tests::workers::{Worker, lease_counts};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, http, unique_name, wait_for,
+};
 use promql_parser::parser::{self, Expr};
 use promql_parser::util::{ExprVisitor, walk_expr};
 use serde_json::Value;

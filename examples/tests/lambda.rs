@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Worker, WorkerConfig, run_to_exit, wait_until};
-use integration_tests::{create_table, dynamodb_client, endpoint, stream_arn, unique_name};
+use dynamodb_streams_integration_tests::workers::{Worker, WorkerConfig, run_to_exit, wait_until};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, stream_arn, unique_name,
+};
 use serde_json::Value;
 
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");
@@ -139,7 +141,7 @@ async fn an_invalid_filter_pattern_is_refused_at_start_up_naming_its_path() {
         "--table",
         &table,
         "--endpoint",
-        &integration_tests::endpoint(),
+        &dynamodb_streams_integration_tests::endpoint(),
         "--filter-pattern",
         r#"{"dynamodb": {"NewImage": {"n": {"N": [{"numeric": ["<", 5, ">", 1]}]}}}}"#,
     ]

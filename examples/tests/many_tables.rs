@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{Worker, WorkerConfig, lease_counts, wait_until};
-use integration_tests::{create_table, dynamodb_client, unique_name};
+use dynamodb_streams_integration_tests::workers::{Worker, WorkerConfig, lease_counts, wait_until};
+use dynamodb_streams_integration_tests::{create_table, dynamodb_client, unique_name};
 use tokio::time::Instant;
 
 /// The worker binary, built by Cargo for these tests.

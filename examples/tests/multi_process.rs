@@ -7,7 +7,7 @@
 //! writer gives every write a unique `op` number, so each printed line identifies exactly
 //! one write: the tests compare what was printed with what was written, change by change.
 //! The tests live in `examples`, the package that owns `jsonl-worker`, so Cargo builds the
-//! binary first ([`WORKER_BIN`]); `integration_tests::workers` runs it.
+//! binary first ([`WORKER_BIN`]); `dynamodb_streams_integration_tests::workers` runs it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{
+use dynamodb_streams_integration_tests::workers::{
     Change, Worker, WorkerConfig, lease_counts, run_to_exit, shard_owners, wait_until,
 };
-use integration_tests::{create_table, dynamodb_client, unique_name};
+use dynamodb_streams_integration_tests::{create_table, dynamodb_client, unique_name};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -289,10 +289,10 @@ impl Delivery {
         type Seen = Vec<((usize, String), usize)>;
         let mut by_item: BTreeMap<ItemKey, Seen> = BTreeMap::new();
         for ((_, seq), (key, index)) in &identified {
-            by_item
-                .entry(key.clone())
-                .or_default()
-                .push((integration_tests::workers::seq_key(seq), *index));
+            by_item.entry(key.clone()).or_default().push((
+                dynamodb_streams_integration_tests::workers::seq_key(seq),
+                *index,
+            ));
         }
         let mut missing = 0;
         for (key, expected) in &writer.expected {
@@ -723,7 +723,7 @@ fn worker_args(app: &str, table: &str, endpoint: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_table_fails_fast_naming_it() {
     let table = unique_name("mp-missing");
-    let endpoint = integration_tests::endpoint();
+    let endpoint = dynamodb_streams_integration_tests::endpoint();
     fails_naming(
         worker_args(&unique_name("mp-app"), &table, &endpoint),
         &table,
@@ -735,7 +735,7 @@ async fn a_missing_table_fails_fast_naming_it() {
 async fn a_table_without_a_stream_fails_fast_naming_it() {
     let table = unique_name("mp-plain");
     create_table(&table, "id", false).await;
-    let endpoint = integration_tests::endpoint();
+    let endpoint = dynamodb_streams_integration_tests::endpoint();
     fails_naming(
         worker_args(&unique_name("mp-app"), &table, &endpoint),
         &table,

@@ -8,8 +8,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
-use integration_tests::workers::{Change, Worker, WorkerConfig, wait_until};
-use integration_tests::{create_table, dynamodb_client, enable_stream, unique_name};
+use dynamodb_streams_integration_tests::workers::{Change, Worker, WorkerConfig, wait_until};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, enable_stream, unique_name,
+};
 
 /// The worker binary, built by Cargo for these tests.
 const WORKER_BIN: &str = env!("CARGO_BIN_EXE_jsonl-worker");

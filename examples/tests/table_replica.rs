@@ -27,8 +27,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use integration_tests::workers::{shard_owners, tail};
-use integration_tests::{create_table, dynamodb_client, streams_client, unique_name};
+use dynamodb_streams_integration_tests::workers::{shard_owners, tail};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, streams_client, unique_name,
+};
 use tokio::time::Instant;
 
 const REPLICA_BIN: &str = env!("CARGO_BIN_EXE_table-replica");
@@ -80,7 +82,7 @@ impl Replica {
         let log = dir.join(format!("{log_name}.stderr"));
         let child = tokio::process::Command::new(REPLICA_BIN)
             .args(args)
-            .env("RUST_LOG", "info,consumer_core=debug")
+            .env("RUST_LOG", "info,dynamodb_streams_consumer=debug")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -140,7 +142,7 @@ impl Replicas {
             "--worker-id",
             &id,
             "--endpoint",
-            &integration_tests::endpoint(),
+            &dynamodb_streams_integration_tests::endpoint(),
             "--failover-time",
             "3s",
         ]
@@ -299,7 +301,7 @@ async fn scan(table: &str) -> BTreeMap<String, Item> {
 /// Every record of the source's stream, read directly (DynamoDB Local gives a stream one
 /// shard; the writer has stopped, so an empty page is the end).
 async fn stream_records(source: &str) -> Vec<aws_sdk_dynamodbstreams::types::Record> {
-    let arn = integration_tests::stream_arn(source)
+    let arn = dynamodb_streams_integration_tests::stream_arn(source)
         .await
         .expect("a stream");
     let streams = streams_client().await;
@@ -548,7 +550,7 @@ async fn preload(source: &str, changes: u64, keys: u64) {
 /// its changes per second, counted from its first checkpoint to its last (start-up left
 /// out).
 async fn replica_rate(plain: bool, changes: u64, keys: u64) -> f64 {
-    use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
+    use dynamodb_streams_leases::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
     let (source, target) = (unique_name("rate-src"), unique_name("rate-dst"));
     create_table(&source, "id", true).await;
     create_table(&target, "id", false).await;
@@ -566,7 +568,7 @@ async fn replica_rate(plain: bool, changes: u64, keys: u64) -> f64 {
         running: Vec::new(),
     };
     replicas.start();
-    let config = integration_tests::sdk_config().await;
+    let config = dynamodb_streams_integration_tests::sdk_config().await;
     let store = DynamoDbLeaseStore::from_sdk_config(&config, replicas.app.as_str()).unwrap();
     let deadline = Instant::now() + CATCH_UP;
     let mut first: Option<(Instant, usize)> = None;
@@ -611,7 +613,7 @@ async fn replica_throughput() {
 
 #[tokio::test]
 async fn a_source_without_old_images_or_a_target_with_another_key_is_refused() {
-    use integration_tests::workers::run_to_exit;
+    use dynamodb_streams_integration_tests::workers::run_to_exit;
     let (source, target) = (unique_name("replica-nostream"), unique_name("replica-dst"));
     create_table(&source, "id", false).await;
     create_table(&target, "id", false).await;
@@ -624,7 +626,7 @@ async fn a_source_without_old_images_or_a_target_with_another_key_is_refused() {
             "--app",
             &unique_name("replica-app"),
             "--endpoint",
-            &integration_tests::endpoint(),
+            &dynamodb_streams_integration_tests::endpoint(),
         ]
         .map(String::from)
         .to_vec()

@@ -6,7 +6,7 @@
 
 use aws_config::SdkConfig;
 
-pub use examples::unique_name;
+pub use dynamodb_streams_examples::unique_name;
 
 pub mod http;
 pub mod workers;
@@ -31,9 +31,9 @@ pub fn endpoint() -> String {
 }
 
 /// SDK configuration for `endpoint`: region us-east-1 and static dummy credentials
-/// (the programs' [`examples::local_sdk_config`]).
+/// (the programs' [`dynamodb_streams_examples::local_sdk_config`]).
 pub fn sdk_config_for(endpoint: &str) -> SdkConfig {
-    examples::local_sdk_config(endpoint, None)
+    dynamodb_streams_examples::local_sdk_config(endpoint, None)
 }
 
 /// SDK configuration for DynamoDB Local at [`endpoint()`].
@@ -85,10 +85,12 @@ pub async fn streams_client() -> aws_sdk_dynamodbstreams::Client {
 }
 
 /// Creates a table with a string partition key `key`, on-demand, with a NEW_AND_OLD_IMAGES
-/// stream when `stream` is true, and waits until it is ACTIVE ([`examples::create_table`]).
+/// stream when `stream` is true, and waits until it is ACTIVE ([`dynamodb_streams_examples::create_table`]).
 /// Panics on failure (test helper).
 pub async fn create_table(name: &str, key: &str, stream: bool) {
-    if let Err(e) = examples::create_table(&dynamodb_client().await, name, key, stream).await {
+    if let Err(e) =
+        dynamodb_streams_examples::create_table(&dynamodb_client().await, name, key, stream).await
+    {
         panic!("creating table {name:?}: {e}");
     }
 }
@@ -145,10 +147,10 @@ pub async fn stream_arn(table: &str) -> Option<String> {
 /// Runs a consumer in the background until the returned sender is used (a graceful stop);
 /// aborting the handle instead is a crash.
 pub fn spawn_consumer(
-    consumer: consumer_core::Consumer<impl consumer_core::ProcessorFactory>,
+    consumer: dynamodb_streams_consumer::Consumer<impl dynamodb_streams_consumer::ProcessorFactory>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<consumer_core::Result<()>>,
+    tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
 ) {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(consumer.run_until(async move {
@@ -179,9 +181,9 @@ pub fn quick_consumer(
     app: &str,
     table: &str,
     config: &SdkConfig,
-) -> consumer_core::ConsumerBuilder {
+) -> dynamodb_streams_consumer::ConsumerBuilder {
     use std::time::Duration;
-    consumer_core::Consumer::builder(app)
+    dynamodb_streams_consumer::Consumer::builder(app)
         .with_table(table)
         .with_sdk_config(config)
         .with_checkpoint_interval(Duration::ZERO)

@@ -11,7 +11,7 @@
 //!
 //! [`Worker::start`] spawns one process with `--endpoint $DYNAMODB_ENDPOINT`; a background
 //! task reads its stdout line by line into [`Worker::lines`] (each line parsed and stamped
-//! with the instant it was read); stderr (the logs, `RUST_LOG=info,consumer_core=debug`
+//! with the instant it was read); stderr (the logs, `RUST_LOG=info,dynamodb_streams_consumer=debug`
 //! unless `RUST_LOG` is set) goes to a file whose tail is printed when a test panics. A
 //! worker dropped while still running is killed with SIGKILL, so a failing test leaves no
 //! processes behind.
@@ -160,7 +160,7 @@ impl Worker {
             .stderr(stderr)
             .kill_on_drop(true);
         if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info,consumer_core=debug");
+            command.env("RUST_LOG", "info,dynamodb_streams_consumer=debug");
         }
         let mut child = command
             .spawn()
@@ -360,7 +360,7 @@ pub async fn run_to_exit(
 /// When the lease table cannot be read. A lease table that does not exist yet (no worker
 /// got that far) has no leases.
 pub async fn shard_owners(app: &str) -> Vec<(String, Option<String>)> {
-    use checkpoint_store::LeaseStore;
+    use dynamodb_streams_leases::LeaseStore;
     let config = crate::sdk_config().await;
     let described = aws_sdk_dynamodb::Client::new(&config)
         .describe_table()
@@ -376,7 +376,7 @@ pub async fn shard_owners(app: &str) -> Vec<(String, Option<String>)> {
         }
         panic!("DescribeTable {app}: {error:?}");
     }
-    let store = checkpoint_store::DynamoDbLeaseStore::from_sdk_config(&config, app)
+    let store = dynamodb_streams_leases::DynamoDbLeaseStore::from_sdk_config(&config, app)
         .expect("a valid lease table name");
     let leases = store.list_leases().await.expect("list the leases");
     leases

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
-use consumer_core::testkit::Recording;
-use consumer_core::{ConsumerBuilder, InitialPosition, ProcessorFactory};
-use integration_tests::{
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_consumer::{ConsumerBuilder, InitialPosition, ProcessorFactory};
+use dynamodb_streams_integration_tests::{
     create_table, put_count as put, quick_consumer, sdk_config, spawn_consumer as spawn,
     unique_name,
 };
+use dynamodb_streams_leases::{Checkpoint, DynamoDbLeaseStore, LeaseStore};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use consumer_core::testkit::Recording;
-use consumer_core::{Consumer, DeadLetterTable};
-use integration_tests::{create_table, dynamodb_client, put_count as put, sdk_config, unique_name};
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_consumer::{Consumer, DeadLetterTable};
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, put_count as put, sdk_config, unique_name,
+};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -82,8 +84,8 @@ async fn undecodable_and_poison_records_go_to_the_dead_letter_table_and_the_shar
         .await;
     }
 
-    let recording: Recording<Counter> =
-        Recording::new().with_hook(|_, batch: &consumer_core::ChangeBatch<Counter>, _| {
+    let recording: Recording<Counter> = Recording::new().with_hook(
+        |_, batch: &dynamodb_streams_consumer::ChangeBatch<Counter>, _| {
             let poisoned = batch
                 .iter()
                 .any(|c| c.new.as_ref().is_some_and(|n: &Counter| n.count == 666));
@@ -94,7 +96,8 @@ async fn undecodable_and_poison_records_go_to_the_dead_letter_table_and_the_shar
                     Ok(())
                 }
             })
-        });
+        },
+    );
     let consumer = Consumer::builder(&app)
         .with_table(&table)
         .with_sdk_config(&config)

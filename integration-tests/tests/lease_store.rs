@@ -11,8 +11,10 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
     TimeToLiveStatus,
 };
-use checkpoint_store::{DynamoDbLeaseStore, Error, LeaseStore};
-use integration_tests::{dynamodb_client, sdk_config, sdk_config_for, unique_name};
+use dynamodb_streams_integration_tests::{
+    dynamodb_client, sdk_config, sdk_config_for, unique_name,
+};
+use dynamodb_streams_leases::{DynamoDbLeaseStore, Error, LeaseStore};
 
 /// Scan pages of 100 items, so every listing in the suite crosses pages.
 const SCAN_PAGE_SIZE: usize = 100;
@@ -26,7 +28,7 @@ async fn fresh_store() -> Arc<dyn LeaseStore> {
     Arc::new(store)
 }
 
-checkpoint_store::conformance_tests!(fresh_store);
+dynamodb_streams_leases::conformance_tests!(fresh_store);
 
 #[tokio::test]
 async fn invalid_table_names_are_rejected_before_any_call() {

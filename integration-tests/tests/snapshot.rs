@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, StreamViewType, WriteRequest};
 use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
-use checkpoint_store::{DynamoDbLeaseStore, LeaseStore};
-use consumer_core::testkit::Recording;
-use consumer_core::{ChangeKind, ConsumerBuilder, SnapshotConfig};
-use integration_tests::{
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_consumer::{ChangeKind, ConsumerBuilder, SnapshotConfig};
+use dynamodb_streams_integration_tests::{
     create_table, dynamodb_client, enable_stream, quick_consumer, sdk_config, spawn_consumer,
     unique_name, wait_for,
 };
+use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -64,10 +64,11 @@ async fn fill(table: &str, n: usize) {
 /// The table as it is now: name -> count.
 async fn table_state(table: &str) -> BTreeMap<String, i64> {
     let client = dynamodb_client().await;
-    let items =
-        checkpoint_store::aws::scan_all(client.scan().table_name(table).consistent_read(true))
-            .await
-            .unwrap();
+    let items = dynamodb_streams_leases::aws::scan_all(
+        client.scan().table_name(table).consistent_read(true),
+    )
+    .await
+    .unwrap();
     items
         .iter()
         .map(|item| {
@@ -127,7 +128,7 @@ fn snapshot_names(recording: &Recording<Item>) -> std::collections::BTreeSet<Str
 async fn segments_done(app: &str) -> bool {
     let store = DynamoDbLeaseStore::from_sdk_config(&sdk_config().await, app).unwrap();
     let leases = store.list_leases().await.unwrap();
-    let progress = consumer_core::snapshot::progress(&leases);
+    let progress = dynamodb_streams_consumer::snapshot::progress(&leases);
     !progress.is_empty() && progress.iter().all(|p| p.is_done())
 }
 

@@ -10,13 +10,13 @@
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{AttributeValue, StreamViewType};
-use checkpoint_store::{DynamoDbLeaseStore, Lease, LeaseStore};
-use consumer_core::testkit::Recording;
-use consumer_core::{ConsumerBuilder, InitialPosition};
-use integration_tests::{
+use dynamodb_streams_consumer::testkit::Recording;
+use dynamodb_streams_consumer::{ConsumerBuilder, InitialPosition};
+use dynamodb_streams_integration_tests::{
     create_table, disable_stream, enable_stream, put_count, quick_consumer, sdk_config,
     spawn_consumer as spawn, stream_arn, unique_name, wait_for,
 };
+use dynamodb_streams_leases::{DynamoDbLeaseStore, Lease, LeaseStore};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
-use checkpoint_store::{
+use dynamodb_streams_integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
+use dynamodb_streams_leases::{
     Checkpoint, DynamoDbLeaseStore, Error, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore,
     Ownership, SequenceNumber,
 };
-use integration_tests::{create_table, dynamodb_client, sdk_config, unique_name};
 
 fn seq(n: u64) -> Checkpoint {
     Checkpoint::At(SequenceNumber::parse(format!("{n:021}")).unwrap())
@@ -201,14 +201,14 @@ struct Named {
 }
 
 #[async_trait::async_trait]
-impl consumer_core::RecordProcessor for Counting {
+impl dynamodb_streams_consumer::RecordProcessor for Counting {
     type Item = Named;
 
     async fn process(
         &mut self,
-        batch: consumer_core::ChangeBatch<Named>,
-        checkpointer: &mut consumer_core::Checkpointer,
-    ) -> Result<(), consumer_core::BoxError> {
+        batch: dynamodb_streams_consumer::ChangeBatch<Named>,
+        checkpointer: &mut dynamodb_streams_consumer::Checkpointer,
+    ) -> Result<(), dynamodb_streams_consumer::BoxError> {
         for change in &batch.changes {
             let Some(name) = change.new.as_ref().map(|n| n.name.clone()) else {
                 continue;
@@ -240,11 +240,11 @@ impl consumer_core::RecordProcessor for Counting {
 struct Given(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
 
 #[async_trait::async_trait]
-impl consumer_core::FailureHandler for Given {
+impl dynamodb_streams_consumer::FailureHandler for Given {
     async fn handle(
         &self,
-        failed: &consumer_core::FailedRecords,
-    ) -> Result<(), consumer_core::BoxError> {
+        failed: &dynamodb_streams_consumer::FailedRecords,
+    ) -> Result<(), dynamodb_streams_consumer::BoxError> {
         for record in &failed.records {
             let name = record
                 .dynamodb()
@@ -275,12 +275,13 @@ async fn a_consumer_commits_each_records_writes_once_and_a_refused_write_fails_o
         .chain((10..20).map(|i| format!("item-{i}")))
         .collect();
     for name in &names {
-        integration_tests::put_count(&source, name, AttributeValue::N("1".into())).await;
+        dynamodb_streams_integration_tests::put_count(&source, name, AttributeValue::N("1".into()))
+            .await;
     }
     let given = Given::default();
     let config = sdk_config().await;
     let target_name = target.clone();
-    let consumer = consumer_core::Consumer::builder(&app)
+    let consumer = dynamodb_streams_consumer::Consumer::builder(&app)
         .with_table(&source)
         .with_sdk_config(&config)
         .with_idle_backoff(Duration::from_millis(20), Duration::from_millis(200))
@@ -288,10 +289,12 @@ async fn a_consumer_commits_each_records_writes_once_and_a_refused_write_fails_o
         .with_retry_backoff_max(Duration::from_millis(200))
         .with_max_retries(2)
         .with_on_failure(given.clone())
-        .build(move |_: &consumer_core::ShardContext| Counting {
-            target: target_name.clone(),
-            failed_once: Default::default(),
-        })
+        .build(
+            move |_: &dynamodb_streams_consumer::ShardContext| Counting {
+                target: target_name.clone(),
+                failed_once: Default::default(),
+            },
+        )
         .unwrap();
     let watched = target.clone();
     let done = given.clone();

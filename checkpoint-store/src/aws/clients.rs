@@ -18,7 +18,7 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// stuck for 10 s would outlast a failover time of a few seconds and let other workers
 /// take this worker's leases, while a retried one gets through. Small items, one round
 /// trip: DynamoDB answers these in milliseconds. A failover time must leave room for one
-/// stuck attempt (consumer-core's `build` refuses one that does not).
+/// stuck attempt (dynamodb-streams-consumer's `build` refuses one that does not).
 pub const LIVENESS_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 const DEFAULT_ENDPOINT: &str = "the default AWS endpoint";

@@ -1,6 +1,6 @@
 //! How this project calls AWS: the one module both crates go through.
 //!
-//! `checkpoint-store` is the lowest crate, so the DynamoDB lease store and consumer-core's
+//! `dynamodb-streams-leases` is the lowest crate, so the DynamoDB lease store and dynamodb-streams-consumer's
 //! DynamoDB Streams access both build their clients, classify errors, page and wait here.
 //! A newcomer reads this page to know every rule we follow when talking to AWS:
 //!
@@ -13,7 +13,7 @@
 //!   (heartbeats, the membership read) 1 s per attempt ([`LIVENESS_ATTEMPT_TIMEOUT`],
 //!   [`liveness_overrides`]), so one stuck attempt cannot outlast a failover time.
 //! - **One retry layer, ours**: the clients are built with the SDK's retries disabled
-//!   (`RetryConfig::disabled()`). Every retry happens in consumer-core's named retry
+//!   (`RetryConfig::disabled()`). Every retry happens in dynamodb-streams-consumer's named retry
 //!   policies (`consumer-core/src/retry.rs`), which know what the call is for (a poll loop
 //!   backs off differently from a heartbeat). Two layers stacked would multiply attempts
 //!   and hide throttling from the layer that must slow down.

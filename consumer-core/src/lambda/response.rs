@@ -6,7 +6,7 @@
 //! identifier that is missing, empty, not a string or not a record of the batch fails the
 //! whole batch.
 
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 use serde_json::Value;
 
 /// An answer that fails the whole batch: what is wrong with it.

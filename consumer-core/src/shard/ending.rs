@@ -2,7 +2,7 @@
 //! [`EndOfSource`] for a segment's), a release (shutdown or handoff: flush, then release),
 //! or the lease lost (nothing written).
 
-use checkpoint_store::{Checkpoint, LeaseKey};
+use dynamodb_streams_leases::{Checkpoint, LeaseKey};
 
 use super::progress::is_lease_lost;
 use super::session::Session;
@@ -156,7 +156,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
 pub(crate) async fn release_lease<F: ProcessorFactory>(
     task: &LeaseTask<F>,
     key: &LeaseKey,
-    ownership: &checkpoint_store::Ownership,
+    ownership: &dynamodb_streams_leases::Ownership,
 ) -> ShardOutcome {
     let store = &task.runtime.store;
     let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::Checkpoint;
+use dynamodb_streams_leases::Checkpoint;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

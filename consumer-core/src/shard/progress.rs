@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::{Checkpoint, LeaseKey, SequenceNumber};
+use dynamodb_streams_leases::{Checkpoint, LeaseKey, SequenceNumber};
 
 use super::fetch::FetchedPage;
 use crate::budget::Reservation;

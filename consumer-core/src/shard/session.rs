@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::Record;
 use backon::BackoffBuilder;
-use checkpoint_store::{LeaseKey, SequenceNumber};
+use dynamodb_streams_leases::{LeaseKey, SequenceNumber};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_sdk_dynamodbstreams::types::StreamViewType;
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, LeaseStore};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::{Error, Result};
 use crate::retry;

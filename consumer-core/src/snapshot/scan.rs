@@ -4,7 +4,7 @@
 //! the previous page's `LastEvaluatedKey`. That key is the segment's checkpoint, stored in
 //! the lease table as text ([`Position`]). The Scan sits behind the small [`TableScan`]
 //! trait so a test can drive the segment consumer with a fake table; the SDK version goes
-//! through the clients, timeouts and error classes of `checkpoint_store::aws` (via
+//! through the clients, timeouts and error classes of `dynamodb_streams_leases::aws` (via
 //! [`SdkStreams`]), and retries are the caller's ([`crate::retry::table_scan`]).
 
 use std::collections::HashMap;

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
-use checkpoint_store::{Checkpoint, LeaseStore};
+use dynamodb_streams_leases::{Checkpoint, LeaseStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::{InMemoryLeaseStore, LeaseStore};
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 use super::scan::{Item, PageRequest, ScanPage, TableScan};

@@ -4,7 +4,7 @@
 //! real service ([`SdkStreams`]) or by the simulated stream of the `testkit` feature. The
 //! trait is deliberately thin: one method per API call, one page per call; retries and
 //! backoff live in the callers that know what to do about them, and every DescribeStream
-//! listing goes through the one pager, [`checkpoint_store::aws::describe_stream_pages`].
+//! listing goes through the one pager, [`dynamodb_streams_leases::aws::describe_stream_pages`].
 
 mod sdk;
 
@@ -12,8 +12,8 @@ use std::fmt;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{Record, StreamStatus, StreamViewType};
-use checkpoint_store::SequenceNumber;
-use checkpoint_store::aws::{CursorStalled, ErrorClass};
+use dynamodb_streams_leases::SequenceNumber;
+use dynamodb_streams_leases::aws::{CursorStalled, ErrorClass};
 
 pub use sdk::SdkStreams;
 

@@ -2,7 +2,7 @@
 //! `aws-sdk-dynamodb` for DescribeTable (the only way to find a table's stream).
 //!
 //! Clients (timeouts, no SDK retries), error classes and DescribeStream paging come from
-//! [`checkpoint_store::aws`]. Each call here maps the SDK's answer onto the trait's types
+//! [`dynamodb_streams_leases::aws`]. Each call here maps the SDK's answer onto the trait's types
 //! and every SDK error onto an [`ApiErrorKind`] (its [`ErrorClass`](aws::ErrorClass), plus the two
 //! stream-specific codes), keeping the SDK error as the `source`. Nothing here retries:
 //! the callers' named retry policies do.
@@ -14,8 +14,8 @@ use aws_sdk_dynamodbstreams::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodbstreams::types::{Shard, ShardFilter, ShardFilterType, ShardIteratorType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
-use checkpoint_store::SequenceNumber;
-use checkpoint_store::aws::{self, AwsClients};
+use dynamodb_streams_leases::SequenceNumber;
+use dynamodb_streams_leases::aws::{self, AwsClients};
 use tracing::debug;
 
 use super::{

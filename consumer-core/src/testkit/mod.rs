@@ -29,8 +29,8 @@ mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use checkpoint_store::InMemoryLeaseStore;
 pub use config::{SimConfig, TableSpec};
+pub use dynamodb_streams_leases::InMemoryLeaseStore;
 pub use error::SimError;
 pub use faults::SimOperation;
 pub use items::{Item, string_key};

@@ -8,7 +8,7 @@
 //! positions for iterators; trimmed records stay stored for the tests' own checks.
 
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -23,7 +23,9 @@ pub(crate) fn sequence_text(value: u128) -> String {
 }
 
 /// An internal sequence number as a [`SequenceNumber`].
-pub(crate) fn sequence_number(value: u128) -> Result<SequenceNumber, checkpoint_store::Error> {
+pub(crate) fn sequence_number(
+    value: u128,
+) -> Result<SequenceNumber, dynamodb_streams_leases::Error> {
     SequenceNumber::parse(sequence_text(value))
 }
 
@@ -149,7 +151,7 @@ impl Shard {
     }
 
     /// The shard as DescribeStream shows it.
-    pub(crate) fn info(&self) -> Result<ShardInfo, checkpoint_store::Error> {
+    pub(crate) fn info(&self) -> Result<ShardInfo, dynamodb_streams_leases::Error> {
         Ok(ShardInfo {
             shard_id: self.id.clone(),
             parent_shard_id: self.parent.clone(),

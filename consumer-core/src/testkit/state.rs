@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamStatus, StreamViewType};
 use aws_smithy_types::DateTime;
 use aws_smithy_types::date_time::Format;
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;

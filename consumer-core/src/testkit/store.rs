@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use checkpoint_store::billing::{self, ReadUnits};
-use checkpoint_store::{
+use dynamodb_streams_leases::billing::{self, ReadUnits};
+use dynamodb_streams_leases::{
     Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, PipelineCheckpoints,
     Result, WorkerRecord,
 };
@@ -126,7 +126,7 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
 }
 
-/// What the counted calls would cost in DynamoDB, priced by [`checkpoint_store::billing`]
+/// What the counted calls would cost in DynamoDB, priced by [`dynamodb_streams_leases::billing`]
 /// from the sizes the DynamoDB store's items would have.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Billed {
@@ -360,7 +360,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                 operation: op.name(),
                 table: "instrumented".into(),
                 key: None,
-                class: checkpoint_store::aws::ErrorClass::NotFound,
+                class: dynamodb_streams_leases::aws::ErrorClass::NotFound,
                 source:
                     "ResourceNotFoundException: Requested resource not found (deleted by the test)"
                         .into(),
@@ -373,7 +373,7 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
                     operation: op.name(),
                     table: "instrumented".into(),
                     key: None,
-                    class: checkpoint_store::aws::ErrorClass::Throttling,
+                    class: dynamodb_streams_leases::aws::ErrorClass::Throttling,
                     source: "ThrottlingException: Rate exceeded (throttled by the test)".into(),
                 })
             }
@@ -444,7 +444,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(key)
         {
-            return Err(checkpoint_store::Error::LeaseLost {
+            return Err(dynamodb_streams_leases::Error::LeaseLost {
                 key: key.clone(),
                 owner: new_owner.to_owned(),
                 epoch: seen_epoch,
@@ -647,7 +647,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use checkpoint_store::InMemoryLeaseStore;
+    use dynamodb_streams_leases::InMemoryLeaseStore;
 
     #[tokio::test(start_paused = true)]
     async fn counts_calls_and_injects_the_link_faults() {

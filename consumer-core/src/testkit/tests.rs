@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, Record, StreamViewType};
-use checkpoint_store::SequenceNumber;
+use dynamodb_streams_leases::SequenceNumber;
 use serde::Serialize;
 
 use super::*;

@@ -7,9 +7,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use checkpoint_store::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
-use consumer_core::testkit::{InstrumentedStore, Link, Recording, SimulatedStream, StoreOp};
-use consumer_core::{ChangeBatch, Consumer};
+use dynamodb_streams_consumer::testkit::{
+    InstrumentedStore, Link, Recording, SimulatedStream, StoreOp,
+};
+use dynamodb_streams_consumer::{ChangeBatch, Consumer};
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,7 +25,7 @@ pub type Delivery = (String, String, String, String, u64);
 
 /// A running worker: its task, its graceful stop, and its link to the lease table.
 pub struct Running {
-    pub task: tokio::task::JoinHandle<consumer_core::Result<()>>,
+    pub task: tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
     pub stop: tokio::sync::oneshot::Sender<()>,
     pub gate: Arc<InstrumentedStore<InMemoryLeaseStore>>,
 }

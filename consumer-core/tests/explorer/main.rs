@@ -9,7 +9,7 @@
 //! [`world`] runs the real `Consumer`s against the simulated stream and the in-memory
 //! lease store in paused time; [`oracle`] checks the invariants at every step and at the
 //! end. A failure prints the seed, the scenario, the broken invariant and the last events;
-//! `EXPLORE_SEED=n cargo test -p consumer-core --test explorer` replays it exactly.
+//! `EXPLORE_SEED=n cargo test -p dynamodb-streams-consumer --test explorer` replays it exactly.
 //!
 //! - `cargo test` (and `make test`) runs [`FIXED_SEEDS`] seeds, plus the regressions;
 //! - `make explore SEEDS=n` runs `n` seeds (release build) and prints seeds per second.
@@ -142,7 +142,7 @@ fn one_seed() {
     };
     quiet_drawn_panics();
     if std::env::var_os("RUST_LOG").is_some() {
-        // The workers' own logs, for a replay: RUST_LOG=consumer_core=info EXPLORE_SEED=n.
+        // The workers' own logs, for a replay: RUST_LOG=dynamodb_streams_consumer=info EXPLORE_SEED=n.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)

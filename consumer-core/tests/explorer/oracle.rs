@@ -23,9 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use checkpoint_store::{Checkpoint, Lease, LeaseKey, SequenceNumber};
-use consumer_core::testkit::{StoreObserver, StoreOp, WrittenRecord};
-use consumer_core::{ChangeKind, FailedRecords, FailureReason, ShardContext};
+use dynamodb_streams_consumer::testkit::{StoreObserver, StoreOp, WrittenRecord};
+use dynamodb_streams_consumer::{ChangeKind, FailedRecords, FailureReason, ShardContext};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, SequenceNumber};
 
 use crate::journal::Journal;
 
@@ -696,7 +696,7 @@ impl StoreObserver for Oracle {
         state
             .journal
             .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
-        if key.is_coordination() || consumer_core::snapshot::is_segment(key) {
+        if key.is_coordination() || dynamodb_streams_consumer::snapshot::is_segment(key) {
             return;
         }
         if op == StoreOp::DeleteLease {

@@ -11,13 +11,13 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::Record;
-use checkpoint_store::{InMemoryLeaseStore, LeaseKey, LeaseStore};
-use consumer_core::streams::StreamsApi;
-use consumer_core::testkit::{PauseSwitch, SimulatedStream};
-use consumer_core::{
+use dynamodb_streams_consumer::streams::StreamsApi;
+use dynamodb_streams_consumer::testkit::{PauseSwitch, SimulatedStream};
+use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, ChangeKind, Checkpointer, DataLoss, FailedRecords,
     FailureHandler, ProcessorFactory, RecordProcessor, ShardContext,
 };
+use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 use crate::oracle::{CallEnd, Oracle, Seen, fnv};
@@ -256,7 +256,7 @@ impl RecordProcessor for Processor {
                 if ex.per_mille("partial", &call_key, b.partial_per_mille) {
                     if ex.per_mille("outside", &call_key, b.outside_per_mille) {
                         // A record after the batch: the whole batch failed.
-                        let outside = checkpoint_store::SequenceNumber::parse(format!(
+                        let outside = dynamodb_streams_leases::SequenceNumber::parse(format!(
                             "9{}",
                             failed.as_str()
                         ))

@@ -16,13 +16,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use checkpoint_store::InMemoryLeaseStore;
-use consumer_core::streams::StreamsApi;
-use consumer_core::testkit::{
+use dynamodb_streams_consumer::streams::StreamsApi;
+use dynamodb_streams_consumer::testkit::{
     InstrumentedStore, Link, PausableStreams, PauseSwitch, SimConfig, SimOperation,
     SimulatedStream, StoreOp, string_key,
 };
-use consumer_core::{Consumer, ConsumerBuilder, InitialPosition};
+use dynamodb_streams_consumer::{Consumer, ConsumerBuilder, InitialPosition};
+use dynamodb_streams_leases::InMemoryLeaseStore;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
@@ -139,7 +139,7 @@ fn stop_bound(scenario: &Scenario) -> Duration {
 }
 
 struct Worker {
-    task: JoinHandle<consumer_core::Result<()>>,
+    task: JoinHandle<dynamodb_streams_consumer::Result<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     gate: Arc<InstrumentedStore<InMemoryLeaseStore>>,
     switch: PauseSwitch,

@@ -1,5 +1,5 @@
 //! Throughput benchmark against DynamoDB Local: the framework against a plain GetRecords
-//! loop. (Decode and dispatch without a network is `cargo bench -p consumer-core --bench
+//! loop. (Decode and dispatch without a network is `cargo bench -p dynamodb-streams-consumer --bench
 //! decode`.)
 //!
 //! What it measures, in order:
@@ -48,7 +48,7 @@
 //! make bench                                   # defaults
 //! make bench BENCH_ARGS="--records 50000 --rounds 3"
 //! # or by hand, against any endpoint:
-//! cargo run --release -p examples --bin benchmark -- --endpoint http://127.0.0.1:8000
+//! cargo run --release -p dynamodb-streams-examples --bin benchmark -- --endpoint http://127.0.0.1:8000
 //! ```
 //!
 //! `make bench` starts DynamoDB Local with `scripts/dynamodb-local.sh run`, which exports
@@ -65,17 +65,17 @@ use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
-use checkpoint_store::{
-    Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber,
-};
 use clap::Parser;
-use consumer_core::streams::{
+use dynamodb_streams_consumer::streams::{
     ApiError, RecordsPage, SdkStreams, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
-use consumer_core::{
+use dynamodb_streams_consumer::{
     BoxError, ChangeBatch, Consumer, InitialPosition, ProcessorFactory, processor_fn,
 };
-use examples::{local_sdk_config, unique_name};
+use dynamodb_streams_examples::{local_sdk_config, unique_name};
+use dynamodb_streams_leases::{
+    Checkpoint, DynamoDbLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber,
+};
 use serde::{Deserialize, Serialize};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
 use tokio::sync::Notify;
@@ -174,7 +174,7 @@ impl BenchItem {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("warn");
+    dynamodb_streams_examples::init_tracing("warn");
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -204,7 +204,7 @@ async fn dynamodb_part(args: &Args, payload_len: usize) -> Result<(), BoxError> 
     let dynamodb = aws_sdk_dynamodb::Client::new(&config);
     let streams = aws_sdk_dynamodbstreams::Client::new(&config);
     let table = unique_name("bench");
-    let stream_arn = examples::create_table(&dynamodb, &table, "pk", true)
+    let stream_arn = dynamodb_streams_examples::create_table(&dynamodb, &table, "pk", true)
         .await?
         .latest_stream_arn
         .ok_or_else(|| format!("table {table} has no stream"))?;
@@ -618,7 +618,7 @@ struct PlainCheckpoints {
     store: Arc<DynamoDbLeaseStore>,
     key: LeaseKey,
     ownership: Ownership,
-    in_flight: Option<tokio::task::JoinHandle<checkpoint_store::Result<Lease>>>,
+    in_flight: Option<tokio::task::JoinHandle<dynamodb_streams_leases::Result<Lease>>>,
     pending: Option<SequenceNumber>,
     written: u64,
 }

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// The jsonl-worker binary. Default: the one next to this program (build both with
-    /// `cargo build --release -p examples --bin jsonl-worker --bin failover-figures`).
+    /// `cargo build --release -p dynamodb-streams-examples --bin jsonl-worker --bin failover-figures`).
     #[arg(long, value_name = "PATH")]
     worker_bin: Option<PathBuf>,
     /// Passed to the workers as --failover-time; default: theirs (10 s).
@@ -104,7 +104,7 @@ struct Figures {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("warn");
+    dynamodb_streams_examples::init_tracing("warn");
     match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -125,13 +125,13 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     };
     if !worker_bin.is_file() {
         return Err(format!(
-            "no jsonl-worker at {} (build it: cargo build --release -p examples --bin \
+            "no jsonl-worker at {} (build it: cargo build --release -p dynamodb-streams-examples --bin \
              jsonl-worker, or pass --worker-bin)",
             worker_bin.display()
         )
         .into());
     }
-    let sdk = examples::sdk_config(Some(&args.endpoint), None).await;
+    let sdk = dynamodb_streams_examples::sdk_config(Some(&args.endpoint), None).await;
     let client = aws_sdk_dynamodb::Client::new(&sdk);
     let setup = Setup {
         worker_bin,
@@ -245,7 +245,9 @@ struct WorkerProcess {
 
 impl Setup {
     async fn measure(&self, stop: Stop, run: usize) -> Result<Figures, BoxError> {
-        let name = |what: &str| examples::unique_name(&format!("figures-{what}-run{run}"));
+        let name = |what: &str| {
+            dynamodb_streams_examples::unique_name(&format!("figures-{what}-run{run}"))
+        };
         let tables = [name("a"), name("b")];
         for table in &tables {
             self.create_table(table).await?;
@@ -475,7 +477,7 @@ impl Setup {
     }
 
     async fn create_table(&self, name: &str) -> Result<(), BoxError> {
-        examples::create_table(&self.client, name, "id", true).await?;
+        dynamodb_streams_examples::create_table(&self.client, name, "id", true).await?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@
 //!
 //! `old` and `new` are `null` when the change has no such image (an insert has no old image;
 //! the stream's view type decides the rest). Items are plain JSON: see
-//! [`examples::attribute_to_json`] (numbers as JSON numbers, binary as base64 strings, sets
+//! [`dynamodb_streams_examples::attribute_to_json`] (numbers as JSON numbers, binary as base64 strings, sets
 //! as arrays). Delivery is at least once: after a crash, another worker (or a restart)
 //! prints again the changes after the last checkpoint.
 //!
@@ -50,7 +50,7 @@
 //! `--format lambda` prints each batch as one line instead: the event Lambda would invoke a
 //! function with, `{"Records": [{"eventID", "eventName", "eventVersion", "eventSource",
 //! "awsRegion", "dynamodb": {…}, "eventSourceARN"}]}`, attribute values in DynamoDB JSON
-//! (see `consumer_core::lambda::event`).
+//! (see `dynamodb_streams_consumer::lambda::event`).
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGTERM or SIGINT: graceful shutdown
 //! (leases released), exit 0. A table that does not exist or has no stream, or an
@@ -63,15 +63,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{OperationType, Record};
-use checkpoint_store::aws::AwsClients;
 use clap::{Parser, ValueEnum};
-use consumer_core::observability::serve_metrics;
-use consumer_core::{
+use dynamodb_streams_consumer::observability::serve_metrics;
+use dynamodb_streams_consumer::{
     BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, ConsumerBuilder, RecordProcessor,
     ShardContext, SnapshotConfig,
 };
-use examples::worker_flags::{ConnectionFlags, DeliveryFlags};
-use examples::{Signals, attribute_to_json, change_to_json, default_worker_id};
+use dynamodb_streams_examples::worker_flags::{ConnectionFlags, DeliveryFlags};
+use dynamodb_streams_examples::{Signals, attribute_to_json, change_to_json, default_worker_id};
+use dynamodb_streams_leases::aws::AwsClients;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
@@ -255,8 +255,10 @@ impl RecordProcessor for JsonlProcessor {
         let mut text = Vec::new();
         if self.format == Format::Lambda && printed > 0 {
             let records = batch.iter().take(printed).map(|change| change.raw());
-            let event =
-                consumer_core::lambda::event::event_to_json(records, Some(&self.stream_arn));
+            let event = dynamodb_streams_consumer::lambda::event::event_to_json(
+                records,
+                Some(&self.stream_arn),
+            );
             serde_json::to_writer(&mut text, &event)?;
             text.push(b'\n');
         }
@@ -293,16 +295,19 @@ impl RecordProcessor for JsonlProcessor {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("info");
-    examples::exit_code("jsonl-worker", run(args).await)
+    dynamodb_streams_examples::init_tracing("info");
+    dynamodb_streams_examples::exit_code("jsonl-worker", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
     let mut signals = Signals::new()?;
     let connection = &args.connection;
-    let sdk_config =
-        examples::sdk_config(connection.endpoint.as_deref(), connection.region.as_deref()).await;
+    let sdk_config = dynamodb_streams_examples::sdk_config(
+        connection.endpoint.as_deref(),
+        connection.region.as_deref(),
+    )
+    .await;
     let worker_id = connection
         .worker_id
         .clone()
@@ -345,7 +350,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .endpoint()
         .to_owned();
     tokio::select! {
-        answered = examples::worker_flags::endpoint_answers(&sdk_config, &connection.tables, &endpoint) => answered?,
+        answered = dynamodb_streams_examples::worker_flags::endpoint_answers(&sdk_config, &connection.tables, &endpoint) => answered?,
         name = signals.recv() => {
             tracing::info!(signal = name, "stopped before start-up completed");
             return Ok(());

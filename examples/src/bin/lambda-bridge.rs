@@ -7,7 +7,7 @@
 //! ```
 //!
 //! - Each batch is Lambda's DynamoDB event, `{"Records": [...]}` (one line of JSON; see
-//!   `consumer_core::lambda::event`). Without `--keep-alive`, COMMAND runs once per batch
+//!   `dynamodb_streams_consumer::lambda::event`). Without `--keep-alive`, COMMAND runs once per batch
 //!   with the event on its stdin (closed after it); exit 0 is success, and the last
 //!   non-empty line of its stdout is its answer (lines before it are passed to stderr as
 //!   the handler's log). With `--keep-alive`, one COMMAND process per shard (per key
@@ -36,13 +36,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use clap::Parser;
-use consumer_core::lambda::PartialBatchResponse;
-use consumer_core::lambda::event::event_to_json;
-use consumer_core::{
+use dynamodb_streams_consumer::lambda::PartialBatchResponse;
+use dynamodb_streams_consumer::lambda::event::event_to_json;
+use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, RecordProcessor, ShardContext,
 };
-use examples::worker_flags::{ConnectionFlags, DeliveryFlags, endpoint_answers};
-use examples::{Signals, default_worker_id};
+use dynamodb_streams_examples::worker_flags::{ConnectionFlags, DeliveryFlags, endpoint_answers};
+use dynamodb_streams_examples::{Signals, default_worker_id};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
@@ -214,16 +214,19 @@ impl RecordProcessor for Bridge {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("info");
-    examples::exit_code("lambda-bridge", run(args).await)
+    dynamodb_streams_examples::init_tracing("info");
+    dynamodb_streams_examples::exit_code("lambda-bridge", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
     let mut signals = Signals::new()?;
     let connection = &args.connection;
-    let sdk_config =
-        examples::sdk_config(connection.endpoint.as_deref(), connection.region.as_deref()).await;
+    let sdk_config = dynamodb_streams_examples::sdk_config(
+        connection.endpoint.as_deref(),
+        connection.region.as_deref(),
+    )
+    .await;
     let worker_id = connection
         .worker_id
         .clone()
@@ -240,7 +243,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         running: None,
     })?;
     tracing::info!(worker_id = consumer.worker_id(), command = ?args.command, "starting");
-    let endpoint = checkpoint_store::aws::AwsClients::from_sdk_config(&sdk_config)
+    let endpoint = dynamodb_streams_leases::aws::AwsClients::from_sdk_config(&sdk_config)
         .endpoint()
         .to_owned();
     tokio::select! {

@@ -27,7 +27,7 @@
 //! to one per second per shard.
 //!
 //! Run it with `make demo` (DynamoDB Local, data kept in `.demo-data/`), or against any
-//! DynamoDB with `cargo run -p examples --bin quickstart -- [--endpoint URL] [--iterations N]`.
+//! DynamoDB with `cargo run -p dynamodb-streams-examples --bin quickstart -- [--endpoint URL] [--iterations N]`.
 //! With `--iterations N` it stops by itself once the N write cycles (3N changes) of this run
 //! have been printed. Each item carries a `run` attribute naming the run that wrote it, so
 //! that changes left over from an earlier run are not counted as this run's.
@@ -43,10 +43,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::AttributeValue;
-use checkpoint_store::aws::wait_until_table_active;
 use clap::Parser;
-use consumer_core::{BoxError, Change, ChangeBatch, ChangeKind, Consumer, processor_fn};
-use examples::Signals;
+use dynamodb_streams_consumer::{
+    BoxError, Change, ChangeBatch, ChangeKind, Consumer, processor_fn,
+};
+use dynamodb_streams_examples::Signals;
+use dynamodb_streams_leases::aws::wait_until_table_active;
 use serde::Deserialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -100,7 +102,7 @@ impl fmt::Display for Counter {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("warn");
+    dynamodb_streams_examples::init_tracing("warn");
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -119,7 +121,9 @@ enum Stop {
 
 async fn run(args: Args) -> Result<(), DemoError> {
     let mut signals = Signals::new()?;
-    let sdk_config = examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref()).await;
+    let sdk_config =
+        dynamodb_streams_examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref())
+            .await;
     let where_ = args.endpoint.as_deref().unwrap_or("AWS");
     // Bounded calls: an endpoint that stops answering fails the demo instead of hanging it.
     let dynamodb = aws_sdk_dynamodb::Client::from_conf(
@@ -361,7 +365,7 @@ async fn ensure_table(
                 .is_some_and(|e| e.is_resource_not_found_exception()) =>
         {
             eprintln!("quickstart: creating table {table:?} at {where_}");
-            examples::create_table(dynamodb, table, "name", true)
+            dynamodb_streams_examples::create_table(dynamodb, table, "name", true)
                 .await
                 .map_err(|e| format!("{e} (at {where_})"))?;
             return Ok(());
@@ -374,13 +378,15 @@ async fn ensure_table(
             .into());
         }
     }
-    wait_until_table_active(dynamodb, table, examples::TABLE_DEADLINE)
+    wait_until_table_active(dynamodb, table, dynamodb_streams_examples::TABLE_DEADLINE)
         .await
         .map_err(|e| format!("{e} (at {where_})"))?;
     Ok(())
 }
 
-fn consumer_ended(joined: Result<consumer_core::Result<()>, tokio::task::JoinError>) -> DemoError {
+fn consumer_ended(
+    joined: Result<dynamodb_streams_consumer::Result<()>, tokio::task::JoinError>,
+) -> DemoError {
     match joined {
         Ok(Ok(())) => "the consumer stopped unexpectedly".into(),
         Ok(Err(error)) => format!("the consumer failed: {error}").into(),

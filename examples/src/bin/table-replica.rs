@@ -35,13 +35,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, KeyType, StreamViewType, TransactWriteItem, Update};
 use aws_sdk_dynamodbstreams::types::AttributeValue as StreamValue;
-use checkpoint_store::aws;
 use clap::Parser;
-use consumer_core::{
+use dynamodb_streams_consumer::{
     BoxError, Change, ChangeBatch, ChangeKind, Checkpointer, Consumer, InitialPosition,
     RecordProcessor, ShardContext,
 };
-use examples::{Signals, default_worker_id};
+use dynamodb_streams_examples::{Signals, default_worker_id};
+use dynamodb_streams_leases::aws;
 use serde::de::IgnoredAny;
 
 #[derive(Parser, Debug)]
@@ -88,14 +88,16 @@ const DELETED: &str = "_deleted";
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    examples::init_tracing("info");
-    examples::exit_code("table-replica", run(args).await)
+    dynamodb_streams_examples::init_tracing("info");
+    dynamodb_streams_examples::exit_code("table-replica", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), BoxError> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
     let signals = Signals::new()?;
-    let sdk_config = examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref()).await;
+    let sdk_config =
+        dynamodb_streams_examples::sdk_config(args.endpoint.as_deref(), args.region.as_deref())
+            .await;
     let client = aws_sdk_dynamodb::Client::new(&sdk_config);
     let endpoint = args
         .endpoint
