@@ -40,8 +40,10 @@ impl Event for ApiRetried<'_> {
     }
 }
 
-/// A batch was handed to a processor and returned Ok. The lag gauge is not set here: it
-/// is the age of the oldest record still pending, published by `lag.rs` every second.
+/// A batch was handed to a processor and returned Ok, or failed partially
+/// (`BatchFailure`): `records` counts the records processed Ok, the failure's prefix then.
+/// The lag gauge is not set here: it is the age of the oldest record still pending,
+/// published by `lag.rs` every second.
 pub(crate) struct BatchProcessed<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,

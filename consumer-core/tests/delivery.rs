@@ -342,6 +342,42 @@ async fn a_partial_batch_response_checkpoints_before_the_failed_record_and_redel
     assert_eq!(sizes, vec![100, 58, 58, 58, 57]);
 }
 
+#[test]
+fn the_records_before_a_partial_batch_failure_count_as_processed() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // A thread-local recorder (the runtime runs every task on this thread): this test's
+    // counters only.
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sim = stream_with(100);
+            let store = Arc::new(InMemoryLeaseStore::new());
+            let log = Log::default();
+            run_tester(&sim, &store, &log, Some(42), Poison::Partial, 99, |b| {
+                b.with_max_retries(3)
+            })
+            .await;
+        });
+    });
+    let processed: u64 = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == "ddb_stream_records_processed_total")
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum();
+    // 0..42 before the failure (their partial batch), 43..100 after the handler took 42.
+    assert_eq!(processed, 99, "every record processed Ok is counted once");
+}
+
 #[tokio::test(start_paused = true)]
 async fn panics_and_timeouts_go_through_the_failure_policy() {
     for (mode, reason) in [
