@@ -16,7 +16,7 @@ use crate::shard::pipelines::{Pipeline, PipelineRunner};
 /// A pipeline given to the builder, made into its runner with the final settings.
 pub(crate) struct PendingPipeline {
     name: String,
-    make: Box<dyn FnOnce(String, ConsumerConfig) -> Arc<dyn PipelineRunner> + Send>,
+    make: Box<dyn FnOnce(String, ConsumerConfig) -> Arc<dyn PipelineRunner> + Send + Sync>,
 }
 
 /// The longest pipeline name: it is a lease-item attribute (`pl|NAME`), a metrics label
