@@ -57,6 +57,7 @@ impl Consumer<()> {
             per_shard_metrics: false,
             filter_patterns: Vec::new(),
             pipelines: Vec::new(),
+            unknown_pipeline_settings: Vec::new(),
         }
     }
 }
@@ -169,6 +170,8 @@ pub struct ConsumerBuilder {
     /// The named pipelines (`with_pipeline`), made with the final settings by
     /// `build_pipelines`.
     pub(crate) pipelines: Vec<PendingPipeline>,
+    /// Names `with_pipeline_settings` was given that no `with_pipeline` before it gave.
+    pub(crate) unknown_pipeline_settings: Vec<String>,
 }
 
 impl ConsumerBuilder {
@@ -485,6 +488,22 @@ impl ConsumerBuilder {
             criteria.matches_record(record) && other.as_ref().is_none_or(|keep| keep(record))
         }));
         Ok(())
+    }
+
+    /// The settings of a pipeline: `base` (the consumer's, checked) changed by `settings`,
+    /// checked as the consumer's are.
+    pub(crate) fn pipeline_config(
+        base: &ConsumerConfig,
+        settings: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder,
+    ) -> Result<ConsumerConfig> {
+        let mut builder = Consumer::builder("pipeline").with_table("pipeline");
+        builder.config = base.clone();
+        let mut builder = settings(builder);
+        builder.config.cap_durations();
+        builder.config.renew_interval = base.renew_interval;
+        builder.validate()?;
+        builder.apply_filter_patterns()?;
+        Ok(builder.config)
     }
 
     pub(crate) fn has_snapshot(&self) -> bool {

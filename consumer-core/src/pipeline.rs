@@ -17,7 +17,11 @@ use crate::shard::pipelines::{Pipeline, PipelineRunner};
 pub(crate) struct PendingPipeline {
     name: String,
     make: Box<dyn FnOnce(String, ConsumerConfig) -> Arc<dyn PipelineRunner> + Send + Sync>,
+    /// Its settings where they differ from the consumer's (`with_pipeline_settings`).
+    settings: Option<Settings>,
 }
+
+type Settings = Box<dyn FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send + Sync>;
 
 /// The longest pipeline name: it is a lease-item attribute (`pl|NAME`), a metrics label
 /// and a `jsonl-worker` flag prefix.
@@ -50,7 +54,8 @@ impl ConsumerBuilder {
     /// per shard (an attribute of the shard's lease item) and its own failures, over the
     /// same read of each shard as the other pipelines. The name must stay the same across
     /// deployments (it keys the checkpoints): 1 to 64 of `A-Z a-z 0-9 _ - .`. The
-    /// consumer's settings apply to every pipeline. Build with
+    /// consumer's settings apply to every pipeline, unless
+    /// [`with_pipeline_settings`](Self::with_pipeline_settings) changes some. Build with
     /// [`build_pipelines`](Self::build_pipelines).
     pub fn with_pipeline<P: ProcessorFactory>(
         mut self,
@@ -60,7 +65,27 @@ impl ConsumerBuilder {
         self.pipelines.push(PendingPipeline {
             name: name.into(),
             make: Box::new(move |name, config| Arc::new(Pipeline::new(name, factory, config))),
+            settings: None,
         });
+        self
+    }
+
+    /// Settings of the pipeline `name` where they differ from the consumer's: `settings`
+    /// gets a builder holding the consumer's settings and returns it changed, e.g.
+    /// `|b| b.with_max_retries(3).with_on_failure(handler)`. The pipeline's own are its
+    /// delivery settings (failure policy and handler, batch shaping, key parallelism,
+    /// filter, batch and shutdown timeouts), checkpoint interval and initial position;
+    /// the shard's read and the leases follow the consumer's. Given after the pipeline's
+    /// `with_pipeline`; a second call for the same pipeline replaces the first.
+    pub fn with_pipeline_settings(
+        mut self,
+        name: &str,
+        settings: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send + Sync + 'static,
+    ) -> Self {
+        match self.pipelines.iter_mut().find(|p| p.name == name) {
+            Some(pipeline) => pipeline.settings = Some(Box::new(settings)),
+            None => self.unknown_pipeline_settings.push(name.to_owned()),
+        }
         self
     }
 
@@ -69,6 +94,12 @@ impl ConsumerBuilder {
     pub fn build_pipelines(mut self) -> Result<Consumer<Pipelines>> {
         let pending = std::mem::take(&mut self.pipelines);
         check_names(&pending)?;
+        if let Some(name) = self.unknown_pipeline_settings.first() {
+            return Err(Error::Config {
+                key: "with_pipeline_settings",
+                problem: format!("pipeline {name:?} is not given by a `with_pipeline` before it"),
+            });
+        }
         if self.has_snapshot() {
             return Err(Error::Config {
                 key: "with_snapshot",
@@ -78,10 +109,27 @@ impl ConsumerBuilder {
             });
         }
         let mut consumer = self.build(Pipelines)?;
-        consumer.pipelines = pending
-            .into_iter()
-            .map(|p| (p.make)(p.name, consumer.config().clone()))
-            .collect();
+        let mut pipelines = Vec::with_capacity(pending.len());
+        for PendingPipeline {
+            name,
+            make,
+            settings,
+        } in pending
+        {
+            let config = match settings {
+                None => consumer.config().clone(),
+                Some(settings) => ConsumerBuilder::pipeline_config(consumer.config(), settings)
+                    .map_err(|error| match error {
+                        Error::Config { key, problem } => Error::Config {
+                            key,
+                            problem: format!("pipeline {name:?}: {problem}"),
+                        },
+                        other => other,
+                    })?,
+            };
+            pipelines.push(make(name, config));
+        }
+        consumer.pipelines = pipelines;
         Ok(consumer)
     }
 }

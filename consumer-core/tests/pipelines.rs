@@ -343,3 +343,64 @@ fn pipeline_names_are_checked() {
         .to_string();
     assert!(error.contains("build_pipelines"), "{error}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn each_pipeline_has_its_own_failure_policy_and_filter() {
+    let rows = 60;
+    let sim = stream_with(rows);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let (search, audit) = (Log::default(), Log::default());
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let seen = sizes.clone();
+    let consumer = builder(&sim, &store)
+        .with_pipeline("search", tester(&search, None, Duration::ZERO))
+        .with_pipeline("audit", tester(&audit, Some(30), Duration::ZERO))
+        .with_pipeline_settings("audit", {
+            let audit = audit.clone();
+            move |b| {
+                b.with_max_retries(1)
+                    .with_on_failure(Collect(audit))
+                    .with_max_batch_size(4)
+            }
+        })
+        .with_pipeline_settings("search", move |b| {
+            b.with_filter(move |record| {
+                seen.lock().unwrap().push(n_of(record));
+                n_of(record).is_multiple_of(2)
+            })
+        })
+        .build_pipelines()
+        .unwrap();
+    let (s, a) = (search.clone(), audit.clone());
+    run_until_done(consumer, move || {
+        s.values().len() as u64 >= rows / 2 && a.values().len() as u64 >= rows - 1
+    })
+    .await;
+    let evens: Vec<u64> = (0..rows).filter(|n| n.is_multiple_of(2)).collect();
+    assert_eq!(search.values(), evens, "search's own filter");
+    let without_poison: Vec<u64> = (0..rows).filter(|n| *n != 30).collect();
+    assert_eq!(
+        audit.values(),
+        without_poison,
+        "audit's filter is the consumer's: none"
+    );
+    assert_eq!(
+        *audit.failed.lock().unwrap(),
+        vec![30],
+        "audit's own handler"
+    );
+    assert_eq!(
+        sizes.lock().unwrap().len() as u64,
+        rows,
+        "search's filter saw every record once"
+    );
+
+    let error = builder(&sim, &store)
+        .with_pipeline_settings("nobody", |b| b)
+        .with_pipeline("search", tester(&search, None, Duration::ZERO))
+        .build_pipelines()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("\"nobody\""), "{error}");
+}
