@@ -160,7 +160,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", worker_bin.display()))?;
-        let stdout = worker.stdout.take().ok_or("the worker's stdout is not piped")?;
+        let stdout = worker
+            .stdout
+            .take()
+            .ok_or("the worker's stdout is not piped")?;
         let printed = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(read_lines(stdout, printed.clone()));
         runs.push(Measured {
@@ -178,7 +181,10 @@ async fn run(args: Args) -> Result<(), BoxError> {
     wait_delivered(&mut runs, 0).await?;
     // 2. Idle.
     tokio::time::sleep(RAMP).await;
-    let before: Vec<u64> = runs.iter().map(|r| r.get_records.load(Ordering::Relaxed)).collect();
+    let before: Vec<u64> = runs
+        .iter()
+        .map(|r| r.get_records.load(Ordering::Relaxed))
+        .collect();
     let started = Instant::now();
     tokio::time::sleep(args.idle).await;
     let idle_hours = started.elapsed().as_secs_f64() / 3600.0;
@@ -274,7 +280,12 @@ async fn wait_delivered(runs: &mut [Measured], w: u64) -> Result<(), BoxError> {
     let deadline = Instant::now() + DELIVERY_DEADLINE;
     for run in runs {
         loop {
-            if run.printed.lock().map_err(|_| "lock poisoned")?.contains_key(&w) {
+            if run
+                .printed
+                .lock()
+                .map_err(|_| "lock poisoned")?
+                .contains_key(&w)
+            {
                 break;
             }
             if let Ok(Some(status)) = run.worker.try_wait() {
