@@ -200,11 +200,15 @@ impl ConsumerConfig {
         }
     }
 
-    /// Settings that cannot apply to snapshot records; the text names the other setting.
-    /// Every other delivery setting applies to them as to stream records.
+    /// Settings that cannot apply to a snapshot (its records, or the stream that follows
+    /// it); the text names the other setting, so none is silently ignored. Every other
+    /// delivery setting applies to snapshot records as to stream records.
     fn snapshot_fits(&self) -> Result<(), String> {
         if self.delivery.max_record_age.is_some() {
             return Err("cannot be combined with `with_max_record_age`: a scanned item has no creation time, and the stream records that follow a long snapshot would go to the on-failure handler instead of the sink the snapshot fills".into());
+        }
+        if self.initial_position == InitialPosition::Latest {
+            return Err("cannot be combined with `with_initial_position(Latest)`: after a snapshot the stream starts where the snapshot began (`TRIM_HORIZON`, skipping records created before it), so the snapshot's items and the stream's later changes together give the whole table".into());
         }
         if !self.auto_checkpoint {
             return Err("cannot be combined with `with_auto_checkpoint(false)`: a snapshot record has no sequence number to checkpoint at; the framework stores a segment's scan position once every record of a page is done".into());

@@ -228,7 +228,9 @@ impl ConsumerBuilder {
     /// began. Each item's later changes come after its snapshot record, so a sink applying
     /// new images converges to the table (README: "Snapshot, then stream"). Only for a
     /// stream this application has not consumed yet; every worker of the application needs
-    /// it. Start-up refuses a stream without new images (`KEYS_ONLY`, `OLD_IMAGE`).
+    /// it. Start-up refuses a stream without new images (`KEYS_ONLY`, `OLD_IMAGE`); `build`
+    /// refuses it together with `with_max_record_age`, `with_auto_checkpoint(false)` or
+    /// `with_initial_position(Latest)`, which cannot apply to a snapshot.
     ///
     /// [`ChangeKind::Snapshot`]: crate::ChangeKind::Snapshot
     pub fn with_snapshot(self, snapshot: crate::SnapshotConfig) -> Self {
@@ -657,6 +659,12 @@ mod tests {
             text.contains("with_snapshot") && text.contains("with_max_record_age"),
             "{text}"
         );
+        let latest = Consumer::builder("app").with_initial_position(InitialPosition::Latest);
+        let text = refused(latest).expect("refused");
+        assert!(
+            text.contains("with_snapshot") && text.contains("with_initial_position(Latest)"),
+            "{text}"
+        );
         let manual = Consumer::builder("app").with_auto_checkpoint(false);
         let text = refused(manual).expect("refused");
         assert!(
@@ -666,6 +674,7 @@ mod tests {
         // Batch shaping, key parallelism, partial failures and the rest apply (what is left
         // to refuse is the missing table reader: the test gives no AWS configuration).
         let shaped = Consumer::builder("app")
+            .with_initial_position(InitialPosition::TrimHorizon)
             .with_max_batch_size(7)
             .with_batching_window(Duration::from_secs(1))
             .with_key_parallelism(4)

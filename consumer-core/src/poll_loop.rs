@@ -122,6 +122,21 @@ impl ShardReader {
         }
     }
 
+    /// Opens the iterator now (at the start position) instead of on the first poll: a
+    /// `LATEST` start is fixed from here on.
+    pub(crate) async fn open(&mut self) -> Result<()> {
+        if self.iterator.is_none() && !self.ended {
+            self.iterator = Some(self.acquire_iterator().await?);
+        }
+        Ok(())
+    }
+
+    /// Where a replacement iterator starts while nothing has been read yet (after an
+    /// opened `LATEST` iterator expires, say); once a record was read, after it.
+    pub(crate) fn replace_unread_start(&mut self, position: StartPosition) {
+        self.start = position;
+    }
+
     /// Starts over at `position`, forgetting what was read (after trimmed data, the caller
     /// decides where to go on).
     pub(crate) fn restart_at(&mut self, position: StartPosition) {

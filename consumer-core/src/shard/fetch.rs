@@ -102,18 +102,29 @@ pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
     }
 }
 
-/// A `LATEST` lease stores the time it starts from (`Checkpoint::Since`) before its
-/// iterator is opened: if it moves before delivering anything, the next owner reads from
-/// TRIM_HORIZON and skips only what was created before that time, instead of reopening at
-/// a newer tip and missing what was written in between. One write, on the first owner
-/// only. Returns the checkpoint now stored.
+/// A `LATEST` lease stores the time it starts from (`Checkpoint::Since`): if it moves
+/// before delivering anything, the next owner reads from TRIM_HORIZON and skips only what
+/// was created before that time, instead of reopening at a newer tip and missing what was
+/// written in between. One write, on the first owner only. Returns the checkpoint now
+/// stored.
+///
+/// The time is taken and the `LATEST` iterator opened before the write: a record written
+/// after the time is either read by this iterator or, once the time is stored, by any
+/// later reader. (Opening the iterator after the write missed the records written in
+/// between, for good: explorer seed 74.) An iterator that cannot be opened, or has to be
+/// replaced before anything was read, starts at TRIM_HORIZON and skips what came before
+/// the stored time, as a later owner would.
 pub(crate) async fn store_latest_start<F: ProcessorFactory>(
     task: &LeaseTask<F>,
+    reader: &mut ShardReader,
 ) -> Result<Checkpoint, ShardOutcome> {
     if task.lease.checkpoint != Checkpoint::Latest {
         return Ok(task.lease.checkpoint.clone());
     }
     let since = Checkpoint::since(task.runtime.api.now());
+    if let Err(error) = reader.open().await {
+        tracing::debug!(shard_id = %task.key().shard_id, %error, "no LATEST iterator; reading from TRIM_HORIZON after the start time");
+    }
     let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
         task.runtime
             .store
@@ -121,7 +132,10 @@ pub(crate) async fn store_latest_start<F: ProcessorFactory>(
     })
     .await;
     match written {
-        Ok(_) => Ok(since),
+        Ok(_) => {
+            reader.replace_unread_start(StartPosition::TrimHorizon);
+            Ok(since)
+        }
         Err(error) if error.is_lease_lost() => Err(ShardOutcome::LeaseLost),
         Err(error) => Err(ShardOutcome::Failed(error.into())),
     }

@@ -45,7 +45,14 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let Some(start) = start_position(&task.lease.checkpoint) else {
         return ShardOutcome::Ended;
     };
-    let stored = match store_latest_start(&task).await {
+    let mut reader = ShardReader::new(
+        runtime.api.clone(),
+        key.stream.clone(),
+        key.shard_id.clone(),
+        start,
+        config.poll.clone(),
+    );
+    let stored = match store_latest_start(&task, &mut reader).await {
         Ok(stored) => stored,
         Err(outcome) => return outcome,
     };
@@ -58,13 +65,6 @@ pub(crate) async fn run<F: ProcessorFactory>(
     );
     let stop_fetch = signals.lost.child_token();
     let (tx, rx) = mpsc::channel(config.prefetch_pages.max(1));
-    let reader = ShardReader::new(
-        runtime.api.clone(),
-        key.stream.clone(),
-        key.shard_id.clone(),
-        start,
-        config.poll.clone(),
-    );
     let fetcher = tokio::spawn(fetch(
         reader,
         runtime.budget.clone(),
@@ -105,6 +105,8 @@ pub(crate) async fn drive<F: ProcessorFactory>(
             return session.finish(interrupted).await;
         }
     }
+    // From the stored position: a `LATEST` lease stored its start time before this.
+    let mut skip = StartTimeSkip::new(checkpointer.stored(), config.creation_time_margin);
     let mut session = Session::new(task, &mut processor, &mut checkpointer, &callbacks);
     if let Err(interrupted) = session.initialize(&ctx).await {
         return session.finish(interrupted).await;
@@ -116,7 +118,6 @@ pub(crate) async fn drive<F: ProcessorFactory>(
         .max(1);
     let mut carried: Option<Fetched> = None;
     let mut batch = Gathered::default();
-    let mut skip = StartTimeSkip::new(&task.lease.checkpoint, config.creation_time_margin);
     let outcome = loop {
         let next = match carried.take() {
             Some(next) => Some(next),

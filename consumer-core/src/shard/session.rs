@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::Record;
 use backon::BackoffBuilder;
@@ -212,7 +212,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
             // Nothing to route: every record goes to the processor.
             return self.deliver_run(records).await;
         }
-        let now = SystemTime::now();
+        // The records' creation times are the service's: measure their age on its clock.
+        let now = self.task.runtime.api.now();
         let routes: Vec<Route> = records
             .iter()
             .map(|record| self.delivery().route(record, now))
@@ -359,7 +360,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let behind_latest = changes
             .last()
             .and_then(|c| c.approximate_creation_time)
-            .and_then(|t| SystemTime::now().duration_since(t).ok());
+            .and_then(|t| self.task.runtime.api.now().duration_since(t).ok());
         let count = changes.len();
         let batch = ChangeBatch {
             stream_arn: self.key().stream.clone(),

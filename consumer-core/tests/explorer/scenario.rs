@@ -141,16 +141,6 @@ pub struct Space {
     /// see the request: throttled). Narrowed: the shutdown timeout (how long a handoff
     /// waits for a callback) is well under the failover time, and no throttled link.
     pub slow_handoffs: bool,
-    /// Found by the explorer (engine, `shard_consumer.rs` `deliver`): the maximum record
-    /// age is measured against the host's clock (`SystemTime::now()`) instead of the
-    /// streams' clock (`StreamsApi::now`), so in the simulation every record is "too old".
-    /// Narrowed: no maximum record age.
-    pub record_age: bool,
-    /// Found by the explorer (engine, `shard_consumer.rs` `store_latest_start`): a
-    /// `LATEST` lease stores its start time, then opens its iterator at `LATEST`; records
-    /// written in between are neither delivered by it nor by a later owner. Narrowed: with
-    /// `Latest`, the simulated service answers at once (nothing can be written in between).
-    pub latest_gap: bool,
     /// Found by the explorer (engine, `shard_consumer.rs` `deliver_partitioned`): with key
     /// parallelism, a shard told to stop while one partition runs and another has records
     /// queued spins (its batching-window timer is already due), so a stop or handoff burns
@@ -164,15 +154,13 @@ type Flag = fn(&mut Space) -> &mut bool;
 
 impl Space {
     /// The flags by name, for `EXPLORE_SPACE`.
-    const FLAGS: [(&'static str, Flag); 4] = [
+    const FLAGS: [(&'static str, Flag); 2] = [
         ("slow_handoffs", |s| &mut s.slow_handoffs),
-        ("record_age", |s| &mut s.record_age),
-        ("latest_gap", |s| &mut s.latest_gap),
         ("partition_spin", |s| &mut s.partition_spin),
     ];
 
     /// Today's space with the named flags on (`full`: all of them), e.g.
-    /// `record_age,latest_gap`; `None` names a flag that does not exist.
+    /// `slow_handoffs,partition_spin`; `None` names a flag that does not exist.
     pub fn parse(text: &str) -> Option<Self> {
         if text == "full" {
             return Some(Self::FULL);
@@ -207,15 +195,11 @@ impl Space {
     /// What the fixed seeds and `make explore` draw today.
     pub const NOW: Self = Self {
         slow_handoffs: false,
-        record_age: false,
-        latest_gap: false,
         partition_spin: false,
     };
     /// Everything.
     pub const FULL: Self = Self {
         slow_handoffs: true,
-        record_age: true,
-        latest_gap: true,
         partition_spin: true,
     };
 }
@@ -295,15 +279,8 @@ impl Scenario {
             }),
             filter_modulus: maybe(rng, 250, |r| r.random_range(2..=6)),
         };
-        if !space.record_age {
-            settings.max_record_age = None;
-        }
         if !space.partition_spin {
             settings.key_parallelism = 1;
-        }
-        let mut service = service;
-        if !space.latest_gap && settings.latest {
-            service.latency = Duration::ZERO;
         }
         if !space.slow_handoffs {
             // A handoff ends well within the failover time: the owner notices the request
