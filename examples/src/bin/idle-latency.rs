@@ -353,20 +353,13 @@ async fn relay(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
     let (mut from_server, mut to_server) = server.into_split();
     let up = async {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut window: Vec<u8> = Vec::new();
+        let mut targets = Occurrences::new(GET_RECORDS);
         loop {
             let n = match from_client.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            window.extend_from_slice(&buf[..n]);
-            let mut searched = 0;
-            while let Some(at) = find(&window[searched..], GET_RECORDS) {
-                count.fetch_add(1, Ordering::Relaxed);
-                searched += at + GET_RECORDS.len();
-            }
-            let keep_from = searched.max(window.len().saturating_sub(GET_RECORDS.len() - 1));
-            window.drain(..keep_from);
+            count.fetch_add(targets.feed(&buf[..n]), Ordering::Relaxed);
             if to_server.write_all(&buf[..n]).await.is_err() {
                 break;
             }
@@ -380,6 +373,68 @@ async fn relay(client: TcpStream, server: TcpStream, count: Arc<AtomicU64>) {
     tokio::join!(up, down);
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Counts the occurrences of a byte string in a stream read in pieces, including one split
+/// across two pieces.
+struct Occurrences {
+    needle: &'static [u8],
+    /// The end of the stream so far that may hold the start of an occurrence.
+    tail: Vec<u8>,
+}
+
+impl Occurrences {
+    fn new(needle: &'static [u8]) -> Self {
+        Self {
+            needle,
+            tail: Vec::new(),
+        }
+    }
+
+    /// The occurrences that end in `piece`.
+    fn feed(&mut self, piece: &[u8]) -> u64 {
+        self.tail.extend_from_slice(piece);
+        let (mut found, mut searched) = (0, 0);
+        while let Some(at) = self.tail[searched..]
+            .windows(self.needle.len())
+            .position(|w| w == self.needle)
+        {
+            found += 1;
+            searched += at + self.needle.len();
+        }
+        let keep_from = searched.max(self.tail.len().saturating_sub(self.needle.len() - 1));
+        self.tail.drain(..keep_from);
+        found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_counted_once_whole_or_split_across_reads() {
+        let request = |n: u32| {
+            format!(
+                "POST / HTTP/1.1\r\nx-amz-target: DynamoDBStreams_20120810.GetRecords\r\n\r\n{{\"n\":{n}}}"
+            )
+        };
+        let stream: Vec<u8> = (0..5).flat_map(|n| request(n).into_bytes()).collect();
+        for piece in [1, 7, 34, 35, 36, 100, stream.len()] {
+            let mut counter = Occurrences::new(GET_RECORDS);
+            let found: u64 = stream.chunks(piece).map(|c| counter.feed(c)).sum();
+            assert_eq!(found, 5, "pieces of {piece} bytes");
+        }
+        let mut other = Occurrences::new(GET_RECORDS);
+        assert_eq!(
+            other.feed(b"x-amz-target: DynamoDBStreams_20120810.GetShardIterator"),
+            0
+        );
+    }
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let ms: Vec<Duration> = (1..=30).map(Duration::from_millis).collect();
+        assert_eq!(rank(&ms, 0.50), Some(Duration::from_millis(15)));
+        assert_eq!(rank(&ms, 0.99), Some(Duration::from_millis(30)));
+        assert_eq!(rank(&[], 0.99), None);
+    }
 }
