@@ -781,6 +781,24 @@ mod tests {
         ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.checkpoint(key, ownership, checkpoint).await
         }
+        async fn checkpoint_pipelines(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            update: &dynamodb_streams_leases::PipelineCheckpoints,
+        ) -> dynamodb_streams_leases::Result<Lease> {
+            self.inner
+                .checkpoint_pipelines(key, ownership, update)
+                .await
+        }
+        async fn remove_pipeline(
+            &self,
+            key: &LeaseKey,
+            pipeline: &str,
+            ownership: Option<&Ownership>,
+        ) -> dynamodb_streams_leases::Result<Lease> {
+            self.inner.remove_pipeline(key, pipeline, ownership).await
+        }
         async fn release_lease(
             &self,
             key: &LeaseKey,

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dynamodb_streams_leases::billing::{self, ReadUnits};
 use dynamodb_streams_leases::{
-    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, Result, WorkerRecord,
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, PipelineCheckpoints,
+    Result, WorkerRecord,
 };
 use tokio::sync::watch;
 
@@ -475,6 +476,35 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         }
         self.answer(StoreOp::Checkpoint, result)
     }
+    // Pipelines' checkpoints are counted (and billed) as checkpoints; removing a pipeline
+    // (an operator's write) too.
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.checkpoint_pipelines(key, o, update).await;
+        let bumps = update.read_position == Checkpoint::ShardEnd;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), bumps)
+            .await;
+        result
+    }
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        o: Option<&Ownership>,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.remove_pipeline(key, pipeline, o).await;
+        self.bill_lease_write(before, &result, result.as_ref().ok(), false)
+            .await;
+        result
+    }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
@@ -581,6 +611,25 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
                 .await;
         }
         self.answer(StoreOp::Checkpoint, result)
+    }
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self
+            .inner
+            .checkpoint_pipeline_with_writes(key, o, pipeline, previous, update, writes)
+            .await;
+        let size = before.as_ref().map_or(0, billing::lease_item_size);
+        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
+        result
     }
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
         self.inner.key_attribute_names(table).await

@@ -40,6 +40,13 @@ impl Journal {
         }
     }
 
+    /// Starts the clock again: called on the run's paused runtime, because a journal made
+    /// before it (the watchdog needs the oracle first) took its start from the real clock,
+    /// a fraction of a millisecond that differs from run to run and shifted every stamp.
+    pub fn restart_clock(&mut self) {
+        self.start = Instant::now();
+    }
+
     /// Milliseconds of virtual time since the run began.
     pub fn millis(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)

@@ -262,6 +262,11 @@ impl Oracle {
         self.state().violation.clone()
     }
 
+    /// Starts the journal's clock on the run's paused runtime (see `Journal::restart_clock`).
+    pub fn start_clock(&self) {
+        self.state().journal.restart_clock();
+    }
+
     pub fn journal_hash(&self) -> (u64, u64) {
         let mut state = self.state();
         (state.journal.hash(), state.journal.len())

@@ -104,6 +104,7 @@ pub fn run(scenario: &Scenario, oracle: Oracle) -> Result<Outcome, Box<Failure>>
         .build()
         .expect("a runtime");
     runtime.block_on(async {
+        oracle.start_clock();
         let mut world = World::new(scenario, oracle);
         let result = world.play().await;
         world.abort_all();
