@@ -16,7 +16,8 @@ use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, RecordProcessor, ShardContext,
 };
 use dynamodb_streams_leases::{
-    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber,
+    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, PipelineCheckpoints,
+    SequenceNumber,
 };
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,24 @@ impl LeaseStore for TransactionalStore {
         checkpoint: &Checkpoint,
     ) -> dynamodb_streams_leases::Result<Lease> {
         self.inner.checkpoint(key, ownership, checkpoint).await
+    }
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> dynamodb_streams_leases::Result<Lease> {
+        self.inner
+            .checkpoint_pipelines(key, ownership, update)
+            .await
+    }
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        ownership: Option<&Ownership>,
+    ) -> dynamodb_streams_leases::Result<Lease> {
+        self.inner.remove_pipeline(key, pipeline, ownership).await
     }
     async fn release_lease(
         &self,

@@ -78,6 +78,8 @@ impl FetchedPage {
     /// checkpoint is ahead of the shard's read (`done_through`) gets only the records
     /// after it.
     pub(crate) fn share(self, done_through: &[Option<SequenceNumber>]) -> Vec<FetchedPage> {
+        // Settled pages never read their expectation: each shares the shard's.
+        let expected = Arc::clone(&self.expected);
         let (records, reservation, end) = self.receive();
         done_through
             .iter()
@@ -90,7 +92,7 @@ impl FetchedPage {
                     .collect(),
                 reservation: share,
                 settled: true,
-                expected: first_expected_cost(),
+                expected: Arc::clone(&expected),
                 end: end.clone(),
             })
             .collect()
