@@ -20,6 +20,7 @@ mod lag;
 pub mod lambda;
 mod lease_protocol;
 pub mod observability;
+mod pipeline;
 mod poll_loop;
 mod processor;
 pub mod reader;
@@ -43,6 +44,7 @@ pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
 pub use failure::{BatchFailure, FailedAt, FailedRecords, FailureHandler, FailureReason};
+pub use pipeline::Pipelines;
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };

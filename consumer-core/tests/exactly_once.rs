@@ -16,7 +16,8 @@ use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, RecordProcessor, ShardContext,
 };
 use dynamodb_streams_leases::{
-    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber,
+    Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Ownership, PipelineCheckpoints,
+    SequenceNumber,
 };
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +72,7 @@ impl LeaseStore for TransactionalStore {
         &self,
         key: &LeaseKey,
         ownership: &Ownership,
-        update: &dynamodb_streams_leases::PipelineCheckpoints,
+        update: &PipelineCheckpoints,
     ) -> dynamodb_streams_leases::Result<Lease> {
         self.inner
             .checkpoint_pipelines(key, ownership, update)
