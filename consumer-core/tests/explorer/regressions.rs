@@ -44,3 +44,11 @@ fn a_latest_start_delivers_what_was_written_after_its_start_time() {
 fn a_key_parallel_shard_stops_without_spinning() {
     holds(224, Space::NOW);
 }
+
+/// Seed 22: `flush()` in the middle of `process`, after `checkpoint()`, wrote a checkpoint
+/// covering the batch in flight, which then failed. Fixed in `checkpointer.rs` (`flush`
+/// writes only what was done before the batch).
+#[test]
+fn a_flush_during_process_never_covers_the_batch_in_flight() {
+    holds(22, Space::NOW);
+}

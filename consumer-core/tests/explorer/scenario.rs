@@ -301,8 +301,13 @@ impl Scenario {
             mid_flush_per_mille: 0,
             manual_checkpoint_per_mille: rng.random_range(300..=1000),
         };
-        // Drawn last, so the fields above draw what they drew before it joined.
+        // Drawn last, so the fields above draw what they drew before these joined.
         behaviour.outside_per_mille = rng.random_range(0..=300);
+        behaviour.mid_flush_per_mille = if rng.random_bool(0.4) {
+            rng.random_range(0..=500)
+        } else {
+            0
+        };
         let rng = &mut dimension(seed, "timeline");
         let length = ms(rng, 10_000..=90_000);
         let workers = rng.random_range(1..=MAX_WORKERS);
