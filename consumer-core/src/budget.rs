@@ -82,6 +82,11 @@ impl ByteBudget {
         }
     }
 
+    /// The whole budget.
+    pub(crate) fn total(&self) -> u64 {
+        self.shared.total
+    }
+
     /// Bytes not reserved right now (negative while overdrawn).
     #[cfg(test)]
     pub(crate) fn available(&self) -> i64 {
@@ -217,6 +222,21 @@ impl Reservation {
             self.bytes = bytes;
         }
     }
+}
+
+impl Reservation {
+    /// Gives back what is held beyond `bytes` (never takes more): records of the page that
+    /// are done and dropped no longer count.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.settle(bytes);
+        }
+    }
+}
+
+/// What a record costs the budget, as a share of its page's [`page_cost`].
+pub(crate) fn record_cost(record: &Record) -> u64 {
+    2 * record_bytes(record)
 }
 
 /// What a page costs the budget: its records in memory ([`page_bytes`]), and as much

@@ -78,6 +78,8 @@ impl FetchedPage {
     /// checkpoint is ahead of the shard's read (`done_through`) gets only the records
     /// after it.
     pub(crate) fn share(self, done_through: &[Option<SequenceNumber>]) -> Vec<FetchedPage> {
+        // Settled pages never read their expectation: each shares the shard's.
+        let expected = Arc::clone(&self.expected);
         let (records, reservation, end) = self.receive();
         done_through
             .iter()
@@ -90,7 +92,7 @@ impl FetchedPage {
                     .collect(),
                 reservation: share,
                 settled: true,
-                expected: first_expected_cost(),
+                expected: Arc::clone(&expected),
                 end: end.clone(),
             })
             .collect()
@@ -116,9 +118,16 @@ impl FetchedPage {
     }
 }
 
-/// What a page is expected to cost before the first one came: a full page.
-pub(crate) fn first_expected_cost() -> Arc<AtomicU64> {
-    Arc::new(AtomicU64::new(FULL_PAGE_COST))
+/// What a page is expected to cost before the first one came: a full page, but at most a
+/// quarter of the budget. A reservation waits until its bytes are free (and the ones
+/// behind it wait for it), so a first page asking for the whole budget of a small one
+/// waited for every other shard to give back everything, which a shard whose processor is
+/// stuck never does: every shard started later stalled. A page that comes back bigger
+/// than the guess is settled as an overdraft (see `crate::budget`).
+pub(crate) fn first_expected_cost(budget: &ByteBudget) -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(
+        FULL_PAGE_COST.min(budget.total() / 4).max(MIN_RESERVATION),
+    ))
 }
 
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
@@ -183,7 +192,7 @@ pub(crate) async fn fetch(
 ) {
     // What the next page is expected to cost: the last page received, and a margin (see
     // `FetchedPage::receive`).
-    let expected = first_expected_cost();
+    let expected = first_expected_cost(&budget);
     loop {
         let (polled, reservation) = tokio::select! {
             biased;
