@@ -404,3 +404,89 @@ async fn each_pipeline_has_its_own_failure_policy_and_filter() {
         .to_string();
     assert!(error.contains("\"nobody\""), "{error}");
 }
+
+/// A consumer of pipelines "x" and "y" (y slow) for worker `id`, started in the background.
+fn start_worker(
+    sim: &SimulatedStream,
+    store: &Arc<InMemoryLeaseStore>,
+    id: &str,
+    x: &Log,
+    y: &Log,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
+) {
+    let consumer = builder(sim, store)
+        .with_worker_id(id)
+        .with_pipeline("x", tester(x, None, Duration::ZERO))
+        .with_pipeline("y", tester(y, None, Duration::from_millis(300)))
+        .build_pipelines()
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consumer.run_until(async move {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handoff_flushes_every_pipeline_and_the_new_owner_goes_on_from_each() {
+    use dynamodb_streams_consumer::testkit::SimConfig;
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(11)
+    });
+    sim.add_table("t");
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let (x, y) = (Log::default(), Log::default());
+    let (stop_a, a) = start_worker(&sim, &store, "a", &x, &y);
+    let rows = 400u64;
+    let mut b = None;
+    for n in 0..rows {
+        sim.put_value(
+            "t",
+            &Row {
+                pk: format!("k{}", n % 40),
+                n,
+            },
+        )
+        .unwrap();
+        if n == rows / 4 {
+            // b joins: a hands some shards over while y is behind on them.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            b = Some(start_worker(&sim, &store, "b", &x, &y));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let owners = async || {
+        let leases = store.list_leases().await.unwrap();
+        leases
+            .iter()
+            .filter(|l| !l.key.is_coordination())
+            .filter_map(|l| l.owner.clone())
+            .filter(|o| o.starts_with("b#"))
+            .count()
+    };
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while (x.values().len() as u64) < rows || (y.values().len() as u64) < rows {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every record reached both pipelines");
+    assert!(owners().await > 0, "b took leases by handoff");
+    for (name, log) in [("x", &x), ("y", &y)] {
+        let mut values = log.values();
+        values.sort_unstable();
+        assert_eq!(
+            values,
+            (0..rows).collect::<Vec<_>>(),
+            "pipeline {name}: every record exactly once across the handoff"
+        );
+    }
+    stop_a.send(()).unwrap();
+    a.await.unwrap().unwrap();
+    let (stop_b, b) = b.unwrap();
+    stop_b.send(()).unwrap();
+    b.await.unwrap().unwrap();
+}

@@ -53,6 +53,9 @@ pub struct Change {
     pub old: Value,
     /// The new image, or `null`.
     pub new: Value,
+    /// The pipeline that printed it (`--pipeline NAME`), if any.
+    #[serde(default)]
+    pub pipeline: Option<String>,
 }
 
 impl Change {
