@@ -13,15 +13,15 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::dynamodb::item::{encode_lease, encode_membership};
-use crate::lease::{Lease, Membership};
+use crate::dynamodb::item::{encode_coordination, encode_inbox, encode_lease, encode_membership};
+use crate::lease::Lease;
+use crate::membership::{Coordination, Notice, WorkerRecord};
 
 /// Read units are counted in halves (eventually consistent reads cost half a unit per
 /// 4 KB), so they are reported as `f64`.
 pub type ReadUnits = f64;
 
-/// DynamoDB's item size limit (400 KB): it caps the membership item, so the number of
-/// workers of one application.
+/// DynamoDB's item size limit (400 KB).
 pub const MAX_ITEM_BYTES: usize = 400 * 1024;
 
 /// The largest page a Scan returns before it rounds its read units.
@@ -32,9 +32,19 @@ pub fn lease_item_size(lease: &Lease) -> usize {
     item_size(encode_lease(lease).iter())
 }
 
-/// The size DynamoDB bills for the membership item holding `membership`.
-pub fn membership_item_size(membership: &Membership) -> usize {
-    item_size(encode_membership(membership).iter())
+/// The size DynamoDB bills for membership item `shard` holding `workers`.
+pub fn membership_item_size(shard: u16, workers: &[WorkerRecord]) -> usize {
+    item_size(encode_membership(shard, workers).iter())
+}
+
+/// The size DynamoDB bills for the coordination item holding `coordination`.
+pub fn coordination_item_size(coordination: &Coordination) -> usize {
+    item_size(encode_coordination(coordination).iter())
+}
+
+/// The size DynamoDB bills for `worker_id`'s inbox holding `notices`.
+pub fn inbox_item_size(worker_id: &str, notices: &[Notice]) -> usize {
+    item_size(encode_inbox(worker_id, notices).iter())
 }
 
 /// Write units of a write to an item of `bytes` (the larger of before and after).
@@ -123,7 +133,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_item_is_a_few_hundred_bytes_and_the_membership_grows_with_workers() {
+    fn a_lease_item_is_a_few_hundred_bytes_and_a_membership_item_grows_with_its_workers() {
         let arn =
             "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026-01-01T00:00:00.000";
         let mut lease = Lease::new(
@@ -140,18 +150,21 @@ mod tests {
             updated_at: SystemTime::now(),
             expires_at: SystemTime::now() + Duration::from_secs(60),
         };
-        let one = membership_item_size(&Membership {
-            leases_version: 42,
-            workers: vec![worker(1)],
-        });
-        let fifty = membership_item_size(&Membership {
-            leases_version: 42,
-            workers: (0..50).map(worker).collect(),
-        });
+        let one = membership_item_size(0, &[worker(1)]);
+        let full: Vec<WorkerRecord> = (0..crate::MEMBERS_PER_SHARD as usize).map(worker).collect();
+        let most = membership_item_size(0, &full);
         assert!(one < 200, "{one}");
-        assert!(
-            fifty > 49 * (fifty - one) / 50 && fifty < 6 * 1024,
-            "{fifty}"
-        );
+        // A full membership item stays far under DynamoDB's limit (and a few KB).
+        assert!(most < 8 * 1024, "{most}");
+        let coordination = coordination_item_size(&crate::Coordination {
+            leases_version: 123_456,
+            leader: Some(crate::LeaderRecord {
+                worker_id: "worker-1#19abc0123ff0".into(),
+                heartbeat: 99,
+            }),
+            workers: 1000,
+            shards: (0..crate::MEMBERSHIP_SHARDS).collect(),
+        });
+        assert!(coordination < 1024, "{coordination}");
     }
 }

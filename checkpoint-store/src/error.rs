@@ -30,18 +30,34 @@ pub enum Error {
         input: String,
     },
 
-    /// The membership item has no room for another worker: one DynamoDB item holds every
-    /// worker's heartbeat entry, and items hold at most 400 KB.
+    /// The membership item a worker's id hashes to already holds its maximum of workers
+    /// ([`crate::MEMBERS_PER_SHARD`]): the worker does not join under this id. A worker
+    /// retries with a new incarnation id, which hashes to another item.
     #[error(
-        "worker {worker_id} cannot join: the membership item of lease table {table:?} would exceed DynamoDB's item size limit of {limit_bytes} bytes (400 KB: about 4,000 workers with 25-character ids; entries of dead workers are removed by the shard-sync holder once they stop heartbeating)"
+        "worker {worker_id} cannot join: membership item {shard} of lease table {table:?} already holds {limit} workers (the most one item takes, so that no item is written by more workers; a new incarnation id hashes to another item)"
     )]
     MembershipFull {
         /// The lease table.
         table: String,
         /// The worker that could not join.
         worker_id: String,
-        /// DynamoDB's item size limit.
-        limit_bytes: usize,
+        /// The membership item its id hashes to.
+        shard: u16,
+        /// How many workers one membership item holds.
+        limit: u32,
+    },
+
+    /// A worker's membership entry is gone: the leader judged it dead (its heartbeat had not
+    /// moved for the failover time) and removed it, or it left. The worker must stop every
+    /// shard at once and come back as a new incarnation.
+    #[error(
+        "worker {worker_id} is no longer a member of lease table {table:?}: the leader judged it dead and removed its entry"
+    )]
+    WorkerRemoved {
+        /// The lease table.
+        table: String,
+        /// The worker whose entry is gone.
+        worker_id: String,
     },
 
     /// A lease table name breaks DynamoDB's naming rules; nothing was sent.

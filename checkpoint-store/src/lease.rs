@@ -138,33 +138,3 @@ impl Lease {
         self.owner.as_deref() == Some(worker)
     }
 }
-
-/// A worker's liveness record: the counter goes up on every heartbeat.
-///
-/// Liveness is judged by observers on their own monotonic clocks ("has the counter moved in
-/// the last `failover_time`?"), so the timestamps here are for operators and TTL cleanup only.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerRecord {
-    /// The worker's id (one per incarnation).
-    pub worker_id: String,
-    /// Incremented by every heartbeat.
-    pub heartbeat: u64,
-    /// When the last heartbeat was written (the writer's clock).
-    pub updated_at: SystemTime,
-    /// When the table's TTL may delete the item if the worker stops heartbeating.
-    pub expires_at: SystemTime,
-}
-
-/// The membership item: every live worker's heartbeat record and the leases version, in
-/// one small item that workers read on every tick instead of scanning the leases.
-///
-/// `leases_version` goes up after every write that changes who owns what (create, take,
-/// release, handoff request, `SHARD_END`, delete): a worker that sees it unchanged knows its
-/// last scan still describes ownership, so idle workers read one item, not every lease.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Membership {
-    /// Bumped after every ownership-changing lease write.
-    pub leases_version: u64,
-    /// The worker records, sorted by id.
-    pub workers: Vec<WorkerRecord>,
-}

@@ -20,6 +20,7 @@ mod checkpoint;
 mod dynamodb;
 mod error;
 mod lease;
+mod membership;
 mod memory;
 pub mod pipeline;
 mod sequence;
@@ -32,7 +33,11 @@ pub mod conformance;
 pub use checkpoint::Checkpoint;
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::{Error, Result};
-pub use lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
+pub use lease::{Lease, LeaseKey, Ownership};
+pub use membership::{
+    Coordination, LeaderRecord, MEMBERS_PER_SHARD, MEMBERSHIP_SHARDS, Membership, Notice,
+    WorkerRecord, membership_shard,
+};
 pub use memory::InMemoryLeaseStore;
 pub use pipeline::PipelineCheckpoints;
 pub use sequence::SequenceNumber;

@@ -1,6 +1,6 @@
 //! A lease store in process memory, for simulations and unit tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +8,11 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Ownership};
+use crate::membership::{
+    Coordination, LeaderRecord, MEMBERS_PER_SHARD, Membership, Notice, WorkerRecord,
+    membership_shard,
+};
 use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 
@@ -22,8 +26,31 @@ pub struct InMemoryLeaseStore {
 #[derive(Debug, Default)]
 struct State {
     leases: BTreeMap<LeaseKey, Lease>,
-    workers: BTreeMap<String, WorkerRecord>,
-    leases_version: u64,
+    /// The membership items: per shard, its workers by id.
+    shards: BTreeMap<u16, BTreeMap<String, WorkerRecord>>,
+    /// Every id that ever joined: a heartbeat of one whose entry is gone is refused.
+    joined: HashSet<String>,
+    coordination: Coordination,
+    /// Per worker, its inbox: hints by token.
+    inboxes: BTreeMap<String, BTreeMap<String, LeaseKey>>,
+    /// The last hint token handed out.
+    last_token: u64,
+}
+
+impl State {
+    fn workers(&self) -> Vec<WorkerRecord> {
+        let mut workers: Vec<WorkerRecord> = self
+            .shards
+            .values()
+            .flat_map(|s| s.values().cloned())
+            .collect();
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        workers
+    }
+
+    fn shard_of(&mut self, worker_id: &str) -> &mut BTreeMap<String, WorkerRecord> {
+        self.shards.entry(membership_shard(worker_id)).or_default()
+    }
 }
 
 impl InMemoryLeaseStore {
@@ -33,6 +60,14 @@ impl InMemoryLeaseStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Calls `f` with every lease, under the store's lock and without copying them: for
+    /// simulations that watch a large table often.
+    pub fn for_each_lease(&self, mut f: impl FnMut(&Lease)) {
+        for lease in self.state().leases.values() {
+            f(lease);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -62,26 +97,27 @@ impl InMemoryLeaseStore {
             })?;
         update(lease);
         lease.updated_at = SystemTime::now();
-        let lease = lease.clone();
-        if lease.checkpoint == Checkpoint::ShardEnd || lease.owner.is_none() {
-            state.leases_version += 1;
-        }
-        Ok(lease)
+        Ok(lease.clone())
     }
 
     /// Applies `update` to the lease if it still has the owner and epoch the caller saw.
+    /// With `no_handoff`, the lease must also have no pending handoff request.
     fn update_unchanged(
         &self,
         key: &LeaseKey,
         seen_owner: Option<&str>,
         seen_epoch: u64,
+        no_handoff: bool,
         update: impl FnOnce(&mut Lease),
     ) -> Result<Lease> {
         let mut state = self.state();
         let Some(lease) = state.leases.get_mut(key) else {
             return Err(Error::LeaseNotFound { key: key.clone() });
         };
-        if lease.owner.as_deref() != seen_owner || lease.epoch != seen_epoch {
+        if lease.owner.as_deref() != seen_owner
+            || lease.epoch != seen_epoch
+            || (no_handoff && lease.handoff_to.is_some())
+        {
             return Err(Error::LeaseChanged {
                 key: key.clone(),
                 seen_owner: seen_owner.map(str::to_owned),
@@ -90,9 +126,7 @@ impl InMemoryLeaseStore {
         }
         update(lease);
         lease.updated_at = SystemTime::now();
-        let lease = lease.clone();
-        state.leases_version += 1;
-        Ok(lease)
+        Ok(lease.clone())
     }
 }
 
@@ -118,7 +152,6 @@ impl LeaseStore for InMemoryLeaseStore {
             });
         }
         state.leases.insert(lease.key.clone(), lease.clone());
-        state.leases_version += 1;
         Ok(())
     }
 
@@ -129,7 +162,7 @@ impl LeaseStore for InMemoryLeaseStore {
         seen_epoch: u64,
         new_owner: &str,
     ) -> Result<Lease> {
-        self.update_unchanged(key, seen_owner, seen_epoch, |lease| {
+        self.update_unchanged(key, seen_owner, seen_epoch, false, |lease| {
             lease.owner = Some(new_owner.to_owned());
             lease.epoch += 1;
             lease.handoff_to = None;
@@ -205,13 +238,16 @@ impl LeaseStore for InMemoryLeaseStore {
         seen_epoch: u64,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
-        self.update_unchanged(key, seen_owner, seen_epoch, |lease| {
+        let moved = self.update_unchanged(key, seen_owner, seen_epoch, false, |lease| {
             lease.checkpoint = checkpoint.clone();
             lease.owner = None;
             lease.handoff_to = None;
             lease.epoch += 1;
             lease.owner_switches_since_checkpoint = 0;
-        })
+        })?;
+        // An operator's move, made outside any worker: it bumps the version itself.
+        self.bump_leases_version().await?;
+        Ok(moved)
     }
 
     async fn request_handoff(
@@ -220,81 +256,177 @@ impl LeaseStore for InMemoryLeaseStore {
         current: &Ownership,
         requester: &str,
     ) -> Result<Lease> {
-        self.update_unchanged(key, Some(&current.owner), current.epoch, |lease| {
+        self.update_unchanged(key, Some(&current.owner), current.epoch, true, |lease| {
             lease.handoff_to = Some(requester.to_owned());
         })
     }
 
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        let mut state = self.state();
-        if state.leases.remove(key).is_some() {
-            state.leases_version += 1;
-        }
+        self.state().leases.remove(key);
         Ok(())
     }
 
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         let now = SystemTime::now();
         let mut state = self.state();
-        if !state.workers.contains_key(worker_id) {
-            // DynamoDB refuses to grow the membership item past its size limit.
-            let mut joined = Membership {
-                leases_version: state.leases_version,
-                workers: state.workers.values().cloned().collect(),
-            };
-            joined.workers.push(WorkerRecord {
-                worker_id: worker_id.to_owned(),
-                heartbeat: 1,
-                updated_at: now,
-                expires_at: now + ttl,
-            });
-            if crate::billing::membership_item_size(&joined) > crate::billing::MAX_ITEM_BYTES {
+        let joined = state.joined.contains(worker_id);
+        let shard = state.shard_of(worker_id);
+        let members = shard.len();
+        let record = match shard.get_mut(worker_id) {
+            Some(record) => record,
+            None if joined => {
+                return Err(Error::WorkerRemoved {
+                    table: Self::TABLE.to_owned(),
+                    worker_id: worker_id.to_owned(),
+                });
+            }
+            None if members >= MEMBERS_PER_SHARD as usize => {
                 return Err(Error::MembershipFull {
                     table: Self::TABLE.to_owned(),
                     worker_id: worker_id.to_owned(),
-                    limit_bytes: crate::billing::MAX_ITEM_BYTES,
+                    shard: membership_shard(worker_id),
+                    limit: MEMBERS_PER_SHARD,
                 });
             }
-        }
-        let record = state
-            .workers
-            .entry(worker_id.to_owned())
-            .or_insert_with(|| WorkerRecord {
-                worker_id: worker_id.to_owned(),
-                heartbeat: 0,
-                updated_at: now,
-                expires_at: now,
-            });
+            None => shard
+                .entry(worker_id.to_owned())
+                .or_insert_with(|| WorkerRecord {
+                    worker_id: worker_id.to_owned(),
+                    heartbeat: 0,
+                    updated_at: now,
+                    expires_at: now,
+                }),
+        };
         record.heartbeat += 1;
         record.updated_at = now;
         record.expires_at = now + ttl;
-        Ok(record.clone())
+        let record = record.clone();
+        if state.joined.insert(worker_id.to_owned()) {
+            let shards = &mut state.coordination.shards;
+            let shard = membership_shard(worker_id);
+            if let Err(at) = shards.binary_search(&shard) {
+                shards.insert(at, shard);
+            }
+        }
+        Ok(record)
     }
 
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
         let state = self.state();
-        Ok((
-            state.leases.values().cloned().collect(),
-            state.workers.values().cloned().collect(),
-        ))
+        Ok((state.leases.values().cloned().collect(), state.workers()))
     }
 
     async fn membership(&self) -> Result<Membership> {
         let state = self.state();
         Ok(Membership {
-            leases_version: state.leases_version,
-            workers: state.workers.values().cloned().collect(),
+            coordination: state.coordination.clone(),
+            workers: state.workers(),
         })
+    }
+
+    async fn coordination(&self) -> Result<Coordination> {
+        Ok(self.state().coordination.clone())
     }
 
     async fn bump_leases_version(&self) -> Result<u64> {
         let mut state = self.state();
-        state.leases_version += 1;
-        Ok(state.leases_version)
+        state.coordination.leases_version += 1;
+        Ok(state.coordination.leases_version)
     }
 
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.state().workers.remove(worker_id);
+        let mut state = self.state();
+        state.shard_of(worker_id).remove(worker_id);
+        state.inboxes.remove(worker_id);
+        Ok(())
+    }
+
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
+        let mut state = self.state();
+        let shard = state.shard_of(worker_id);
+        if shard.get(worker_id).is_none_or(|w| w.heartbeat != seen) {
+            return Ok(false);
+        }
+        shard.remove(worker_id);
+        state.inboxes.remove(worker_id);
+        Ok(true)
+    }
+
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
+        let mut state = self.state();
+        let leader = &mut state.coordination.leader;
+        let current = leader.as_ref().map(|l| l.worker_id.as_str());
+        if current.is_some() && current != replacing && current != Some(worker_id) {
+            return Ok(false);
+        }
+        let heartbeat = leader.as_ref().map_or(0, |l| l.heartbeat) + 1;
+        *leader = Some(LeaderRecord {
+            worker_id: worker_id.to_owned(),
+            heartbeat,
+        });
+        Ok(true)
+    }
+
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
+        let mut state = self.state();
+        let coordination = &mut state.coordination;
+        match &mut coordination.leader {
+            Some(leader) if leader.worker_id == worker_id => {
+                leader.heartbeat += 1;
+                coordination.workers = workers;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
+        let mut state = self.state();
+        let leader = &mut state.coordination.leader;
+        if leader.as_ref().is_some_and(|l| l.worker_id == worker_id) {
+            *leader = None;
+        }
+        Ok(())
+    }
+
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
+        let mut state = self.state();
+        for key in keys {
+            state.last_token += 1;
+            let token = state.last_token.to_string();
+            state
+                .inboxes
+                .entry(worker_id.to_owned())
+                .or_default()
+                .insert(token, key.clone());
+        }
+        Ok(())
+    }
+
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
+        let state = self.state();
+        Ok(state
+            .inboxes
+            .get(worker_id)
+            .into_iter()
+            .flatten()
+            .map(|(token, key)| Notice {
+                token: token.clone(),
+                key: key.clone(),
+            })
+            .collect())
+    }
+
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
+        let mut state = self.state();
+        if let Some(inbox) = state.inboxes.get_mut(worker_id) {
+            for notice in notices {
+                inbox.remove(&notice.token);
+            }
+            if inbox.is_empty() {
+                state.inboxes.remove(worker_id);
+            }
+        }
         Ok(())
     }
 }

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
-use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Ownership};
+use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
 use crate::pipeline::PipelineCheckpoints;
 
 /// Persistent leases, checkpoints and worker heartbeats.
@@ -18,11 +19,18 @@ use crate::pipeline::PipelineCheckpoints;
 /// Implementations: [`crate::DynamoDbLeaseStore`] and [`crate::InMemoryLeaseStore`], held
 /// to identical semantics by the conformance suite.
 ///
-/// Writes that change ownership (`create_lease`, `take_lease`, `release_lease`,
-/// `reset_lease`, `request_handoff`, `delete_lease`, and `checkpoint` to `ShardEnd`) bump the leases version
-/// of the [`Membership`] item after their own write succeeded, so idle workers learn of
-/// changes from one small read. A lost bump is caught by an audit scan; safety never rests
-/// on the version, only on the conditional writes.
+/// Writes do not bump the leases version themselves: a caller that changes ownership
+/// (create, take, release, handoff request, `SHARD_END`, delete) calls
+/// [`LeaseStore::bump_leases_version`] afterwards, once for a batch of writes, so that a
+/// shard sync creating 2,000 leases or a worker releasing 100 at shutdown costs one write
+/// to the coordination item, not one each. A lost bump is caught by the leader's audit
+/// scan; safety never rests on the version, only on the conditional writes. The one
+/// exception is [`LeaseStore::reset_lease`], an operator's move made outside any worker:
+/// it bumps the version itself, so workers see it at their next version read.
+///
+/// Worker records are spread over [`crate::MEMBERSHIP_SHARDS`] membership items (a
+/// worker's item is [`crate::membership_shard`] of its id), each holding at most
+/// [`crate::MEMBERS_PER_SHARD`] workers, so no item is written by more than that many.
 #[async_trait]
 pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// Creates the backing table if it is missing and waits until it can be used.
@@ -40,7 +48,8 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
 
     /// Makes `new_owner` the owner, provided the lease still has the owner (or none) and the
     /// epoch the caller saw; bumps the epoch and clears any handoff request. Fails with
-    /// `LeaseChanged` when another worker got there first.
+    /// `LeaseChanged` when another worker got there first. The taker may be another worker
+    /// than `new_owner`: the leader assigns leases, and an owner hands a lease over.
     async fn take_lease(
         &self,
         key: &LeaseKey,
@@ -98,7 +107,8 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     ) -> Result<Lease>;
 
     /// Asks the current owner to hand the lease to `requester`, if the owner and epoch are
-    /// still `current` (else `LeaseChanged`).
+    /// still `current` and no other handoff is pending (else `LeaseChanged`): of two
+    /// requests for one lease, one wins.
     async fn request_handoff(
         &self,
         key: &LeaseKey,
@@ -110,27 +120,71 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
     /// that is already gone succeeds.
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()>;
 
-    /// Bumps the worker's heartbeat counter in the membership item, creating its record if
-    /// needed, and pushes its expiry `ttl` into the future. Returns the record as written.
+    /// Bumps the worker's heartbeat counter in its membership item and pushes its expiry
+    /// `ttl` into the future; returns the record as written. The first heartbeat of an id
+    /// (through this store) joins: it creates the entry, or fails with `MembershipFull` if
+    /// the id's membership item holds [`crate::MEMBERS_PER_SHARD`] workers already. A later
+    /// one fails with `WorkerRemoved` once the entry is gone (the leader judged the worker
+    /// dead, or it left): a worker never comes back under an id that was declared dead.
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord>;
 
-    /// Every lease and every worker record, read consistently in one go. Workers read it
-    /// only when [`LeaseStore::membership`] says ownership changed (and on a slow audit).
+    /// Every lease (read consistently) and every worker record: what `ddbsc status` shows.
     /// An item that does not decode (written by a newer version, or damaged) is reported
     /// and skipped, so it cannot stop every worker from taking leases.
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)>;
 
-    /// The membership item (worker records and the leases version), one small read that
-    /// may be eventually consistent: what a worker reads on every tick.
+    /// The coordination item and every membership item (eventually consistent): what the
+    /// leader reads on every tick to judge liveness.
     async fn membership(&self) -> Result<Membership>;
 
-    /// Bumps the leases version by hand: for an audit that found an ownership change whose
-    /// own bump was lost. Returns the new version.
+    /// The coordination item alone (eventually consistent): what every worker polls.
+    async fn coordination(&self) -> Result<Coordination>;
+
+    /// Bumps the leases version after ownership changes (coalesced by the caller). Returns
+    /// the new version.
     async fn bump_leases_version(&self) -> Result<u64>;
 
-    /// Removes a worker record (graceful shutdown, cleanup of dead workers). Deleting a
-    /// record that is already gone succeeds.
+    /// Removes a worker record and its inbox (graceful shutdown). Removing a record that is
+    /// already gone succeeds.
     async fn delete_worker(&self, worker_id: &str) -> Result<()>;
+
+    /// Removes a dead worker's record and inbox, if its heartbeat counter is still `seen`
+    /// (the value the caller judged stopped); returns whether it was removed. A worker that
+    /// heartbeats after its record was removed gets `WorkerRemoved`.
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool>;
+
+    /// Names `worker_id` the leader in the coordination item and bumps the leader's
+    /// counter, if the item names no leader, or names `replacing` (a leader the caller
+    /// judged dead), or names `worker_id` already; returns whether it did. The caller holds
+    /// the shard-sync lease: that lease, taken conditionally, is what makes one leader.
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool>;
+
+    /// The leader's heartbeat in the coordination item, with the live workers it counts;
+    /// returns `false` (and changes nothing) if the item names another leader.
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool>;
+
+    /// Clears the leader's name if it is `worker_id` (a leader shutting down), so that
+    /// another worker claims the role at once instead of after the failover time.
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()>;
+
+    /// Adds hints to `worker_id`'s inbox: read these leases again.
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()>;
+
+    /// The hints in `worker_id`'s inbox (eventually consistent: a hint may show a tick
+    /// late, or once more after it was cleared).
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>>;
+
+    /// Removes these hints from `worker_id`'s inbox (hints added since stay).
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()>;
+
+    /// These leases, read consistently (those that exist).
+    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
+        let mut leases = Vec::with_capacity(keys.len());
+        for key in keys {
+            leases.extend(self.get_lease(key).await?);
+        }
+        Ok(leases)
+    }
 
     /// Commits `writes` (items of other tables) and the checkpoint of `key` in one
     /// transaction, all or nothing: the exactly-once path. The checkpoint update has the

@@ -927,6 +927,55 @@ mod tests {
         async fn delete_worker(&self, worker_id: &str) -> dynamodb_streams_leases::Result<()> {
             self.inner.delete_worker(worker_id).await
         }
+        async fn coordination(
+            &self,
+        ) -> dynamodb_streams_leases::Result<dynamodb_streams_leases::Coordination> {
+            self.inner.coordination().await
+        }
+        async fn remove_worker(
+            &self,
+            worker_id: &str,
+            seen: u64,
+        ) -> dynamodb_streams_leases::Result<bool> {
+            self.inner.remove_worker(worker_id, seen).await
+        }
+        async fn claim_leadership(
+            &self,
+            worker_id: &str,
+            replacing: Option<&str>,
+        ) -> dynamodb_streams_leases::Result<bool> {
+            self.inner.claim_leadership(worker_id, replacing).await
+        }
+        async fn renew_leadership(
+            &self,
+            worker_id: &str,
+            workers: u64,
+        ) -> dynamodb_streams_leases::Result<bool> {
+            self.inner.renew_leadership(worker_id, workers).await
+        }
+        async fn resign_leadership(&self, worker_id: &str) -> dynamodb_streams_leases::Result<()> {
+            self.inner.resign_leadership(worker_id).await
+        }
+        async fn notify(
+            &self,
+            worker_id: &str,
+            keys: &[LeaseKey],
+        ) -> dynamodb_streams_leases::Result<()> {
+            self.inner.notify(worker_id, keys).await
+        }
+        async fn notices(
+            &self,
+            worker_id: &str,
+        ) -> dynamodb_streams_leases::Result<Vec<dynamodb_streams_leases::Notice>> {
+            self.inner.notices(worker_id).await
+        }
+        async fn clear_notices(
+            &self,
+            worker_id: &str,
+            notices: &[dynamodb_streams_leases::Notice],
+        ) -> dynamodb_streams_leases::Result<()> {
+            self.inner.clear_notices(worker_id, notices).await
+        }
         async fn checkpoint_with_writes(
             &self,
             key: &LeaseKey,

@@ -6,9 +6,11 @@ use std::time::Duration;
 use dynamodb_streams_leases::{DynamoDbLeaseStore, LeaseStore};
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::announce::AnnouncingStore;
 use crate::budget::ByteBudget;
 use crate::config::{ConsumerConfig, TrimmedDataPolicy, capped};
 use crate::error::{Error, Result};
+use crate::leader::StreamSource;
 use crate::observability::{Health, Telemetry};
 use crate::pipeline::PendingPipeline;
 use crate::processor::ProcessorFactory;
@@ -17,7 +19,7 @@ use crate::runtime::Runtime;
 use crate::shard::pipelines::PipelineRunner;
 use crate::start_time::InitialPosition;
 use crate::streams::{SdkStreams, StreamsApi};
-use crate::worker::{StreamSource, Worker};
+use crate::worker::Worker;
 
 /// Where a consumer finds a stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,11 +116,15 @@ impl<F: ProcessorFactory> Consumer<F> {
         table?;
         let streams = streams?;
         tracing::debug!(application = %self.application, "resolved streams");
+        // Every write of this worker's components goes through it: ownership changes are
+        // announced to the leader (coalesced).
+        let announcer = Arc::new(AnnouncingStore::new(self.store));
+        let store: Arc<dyn LeaseStore> = announcer.clone();
         if let Some(snapshot) = &self.config.snapshot {
             for source in &streams {
                 crate::snapshot::prepare(
                     self.api.as_ref(),
-                    &self.store,
+                    &store,
                     snapshot,
                     &source.stream_arn,
                     source.table.as_deref(),
@@ -129,7 +135,7 @@ impl<F: ProcessorFactory> Consumer<F> {
         let shared = Runtime {
             budget: ByteBudget::new(self.config.max_buffered_bytes),
             api: self.api,
-            store: self.store,
+            store,
             factory: self.factory,
             config: self.config,
             worker_id: self.worker_id,
@@ -142,6 +148,7 @@ impl<F: ProcessorFactory> Consumer<F> {
         Worker {
             shared: Arc::new(shared),
             streams,
+            announcer,
         }
         .run(shutdown)
         .await

@@ -1,22 +1,25 @@
-//! The lease protocol: who is alive, and which leases this worker should take.
+//! The lease protocol: who is alive, and who should own which lease.
 //!
-//! Workers never compare clocks. Each bumps a heartbeat counter in its worker item; an
+//! Workers never compare clocks. Each bumps a heartbeat counter in its membership item; an
 //! observer calls a worker dead when the counter has not moved for `failover_time` on the
-//! observer's own monotonic clock. Lease items are written only on checkpoints and
-//! ownership changes, so the idle write cost grows with workers, not with shards.
+//! observer's own monotonic clock. The leader (see `leader.rs`) observes every worker this
+//! way; every worker observes the leader the same way through the coordination item.
 //!
-//! Taking is conditional on the owner and epoch the taker saw (see
-//! [`dynamodb_streams_leases::LeaseStore::take_lease`]), so two workers planning from the same scan
-//! cannot both win. Balance: each worker aims for `ceil(active leases / live workers)`. It
-//! first takes unowned leases and those of dead workers (children of its own finished shards
-//! first, then the oldest); if still short, it asks the most loaded worker to hand one over,
-//! and takes it by force only if the handoff does not happen within the handoff timeout.
-//! The functions here are pure: the worker runtime (`worker.rs`) does the I/O.
+//! One planner, the leader, decides who owns what ([`assign`]): every worker gets
+//! `floor` or `ceil` of `active leases / live workers` (balance within one lease); leases
+//! without a live owner go to the workers under their share (a child to the worker that
+//! finished its parent first, a lease asked for to the worker that asked), and workers
+//! above their share are asked to hand leases to the workers still under it. Takes are
+//! conditional on the owner and epoch the leader saw (see
+//! [`dynamodb_streams_leases::LeaseStore::take_lease`]), so a stale plan fails instead of
+//! stealing. A live owner is never taken from: it hands a lease over when asked, after its
+//! batch. The functions here are pure: the leader and the worker runtime do the I/O.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
-use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, WorkerRecord};
+use dynamodb_streams_leases::{Checkpoint, Lease, WorkerRecord};
 use tokio::time::Instant;
 
 /// Liveness of workers as this worker observes it.
@@ -24,22 +27,38 @@ use tokio::time::Instant;
 pub(crate) struct Liveness {
     failover_time: Duration,
     /// Per worker: the last counter seen and when (our clock) it was first seen.
-    seen: HashMap<String, (u64, Instant)>,
+    seen: BTreeMap<String, (u64, Instant)>,
+    /// Workers known dead without our own observation (a leader this worker replaced after
+    /// judging it dead): never alive again, whatever their entry shows; with the counter
+    /// their record showed last.
+    dead: BTreeMap<String, Option<u64>>,
 }
 
 impl Liveness {
     pub(crate) fn new(failover_time: Duration) -> Self {
         Self {
             failover_time,
-            seen: HashMap::new(),
+            seen: BTreeMap::new(),
+            dead: BTreeMap::new(),
         }
     }
 
-    /// Records a scan of the worker items; workers whose item is gone are forgotten.
+    /// Counts `worker` dead from now on (its entry may still show for a while).
+    pub(crate) fn mark_dead(&mut self, worker: &str) {
+        let counter = self.seen.remove(worker).map(|(counter, _)| counter);
+        self.dead.insert(worker.to_owned(), counter);
+    }
+
+    /// Records a read of the worker records; workers whose record is gone are forgotten.
     pub(crate) fn observe(&mut self, workers: &[WorkerRecord], now: Instant) {
-        let present: HashSet<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
+        let present: BTreeSet<&str> = workers.iter().map(|w| w.worker_id.as_str()).collect();
         self.seen.retain(|id, _| present.contains(id.as_str()));
+        self.dead.retain(|id, _| present.contains(id.as_str()));
         for worker in workers {
+            if let Some(counter) = self.dead.get_mut(&worker.worker_id) {
+                *counter = Some(worker.heartbeat);
+                continue;
+            }
             // The clock restarts only when the counter moves.
             let unchanged = self
                 .seen
@@ -70,7 +89,7 @@ impl Liveness {
     }
 
     /// Workers whose counters moved within `failover_time`.
-    pub(crate) fn live_workers(&self, now: Instant) -> HashSet<String> {
+    pub(crate) fn live_workers(&self, now: Instant) -> BTreeSet<String> {
         self.seen
             .keys()
             .filter(|id| self.is_alive(id, now))
@@ -78,13 +97,22 @@ impl Liveness {
             .collect()
     }
 
-    /// Workers whose items exist but whose counters stopped: candidates for cleanup.
-    pub(crate) fn dead_workers(&self, now: Instant) -> Vec<String> {
-        self.seen
-            .keys()
-            .filter(|id| !self.is_alive(id, now))
-            .cloned()
-            .collect()
+    /// Workers whose records exist but whose counters stopped (or that are known dead),
+    /// with the counter last seen: their records are removed, conditional on it.
+    pub(crate) fn dead_workers(&self, now: Instant) -> Vec<(String, u64)> {
+        let mut dead: Vec<(String, u64)> = self
+            .seen
+            .iter()
+            .filter(|(id, _)| !self.is_alive(id, now))
+            .map(|(id, (counter, _))| (id.clone(), *counter))
+            .chain(
+                self.dead
+                    .iter()
+                    .filter_map(|(id, counter)| Some((id.clone(), (*counter)?))),
+            )
+            .collect();
+        dead.sort();
+        dead
     }
 }
 
@@ -93,247 +121,172 @@ pub(crate) fn is_active(lease: &Lease) -> bool {
     !lease.key.is_coordination() && lease.checkpoint != Checkpoint::ShardEnd
 }
 
-/// A shard may be processed once every parent is finished or gone (trimmed, cleaned up).
-pub(crate) fn parents_done(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -> bool {
-    lease.parent_shard_ids.iter().all(|parent| {
-        let key = LeaseKey::new(lease.key.stream.clone(), parent.clone());
-        by_key
-            .get(&key)
-            .is_none_or(|parent| parent.checkpoint == Checkpoint::ShardEnd)
-    })
-}
-
-/// Parents of `lease` that the scan did not return. The scan alone does not prove them
-/// gone (an item that did not decode is skipped, a page may be stale): the worker confirms
-/// each with a consistent read before the child starts.
-pub(crate) fn missing_parents(lease: &Lease, by_key: &HashMap<&LeaseKey, &Lease>) -> Vec<LeaseKey> {
-    lease
-        .parent_shard_ids
-        .iter()
-        .map(|parent| LeaseKey::new(lease.key.stream.clone(), parent.clone()))
-        .filter(|key| !by_key.contains_key(key))
-        .collect()
-}
-
-/// What this worker should do after a scan.
+/// What the leader does after planning: takes on behalf of workers, and handoff requests.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Plan {
-    /// Leases to take (unowned, or owned by dead workers, or handoffs that timed out).
-    pub take: Vec<Lease>,
-    /// Leases to ask their owners for (several at once, so a joining worker reaches its
-    /// share in a few ticks, not one lease per tick).
-    pub request_handoffs: Vec<Lease>,
+pub(crate) struct Assignment {
+    /// Leases without a live owner, and the worker each goes to (a take on its behalf,
+    /// conditional on the lease's owner and epoch as planned).
+    pub takes: Vec<(Lease, String)>,
+    /// Leases of workers above their share, and the worker under its share each owner is
+    /// asked to hand it to.
+    pub handoffs: Vec<(Lease, String)>,
 }
 
-/// Decides which leases `me` takes, given the scan and the live workers (from their
-/// heartbeats: a worker that owns nothing yet still counts toward the fair share).
+/// Decides who should own which active lease, given the leases and the live workers
+/// (every worker whose heartbeat moved within the failover time, the planner too).
 ///
-/// `handoffs_due` lists leases this worker asked for earlier whose handoff timeout passed
-/// while the owner (same epoch) still held them: they are taken by force.
-pub(crate) fn plan(
-    me: &str,
-    leases: &[Lease],
-    live: &HashSet<String>,
-    handoffs_due: &HashSet<LeaseKey>,
-) -> Plan {
-    let is_alive = |worker: &str| worker == me || live.contains(worker);
+/// Each live worker's share is `floor` or `ceil` of `active / live` (the workers holding
+/// the most keep the larger shares, so as few leases as possible move). A lease whose
+/// handoff is pending counts for the worker it goes to. Leases without a live owner go to
+/// workers under their share: to the worker that asked for it, or to the worker that
+/// finished one of its parents (it continues the shard's history), when under its share;
+/// otherwise to the worker furthest under its share (ties by id). Then workers still under
+/// their share get handoff requests from the workers above theirs, the most recently
+/// created leases first (the least read). Deterministic: the same input gives the same
+/// plan.
+pub(crate) fn assign(leases: &[Lease], live: &BTreeSet<String>) -> Assignment {
+    let mut plan = Assignment::default();
+    if live.is_empty() {
+        return plan;
+    }
     let active: Vec<&Lease> = leases.iter().filter(|l| is_active(l)).collect();
-    let live_workers = live.len() + usize::from(!live.contains(me));
-    let target = active.len().div_ceil(live_workers);
-    let mine = active.iter().filter(|l| l.is_owned_by(me)).count();
-    let mut wanted = target.saturating_sub(mine);
-    let mut plan = Plan::default();
-    if wanted == 0 {
-        return plan;
-    }
-
-    // Unowned and dead-owner leases: children of shards this worker finished first (it may
-    // continue into them at once), then the oldest.
-    let finished_by_me: HashSet<(&str, &str)> = leases
-        .iter()
-        .filter(|l| l.checkpoint == Checkpoint::ShardEnd && l.is_owned_by(me))
-        .map(|l| (l.key.stream.as_str(), l.key.shard_id.as_str()))
-        .collect();
-    let continues_mine = |l: &Lease| {
-        l.parent_shard_ids
-            .iter()
-            .any(|p| finished_by_me.contains(&(l.key.stream.as_str(), p.as_str())))
-    };
-    let mut available: Vec<&Lease> = active
-        .iter()
-        .copied()
-        .filter(|l| {
-            l.owner
-                .as_deref()
-                .is_none_or(|owner| owner != me && !is_alive(owner))
-        })
-        .collect();
-    available.sort_by_key(|l| (!continues_mine(l), l.created_at, l.key.clone()));
-    // Workers that plan from the same scan would all pick the same oldest leases and all
-    // but one take would fail: each starts at its own offset among the others (children
-    // of its finished shards stay first), then keeps the oldest-first order.
-    let continuing = available.iter().take_while(|l| continues_mine(l)).count();
-    let rest = available.len() - continuing;
-    if rest > 0 {
-        available[continuing..].rotate_left(offset_of(me, rest));
-    }
-    let mut chosen: Vec<&Lease> = available.into_iter().take(wanted).collect();
-    chosen.sort_by_key(|l| (!continues_mine(l), l.created_at, l.key.clone()));
-    wanted -= chosen.len();
-    plan.take.extend(chosen.into_iter().cloned());
-
-    // Handoffs that were asked for and not granted in time.
-    for lease in active.iter().filter(|l| handoffs_due.contains(&l.key)) {
-        if wanted == 0 {
-            break;
-        }
-        plan.take.push((*lease).clone());
-        wanted -= 1;
-    }
-    if wanted == 0 {
-        return plan;
-    }
-
-    // Still short: ask live workers above the share for their excess, split among the
-    // workers under it (so two requesters do not take a donor below its share); if none is
-    // above the share, ask the most loaded for one lease when it holds two more than this
-    // worker will (otherwise moving a lease would only move the imbalance).
-    let mut load: HashMap<&str, Vec<&Lease>> = HashMap::new();
+    let is_live = |worker: Option<&str>| worker.is_some_and(|w| live.contains(w));
+    // What each live worker will hold once the pending handoffs are done.
+    let mut held: BTreeMap<&str, i64> = live.iter().map(|w| (w.as_str(), 0)).collect();
+    let mut orphans: Vec<&Lease> = Vec::new();
+    let mut movable: BTreeMap<&str, Vec<&Lease>> = BTreeMap::new();
     for lease in &active {
-        if let Some(owner) = lease.owner.as_deref().filter(|o| *o != me && is_alive(o)) {
-            load.entry(owner).or_default().push(lease);
-        }
-    }
-    let mine_after_takes = mine + plan.take.len();
-    // Requests already made and not yet granted (or due) will bring leases too.
-    let pending = active
-        .iter()
-        .filter(|l| l.handoff_to.as_deref() == Some(me) && !handoffs_due.contains(&l.key))
-        .count();
-    if pending >= wanted {
-        return plan;
-    }
-    wanted -= pending;
-    let mut donors: Vec<(&str, Vec<&Lease>)> = load.into_iter().collect();
-    donors.sort_by_key(|(owner, owned)| (std::cmp::Reverse(owned.len()), *owner));
-    // A worker far under the share (a newcomer) also asks workers above the floor of the
-    // share for their excess over it: when every worker is at the ceiling or one below,
-    // nobody is above the share, and one lease per round would be slow.
-    let floor = active.len() / live_workers;
-    let keep = if mine_after_takes + 1 < floor {
-        floor
-    } else {
-        target
-    };
-    let needy = {
-        let owners: HashMap<&str, usize> = donors.iter().map(|(o, l)| (*o, l.len())).collect();
-        live.iter()
-            .filter(|w| w.as_str() != me && owners.get(w.as_str()).is_none_or(|n| *n < keep))
-            .count()
-            + 1
-    };
-    let my_slot = offset_of(me, needy);
-    for (i, (_, owned)) in donors.iter().enumerate() {
-        if wanted == 0 || owned.len() <= keep {
-            break;
-        }
-        let excess = owned.len() - keep;
-        // A donor with less excess than there are needy workers is asked by only `excess`
-        // of them (each requester by its own slot), not drained by all of them at once.
-        if excess < needy && (my_slot + i) % needy >= excess {
+        let owner = lease.owner.as_deref();
+        if !is_live(owner) {
+            orphans.push(lease);
             continue;
         }
-        let quota = excess.div_ceil(needy).min(wanted);
-        let mut askable: Vec<&Lease> = owned
-            .iter()
-            .copied()
-            .filter(|l| l.handoff_to.is_none())
-            .collect();
-        askable.sort_by_key(|l| std::cmp::Reverse((l.created_at, l.key.clone())));
-        let len = askable.len();
-        if len > 0 {
-            askable.rotate_left(offset_of(me, len));
-        }
-        for lease in askable.into_iter().take(quota) {
-            plan.request_handoffs.push(lease.clone());
-            wanted -= 1;
+        let to = lease.handoff_to.as_deref().filter(|to| live.contains(*to));
+        let holder = to.or(owner).unwrap_or_default();
+        *held.entry(holder).or_default() += 1;
+        if lease.handoff_to.is_none() {
+            movable
+                .entry(owner.unwrap_or_default())
+                .or_default()
+                .push(lease);
         }
     }
-    tracing::debug!(
-        me,
-        mine,
-        target,
-        wanted,
-        pending,
-        busiest = donors.first().map_or(0, |(_, owned)| owned.len()),
-        asked = plan.request_handoffs.len(),
-        "under the share"
-    );
-    // Among equally loaded donors, each requester picks its own, so that simultaneous
-    // requesters do not drain one donor below the share.
-    let busiest = donors.first().map_or(0, |(_, owned)| owned.len());
-    let tied = donors
+    // Shares: floor for everyone, ceil for the `extra` workers holding the most.
+    let workers = i64::try_from(live.len()).unwrap_or(i64::MAX);
+    let total = i64::try_from(active.len()).unwrap_or(i64::MAX);
+    let (floor, extra) = (total / workers, total % workers);
+    let mut by_load: Vec<(&str, i64)> = held.iter().map(|(w, n)| (*w, *n)).collect();
+    by_load.sort_by_key(|(w, n)| (Reverse(*n), *w));
+    let mut wanted: BTreeMap<&str, i64> = by_load
         .iter()
-        .take_while(|(_, owned)| owned.len() == busiest)
-        .count();
-    if plan.request_handoffs.is_empty()
-        && pending == 0
-        && tied > 0
-        && let Some((_, owned)) = donors.get(offset_of(me, tied))
-        && owned.len() > mine_after_takes + 1
-    {
-        plan.request_handoffs.extend(
-            owned
-                .iter()
-                .filter(|l| l.handoff_to.is_none())
-                .max_by_key(|l| (l.created_at, l.key.clone()))
-                .map(|l| (*l).clone()),
-        );
+        .enumerate()
+        .map(|(i, (w, n))| {
+            let share = floor + i64::from(i64::try_from(i).unwrap_or(i64::MAX) < extra);
+            (*w, share - n)
+        })
+        .collect();
+
+    // Orphans, oldest first, to a preferred worker under its share, else to the one
+    // furthest under it.
+    let finished_by: BTreeMap<(&str, &str), &str> = leases
+        .iter()
+        .filter(|l| l.checkpoint == Checkpoint::ShardEnd)
+        .filter_map(|l| {
+            Some((
+                (l.key.stream.as_str(), l.key.shard_id.as_str()),
+                l.owner.as_deref()?,
+            ))
+        })
+        .collect();
+    orphans.sort_by_key(|l| (l.created_at, &l.key));
+    let mut neediest: BinaryHeap<(i64, Reverse<&str>)> = wanted
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(w, n)| (*n, Reverse(*w)))
+        .collect();
+    for lease in orphans {
+        let preferred = lease
+            .handoff_to
+            .as_deref()
+            .into_iter()
+            .chain(lease.parent_shard_ids.iter().filter_map(|parent| {
+                finished_by
+                    .get(&(lease.key.stream.as_str(), parent.as_str()))
+                    .copied()
+            }))
+            .find(|w| wanted.get(w).is_some_and(|n| *n > 0));
+        let to = match preferred {
+            Some(to) => to,
+            None => {
+                // Entries go stale as wants drop: skip those that no longer match.
+                let mut found = None;
+                while let Some((n, Reverse(w))) = neediest.pop() {
+                    if wanted.get(w) == Some(&n) && n > 0 {
+                        found = Some(w);
+                        break;
+                    }
+                }
+                match found {
+                    Some(w) => w,
+                    None => break,
+                }
+            }
+        };
+        if let Some(n) = wanted.get_mut(to) {
+            *n -= 1;
+            if *n > 0 {
+                neediest.push((*n, Reverse(to)));
+            }
+        }
+        plan.takes.push((lease.clone(), to.to_owned()));
+    }
+
+    // Handoffs: from the workers above their share to those still under it.
+    let mut donors: Vec<(&str, i64)> = wanted
+        .iter()
+        .filter(|(_, n)| **n < 0)
+        .map(|(w, n)| (*w, -n))
+        .collect();
+    donors.sort_by_key(|(w, n)| (Reverse(*n), *w));
+    // Sorted oldest first: the newest is popped first.
+    for leases in movable.values_mut() {
+        leases.sort_by_key(|l| (l.created_at, &l.key));
+    }
+    let needy: Vec<(&str, i64)> = wanted
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(w, n)| (*w, *n))
+        .collect();
+    let mut donor = 0;
+    for (to, mut want) in needy {
+        while want > 0 && donor < donors.len() {
+            let (from, surplus) = &mut donors[donor];
+            let lease = movable.get_mut(*from).and_then(Vec::pop);
+            match lease {
+                Some(lease) if *surplus > 0 => {
+                    plan.handoffs.push((lease.clone(), to.to_owned()));
+                    *surplus -= 1;
+                    want -= 1;
+                }
+                _ => {}
+            }
+            if *surplus == 0 || movable.get(*from).is_none_or(Vec::is_empty) {
+                donor += 1;
+            }
+        }
     }
     plan
-}
-
-/// A stable per-worker offset in `0..len`, so workers spread their picks.
-fn offset_of(me: &str, len: usize) -> usize {
-    // FNV-1a: stable across runs and platforms (unlike the std hasher's random keys).
-    let hash = me.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % len as u64) as usize
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use dynamodb_streams_leases::LeaseKey;
     use std::time::SystemTime;
 
-    fn live(workers: &[&str]) -> HashSet<String> {
+    fn live(workers: &[&str]) -> BTreeSet<String> {
         workers.iter().map(|w| w.to_string()).collect()
-    }
-
-    #[test]
-    fn a_worker_that_owns_nothing_still_counts_toward_the_fair_share() {
-        let leases: Vec<Lease> = (0..4)
-            .map(|i| lease(&i.to_string(), Some("busy")))
-            .collect();
-        let plan = plan("me", &leases, &live(&["busy", "idle"]), &HashSet::new());
-        assert!(plan.take.is_empty(), "nothing is free");
-        assert!(
-            !plan.request_handoffs.is_empty(),
-            "busy holds 4 of a fair share of 2"
-        );
-        let busy_view = super::plan(
-            "busy",
-            &leases,
-            &live(&["busy", "idle", "me"]),
-            &HashSet::new(),
-        );
-        assert_eq!(
-            busy_view,
-            Plan::default(),
-            "busy is over its share and takes nothing"
-        );
     }
 
     fn lease(shard: &str, owner: Option<&str>) -> Lease {
@@ -342,13 +295,16 @@ mod tests {
         lease
     }
 
-    /// Leases of shards "1", "2", ... with these owners.
+    /// Leases of shards "01", "02", ... with these owners, created in that order.
     fn numbered(owners: &[Option<&str>]) -> Vec<Lease> {
-        let shard = |i: usize| (i + 1).to_string();
         owners
             .iter()
             .enumerate()
-            .map(|(i, o)| lease(&shard(i), *o))
+            .map(|(i, o)| {
+                let mut lease = lease(&format!("{:02}", i + 1), *o);
+                lease.created_at = SystemTime::UNIX_EPOCH + Duration::from_secs(i as u64);
+                lease
+            })
             .collect()
     }
 
@@ -361,6 +317,25 @@ mod tests {
         }
     }
 
+    /// Owner per lease after applying the plan's takes, and the handoffs asked.
+    fn apply(leases: &[Lease], plan: &Assignment) -> (BTreeMap<String, usize>, usize) {
+        let mut owners: BTreeMap<&LeaseKey, &str> = leases
+            .iter()
+            .filter_map(|l| Some((&l.key, l.owner.as_deref()?)))
+            .collect();
+        for (lease, to) in &plan.takes {
+            owners.insert(&lease.key, to);
+        }
+        for (lease, to) in &plan.handoffs {
+            owners.insert(&lease.key, to);
+        }
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for owner in owners.values() {
+            *per.entry(owner.to_string()).or_default() += 1;
+        }
+        (per, plan.handoffs.len())
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_worker_is_dead_after_failover_time_without_a_new_heartbeat() {
         let mut liveness = Liveness::new(Duration::from_secs(10));
@@ -371,94 +346,10 @@ mod tests {
         let end = start + Duration::from_secs(11);
         assert!(liveness.is_alive("a", end), "a moved at 6 s");
         assert!(!liveness.is_alive("b", end), "b stuck since 0 s");
-        assert_eq!(liveness.dead_workers(end), ["b"]);
+        assert_eq!(liveness.dead_workers(end), [("b".to_owned(), 7)]);
         liveness.observe(&[worker("a", 3)], end);
         assert!(!liveness.is_alive("b", end), "a vanished item is dead");
         assert!(!liveness.is_alive("never-seen", end));
-    }
-
-    #[test]
-    fn takes_unowned_and_dead_leases_up_to_the_fair_share() {
-        let leases = numbered(&[None, Some("dead"), Some("other"), Some("other")]);
-        let plan = plan("me", &leases, &live(&["other"]), &HashSet::new());
-        let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
-        assert_eq!(taken, ["1", "2"]);
-        assert_eq!(plan.request_handoffs, []);
-    }
-
-    #[test]
-    fn asks_the_busiest_worker_for_a_handoff_when_nothing_is_free() {
-        let leases = numbered(&[Some("a"), Some("a"), Some("a"), Some("b")]);
-        let plan = plan("me", &leases, &live(&["a", "b"]), &HashSet::new());
-        assert!(plan.take.is_empty());
-        assert_eq!(plan.request_handoffs[0].owner.as_deref(), Some("a"));
-    }
-
-    #[test]
-    fn a_joining_worker_asks_for_its_whole_share_at_once_without_overdrawing_donors() {
-        // a and b hold 6 each; c and me own nothing: the share is 3, the excess 3 + 3,
-        // split between the two workers under the share.
-        let owners: Vec<Option<&str>> = [Some("a"); 6].into_iter().chain([Some("b"); 6]).collect();
-        let leases = numbered(&owners);
-        let everyone = live(&["a", "b", "c"]);
-        let mine = plan("me", &leases, &everyone, &HashSet::new());
-        assert!(mine.take.is_empty());
-        assert_eq!(
-            mine.request_handoffs.len(),
-            3,
-            "{:?}",
-            mine.request_handoffs
-        );
-        let from = |p: &Plan, owner: &str| {
-            p.request_handoffs
-                .iter()
-                .filter(|l| l.owner.as_deref() == Some(owner))
-                .count()
-        };
-        assert!(from(&mine, "a") <= 2 && from(&mine, "b") <= 2, "{mine:?}");
-        // Once asked, the marks count as pending: nothing more is asked.
-        let mut asked = leases.clone();
-        for lease in &mut asked {
-            if mine.request_handoffs.iter().any(|r| r.key == lease.key) {
-                lease.handoff_to = Some("me".into());
-            }
-        }
-        assert_eq!(
-            plan("me", &asked, &everyone, &HashSet::new()),
-            Plan::default()
-        );
-    }
-
-    #[test]
-    fn workers_planning_from_one_scan_spread_their_takes() {
-        let leases = numbered(&[None; 40]);
-        let everyone = live(&["w0", "w1", "w2", "w3"]);
-        let picks: Vec<HashSet<LeaseKey>> = ["w0", "w1", "w2", "w3"]
-            .iter()
-            .map(|w| {
-                plan(w, &leases, &everyone, &HashSet::new())
-                    .take
-                    .into_iter()
-                    .map(|l| l.key)
-                    .collect()
-            })
-            .collect();
-        assert!(picks.iter().all(|p| p.len() == 10));
-        let distinct: HashSet<&LeaseKey> = picks.iter().flatten().collect();
-        assert!(
-            distinct.len() > 20,
-            "workers picked mostly the same leases: {}",
-            distinct.len()
-        );
-    }
-
-    #[test]
-    fn no_handoff_is_asked_when_free_leases_fill_the_share() {
-        // a holds 2 of 3, one is free: taking it brings me to my share of 2 at most.
-        let leases = numbered(&[Some("a"), Some("a"), None]);
-        let plan = plan("me", &leases, &live(&["a"]), &HashSet::new());
-        assert_eq!(plan.take.len(), 1);
-        assert_eq!(plan.request_handoffs, [], "a is at its fair share");
     }
 
     #[tokio::test(start_paused = true)]
@@ -482,39 +373,122 @@ mod tests {
     }
 
     #[test]
-    fn balanced_workers_leave_each_other_alone() {
-        let leases = numbered(&[Some("a"), Some("me"), Some("b")]);
+    fn unowned_and_dead_owners_leases_are_spread_to_a_balance_within_one() {
+        let leases = numbered(&[None, Some("dead"), None, Some("a"), None, None, None]);
+        let plan = assign(&leases, &live(&["a", "b", "c"]));
+        assert!(plan.handoffs.is_empty());
+        assert_eq!(plan.takes.len(), 6, "every orphan gets a live owner");
+        let (per, _) = apply(&leases, &plan);
         assert_eq!(
-            plan("me", &leases, &live(&["a", "b"]), &HashSet::new()),
-            Plan::default()
+            per.values().copied().collect::<Vec<_>>(),
+            [3, 2, 2],
+            "{per:?}"
+        );
+        assert!(!per.contains_key("dead"));
+    }
+
+    #[test]
+    fn a_joining_worker_gets_its_share_by_handoffs_one_from_each_worker_above_it() {
+        // 4 workers of 6 each; a fifth joins: 24 / 5 = 4.8, so shares are 5,5,5,5,4.
+        let owners: Vec<Option<&str>> = ["a", "b", "c", "d"]
+            .iter()
+            .flat_map(|w| [Some(*w); 6])
+            .collect();
+        let leases = numbered(&owners);
+        let plan = assign(&leases, &live(&["a", "b", "c", "d", "e"]));
+        assert!(plan.takes.is_empty());
+        assert_eq!(plan.handoffs.len(), 4);
+        let donors: BTreeSet<&str> = plan
+            .handoffs
+            .iter()
+            .map(|(l, _)| l.owner.as_deref().unwrap())
+            .collect();
+        assert_eq!(donors.len(), 4, "one lease from each: {:?}", plan.handoffs);
+        assert!(plan.handoffs.iter().all(|(_, to)| to == "e"));
+        // Once asked (the marks pending), nothing more is asked.
+        let mut asked = leases.clone();
+        for lease in &mut asked {
+            if let Some((_, to)) = plan.handoffs.iter().find(|(l, _)| l.key == lease.key) {
+                lease.handoff_to = Some(to.clone());
+            }
+        }
+        assert_eq!(
+            assign(&asked, &live(&["a", "b", "c", "d", "e"])),
+            Assignment::default()
         );
     }
 
     #[test]
-    fn finished_shards_do_not_count_and_children_of_mine_come_first() {
-        let mut parent = lease("p", Some("me"));
-        parent.checkpoint = Checkpoint::ShardEnd;
-        let mut child = lease("c", None);
-        child.parent_shard_ids = vec!["p".into()];
-        child.created_at = SystemTime::now() + Duration::from_secs(60);
-        let older = lease("o", None);
-        let leases = vec![parent, older, child, lease("x", Some("b"))];
-        let plan = plan("me", &leases, &live(&["b"]), &HashSet::new());
-        let taken: Vec<_> = plan.take.iter().map(|l| l.key.shard_id.as_str()).collect();
-        assert_eq!(taken, ["c", "o"]);
+    fn balanced_workers_are_left_alone() {
+        let leases = numbered(&[Some("a"), Some("b"), Some("c"), Some("a")]);
+        assert_eq!(
+            assign(&leases, &live(&["a", "b", "c"])),
+            Assignment::default()
+        );
     }
 
     #[test]
-    fn parents_gate_children() {
-        let mut parent = lease("p", Some("a"));
-        let mut child = lease("c", None);
-        child.parent_shard_ids = vec!["p".into(), "gone".into()];
-        let leases = [parent.clone(), child.clone()];
-        let by_key: HashMap<_, _> = leases.iter().map(|l| (&l.key, l)).collect();
-        assert!(!parents_done(&child, &by_key));
+    fn a_child_goes_to_the_worker_that_finished_its_parent() {
+        let mut parent = lease("p", Some("b"));
         parent.checkpoint = Checkpoint::ShardEnd;
-        let leases = [parent, child.clone()];
-        let by_key: HashMap<_, _> = leases.iter().map(|l| (&l.key, l)).collect();
-        assert!(parents_done(&child, &by_key));
+        let mut child = lease("c", None);
+        child.parent_shard_ids = vec!["p".into()];
+        let leases = vec![parent, child, lease("x", Some("a"))];
+        let plan = assign(&leases, &live(&["a", "b"]));
+        assert_eq!(plan.takes.len(), 1);
+        assert_eq!(plan.takes[0].1, "b");
+    }
+
+    #[test]
+    fn a_dead_owners_lease_asked_for_goes_to_the_worker_that_asked() {
+        let mut asked = lease("1", Some("dead"));
+        asked.handoff_to = Some("b".into());
+        let leases = vec![asked, lease("2", None), lease("3", Some("a"))];
+        let plan = assign(&leases, &live(&["a", "b"]));
+        let to: BTreeMap<&str, &str> = plan
+            .takes
+            .iter()
+            .map(|(l, to)| (l.key.shard_id.as_str(), to.as_str()))
+            .collect();
+        assert_eq!(to["1"], "b");
+    }
+
+    #[test]
+    fn finished_and_coordination_leases_do_not_count() {
+        let mut done = lease("done", None);
+        done.checkpoint = Checkpoint::ShardEnd;
+        let sync = {
+            let mut l = lease("x", None);
+            l.key = LeaseKey::coordination("shard-sync");
+            l
+        };
+        let plan = assign(&[done, sync, lease("1", None)], &live(&["a"]));
+        assert_eq!(plan.takes.len(), 1);
+        assert_eq!(plan.takes[0].0.key.shard_id, "1");
+    }
+
+    #[test]
+    fn a_large_plan_balances_100000_leases_over_1000_workers() {
+        let workers: Vec<String> = (0..1000).map(|i| format!("w{i:04}")).collect();
+        let mut leases: Vec<Lease> = (0..100_000)
+            .map(|i| lease(&format!("s{i:06}"), None))
+            .collect();
+        let everyone: BTreeSet<String> = workers.iter().cloned().collect();
+        let plan = assign(&leases, &everyone);
+        assert_eq!(plan.takes.len(), 100_000);
+        let (per, _) = apply(&leases, &plan);
+        assert!(per.values().all(|n| *n == 100), "{:?}", per.values().max());
+        // Apply it, then a worker joins.
+        for (lease, (_, to)) in leases.iter_mut().zip(&plan.takes) {
+            lease.owner = Some(to.clone());
+        }
+        let mut joined = everyone.clone();
+        joined.insert("w9999".into());
+        let plan = assign(&leases, &joined);
+        assert!(plan.takes.is_empty());
+        assert_eq!(plan.handoffs.len(), 99);
+        let (per, _) = apply(&leases, &plan);
+        let (min, max) = (per.values().min().unwrap(), per.values().max().unwrap());
+        assert!(max - min <= 1, "{min}..{max}");
     }
 }

@@ -3,6 +3,7 @@
 // docs.rs builds with `--cfg docsrs` on nightly: feature-gated items say which feature.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod announce;
 mod attribute_de;
 mod budget;
 mod callback;
@@ -15,9 +16,12 @@ mod delivery;
 mod error;
 mod events;
 mod failure;
+mod fencing_clock;
+mod heartbeat;
 pub mod json;
 mod lag;
 pub mod lambda;
+mod leader;
 mod lease_protocol;
 pub mod observability;
 mod pipeline;

@@ -1,65 +1,68 @@
-//! The worker runtime: heartbeats, scans, shard consumers, fencing, shutdown.
+//! The worker runtime: heartbeats, the leases it owns, shard consumers, fencing, shutdown.
 //!
-//! One loop per worker process. Every `scan_interval` it reads the one membership item
-//! (heartbeats of every worker and the leases version, a few KB); only when that shows a
-//! change (the version moved, a worker joined or died, one of its shards ended, a handoff it
-//! asked for timed out) does it scan the leases, take what [`crate::lease_protocol`] plans,
-//! start a shard consumer for each owned lease whose parents are finished, and stop
-//! consumers whose lease moved. So an idle application reads one small item per worker per
-//! tick, whatever its shard count. The shard-sync holder also audits (a full scan every
-//! [`AUDIT_INTERVAL`]) and bumps the version if it finds an ownership change whose own bump
-//! was lost. Heartbeats run in their own task so a slow scan cannot delay them; if none is
-//! confirmed for `failover_time - margin`, the worker fences itself (stops every shard at once)
-//! and comes back as a new incarnation.
+//! One loop per worker process. A worker never reads every lease: the leader (one of the
+//! workers, see [`crate::leader`]) decides who owns what and leaves a hint in each affected
+//! worker's inbox. Every `scan_interval` a worker reads its inbox (one small item), reads
+//! the leases it was hinted about (one consistent BatchGetItem), and acts on what they say:
+//! a lease assigned to it starts once its parents are finished, a lease it was asked for is
+//! handed over after the current batch, a lease taken from it stops. Every so often (more
+//! rarely the more workers there are) it reads the coordination item to judge the leader
+//! on its own clock, and claims the leader's role if the leader is dead or there is none.
+//! Heartbeats run in their own task ([`crate::heartbeat`]); if none is confirmed for
+//! `failover_time - margin`, the worker fences itself (stops every shard at once) and comes
+//! back as a new incarnation. Idle, a worker costs one heartbeat write per renew interval
+//! and two small reads per scan interval, whatever the number of workers and shards.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership};
+use backon::ExponentialBuilder;
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, WorkerRecord};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use crate::announce::{self, AnnouncingStore};
 use crate::error::Result;
 use crate::events::{Event, LeaseAcquired, LeaseReleased, LeaseScanDiscarded};
+use crate::fencing_clock::FencingClock;
+use crate::heartbeat::Heartbeat;
+use crate::leader::{AUDIT_INTERVAL, Leader, LeaderEnv, StreamSource, shard_sync_key, source_of};
 use crate::lease_protocol::{self, Liveness};
 use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
-use crate::shard_sync::{self, create_lease_if_absent};
 use crate::{shard, snapshot};
 
-/// How often the shard-sync holder scans the leases even though the version did not move,
-/// to catch a lost version bump (a crash between a lease write and its bump).
-pub(crate) const AUDIT_INTERVAL: Duration = Duration::from_secs(300);
+/// How many coordination-item reads per second all workers together aim at: half a read
+/// unit each, so the item stays at about 150 read units a second (a twentieth of what one
+/// partition serves) however many workers poll it.
+const COORDINATION_READS_PER_SECOND: f64 = 300.0;
 
-/// Rescans in a row right after takes that lost a race, before waiting for the next tick
-/// again (bounded: persistent conflicts must not become a busy loop).
-const QUICK_RESCANS: u32 = 3;
+/// The longest a worker that finds no leader waits before it claims the role: workers
+/// starting together spread their claims over this, so that one wins and the others see it.
+const CLAIM_SPREAD: Duration = Duration::from_millis(250);
 
-/// The lease whose holder runs the periodic full shard sync (and cleanup).
-pub(crate) fn shard_sync_key() -> LeaseKey {
-    LeaseKey::coordination("shard-sync")
-}
+/// The finished leases a worker remembers to release at shutdown (the shard sync deletes
+/// finished leases once their children started, so older ones are mostly gone anyway).
+const FINISHED_KEPT: usize = 1_000;
 
-/// A stream this worker consumes, and the table it belongs to (if known).
-#[derive(Clone, Debug)]
-pub(crate) struct StreamSource {
-    pub stream_arn: String,
-    pub table: Option<String>,
-}
+/// How often a new incarnation tries another id when its membership item is full.
+const JOIN_ATTEMPTS: u32 = 8;
 
 /// A worker of one application.
 pub(crate) struct Worker<F: ProcessorFactory> {
     pub shared: Arc<Runtime<F>>,
     pub streams: Vec<StreamSource>,
+    /// The store the shared one announces through: its inner store for the leader's own
+    /// writes, its changes for the bump task and the children created here.
+    pub announcer: Arc<AnnouncingStore>,
 }
 
 /// A shard consumer this worker runs.
@@ -75,6 +78,9 @@ struct Incarnation {
     id: String,
     fenced: CancellationToken,
     stop_heartbeat: CancellationToken,
+    /// While this incarnation leads: the live workers it counts (its heartbeat renews the
+    /// leadership with it).
+    leading: watch::Sender<Option<u64>>,
     /// Aborts the heartbeat task if the worker is dropped without shutting down (a crash
     /// of the runtime, or an aborted task in tests): a dead worker must stop heartbeating.
     _heartbeat: AbortOnDropHandle<()>,
@@ -83,92 +89,100 @@ struct Incarnation {
 /// The mutable state of the loop.
 struct State {
     incarnation: Incarnation,
-    liveness: Liveness,
-    running: HashMap<LeaseKey, Running>,
+    /// The leases this incarnation owns, as last read: running, or waiting for their
+    /// parents or for a retry.
+    mine: BTreeMap<LeaseKey, Lease>,
+    running: BTreeMap<LeaseKey, Running>,
     tasks: JoinSet<(LeaseKey, ShardOutcome)>,
-    /// Leases this worker asked for: the epoch seen and when.
-    handoffs_asked: HashMap<LeaseKey, (u64, Instant)>,
     /// Shards that failed: not restarted before this instant.
-    retry_after: HashMap<LeaseKey, Instant>,
-    last_sync: Option<Instant>,
-    /// The leases as of the last scan: quiet ticks start ready shards and run the shard
-    /// sync from it without reading the leases again.
-    leases: Vec<Lease>,
-    /// The leases version read before the last scan (`None`: scan on the next tick).
-    seen_version: Option<u64>,
-    /// Scan on the next tick whatever the version says (a shard ended).
-    rescan: bool,
-    /// A take lost a race: plan again at once rather than a tick later, so a collision
-    /// does not add a scan interval to a takeover. Counts such quick rescans in a row (at
-    /// most [`QUICK_RESCANS`]).
-    quick_rescans: u32,
-    /// When the shard-sync holder audits next.
-    next_audit: Instant,
-    /// The running shard sync, if any (aborted when the worker fences or stops).
-    sync_task: Option<AbortOnDropHandle<()>>,
-    /// When this worker's start-up sync listed every stream's shards in full (it found no
-    /// leases for any of them): on taking the shard-sync lease, that counts as the last
-    /// sync, so a new application does not list the same shards again while it starts.
-    synced_at_start: Option<Instant>,
-    /// The membership item as read during start-up (when asked, when answered), for the
-    /// first tick. Its leases version may predate the start-up sync's lease creation: then
-    /// the next tick sees the version moved and scans once more, which is safe.
-    first_membership: Option<(Membership, Instant, Instant)>,
-    /// The live workers as of the last tick.
-    live_seen: HashSet<String>,
-    /// Parent leases a consistent read found gone (or finished): their children may start.
-    gone_parents: HashSet<LeaseKey>,
+    retry_after: BTreeMap<LeaseKey, Instant>,
+    /// Leases of shards this incarnation finished: they stay owned (the leader gives a
+    /// finished shard's children to its owner first) until shutdown releases them.
+    finished: BTreeMap<LeaseKey, Ownership>,
+    /// Parent leases a consistent read found finished or gone: their children may start.
+    done_parents: BTreeSet<LeaseKey>,
+    /// The leader as this worker observes it (through the coordination item).
+    leader_liveness: Liveness,
+    /// The leader's state, while this incarnation leads.
+    leader: Option<Leader>,
+    /// Lead at once (just claimed): the first leader round does not wait for its tick.
+    lead_now: bool,
+    /// When the coordination item is read next.
+    next_coordination: Instant,
+    /// No leader was named at the last read: claim at this instant if there still is none
+    /// (a random delay, so that workers starting together do not all claim at once).
+    claim_at: Option<Instant>,
+    /// When this worker reads its own leases again, whatever the hints said: a take that
+    /// came with no hint (a bug, or an operator's tool that does not hint) is noticed then.
+    next_self_audit: Instant,
+}
+
+impl State {
+    fn new(incarnation: Incarnation, failover_time: Duration) -> Self {
+        Self {
+            incarnation,
+            mine: BTreeMap::new(),
+            running: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            retry_after: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            done_parents: BTreeSet::new(),
+            leader_liveness: Liveness::new(failover_time),
+            leader: None,
+            lead_now: false,
+            next_coordination: Instant::now(),
+            claim_at: None,
+            next_self_audit: Instant::now() + AUDIT_INTERVAL,
+        }
+    }
+
+    /// When the loop must look at the leader next without waiting for its tick: a claim
+    /// that is due, the leader's counter going stale, or (leading) a worker's.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        match &self.leader {
+            Some(leader) => leader.next_expiry(now),
+            None => [self.claim_at, self.leader_liveness.next_expiry(now)]
+                .into_iter()
+                .flatten()
+                .min(),
+        }
+    }
 }
 
 impl<F: ProcessorFactory> Worker<F> {
     /// Runs until `shutdown` completes, then stops gracefully. The lease table must exist
     /// (`LeaseStore::ensure_table`).
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let sync_lease = Lease::new(shard_sync_key(), Checkpoint::TrimHorizon, vec![]);
-        let ((incarnation, first_membership), synced_at_start, _) = tokio::try_join!(
-            async {
-                let incarnation = self
-                    .start_incarnation(retry::startup(), retry::is_retryable_store)
-                    .await?;
-                // Read after our own heartbeat, while the start-up sync may still run: the
-                // first tick needs it and need not wait for another round trip. Best
-                // effort: without it, the first tick reads it itself.
-                let asked = Instant::now();
-                let membership = self.shared.store.membership().await.ok();
-                Ok((incarnation, membership.map(|m| (m, asked, Instant::now()))))
-            },
-            self.first_sync(),
-            create_lease_if_absent(self.shared.store.as_ref(), &sync_lease),
-        )?;
+        let incarnation = self
+            .start_incarnation(retry::startup(), retry::is_retryable_store)
+            .await?;
         tracing::info!(worker_id = %self.shared.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
-        let mut state = State {
-            incarnation,
-            liveness: Liveness::new(self.shared.config.failover_time),
-            running: HashMap::new(),
-            tasks: JoinSet::new(),
-            handoffs_asked: HashMap::new(),
-            retry_after: HashMap::new(),
-            last_sync: None,
-            leases: Vec::new(),
-            seen_version: None,
-            rescan: true,
-            quick_rescans: 0,
-            next_audit: Instant::now() + AUDIT_INTERVAL,
-            sync_task: None,
-            synced_at_start,
-            first_membership,
-            live_seen: HashSet::new(),
-            gone_parents: HashSet::new(),
-        };
-
-        let mut scan_tick = tokio::time::interval(self.shared.config.scan_interval);
-        scan_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let scan_interval = self.shared.config.scan_interval;
+        let _bumps = AbortOnDropHandle::new(tokio::spawn(announce::bump_changes(
+            self.announcer.inner().clone(),
+            self.announcer.changes().clone(),
+            scan_interval,
+        )));
+        let mut state = State::new(incarnation, self.shared.config.failover_time);
+        let mut tick = tokio::time::interval(scan_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut leader_tick = tokio::time::interval(scan_interval / 2);
+        leader_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
+            if std::mem::take(&mut state.lead_now) {
+                leader_tick.reset_immediately();
+            }
+            let fenced = state.incarnation.fenced.clone();
+            let wake = state.next_wake(Instant::now());
+            let leading = state.leader.is_some();
+            let synced = state.leader.as_ref().map(|l| l.sync_done.clone());
+            // Every step is raced against shutdown and fencing: those are answered at
+            // once, even in the middle of a slow lease-table call.
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                _ = state.incarnation.fenced.cancelled() => {
+                _ = fenced.cancelled() => {
                     // SIGTERM is honoured while the comeback retries.
                     tokio::select! {
                         biased;
@@ -177,37 +191,110 @@ impl<F: ProcessorFactory> Worker<F> {
                     }
                 }
                 Some(joined) = state.tasks.join_next() => {
-                    if self.shard_finished(&mut state, joined).await {
-                        state.rescan = true;
-                        scan_tick.reset_immediately();
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        () = self.shard_finished(&mut state, joined) => {}
                     }
                 }
-                // A worker may turn dead between ticks: look right then, not up to a tick later.
-                _ = sleep_until_some(state.liveness.next_expiry(Instant::now())) => {
-                    self.tick_or_give_up(&mut state).await?;
+                _ = sleep_until_some(wake) => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        _ = fenced.cancelled() => {}
+                        done = self.step(&mut state, Step::Wake) => done?,
+                    }
                 }
-                _ = scan_tick.tick() => {
-                    self.tick_or_give_up(&mut state).await?;
+                // A shard sync ended: plan its new leases now, not a tick later.
+                _ = notified(synced) => state.lead_now = true,
+                _ = leader_tick.tick(), if leading => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        _ = fenced.cancelled() => {}
+                        done = self.step(&mut state, Step::Lead) => done?,
+                    }
                 }
-            }
-            if state.rescan && state.quick_rescans > 0 {
-                scan_tick.reset_immediately();
+                _ = tick.tick() => {
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        _ = fenced.cancelled() => {}
+                        done = self.step(&mut state, Step::Tick) => done?,
+                    }
+                }
             }
         }
         self.shut_down(state).await;
         Ok(())
     }
 
-    /// A new identity: a worker id plus a unique suffix, heartbeating from now on. The first
-    /// heartbeat is retried as `policy` says, on errors `when` accepts.
+    /// A new identity: the worker id plus the time and a random part (two processes with
+    /// the same host name and pid starting in the same millisecond still differ),
+    /// heartbeating from now on. The first heartbeat is retried as `policy` says, on errors
+    /// `when` accepts; a full membership item is tried again under another id.
     async fn start_incarnation(
         &self,
         policy: ExponentialBuilder,
         when: fn(&dynamodb_streams_leases::Error) -> bool,
     ) -> Result<Incarnation> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        // The stream's clock: the host's on AWS, the simulated one in simulations (where
-        // ids, and so the protocol's per-worker offsets, must not depend on the host).
+        let ttl = self.worker_ttl();
+        let mut attempt = 0;
+        let (id, sent) = loop {
+            let id = self.incarnation_id();
+            let mut sent = Instant::now();
+            let retried = |error: &dynamodb_streams_leases::Error| {
+                let retried = when(error);
+                if retried {
+                    tracing::warn!(incarnation = %id, %error, "cannot heartbeat yet");
+                }
+                retried
+            };
+            let clock = FencingClock::default();
+            let joined = retry::call(policy, retried, || {
+                sent = clock.now();
+                self.shared.store.heartbeat(&id, ttl)
+            })
+            .await;
+            match joined {
+                Ok(_) => break (id, sent),
+                Err(error @ dynamodb_streams_leases::Error::MembershipFull { .. })
+                    if attempt + 1 < JOIN_ATTEMPTS =>
+                {
+                    tracing::warn!(incarnation = %id, %error, "membership item full; trying another id");
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        self.shared.telemetry.health.heartbeat_confirmed();
+        let fenced = CancellationToken::new();
+        let stop_heartbeat = CancellationToken::new();
+        let (leading, leading_rx) = watch::channel(None);
+        let heartbeat = Heartbeat {
+            store: self.shared.store.clone(),
+            id: id.clone(),
+            ttl,
+            renew: self.shared.config.renew_interval,
+            deadline: self.fencing_deadline(),
+            clock: FencingClock::default(),
+            confirmed_at: sent,
+            fenced: fenced.clone(),
+            stop: stop_heartbeat.clone(),
+            leading: leading_rx,
+        };
+        Ok(Incarnation {
+            id,
+            fenced,
+            stop_heartbeat,
+            leading,
+            _heartbeat: AbortOnDropHandle::new(tokio::spawn(heartbeat.run())),
+        })
+    }
+
+    /// `{worker id}#{unix ms, hex}{32 random bits, hex}`. The stream's clock and random
+    /// numbers: the host's on AWS, the simulation's (seeded) in simulations.
+    fn incarnation_id(&self) -> String {
         let millis = self
             .shared
             .api
@@ -215,45 +302,7 @@ impl<F: ProcessorFactory> Worker<F> {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis())
             .unwrap_or_default();
-        let id = format!(
-            "{}#{:x}{}",
-            self.shared.worker_id,
-            millis,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        let ttl = self.worker_ttl();
-        let mut sent = Instant::now();
-        let retried = |error: &dynamodb_streams_leases::Error| {
-            let retried = when(error);
-            if retried {
-                tracing::warn!(incarnation = %id, %error, "cannot heartbeat yet");
-            }
-            retried
-        };
-        retry::call(policy, retried, || {
-            sent = Instant::now();
-            self.shared.store.heartbeat(&id, ttl)
-        })
-        .await?;
-        self.shared.telemetry.health.heartbeat_confirmed();
-        let fenced = CancellationToken::new();
-        let stop_heartbeat = CancellationToken::new();
-        let heartbeat = AbortOnDropHandle::new(tokio::spawn(heartbeat_loop(
-            self.shared.store.clone(),
-            id.clone(),
-            ttl,
-            self.shared.config.renew_interval,
-            self.fencing_deadline(),
-            sent,
-            fenced.clone(),
-            stop_heartbeat.clone(),
-        )));
-        Ok(Incarnation {
-            id,
-            fenced,
-            stop_heartbeat,
-            _heartbeat: heartbeat,
-        })
+        incarnation_id(&self.shared.worker_id, millis, self.shared.api.random_u64())
     }
 
     /// How long a heartbeat may go unconfirmed before this worker stops its shards: others
@@ -263,46 +312,23 @@ impl<F: ProcessorFactory> Worker<F> {
         failover.saturating_sub((failover / 5).max(Duration::from_millis(500)))
     }
 
-    /// Worker items outlive their worker by a while so observers see them stop, then TTL
-    /// (or the cleanup pass) removes them.
+    /// How long operators see a stopped worker's entry as merely late (`ddbsc status`);
+    /// the leader removes it after `failover_time`.
     fn worker_ttl(&self) -> Duration {
         self.shared.config.failover_time * 6
     }
 
-    /// Leases for streams that have none yet: every worker may do this at start, so a new
-    /// application does not wait for the shard-sync holder. Returns when it began if it
-    /// synced every stream in full (a full shard sync, as the holder's would have been).
-    async fn first_sync(&self) -> Result<Option<Instant>> {
-        let started = Instant::now();
-        let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
-            self.shared.store.list_leases()
-        })
-        .await?;
-        let mut complete = true;
-        for source in &self.streams {
-            if leases.iter().any(|l| l.key.stream == source.stream_arn) {
-                complete = false;
-            } else {
-                let report = shard_sync::sync_stream(
-                    self.shared.api.as_ref(),
-                    &self.shared.store,
-                    &source.stream_arn,
-                    &leases,
-                    self.shared.config.initial_position,
-                    shard_sync::Contention::Racing,
-                )
-                .await?;
-                complete &= !report.stopped_early;
-            }
-        }
-        Ok(complete.then_some(started))
-    }
-
-    /// A tick whose failure is logged and retried on the next tick, except a lease table
-    /// that is gone: then the worker stops its shards and returns the error (a clear exit,
-    /// not an endless retry).
-    async fn tick_or_give_up(&self, state: &mut State) -> Result<()> {
-        match self.tick(state).await {
+    /// One step of the loop; its failure is logged and retried at the next one, except a
+    /// lease table that is gone: then the worker stops its shards and returns the error (a
+    /// clear exit, not an endless retry).
+    async fn step(&self, state: &mut State, step: Step) -> Result<()> {
+        let done = match step {
+            Step::Tick => self.tick(state).await,
+            Step::Lead => self.lead(state).await,
+            Step::Wake if state.leader.is_some() => self.lead(state).await,
+            Step::Wake => self.watch_leader(state).await,
+        };
+        match done {
             Err(crate::Error::LeaseStore(error)) if error.is_table_missing() => {
                 tracing::error!(%error, "the lease table is gone; stopping this worker");
                 for running in state.running.values() {
@@ -314,268 +340,296 @@ impl<F: ProcessorFactory> Worker<F> {
                 Err(crate::Error::LeaseStore(error))
             }
             Err(error) => {
-                tracing::warn!(%error, "lease scan failed; retrying on the next tick");
+                tracing::warn!(%error, "lease table call failed; retrying at the next tick");
                 Ok(())
             }
             Ok(()) => Ok(()),
         }
     }
 
-    /// One tick: read the membership item, and scan the leases only if something changed
-    /// (or an audit is due); otherwise act on the leases of the last scan.
+    /// A worker's tick: the leader when due, the inbox, parents of waiting leases, and
+    /// the shards that are ready.
     async fn tick(&self, state: &mut State) -> Result<()> {
-        let first = state
-            .first_membership
-            .take()
-            .filter(|(_, asked, _)| !self.is_stale(state, *asked));
-        let (membership, started, now) = match first {
-            Some(read) => read,
-            None => {
-                let started = Instant::now();
-                let membership = self.shared.store.membership().await?;
-                // Liveness is judged when the answer came, not when the question was sent.
-                (membership, started, Instant::now())
-            }
-        };
-        if self.is_stale(state, started) {
-            state.seen_version = None;
-            return Ok(());
-        }
-        state.liveness.observe(&membership.workers, now);
-        // Compared with the last tick's view: a worker that died (or joined) since then is a
-        // change even if it is judged dead both before and after this read.
-        let live = state.liveness.live_workers(now);
-        let membership_changed = live != state.live_seen;
-        state.live_seen = live;
-        let handoff_due = state
-            .handoffs_asked
-            .values()
-            .any(|(_, at)| now.duration_since(*at) >= self.shared.config.failover_time);
-        let audit = now >= state.next_audit && self.holds_shard_sync(state);
-        let changed = state.seen_version != Some(membership.leases_version)
-            || membership_changed
-            || handoff_due
-            || std::mem::take(&mut state.rescan);
-        if changed || audit {
-            if audit {
-                state.next_audit = now + AUDIT_INTERVAL;
-            }
-            let before = std::mem::take(&mut state.leases);
-            let scanned = self.scan(state, membership.leases_version).await;
-            if audit && scanned.is_ok() && !changed && ownership_differs(&before, &state.leases) {
-                tracing::warn!(
-                    "audit found an ownership change without a leases version bump; bumping it"
-                );
-                self.shared.store.bump_leases_version().await?;
-            }
-            return scanned;
-        }
-        let leases = std::mem::take(&mut state.leases);
-        self.confirm_missing_parents(state, &leases).await;
-        self.start_ready(state, &leases, now);
-        self.run_shard_sync(state, &leases, now).await;
-        state.leases = leases;
-        Ok(())
-    }
-
-    /// Whether this incarnation held the shard-sync lease at the last scan.
-    fn holds_shard_sync(&self, state: &State) -> bool {
-        state
-            .leases
-            .iter()
-            .any(|l| l.key == shard_sync_key() && l.is_owned_by(&state.incarnation.id))
-    }
-
-    /// Reads every lease and worker (consistently), takes what the protocol plans, starts
-    /// what is ready. `version` is the leases version read before the scan began.
-    async fn scan(&self, state: &mut State, version: u64) -> Result<()> {
-        // Until this scan completes, the next tick scans again.
-        state.seen_version = None;
-        let started = Instant::now();
-        let (leases, workers) = self.shared.store.snapshot().await?;
         let now = Instant::now();
-        if self.is_stale(state, started) {
-            return Ok(());
+        if state.leader.is_none() && now >= state.next_coordination {
+            self.watch_leader(state).await?;
         }
-        state.liveness.observe(&workers, now);
-        let me = state.incarnation.id.clone();
-        // A table's streams before and after it was re-enabled are all ours.
-        let ours =
-            |l: &&Lease| self.source_of(&l.key.stream).is_some() || l.key == shard_sync_key();
-        let mut leases: Vec<Lease> = leases.into_iter().filter(|l| ours(&l)).collect();
-
-        self.check_running(state, &leases);
-        self.hand_over_idle(state, &mut leases).await;
-
-        // Take what the protocol says, then refresh our copies of what we took.
-        let due = handoffs_due(
-            &state.handoffs_asked,
-            &leases,
-            now,
-            self.shared.config.failover_time,
-        );
-        let live = state.liveness.live_workers(now);
-        let plan = lease_protocol::plan(&me, &leases, &live, &due);
-        let takes = plan.take.iter().map(|wanted| {
-            self.shared
-                .store
-                .take_lease(&wanted.key, wanted.owner.as_deref(), wanted.epoch, &me)
-        });
-        let mut lost_races = 0;
-        for (wanted, taken) in plan.take.iter().zip(futures::future::join_all(takes).await) {
-            match taken {
-                Ok(taken) => {
-                    LeaseAcquired {
-                        lease: &taken.key,
-                        previous_owner: wanted.owner.as_deref(),
-                    }
-                    .emit();
-                    state.handoffs_asked.remove(&taken.key);
-                    replace(&mut leases, taken);
-                }
-                Err(e) => {
-                    tracing::debug!(lease = %wanted.key, error = %e, "take lost a race");
-                    lost_races += 1;
-                }
-            }
+        self.read_inbox(state).await?;
+        if now >= state.next_self_audit {
+            self.self_audit(state).await?;
         }
-        if lost_races > 0 && state.quick_rescans < QUICK_RESCANS {
-            state.quick_rescans += 1;
-            state.rescan = true;
-        } else {
-            state.quick_rescans = 0;
-        }
-        let asks: Vec<(Lease, dynamodb_streams_leases::Ownership)> = plan
-            .request_handoffs
-            .into_iter()
-            .filter(|lease| !state.handoffs_asked.contains_key(&lease.key))
-            .filter_map(|lease| Some((lease.clone(), lease.ownership()?)))
-            .collect();
-        let requests = asks.iter().map(|(lease, ownership)| {
-            self.shared
-                .store
-                .request_handoff(&lease.key, ownership, &me)
-        });
-        for ((lease, ownership), asked) in
-            asks.iter().zip(futures::future::join_all(requests).await)
-        {
-            match asked {
-                Ok(_) => {
-                    tracing::info!(lease = %lease.key, owner = %ownership.owner, "asked for a handoff");
-                    state
-                        .handoffs_asked
-                        .insert(lease.key.clone(), (lease.epoch, now));
-                }
-                Err(e) => {
-                    tracing::debug!(lease = %lease.key, error = %e, "handoff request lost a race")
-                }
-            }
-        }
-        // Forget requests that were granted to someone else or whose lease changed hands.
-        state.handoffs_asked.retain(|key, (epoch, _)| {
-            leases
-                .iter()
-                .any(|l| &l.key == key && l.epoch == *epoch && !l.is_owned_by(&me))
-        });
-
-        self.confirm_missing_parents(state, &leases).await;
-        let stale = self.is_stale(state, started);
-        if !stale {
-            self.start_ready(state, &leases, now);
-        }
-        // After the shards start: taking the shard-sync lease (a write and a version bump)
-        // must not delay the first records.
-        self.run_shard_sync(state, &leases, now).await;
-        if stale {
-            return Ok(());
-        }
-        state.leases = leases;
-        state.seen_version = Some(version);
+        self.confirm_parents(state).await;
+        self.start_ready(state, Instant::now());
         Ok(())
     }
 
-    /// A scan that took so long that others may have judged this worker dead meanwhile (or
-    /// during which it was fenced) must not be acted on: its view of ownership is stale.
-    fn is_stale(&self, state: &State, started: Instant) -> bool {
-        let fenced = state.incarnation.fenced.is_cancelled();
-        let took = started.elapsed();
-        let stale = fenced || took >= self.fencing_deadline() / 2;
-        if stale {
-            LeaseScanDiscarded { took, fenced }.emit();
+    /// Reads the coordination item: judges the leader on this worker's clock, and claims
+    /// the role if the leader is dead, or none is named (after a random delay).
+    async fn watch_leader(&self, state: &mut State) -> Result<()> {
+        // Taken before the read: a failed read must not leave a due claim that wakes the
+        // loop again at once.
+        let claim_due = state.claim_at.take_if(|at| Instant::now() >= *at).is_some();
+        let coordination = self.shared.store.coordination().await?;
+        let now = Instant::now();
+        let me = state.incarnation.id.clone();
+        let every =
+            Duration::from_secs_f64(coordination.workers as f64 / COORDINATION_READS_PER_SECOND);
+        state.next_coordination = now + every.max(self.shared.config.scan_interval);
+        match coordination.leader {
+            Some(leader) if leader.worker_id == me => Ok(()),
+            Some(leader) => {
+                state.claim_at = None;
+                state.leader_liveness.observe(
+                    &[WorkerRecord {
+                        worker_id: leader.worker_id.clone(),
+                        heartbeat: leader.heartbeat,
+                        updated_at: UNIX_EPOCH,
+                        expires_at: UNIX_EPOCH,
+                    }],
+                    now,
+                );
+                if state.leader_liveness.is_alive(&leader.worker_id, now) {
+                    return Ok(());
+                }
+                tracing::warn!(leader = %leader.worker_id, "the leader's heartbeat stopped for the failover time; claiming its role");
+                self.claim(state, Some(leader.worker_id)).await
+            }
+            None if claim_due => self.claim(state, None).await,
+            None => match state.claim_at {
+                Some(_) => Ok(()),
+                None => {
+                    let spread = (self.shared.config.scan_interval / 4).min(CLAIM_SPREAD);
+                    let jitter = self.shared.api.random_u64() % (spread.as_millis() as u64).max(1);
+                    state.claim_at = Some(now + Duration::from_millis(jitter));
+                    Ok(())
+                }
+            },
         }
-        stale
     }
 
-    /// Stops consumers whose lease moved, and releases those another worker asked for.
-    fn check_running(&self, state: &mut State, leases: &[Lease]) {
-        for (key, running) in &mut state.running {
-            let current = leases.iter().find(|l| &l.key == key);
-            match current {
-                Some(lease) if lease.ownership().as_ref() == Some(&running.ownership) => {
-                    if lease.handoff_to.is_some() && !running.signals.release.is_cancelled() {
-                        tracing::info!(lease = %key, to = ?lease.handoff_to, "handing the lease over");
-                        running.handoff_to = lease.handoff_to.clone();
-                        running.signals.release.cancel();
+    /// Names this worker the leader (conditional: none named, or `replacing`, judged dead).
+    async fn claim(&self, state: &mut State, replacing: Option<String>) -> Result<()> {
+        let me = state.incarnation.id.clone();
+        let store = self.announcer.inner();
+        if !store.claim_leadership(&me, replacing.as_deref()).await? {
+            // Another worker claimed first: read who at the next tick.
+            state.next_coordination = Instant::now();
+            return Ok(());
+        }
+        tracing::info!(incarnation = %me, replaced = ?replacing, "leading the application");
+        state.leader = Some(Leader::new(
+            self.shared.config.failover_time,
+            replacing.as_deref(),
+        ));
+        state.incarnation.leading.send_replace(Some(1));
+        state.lead_now = true;
+        Ok(())
+    }
+
+    /// A round of the leader; what it changed for this worker applies at once.
+    async fn lead(&self, state: &mut State) -> Result<()> {
+        let me = state.incarnation.id.clone();
+        let Some(leader) = state.leader.as_mut() else {
+            return Ok(());
+        };
+        let announced: Arc<dyn LeaseStore> = self.shared.store.clone();
+        let env = LeaderEnv {
+            me: &me,
+            store: self.announcer.inner(),
+            announced: &announced,
+            api: &self.shared.api,
+            config: &self.shared.config,
+            streams: &self.streams,
+        };
+        let started = Instant::now();
+        let ticked = leader.tick(&env).await?;
+        let live = leader.live_count;
+        let again = leader.wants_rescan();
+        let Some(for_me) = ticked else {
+            state.leader = None;
+            state.incarnation.leading.send_replace(None);
+            return Ok(());
+        };
+        if state.incarnation.fenced.is_cancelled() {
+            LeaseScanDiscarded {
+                took: started.elapsed(),
+                fenced: true,
+            }
+            .emit();
+            return Ok(());
+        }
+        state.incarnation.leading.send_replace(Some(live));
+        state.lead_now = again;
+        for lease in for_me.leases {
+            self.reconcile(state, lease).await;
+        }
+        self.confirm_parents(state).await;
+        self.start_ready(state, Instant::now());
+        Ok(())
+    }
+
+    /// Reads the hints in this worker's inbox and the leases they name, acts on each
+    /// lease, then clears the hints read.
+    async fn read_inbox(&self, state: &mut State) -> Result<()> {
+        let me = state.incarnation.id.clone();
+        let store = self.announcer.inner();
+        let notices = store.notices(&me).await?;
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let mut keys: Vec<LeaseKey> = notices.iter().map(|n| n.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let leases = store.get_leases(&keys).await?;
+        let mut read: BTreeMap<LeaseKey, Lease> =
+            leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+        for key in keys {
+            match read.remove(&key) {
+                Some(lease) => self.reconcile(state, lease).await,
+                None => self.gone(state, &key),
+            }
+        }
+        store.clear_notices(&me, &notices).await?;
+        Ok(())
+    }
+
+    /// Reads every lease this worker holds or runs, and acts on what they say.
+    async fn self_audit(&self, state: &mut State) -> Result<()> {
+        let mut keys: Vec<LeaseKey> = state
+            .mine
+            .keys()
+            .chain(state.running.keys())
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let leases = self.shared.store.get_leases(&keys).await?;
+        state.next_self_audit = Instant::now() + AUDIT_INTERVAL;
+        let mut read: BTreeMap<LeaseKey, Lease> =
+            leases.into_iter().map(|l| (l.key.clone(), l)).collect();
+        for key in keys {
+            match read.remove(&key) {
+                Some(lease) => self.reconcile(state, lease).await,
+                None => self.gone(state, &key),
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on a lease as just read: keeps, starts, hands over or stops it.
+    async fn reconcile(&self, state: &mut State, lease: Lease) {
+        let me = state.incarnation.id.clone();
+        let key = lease.key.clone();
+        if lease.checkpoint == Checkpoint::ShardEnd {
+            state.done_parents.insert(key.clone());
+        }
+        let mine_now = lease.is_owned_by(&me) && lease_protocol::is_active(&lease);
+        if let Some(running) = state.running.get_mut(&key) {
+            if !mine_now || lease.ownership().as_ref() != Some(&running.ownership) {
+                running.signals.lost.cancel();
+            } else if lease.handoff_to.is_some() && !running.signals.release.is_cancelled() {
+                tracing::info!(lease = %key, to = ?lease.handoff_to, "handing the lease over");
+                running.handoff_to = lease.handoff_to.clone();
+                running.signals.release.cancel();
+            }
+        }
+        if !mine_now {
+            state.mine.remove(&key);
+            return;
+        }
+        if let (false, Some(to), Some(ownership)) = (
+            state.running.contains_key(&key),
+            lease.handoff_to.clone(),
+            lease.ownership(),
+        ) {
+            // Not running (waiting for parents or a retry): nothing to finish, hand it
+            // over at once.
+            state.mine.remove(&key);
+            self.hand_over_unreleased(&key, &ownership, &to).await;
+            return;
+        }
+        if !state.mine.contains_key(&key) {
+            LeaseAcquired {
+                lease: &key,
+                previous_owner: None,
+            }
+            .emit();
+        }
+        state.mine.insert(key, lease);
+    }
+
+    /// A lease a hint named is gone: stop it if it runs here; as a parent, it is done.
+    fn gone(&self, state: &mut State, key: &LeaseKey) {
+        if let Some(running) = state.running.get(key) {
+            running.signals.lost.cancel();
+        }
+        state.mine.remove(key);
+        state.done_parents.insert(key.clone());
+    }
+
+    /// Confirms, with one consistent read, which parents of the leases waiting here are
+    /// finished or gone: a parent is done only when a read says so (invariant 3).
+    async fn confirm_parents(&self, state: &mut State) {
+        let mut parents: Vec<LeaseKey> = state
+            .mine
+            .values()
+            .filter(|l| !state.running.contains_key(&l.key))
+            .flat_map(|l| {
+                l.parent_shard_ids
+                    .iter()
+                    .map(|parent| LeaseKey::new(l.key.stream.clone(), parent.clone()))
+            })
+            .filter(|parent| !state.done_parents.contains(parent))
+            .collect();
+        if parents.is_empty() {
+            return;
+        }
+        parents.sort();
+        parents.dedup();
+        match self.shared.store.get_leases(&parents).await {
+            Ok(read) => {
+                let unfinished: BTreeSet<&LeaseKey> = read
+                    .iter()
+                    .filter(|l| l.checkpoint != Checkpoint::ShardEnd)
+                    .map(|l| &l.key)
+                    .collect();
+                for parent in parents {
+                    if !unfinished.contains(&parent) {
+                        state.done_parents.insert(parent);
                     }
                 }
-                _ => running.signals.lost.cancel(),
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the parents of waiting leases; their children wait")
             }
         }
     }
 
-    /// Confirms, with a consistent read each, that parents the scan did not return are
-    /// really gone (or finished) before their children owned here may start: a parent
-    /// missing from a scan is not proof (invariant 3).
-    async fn confirm_missing_parents(&self, state: &mut State, leases: &[Lease]) {
-        let by_key: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
-        let me = state.incarnation.id.as_str();
-        let unconfirmed: HashSet<LeaseKey> = leases
-            .iter()
-            .filter(|l| l.is_owned_by(me) && lease_protocol::is_active(l))
-            .filter(|l| !state.running.contains_key(&l.key))
-            .flat_map(|l| lease_protocol::missing_parents(l, &by_key))
-            .filter(|parent| !state.gone_parents.contains(parent))
+    /// Starts a consumer for each lease of this worker whose parents are done.
+    fn start_ready(&self, state: &mut State, now: Instant) {
+        let ready: Vec<Lease> = state
+            .mine
+            .values()
+            .filter(|lease| {
+                lease_protocol::is_active(lease)
+                    && lease.handoff_to.is_none()
+                    && !state.running.contains_key(&lease.key)
+                    && state
+                        .retry_after
+                        .get(&lease.key)
+                        .is_none_or(|at| *at <= now)
+                    && lease.parent_shard_ids.iter().all(|parent| {
+                        state
+                            .done_parents
+                            .contains(&LeaseKey::new(lease.key.stream.clone(), parent.clone()))
+                    })
+            })
+            .cloned()
             .collect();
-        for parent in unconfirmed {
-            match self.shared.store.get_lease(&parent).await {
-                Ok(None) => {
-                    state.gone_parents.insert(parent);
-                }
-                Ok(Some(lease)) if lease.checkpoint == Checkpoint::ShardEnd => {
-                    state.gone_parents.insert(parent);
-                }
-                Ok(Some(_)) => {
-                    tracing::warn!(%parent, "a parent lease missing from the scan exists and is not finished; its children wait");
-                }
-                Err(error) => {
-                    tracing::warn!(%parent, %error, "cannot confirm a missing parent lease; its children wait")
-                }
-            }
-        }
-    }
-
-    /// Starts a consumer for each lease we own whose parents are finished.
-    fn start_ready(&self, state: &mut State, leases: &[Lease], now: Instant) {
-        let by_key: HashMap<&LeaseKey, &Lease> = leases.iter().map(|l| (&l.key, l)).collect();
-        for lease in leases {
+        for lease in ready {
             let Some(ownership) = lease.ownership() else {
                 continue;
             };
-            if ownership.owner != state.incarnation.id
-                || !lease_protocol::is_active(lease)
-                || lease.handoff_to.is_some()
-                || state.running.contains_key(&lease.key)
-                || state
-                    .retry_after
-                    .get(&lease.key)
-                    .is_some_and(|at| *at > now)
-                || !lease_protocol::parents_done(lease, &by_key)
-                || !lease_protocol::missing_parents(lease, &by_key)
-                    .iter()
-                    .all(|parent| state.gone_parents.contains(parent))
-            {
-                continue;
-            }
             // Fencing reaches every shard at once through the token tree, even while this
             // loop is stuck in a slow lease-table call.
             let signals = ShardSignals {
@@ -621,21 +675,38 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// Handles a finished shard consumer; returns whether to scan again at once.
+    /// The source a lease's stream belongs to.
+    fn source_of(&self, stream_arn: &str) -> Option<&StreamSource> {
+        source_of(&self.streams, stream_arn)
+    }
+
+    /// Handles a finished shard consumer.
     async fn shard_finished(
         &self,
         state: &mut State,
         joined: std::result::Result<(LeaseKey, ShardOutcome), tokio::task::JoinError>,
-    ) -> bool {
+    ) {
         let Ok((key, outcome)) = joined else {
             // Consumers catch their own panics (see `start_ready`); a join error means the
             // task was aborted, which only happens when the runtime shuts down.
-            return false;
+            return;
         };
         let running = state.running.remove(&key);
         match outcome {
-            ShardOutcome::Ended => true,
+            ShardOutcome::Ended => {
+                state.mine.remove(&key);
+                if let Some(running) = running
+                    && state.finished.len() < FINISHED_KEPT
+                {
+                    state.finished.insert(key.clone(), running.ownership);
+                }
+                state.done_parents.insert(key.clone());
+                self.continue_into_children(state, &key).await;
+                self.confirm_parents(state).await;
+                self.start_ready(state, Instant::now());
+            }
             ShardOutcome::Released => {
+                state.mine.remove(&key);
                 if let Some(Running {
                     ownership,
                     handoff_to: Some(to),
@@ -644,160 +715,98 @@ impl<F: ProcessorFactory> Worker<F> {
                 {
                     self.hand_over(&key, &ownership, &to).await;
                 }
-                false
             }
-            ShardOutcome::LeaseLost => false,
+            ShardOutcome::LeaseLost => {
+                state.mine.remove(&key);
+            }
             ShardOutcome::Failed(error) => {
                 let pause = self.shared.config.processing_backoff_max;
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
                 state.retry_after.insert(key, Instant::now() + pause);
-                false
             }
         }
     }
 
-    /// Leases this worker owns but does not run (children waiting for their parents, shards
-    /// waiting to restart) have nothing to finish: a handoff request for one is granted at
-    /// once, instead of the requester waiting out the handoff timeout.
-    async fn hand_over_idle(&self, state: &State, leases: &mut [Lease]) {
-        let me = state.incarnation.id.as_str();
-        let idle: Vec<(LeaseKey, Ownership, String)> = leases
-            .iter()
-            .filter(|l| l.is_owned_by(me) && !state.running.contains_key(&l.key))
-            .filter_map(|l| Some((l.key.clone(), l.ownership()?, l.handoff_to.clone()?)))
-            .collect();
-        for (key, ownership, to) in idle {
+    /// Takes the children of a shard this worker just finished that it created itself
+    /// (unowned, as created): the shard's history continues here without waiting for the
+    /// leader. Children created by another worker come through the leader.
+    async fn continue_into_children(&self, state: &mut State, parent: &LeaseKey) {
+        let me = state.incarnation.id.clone();
+        for child in self.announcer.changes().take_children_of(parent) {
             match self
                 .shared
                 .store
-                .take_lease(&key, Some(me), ownership.epoch, &to)
+                .take_lease(&child.key, None, child.epoch, &me)
                 .await
             {
-                Ok(given) => {
-                    tracing::info!(lease = %key, %to, "idle lease handed over");
-                    replace(leases, given);
+                Ok(taken) => {
+                    LeaseAcquired {
+                        lease: &taken.key,
+                        previous_owner: None,
+                    }
+                    .emit();
+                    state.mine.insert(taken.key.clone(), taken);
                 }
-                Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
+                Err(error) => {
+                    tracing::debug!(lease = %child.key, %error, "child taken by another worker first")
+                }
             }
         }
     }
 
     /// Gives a lease released for a handoff to the worker that asked for it, right after the
-    /// release (a take on its behalf, conditional on the epoch the release left): otherwise
-    /// every worker under its share races for the free lease, the releaser among them, and
-    /// the requester may ask again and again.
+    /// release (a take on its behalf, conditional on the epoch the release left), and hints
+    /// it: otherwise the lease would wait unowned for the leader. Not announced: the leader
+    /// asked for this move and already counts the lease as the requester's.
     async fn hand_over(&self, key: &LeaseKey, released: &Ownership, to: &str) {
         let epoch = released.epoch + 1;
-        match self.shared.store.take_lease(key, None, epoch, to).await {
-            Ok(_) => tracing::info!(lease = %key, %to, "lease handed over"),
+        match self
+            .announcer
+            .inner()
+            .take_lease(key, None, epoch, to)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(lease = %key, %to, "lease handed over");
+                self.hint(to, key).await;
+            }
             // Someone took it first, or the release did not happen: nothing to hand over.
             Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
         }
     }
 
-    /// The holder of the shard-sync lease lists every shard once per interval and removes
-    /// the items of dead workers, in a task of its own.
-    async fn run_shard_sync(&self, state: &mut State, leases: &[Lease], now: Instant) {
-        let me = state.incarnation.id.clone();
-        let Some(sync_lease) = leases.iter().find(|l| l.key == shard_sync_key()) else {
-            return;
-        };
-        let holder_alive = sync_lease
-            .owner
-            .as_deref()
-            .is_some_and(|o| o == me || state.liveness.is_alive(o, now));
-        if !holder_alive {
-            match self
-                .shared
-                .store
-                .take_lease(
-                    &sync_lease.key,
-                    sync_lease.owner.as_deref(),
-                    sync_lease.epoch,
-                    &me,
-                )
-                .await
-            {
-                Ok(_) => state.last_sync = state.synced_at_start.take(),
-                Err(_) => return,
-            }
-        } else if !sync_lease.is_owned_by(&me) {
-            return;
-        }
-        if state
-            .last_sync
-            .is_some_and(|at| now.duration_since(at) < self.shared.config.shard_sync_interval)
+    /// Hands over a lease this worker owns but does not run: one take on the requester's
+    /// behalf, conditional on this worker's ownership (not announced, like [`Self::hand_over`]).
+    async fn hand_over_unreleased(&self, key: &LeaseKey, ownership: &Ownership, to: &str) {
+        match self
+            .announcer
+            .inner()
+            .take_lease(key, Some(&ownership.owner), ownership.epoch, to)
+            .await
         {
-            return;
+            Ok(_) => {
+                tracing::info!(lease = %key, %to, "idle lease handed over");
+                self.hint(to, key).await;
+            }
+            Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
         }
-        // Never two syncs at once; a slow DescribeStream delays the next sync, not the loop.
-        if state
-            .sync_task
-            .as_ref()
-            .is_some_and(|task| !task.is_finished())
-        {
-            return;
-        }
-        state.last_sync = Some(now);
-        let dead: Vec<String> = state
-            .liveness
-            .dead_workers(now)
-            .into_iter()
-            .filter(|dead| leases.iter().all(|l| !l.is_owned_by(dead)))
-            .collect();
-        let shared = self.shared.clone();
-        let sources = self.streams.clone();
-        let leases = leases.to_vec();
-        // The full DescribeStream and the lease creation run in their own task: scans, lease
-        // loss, fencing and shutdown are never blocked behind them.
-        state.sync_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut current = Vec::new();
-            for source in &sources {
-                let Some(stream_arn) = current_stream(shared.api.as_ref(), source).await else {
-                    continue;
-                };
-                current.push(stream_arn.clone());
-                if let Err(error) = shard_sync::sync_stream(
-                    shared.api.as_ref(),
-                    &shared.store,
-                    &stream_arn,
-                    &leases,
-                    shared.config.initial_position,
-                    shard_sync::Contention::Alone,
-                )
-                .await
-                {
-                    tracing::warn!(%stream_arn, %error, "shard sync failed");
-                }
-            }
-            if let Err(error) =
-                shard_sync::retire_replaced_streams(shared.store.as_ref(), &leases, &current).await
-            {
-                tracing::warn!(%error, "cannot retire a replaced stream");
-            }
-            for dead in dead {
-                let _ = shared.store.delete_worker(&dead).await;
-            }
-        })));
     }
 
-    /// The source a lease's stream belongs to: the stream itself, or another stream of the
-    /// same table (the table's stream was disabled and enabled again).
-    fn source_of(&self, stream_arn: &str) -> Option<&StreamSource> {
-        self.streams
-            .iter()
-            .find(|s| s.stream_arn == stream_arn)
-            .or_else(|| {
-                self.streams
-                    .iter()
-                    .find(|s| crate::stream_arn::same_table(&s.stream_arn, stream_arn))
-            })
+    async fn hint(&self, to: &str, key: &LeaseKey) {
+        if let Err(error) = self
+            .announcer
+            .inner()
+            .notify(to, std::slice::from_ref(key))
+            .await
+        {
+            tracing::warn!(lease = %key, %to, %error, "cannot hint the new owner; the leader will");
+        }
     }
 
-    /// No confirmed heartbeat in time: stop every shard without writing, then come back as
-    /// a new incarnation that takes leases like any other worker.
+    /// No confirmed heartbeat in time (or the entry was removed): stop every shard without
+    /// writing, then come back as a new incarnation, which gets leases like any other.
     async fn fence(&self, state: &mut State) -> Result<()> {
-        tracing::error!(incarnation = %state.incarnation.id, "no heartbeat confirmed in time: fencing this worker (stopping every shard)");
+        tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
         self.shared.telemetry.health.fenced();
         for running in state.running.values() {
             running.signals.lost.cancel();
@@ -805,99 +814,132 @@ impl<F: ProcessorFactory> Worker<F> {
         while state.tasks.join_next().await.is_some() {}
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
+        state.incarnation.leading.send_replace(None);
         let policy = retry::reincarnation(self.shared.config.renew_interval);
         // Anything but a deleted lease table is worth another try.
         let incarnation = self
             .start_incarnation(policy, |e| !e.is_table_missing())
             .await?;
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
-        state.incarnation = incarnation;
-        state.last_sync = None;
-        state.handoffs_asked.clear();
-        state.seen_version = None;
-        state.leases.clear();
-        state.sync_task = None;
+        *state = State {
+            done_parents: std::mem::take(&mut state.done_parents),
+            ..State::new(incarnation, self.shared.config.failover_time)
+        };
         Ok(())
     }
 
     /// Graceful shutdown: every shard finishes its batch, is told, flushes and releases;
-    /// leases not running are released too; then the worker item goes.
+    /// leases not running are released too; the leader's role is given up, so another
+    /// worker claims it at once; then the worker's entry goes.
     async fn shut_down(&self, mut state: State) {
-        // A shard sync in flight is abandoned: the next holder's sync redoes it.
-        drop(state.sync_task.take());
-        tracing::info!(incarnation = %state.incarnation.id, shards = state.running.len(), "shutting down");
+        let me = state.incarnation.id.clone();
+        tracing::info!(incarnation = %me, shards = state.running.len(), "shutting down");
         self.shared.telemetry.health.stopped();
+        // A shard sync in flight is abandoned: the next leader's sync redoes it.
+        let leading = state.leader.take().is_some();
+        state.incarnation.leading.send_replace(None);
         for running in state.running.values() {
             running.signals.release.cancel();
         }
         // (issue 8) A shard whose final checkpoint could not be written keeps its lease.
-        let mut kept = HashSet::new();
+        let mut kept = BTreeSet::new();
         while let Some(joined) = state.tasks.join_next().await {
-            if let Ok((key, ShardOutcome::Failed(error))) = joined {
-                tracing::error!(lease = %key, %error, "shard stopped on an error; its lease is kept, not released");
-                kept.insert(key);
+            match joined {
+                Ok((key, ShardOutcome::Failed(error))) => {
+                    tracing::error!(lease = %key, %error, "shard stopped on an error; its lease is kept, not released");
+                    kept.insert(key);
+                }
+                Ok((key, _)) => {
+                    state.mine.remove(&key);
+                }
+                Err(_) => {}
             }
         }
-        let me = state.incarnation.id.clone();
-        let store = self.shared.store.as_ref();
-        let leases = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-            store.list_leases()
-        })
-        .await;
-        // Released together: one slow lease must not hold up the others.
-        let releases = leases
-            .iter()
-            .flatten()
-            .filter_map(|lease| Some((&lease.key, lease.ownership()?)))
-            .filter(|(key, ownership)| ownership.owner == me && !kept.contains(*key))
-            .map(|(key, ownership)| async move {
-                let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-                    store.release_lease(key, &ownership)
-                })
-                .await;
-                if released.is_ok() {
-                    LeaseReleased {
-                        lease: key,
-                        to: None,
+        // Leases given to this worker whose hints it has not read yet are its own too.
+        let inbox = self.announcer.inner();
+        if let Ok(notices) = inbox.notices(&me).await
+            && !notices.is_empty()
+        {
+            let keys: Vec<LeaseKey> = notices.iter().map(|n| n.key.clone()).collect();
+            if let Ok(leases) = inbox.get_leases(&keys).await {
+                for lease in leases.into_iter().filter(|l| l.is_owned_by(&me)) {
+                    if lease.checkpoint == Checkpoint::ShardEnd {
+                        if let Some(ownership) = lease.ownership() {
+                            state.finished.insert(lease.key.clone(), ownership);
+                        }
+                    } else {
+                        state.mine.insert(lease.key.clone(), lease);
                     }
-                    .emit();
                 }
-            });
+            }
+        }
+        let store = self.shared.store.as_ref();
+        let mut owned: Vec<(LeaseKey, Ownership)> = state
+            .mine
+            .values()
+            .filter(|l| !kept.contains(&l.key))
+            .filter_map(|l| Some((l.key.clone(), l.ownership()?)))
+            .chain(std::mem::take(&mut state.finished))
+            .collect();
+        if leading
+            && let Ok(Some(sync)) = store.get_lease(&shard_sync_key()).await
+            && let Some(ownership) = sync.ownership().filter(|o| o.owner == me)
+        {
+            owned.push((sync.key, ownership));
+        }
+        // Released together: one slow lease must not hold up the others.
+        let releases = owned.iter().map(|(key, ownership)| async move {
+            let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                store.release_lease(key, ownership)
+            })
+            .await;
+            if released.is_ok() {
+                LeaseReleased {
+                    lease: key,
+                    to: None,
+                }
+                .emit();
+            }
+        });
         futures::future::join_all(releases).await;
+        announce::flush(self.announcer.inner().as_ref(), self.announcer.changes()).await;
+        if leading && let Err(error) = self.announcer.inner().resign_leadership(&me).await {
+            tracing::warn!(%error, "could not give up the leader's role; another worker takes it after the failover time");
+        }
         state.incarnation.stop_heartbeat.cancel();
         let deleted = retry::call(retry::lease_store(), retry::is_retryable_store, || {
             store.delete_worker(&me)
         })
         .await;
         if let Err(error) = deleted {
-            tracing::warn!(%error, "worker item not deleted; it expires by itself");
+            tracing::warn!(%error, "worker entry not removed; the leader removes it after the failover time");
         }
         tracing::info!(incarnation = %me, "worker stopped");
     }
 }
 
-/// The stream to sync for `source`: a table's current stream (DescribeTable, once per
-/// sync), which is new after the table's stream was disabled and enabled again. `None`
-/// when the table cannot be described or has no stream now: its sync waits for the next
-/// interval (syncing a stream that may have been replaced could recreate retired leases).
-async fn current_stream(
-    api: &dyn crate::streams::StreamsApi,
-    source: &StreamSource,
-) -> Option<String> {
-    let Some(table) = &source.table else {
-        return Some(source.stream_arn.clone());
-    };
-    match api.latest_stream_arn(table).await {
-        Ok(arn) => {
-            if arn != source.stream_arn {
-                tracing::debug!(table, stream_arn = %arn, previous = %source.stream_arn, "the table has a new stream");
-            }
-            Some(arn)
-        }
-        Err(error) => {
-            tracing::warn!(table, %error, "cannot look up the table's current stream; its shard sync waits for the next interval");
-            None
-        }
+/// `{worker id}#{millis, hex}{low 32 bits of random, hex}`: two processes with the same
+/// host name and pid starting in the same millisecond differ by the random part.
+fn incarnation_id(worker_id: &str, millis: u128, random: u64) -> String {
+    format!("{worker_id}#{millis:x}{:08x}", random as u32)
+}
+
+/// What a step of the loop is for.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    /// The worker's tick.
+    Tick,
+    /// The leader's tick.
+    Lead,
+    /// A liveness deadline or a due claim, between ticks.
+    Wake,
+}
+
+/// Waits for `notify`, or forever without one.
+async fn notified(notify: Option<Arc<tokio::sync::Notify>>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -909,122 +951,26 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-/// Who owns a lease, as an audit compares it: key, owner, epoch, handoff mark, finished.
-type OwnershipView = (LeaseKey, Option<String>, u64, Option<String>, bool);
-
-/// Whether two scans disagree on who owns what (checkpoints aside): what an audit looks for.
-/// The leases this worker asked for whose handoff timed out while the owner it asked still
-/// holds them (same epoch): those it may take by force. A request whose lease changed hands
-/// since (its owner died and another worker took it) is not due: forcing it would steal
-/// from a live owner that was never asked.
-fn handoffs_due(
-    asked: &HashMap<LeaseKey, (u64, Instant)>,
-    leases: &[Lease],
-    now: Instant,
-    timeout: Duration,
-) -> HashSet<LeaseKey> {
-    asked
-        .iter()
-        .filter(|(_, (_, at))| now.duration_since(*at) >= timeout)
-        .filter(|(key, (epoch, _))| leases.iter().any(|l| &l.key == *key && l.epoch == *epoch))
-        .map(|(key, _)| key.clone())
-        .collect()
-}
-
-fn ownership_differs(before: &[Lease], after: &[Lease]) -> bool {
-    let view = |leases: &[Lease]| -> HashSet<OwnershipView> {
-        leases
-            .iter()
-            .map(|l| {
-                (
-                    l.key.clone(),
-                    l.owner.clone(),
-                    l.epoch,
-                    l.handoff_to.clone(),
-                    l.checkpoint == Checkpoint::ShardEnd,
-                )
-            })
-            .collect()
-    };
-    view(before) != view(after)
-}
-
-fn replace(leases: &mut [Lease], updated: Lease) {
-    if let Some(slot) = leases.iter_mut().find(|l| l.key == updated.key) {
-        *slot = updated;
-    }
-}
-
-/// Heartbeats every `renew` until stopped; cancels `fenced` when no heartbeat has been
-/// confirmed for `deadline`, measured from the send time of the last confirmed one.
-#[allow(clippy::too_many_arguments)]
-async fn heartbeat_loop(
-    store: Arc<dyn LeaseStore>,
-    id: String,
-    ttl: Duration,
-    renew: Duration,
-    deadline: Duration,
-    mut confirmed_at: Instant,
-    fenced: CancellationToken,
-    stop: CancellationToken,
-) {
-    let mut next = confirmed_at + renew;
-    let mut pauses = retry::heartbeat(renew).build();
-    loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(confirmed_at + deadline) => { fenced.cancel(); return; }
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        let sent = Instant::now();
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep_until(confirmed_at + deadline) => { fenced.cancel(); return; }
-            result = store.heartbeat(&id, ttl) => match result {
-                Ok(_) => {
-                    confirmed_at = sent;
-                    next = sent + renew;
-                    pauses = retry::heartbeat(renew).build();
-                }
-                Err(error) => {
-                    // Retried soon, on the heartbeat's own budget, not a renew interval later.
-                    let pause = pauses.next().unwrap_or(renew);
-                    tracing::warn!(incarnation = %id, %error, ?pause, "heartbeat failed");
-                    next = Instant::now() + pause;
-                }
-            },
-        }
-    }
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use dynamodb_streams_leases::Checkpoint;
+    use crate::streams::StreamsApi;
 
-    #[tokio::test(start_paused = true)]
-    async fn a_handoff_is_due_only_while_the_owner_asked_still_holds_the_lease() {
-        let timeout = Duration::from_secs(10);
-        let asked_at = Instant::now();
-        let lease = |shard: &str, owner: &str, epoch: u64| {
-            let mut lease =
-                Lease::new(LeaseKey::new("arn", shard), Checkpoint::TrimHorizon, vec![]);
-            lease.owner = Some(owner.into());
-            lease.epoch = epoch;
-            lease
-        };
-        let asked = HashMap::from([
-            (LeaseKey::new("arn", "kept"), (1, asked_at)),
-            (LeaseKey::new("arn", "moved"), (1, asked_at)),
-        ]);
-        // "moved": its owner died and another worker took it (epoch 2) before the timeout.
-        let leases = [lease("kept", "a", 1), lease("moved", "b", 2)];
-        assert!(handoffs_due(&asked, &leases, Instant::now(), timeout).is_empty());
-        tokio::time::advance(timeout).await;
-        let due = handoffs_due(&asked, &leases, Instant::now(), timeout);
-        assert_eq!(due, HashSet::from([LeaseKey::new("arn", "kept")]));
+    /// Two containers with the same host name and pid (so the same worker id) starting in
+    /// the same millisecond: their incarnation ids differ (issue 17; the id used to be the
+    /// time and a per-process counter, the same in both).
+    #[test]
+    fn incarnations_started_in_the_same_millisecond_differ() {
+        // The AWS streams access draws from the OS (no request is sent).
+        let config = aws_types::SdkConfig::builder()
+            .behavior_version(aws_sdk_dynamodbstreams::config::BehaviorVersion::latest())
+            .build();
+        let api = crate::streams::SdkStreams::from_sdk_config(&config);
+        let millis = 1_767_225_600_123;
+        let (one, other) = (api.random_u64(), api.random_u64());
+        let a = incarnation_id("ip-10-0-0-7-1", millis, one);
+        let b = incarnation_id("ip-10-0-0-7-1", millis, other);
+        assert_ne!(a, b);
+        assert!(a.starts_with("ip-10-0-0-7-1#19b7"), "{a}");
     }
 }

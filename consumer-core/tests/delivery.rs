@@ -465,7 +465,12 @@ async fn a_processor_that_sleeps_forever_is_dropped_when_the_lease_is_lost() {
         .take_lease(&key, lease.owner.as_deref(), lease.epoch, "thief")
         .await
         .unwrap();
-    // The worker notices on its next scan (every 2 s) and drops the call at once.
+    // Whoever takes a live worker's lease hints the owner (as the leader and `ddbsc` do):
+    // the worker notices at its next inbox read (every 2 s) and drops the call at once.
+    store
+        .notify(lease.owner.as_deref().unwrap(), std::slice::from_ref(&key))
+        .await
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(5), async {
         while log.lease_lost.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(50)).await;

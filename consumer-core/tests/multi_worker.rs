@@ -75,41 +75,145 @@ async fn workers_that_crash_join_and_pause_still_deliver_every_change_in_order()
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_joining_worker_gets_its_fair_share_by_handoff() {
-    let sim = SimulatedStream::new(SimConfig {
-        initial_shards: 12,
-        ..SimConfig::with_seed(3)
-    });
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let mut cluster = Cluster::new(&sim, store.clone());
-    cluster.start("a");
-    let owned_by = |leases: &[Lease], prefix: &str| {
-        leases
-            .iter()
-            .filter(|l| !l.key.is_coordination())
-            .filter(|l| l.owner.as_deref().is_some_and(|o| o.starts_with(prefix)))
-            .count()
+/// A worker joining a worker that owns every lease gets half of them by handoff; each lease
+/// a worker comes to own counts once in `ddb_stream_leases_acquired_total`, those received
+/// by handoff too.
+#[test]
+fn a_joining_worker_gets_its_fair_share_by_handoff() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A snapshot takes the counts since the previous one: add them up.
+    let total = std::cell::Cell::new(0);
+    let acquired = || -> u64 {
+        let since: u64 = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter(|(key, ..)| key.key().name() == "ddb_stream_leases_acquired_total")
+            .map(|(.., value)| match value {
+                metrics_util::debugging::DebugValue::Counter(n) => n,
+                _ => 0,
+            })
+            .sum();
+        total.set(total.get() + since);
+        total.get()
     };
-    let wait_until = |want_a: usize, want_b: usize| {
-        let store = store.clone();
-        async move {
-            tokio::time::timeout(Duration::from_secs(120), async {
-                loop {
-                    let leases = store.list_leases().await.unwrap();
-                    if owned_by(&leases, "a#") == want_a && owned_by(&leases, "b#") == want_b {
-                        break;
-                    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // A thread-local recorder (the runtime runs every task on this thread): this test's
+    // counters only.
+    metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sim = SimulatedStream::new(SimConfig {
+                initial_shards: 12,
+                ..SimConfig::with_seed(3)
+            });
+            sim.add_table("orders");
+            let store = Arc::new(InMemoryLeaseStore::new());
+            let mut cluster = Cluster::new(&sim, store.clone());
+            cluster.start("a");
+            let owned_by = |leases: &[Lease], prefix: &str| {
+                leases
+                    .iter()
+                    .filter(|l| !l.key.is_coordination())
+                    .filter(|l| l.owner.as_deref().is_some_and(|o| o.starts_with(prefix)))
+                    .count()
+            };
+            let wait_until = |want_a: usize, want_b: usize| {
+                let store = store.clone();
+                async move {
+                    tokio::time::timeout(Duration::from_secs(120), async {
+                        loop {
+                            let leases = store.list_leases().await.unwrap();
+                            if owned_by(&leases, "a#") == want_a
+                                && owned_by(&leases, "b#") == want_b
+                            {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|_| panic!("never reached a={want_a} b={want_b}"));
+                }
+            };
+            wait_until(12, 0).await;
+            assert_eq!(acquired(), 12, "a's leases, each acquired once");
+            cluster.start("b");
+            wait_until(6, 6).await;
+            // b counts a lease when it reads the hint, just after the take.
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                while acquired() < 18 {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             })
-            .await
-            .unwrap_or_else(|_| panic!("never reached a={want_a} b={want_b}"));
+            .await;
+            assert_eq!(
+                acquired(),
+                18,
+                "the six leases b received by handoff count as acquired"
+            );
+            cluster.stop_all().await;
+        });
+    });
+}
+
+/// Issue 15: a handoff asked of an owner whose batch runs longer than the failover time
+/// (25 s, under the 30 s shutdown timeout) waits for the batch: the lease is never taken by
+/// force from a live owner, so no shard is processed by two workers at once. (It used to be
+/// forced `failover_time` after the request, while the batch still ran.)
+#[tokio::test(start_paused = true)]
+async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
+    let sim = SimulatedStream::new(SimConfig {
+        initial_shards: 4,
+        ..SimConfig::with_seed(77)
+    });
+    let arn = sim.add_table("orders");
+    let mut cluster = Cluster::new(&sim, Arc::new(InMemoryLeaseStore::new()));
+    cluster.start("a");
+    let put = |n: u64| {
+        sim.put_value(
+            "orders",
+            &Row {
+                pk: format!("k{}", n % 40),
+                n,
+            },
+        )
+        .unwrap();
+    };
+    for n in 0..40 {
+        put(n);
+    }
+    cluster.wait_for_every_change(Duration::from_secs(60)).await;
+    // From now on a's batches take 25 s; b joins and gets two leases by handoff.
+    *cluster.processing.lock().unwrap() = Duration::from_secs(25);
+    for n in 40..80 {
+        put(n);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start("b");
+    let joined = tokio::time::Instant::now();
+    let live = ["a".to_owned(), "b".to_owned()];
+    let balanced = async {
+        loop {
+            let (per_worker, orphans) = common::ownership(&cluster.store, &live).await;
+            if orphans == 0 && per_worker.values().all(|n| *n == 2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    wait_until(12, 0).await;
-    cluster.start("b");
-    wait_until(6, 6).await;
-    cluster.stop_all().await;
+    tokio::time::timeout(Duration::from_secs(120), balanced)
+        .await
+        .expect("b never got its share");
+    let waited = joined.elapsed();
+    assert!(
+        waited > Duration::from_secs(10),
+        "the handoff was done in {waited:?}, before a's batch could end"
+    );
+    *cluster.processing.lock().unwrap() = Duration::from_millis(20);
+    cluster.finish(&arn).await;
 }

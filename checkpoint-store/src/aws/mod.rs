@@ -22,7 +22,9 @@
 //!   (dispatch failures and timeouts are transport errors) and the HTTP status (an
 //!   unmodeled 5xx is transient). Callers decide retries with
 //!   [`ErrorClass::is_retryable`] and map classes onto their own error kinds.
-//! - **Paging**: Scan goes through the SDK's paginator ([`scan_all`]); DescribeStream
+//! - **Paging**: Scan goes through the SDK's paginator ([`scan_all`], in parallel segments
+//!   for large tables: [`parallel_scan_all`]); BatchGetItem through [`batch_get_all`]
+//!   (requests of 100 keys, unprocessed keys asked again); DescribeStream
 //!   through [`describe_stream_pages`], which follows `LastEvaluatedShardId` and fails with
 //!   [`CursorStalled`] when the cursor does not advance (never a partial list, never a
 //!   loop).
@@ -41,5 +43,8 @@ pub use clients::{AwsClients, LIVENESS_ATTEMPT_TIMEOUT, liveness_overrides};
 #[cfg(feature = "sdk-config")]
 pub use config::{LOCAL_REGION, local_sdk_config, sdk_config};
 pub use errors::{ErrorClass, classify, error_message};
-pub use paging::{CursorStalled, describe_stream_pages, scan_all};
+pub use paging::{
+    BATCH_GET_KEYS, BatchGot, CursorStalled, batch_get_all, describe_stream_pages,
+    parallel_scan_all, scan_all,
+};
 pub use tables::{TableWaitError, wait_until_table_active};

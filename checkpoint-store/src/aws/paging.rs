@@ -1,11 +1,15 @@
-//! Reading every page: Scan through the SDK's paginator, DescribeStream through one pager.
+//! Reading every page: Scan through the SDK's paginator (optionally in parallel segments),
+//! BatchGetItem in requests of 100 keys, DescribeStream through one pager.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::time::Duration;
 
+use aws_sdk_dynamodb::operation::batch_get_item::BatchGetItemError;
 use aws_sdk_dynamodb::operation::scan::ScanError;
 use aws_sdk_dynamodb::operation::scan::builders::ScanFluentBuilder;
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 
@@ -20,6 +24,94 @@ pub async fn scan_all(
         .into_iter()
         .flat_map(|page| page.items.unwrap_or_default())
         .collect())
+}
+
+/// Every item of a Scan read in `segments` parallel segments (DynamoDB's `Segment` /
+/// `TotalSegments`), each through [`scan_all`]: a large table is read in a fraction of the
+/// time one sequential Scan takes, for the same read units.
+pub async fn parallel_scan_all(
+    scan: ScanFluentBuilder,
+    segments: i32,
+) -> Result<Vec<HashMap<String, AttributeValue>>, SdkError<ScanError, HttpResponse>> {
+    if segments <= 1 {
+        return scan_all(scan).await;
+    }
+    let parts = (0..segments)
+        .map(|segment| scan_all(scan.clone().segment(segment).total_segments(segments)));
+    let mut items = Vec::new();
+    for part in futures::future::join_all(parts).await {
+        items.extend(part?);
+    }
+    Ok(items)
+}
+
+/// The most keys one BatchGetItem request takes.
+pub const BATCH_GET_KEYS: usize = 100;
+
+/// What [`batch_get_all`] read.
+#[derive(Debug, Default)]
+pub struct BatchGot {
+    /// The items found (keys without an item are left out).
+    pub items: Vec<HashMap<String, AttributeValue>>,
+    /// Keys DynamoDB still left unprocessed after the last round (throttling): the caller
+    /// treats a non-zero count as a transient failure.
+    pub unprocessed: usize,
+}
+
+/// The items of `keys` in `table` through BatchGetItem: requests of [`BATCH_GET_KEYS`]
+/// keys (sent together), and the keys DynamoDB leaves unprocessed asked again, up to three
+/// more rounds 50 ms apart and doubling. `customize` applies per-request settings (the
+/// liveness timeouts).
+pub async fn batch_get_all(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    keys: Vec<HashMap<String, AttributeValue>>,
+    consistent: bool,
+    customize: Option<fn() -> aws_sdk_dynamodb::config::Builder>,
+) -> Result<BatchGot, SdkError<BatchGetItemError, HttpResponse>> {
+    let mut got = BatchGot::default();
+    let mut pending = keys;
+    let mut pause = Duration::from_millis(50);
+    for round in 0..4 {
+        if pending.is_empty() {
+            break;
+        }
+        if round > 0 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
+        let requests = pending.chunks(BATCH_GET_KEYS).map(|chunk| {
+            let request = KeysAndAttributes::builder()
+                .set_keys(Some(chunk.to_vec()))
+                .consistent_read(consistent)
+                .build();
+            async move {
+                let request = request.map_err(SdkError::construction_failure)?;
+                let send = client.batch_get_item().request_items(table, request);
+                match customize {
+                    Some(overrides) => send.customize().config_override(overrides()).send().await,
+                    None => send.send().await,
+                }
+            }
+        });
+        let answers = futures::future::join_all(requests).await;
+        pending = Vec::new();
+        for answer in answers {
+            let mut output = answer?;
+            if let Some(items) = output.responses.as_mut().and_then(|r| r.remove(table)) {
+                got.items.extend(items);
+            }
+            if let Some(left) = output
+                .unprocessed_keys
+                .as_mut()
+                .and_then(|u| u.remove(table))
+            {
+                pending.extend(left.keys);
+            }
+        }
+    }
+    got.unprocessed = pending.len();
+    Ok(got)
 }
 
 /// DescribeStream handed back a `LastEvaluatedShardId` it had already given: following it

@@ -1,6 +1,14 @@
-//! The item codec: how leases and the membership are laid out in DynamoDB items, and the
-//! small value and expression helpers every request of the store uses. Pure functions of
-//! the model, no requests: billing sizes items with the same encoders the store writes.
+//! The item codec: how leases, membership items, the coordination item and inboxes are
+//! laid out in DynamoDB items, and the small value and expression helpers every request of
+//! the store uses. Pure functions of the model, no requests: billing sizes items with the
+//! same encoders the store writes.
+//!
+//! | item | `pk` | attributes |
+//! | --- | --- | --- |
+//! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
+//! | membership | `membership\|{n}`, n < [`crate::MEMBERSHIP_SHARDS`] | `kind`="membership", `members` (N), and per worker `hb\|{id}` (N, heartbeat counter), `up\|{id}` (N, unix ms of the last heartbeat), `ex\|{id}` (N, unix s when operators may call it abandoned) |
+//! | coordination | `coordination` | `kind`="coordination", `leases_version` (N), `leader` (S), `leader_hb` (N), `leader_up` (N, unix ms), `workers` (N) |
+//! | inbox | `inbox\|{worker id}` | `kind`="inbox", `notes` (SS of `{token}\|{stream}\|{shard_id}`), `expires_at` (N, unix s: the table's TTL removes a dead worker's inbox) |
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,7 +17,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseKey, Membership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey};
+use crate::membership::{Coordination, LeaderRecord, Notice, WorkerRecord};
 
 /// Attribute names. Expressions refer to them as `#name` (see [`names_in`]), which also
 /// keeps DynamoDB's reserved words (`owner` is one) out of the way.
@@ -30,19 +39,39 @@ pub(crate) mod attr {
     pub const PIPELINE_PREFIX: &str = "pl|";
     /// The pipelines the owner of a lease runs (a string set, absent when none).
     pub const OWNER_PIPELINES: &str = "owner_pipelines";
-    /// The table's TTL attribute (no item sets it today; kept so tables stay as created).
+    /// The table's TTL attribute: set on inboxes, so a dead worker's inbox goes away.
     pub const EXPIRES_AT: &str = "expires_at";
-    pub const LEASES_VERSION: &str = "leases_version";
-    /// Per-worker attributes of the membership item: `{prefix}{worker id}`.
+    /// Per-worker attributes of a membership item: `{prefix}{worker id}`.
     pub const HEARTBEAT_PREFIX: &str = "hb|";
     pub const UPDATED_PREFIX: &str = "up|";
     pub const EXPIRES_PREFIX: &str = "ex|";
+    /// How many workers a membership item holds.
+    pub const MEMBERS: &str = "members";
+    pub const LEASES_VERSION: &str = "leases_version";
+    pub const LEADER: &str = "leader";
+    pub const LEADER_HEARTBEAT: &str = "leader_hb";
+    pub const LEADER_UPDATED: &str = "leader_up";
+    pub const WORKERS: &str = "workers";
+    pub const SHARDS: &str = "shards";
+    pub const NOTES: &str = "notes";
 }
 
 pub(crate) const KIND_LEASE: &str = "lease";
 pub(crate) const KIND_MEMBERSHIP: &str = "membership";
-/// The key of the membership item.
-pub(crate) const MEMBERSHIP_PK: &str = "membership";
+pub(crate) const KIND_COORDINATION: &str = "coordination";
+pub(crate) const KIND_INBOX: &str = "inbox";
+/// The key of the coordination item.
+pub(crate) const COORDINATION_PK: &str = "coordination";
+
+/// The key of membership item `shard`.
+pub(crate) fn membership_pk(shard: u16) -> String {
+    format!("membership|{shard}")
+}
+
+/// The key of a worker's inbox.
+pub(crate) fn inbox_pk(worker_id: &str) -> String {
+    format!("inbox|{worker_id}")
+}
 
 pub(crate) type Item = HashMap<String, AttributeValue>;
 
@@ -113,18 +142,15 @@ pub(crate) fn millis(time: SystemTime) -> AttributeValue {
     number(unix_millis(time))
 }
 
-/// The membership item as the store keeps it (for sizing: the store itself only ever
-/// writes it attribute by attribute).
-pub(crate) fn encode_membership(membership: &Membership) -> Item {
+/// A membership item holding `workers` (for sizing: the store itself only ever writes it
+/// attribute by attribute).
+pub(crate) fn encode_membership(shard: u16, workers: &[WorkerRecord]) -> Item {
     let mut item = Item::from([
-        (attr::PK.to_owned(), s(MEMBERSHIP_PK)),
+        (attr::PK.to_owned(), s(&membership_pk(shard))),
         (attr::KIND.to_owned(), s(KIND_MEMBERSHIP)),
-        (
-            attr::LEASES_VERSION.to_owned(),
-            number(membership.leases_version),
-        ),
+        (attr::MEMBERS.to_owned(), number(workers.len() as u64)),
     ]);
-    for worker in &membership.workers {
+    for worker in workers {
         let id = &worker.worker_id;
         item.insert(
             format!("{}{id}", attr::HEARTBEAT_PREFIX),
@@ -140,6 +166,104 @@ pub(crate) fn encode_membership(membership: &Membership) -> Item {
         );
     }
     item
+}
+
+/// The coordination item holding `coordination` (for sizing).
+pub(crate) fn encode_coordination(coordination: &Coordination) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), s(COORDINATION_PK)),
+        (attr::KIND.to_owned(), s(KIND_COORDINATION)),
+        (
+            attr::LEASES_VERSION.to_owned(),
+            number(coordination.leases_version),
+        ),
+        (attr::WORKERS.to_owned(), number(coordination.workers)),
+    ]);
+    if !coordination.shards.is_empty() {
+        item.insert(
+            attr::SHARDS.to_owned(),
+            AttributeValue::Ns(coordination.shards.iter().map(u16::to_string).collect()),
+        );
+    }
+    if let Some(leader) = &coordination.leader {
+        item.insert(attr::LEADER.to_owned(), s(&leader.worker_id));
+        item.insert(attr::LEADER_HEARTBEAT.to_owned(), number(leader.heartbeat));
+        item.insert(attr::LEADER_UPDATED.to_owned(), millis(SystemTime::now()));
+    }
+    item
+}
+
+/// A worker's inbox holding `notices` (for sizing).
+pub(crate) fn encode_inbox(worker_id: &str, notices: &[Notice]) -> Item {
+    let mut item = Item::from([
+        (attr::PK.to_owned(), s(&inbox_pk(worker_id))),
+        (attr::KIND.to_owned(), s(KIND_INBOX)),
+        (
+            attr::EXPIRES_AT.to_owned(),
+            number(unix_secs(SystemTime::now())),
+        ),
+    ]);
+    if !notices.is_empty() {
+        item.insert(
+            attr::NOTES.to_owned(),
+            AttributeValue::Ss(notices.iter().map(encode_note).collect()),
+        );
+    }
+    item
+}
+
+/// A hint as an inbox holds it: `{token}|{stream}|{shard_id}` (stream ARNs and shard ids
+/// hold no `|`, like lease keys).
+pub(crate) fn encode_note(notice: &Notice) -> String {
+    format!(
+        "{}|{}|{}",
+        notice.token, notice.key.stream, notice.key.shard_id
+    )
+}
+
+/// The hints of an inbox item; a note that does not parse is reported and skipped.
+pub(crate) fn decode_inbox(table: &str, item: &Item) -> Vec<Notice> {
+    let Some(AttributeValue::Ss(notes)) = item.get(attr::NOTES) else {
+        return Vec::new();
+    };
+    let mut notices = Vec::with_capacity(notes.len());
+    for note in notes {
+        let mut parts = note.splitn(3, '|');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(token), Some(stream), Some(shard)) => notices.push(Notice {
+                token: token.to_owned(),
+                key: LeaseKey::new(stream, shard),
+            }),
+            _ => tracing::error!(table, note, "inbox note does not decode; skipped"),
+        }
+    }
+    notices
+}
+
+/// The coordination item's content; missing attributes read as zero or none.
+pub(crate) fn decode_coordination(item: &Item) -> Coordination {
+    let number_at = |name: &str| match item.get(name) {
+        Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
+        _ => None,
+    };
+    let leader = match item.get(attr::LEADER) {
+        Some(AttributeValue::S(id)) => Some(LeaderRecord {
+            worker_id: id.clone(),
+            heartbeat: number_at(attr::LEADER_HEARTBEAT).unwrap_or(0),
+        }),
+        _ => None,
+    };
+    let mut shards: Vec<u16> = match item.get(attr::SHARDS) {
+        Some(AttributeValue::Ns(shards)) => shards.iter().filter_map(|n| n.parse().ok()).collect(),
+        _ => Vec::new(),
+    };
+    shards.sort_unstable();
+    Coordination {
+        leases_version: number_at(attr::LEASES_VERSION).unwrap_or(0),
+        leader,
+        workers: number_at(attr::WORKERS).unwrap_or(0),
+        shards,
+    }
 }
 
 pub(crate) fn encode_lease(lease: &Lease) -> Item {
@@ -300,9 +424,9 @@ pub(crate) fn decode_lease(table: &str, item: &Item) -> Result<Lease> {
     })
 }
 
-/// The membership item's worker records (sorted by id) and version. An entry with a
-/// missing or unreadable part is reported and skipped, like an undecodable lease.
-pub(crate) fn decode_membership(table: &str, item: &Item) -> Membership {
+/// A membership item's worker records (sorted by id). An entry with a missing or
+/// unreadable part is reported and skipped, like an undecodable lease.
+pub(crate) fn decode_membership(table: &str, item: &Item) -> Vec<WorkerRecord> {
     let number_at = |name: &str| match item.get(name) {
         Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
         _ => None,
@@ -330,18 +454,14 @@ pub(crate) fn decode_membership(table: &str, item: &Item) -> Membership {
         }
     }
     workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
-    Membership {
-        leases_version: number_at(attr::LEASES_VERSION).unwrap_or(0),
-        workers,
-    }
+    workers
 }
 
-/// Leases and the membership out of scanned items. An item that does not decode is
-/// reported (error log naming table and key) and skipped: one item written by a newer
-/// version must not stop every worker from taking leases.
-pub(crate) fn decode_scan(table: &str, items: &[Item]) -> (Vec<Lease>, Membership) {
+/// The leases among scanned items. An item that does not decode is reported (error log
+/// naming table and key) and skipped: one item written by a newer version must not stop
+/// every worker from taking leases. Items of other kinds are not leases.
+pub(crate) fn decode_leases(table: &str, items: &[Item]) -> Vec<Lease> {
     let mut leases = Vec::new();
-    let mut membership = Membership::default();
     for item in items {
         match item.get(attr::KIND) {
             Some(AttributeValue::S(kind)) if kind == KIND_LEASE => {
@@ -352,14 +472,11 @@ pub(crate) fn decode_scan(table: &str, items: &[Item]) -> (Vec<Lease>, Membershi
                     }
                 }
             }
-            Some(AttributeValue::S(kind)) if kind == KIND_MEMBERSHIP => {
-                membership = decode_membership(table, item)
-            }
-            // Items of other kinds are not ours to read (or written by a newer version).
+            // Items of other kinds are not leases (or written by a newer version).
             _ => {}
         }
     }
-    (leases, membership)
+    leases
 }
 
 #[cfg(test)]
@@ -413,21 +530,39 @@ mod tests {
         ));
         // As a newer version might write it: a field in a shape we do not know.
         bad.insert(attr::EPOCH.into(), AttributeValue::S("v2:7".into()));
-        let membership = encode_membership(&Membership {
-            leases_version: 3,
-            workers: vec![WorkerRecord {
-                worker_id: "w#1".into(),
-                heartbeat: 9,
-                updated_at: UNIX_EPOCH + Duration::from_millis(1_000),
-                expires_at: UNIX_EPOCH + Duration::from_secs(60),
-            }],
-        });
-        let (leases, read) = decode_scan(TABLE, &[bad, encode_lease(&good), membership]);
+        let worker = WorkerRecord {
+            worker_id: "w#1".into(),
+            heartbeat: 9,
+            updated_at: UNIX_EPOCH + Duration::from_millis(1_000),
+            expires_at: UNIX_EPOCH + Duration::from_secs(60),
+        };
+        let membership = encode_membership(3, std::slice::from_ref(&worker));
+        let leases = decode_leases(TABLE, &[bad, encode_lease(&good), membership.clone()]);
         let keys: Vec<&LeaseKey> = leases.iter().map(|l| &l.key).collect();
         assert_eq!(keys, [&good.key]);
-        assert_eq!(read.leases_version, 3);
-        assert_eq!(read.workers.len(), 1);
-        assert_eq!(read.workers[0].heartbeat, 9);
+        assert_eq!(decode_membership(TABLE, &membership), [worker]);
+    }
+
+    #[test]
+    fn coordination_and_inbox_items_round_trip() {
+        let coordination = Coordination {
+            leases_version: 12,
+            leader: Some(LeaderRecord {
+                worker_id: "w#2".into(),
+                heartbeat: 40,
+            }),
+            workers: 7,
+            shards: vec![3, 90],
+        };
+        assert_eq!(
+            decode_coordination(&encode_coordination(&coordination)),
+            coordination
+        );
+        let notices = vec![Notice {
+            token: "1f".into(),
+            key: LeaseKey::new("arn:aws:dynamodb:r:1:table/t/stream/x", "shardId-1"),
+        }];
+        assert_eq!(decode_inbox(TABLE, &encode_inbox("w#2", &notices)), notices);
     }
 
     #[test]

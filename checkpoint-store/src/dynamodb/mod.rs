@@ -1,16 +1,10 @@
 //! The lease store in a DynamoDB table.
 //!
-//! One table per application, string partition key `pk`, on-demand billing. Two kinds of
-//! items share it:
-//!
-//! | item | `pk` | attributes |
-//! | --- | --- | --- |
-//! | lease | `lease\|{stream}\|{shard_id}` | `kind`="lease", `stream`, `shard_id`, `owner` (absent when none), `epoch` (N), `checkpoint` (S), `parents` (L of S), `owner_switches` (N), `handoff_to` (S, optional), `created_at`, `updated_at` (N, unix ms) |
-//! | membership | `membership` | `kind`="membership", `leases_version` (N), and per worker `hb\|{id}` (N, heartbeat counter), `up\|{id}` (N, unix ms of the last heartbeat), `ex\|{id}` (N, unix s after which cleanup may remove the entry) |
-//!
-//! Workers heartbeat into the one membership item and read it (eventually consistent, a
-//! few KB even with 50 workers) on every tick; the leases are scanned only when
-//! `leases_version` moved. Every ownership-changing write bumps it afterwards.
+//! One table per application, string partition key `pk`, on-demand billing. Four kinds of
+//! items share it (see [`item`] for their attributes): leases, [`crate::MEMBERSHIP_SHARDS`]
+//! membership items (heartbeats, each written by at most [`crate::MEMBERS_PER_SHARD`]
+//! workers), one coordination item (leases version, leader) and one inbox per worker.
+//! Writes never bump the leases version by themselves: callers do, coalesced.
 //!
 //! Every ownership-dependent write is one conditional `UpdateItem`, with the same
 //! semantics as [`crate::InMemoryLeaseStore`] (the conformance suite checks both).
@@ -18,13 +12,15 @@
 //! store does not retry (its callers' retry policies do).
 //!
 //! The parts: [`item`] is the codec (item layout, attribute names, value helpers),
-//! [`table`] creates and checks the table, [`errors`] turns SDK answers into [`Error`]s;
-//! this file holds the store and its requests.
+//! [`table`] creates and checks the table, [`membership`] holds the requests on the items
+//! that are not leases, [`errors`] turns SDK answers into [`Error`]s; this file holds the
+//! store and its lease requests.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
@@ -38,21 +34,23 @@ use aws_types::SdkConfig;
 use crate::aws::{self, AwsClients, ErrorClass};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::lease::{Lease, LeaseKey, Membership, Ownership, WorkerRecord};
+use crate::lease::{Lease, LeaseKey, Ownership};
+use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
 use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 use crate::transaction;
 
 mod errors;
 pub(crate) mod item;
+mod membership;
 mod table;
 
 use errors::{ConditionFailed, Target, cancellation_codes};
 use item::{
-    Item, KIND_LEASE, KIND_MEMBERSHIP, MEMBERSHIP_PK, attr, decode_lease, decode_membership,
-    decode_scan, encode_lease, lease_pk, member_names, millis, names_in, number,
-    pipeline_attribute, s, to_values, unix_millis, unix_secs,
+    Item, KIND_LEASE, attr, decode_lease, decode_leases, encode_lease, lease_pk, millis, names_in,
+    number, pipeline_attribute, s, to_values,
 };
+use membership::{MembershipCache, MembershipItems};
 use table::LeaseTable;
 
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
@@ -62,6 +60,17 @@ const CHECKPOINT_UPDATE: &str =
     "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now";
 /// The condition of every write that needs the lease ([`owned_values`]).
 const OWNED_CONDITION: &str = "#owner = :me AND #epoch = :my_epoch";
+
+/// What a write conditional on an unchanged lease expects to find.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    /// The owner seen (`None`: no owner).
+    owner: Option<&'a str>,
+    /// The epoch seen.
+    epoch: u64,
+    /// Whether the lease must also have no pending handoff request.
+    no_handoff: bool,
+}
 
 /// A [`LeaseStore`] in a DynamoDB table.
 #[derive(Clone)]
@@ -74,7 +83,18 @@ pub struct DynamoDbLeaseStore {
     scan_page_size: Option<i32>,
     /// Key attribute names of the tables transactions write to (DescribeTable, once each).
     key_names: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    /// Which workers joined through this store, and the membership items listed last.
+    membership: Arc<MembershipCache>,
+    /// Items the last full scan read: the next one reads in parallel segments, one per
+    /// [`ITEMS_PER_SEGMENT`] items (at most [`MAX_SCAN_SEGMENTS`]).
+    last_scan_items: Arc<AtomicUsize>,
 }
+
+/// Items of a full scan per parallel segment: a 1 MB page holds about 2,500 lease items,
+/// so a segment reads about 4 pages one after the other.
+const ITEMS_PER_SEGMENT: usize = 10_000;
+/// The most parallel segments of one scan: 100,000 leases (about 40 MB) in 10 segments.
+const MAX_SCAN_SEGMENTS: usize = 16;
 
 impl fmt::Debug for DynamoDbLeaseStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -117,7 +137,18 @@ impl DynamoDbLeaseStore {
             endpoint,
             scan_page_size: None,
             key_names: Arc::default(),
+            membership: Arc::new(MembershipCache::new()),
+            last_scan_items: Arc::default(),
         })
+    }
+
+    /// The requests on membership, coordination and inbox items.
+    fn members(&self) -> MembershipItems<'_> {
+        MembershipItems {
+            client: &self.client,
+            target: self.target(),
+            cache: &self.membership,
+        }
     }
 
     /// Reads scans in pages of at most `items` items (before filtering), instead of
@@ -232,19 +263,24 @@ impl DynamoDbLeaseStore {
             })
     }
 
-    /// An update conditional on the lease still having the owner and epoch the caller saw;
-    /// a failed condition means `LeaseNotFound` or `LeaseChanged`.
+    /// An update conditional on the lease still having the owner and epoch the caller saw
+    /// (and, with `no_handoff`, no pending handoff request); a failed condition means
+    /// `LeaseNotFound` or `LeaseChanged`.
     async fn update_unchanged(
         &self,
         operation: &'static str,
         key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
+        seen: Seen<'_>,
         update: &str,
         mut values: Vec<(&str, AttributeValue)>,
     ) -> Result<Lease> {
+        let Seen {
+            owner: seen_owner,
+            epoch: seen_epoch,
+            no_handoff,
+        } = seen;
         values.push((":seen_epoch", number(seen_epoch)));
-        let condition = match seen_owner {
+        let mut condition = match seen_owner {
             Some(owner) => {
                 values.push((":seen_owner", s(owner)));
                 "attribute_exists(#pk) AND #epoch = :seen_epoch AND #owner = :seen_owner"
@@ -252,9 +288,13 @@ impl DynamoDbLeaseStore {
             None => {
                 "attribute_exists(#pk) AND #epoch = :seen_epoch AND attribute_not_exists(#owner)"
             }
-        };
+        }
+        .to_owned();
+        if no_handoff {
+            condition.push_str(" AND attribute_not_exists(#handoff_to)");
+        }
         let failed = match self
-            .update_lease(operation, key, update, condition, values)
+            .update_lease(operation, key, update, &condition, values)
             .await?
         {
             Ok(lease) => return Ok(lease),
@@ -275,67 +315,30 @@ impl DynamoDbLeaseStore {
         })
     }
 
-    /// Every item of one kind (or of every kind), read consistently, all pages.
-    async fn scan_kind(&self, kind: Option<&str>) -> Result<Vec<Item>> {
+    /// Every lease item, read consistently, all pages: in parallel segments once the last
+    /// scan showed a large table, so that a scan of 100,000 leases takes about as long as
+    /// one of 10,000 (and, answering in time, is never discarded by its reader).
+    async fn scan_leases(&self) -> Result<Vec<Item>> {
         let filter = "#kind = :kind";
-        let mut request = self
+        let request = self
             .client
             .scan()
             .table_name(&self.table)
             .consistent_read(true)
-            .set_limit(self.scan_page_size);
-        if let Some(kind) = kind {
-            request = request
-                .filter_expression(filter)
-                .set_expression_attribute_names(Some(names_in(&[filter])))
-                .expression_attribute_values(":kind", s(kind));
-        }
-        aws::scan_all(request)
+            .set_limit(self.scan_page_size)
+            .filter_expression(filter)
+            .set_expression_attribute_names(Some(names_in(&[filter])))
+            .expression_attribute_values(":kind", s(KIND_LEASE));
+        let segments = self
+            .last_scan_items
+            .load(Ordering::Relaxed)
+            .div_ceil(ITEMS_PER_SEGMENT)
+            .clamp(1, MAX_SCAN_SEGMENTS);
+        let items = aws::parallel_scan_all(request, i32::try_from(segments).unwrap_or(1))
             .await
-            .map_err(|err| self.target().sdk_error("Scan", None, err))
-    }
-
-    /// A plain `UpdateItem` on the membership item (no condition); returns the updated
-    /// attributes. `names` maps each `#placeholder` to its attribute name. A liveness call:
-    /// short attempt timeout ([`aws::LIVENESS_ATTEMPT_TIMEOUT`]).
-    async fn update_membership(
-        &self,
-        operation: &'static str,
-        update: &str,
-        names: Vec<(&str, String)>,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Item> {
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(MEMBERSHIP_PK))
-            .update_expression(update)
-            .set_expression_attribute_names(Some(
-                names
-                    .into_iter()
-                    .map(|(placeholder, name)| (placeholder.to_owned(), name))
-                    .collect(),
-            ))
-            .return_values(ReturnValue::UpdatedNew);
-        if !values.is_empty() {
-            request = request.set_expression_attribute_values(Some(to_values(values)));
-        }
-        let output = request
-            .customize()
-            .config_override(aws::liveness_overrides())
-            .send()
-            .await
-            .map_err(|err| self.target().sdk_error(operation, None, err))?;
-        Ok(output.attributes.unwrap_or_default())
-    }
-
-    /// Bumps the leases version after an ownership-changing write. The write itself
-    /// succeeded, so a failed bump is only reported: the audit scan catches it.
-    async fn bump_after(&self, key: &LeaseKey) {
-        if let Err(error) = self.bump_leases_version().await {
-            tracing::warn!(lease = %key, %error, "leases version not bumped; the audit scan will catch the change");
-        }
+            .map_err(|err| self.target().sdk_error("Scan", None, err))?;
+        self.last_scan_items.store(items.len(), Ordering::Relaxed);
+        Ok(items)
     }
 
     /// A transactional checkpoint whose condition failed: the lease moved to another
@@ -422,12 +425,7 @@ impl DynamoDbLeaseStore {
             .send()
             .await;
         let err = match result {
-            Ok(_) => {
-                if slot == Slot::Lease && *checkpoint == Checkpoint::ShardEnd {
-                    self.bump_after(key).await;
-                }
-                return Ok(());
-            }
+            Ok(_) => return Ok(()),
             Err(err) => err,
         };
         let Some(TransactWriteItemsError::TransactionCanceledException(canceled)) =
@@ -463,8 +461,8 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>> {
-        let items = self.scan_kind(Some(KIND_LEASE)).await?;
-        Ok(decode_scan(&self.table, &items).0)
+        let items = self.scan_leases().await?;
+        Ok(decode_leases(&self.table, &items))
     }
 
     async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
@@ -495,10 +493,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .send()
             .await;
         match result {
-            Ok(_) => {
-                self.bump_after(&lease.key).await;
-                Ok(())
-            }
+            Ok(_) => Ok(()),
             Err(err) if aws::classify(&err) == ErrorClass::ConditionFailed => {
                 Err(Error::AlreadyExists {
                     key: lease.key.clone(),
@@ -515,19 +510,19 @@ impl LeaseStore for DynamoDbLeaseStore {
         seen_epoch: u64,
         new_owner: &str,
     ) -> Result<Lease> {
-        let taken = self
-            .update_unchanged(
-                "UpdateItem (take)",
-                key,
-                seen_owner,
-                seen_epoch,
-                "SET #owner = :new_owner, #epoch = #epoch + :one, \
+        self.update_unchanged(
+            "UpdateItem (take)",
+            key,
+            Seen {
+                owner: seen_owner,
+                epoch: seen_epoch,
+                no_handoff: false,
+            },
+            "SET #owner = :new_owner, #epoch = #epoch + :one, \
              #owner_switches = #owner_switches + :one, #updated_at = :now REMOVE #handoff_to",
-                vec![(":new_owner", s(new_owner)), (":one", number(1))],
-            )
-            .await?;
-        self.bump_after(key).await;
-        Ok(taken)
+            vec![(":new_owner", s(new_owner)), (":one", number(1))],
+        )
+        .await
     }
 
     async fn checkpoint(
@@ -536,19 +531,14 @@ impl LeaseStore for DynamoDbLeaseStore {
         ownership: &Ownership,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
-        let lease = self
-            .update_owned(
-                "UpdateItem (checkpoint)",
-                key,
-                ownership,
-                CHECKPOINT_UPDATE,
-                checkpoint_values(checkpoint),
-            )
-            .await?;
-        if *checkpoint == Checkpoint::ShardEnd {
-            self.bump_after(key).await;
-        }
-        Ok(lease)
+        self.update_owned(
+            "UpdateItem (checkpoint)",
+            key,
+            ownership,
+            CHECKPOINT_UPDATE,
+            checkpoint_values(checkpoint),
+        )
+        .await
     }
 
     async fn checkpoint_pipelines(
@@ -568,9 +558,6 @@ impl LeaseStore for DynamoDbLeaseStore {
                 names,
             )
             .await?;
-        if update.read_position == Checkpoint::ShardEnd {
-            self.bump_after(key).await;
-        }
         Ok(lease)
     }
 
@@ -600,17 +587,14 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {
-        let released = self
-            .update_owned(
-                "UpdateItem (release)",
-                key,
-                ownership,
-                "SET #epoch = #epoch + :one, #updated_at = :now REMOVE #owner, #handoff_to",
-                vec![(":one", number(1))],
-            )
-            .await?;
-        self.bump_after(key).await;
-        Ok(released)
+        self.update_owned(
+            "UpdateItem (release)",
+            key,
+            ownership,
+            "SET #epoch = #epoch + :one, #updated_at = :now REMOVE #owner, #handoff_to",
+            vec![(":one", number(1))],
+        )
+        .await
     }
 
     async fn reset_lease(
@@ -626,13 +610,19 @@ impl LeaseStore for DynamoDbLeaseStore {
             .update_unchanged(
                 "UpdateItem (reset)",
                 key,
-                seen_owner,
-                seen_epoch,
+                Seen {
+                    owner: seen_owner,
+                    epoch: seen_epoch,
+                    no_handoff: false,
+                },
                 &format!("{CHECKPOINT_UPDATE}, #epoch = #epoch + :one REMOVE #owner, #handoff_to"),
                 values,
             )
             .await?;
-        self.bump_after(key).await;
+        // An operator's move, made outside any worker: it bumps the version itself.
+        if let Err(error) = self.bump_leases_version().await {
+            tracing::warn!(lease = %key, %error, "leases version not bumped after a reset; the audit scan will catch it");
+        }
         Ok(moved)
     }
 
@@ -642,144 +632,108 @@ impl LeaseStore for DynamoDbLeaseStore {
         current: &Ownership,
         requester: &str,
     ) -> Result<Lease> {
-        let asked = self
-            .update_unchanged(
-                "UpdateItem (request handoff)",
-                key,
-                Some(&current.owner),
-                current.epoch,
-                "SET #handoff_to = :requester, #updated_at = :now",
-                vec![(":requester", s(requester))],
-            )
-            .await?;
-        self.bump_after(key).await;
-        Ok(asked)
+        self.update_unchanged(
+            "UpdateItem (request handoff)",
+            key,
+            Seen {
+                owner: Some(&current.owner),
+                epoch: current.epoch,
+                no_handoff: true,
+            },
+            "SET #handoff_to = :requester, #updated_at = :now",
+            vec![(":requester", s(requester))],
+        )
+        .await
     }
 
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        let output = self
-            .client
+        self.client
             .delete_item()
             .table_name(&self.table)
             .key(attr::PK, lease_pk(key))
-            .return_values(ReturnValue::AllOld)
             .send()
             .await
             .map_err(|err| self.target().sdk_error("DeleteItem", Some(key), err))?;
-        if output.attributes.is_some_and(|old| !old.is_empty()) {
-            self.bump_after(key).await;
-        }
         Ok(())
     }
 
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
-        let now = SystemTime::now();
-        let expires = now + ttl;
-        let attributes = self
-            .update_membership(
-                "UpdateItem (heartbeat)",
-                "ADD #hb :one SET #up = :now, #ex = :expires, #kind = :kind",
-                [
-                    member_names(worker_id),
-                    vec![("#kind", attr::KIND.to_owned())],
-                ]
-                .concat(),
-                vec![
-                    (":one", number(1)),
-                    (":kind", s(KIND_MEMBERSHIP)),
-                    (":now", millis(now)),
-                    (":expires", number(unix_secs(expires))),
-                ],
-            )
-            .await
-            .map_err(|error| match error {
-                Error::DynamoDb {
-                    class: ErrorClass::Validation,
-                    ref source,
-                    ..
-                } if source
-                    .to_string()
-                    .to_ascii_lowercase()
-                    .contains("item size") =>
-                {
-                    Error::MembershipFull {
-                        table: self.table.clone(),
-                        worker_id: worker_id.to_owned(),
-                        limit_bytes: crate::billing::MAX_ITEM_BYTES,
-                    }
-                }
-                other => other,
-            })?;
-        let heartbeat = match attributes.get(&format!("{}{worker_id}", attr::HEARTBEAT_PREFIX)) {
-            Some(AttributeValue::N(n)) => n.parse::<u64>().ok(),
-            _ => None,
-        };
-        let heartbeat = heartbeat.ok_or_else(|| Error::CorruptItem {
-            table: self.table.clone(),
-            item: MEMBERSHIP_PK.to_owned(),
-            attribute: "hb|{worker id}",
-            problem: format!("the heartbeat of {worker_id} did not come back as a number"),
-        })?;
-        Ok(WorkerRecord {
-            worker_id: worker_id.to_owned(),
-            heartbeat,
-            updated_at: UNIX_EPOCH + Duration::from_millis(unix_millis(now)),
-            expires_at: UNIX_EPOCH + Duration::from_secs(unix_secs(expires)),
-        })
-    }
-
-    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
-        let items = self.scan_kind(None).await?;
-        let (leases, membership) = decode_scan(&self.table, &items);
-        Ok((leases, membership.workers))
-    }
-
-    async fn membership(&self) -> Result<Membership> {
-        let output = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key(attr::PK, s(MEMBERSHIP_PK))
-            .customize()
-            .config_override(aws::liveness_overrides())
-            .send()
-            .await
-            .map_err(|err| self.target().sdk_error("GetItem (membership)", None, err))?;
-        Ok(output
-            .item
-            .map(|item| decode_membership(&self.table, &item))
-            .unwrap_or_default())
-    }
-
-    async fn bump_leases_version(&self) -> Result<u64> {
-        let attributes = self
-            .update_membership(
-                "UpdateItem (leases version)",
-                "ADD #v :one",
-                vec![("#v", attr::LEASES_VERSION.to_owned())],
-                vec![(":one", number(1))],
-            )
-            .await?;
-        match attributes.get(attr::LEASES_VERSION) {
-            Some(AttributeValue::N(n)) => n.parse().map_err(|_| Error::CorruptItem {
-                table: self.table.clone(),
-                item: MEMBERSHIP_PK.to_owned(),
-                attribute: attr::LEASES_VERSION,
-                problem: format!("{n:?} is not a counter"),
-            }),
-            _ => Ok(0),
+        let members = self.members();
+        if members.has_joined(worker_id) {
+            members.beat(worker_id, ttl).await
+        } else {
+            members.join(worker_id, ttl).await
         }
     }
 
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        let members = self.members();
+        let (items, membership) = tokio::try_join!(self.scan_leases(), members.read())?;
+        Ok((decode_leases(&self.table, &items), membership.workers))
+    }
+
+    async fn membership(&self) -> Result<Membership> {
+        self.members().read().await
+    }
+
+    async fn coordination(&self) -> Result<Coordination> {
+        self.members().coordination().await
+    }
+
+    async fn bump_leases_version(&self) -> Result<u64> {
+        self.members().bump_leases_version().await
+    }
+
     async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.update_membership(
-            "UpdateItem (remove worker)",
-            "REMOVE #hb, #up, #ex",
-            member_names(worker_id),
-            vec![],
-        )
-        .await?;
+        self.members().remove(worker_id, None).await?;
         Ok(())
+    }
+
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
+        self.members().remove(worker_id, Some(seen)).await
+    }
+
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
+        self.members().lead(worker_id, Some(replacing), None).await
+    }
+
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
+        self.members().lead(worker_id, None, Some(workers)).await
+    }
+
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
+        self.members().resign(worker_id).await
+    }
+
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
+        self.members().notify(worker_id, keys).await
+    }
+
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
+        self.members().notices(worker_id).await
+    }
+
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
+        self.members().clear_notices(worker_id, notices).await
+    }
+
+    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
+        let requested = keys
+            .iter()
+            .map(|key| Item::from([(attr::PK.to_owned(), lease_pk(key))]))
+            .collect();
+        let got = aws::batch_get_all(&self.client, &self.table, requested, true, None)
+            .await
+            .map_err(|err| self.target().sdk_error("BatchGetItem (leases)", None, err))?;
+        if got.unprocessed > 0 {
+            return Err(self
+                .members()
+                .unprocessed("BatchGetItem (leases)", got.unprocessed));
+        }
+        got.items
+            .iter()
+            .map(|item| decode_lease(&self.table, item))
+            .collect()
     }
 
     async fn checkpoint_with_writes(

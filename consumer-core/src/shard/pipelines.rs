@@ -21,8 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dynamodb_streams_leases::pipeline::slowest;
 use dynamodb_streams_leases::{
-    Checkpoint, Lease, LeaseKey, LeaseStore, Membership, Ownership, PipelineCheckpoints, Result,
-    SequenceNumber, WorkerRecord,
+    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
+    PipelineCheckpoints, Result, SequenceNumber, WorkerRecord,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -495,6 +495,42 @@ impl LeaseStore for PipelineStore {
         ownership: Option<&Ownership>,
     ) -> Result<Lease> {
         self.inner.remove_pipeline(key, pipeline, ownership).await
+    }
+
+    async fn coordination(&self) -> Result<Coordination> {
+        self.inner.coordination().await
+    }
+
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
+        self.inner.remove_worker(worker_id, seen).await
+    }
+
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
+        self.inner.claim_leadership(worker_id, replacing).await
+    }
+
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
+        self.inner.renew_leadership(worker_id, workers).await
+    }
+
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
+        self.inner.resign_leadership(worker_id).await
+    }
+
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
+        self.inner.notify(worker_id, keys).await
+    }
+
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
+        self.inner.notices(worker_id).await
+    }
+
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
+        self.inner.clear_notices(worker_id, notices).await
+    }
+
+    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
+        self.inner.get_leases(keys).await
     }
 
     /// Deferred: the lease is released once every pipeline of the shard stopped.

@@ -245,4 +245,24 @@ pub trait StreamsApi: Send + Sync + fmt::Debug + 'static {
     fn now(&self) -> std::time::SystemTime {
         std::time::SystemTime::now()
     }
+
+    /// A random number, for what must differ between workers started at the same moment
+    /// (worker incarnation ids, the delay before claiming the leader's role). The OS's
+    /// randomness for AWS; the simulated stream's seeded generator in simulations, so a
+    /// seed replays exactly.
+    fn random_u64(&self) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher keys come from the OS's randomness, fresh per process (and per call
+        // in their low bits); the time and a counter make each call differ.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        hasher.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos(),
+        );
+        hasher.finish()
+    }
 }

@@ -37,5 +37,5 @@ pub use items::{Item, string_key};
 pub use pause::{PausableStreams, PauseSwitch};
 pub use recorder::{BatchHook, Delivered, Recording};
 pub use state::WrittenRecord;
-pub use store::{Billed, InstrumentedStore, Link, StoreObserver, StoreOp};
+pub use store::{Billed, InstrumentedStore, ItemUnits, Link, StoreObserver, StoreOp};
 pub use stream::SimulatedStream;

@@ -140,4 +140,8 @@ impl<A: StreamsApi> StreamsApi for PausableStreams<A> {
     fn now(&self) -> std::time::SystemTime {
         self.inner.now()
     }
+
+    fn random_u64(&self) -> u64 {
+        self.inner.random_u64()
+    }
 }

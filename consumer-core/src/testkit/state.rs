@@ -236,6 +236,9 @@ impl Stream {
 pub(crate) struct Simulation {
     config: SimConfig,
     rng: SmallRng,
+    /// Random numbers the consumer asks for (`StreamsApi::random_u64`), from the seed but
+    /// apart from `rng`, so that asking does not change the faults a seed draws.
+    ids: SmallRng,
     clock: SimClock,
     tables: BTreeMap<String, Table>,
     streams: BTreeMap<String, Stream>,
@@ -260,6 +263,7 @@ impl Simulation {
     pub(crate) fn new(config: SimConfig) -> Self {
         Self {
             rng: SmallRng::seed_from_u64(config.seed),
+            ids: SmallRng::seed_from_u64(config.seed ^ 0x1d5_5eed),
             config,
             clock: SimClock::new(),
             tables: BTreeMap::new(),
@@ -549,6 +553,11 @@ impl Simulation {
 
     pub(crate) fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// A number from the seeded generator of what the consumer asks for.
+    pub(crate) fn random_u64(&mut self) -> u64 {
+        self.ids.random()
     }
 
     /// The simulated wall clock now (what a record written now is stamped with, before

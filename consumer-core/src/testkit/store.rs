@@ -1,8 +1,9 @@
-//! [`InstrumentedStore`]: any lease store with every call counted and its link to the
-//! store under the test's control. One decorator forwards the trait's methods, so the
-//! simulation tests and the cost example do not each forward them by hand.
+//! [`InstrumentedStore`]: any lease store with every call counted and priced, per item
+//! too, and its link to the store under the test's control. One decorator forwards the
+//! trait's methods, so the simulation tests and the cost example do not each forward them
+//! by hand.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,10 +12,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use dynamodb_streams_leases::billing::{self, ReadUnits};
 use dynamodb_streams_leases::{
-    Checkpoint, Error, Lease, LeaseKey, LeaseStore, Membership, Ownership, PipelineCheckpoints,
-    Result, WorkerRecord,
+    Checkpoint, Coordination, Error, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
+    PipelineCheckpoints, Result, WorkerRecord, membership_shard,
 };
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// One lease-store operation, as [`InstrumentedStore`] counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -35,6 +37,13 @@ pub enum StoreOp {
     DeleteWorker,
     Membership,
     BumpLeasesVersion,
+    Coordination,
+    RemoveWorker,
+    Leadership,
+    Notify,
+    Notices,
+    ClearNotices,
+    GetLeases,
 }
 
 impl StoreOp {
@@ -56,6 +65,13 @@ impl StoreOp {
             StoreOp::DeleteWorker => "delete worker",
             StoreOp::Membership => "read membership",
             StoreOp::BumpLeasesVersion => "bump leases version",
+            StoreOp::Coordination => "read coordination",
+            StoreOp::RemoveWorker => "remove dead worker",
+            StoreOp::Leadership => "claim, renew or resign leadership",
+            StoreOp::Notify => "hint a worker",
+            StoreOp::Notices => "read inbox",
+            StoreOp::ClearNotices => "clear inbox",
+            StoreOp::GetLeases => "get leases",
         }
     }
 
@@ -68,6 +84,9 @@ impl StoreOp {
                 | StoreOp::GetLease
                 | StoreOp::Snapshot
                 | StoreOp::Membership
+                | StoreOp::Coordination
+                | StoreOp::Notices
+                | StoreOp::GetLeases
         )
     }
 }
@@ -116,6 +135,8 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     calls: Mutex<BTreeMap<StoreOp, u64>>,
     items_read: AtomicU64,
     billed: Mutex<Billed>,
+    meters: Mutex<Meters>,
+    mirror: Mutex<Mirror>,
     hidden: Mutex<HashSet<LeaseKey>>,
     losing: Mutex<HashSet<LeaseKey>>,
     failing: Mutex<HashSet<StoreOp>>,
@@ -124,6 +145,72 @@ pub struct InstrumentedStore<S: ?Sized = dyn LeaseStore> {
     /// Calls passed while the link was `Throttled` (the throttling sequence's position).
     throttle_count: AtomicU64,
     observer: Mutex<Option<Arc<dyn StoreObserver>>>,
+}
+
+/// The units one item was billed since [`InstrumentedStore::reset_item_units`] (or the
+/// start): in total, and in its busiest second (of tokio's clock).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ItemUnits {
+    /// The item's partition key, as the DynamoDB store writes it (`lease|…`,
+    /// `membership|7`, `coordination`, `inbox|…`).
+    pub item: String,
+    /// Read units billed for reads of this item (Scans not counted: a scan reads every
+    /// lease item once, a fraction of a unit each).
+    pub read_units: f64,
+    /// Write units billed for writes to it, failed conditional writes included.
+    pub write_units: u64,
+    /// The most read units in one second.
+    pub peak_read_units: f64,
+    /// The most write units in one second.
+    pub peak_write_units: u64,
+    second: u64,
+    second_reads: f64,
+    second_writes: u64,
+}
+
+/// Per item units, since a start.
+#[derive(Debug)]
+struct Meters {
+    since: Instant,
+    items: HashMap<String, ItemUnits>,
+}
+
+/// The store's content as seen through this decorator, for item sizes: membership items,
+/// the coordination item, inboxes.
+#[derive(Debug, Default)]
+struct Mirror {
+    members: BTreeMap<u16, BTreeMap<String, WorkerRecord>>,
+    coordination: Coordination,
+    inboxes: HashMap<String, Vec<Notice>>,
+}
+
+impl Mirror {
+    fn membership_size(&self, shard: u16) -> usize {
+        let workers: Vec<WorkerRecord> = self
+            .members
+            .get(&shard)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        billing::membership_item_size(shard, &workers)
+    }
+
+    fn inbox_size(&self, worker: &str) -> usize {
+        billing::inbox_item_size(worker, self.inboxes.get(worker).map_or(&[], Vec::as_slice))
+    }
+}
+
+fn lease_item(key: &LeaseKey) -> String {
+    format!("lease|{}|{}", key.stream, key.shard_id)
+}
+
+fn membership_item(shard: u16) -> String {
+    format!("membership|{shard}")
+}
+
+const COORDINATION_ITEM: &str = "coordination";
+
+fn inbox_item(worker: &str) -> String {
+    format!("inbox|{worker}")
 }
 
 /// What the counted calls would cost in DynamoDB, priced by [`dynamodb_streams_leases::billing`]
@@ -147,6 +234,11 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             calls: Mutex::default(),
             items_read: AtomicU64::new(0),
             billed: Mutex::default(),
+            meters: Mutex::new(Meters {
+                since: Instant::now(),
+                items: HashMap::new(),
+            }),
+            mirror: Mutex::default(),
             hidden: Mutex::default(),
             losing: Mutex::default(),
             failing: Mutex::default(),
@@ -284,6 +376,59 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
         *self.billed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every item billed since the last [`reset_item_units`](Self::reset_item_units), and
+    /// how long ago that was (tokio's clock).
+    pub fn item_units(&self) -> (Vec<ItemUnits>, Duration) {
+        let meters = self.meters.lock().unwrap_or_else(PoisonError::into_inner);
+        let items = meters
+            .items
+            .values()
+            .map(|item| ItemUnits {
+                peak_read_units: item.peak_read_units.max(item.second_reads),
+                peak_write_units: item.peak_write_units.max(item.second_writes),
+                ..item.clone()
+            })
+            .collect();
+        (items, meters.since.elapsed())
+    }
+
+    /// Starts counting units per item again from zero, now.
+    pub fn reset_item_units(&self) {
+        let mut meters = self.meters.lock().unwrap_or_else(PoisonError::into_inner);
+        meters.since = Instant::now();
+        meters.items.clear();
+    }
+
+    fn mirror(&self) -> std::sync::MutexGuard<'_, Mirror> {
+        self.mirror.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Bills `reads` and `writes` units to `item` (and to the totals).
+    fn bill_item(&self, item: String, reads: ReadUnits, writes: u64, failed: bool) {
+        self.bill(reads, writes, failed);
+        let mut meters = self.meters.lock().unwrap_or_else(PoisonError::into_inner);
+        let second = meters.since.elapsed().as_secs();
+        let units = meters
+            .items
+            .entry(item)
+            .or_insert_with_key(|item| ItemUnits {
+                item: item.clone(),
+                second,
+                ..ItemUnits::default()
+            });
+        if units.second != second {
+            units.peak_read_units = units.peak_read_units.max(units.second_reads);
+            units.peak_write_units = units.peak_write_units.max(units.second_writes);
+            units.second = second;
+            units.second_reads = 0.0;
+            units.second_writes = 0;
+        }
+        units.read_units += reads;
+        units.write_units += writes;
+        units.second_reads += reads;
+        units.second_writes += writes;
+    }
+
     fn bill(&self, reads: ReadUnits, writes: u64, failed: bool) {
         let mut billed = self.billed.lock().unwrap_or_else(PoisonError::into_inner);
         billed.read_units += reads;
@@ -291,22 +436,13 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
         billed.failed_conditions += u64::from(failed);
     }
 
-    /// The membership item's size now (read from `inner` without counting).
-    async fn membership_size(&self) -> usize {
-        match self.inner.membership().await {
-            Ok(membership) => billing::membership_item_size(&membership),
-            Err(_) => 0,
-        }
-    }
-
-    /// Bills a write to one lease (the larger of the item before and after, 1 KB units),
-    /// plus the leases-version bump that follows an ownership change.
-    async fn bill_lease_write<T>(
+    /// Bills a write to one lease (the larger of the item before and after, 1 KB units).
+    fn bill_lease_write<T>(
         &self,
+        key: &LeaseKey,
         before: Option<Lease>,
         result: &Result<T>,
         after: Option<&Lease>,
-        bumps: bool,
     ) {
         let size = before
             .iter()
@@ -314,12 +450,45 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             .map(billing::lease_item_size)
             .max()
             .unwrap_or(0);
-        let bump = if bumps && result.is_ok() {
-            billing::write_units(self.membership_size().await)
-        } else {
-            0
+        self.bill_item(
+            lease_item(key),
+            0.0,
+            billing::write_units(size),
+            result.is_err(),
+        );
+    }
+
+    /// Bills a write to the coordination item.
+    fn bill_coordination_write(&self, failed: bool) {
+        let size = billing::coordination_item_size(&self.mirror().coordination);
+        self.bill_item(
+            COORDINATION_ITEM.to_owned(),
+            0.0,
+            billing::write_units(size),
+            failed,
+        );
+    }
+
+    /// Bills a write to `worker`'s membership item, after `change` to the mirror.
+    fn bill_membership_write(
+        &self,
+        worker: &str,
+        failed: bool,
+        change: impl FnOnce(&mut BTreeMap<String, WorkerRecord>),
+    ) {
+        let shard = membership_shard(worker);
+        let size = {
+            let mut mirror = self.mirror();
+            let before = mirror.membership_size(shard);
+            change(mirror.members.entry(shard).or_default());
+            before.max(mirror.membership_size(shard))
         };
-        self.bill(0.0, billing::write_units(size) + bump, result.is_err());
+        self.bill_item(
+            membership_item(shard),
+            0.0,
+            billing::write_units(size),
+            failed,
+        );
     }
 
     /// Counts the call, then waits while the link is frozen; fails if it is partitioned.
@@ -405,25 +574,38 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     async fn list_leases(&self) -> Result<Vec<Lease>> {
         self.pass(StoreOp::ListLeases).await?;
         let leases = self.visible(self.inner.list_leases().await?);
-        // A filtered Scan bills every item it reads, the membership item too.
+        // A filtered Scan bills every item it reads (the coordination and membership
+        // items too, a few KB); spread over every item, so not counted per item.
         let sizes = leases.iter().map(billing::lease_item_size);
-        let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
-        self.bill(units, 0, false);
+        self.bill(billing::scan_read_units(sizes, true), 0, false);
         Ok(self.read(leases))
     }
     async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
         self.pass(StoreOp::GetLease).await?;
         let lease = self.inner.get_lease(key).await?;
         let size = lease.as_ref().map_or(0, billing::lease_item_size);
-        self.bill(billing::read_units(size, true), 0, false);
+        self.bill_item(lease_item(key), billing::read_units(size, true), 0, false);
         Ok(lease)
+    }
+    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
+        self.pass(StoreOp::GetLeases).await?;
+        let leases = self.inner.get_leases(keys).await?;
+        let sizes: HashMap<&LeaseKey, usize> = leases
+            .iter()
+            .map(|l| (&l.key, billing::lease_item_size(l)))
+            .collect();
+        // A BatchGetItem bills each key (a missing item its minimum).
+        for key in keys {
+            let size = sizes.get(key).copied().unwrap_or(0);
+            self.bill_item(lease_item(key), billing::read_units(size, true), 0, false);
+        }
+        Ok(leases)
     }
     async fn create_lease(&self, lease: &Lease) -> Result<()> {
         self.pass(StoreOp::CreateLease).await?;
         let before = self.inner.get_lease(&lease.key).await.ok().flatten();
         let result = self.inner.create_lease(lease).await;
-        self.bill_lease_write(before.clone(), &result, Some(lease), true)
-            .await;
+        self.bill_lease_write(&lease.key, before.clone(), &result, Some(lease));
         if result.is_ok() {
             self.observed(StoreOp::CreateLease, &lease.key, before.as_ref())
                 .await;
@@ -455,8 +637,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
             .inner
             .take_lease(key, seen_owner, seen_epoch, new_owner)
             .await;
-        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
-            .await;
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
         if result.is_ok() {
             self.observed(StoreOp::TakeLease, key, before.as_ref())
                 .await;
@@ -467,9 +648,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.checkpoint(key, o, c).await;
-        let bumps = *c == Checkpoint::ShardEnd;
-        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), bumps)
-            .await;
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
         if result.is_ok() {
             self.observed(StoreOp::Checkpoint, key, before.as_ref())
                 .await;
@@ -487,10 +666,8 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.checkpoint_pipelines(key, o, update).await;
-        let bumps = update.read_position == Checkpoint::ShardEnd;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), bumps)
-            .await;
-        result
+        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.answer(StoreOp::Checkpoint, result)
     }
     async fn remove_pipeline(
         &self,
@@ -501,16 +678,14 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.remove_pipeline(key, pipeline, o).await;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), false)
-            .await;
-        result
+        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.answer(StoreOp::Checkpoint, result)
     }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.release_lease(key, o).await;
-        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
-            .await;
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
         if result.is_ok() {
             self.observed(StoreOp::ReleaseLease, key, before.as_ref())
                 .await;
@@ -527,16 +702,18 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         self.pass(StoreOp::ResetLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.reset_lease(key, seen_owner, seen_epoch, c).await;
-        self.bill_lease_write(before, &result, result.as_ref().ok(), true)
-            .await;
+        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        if result.is_ok() {
+            // An operator's move bumps the leases version itself.
+            self.bill_coordination_write(false);
+        }
         result
     }
     async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
         self.pass(StoreOp::RequestHandoff).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.request_handoff(key, o, to).await;
-        self.bill_lease_write(before.clone(), &result, result.as_ref().ok(), true)
-            .await;
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
         if result.is_ok() {
             self.observed(StoreOp::RequestHandoff, key, before.as_ref())
                 .await;
@@ -546,11 +723,10 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
         self.pass(StoreOp::DeleteLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
-        let existed = before.is_some();
         let result = self.inner.delete_lease(key).await;
-        self.bill_lease_write(before.clone(), &result, None, existed)
-            .await;
-        if result.is_ok() && existed {
+        let existed = before.is_some();
+        self.bill_lease_write(key, before.clone(), &result, None);
+        if existed && result.is_ok() {
             self.observed(StoreOp::DeleteLease, key, before.as_ref())
                 .await;
         }
@@ -558,33 +734,178 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     }
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
-        let record = self.inner.heartbeat(worker_id, ttl).await?;
-        let units = billing::write_units(self.membership_size().await);
-        self.bill(0.0, units, false);
-        Ok(record)
+        let result = self.inner.heartbeat(worker_id, ttl).await;
+        let record = result.as_ref().ok().cloned();
+        self.bill_membership_write(worker_id, result.is_err(), |members| {
+            if let Some(record) = record {
+                members.insert(worker_id.to_owned(), record);
+            }
+        });
+        result
     }
     async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
         self.pass(StoreOp::Snapshot).await?;
         let (leases, workers) = self.inner.snapshot().await?;
         let leases = self.visible(leases);
         let sizes = leases.iter().map(billing::lease_item_size);
-        let units = billing::scan_read_units(sizes.chain([self.membership_size().await]), true);
-        self.bill(units, 0, false);
+        self.bill(billing::scan_read_units(sizes, true), 0, false);
         Ok((self.read(leases), self.read(workers)))
     }
     async fn membership(&self) -> Result<Membership> {
         self.pass(StoreOp::Membership).await?;
         let membership = self.inner.membership().await?;
-        let size = billing::membership_item_size(&membership);
-        self.bill(billing::read_units(size, false), 0, false);
+        let sizes: Vec<(String, usize)> = {
+            let mut mirror = self.mirror();
+            mirror.members.clear();
+            for worker in &membership.workers {
+                mirror
+                    .members
+                    .entry(membership_shard(&worker.worker_id))
+                    .or_default()
+                    .insert(worker.worker_id.clone(), worker.clone());
+            }
+            mirror.coordination = membership.coordination.clone();
+            std::iter::once((
+                COORDINATION_ITEM.to_owned(),
+                billing::coordination_item_size(&membership.coordination),
+            ))
+            .chain(
+                membership
+                    .coordination
+                    .shards
+                    .iter()
+                    .map(|shard| (membership_item(*shard), mirror.membership_size(*shard))),
+            )
+            .collect()
+        };
+        // One eventually consistent BatchGetItem: each item rounded on its own.
+        for (item, size) in sizes {
+            self.bill_item(item, billing::read_units(size, false), 0, false);
+        }
         Ok(membership)
+    }
+    async fn coordination(&self) -> Result<Coordination> {
+        self.pass(StoreOp::Coordination).await?;
+        let coordination = self.inner.coordination().await?;
+        let size = billing::coordination_item_size(&coordination);
+        self.mirror().coordination = coordination.clone();
+        self.bill_item(
+            COORDINATION_ITEM.to_owned(),
+            billing::read_units(size, false),
+            0,
+            false,
+        );
+        Ok(coordination)
     }
     async fn bump_leases_version(&self) -> Result<u64> {
         self.pass(StoreOp::BumpLeasesVersion).await?;
         let version = self.inner.bump_leases_version().await?;
-        let units = billing::write_units(self.membership_size().await);
-        self.bill(0.0, units, false);
+        self.mirror().coordination.leases_version = version;
+        self.bill_coordination_write(false);
         Ok(version)
+    }
+    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
+        self.pass(StoreOp::DeleteWorker).await?;
+        let result = self.inner.delete_worker(worker_id).await;
+        self.bill_membership_write(worker_id, false, |members| {
+            members.remove(worker_id);
+        });
+        self.forget_inbox(worker_id);
+        result
+    }
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
+        self.pass(StoreOp::RemoveWorker).await?;
+        let removed = self.inner.remove_worker(worker_id, seen).await?;
+        self.bill_membership_write(worker_id, !removed, |members| {
+            if removed {
+                members.remove(worker_id);
+            }
+        });
+        if removed {
+            self.forget_inbox(worker_id);
+        }
+        Ok(removed)
+    }
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
+        self.pass(StoreOp::Leadership).await?;
+        let claimed = self.inner.claim_leadership(worker_id, replacing).await?;
+        self.bill_coordination_write(!claimed);
+        Ok(claimed)
+    }
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
+        self.pass(StoreOp::Leadership).await?;
+        let renewed = self.inner.renew_leadership(worker_id, workers).await?;
+        self.bill_coordination_write(!renewed);
+        Ok(renewed)
+    }
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
+        self.pass(StoreOp::Leadership).await?;
+        self.inner.resign_leadership(worker_id).await?;
+        self.bill_coordination_write(false);
+        Ok(())
+    }
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
+        self.pass(StoreOp::Notify).await?;
+        self.inner.notify(worker_id, keys).await?;
+        let size = {
+            let mut mirror = self.mirror();
+            mirror
+                .inboxes
+                .entry(worker_id.to_owned())
+                .or_default()
+                .extend(keys.iter().map(|key| Notice {
+                    // A token as long as the DynamoDB store's (16 hex digits).
+                    token: "0".repeat(16),
+                    key: key.clone(),
+                }));
+            mirror.inbox_size(worker_id)
+        };
+        self.bill_item(
+            inbox_item(worker_id),
+            0.0,
+            billing::write_units(size),
+            false,
+        );
+        Ok(())
+    }
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
+        self.pass(StoreOp::Notices).await?;
+        let notices = self.inner.notices(worker_id).await?;
+        let size = {
+            let mut mirror = self.mirror();
+            if notices.is_empty() {
+                mirror.inboxes.remove(worker_id);
+            } else {
+                mirror.inboxes.insert(worker_id.to_owned(), notices.clone());
+            }
+            mirror.inbox_size(worker_id)
+        };
+        self.bill_item(
+            inbox_item(worker_id),
+            billing::read_units(size, false),
+            0,
+            false,
+        );
+        Ok(notices)
+    }
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
+        self.pass(StoreOp::ClearNotices).await?;
+        self.inner.clear_notices(worker_id, notices).await?;
+        let size = {
+            let mut mirror = self.mirror();
+            let before = mirror.inbox_size(worker_id);
+            if let Some(inbox) = mirror.inboxes.get_mut(worker_id) {
+                inbox.retain(|n| !notices.contains(n));
+            }
+            before
+        };
+        self.bill_item(
+            inbox_item(worker_id),
+            0.0,
+            billing::write_units(size),
+            false,
+        );
+        Ok(())
     }
     // Counted as a checkpoint; billed for the lease item only (the transaction's other
     // writes go to the user's tables, not the lease table).
@@ -605,7 +926,12 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         // A transactional write is billed twice the units of a plain one; a refused one is
         // still one failed condition.
         let size = before.as_ref().map_or(0, billing::lease_item_size);
-        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
+        self.bill_item(
+            lease_item(key),
+            0.0,
+            2 * billing::write_units(size),
+            result.is_err(),
+        );
         if result.is_ok() {
             self.observed(StoreOp::Checkpoint, key, before.as_ref())
                 .await;
@@ -634,12 +960,11 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
         self.inner.key_attribute_names(table).await
     }
-    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.pass(StoreOp::DeleteWorker).await?;
-        let units = billing::write_units(self.membership_size().await);
-        self.inner.delete_worker(worker_id).await?;
-        self.bill(0.0, units, false);
-        Ok(())
+}
+
+impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
+    fn forget_inbox(&self, worker_id: &str) {
+        self.mirror().inboxes.remove(worker_id);
     }
 }
 

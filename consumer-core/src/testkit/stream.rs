@@ -281,4 +281,8 @@ impl StreamsApi for SimulatedStream {
     fn now(&self) -> std::time::SystemTime {
         self.lock().wall_now()
     }
+
+    fn random_u64(&self) -> u64 {
+        self.lock().random_u64()
+    }
 }

@@ -1,5 +1,6 @@
-//! Shared by the multi-worker simulations (`multi_worker.rs`, `scale.rs`): a cluster of
-//! simulated workers over one store, and the invariant checks run over every record.
+//! Shared by the multi-worker simulations (`multi_worker.rs`, `scale.rs`, `membership.rs`):
+//! a cluster of simulated workers over one store (each through its own link, all through
+//! one billing meter), and the invariant checks run over every record.
 
 #![allow(dead_code)] // each test file uses its own part
 
@@ -13,6 +14,7 @@ use dynamodb_streams_consumer::testkit::{
 use dynamodb_streams_consumer::{ChangeBatch, Consumer};
 use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
@@ -27,15 +29,26 @@ pub type Delivery = (String, String, String, String, u64);
 pub struct Running {
     pub task: tokio::task::JoinHandle<dynamodb_streams_consumer::Result<()>>,
     pub stop: tokio::sync::oneshot::Sender<()>,
-    pub gate: Arc<InstrumentedStore<InMemoryLeaseStore>>,
+    pub gate: Arc<InstrumentedStore>,
 }
+
+/// Calls of `process` in flight per shard: (worker, calls).
+type InFlight = Arc<Mutex<HashMap<String, (String, u32)>>>;
 
 pub struct Cluster {
     pub sim: SimulatedStream,
     pub store: Arc<InMemoryLeaseStore>,
+    /// Every worker's calls, priced per item (the hottest item's units).
+    pub billing: Arc<InstrumentedStore<InMemoryLeaseStore>>,
     pub recording: Recording<Row>,
     pub zombie_deliveries: Arc<Mutex<Vec<String>>>,
+    /// `process` calls for one shard by two workers at once.
+    pub overlaps: Arc<Mutex<Vec<String>>>,
     pub workers: BTreeMap<String, Running>,
+    /// The longest pause between polls of an idle shard (`with_idle_backoff`).
+    pub idle_backoff_max: Duration,
+    /// How long each `process` call takes (20 ms unless a test slows it down).
+    pub processing: Arc<Mutex<Duration>>,
 }
 
 impl Cluster {
@@ -43,15 +56,44 @@ impl Cluster {
     /// owned the lease at that moment.
     pub fn new(sim: &SimulatedStream, store: Arc<InMemoryLeaseStore>) -> Self {
         let zombie_deliveries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let overlaps: Arc<Mutex<Vec<String>>> = Arc::default();
+        let in_flight: InFlight = Arc::default();
         let (zombies, lease_store) = (zombie_deliveries.clone(), store.clone());
+        let overlapping = overlaps.clone();
+        let processing = Arc::new(Mutex::new(Duration::from_millis(20)));
+        let took = processing.clone();
         let recording = Recording::new().with_hook(move |shard, batch: &ChangeBatch<Row>, _| {
             let (zombies, store, shard) = (zombies.clone(), lease_store.clone(), shard.clone());
+            let (in_flight, overlapping) = (in_flight.clone(), overlapping.clone());
+            let took = *took.lock().unwrap();
             let key = LeaseKey::new(batch.stream_arn.clone(), batch.shard_id.clone());
             let records = batch.len();
             Box::pin(async move {
+                let me = shard.lease_owner.clone();
+                {
+                    let mut calls = in_flight.lock().unwrap();
+                    let entry = calls
+                        .entry(shard.shard_id.clone())
+                        .or_insert((me.clone(), 0));
+                    if entry.1 > 0 && entry.0 != me {
+                        overlapping.lock().unwrap().push(format!(
+                            "{me} processed {} while {} still did",
+                            shard.shard_id, entry.0
+                        ));
+                    }
+                    *entry = (me.clone(), entry.1 + 1);
+                }
                 // Processing takes a little time, so workers overlap and crashes hit
                 // mid-batch.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(took).await;
+                {
+                    let mut calls = in_flight.lock().unwrap();
+                    if let Some(entry) = calls.get_mut(&shard.shard_id)
+                        && entry.0 == me
+                    {
+                        entry.1 -= 1;
+                    }
+                }
                 let lease = store.get_lease(&key).await?.ok_or("lease vanished")?;
                 if lease.owner.as_deref() != Some(&shard.lease_owner)
                     || lease.epoch != shard.lease_epoch
@@ -71,10 +113,14 @@ impl Cluster {
         });
         Cluster {
             sim: sim.clone(),
+            billing: Arc::new(InstrumentedStore::new(store.clone())),
             store,
             recording,
             zombie_deliveries,
+            overlaps,
             workers: BTreeMap::new(),
+            idle_backoff_max: Duration::from_secs(1),
+            processing,
         }
     }
 
@@ -97,7 +143,8 @@ impl Cluster {
     }
 
     pub fn start(&mut self, id: &str) {
-        let gate = Arc::new(InstrumentedStore::new(self.store.clone()));
+        let billing: Arc<dyn LeaseStore> = self.billing.clone();
+        let gate = Arc::new(InstrumentedStore::new(billing));
         let consumer = Consumer::builder("app")
             .with_table("orders")
             .with_streams_api(Arc::new(self.sim.clone()))
@@ -105,6 +152,7 @@ impl Cluster {
             .with_worker_id(id)
             .with_batch_limit(25)
             .with_checkpoint_interval(Duration::from_millis(500))
+            .with_idle_backoff(Duration::from_millis(100), self.idle_backoff_max)
             .build(self.recording.factory())
             .unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -113,6 +161,17 @@ impl Cluster {
         }));
         self.workers
             .insert(id.to_owned(), Running { task, stop, gate });
+    }
+
+    /// Stops one worker gracefully and waits until it stopped.
+    pub async fn stop(&mut self, id: &str) {
+        if let Some(worker) = self.workers.remove(id) {
+            let _ = worker.stop.send(());
+            let result = tokio::time::timeout(Duration::from_secs(120), worker.task)
+                .await
+                .unwrap_or_else(|_| panic!("worker {id} did not stop gracefully"));
+            result.unwrap().unwrap();
+        }
     }
 
     pub fn crash(&mut self, id: &str) {
@@ -197,6 +256,11 @@ pub fn check_deliveries(cluster: &Cluster, stream_arn: &str) {
         zombies.is_empty(),
         "deliveries by workers that had lost the lease: {zombies:#?}"
     );
+    let overlaps = cluster.overlaps.lock().unwrap().clone();
+    assert!(
+        overlaps.is_empty(),
+        "shards processed by two workers at once: {overlaps:#?}"
+    );
     let delivered = cluster.deliveries();
     // Per key, values only move forward, except redeliveries of values seen before
     // (after a crash or a lost lease, processing resumes at the last checkpoint).
@@ -261,15 +325,69 @@ pub async fn ownership(
 ) -> (BTreeMap<String, usize>, usize) {
     let mut per_worker: BTreeMap<String, usize> = live.iter().map(|w| (w.clone(), 0)).collect();
     let mut orphans = 0;
-    for lease in store.list_leases().await.unwrap() {
+    store.for_each_lease(|lease| {
         if lease.key.is_coordination() || lease.checkpoint == Checkpoint::ShardEnd {
-            continue;
+            return;
         }
         let worker = lease.owner.as_deref().and_then(|o| o.split('#').next());
         match worker.and_then(|w| per_worker.get_mut(w)) {
             Some(count) => *count += 1,
             None => orphans += 1,
         }
-    }
+    });
     (per_worker, orphans)
+}
+
+/// Watches, every 100 ms, how long each unfinished shard lease goes without an owner among
+/// the running workers; the longest such gap so far, and how many leases had one.
+pub struct OrphanWatch {
+    pub longest: Arc<Mutex<(Duration, usize)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OrphanWatch {
+    /// Starts watching `store`; `live` says which worker ids run.
+    pub fn start(
+        store: Arc<InMemoryLeaseStore>,
+        live: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    ) -> Self {
+        let longest: Arc<Mutex<(Duration, usize)>> = Arc::default();
+        let report = longest.clone();
+        let task = tokio::spawn(async move {
+            let mut since: HashMap<LeaseKey, Instant> = HashMap::new();
+            let mut ever = HashSet::new();
+            loop {
+                let now = Instant::now();
+                let live = live.lock().unwrap().clone();
+                let mut orphans = HashSet::new();
+                store.for_each_lease(|lease| {
+                    if lease.key.is_coordination() || lease.checkpoint == Checkpoint::ShardEnd {
+                        return;
+                    }
+                    let owner = lease.owner.as_deref().and_then(|o| o.split('#').next());
+                    if !owner.is_some_and(|o| live.contains(o)) {
+                        orphans.insert(lease.key.clone());
+                    }
+                });
+                since.retain(|key, _| orphans.contains(key));
+                for key in orphans {
+                    ever.insert(key.clone());
+                    since.entry(key).or_insert(now);
+                }
+                let worst = since.values().map(|at| now - *at).max().unwrap_or_default();
+                {
+                    let mut longest = report.lock().unwrap();
+                    *longest = (longest.0.max(worst), ever.len());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Self { longest, task }
+    }
+
+    /// The longest gap seen, and how many leases had one.
+    pub fn stop(self) -> (Duration, usize) {
+        self.task.abort();
+        *self.longest.lock().unwrap()
+    }
 }

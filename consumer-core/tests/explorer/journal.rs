@@ -28,6 +28,11 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// Restarts the clock (before any event).
+    pub fn start_clock(&mut self) {
+        self.start = Instant::now();
+    }
+
     /// An empty journal whose clock starts now.
     pub fn new() -> Self {
         Self {
@@ -38,13 +43,6 @@ impl Journal {
             all: std::env::var_os("EXPLORE_LOG").map(|_| Vec::new()),
             instant: (0, Vec::new()),
         }
-    }
-
-    /// Starts the clock again: called on the run's paused runtime, because a journal made
-    /// before it (the watchdog needs the oracle first) took its start from the real clock,
-    /// a fraction of a millisecond that differs from run to run and shifted every stamp.
-    pub fn restart_clock(&mut self) {
-        self.start = Instant::now();
     }
 
     /// Milliseconds of virtual time since the run began.

@@ -15,9 +15,9 @@ fn holds(seed: u64, space: Space) {
 }
 
 /// Seed 116: a handoff requested while the owner hangs in `process` is forced after the
-/// failover time; the requester's `process` runs while the owner's still does.
+/// failover time; the requester's `process` runs while the owner's still does. Fixed by
+/// the leader's handoffs: a request is never forced on an owner that is alive.
 #[test]
-#[ignore = "defect: a timed-out handoff request is forced while its owner is alive and in `process` (store: worker.rs handoffs_due; fixed by store)"]
 fn a_forced_handoff_never_overlaps_a_live_owners_batch() {
     holds(116, Space::parse("slow_handoffs").expect("a space"));
 }

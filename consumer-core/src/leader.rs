@@ -1,0 +1,485 @@
+//! The leader: one worker of an application judges every worker's liveness and decides
+//! who owns which lease, so that no other worker ever reads every lease.
+//!
+//! The leader is the worker named in the coordination item (a conditional write claims the
+//! name when none is named, or when the named leader was judged dead); it also holds the
+//! `shard-sync` lease and runs the shard sync. Every `scan_interval / 2` it reads the
+//! coordination item and every membership item (one BatchGetItem), observes each worker's
+//! heartbeat counter on its own clock, and removes the entries of workers dead for
+//! `failover_time`. It scans the leases only when the leases version moved (workers bump
+//! it, coalesced, after ownership changes), a take of its own lost a race, or an audit is
+//! due; a crash needs no scan: the dead worker's leases are in its view. When workers come,
+//! go or die, or the leases changed, it plans with [`lease_protocol::assign`] and acts:
+//! takes on behalf of workers (conditional on the owner and epoch it saw) and handoff
+//! requests, then a hint in each affected worker's inbox. Everything it writes is
+//! conditional, so a stale leader (paused, or deposed and not yet fenced) can only fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership};
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::config::ConsumerConfig;
+use crate::error::Result;
+use crate::events::{Event, LeaseScanDiscarded};
+use crate::lease_protocol::{self, Liveness};
+use crate::shard_sync::{self, create_lease_if_absent};
+use crate::streams::StreamsApi;
+
+/// How often the leader scans every lease even though the version did not move, to catch a
+/// lost version bump (a crash between a lease write and its bump).
+pub(crate) const AUDIT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Rescans in a row right after takes that lost a race, before waiting for the version
+/// again (bounded: persistent conflicts must not become a busy loop).
+const QUICK_RESCANS: u32 = 3;
+
+/// Conditional writes the leader has in flight at once.
+const CONCURRENT_WRITES: usize = 32;
+
+/// A write in flight (boxed: a named type keeps the futures `Send` for any lifetime).
+type Pending<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Runs `writes` with at most [`CONCURRENT_WRITES`] in flight; their outputs, in any order.
+async fn bounded<T>(writes: Vec<Pending<'_, T>>) -> Vec<T> {
+    futures::stream::iter(writes)
+        .buffer_unordered(CONCURRENT_WRITES)
+        .collect()
+        .await
+}
+
+/// The lease whose holder (the leader) runs the periodic full shard sync.
+pub(crate) fn shard_sync_key() -> LeaseKey {
+    LeaseKey::coordination("shard-sync")
+}
+
+/// A stream this application consumes, and the table it belongs to (if known).
+#[derive(Clone, Debug)]
+pub(crate) struct StreamSource {
+    pub stream_arn: String,
+    pub table: Option<String>,
+}
+
+/// The source a lease's stream belongs to: the stream itself, or another stream of the
+/// same table (the table's stream was disabled and enabled again).
+pub(crate) fn source_of<'a>(
+    streams: &'a [StreamSource],
+    stream_arn: &str,
+) -> Option<&'a StreamSource> {
+    streams
+        .iter()
+        .find(|s| s.stream_arn == stream_arn)
+        .or_else(|| {
+            streams
+                .iter()
+                .find(|s| crate::stream_arn::same_table(&s.stream_arn, stream_arn))
+        })
+}
+
+/// What the leader needs from its worker.
+pub(crate) struct LeaderEnv<'a> {
+    /// This worker's incarnation id.
+    pub me: &'a str,
+    /// The store without announcements: the leader knows its own changes.
+    pub store: &'a Arc<dyn LeaseStore>,
+    /// The store the shard sync writes through (its creations are announced).
+    pub announced: &'a Arc<dyn LeaseStore>,
+    pub api: &'a Arc<dyn StreamsApi>,
+    pub config: &'a ConsumerConfig,
+    pub streams: &'a [StreamSource],
+}
+
+/// The leader's state; dropped when the worker stops leading.
+pub(crate) struct Leader {
+    liveness: Liveness,
+    /// The leases as of the last scan, with the leader's own writes applied.
+    leases: Vec<Lease>,
+    /// The leases version read before the last complete scan (`None`: scan next time).
+    seen_version: Option<u64>,
+    /// The live workers the last plan was made for.
+    planned_for: BTreeSet<String>,
+    /// A take lost a race: scan again at once (counts quick rescans in a row).
+    rescan: bool,
+    quick_rescans: u32,
+    next_audit: Instant,
+    /// Handoffs asked, and when the owner was last told.
+    asked: BTreeMap<LeaseKey, Instant>,
+    last_sync: Option<Instant>,
+    /// The running shard sync, if any (aborted when the leader stops leading).
+    sync_task: Option<AbortOnDropHandle<()>>,
+    /// How many live workers the last tick counted (published with the leader heartbeat).
+    pub live_count: u64,
+    /// Notified when a shard sync ends: its new leases are planned at once.
+    pub sync_done: Arc<tokio::sync::Notify>,
+}
+
+/// What one tick of the leader changed for its own worker.
+#[derive(Debug, Default)]
+pub(crate) struct ForMe {
+    /// Leases of this worker whose state changed (assigned to it, or asked of it).
+    pub leases: Vec<Lease>,
+}
+
+impl Leader {
+    /// A new leader. `replaced`: the leader it took over from, judged dead already.
+    pub(crate) fn new(failover_time: Duration, replaced: Option<&str>) -> Self {
+        let mut liveness = Liveness::new(failover_time);
+        if let Some(old) = replaced {
+            liveness.mark_dead(old);
+        }
+        Self {
+            liveness,
+            leases: Vec::new(),
+            seen_version: None,
+            planned_for: BTreeSet::new(),
+            rescan: true,
+            quick_rescans: 0,
+            next_audit: Instant::now() + AUDIT_INTERVAL,
+            asked: BTreeMap::new(),
+            last_sync: None,
+            sync_task: None,
+            live_count: 1,
+            sync_done: Arc::default(),
+        }
+    }
+
+    /// Whether the next round should come at once (a take lost a race).
+    pub(crate) fn wants_rescan(&self) -> bool {
+        self.rescan
+    }
+
+    /// When a worker turns dead if its counter does not move: the leader looks right then.
+    pub(crate) fn next_expiry(&self, now: Instant) -> Option<Instant> {
+        self.liveness.next_expiry(now)
+    }
+
+    /// One round: read the membership, scan if needed, plan, act. Returns `Ok(None)` when
+    /// the coordination item names another leader (this worker must stop leading).
+    pub(crate) async fn tick(&mut self, env: &LeaderEnv<'_>) -> Result<Option<ForMe>> {
+        let membership = env.store.membership().await?;
+        let now = Instant::now();
+        let named = membership.coordination.leader.as_ref();
+        if named.is_some_and(|l| l.worker_id != env.me) {
+            tracing::warn!(leader = ?named, "another worker leads now; this one stops leading");
+            return Ok(None);
+        }
+        self.liveness.observe(&membership.workers, now);
+        let mut live = self.liveness.live_workers(now);
+        live.insert(env.me.to_owned());
+        self.live_count = live.len() as u64;
+        for (dead, counter) in self.liveness.dead_workers(now) {
+            match env.store.remove_worker(&dead, counter).await {
+                Ok(true) => {
+                    tracing::info!(worker = %dead, "worker dead (no heartbeat for the failover time); entry removed")
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::warn!(worker = %dead, %error, "cannot remove a dead worker's entry")
+                }
+            }
+        }
+
+        let version = membership.coordination.leases_version;
+        let audit = now >= self.next_audit;
+        let scan = audit || self.seen_version != Some(version) || std::mem::take(&mut self.rescan);
+        if scan {
+            let started = Instant::now();
+            let leases = env.store.list_leases().await?;
+            if env.me.is_empty() {
+                LeaseScanDiscarded {
+                    took: started.elapsed(),
+                    fenced: true,
+                }
+                .emit();
+            }
+            self.leases = leases
+                .into_iter()
+                .filter(|l| {
+                    source_of(env.streams, &l.key.stream).is_some() || l.key == shard_sync_key()
+                })
+                .collect();
+            self.seen_version = Some(version);
+            if audit {
+                self.next_audit = now + AUDIT_INTERVAL;
+            }
+        }
+        let mut for_me = ForMe::default();
+        if scan || live != self.planned_for {
+            self.plan_and_act(env, &live, &mut for_me).await;
+            self.planned_for = live;
+        }
+        self.remind(env, now).await;
+        self.run_shard_sync(env, now).await;
+        Ok(Some(for_me))
+    }
+
+    /// Plans with [`lease_protocol::assign`] and carries the plan out.
+    async fn plan_and_act(
+        &mut self,
+        env: &LeaderEnv<'_>,
+        live: &BTreeSet<String>,
+        for_me: &mut ForMe,
+    ) {
+        let plan = lease_protocol::assign(&self.leases, live);
+        if plan.takes.is_empty() && plan.handoffs.is_empty() {
+            self.quick_rescans = 0;
+            return;
+        }
+        tracing::debug!(
+            takes = plan.takes.len(),
+            handoffs = plan.handoffs.len(),
+            workers = live.len(),
+            "leader plan"
+        );
+        let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
+        let mut lost_races = 0;
+        let store = env.store;
+        let mut takes: Vec<Pending<'_, (&Lease, &String, dynamodb_streams_leases::Result<Lease>)>> =
+            Vec::new();
+        for (lease, to) in &plan.takes {
+            takes.push(Box::pin(async move {
+                let taken = store
+                    .take_lease(&lease.key, lease.owner.as_deref(), lease.epoch, to)
+                    .await;
+                (lease, to, taken)
+            }));
+        }
+        let takes = bounded(takes).await;
+        for (wanted, to, taken) in takes {
+            match taken {
+                Ok(taken) => {
+                    hints.entry(to.clone()).or_default().push(taken.key.clone());
+                    self.replace(taken);
+                }
+                Err(error) => {
+                    tracing::debug!(lease = %wanted.key, %error, "take on behalf lost a race");
+                    lost_races += 1;
+                }
+            }
+        }
+        let mut asks: Vec<
+            Pending<'_, (&Lease, Ownership, dynamodb_streams_leases::Result<Lease>)>,
+        > = Vec::new();
+        for (lease, to) in &plan.handoffs {
+            let Some(ownership) = lease.ownership() else {
+                continue;
+            };
+            asks.push(Box::pin(async move {
+                let asked = store.request_handoff(&lease.key, &ownership, to).await;
+                (lease, ownership, asked)
+            }));
+        }
+        let asks = bounded(asks).await;
+        let now = Instant::now();
+        for (lease, ownership, asked) in asks {
+            match asked {
+                Ok(marked) => {
+                    tracing::info!(lease = %lease.key, owner = %ownership.owner, to = ?marked.handoff_to, "asked for a handoff");
+                    hints
+                        .entry(ownership.owner)
+                        .or_default()
+                        .push(marked.key.clone());
+                    self.asked.insert(marked.key.clone(), now);
+                    self.replace(marked);
+                }
+                Err(error) => {
+                    tracing::debug!(lease = %lease.key, %error, "handoff request lost a race");
+                    lost_races += 1;
+                }
+            }
+        }
+        if lost_races > 0 && self.quick_rescans < QUICK_RESCANS {
+            self.quick_rescans += 1;
+            self.rescan = true;
+        } else {
+            self.quick_rescans = 0;
+        }
+        self.deliver(env, hints, for_me).await;
+    }
+
+    /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed).
+    async fn deliver(
+        &self,
+        env: &LeaderEnv<'_>,
+        hints: BTreeMap<String, Vec<LeaseKey>>,
+        for_me: &mut ForMe,
+    ) {
+        let mut sends: Vec<Pending<'_, ()>> = Vec::new();
+        for (worker, keys) in hints {
+            if worker == env.me {
+                let keys: std::collections::BTreeSet<&LeaseKey> = keys.iter().collect();
+                for_me.leases.extend(
+                    self.leases
+                        .iter()
+                        .filter(|l| keys.contains(&l.key))
+                        .cloned(),
+                );
+            } else {
+                let store = env.store;
+                sends.push(Box::pin(async move {
+                    if let Err(error) = store.notify(&worker, &keys).await {
+                        tracing::warn!(%worker, %error, "cannot hint a worker; the leader reminds it later");
+                    }
+                }));
+            }
+        }
+        bounded(sends).await;
+    }
+
+    /// A handoff asked a failover time ago whose lease still shows it pending in the view:
+    /// the lease is read again (the owner may have handed it over without a bump, which the
+    /// leader does not need), and if the request still stands the owner is hinted again (a
+    /// hint can be lost with an inbox read that failed).
+    async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant) {
+        let pending: std::collections::BTreeSet<&LeaseKey> = self
+            .leases
+            .iter()
+            .filter(|l| l.handoff_to.is_some())
+            .map(|l| &l.key)
+            .collect();
+        self.asked.retain(|key, _| pending.contains(key));
+        let due: Vec<LeaseKey> = self
+            .asked
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= env.config.failover_time)
+            .map(|(key, _)| key.clone())
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let current = match env.store.get_leases(&due).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read leases asked for; reminding later");
+                return;
+            }
+        };
+        for lease in current {
+            let key = lease.key.clone();
+            self.asked.insert(key.clone(), now);
+            let owner = lease.owner.clone();
+            let still_asked = lease.handoff_to.is_some();
+            self.replace(lease);
+            if !still_asked {
+                self.asked.remove(&key);
+                continue;
+            }
+            if let Some(owner) = owner.filter(|o| o != env.me)
+                && let Err(error) = env.store.notify(&owner, std::slice::from_ref(&key)).await
+            {
+                tracing::debug!(%owner, %error, "handoff reminder not delivered");
+            }
+        }
+    }
+
+    fn replace(&mut self, updated: Lease) {
+        if let Some(slot) = self.leases.iter_mut().find(|l| l.key == updated.key) {
+            *slot = updated;
+        }
+    }
+
+    /// The leader holds the shard-sync lease and lists every shard once per interval, in
+    /// a task of its own (never two at once; a slow DescribeStream delays the next sync,
+    /// not the loop).
+    async fn run_shard_sync(&mut self, env: &LeaderEnv<'_>, now: Instant) {
+        let sync_key = shard_sync_key();
+        let held = self
+            .leases
+            .iter()
+            .find(|l| l.key == sync_key)
+            .is_some_and(|l| l.is_owned_by(env.me));
+        if !held {
+            let lease = Lease::new(sync_key.clone(), Checkpoint::TrimHorizon, vec![]);
+            if create_lease_if_absent(env.store.as_ref(), &lease)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let Ok(Some(current)) = env.store.get_lease(&sync_key).await else {
+                return;
+            };
+            match env
+                .store
+                .take_lease(&sync_key, current.owner.as_deref(), current.epoch, env.me)
+                .await
+            {
+                Ok(taken) => match self.leases.iter_mut().find(|l| l.key == sync_key) {
+                    Some(slot) => *slot = taken,
+                    None => self.leases.push(taken),
+                },
+                Err(_) => return,
+            }
+        }
+        if self
+            .last_sync
+            .is_some_and(|at| now.duration_since(at) < env.config.shard_sync_interval)
+            || self
+                .sync_task
+                .as_ref()
+                .is_some_and(|task| !task.is_finished())
+        {
+            return;
+        }
+        self.last_sync = Some(now);
+        let api = env.api.clone();
+        let store = env.announced.clone();
+        let sources = env.streams.to_vec();
+        let leases = self.leases.clone();
+        let initial = env.config.initial_position;
+        let done = self.sync_done.clone();
+        self.sync_task = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut current = Vec::new();
+            for source in &sources {
+                let Some(stream_arn) = current_stream(api.as_ref(), source).await else {
+                    continue;
+                };
+                current.push(stream_arn.clone());
+                if let Err(error) = shard_sync::sync_stream(
+                    api.as_ref(),
+                    &store,
+                    &stream_arn,
+                    &leases,
+                    initial,
+                    shard_sync::Contention::Alone,
+                )
+                .await
+                {
+                    tracing::warn!(%stream_arn, %error, "shard sync failed");
+                }
+            }
+            if let Err(error) =
+                shard_sync::retire_replaced_streams(store.as_ref(), &leases, &current).await
+            {
+                tracing::warn!(%error, "cannot retire a replaced stream");
+            }
+            done.notify_one();
+        })));
+    }
+}
+
+/// The stream to sync for `source`: a table's current stream (DescribeTable, once per
+/// sync), which is new after the table's stream was disabled and enabled again. `None`
+/// when the table cannot be described or has no stream now: its sync waits for the next
+/// interval (syncing a stream that may have been replaced could recreate retired leases).
+async fn current_stream(api: &dyn StreamsApi, source: &StreamSource) -> Option<String> {
+    let Some(table) = &source.table else {
+        return Some(source.stream_arn.clone());
+    };
+    match api.latest_stream_arn(table).await {
+        Ok(arn) => {
+            if arn != source.stream_arn {
+                tracing::debug!(table, stream_arn = %arn, previous = %source.stream_arn, "the table has a new stream");
+            }
+            Some(arn)
+        }
+        Err(error) => {
+            tracing::warn!(table, %error, "cannot look up the table's current stream; its shard sync waits for the next interval");
+            None
+        }
+    }
+}
