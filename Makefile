@@ -55,16 +55,16 @@ figures:
 	$(CARGO) build --release -p dynamodb-streams-examples --bin jsonl-worker --bin failover-figures
 	scripts/dynamodb-local.sh run -- $(CARGO) run --release --quiet -p dynamodb-streams-examples --bin failover-figures -- $(FIGURES_ARGS)
 
-## package: what `cargo publish` would upload, built offline for every publishable crate in
+## package: what `cargo publish` would upload, packaged offline for every publishable crate in
 ## dependency order (`cargo package --workspace`, which resolves the workspace's crates against
-## each other without the registry). `--no-verify`: verifying would build each crate alone in
-## its own feature set, i.e. the whole AWS SDK again for every crate (minutes on 2 cores); the
-## packaged sources are the tested ones, and `ddbsc` is checked to need no example code.
+## each other without the registry), then the packaged sources unpacked into a workspace of
+## their own and `cargo check`ed offline (scripts/package-check.sh says why this and not
+## cargo's own verification, which would build the whole AWS SDK again for every crate);
+## `ddbsc` is checked to need no example code.
 .PHONY: package
 UNPUBLISHED := dynamodb-streams-integration-tests public-api-check
 package:
-	$(CARGO) package --workspace $(foreach p,$(UNPUBLISHED),--exclude $(p)) --no-verify --offline --allow-dirty 2>&1 \
-		| grep -v '^warning: ignoring .* not included in the published package$$'
+	CARGO="$(CARGO)" scripts/package-check.sh $(foreach p,$(UNPUBLISHED),--exclude $(p))
 	@if $(CARGO) tree --offline -p ddbsc -e normal,build --prefix none | grep -q '^dynamodb-streams-examples '; then \
 		echo "ddbsc depends on the examples package: cargo install ddbsc would build example code"; exit 1; fi
 
@@ -120,6 +120,16 @@ screenshot:
 	scripts/browser.sh install
 	$(CARGO) build $(PROGRAMS)
 	DDBSC_SCREENSHOT=docs/ddbsc-serve.png scripts/dynamodb-local.sh run -- $(CARGO) test --workspace --test serve
+
+## idle-latency: what `jsonl-worker --idle-backoff MIN,MAX` trades, at 3 settings side by side
+## (DynamoDB Local, debug build, about 1.5 minutes): write-to-delivery p50/p99 after quiet
+## periods, GetRecords per idle shard-hour; IDLE_ARGS adds options, e.g. `make idle-latency
+## IDLE_ARGS="--setting default --setting 1s,5s --gap 8s"`.
+.PHONY: idle-latency
+IDLE_ARGS ?=
+idle-latency:
+	$(CARGO) build $(PROGRAMS)
+	scripts/dynamodb-local.sh run -- sh -c '$(TARGET_DIR)/debug/idle-latency --endpoint "$$DYNAMODB_ENDPOINT" $(IDLE_ARGS)'
 
 ## status-demo: what `ddbsc status --lag` shows for 3 jsonl-worker processes sharing 6 tables
 ## (DynamoDB Local; debug build)

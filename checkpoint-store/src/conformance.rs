@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{
-    Checkpoint, Error, Lease, LeaseKey, LeaseStore, MEMBERS_PER_SHARD, Ownership, SequenceNumber,
-    WorkerRecord, membership_shard,
+    Checkpoint, Error, Lease, LeaseKey, LeaseStore, MEMBERS_PER_SHARD, Ownership,
+    PipelineCheckpoints, SequenceNumber, WorkerRecord, membership_shard,
 };
 
 /// Calls `$callback!` with the name of every case: the one list of cases.
@@ -56,6 +56,8 @@ macro_rules! __conformance_cases {
             notices_are_delivered_and_cleared_by_token,
             many_leases_are_read_at_once,
             reset_moves_the_checkpoint_and_frees_the_lease_in_one_write,
+            pipeline_checkpoints_are_written_by_the_owner_with_the_read_position,
+            a_removed_pipeline_leaves_the_other_pipelines_alone,
         ]);
     };
     (@expand tests ($make_store:expr) [$($case:ident),* $(,)?]) => {
@@ -177,6 +179,12 @@ pub async fn round_trips_every_field(store: Arc<dyn LeaseStore>) {
         handoff_to: Some("worker-b".to_owned()),
         created_at: at_millis(1_700_000_000_001),
         updated_at: at_millis(1_700_000_123_456),
+        pipelines: [
+            ("search".to_owned(), seq("000000000000000000001234567891")),
+            ("audit-log.v2".to_owned(), Checkpoint::ShardEnd),
+        ]
+        .into(),
+        owner_pipelines: vec!["audit-log.v2".to_owned(), "search".to_owned()],
     };
     let coordination = Lease {
         key: LeaseKey::coordination("shard-sync"),
@@ -1001,6 +1009,144 @@ pub async fn reset_moves_the_checkpoint_and_frees_the_lease_in_one_write(
     assert_err!(
         store
             .reset_lease(&LeaseKey::new(STREAM, "gone"), None, 0, &Checkpoint::Latest)
+            .await,
+        Error::LeaseNotFound { .. }
+    );
+}
+
+/// A pipeline checkpoint write stores the pipelines' checkpoints, the read position (the
+/// lease's `checkpoint`) and the pipelines the owner runs, under the owner-and-epoch
+/// condition; pipelines it does not name keep theirs; a read position of `SHARD_END` bumps
+/// the leases version.
+pub async fn pipeline_checkpoints_are_written_by_the_owner_with_the_read_position(
+    store: Arc<dyn LeaseStore>,
+) {
+    let key = create(store.as_ref(), "shard-1").await;
+    let taken = store.take_lease(&key, None, 0, "worker-a").await.unwrap();
+    let mine = taken.ownership().unwrap();
+    let running = vec!["cache".to_owned(), "search".to_owned()];
+    let first = PipelineCheckpoints {
+        read_position: seq("100000000000000000005"),
+        pipelines: vec![
+            ("search".to_owned(), seq("100000000000000000009")),
+            ("cache".to_owned(), seq("100000000000000000005")),
+        ],
+        running: Some(running.clone()),
+    };
+    let written = store
+        .checkpoint_pipelines(&key, &mine, &first)
+        .await
+        .unwrap();
+    assert_eq!(written.checkpoint, seq("100000000000000000005"));
+    assert_eq!(written.pipelines.len(), 2);
+    assert_eq!(written.pipelines["search"], seq("100000000000000000009"));
+    assert_eq!(written.owner_pipelines, running);
+    assert_eq!(written.owner_switches_since_checkpoint, 0);
+    assert_eq!(get(store.as_ref(), &key).await, written);
+
+    // One pipeline moves; the other keeps its checkpoint, and so does the running set.
+    let version = store
+        .membership()
+        .await
+        .unwrap()
+        .coordination
+        .leases_version;
+    let second = PipelineCheckpoints {
+        read_position: seq("100000000000000000009"),
+        pipelines: vec![("cache".to_owned(), Checkpoint::ShardEnd)],
+        running: None,
+    };
+    let moved = store
+        .checkpoint_pipelines(&key, &mine, &second)
+        .await
+        .unwrap();
+    assert_eq!(moved.pipelines["cache"], Checkpoint::ShardEnd);
+    assert_eq!(moved.pipelines["search"], seq("100000000000000000009"));
+    assert_eq!(moved.checkpoint, seq("100000000000000000009"));
+    assert_eq!(moved.owner_pipelines, running);
+    assert_eq!(
+        store
+            .membership()
+            .await
+            .unwrap()
+            .coordination
+            .leases_version,
+        version
+    );
+
+    // Another owner's token is refused and changes nothing.
+    let before = get(store.as_ref(), &key).await;
+    assert_err!(
+        store
+            .checkpoint_pipelines(&key, &owned("worker-b", mine.epoch), &first)
+            .await,
+        Error::LeaseLost { .. }
+    );
+    assert_eq!(get(store.as_ref(), &key).await, before);
+
+    let end = PipelineCheckpoints {
+        read_position: Checkpoint::ShardEnd,
+        pipelines: vec![("search".to_owned(), Checkpoint::ShardEnd)],
+        running: Some(vec!["search".to_owned()]),
+    };
+    let ended = store.checkpoint_pipelines(&key, &mine, &end).await.unwrap();
+    assert!(ended.checkpoint.is_shard_end());
+    assert_eq!(ended.owner_pipelines, ["search"]);
+    assert_eq!(
+        store
+            .membership()
+            .await
+            .unwrap()
+            .coordination
+            .leases_version,
+        version,
+        "writes never bump the leases version by themselves: the worker announces, coalesced"
+    );
+}
+
+/// Removing a pipeline takes its checkpoint and its name off the lease and leaves the rest;
+/// with an ownership token only while it is current; without, on any lease that exists.
+pub async fn a_removed_pipeline_leaves_the_other_pipelines_alone(store: Arc<dyn LeaseStore>) {
+    let key = create(store.as_ref(), "shard-1").await;
+    let taken = store.take_lease(&key, None, 0, "worker-a").await.unwrap();
+    let mine = taken.ownership().unwrap();
+    let update = PipelineCheckpoints {
+        read_position: seq("100000000000000000001"),
+        pipelines: vec![
+            ("old".to_owned(), seq("100000000000000000001")),
+            ("kept".to_owned(), seq("100000000000000000002")),
+        ],
+        running: Some(vec!["kept".to_owned(), "old".to_owned()]),
+    };
+    store
+        .checkpoint_pipelines(&key, &mine, &update)
+        .await
+        .unwrap();
+    assert_err!(
+        store
+            .remove_pipeline(&key, "old", Some(&owned("worker-b", mine.epoch)))
+            .await,
+        Error::LeaseLost { .. }
+    );
+    let removed = store
+        .remove_pipeline(&key, "old", Some(&mine))
+        .await
+        .unwrap();
+    assert_eq!(removed.pipelines.keys().collect::<Vec<_>>(), ["kept"]);
+    assert_eq!(removed.owner_pipelines, ["kept"]);
+    assert_eq!(removed.checkpoint, seq("100000000000000000001"));
+    assert_eq!(removed.ownership(), Some(mine.clone()));
+    assert_eq!(get(store.as_ref(), &key).await, removed);
+
+    // Without a token, whoever owns it; removing what is not there changes nothing more.
+    let again = store.remove_pipeline(&key, "kept", None).await.unwrap();
+    assert!(again.pipelines.is_empty());
+    assert!(again.owner_pipelines.is_empty());
+    let twice = store.remove_pipeline(&key, "kept", None).await.unwrap();
+    assert!(twice.pipelines.is_empty());
+    assert_err!(
+        store
+            .remove_pipeline(&self::key("absent"), "kept", None)
             .await,
         Error::LeaseNotFound { .. }
     );

@@ -139,6 +139,18 @@ pub enum Error {
         problem: String,
     },
 
+    /// A transactional pipeline checkpoint did not carry the checkpoint of the pipeline it
+    /// is conditional on (a caller's mistake); nothing was sent.
+    #[error(
+        "lease {key}: the transactional checkpoint of pipeline {pipeline:?} does not hold that pipeline's checkpoint"
+    )]
+    InvalidPipelineUpdate {
+        /// The lease.
+        key: LeaseKey,
+        /// The pipeline.
+        pipeline: String,
+    },
+
     /// The store cannot commit other writes together with a checkpoint (only the DynamoDB
     /// store can: its checkpoints live in DynamoDB).
     #[error("the lease store {store} does not support transactions (exactly-once commits)")]

@@ -1,5 +1,6 @@
 //! Leases: which worker processes which shard, and how far it got.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
@@ -96,6 +97,13 @@ pub struct Lease {
     pub created_at: SystemTime,
     /// When the lease was last written.
     pub updated_at: SystemTime,
+    /// The checkpoint of each named pipeline on this shard (see [`crate::pipeline`]); empty
+    /// for an application without pipelines, whose one checkpoint is `checkpoint`. With
+    /// pipelines, `checkpoint` is the read position: the slowest pipeline's checkpoint.
+    pub pipelines: BTreeMap<String, Checkpoint>,
+    /// The pipelines the owner runs on this shard, as it wrote them when it started the
+    /// shard: what tells an operator whether a live worker still runs a pipeline.
+    pub owner_pipelines: Vec<String>,
 }
 
 impl Lease {
@@ -112,6 +120,8 @@ impl Lease {
             handoff_to: None,
             created_at: now,
             updated_at: now,
+            pipelines: BTreeMap::new(),
+            owner_pipelines: Vec::new(),
         }
     }
 

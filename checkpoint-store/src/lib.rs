@@ -22,6 +22,7 @@ mod error;
 mod lease;
 mod membership;
 mod memory;
+pub mod pipeline;
 mod sequence;
 mod store;
 pub mod transaction;
@@ -38,5 +39,6 @@ pub use membership::{
     WorkerRecord, membership_shard,
 };
 pub use memory::InMemoryLeaseStore;
+pub use pipeline::PipelineCheckpoints;
 pub use sequence::SequenceNumber;
 pub use store::LeaseStore;

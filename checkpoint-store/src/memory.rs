@@ -13,6 +13,7 @@ use crate::membership::{
     Coordination, LeaderRecord, MEMBERS_PER_SHARD, Membership, Notice, WorkerRecord,
     membership_shard,
 };
+use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 
 /// A [`LeaseStore`] held in memory, with the same semantics as the DynamoDB store (the
@@ -179,6 +180,47 @@ impl LeaseStore for InMemoryLeaseStore {
             lease.checkpoint = checkpoint.clone();
             lease.owner_switches_since_checkpoint = 0;
         })
+    }
+
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        self.update_owned(key, ownership, |lease| {
+            lease.checkpoint = update.read_position.clone();
+            lease.owner_switches_since_checkpoint = 0;
+            for (name, checkpoint) in &update.pipelines {
+                lease.pipelines.insert(name.clone(), checkpoint.clone());
+            }
+            if let Some(running) = &update.running {
+                lease.owner_pipelines = running.clone();
+            }
+        })
+    }
+
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        ownership: Option<&Ownership>,
+    ) -> Result<Lease> {
+        let remove = |lease: &mut Lease| {
+            lease.pipelines.remove(pipeline);
+            lease.owner_pipelines.retain(|name| name != pipeline);
+        };
+        if let Some(ownership) = ownership {
+            return self.update_owned(key, ownership, remove);
+        }
+        let mut state = self.state();
+        let lease = state
+            .leases
+            .get_mut(key)
+            .ok_or_else(|| Error::LeaseNotFound { key: key.clone() })?;
+        remove(lease);
+        lease.updated_at = SystemTime::now();
+        Ok(lease.clone())
     }
 
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {

@@ -9,6 +9,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::lease::{Lease, LeaseKey, Ownership};
 use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
+use crate::pipeline::PipelineCheckpoints;
 
 /// Persistent leases, checkpoints and worker heartbeats.
 ///
@@ -64,6 +65,28 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
         key: &LeaseKey,
         ownership: &Ownership,
         checkpoint: &Checkpoint,
+    ) -> Result<Lease>;
+
+    /// Stores checkpoints of named pipelines and the read position they leave the shard at
+    /// ([`PipelineCheckpoints`]), in one write, if `ownership` is still current (else
+    /// `LeaseLost`); clears the owner-switch counter. A read position of `ShardEnd` bumps
+    /// the leases version, as a `ShardEnd` checkpoint does.
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease>;
+
+    /// Removes `pipeline`'s checkpoint from the lease, and the pipeline from the ones its
+    /// owner runs: an operator dropping a pipeline that left the code. With `ownership`,
+    /// only if it is still current (else `LeaseLost`); without, whoever owns it
+    /// (`LeaseNotFound` if the lease is gone). The read position is left alone.
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        ownership: Option<&Ownership>,
     ) -> Result<Lease>;
 
     /// Gives the lease up: removes the owner and any handoff request and bumps the epoch,
@@ -182,6 +205,26 @@ pub trait LeaseStore: Send + Sync + fmt::Debug {
         writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<()> {
         let _ = (key, ownership, previous, checkpoint, writes);
+        Err(crate::Error::TransactionsUnsupported {
+            store: format!("{self:?}"),
+        })
+    }
+
+    /// [`checkpoint_with_writes`](Self::checkpoint_with_writes) for one named pipeline: the
+    /// writes commit with `update` (the pipeline's checkpoint and the read position), and
+    /// the condition on the stored checkpoint is on the pipeline's own: it must still be
+    /// `previous` (`None`: the lease holds none for it yet). Stores without transactions
+    /// refuse with `TransactionsUnsupported` (the default).
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        let _ = (key, ownership, pipeline, previous, update, writes);
         Err(crate::Error::TransactionsUnsupported {
             store: format!("{self:?}"),
         })

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dynamodb_streams_leases::{
-    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership, Result,
-    WorkerRecord,
+    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
+    PipelineCheckpoints, Result, WorkerRecord,
 };
 use tokio::sync::Notify;
 
@@ -180,6 +180,44 @@ impl LeaseStore for AnnouncingStore {
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
         let written = self.inner.checkpoint(key, o, c).await;
         if *c == Checkpoint::ShardEnd {
+            return self.announced(written);
+        }
+        written
+    }
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        let written = self.inner.checkpoint_pipelines(key, o, update).await;
+        if update.read_position == Checkpoint::ShardEnd {
+            return self.announced(written);
+        }
+        written
+    }
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        o: Option<&Ownership>,
+    ) -> Result<Lease> {
+        self.inner.remove_pipeline(key, pipeline, o).await
+    }
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        let written = self
+            .inner
+            .checkpoint_pipeline_with_writes(key, ownership, pipeline, previous, update, writes)
+            .await;
+        if update.read_position == Checkpoint::ShardEnd {
             return self.announced(written);
         }
         written

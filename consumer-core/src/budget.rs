@@ -62,6 +62,9 @@ struct State {
 pub(crate) struct Reservation {
     budget: ByteBudget,
     bytes: u64,
+    /// A share of a page that several pipelines deliver ([`Reservation::share`]): the
+    /// page's reservation, given back when the last share is dropped.
+    _page: Option<Arc<Reservation>>,
 }
 
 impl ByteBudget {
@@ -77,6 +80,11 @@ impl ByteBudget {
                 }),
             }),
         }
+    }
+
+    /// The whole budget.
+    pub(crate) fn total(&self) -> u64 {
+        self.shared.total
     }
 
     /// Bytes not reserved right now (negative while overdrawn).
@@ -101,6 +109,7 @@ impl ByteBudget {
             }
         };
         let reservation = Reservation {
+            _page: None,
             budget: self.clone(),
             bytes,
         };
@@ -115,6 +124,7 @@ impl ByteBudget {
         };
         let was_granted = (&mut pending.granted).await.is_ok();
         let mut reservation = pending.reservation.take().unwrap_or(Reservation {
+            _page: None,
             budget: self.clone(),
             bytes: 0,
         });
@@ -184,6 +194,20 @@ impl Reservation {
         self.bytes
     }
 
+    /// `n` shares of this page's reservation, one per pipeline that delivers the page: its
+    /// bytes are held until every share was dropped (the page is in memory once).
+    pub(crate) fn share(self, n: usize) -> Vec<Reservation> {
+        let budget = self.budget.clone();
+        let page = Arc::new(self);
+        (0..n)
+            .map(|_| Reservation {
+                budget: budget.clone(),
+                bytes: 0,
+                _page: Some(page.clone()),
+            })
+            .collect()
+    }
+
     /// Holds `bytes` from now on (at most the whole budget), without waiting: a surplus is
     /// given back; a shortfall is taken even if it overdraws the budget, so what is in
     /// memory is counted, and later reservations wait until it is paid back.
@@ -200,10 +224,25 @@ impl Reservation {
     }
 }
 
+impl Reservation {
+    /// Gives back what is held beyond `bytes` (never takes more): records of the page that
+    /// are done and dropped no longer count.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.settle(bytes);
+        }
+    }
+}
+
+/// What a record costs the budget, as a share of its page's [`page_cost`].
+pub(crate) fn record_cost(record: &Record) -> u64 {
+    2 * record_bytes(record)
+}
+
 /// What a page costs the budget: its records in memory ([`page_bytes`]), and as much
 /// again for the changes decoded from them while its batch is delivered (the decoded
 /// images are about as big as the records' images).
-pub(crate) fn page_cost(records: &[Record]) -> u64 {
+pub(crate) fn page_cost<'a>(records: impl IntoIterator<Item = &'a Record>) -> u64 {
     2 * page_bytes(records)
 }
 

@@ -64,6 +64,11 @@ pub struct Checkpointer {
     staged: Vec<StagedWrites>,
     /// Key attribute names of the tables staged `Put`s write to.
     key_names: HashMap<String, Vec<String>>,
+    /// A transaction's answer was lost and its retries gave up: it may have committed, so
+    /// the stored checkpoint may be past `stored`. The next plain write reads it first and
+    /// never writes an older position over a committed one (the next transaction would
+    /// then apply the committed writes again).
+    unsure_of_stored: bool,
 }
 
 /// Staged writes that could not be committed: the records before `first_uncommitted` are
@@ -97,6 +102,7 @@ impl Checkpointer {
             background: None,
             staged: Vec::new(),
             key_names: HashMap::new(),
+            unsure_of_stored: false,
         }
     }
 
@@ -118,6 +124,7 @@ impl Checkpointer {
             background: None,
             staged: Vec::new(),
             key_names: self.key_names.clone(),
+            unsure_of_stored: false,
         }
     }
 
@@ -201,7 +208,9 @@ impl Checkpointer {
                 "it is past the last record of the batch, {last}"
             )));
         }
-        if let Some(done) = self.last_done.as_ref().or(self.stored.sequence_number())
+        // The stored checkpoint may be past the last record done here: a transaction
+        // whose answer was lost, found committed. Its records' writes are applied.
+        if let Some(done) = self.last_done.as_ref().max(self.stored.sequence_number())
             && seq <= done
         {
             return Err(refuse(format!(
@@ -351,7 +360,11 @@ impl Checkpointer {
     ) -> Result<()> {
         let count = writes.len();
         let checkpoint = Checkpoint::At(checkpoint.clone());
-        self.send_transaction(&checkpoint, writes).await?;
+        if let Err(error) = self.send_transaction(&checkpoint, writes).await {
+            // Given up on a transient error: it may have committed all the same.
+            self.unsure_of_stored |= matches!(&error, Error::LeaseStore(e) if e.is_transient());
+            return Err(error);
+        }
         TransactionCommitted {
             stream_arn: &self.key.stream,
             shard_id: &self.key.shard_id,
@@ -396,17 +409,33 @@ impl Checkpointer {
         }
     }
 
-    /// Writes the pending checkpoint now, whatever the interval.
+    /// Writes the pending checkpoint now, whatever the interval. During `process`, only
+    /// up to the last record done before the batch: a checkpoint inside the batch waits
+    /// until the batch succeeded (and is cut back if it fails).
     pub async fn flush(&mut self) -> Result<()> {
         self.settle().await?;
-        let Some(checkpoint) = self.take_pending() else {
-            return Ok(());
+        // Before, a flush in the middle of `process` wrote a checkpoint asked for inside
+        // the batch at once, covering records whose batch then failed.
+        let held_back = match (&self.in_flight, &self.pending) {
+            (Some(_), Some(pending)) if self.last_done.as_ref() < Some(pending) => {
+                std::mem::replace(&mut self.pending, self.last_done.clone())
+            }
+            _ => None,
         };
-        if let Err(e) = self.write(checkpoint.clone()).await {
-            self.put_back(checkpoint);
-            return Err(e);
+        let written = match self.take_pending() {
+            Some(checkpoint) => match self.write(checkpoint.clone()).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    self.put_back(checkpoint);
+                    Err(e)
+                }
+            },
+            None => Ok(()),
+        };
+        if let Some(seq) = held_back {
+            self.pending = Some(seq);
         }
-        Ok(())
+        written
     }
 
     /// [`flush`](Self::flush), retried on transient errors as the [`retry::lease_store`]
@@ -477,6 +506,8 @@ impl Checkpointer {
     /// What is pending and not stored yet, taken out to be written.
     fn take_pending(&mut self) -> Option<Checkpoint> {
         let pending = match self.pending.take() {
+            // Never behind what is stored (a lost transaction's answer, adopted).
+            Some(seq) if self.stored.sequence_number() > Some(&seq) => return None,
             Some(seq) => Checkpoint::At(seq),
             None => self.position.take()?,
         };
@@ -535,7 +566,7 @@ impl Checkpointer {
         let Some(checkpoint) = self.take_pending() else {
             return Ok(());
         };
-        if self.detached {
+        if self.detached || self.unsure_of_stored {
             return self.write(checkpoint).await;
         }
         let (store, key, ownership) =
@@ -590,6 +621,21 @@ impl Checkpointer {
             self.stored = checkpoint;
             self.last_write = Some(Instant::now());
             return Ok(());
+        }
+        if self.unsure_of_stored {
+            let lease = self.store.get_lease(&self.key).await?;
+            self.unsure_of_stored = false;
+            if let Some(lease) = lease
+                && let (Checkpoint::At(found), Checkpoint::At(wanted)) =
+                    (&lease.checkpoint, &checkpoint)
+                && found >= wanted
+            {
+                // The lost transaction committed: its checkpoint stays.
+                tracing::warn!(shard_id = %self.key.shard_id, %found, "a transaction whose answer was lost had committed; keeping its checkpoint");
+                self.stored = lease.checkpoint;
+                self.last_write = Some(Instant::now());
+                return Ok(());
+            }
         }
         let lease = self
             .store
@@ -681,6 +727,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_flush_during_a_batch_writes_only_what_was_done_before_it() {
+        let (store, mut cp) = checkpointer(Duration::ZERO).await;
+        cp.delivered(&seq(10));
+        // A batch of 11..=20 is in flight; the processor checkpoints all of it and flushes.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(
+            stored(&store).await,
+            Checkpoint::At(seq(10)),
+            "not past the batch"
+        );
+        // The batch fails: nothing of it is covered, ever.
+        cp.end(None);
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(10)));
+        // The batch again, and it succeeds: its checkpoint is written after it.
+        cp.begin(&seq(20));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(10)));
+        cp.end(Some(&seq(20)));
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store).await, Checkpoint::At(seq(20)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_checkpoint_asked_for_during_a_failed_batch_covers_only_what_succeeded() {
         let (store, mut cp) = checkpointer(Duration::ZERO).await;
         cp.delivered(&seq(10));
@@ -743,6 +816,8 @@ mod tests {
         /// Refuse every transaction writing this item, as DynamoDB refuses a write whose
         /// condition fails.
         refuse: Option<&'static str>,
+        /// Every transaction's answer is lost (after it was applied, if it could be).
+        lose_answers: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -780,6 +855,24 @@ mod tests {
             checkpoint: &Checkpoint,
         ) -> dynamodb_streams_leases::Result<Lease> {
             self.inner.checkpoint(key, ownership, checkpoint).await
+        }
+        async fn checkpoint_pipelines(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            update: &dynamodb_streams_leases::PipelineCheckpoints,
+        ) -> dynamodb_streams_leases::Result<Lease> {
+            self.inner
+                .checkpoint_pipelines(key, ownership, update)
+                .await
+        }
+        async fn remove_pipeline(
+            &self,
+            key: &LeaseKey,
+            pipeline: &str,
+            ownership: Option<&Ownership>,
+        ) -> dynamodb_streams_leases::Result<Lease> {
+            self.inner.remove_pipeline(key, pipeline, ownership).await
         }
         async fn release_lease(
             &self,
@@ -906,7 +999,17 @@ mod tests {
                 });
             }
             let lease = self.inner.get_lease(key).await?.unwrap();
+            let lost = self.lose_answers.load(std::sync::atomic::Ordering::SeqCst);
+            let lost_answer = || dynamodb_streams_leases::Error::Unreachable {
+                endpoint: "test".into(),
+                operation: "TransactWriteItems",
+                table: "leases".into(),
+                source: "the answer was lost".into(),
+            };
             if &lease.checkpoint != previous {
+                if lost {
+                    return Err(lost_answer());
+                }
                 return Err(dynamodb_streams_leases::Error::CheckpointMoved {
                     key: key.clone(),
                     expected: previous.clone(),
@@ -918,6 +1021,9 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push((checkpoint.clone(), writes.len()));
+            if lost {
+                return Err(lost_answer());
+            }
             Ok(())
         }
         async fn key_attribute_names(
@@ -1034,6 +1140,36 @@ mod tests {
             1,
             "a failed batch's writes were committed"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_whose_answer_was_lost_is_never_moved_back_by_a_plain_checkpoint() {
+        let (store, mut cp) = transactional(None).await;
+        cp.delivered(&seq(10));
+        store
+            .lose_answers
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        cp.begin(&seq(20));
+        cp.stage(&seq(15), updates(15, 2)).await.unwrap();
+        cp.commit_staged(None, &seq(20)).await.unwrap_err();
+        cp.end(None);
+        assert_eq!(committed(&store), [(Checkpoint::At(seq(20)), 2)]);
+        store
+            .lose_answers
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        // The failure handler takes records 11..=15, say: a plain checkpoint at 15 must not
+        // move the committed checkpoint back.
+        cp.delivered(&seq(15));
+        cp.checkpoint().await.unwrap();
+        cp.flush().await.unwrap();
+        assert_eq!(stored(&store.inner).await, Checkpoint::At(seq(20)));
+        assert_eq!(cp.stored(), &Checkpoint::At(seq(20)));
+        // The batch again: its writes are not committed a second time.
+        cp.begin(&seq(20));
+        cp.stage(&seq(18), updates(18, 1)).await.ok();
+        cp.commit_staged(None, &seq(20)).await.ok();
+        cp.end(None);
+        assert_eq!(committed(&store).len(), 1, "{:?}", committed(&store));
     }
 
     #[tokio::test(start_paused = true)]

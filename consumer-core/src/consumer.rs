@@ -12,9 +12,11 @@ use crate::config::{ConsumerConfig, TrimmedDataPolicy, capped};
 use crate::error::{Error, Result};
 use crate::leader::StreamSource;
 use crate::observability::{Health, Telemetry};
+use crate::pipeline::PendingPipeline;
 use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::runtime::Runtime;
+use crate::shard::pipelines::PipelineRunner;
 use crate::start_time::InitialPosition;
 use crate::streams::{SdkStreams, StreamsApi};
 use crate::worker::Worker;
@@ -35,6 +37,8 @@ pub struct Consumer<F> {
     api: Arc<dyn StreamsApi>,
     store: Arc<dyn LeaseStore>,
     factory: F,
+    /// The named pipelines (`with_pipeline`), each with its settings.
+    pub(crate) pipelines: Vec<Arc<dyn PipelineRunner>>,
     /// Health and lag, reported by the worker and its shard consumers.
     telemetry: Arc<Telemetry>,
 }
@@ -54,6 +58,8 @@ impl Consumer<()> {
             store: None,
             per_shard_metrics: false,
             filter_patterns: Vec::new(),
+            pipelines: Vec::new(),
+            unknown_pipeline_settings: Vec::new(),
         }
     }
 }
@@ -83,6 +89,10 @@ impl<F: ProcessorFactory> Consumer<F> {
     /// endpoint ([`crate::observability`]).
     pub fn health(&self) -> Health {
         self.telemetry.health.clone()
+    }
+
+    pub(crate) fn config(&self) -> &ConsumerConfig {
+        &self.config
     }
 
     /// The worker's id (as given, or `hostname-pid`).
@@ -130,6 +140,7 @@ impl<F: ProcessorFactory> Consumer<F> {
             config: self.config,
             worker_id: self.worker_id,
             telemetry: self.telemetry.clone(),
+            pipelines: self.pipelines,
         };
         // Sets the lag gauges every second while the worker runs.
         let _lag_gauges =
@@ -163,6 +174,11 @@ pub struct ConsumerBuilder {
     per_shard_metrics: bool,
     /// Lambda filter patterns (`with_filter_pattern`), parsed by `build`.
     filter_patterns: Vec<String>,
+    /// The named pipelines (`with_pipeline`), made with the final settings by
+    /// `build_pipelines`.
+    pub(crate) pipelines: Vec<PendingPipeline>,
+    /// Names `with_pipeline_settings` was given that no `with_pipeline` before it gave.
+    pub(crate) unknown_pipeline_settings: Vec<String>,
 }
 
 impl ConsumerBuilder {
@@ -411,6 +427,14 @@ impl ConsumerBuilder {
     /// (a closure `|shard: &ShardContext| MyProcessor::new()` works, as does
     /// [`processor_fn`](crate::processor_fn)).
     pub fn build<F: ProcessorFactory>(mut self, factory: F) -> Result<Consumer<F>> {
+        if !self.pipelines.is_empty() {
+            return Err(Error::Config {
+                key: "with_pipeline",
+                problem: "a consumer of named pipelines is built with `build_pipelines()`, \
+                          which takes no factory of its own"
+                    .into(),
+            });
+        }
         self.config.cap_durations();
         self.config.renew_interval = self
             .renew_interval
@@ -448,6 +472,7 @@ impl ConsumerBuilder {
             api,
             store,
             factory,
+            pipelines: Vec::new(),
             telemetry: Arc::new(Telemetry::new(Health::default(), self.per_shard_metrics)),
         })
     }
@@ -470,6 +495,26 @@ impl ConsumerBuilder {
             criteria.matches_record(record) && other.as_ref().is_none_or(|keep| keep(record))
         }));
         Ok(())
+    }
+
+    /// The settings of a pipeline: `base` (the consumer's, checked) changed by `settings`,
+    /// checked as the consumer's are.
+    pub(crate) fn pipeline_config(
+        base: &ConsumerConfig,
+        settings: impl FnOnce(ConsumerBuilder) -> ConsumerBuilder,
+    ) -> Result<ConsumerConfig> {
+        let mut builder = Consumer::builder("pipeline").with_table("pipeline");
+        builder.config = base.clone();
+        let mut builder = settings(builder);
+        builder.config.cap_durations();
+        builder.config.renew_interval = base.renew_interval;
+        builder.validate()?;
+        builder.apply_filter_patterns()?;
+        Ok(builder.config)
+    }
+
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.config.snapshot.is_some()
     }
 
     /// Changes one setting.

@@ -24,6 +24,7 @@ pub mod lambda;
 mod leader;
 mod lease_protocol;
 pub mod observability;
+mod pipeline;
 mod poll_loop;
 mod processor;
 pub mod reader;
@@ -47,6 +48,7 @@ pub use consumer::{Consumer, ConsumerBuilder};
 pub use dead_letter::DeadLetterTable;
 pub use error::{BoxError, Error, Result};
 pub use failure::{BatchFailure, FailedAt, FailedRecords, FailureHandler, FailureReason};
+pub use pipeline::Pipelines;
 pub use processor::{
     DataLoss, FnProcessor, ProcessorFactory, RecordProcessor, ShardContext, processor_fn,
 };

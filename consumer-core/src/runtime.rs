@@ -15,6 +15,7 @@ use crate::config::ConsumerConfig;
 use crate::error::Error;
 use crate::observability::Telemetry;
 use crate::processor::{ProcessorFactory, ShardContext};
+use crate::shard::pipelines::PipelineRunner;
 use crate::streams::StreamsApi;
 
 /// What a worker and all its tasks share.
@@ -28,6 +29,8 @@ pub(crate) struct Runtime<F> {
     pub telemetry: Arc<Telemetry>,
     /// Bytes of fetched pages not yet delivered, across every task of the worker.
     pub budget: ByteBudget,
+    /// The named pipelines (`with_pipeline`); empty: the one unnamed pipeline, `factory`.
+    pub pipelines: Vec<Arc<dyn PipelineRunner>>,
 }
 
 /// One lease a task runs under, as the worker owned it when it started the task.

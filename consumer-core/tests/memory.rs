@@ -167,6 +167,70 @@ async fn a_budget_smaller_than_one_page_still_delivers_everything_in_order() {
     worker.await.unwrap().unwrap();
 }
 
+/// With key parallelism, one item whose batches hang holds its own partition (and, once
+/// that partition has enough queued, its shard), never the worker's whole budget: every
+/// other shard's records are delivered meanwhile. (Before: each page's bytes came back
+/// only once all its records were done, so the stuck partition pinned every page of its
+/// shard, which kept taking pages in, until the budget was spent.)
+#[tokio::test(start_paused = true)]
+async fn one_stuck_key_partition_does_not_stall_the_other_shards() {
+    let sim = stream_with_backlog(1500);
+    let written = sim.written();
+    let stuck_shard = written
+        .iter()
+        .find(|w| w.key.contains("\"item-0\""))
+        .map(|w| w.shard_id.clone())
+        .expect("item-0 was written");
+    let others = written.iter().filter(|w| w.shard_id != stuck_shard).count();
+    let delivered_elsewhere = Arc::new(AtomicUsize::new(0));
+    let (open, gate) = watch::channel(false);
+    let counted = delivered_elsewhere.clone();
+    let recording = Recording::new().with_hook(move |shard, batch: &ChangeBatch<Row>, _| {
+        let stuck = batch.changes.iter().any(|change| {
+            change
+                .new
+                .as_ref()
+                .is_some_and(|row: &Row| row.pk == "item-0")
+        });
+        if shard.shard_id != stuck_shard {
+            counted.fetch_add(batch.changes.len(), Ordering::SeqCst);
+        }
+        let mut gate = gate.clone();
+        Box::pin(async move {
+            if stuck {
+                gate.wait_for(|open| *open).await?;
+            }
+            Ok(())
+        })
+    });
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_key_parallelism(4)
+        .with_max_buffered_bytes(8 * 1024 * 1024)
+        .build(recording.factory())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(consumer.run_until(async {
+        let _ = stopped.await;
+    }));
+    wait_until(
+        "the other shards' records delivered while one item hangs",
+        Duration::from_secs(600),
+        || delivered_elsewhere.load(Ordering::SeqCst) >= others,
+    )
+    .await;
+    open.send(true).unwrap();
+    wait_until("everything delivered", Duration::from_secs(600), || {
+        recording.len() >= written.len()
+    })
+    .await;
+    check_all_delivered_in_order(&recording, written.len());
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
 #[test]
 fn a_zero_budget_is_refused_naming_the_setting() {
     let sim = SimulatedStream::new(SimConfig::default());

@@ -7,6 +7,8 @@
 //! ddbsc shards --table T [--json]
 //! ddbsc import-kcl --kcl-table KCL_LEASES --app APP --table T [--dry-run] [--force] [--observe 10s]
 //! ddbsc serve  --app APP [--addr 127.0.0.1:8080] [--lag] [--refresh 2s] [--alive-within 15s | --observe 10s]
+//! ddbsc pipelines --app APP [--json]
+//! ddbsc drop-pipeline --app APP --name N [--force] [--json]
 //! ```
 //!
 //! Global flags (before or after the subcommand): `--endpoint URL` (e.g. DynamoDB Local,
@@ -22,6 +24,7 @@ mod context;
 mod import_kcl;
 mod liveness;
 mod output;
+mod pipelines;
 mod reset;
 mod serve;
 mod shards;
@@ -88,6 +91,12 @@ enum Command {
     ImportKcl(import_kcl::Args),
     /// A read-only page for operators: workers, shards, lag, snapshots, handoffs.
     Serve(serve::Args),
+    /// The application's named pipelines: leases with a checkpoint, finished, holding the
+    /// read back, live workers running each.
+    Pipelines(pipelines::ListArgs),
+    /// Remove a pipeline's checkpoints (refused while a live worker runs it, unless
+    /// --force).
+    DropPipeline(pipelines::DropArgs),
 }
 
 #[tokio::main]
@@ -101,6 +110,8 @@ async fn main() -> ExitCode {
         Command::Shards(args) => shards::run(&context, args).await,
         Command::ImportKcl(args) => import_kcl::run(&context, args).await,
         Command::Serve(args) => serve::run(context, args).await,
+        Command::Pipelines(args) => pipelines::list(&context, args).await,
+        Command::DropPipeline(args) => pipelines::drop(&context, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::Table;
-use dynamodb_streams_consumer::Change;
 use dynamodb_streams_consumer::snapshot::{SnapshotProgress, is_segment};
 use dynamodb_streams_consumer::streams::{StartPosition, StreamsApi};
-use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, WorkerRecord};
+use dynamodb_streams_leases::pipeline::slowest;
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, SequenceNumber, WorkerRecord};
 use futures::{StreamExt, stream};
-use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::context::{Context, table_of_stream};
@@ -119,7 +118,7 @@ pub struct Report {
     /// Per lease, in the same order.
     states: Vec<State>,
     /// Per lease, in the same order: `None` when not asked or not active.
-    lags: Vec<Option<Result<Lag, String>>>,
+    lags: Vec<Option<Result<ShardLag, String>>>,
     lag_asked: bool,
     /// The gates that hold a re-enabled stream's roots (coordination items).
     gates: Vec<Lease>,
@@ -187,7 +186,7 @@ impl Report {
                 }
             })
             .collect();
-        let lags: Vec<Option<Result<Lag, String>>> = stream::iter(reads)
+        let lags: Vec<Option<Result<ShardLag, String>>> = stream::iter(reads)
             .buffered(LAG_CONCURRENCY)
             .collect()
             .await;
@@ -295,16 +294,38 @@ impl Report {
                         unreadable.push(format!("shard {}: {message}", lease.key.shard_id));
                         ["?".into(), "?".into()]
                     }
-                    Some(Ok(lag)) => [
-                        format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
-                        lag.oldest_age
-                            .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
-                            .unwrap_or_else(|| "-".into()),
-                    ],
+                    Some(Ok(lag)) => lag_cells(&lag.lease),
                     None => ["-".into(), "-".into()],
                 });
             }
             table.add_row(row);
+            // One row per named pipeline under its lease: its checkpoint, and its lag.
+            for (name, checkpoint) in &lease.pipelines {
+                let mut row = vec![
+                    String::new(),
+                    format!("  pipeline {name}"),
+                    if checkpoint.is_shard_end() {
+                        State::Finished.as_str().to_owned()
+                    } else {
+                        String::new()
+                    },
+                    String::new(),
+                    String::new(),
+                    checkpoint.to_string(),
+                    String::new(),
+                ];
+                if self.lag_asked {
+                    row.extend(match lag {
+                        Some(Err(_)) => ["?".into(), "?".into()],
+                        Some(Ok(lag)) => lag
+                            .pipelines
+                            .get(name)
+                            .map_or_else(|| ["-".into(), "-".into()], lag_cells),
+                        None => ["-".into(), "-".into()],
+                    });
+                }
+                table.add_row(row);
+            }
         }
         context.line(&table)?;
         for line in &unreadable {
@@ -388,11 +409,20 @@ fn snapshot_line(progress: &SnapshotProgress) -> String {
     )
 }
 
+/// A lag in `--json`.
+fn lag_json(lag: &Lag) -> Value {
+    json!({
+        "records": lag.records,
+        "complete": lag.complete,
+        "oldest_unprocessed_age_ms": lag.oldest_age.map(|a| a.as_millis() as u64),
+    })
+}
+
 fn lease_json(
     lease: &Lease,
     state: State,
     live: &Liveness,
-    lag: Option<&Result<Lag, String>>,
+    lag: Option<&Result<ShardLag, String>>,
     lag_asked: bool,
     now: SystemTime,
 ) -> Value {
@@ -411,46 +441,103 @@ fn lease_json(
         // a handoff request.
         "last_write_age_ms": age(now, lease.updated_at).as_millis() as u64,
     });
+    // Each named pipeline's checkpoint, and its own lag with `--lag` (the same figures
+    // as the lease's, counted from the pipeline's checkpoint).
+    let pipelines: serde_json::Map<String, Value> = lease
+        .pipelines
+        .iter()
+        .map(|(name, checkpoint)| {
+            let mut entry = json!({ "checkpoint": checkpoint.to_string() });
+            if lag_asked {
+                entry["lag"] = match lag {
+                    Some(Err(message)) => json!({ "error": message }),
+                    Some(Ok(lag)) => lag.pipelines.get(name).map_or(Value::Null, lag_json),
+                    None => Value::Null,
+                };
+            }
+            (name.clone(), entry)
+        })
+        .collect();
+    value["pipelines"] = Value::Object(pipelines);
     if lag_asked {
         value["lag"] = match lag {
             Some(Err(message)) => json!({ "error": message }),
-            Some(Ok(lag)) => json!({
-                "records": lag.records,
-                "complete": lag.complete,
-                "oldest_unprocessed_age_ms": lag.oldest_age.map(|a| a.as_millis() as u64),
-            }),
+            Some(Ok(lag)) => lag_json(&lag.lease),
             None => Value::Null,
         };
     }
     value
 }
 
-/// Reads the shard from the lease's checkpoint towards its tip: to its end (no
-/// `NextShardIterator`), or until [`LAG_EMPTY_PAGES_AT_TIP`] empty pages in a row (following
-/// `NextShardIterator` past fewer), or until the page budget is spent (a lower bound then).
-async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> {
-    let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
-    let position = match &lease.checkpoint {
-        // From a start time: counts from the oldest record (records before the time
-        // included, an upper bound).
-        Checkpoint::TrimHorizon | Checkpoint::Since(_) => StartPosition::TrimHorizon,
-        Checkpoint::At(seq) => StartPosition::AfterSequenceNumber(seq.clone()),
-        // Starts at the tip when first read: nothing is behind it.
-        // A snapshot segment has no records behind it (its progress is in `snapshots`).
-        Checkpoint::Latest | Checkpoint::ShardEnd | Checkpoint::Scan(_) => {
-            return Ok(Lag {
-                records: 0,
-                complete: true,
-                oldest_age: None,
-            });
+/// How far the lease and each of its named pipelines are from the shard's tip.
+#[derive(Debug)]
+struct ShardLag {
+    /// From the lease's checkpoint (with pipelines, the read position: the slowest's).
+    lease: Lag,
+    /// From each pipeline's own checkpoint.
+    pipelines: BTreeMap<String, Lag>,
+}
+
+/// Which records a checkpoint has still to process, as far as a lag count goes.
+#[derive(Clone, Copy, Debug)]
+enum Behind<'a> {
+    /// None: it starts at the tip when first read (`LATEST`), or it is finished, or it is a
+    /// snapshot segment (whose progress is in `snapshots`).
+    Nothing,
+    /// Every record: from a start time too (records before the time are counted, an
+    /// upper bound).
+    Everything,
+    /// The records after this one.
+    After(&'a SequenceNumber),
+}
+
+impl<'a> Behind<'a> {
+    fn of(checkpoint: &'a Checkpoint) -> Self {
+        match checkpoint {
+            Checkpoint::TrimHorizon | Checkpoint::Since(_) => Self::Everything,
+            Checkpoint::At(seq) => Self::After(seq),
+            Checkpoint::Latest | Checkpoint::ShardEnd | Checkpoint::Scan(_) => Self::Nothing,
         }
-    };
-    let mut iterator = Some(api.shard_iterator(stream, shard, &position).await?);
-    let mut lag = Lag {
+    }
+
+    fn counts(self, seq: Option<&SequenceNumber>) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::Everything => true,
+            Self::After(done) => seq.is_some_and(|seq| seq > done),
+        }
+    }
+}
+
+/// Reads the shard once, from the slowest of the lease's and its named pipelines'
+/// checkpoints towards its tip, and counts for each checkpoint the records after it: to the
+/// shard's end (no `NextShardIterator`), or until [`LAG_EMPTY_PAGES_AT_TIP`] empty pages in
+/// a row (following `NextShardIterator` past fewer), or until the page budget is spent (a
+/// lower bound then).
+async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<ShardLag, Failure> {
+    let (stream, shard) = (&lease.key.stream, &lease.key.shard_id);
+    let fresh = || Lag {
         records: 0,
         complete: false,
         oldest_age: None,
     };
+    // The lease's own (no name), then each pipeline's.
+    let mut lags: Vec<(Option<&String>, Behind<'_>, Lag)> =
+        std::iter::once((None, &lease.checkpoint))
+            .chain(lease.pipelines.iter().map(|(name, cp)| (Some(name), cp)))
+            .map(|(name, checkpoint)| (name, Behind::of(checkpoint), fresh()))
+            .collect();
+    let from = slowest(std::iter::once(&lease.checkpoint).chain(lease.pipelines.values()));
+    let position = match from.as_ref().map(Behind::of) {
+        Some(Behind::Everything) => Some(StartPosition::TrimHorizon),
+        Some(Behind::After(seq)) => Some(StartPosition::AfterSequenceNumber(seq.clone())),
+        Some(Behind::Nothing) | None => None,
+    };
+    let mut iterator = match position {
+        Some(position) => Some(api.shard_iterator(stream, shard, &position).await?),
+        None => None,
+    };
+    let mut complete = iterator.is_none();
     let (mut pages_with_records, mut empty_in_a_row) = (0, 0);
     for _ in 0..LAG_MAX_CALLS {
         let Some(current) = iterator.take() else {
@@ -461,32 +548,64 @@ async fn shard_lag(api: &dyn StreamsApi, lease: &Lease) -> Result<Lag, Failure> 
         }
         let page = api.get_records(&current, 1000).await?;
         iterator = page.next_iterator;
-        let Some(first) = page.records.first() else {
+        if page.records.is_empty() {
             empty_in_a_row += 1;
             if empty_in_a_row >= LAG_EMPTY_PAGES_AT_TIP {
-                lag.complete = true;
+                complete = true;
                 break;
             }
             continue;
-        };
-        empty_in_a_row = 0;
-        if lag.oldest_age.is_none() {
-            let change = Change::<IgnoredAny>::decode(shard, first.clone())?;
-            lag.oldest_age = change
-                .approximate_creation_time
-                .map(|t| age(SystemTime::now(), t));
         }
-        lag.records += page.records.len() as u64;
+        empty_in_a_row = 0;
+        let now = SystemTime::now();
+        for record in &page.records {
+            let data = record.dynamodb();
+            let seq = data
+                .and_then(|d| d.sequence_number())
+                .and_then(|text| SequenceNumber::parse(text).ok());
+            let created = data
+                .and_then(|d| d.approximate_creation_date_time())
+                .and_then(|t| SystemTime::try_from(*t).ok());
+            for (_, behind, lag) in &mut lags {
+                if behind.counts(seq.as_ref()) {
+                    if lag.records == 0 {
+                        lag.oldest_age = created.map(|t| age(now, t));
+                    }
+                    lag.records += 1;
+                }
+            }
+        }
         pages_with_records += 1;
         if pages_with_records >= LAG_MAX_PAGES {
             break;
         }
     }
-    if iterator.is_none() {
-        // Read to the shard's end.
-        lag.complete = true;
+    // Read to the shard's end, or to its tip.
+    complete |= iterator.is_none();
+    let mut result = ShardLag {
+        lease: fresh(),
+        pipelines: BTreeMap::new(),
+    };
+    for (name, _, mut lag) in lags {
+        lag.complete = complete;
+        match name {
+            Some(name) => {
+                result.pipelines.insert(name.clone(), lag);
+            }
+            None => result.lease = lag,
+        }
     }
-    Ok(lag)
+    Ok(result)
+}
+
+/// The BEHIND and OLDEST UNPROCESSED cells of a lag.
+fn lag_cells(lag: &Lag) -> [String; 2] {
+    [
+        format!("{}{}", lag.records, if lag.complete { "" } else { "+" }),
+        lag.oldest_age
+            .map(|a| humantime::format_duration(whole_seconds(a)).to_string())
+            .unwrap_or_else(|| "-".into()),
+    ]
 }
 
 fn age(now: SystemTime, then: SystemTime) -> Duration {

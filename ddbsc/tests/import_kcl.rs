@@ -2,27 +2,26 @@
 //! `DynamoDBLeaseSerializer` writes them: the adapter's single-stream keys (shard id) with a
 //! finished parent, KCL 2.x/3.x multi-stream keys (`account:stream:epoch:shardId`, with
 //! `streamName` and `shardId`) with a pending checkpoint, and a live KCL owner. After the
-//! import, a worker delivers exactly the records after each KCL checkpoint.
+//! import, a `jsonl-worker` process delivers exactly the records after each KCL checkpoint.
 //!
-//! The worker runs in this process (the library with a recording processor, as in
-//! `ddbsc.rs`): `jsonl-worker` is a binary of another package, which Cargo does not build
-//! for this one's tests.
+//! `jsonl-worker` is a binary of another package, which Cargo does not build for this one's
+//! tests: it is taken from this build's target folder, next to `ddbsc` (built there when
+//! missing), as in `serve.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
-use dynamodb_streams_consumer::Consumer;
-use dynamodb_streams_consumer::testkit::Recording;
-use dynamodb_streams_integration_tests::workers::{run_to_exit, wait_until};
-use dynamodb_streams_integration_tests::{
-    create_table, dynamodb_client, endpoint, sdk_config, spawn_consumer, stream_arn,
-    streams_client, unique_name,
+use dynamodb_streams_integration_tests::workers::{
+    Worker, WorkerConfig, jsonl_worker_next_to, run_to_exit, wait_until,
 };
-use serde::Deserialize;
+use dynamodb_streams_integration_tests::{
+    create_table, dynamodb_client, endpoint, stream_arn, streams_client, unique_name,
+};
 use serde_json::Value;
 
 const DDBSC: &str = env!("CARGO_BIN_EXE_ddbsc");
@@ -35,11 +34,6 @@ async fn ddbsc(args: &[&str]) -> (i32, String, String) {
     all.extend(["--endpoint".into(), endpoint()]);
     let (status, out, err, _) = run_to_exit(DDBSC.as_ref(), &all, DEADLINE).await;
     (status.code().unwrap_or(-1), out, err)
-}
-
-#[derive(Clone, Debug, Deserialize)]
-struct Item {
-    n: i64,
 }
 
 /// A table with a stream and `count` items `{id: i<n>, n}`; its shard id and the sequence
@@ -213,36 +207,40 @@ async fn after_the_import_a_worker_delivers_exactly_the_records_after_each_kcl_c
         "{checkpoints:?}"
     );
 
-    let seen: Recording<Item> = Recording::new();
-    let consumer = Consumer::builder(&app)
-        .with_sdk_config(&sdk_config().await)
-        .with_table(t1.as_str())
-        .with_table(t2.as_str())
-        .with_failover_time(Duration::from_secs(3))
-        .build(seen.factory())
-        .unwrap();
-    let (stop, run) = spawn_consumer(consumer);
-    wait_until("9 records delivered", DEADLINE, || seen.len() >= 9).await;
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
-    let mut delivered: Vec<(String, i64)> = seen
-        .delivered()
-        .iter()
-        .map(|d| {
+    // A real `jsonl-worker` process takes the imported leases and prints what it delivers.
+    let config = WorkerConfig {
+        bin: jsonl_worker_next_to(Path::new(DDBSC)),
+        app: app.clone(),
+        tables: vec![t1.clone(), t2.clone()],
+        failover_time: Some("3s".into()),
+    };
+    let mut worker = Worker::start("after-kcl", &config);
+    wait_until("9 records printed", DEADLINE, || worker.line_count() >= 9).await;
+    // Anything more it would print (a record read again) comes with the rest of its output.
+    worker.terminate();
+    let status = worker.wait_exit(DEADLINE).await;
+    assert!(status.success(), "jsonl-worker exited with {status}");
+    let mut delivered: Vec<(String, String, i64)> = worker
+        .changes()
+        .into_iter()
+        .map(|c| {
+            let n = c.new["n"].as_i64();
             (
-                d.change.sequence_number.to_string(),
-                d.change.new.as_ref().unwrap().n,
+                c.table,
+                c.seq,
+                n.unwrap_or_else(|| panic!("no n: {}", c.new)),
             )
         })
         .collect();
-    delivered.sort_by_key(|(seq, n)| (*n, seq.clone()));
-    let expected: Vec<(String, i64)> = (4..10)
-        .map(|i| (seqs1[i].clone(), i as i64))
-        .chain((7..10).map(|i| (seqs2[i].clone(), i as i64)))
+    delivered.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
+    let expected: Vec<(String, String, i64)> = (4..10)
+        .map(|i| (t1.clone(), seqs1[i].clone(), i as i64))
+        .chain((7..10).map(|i| (t2.clone(), seqs2[i].clone(), i as i64)))
         .collect();
     let mut expected = expected;
-    expected.sort_by_key(|(seq, n)| (*n, seq.clone()));
+    expected.sort_by(|a, b| (&a.0, a.2).cmp(&(&b.0, b.2)));
     assert_eq!(delivered, expected, "nothing lost, nothing read again");
+    assert!(worker.unparsed().is_empty(), "{:?}", worker.unparsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use dynamodb_streams_integration_tests::workers::{
-    Worker, WorkerConfig, lease_counts, run_to_exit, tail,
+    Worker, WorkerConfig, jsonl_worker_next_to, lease_counts, run_to_exit, tail,
 };
 use dynamodb_streams_integration_tests::{
     create_table, dynamodb_client, endpoint, http, unique_name, wait_for,
@@ -98,25 +98,6 @@ impl View {
             .filter(|s| s.owner.starts_with(prefix))
             .count()
     }
-}
-
-/// The `jsonl-worker` binary of this build (next to `ddbsc`), built when missing.
-fn worker_bin() -> PathBuf {
-    let dir = Path::new(DDBSC).parent().expect("the binary's folder");
-    let bin = dir.join("jsonl-worker");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "examples", "--bin", "jsonl-worker"])
-            .status()
-            .expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build -p dynamodb-streams-examples --bin jsonl-worker"
-        );
-    }
-    assert!(bin.exists(), "{} missing", bin.display());
-    bin
 }
 
 /// A binary from `$VAR`, or `name` on PATH.
@@ -361,7 +342,7 @@ async fn the_page_shows_a_killed_worker_dead_and_its_leases_moved() {
         tables.push(table);
     }
     let config = WorkerConfig {
-        bin: worker_bin(),
+        bin: jsonl_worker_next_to(Path::new(DDBSC)),
         app: app.clone(),
         tables: tables.clone(),
         failover_time: Some(FAILOVER.into()),

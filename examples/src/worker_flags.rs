@@ -75,29 +75,32 @@ impl ConnectionFlags {
 #[derive(Debug, clap::Args)]
 pub struct DeliveryFlags {
     /// Failed deliveries of a change before it goes to the on-failure file. Default:
-    /// unlimited.
-    #[arg(long, value_name = "N")]
-    pub max_retries: Option<u32>,
-    /// Split a failing batch in halves until the failing change is alone.
-    #[arg(long)]
-    pub bisect: bool,
+    /// unlimited. `NAME:N`: for pipeline NAME only (as every flag marked NAME:).
+    #[arg(long, value_name = "[NAME:]N", value_parser = scoped(parse_number::<u32>))]
+    pub max_retries: Vec<Scoped<u32>>,
+    /// Split a failing batch in halves until the failing change is alone (`--bisect`, or
+    /// `--bisect=NAME:true` for one pipeline).
+    #[arg(long, value_name = "[NAME:]BOOL", num_args = 0..=1, default_missing_value = "true",
+          value_parser = scoped(parse_bool))]
+    pub bisect: Vec<Scoped<bool>>,
     /// Append one JSON line per change given up on: {"table","shard","seq","event","keys",
-    /// "reason"}, reason one of retries-exhausted, too-old, undecodable, panicked, timed-out.
-    #[arg(long, value_name = "FILE")]
-    pub on_failure: Option<PathBuf>,
+    /// "reason"} (and "pipeline" with --pipeline), reason one of retries-exhausted, too-old,
+    /// undecodable, panicked, timed-out.
+    #[arg(long, value_name = "[NAME:]FILE", value_parser = scoped(parse_path))]
+    pub on_failure: Vec<Scoped<PathBuf>>,
     /// Changes older than this when fetched go to the on-failure file (needs --on-failure).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub max_record_age: Option<Duration>,
     /// The largest batch, 1-10000, across GetRecords pages. Default: 1000.
-    #[arg(long, value_name = "N")]
-    pub batch_size: Option<usize>,
+    #[arg(long, value_name = "[NAME:]N", value_parser = scoped(parse_number::<usize>))]
+    pub batch_size: Vec<Scoped<usize>>,
     /// Wait up to this long to fill a batch. Default: 0s.
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub batching_window: Option<Duration>,
     /// Process each shard with up to N concurrent calls, by item key (changes of one item
     /// stay in order; changes of different items may interleave).
-    #[arg(long, value_name = "N")]
-    pub key_parallelism: Option<usize>,
+    #[arg(long, value_name = "[NAME:]N", value_parser = scoped(parse_number::<usize>))]
+    pub key_parallelism: Vec<Scoped<usize>>,
     /// A batch running longer fails (and goes through the failure policy).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
     pub batch_timeout: Option<Duration>,
@@ -117,25 +120,90 @@ pub struct DeliveryFlags {
 }
 
 impl DeliveryFlags {
-    /// These settings, applied to `builder`.
-    pub fn apply(&self, mut builder: ConsumerBuilder) -> Result<ConsumerBuilder, String> {
-        if let Some(retries) = self.max_retries {
+    /// These settings, applied to `builder` (values written `NAME:VALUE` are refused:
+    /// they are for [`pipeline_settings`](Self::pipeline_settings)).
+    pub fn apply(&self, builder: ConsumerBuilder) -> Result<ConsumerBuilder, String> {
+        if let Some(name) = self.pipeline_names().first() {
+            return Err(format!(
+                "a delivery flag names pipeline {name:?} (NAME:VALUE), but there are no \
+                 pipelines (--pipeline NAME)"
+            ));
+        }
+        self.apply_common(builder)
+    }
+
+    /// The pipelines the `NAME:VALUE` forms name.
+    pub fn pipeline_names(&self) -> Vec<&str> {
+        let names = self
+            .max_retries
+            .iter()
+            .filter_map(Scoped::name)
+            .chain(self.bisect.iter().filter_map(Scoped::name))
+            .chain(self.on_failure.iter().filter_map(Scoped::name))
+            .chain(self.batch_size.iter().filter_map(Scoped::name))
+            .chain(self.key_parallelism.iter().filter_map(Scoped::name));
+        let mut names: Vec<&str> = names.collect();
+        names.dedup();
+        names
+    }
+
+    /// The settings of pipeline `name` where its flags differ (its `NAME:VALUE` forms; an
+    /// `--on-failure FILE` for every pipeline becomes one handler per pipeline, so its
+    /// lines name the pipeline), for `ConsumerBuilder::with_pipeline_settings`.
+    pub fn pipeline_settings(
+        &self,
+        name: &str,
+    ) -> Result<impl FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send + Sync + 'static, String>
+    {
+        let retries = Scoped::own(&self.max_retries, name);
+        let bisect = Scoped::own(&self.bisect, name);
+        let batch_size = Scoped::own(&self.batch_size, name);
+        let key_parallelism = Scoped::own(&self.key_parallelism, name);
+        let handler = match Scoped::own(&self.on_failure, name)
+            .or_else(|| Scoped::common(&self.on_failure))
+        {
+            Some(path) => Some(JsonLinesFile::open_for(&path, Some(name))?),
+            None => None,
+        };
+        Ok(move |mut builder: ConsumerBuilder| {
+            if let Some(retries) = retries {
+                builder = builder.with_max_retries(retries);
+            }
+            if let Some(bisect) = bisect {
+                builder = builder.with_bisect_on_error(bisect);
+            }
+            if let Some(handler) = handler {
+                builder = builder.with_on_failure(handler);
+            }
+            if let Some(size) = batch_size {
+                builder = builder.with_max_batch_size(size);
+            }
+            if let Some(n) = key_parallelism {
+                builder = builder.with_key_parallelism(n);
+            }
+            builder
+        })
+    }
+
+    /// The values for every pipeline.
+    pub fn apply_common(&self, mut builder: ConsumerBuilder) -> Result<ConsumerBuilder, String> {
+        if let Some(retries) = Scoped::common(&self.max_retries) {
             builder = builder.with_max_retries(retries);
         }
-        builder = builder.with_bisect_on_error(self.bisect);
-        if let Some(path) = &self.on_failure {
-            builder = builder.with_on_failure(JsonLinesFile::open(path)?);
+        builder = builder.with_bisect_on_error(Scoped::common(&self.bisect).unwrap_or(false));
+        if let Some(path) = Scoped::common(&self.on_failure) {
+            builder = builder.with_on_failure(JsonLinesFile::open(&path)?);
         }
         if let Some(age) = self.max_record_age {
             builder = builder.with_max_record_age(age);
         }
-        if let Some(size) = self.batch_size {
+        if let Some(size) = Scoped::common(&self.batch_size) {
             builder = builder.with_max_batch_size(size);
         }
         if let Some(window) = self.batching_window {
             builder = builder.with_batching_window(window);
         }
-        if let Some(n) = self.key_parallelism {
+        if let Some(n) = Scoped::common(&self.key_parallelism) {
             builder = builder.with_key_parallelism(n);
         }
         if let Some(timeout) = self.batch_timeout {
@@ -154,6 +222,104 @@ impl DeliveryFlags {
     }
 }
 
+/// A flag's value for every pipeline, or for one when written `NAME:VALUE`
+/// (`jsonl-worker --pipeline NAME`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scoped<T> {
+    /// The pipeline it is for; `None`: every pipeline.
+    pub pipeline: Option<String>,
+    /// The value.
+    pub value: T,
+}
+
+impl<T: Clone> Scoped<T> {
+    fn name(&self) -> Option<&str> {
+        self.pipeline.as_deref()
+    }
+
+    /// The last value given for every pipeline.
+    pub fn common(values: &[Self]) -> Option<T> {
+        values
+            .iter()
+            .rev()
+            .find(|v| v.pipeline.is_none())
+            .map(|v| v.value.clone())
+    }
+
+    /// The last value given for pipeline `name` alone.
+    pub fn own(values: &[Self], name: &str) -> Option<T> {
+        values
+            .iter()
+            .rev()
+            .find(|v| v.pipeline.as_deref() == Some(name))
+            .map(|v| v.value.clone())
+    }
+}
+
+/// Whether `name` can name a pipeline (as `ConsumerBuilder::with_pipeline` accepts them).
+fn is_pipeline_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// A parser of `[NAME:]VALUE`: `NAME:` is taken as a pipeline's name when it is one and
+/// the rest parses; otherwise the whole text is the value (so a path with a colon stays a
+/// path).
+pub fn scoped<T: 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl Fn(&str) -> Result<Scoped<T>, String> + Clone + Send + Sync + 'static {
+    move |text: &str| {
+        if let Some((name, value)) = text.split_once(':')
+            && is_pipeline_name(name)
+            && let Ok(value) = parse(value)
+        {
+            return Ok(Scoped {
+                pipeline: Some(name.to_owned()),
+                value,
+            });
+        }
+        Ok(Scoped {
+            pipeline: None,
+            value: parse(text)?,
+        })
+    }
+}
+
+/// A number, for [`scoped`].
+pub fn parse_number<T: std::str::FromStr>(text: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    text.trim()
+        .parse()
+        .map_err(|e| format!("{text:?} is not a valid number: {e}"))
+}
+
+/// `true` or `false`, for [`scoped`].
+pub fn parse_bool(text: &str) -> Result<bool, String> {
+    match text.trim() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!("{other:?}: expected true or false")),
+    }
+}
+
+/// A duration (`200ms`, `2s`), for [`scoped`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// A path, for [`scoped`].
+pub fn parse_path(text: &str) -> Result<PathBuf, String> {
+    if text.is_empty() {
+        return Err("an empty path".into());
+    }
+    Ok(PathBuf::from(text))
+}
+
 /// `--filter-pattern JSON|@FILE`: the pattern itself, or the content of FILE. Whether it is
 /// a valid pattern is checked by the consumer's `build`, which names the JSON path of what
 /// is wrong.
@@ -168,11 +334,18 @@ pub fn read_filter_pattern(text: &str) -> Result<String, String> {
 /// The on-failure handler of `--on-failure`: appends one JSON line per record.
 pub struct JsonLinesFile {
     file: tokio::sync::Mutex<std::fs::File>,
+    /// The pipeline whose failures it takes (its lines say so).
+    pipeline: Option<String>,
 }
 
 impl JsonLinesFile {
     /// Opens `path` for appending (created if absent).
     pub fn open(path: &std::path::Path) -> Result<Self, String> {
+        Self::open_for(path, None)
+    }
+
+    /// Opens `path` for appending (created if absent), for the failures of `pipeline`.
+    pub fn open_for(path: &std::path::Path, pipeline: Option<&str>) -> Result<Self, String> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -180,6 +353,7 @@ impl JsonLinesFile {
             .map_err(|e| format!("cannot open --on-failure file {}: {e}", path.display()))?;
         Ok(Self {
             file: tokio::sync::Mutex::new(file),
+            pipeline: pipeline.map(str::to_owned),
         })
     }
 }
@@ -191,7 +365,7 @@ impl FailureHandler for JsonLinesFile {
         for record in &failed.records {
             let stream_record = record.dynamodb();
             let keys = stream_record.and_then(|r| r.keys.as_ref());
-            let line = json!({
+            let mut line = json!({
                 "table": failed.table,
                 "shard": failed.shard_id,
                 "seq": stream_record.and_then(|r| r.sequence_number()),
@@ -199,6 +373,9 @@ impl FailureHandler for JsonLinesFile {
                 "keys": keys.map_or(Value::Null, item_to_json),
                 "reason": failed.reason.as_str(),
             });
+            if let (Some(pipeline), Some(fields)) = (&self.pipeline, line.as_object_mut()) {
+                fields.insert("pipeline".into(), json!(pipeline));
+            }
             serde_json::to_writer(&mut text, &line)?;
             text.push(b'\n');
         }

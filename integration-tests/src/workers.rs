@@ -3,9 +3,11 @@
 //!
 //! # Finding the binary
 //!
-//! The caller passes the binary's path. The tests live in the `examples` package, which
-//! owns `jsonl-worker`, so Cargo builds the binary before them and hands its path over as
-//! `env!("CARGO_BIN_EXE_jsonl-worker")`.
+//! The caller passes the binary's path. The tests of the examples package, which owns
+//! `jsonl-worker`, get it from Cargo, which builds the binary before them and hands its path
+//! over as `env!("CARGO_BIN_EXE_jsonl-worker")`. Tests of another package (`ddbsc`) call
+//! [`jsonl_worker_next_to`] with a binary of their own: Cargo builds only that package's
+//! binaries for its tests.
 //!
 //! # Workers
 //!
@@ -51,6 +53,9 @@ pub struct Change {
     pub old: Value,
     /// The new image, or `null`.
     pub new: Value,
+    /// The pipeline that printed it (`--pipeline NAME`), if any.
+    #[serde(default)]
+    pub pipeline: Option<String>,
 }
 
 impl Change {
@@ -299,6 +304,36 @@ impl Drop for Worker {
             );
         }
     }
+}
+
+/// The `jsonl-worker` of this build: the one next to `bin` (a binary of the same target
+/// folder, e.g. `env!("CARGO_BIN_EXE_ddbsc")`), built with `cargo build` when missing.
+///
+/// # Panics
+///
+/// When `bin` has no folder, or the build fails.
+pub fn jsonl_worker_next_to(bin: &Path) -> PathBuf {
+    let worker = bin
+        .parent()
+        .expect("the binary's folder")
+        .join("jsonl-worker");
+    if !worker.exists() {
+        let build = [
+            "build",
+            "-p",
+            "dynamodb-streams-examples",
+            "--bin",
+            "jsonl-worker",
+        ];
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(build)
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo {} failed", build.join(" "));
+    }
+    assert!(worker.exists(), "{} missing", worker.display());
+    worker
 }
 
 /// The last `n` lines of `text`.

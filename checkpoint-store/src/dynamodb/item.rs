@@ -10,7 +10,7 @@
 //! | coordination | `coordination` | `kind`="coordination", `leases_version` (N), `leader` (S), `leader_hb` (N), `leader_up` (N, unix ms), `workers` (N) |
 //! | inbox | `inbox\|{worker id}` | `kind`="inbox", `notes` (SS of `{token}\|{stream}\|{shard_id}`), `expires_at` (N, unix s: the table's TTL removes a dead worker's inbox) |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -35,6 +35,10 @@ pub(crate) mod attr {
     pub const HANDOFF_TO: &str = "handoff_to";
     pub const CREATED_AT: &str = "created_at";
     pub const UPDATED_AT: &str = "updated_at";
+    /// A named pipeline's checkpoint on a lease: `{prefix}{pipeline}` (`crate::pipeline`).
+    pub const PIPELINE_PREFIX: &str = "pl|";
+    /// The pipelines the owner of a lease runs (a string set, absent when none).
+    pub const OWNER_PIPELINES: &str = "owner_pipelines";
     /// The table's TTL attribute: set on inboxes, so a dead worker's inbox goes away.
     pub const EXPIRES_AT: &str = "expires_at";
     /// Per-worker attributes of a membership item: `{prefix}{worker id}`.
@@ -101,6 +105,11 @@ pub(crate) fn to_values(values: Vec<(&str, AttributeValue)>) -> HashMap<String, 
         .into_iter()
         .map(|(name, value)| (name.to_owned(), value))
         .collect()
+}
+
+/// The attribute of `pipeline`'s checkpoint on a lease item.
+pub(crate) fn pipeline_attribute(pipeline: &str) -> String {
+    format!("{}{pipeline}", attr::PIPELINE_PREFIX)
 }
 
 pub(crate) fn lease_pk(key: &LeaseKey) -> AttributeValue {
@@ -285,6 +294,15 @@ pub(crate) fn encode_lease(lease: &Lease) -> Item {
             item.insert(name.to_owned(), AttributeValue::S(value));
         }
     }
+    for (pipeline, checkpoint) in &lease.pipelines {
+        item.insert(pipeline_attribute(pipeline), s(&checkpoint.encode()));
+    }
+    if !lease.owner_pipelines.is_empty() {
+        item.insert(
+            attr::OWNER_PIPELINES.to_owned(),
+            AttributeValue::Ss(lease.owner_pipelines.clone()),
+        );
+    }
     item
 }
 
@@ -336,6 +354,40 @@ impl ItemReader<'_> {
         Checkpoint::decode(&self.string(name)?).map_err(|err| self.corrupt(name, err.to_string()))
     }
 
+    /// Every `pl|{pipeline}` attribute, decoded.
+    fn pipelines(&self) -> Result<BTreeMap<String, Checkpoint>> {
+        let mut pipelines = BTreeMap::new();
+        for (name, value) in self.item {
+            let Some(pipeline) = name.strip_prefix(attr::PIPELINE_PREFIX) else {
+                continue;
+            };
+            let checkpoint = match value {
+                AttributeValue::S(text) => Checkpoint::decode(text).map_err(|e| e.to_string()),
+                other => Err(format!("is not a string: {other:?}")),
+            };
+            let checkpoint = checkpoint.map_err(|problem| {
+                self.corrupt(
+                    "pl|{pipeline}",
+                    format!("(pipeline {pipeline:?}) {problem}"),
+                )
+            })?;
+            pipelines.insert(pipeline.to_owned(), checkpoint);
+        }
+        Ok(pipelines)
+    }
+
+    fn string_set(&self, name: &'static str) -> Result<Vec<String>> {
+        match self.item.get(name) {
+            None => Ok(Vec::new()),
+            Some(AttributeValue::Ss(values)) => {
+                let mut values = values.clone();
+                values.sort();
+                Ok(values)
+            }
+            Some(other) => Err(self.corrupt(name, format!("is not a string set: {other:?}"))),
+        }
+    }
+
     fn string_list(&self, name: &'static str) -> Result<Vec<String>> {
         match self.item.get(name) {
             None => Ok(Vec::new()),
@@ -367,6 +419,8 @@ pub(crate) fn decode_lease(table: &str, item: &Item) -> Result<Lease> {
         handoff_to: r.optional_string(attr::HANDOFF_TO)?,
         created_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::CREATED_AT)?),
         updated_at: UNIX_EPOCH + Duration::from_millis(r.number(attr::UPDATED_AT)?),
+        pipelines: r.pipelines()?,
+        owner_pipelines: r.string_set(attr::OWNER_PIPELINES)?,
     })
 }
 
@@ -455,6 +509,14 @@ mod tests {
         lease.handoff_to = Some("w2".into());
         lease.created_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         lease.updated_at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_456);
+        assert_eq!(decode_lease(TABLE, &encode_lease(&lease)).unwrap(), lease);
+        lease
+            .pipelines
+            .insert("search".into(), Checkpoint::ShardEnd);
+        lease
+            .pipelines
+            .insert("cache v2".into(), Checkpoint::TrimHorizon);
+        lease.owner_pipelines = vec!["cache v2".into(), "search".into()];
         assert_eq!(decode_lease(TABLE, &encode_lease(&lease)).unwrap(), lease);
     }
 

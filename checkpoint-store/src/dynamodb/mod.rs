@@ -36,6 +36,7 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseKey, Ownership};
 use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
+use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 use crate::transaction;
 
@@ -47,7 +48,7 @@ mod table;
 use errors::{ConditionFailed, Target, cancellation_codes};
 use item::{
     Item, KIND_LEASE, attr, decode_lease, decode_leases, encode_lease, lease_pk, millis, names_in,
-    number, s, to_values,
+    number, pipeline_attribute, s, to_values,
 };
 use membership::{MembershipCache, MembershipItems};
 use table::LeaseTable;
@@ -180,6 +181,22 @@ impl DynamoDbLeaseStore {
         condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<Result<Lease, ConditionFailed>> {
+        let names = names_in(&[update, condition]);
+        self.update_lease_named(operation, key, update, condition, values, names)
+            .await
+    }
+
+    /// [`update_lease`](Self::update_lease) with the expression attribute names given (for
+    /// attributes whose names are not plain words, such as a pipeline's `pl|{name}`).
+    async fn update_lease_named(
+        &self,
+        operation: &'static str,
+        key: &LeaseKey,
+        update: &str,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        names: HashMap<String, String>,
+    ) -> Result<Result<Lease, ConditionFailed>> {
         let mut values = values;
         values.push((":now", millis(SystemTime::now())));
         let result = self
@@ -189,7 +206,7 @@ impl DynamoDbLeaseStore {
             .key(attr::PK, lease_pk(key))
             .update_expression(update)
             .condition_expression(condition)
-            .set_expression_attribute_names(Some(names_in(&[update, condition])))
+            .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(to_values(values)))
             .return_values(ReturnValue::AllNew)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -218,10 +235,26 @@ impl DynamoDbLeaseStore {
         key: &LeaseKey,
         ownership: &Ownership,
         update: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Lease> {
+        let names = names_in(&[update, OWNED_CONDITION]);
+        self.update_owned_named(operation, key, ownership, update, values, names)
+            .await
+    }
+
+    /// [`update_owned`](Self::update_owned) with the expression attribute names given.
+    async fn update_owned_named(
+        &self,
+        operation: &'static str,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &str,
         mut values: Vec<(&str, AttributeValue)>,
+        mut names: HashMap<String, String>,
     ) -> Result<Lease> {
         values.extend(owned_values(ownership));
-        self.update_lease(operation, key, update, OWNED_CONDITION, values)
+        names.extend(names_in(&[OWNED_CONDITION]));
+        self.update_lease_named(operation, key, update, OWNED_CONDITION, values, names)
             .await?
             .map_err(|_| Error::LeaseLost {
                 key: key.clone(),
@@ -316,7 +349,8 @@ impl DynamoDbLeaseStore {
         &self,
         key: &LeaseKey,
         ownership: &Ownership,
-        previous: &Checkpoint,
+        slot: Slot<'_>,
+        previous: Option<&Checkpoint>,
         checkpoint: &Checkpoint,
     ) -> Result<()> {
         let Some(lease) = self.get_lease(key).await? else {
@@ -331,15 +365,83 @@ impl DynamoDbLeaseStore {
                 epoch: ownership.epoch,
             });
         }
-        if lease.checkpoint == *checkpoint {
+        let stored = match slot {
+            Slot::Lease => Some(lease.checkpoint),
+            Slot::Pipeline(pipeline) => lease.pipelines.get(pipeline).cloned(),
+        };
+        if stored.as_ref() == Some(checkpoint) {
             tracing::debug!(lease = %key, %checkpoint, "transaction committed by an earlier attempt");
             return Ok(());
         }
         Err(Error::CheckpointMoved {
             key: key.clone(),
-            expected: previous.clone(),
-            found: lease.checkpoint,
+            expected: previous.cloned().unwrap_or(Checkpoint::TrimHorizon),
+            found: stored.unwrap_or(Checkpoint::TrimHorizon),
         })
+    }
+
+    /// Commits `writes` and a checkpoint update in one transaction (the exactly-once
+    /// path, for the lease's checkpoint or a pipeline's): see
+    /// [`LeaseStore::checkpoint_with_writes`].
+    async fn transact_checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: CheckpointUpdate<'_>,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<()> {
+        const OPERATION: &str = "TransactWriteItems (checkpoint)";
+        let CheckpointUpdate {
+            expression,
+            condition,
+            mut values,
+            names,
+            slot,
+            previous,
+            checkpoint,
+        } = update;
+        values.extend(owned(owned_values(ownership)));
+        values.push((":now".to_owned(), millis(SystemTime::now())));
+        let request = Update::builder()
+            .table_name(&self.table)
+            .key(attr::PK, lease_pk(key))
+            .update_expression(expression)
+            .condition_expression(condition)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
+            .build()
+            .map_err(|err| self.target().build_error(OPERATION, ErrorClass::Other, err))?;
+        let mut items = writes;
+        let lease_index = items.len();
+        items.push(TransactWriteItem::builder().update(request).build());
+        let tables: Vec<String> = items
+            .iter()
+            .map(|write| transaction::table_of(write).unwrap_or("?").to_owned())
+            .collect();
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        let err = match result {
+            Ok(_) => return Ok(()),
+            Err(err) => err,
+        };
+        let Some(TransactWriteItemsError::TransactionCanceledException(canceled)) =
+            err.as_service_error()
+        else {
+            return Err(self.target().sdk_error(OPERATION, Some(key), err));
+        };
+        let codes = cancellation_codes(canceled.cancellation_reasons(), canceled.message());
+        if codes.get(lease_index).map(String::as_str) == Some("ConditionalCheckFailed") {
+            return self
+                .resolve_failed_checkpoint(key, ownership, slot, previous, checkpoint)
+                .await;
+        }
+        Err(self
+            .target()
+            .transaction_refused(OPERATION, key, &codes, &tables, err))
     }
 
     fn cached_key_names(&self, table: &str) -> Option<Vec<String>> {
@@ -437,6 +539,51 @@ impl LeaseStore for DynamoDbLeaseStore {
             checkpoint_values(checkpoint),
         )
         .await
+    }
+
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        let (expression, values, names) = pipeline_update(update);
+        let lease = self
+            .update_owned_named(
+                "UpdateItem (pipeline checkpoints)",
+                key,
+                ownership,
+                &expression,
+                borrowed(&values),
+                names,
+            )
+            .await?;
+        Ok(lease)
+    }
+
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        ownership: Option<&Ownership>,
+    ) -> Result<Lease> {
+        const OPERATION: &str = "UpdateItem (remove pipeline)";
+        let update = "SET #updated_at = :now REMOVE #pl DELETE #owner_pipelines :names";
+        let values = vec![(":names", AttributeValue::Ss(vec![pipeline.to_owned()]))];
+        let pipeline_name = [("#pl".to_owned(), pipeline_attribute(pipeline))];
+        if let Some(ownership) = ownership {
+            let mut names = names_in(&[update]);
+            names.extend(pipeline_name);
+            return self
+                .update_owned_named(OPERATION, key, ownership, update, values, names)
+                .await;
+        }
+        let condition = "attribute_exists(#pk)";
+        let mut names = names_in(&[update, condition]);
+        names.extend(pipeline_name);
+        self.update_lease_named(OPERATION, key, update, condition, values, names)
+            .await?
+            .map_err(|_| Error::LeaseNotFound { key: key.clone() })
     }
 
     async fn release_lease(&self, key: &LeaseKey, ownership: &Ownership) -> Result<Lease> {
@@ -597,52 +744,59 @@ impl LeaseStore for DynamoDbLeaseStore {
         checkpoint: &Checkpoint,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
-        const OPERATION: &str = "TransactWriteItems (checkpoint)";
         let condition = format!("{OWNED_CONDITION} AND #checkpoint = :previous");
-        let mut values = checkpoint_values(checkpoint);
-        values.extend(owned_values(ownership));
-        values.push((":previous", s(&previous.encode())));
-        values.push((":now", millis(SystemTime::now())));
-        let update = Update::builder()
-            .table_name(&self.table)
-            .key(attr::PK, lease_pk(key))
-            .update_expression(CHECKPOINT_UPDATE)
-            .condition_expression(&condition)
-            .set_expression_attribute_names(Some(names_in(&[CHECKPOINT_UPDATE, &condition])))
-            .set_expression_attribute_values(Some(to_values(values)))
-            .build()
-            .map_err(|err| self.target().build_error(OPERATION, ErrorClass::Other, err))?;
-        let mut items = writes;
-        let lease_index = items.len();
-        items.push(TransactWriteItem::builder().update(update).build());
-        let tables: Vec<String> = items
-            .iter()
-            .map(|write| transaction::table_of(write).unwrap_or("?").to_owned())
-            .collect();
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        let err = match result {
-            Ok(_) => return Ok(()),
-            Err(err) => err,
+        let mut values = owned(checkpoint_values(checkpoint));
+        values.push((":previous".to_owned(), s(&previous.encode())));
+        let update = CheckpointUpdate {
+            names: names_in(&[CHECKPOINT_UPDATE, &condition]),
+            expression: CHECKPOINT_UPDATE.to_owned(),
+            condition,
+            values,
+            slot: Slot::Lease,
+            previous: Some(previous),
+            checkpoint,
         };
-        let Some(TransactWriteItemsError::TransactionCanceledException(canceled)) =
-            err.as_service_error()
+        self.transact_checkpoint(key, ownership, update, writes)
+            .await
+    }
+
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<TransactWriteItem>,
+    ) -> Result<()> {
+        let Some((_, checkpoint)) = update.pipelines.iter().find(|(name, _)| name == pipeline)
         else {
-            return Err(self.target().sdk_error(OPERATION, Some(key), err));
+            return Err(Error::InvalidPipelineUpdate {
+                key: key.clone(),
+                pipeline: pipeline.to_owned(),
+            });
         };
-        let codes = cancellation_codes(canceled.cancellation_reasons(), canceled.message());
-        if codes.get(lease_index).map(String::as_str) == Some("ConditionalCheckFailed") {
-            return self
-                .resolve_failed_checkpoint(key, ownership, previous, checkpoint)
-                .await;
-        }
-        Err(self
-            .target()
-            .transaction_refused(OPERATION, key, &codes, &tables, err))
+        let (expression, mut values, mut names) = pipeline_update(update);
+        let condition = match previous {
+            Some(previous) => {
+                values.push((":previous".to_owned(), s(&previous.encode())));
+                format!("{OWNED_CONDITION} AND #previous_pl = :previous")
+            }
+            None => format!("{OWNED_CONDITION} AND attribute_not_exists(#previous_pl)"),
+        };
+        names.extend(names_in(&[&condition]));
+        names.insert("#previous_pl".to_owned(), pipeline_attribute(pipeline));
+        let update = CheckpointUpdate {
+            expression,
+            condition,
+            values,
+            names,
+            slot: Slot::Pipeline(pipeline),
+            previous,
+            checkpoint,
+        };
+        self.transact_checkpoint(key, ownership, update, writes)
+            .await
     }
 
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
@@ -663,6 +817,84 @@ fn checkpoint_values(checkpoint: &Checkpoint) -> Vec<(&'static str, AttributeVal
         (":checkpoint", s(&checkpoint.encode())),
         (":zero", number(0)),
     ]
+}
+
+/// Which checkpoint of a lease a transaction is conditional on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot<'a> {
+    /// The lease's own `checkpoint`.
+    Lease,
+    /// A named pipeline's.
+    Pipeline(&'a str),
+}
+
+/// The lease update of a transactional checkpoint, and what its condition expects.
+struct CheckpointUpdate<'a> {
+    expression: String,
+    condition: String,
+    values: Vec<(String, AttributeValue)>,
+    names: HashMap<String, String>,
+    slot: Slot<'a>,
+    /// The checkpoint the slot must still hold (`None`: none yet).
+    previous: Option<&'a Checkpoint>,
+    /// The checkpoint the slot gets.
+    checkpoint: &'a Checkpoint,
+}
+
+/// The update expression, values and names of a [`PipelineCheckpoints`] write: the read
+/// position as the lease's checkpoint (like [`CHECKPOINT_UPDATE`]), each pipeline's
+/// attribute, and the pipelines the owner runs when given. Every lease write adds `:now`.
+fn pipeline_update(
+    update: &PipelineCheckpoints,
+) -> (
+    String,
+    Vec<(String, AttributeValue)>,
+    HashMap<String, String>,
+) {
+    // Placeholders `#pl0`, `:pl0`, ...: pipeline names need not be plain words.
+    let mut expression = CHECKPOINT_UPDATE.to_owned();
+    let mut values = owned(checkpoint_values(&update.read_position));
+    let mut names = names_in(&[CHECKPOINT_UPDATE]);
+    for (i, (pipeline, checkpoint)) in update.pipelines.iter().enumerate() {
+        expression.push_str(&format!(", #pl{i} = :pl{i}"));
+        values.push((format!(":pl{i}"), s(&checkpoint.encode())));
+        names.insert(format!("#pl{i}"), pipeline_attribute(pipeline));
+    }
+    match &update.running {
+        Some(running) if !running.is_empty() => {
+            expression.push_str(", #owner_pipelines = :running");
+            values.push((":running".to_owned(), AttributeValue::Ss(running.clone())));
+            names.insert(
+                "#owner_pipelines".to_owned(),
+                attr::OWNER_PIPELINES.to_owned(),
+            );
+        }
+        Some(_) => {
+            expression.push_str(" REMOVE #owner_pipelines");
+            names.insert(
+                "#owner_pipelines".to_owned(),
+                attr::OWNER_PIPELINES.to_owned(),
+            );
+        }
+        None => {}
+    }
+    (expression, values, names)
+}
+
+/// Values with owned placeholders.
+fn owned(values: Vec<(&str, AttributeValue)>) -> Vec<(String, AttributeValue)> {
+    values
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
+/// Values with borrowed placeholders, as requests take them.
+fn borrowed(values: &[(String, AttributeValue)]) -> Vec<(&str, AttributeValue)> {
+    values
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.clone()))
+        .collect()
 }
 
 /// The values of [`OWNED_CONDITION`].

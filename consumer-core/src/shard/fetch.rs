@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use aws_sdk_dynamodbstreams::types::Record;
-use dynamodb_streams_leases::Checkpoint;
+use dynamodb_streams_leases::{Checkpoint, SequenceNumber};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::progress::record_seq;
 use crate::budget::{ByteBudget, FULL_PAGE_COST, MIN_RESERVATION, Reservation, page_cost};
 use crate::config::TrimmedDataPolicy;
 use crate::error::Error;
@@ -42,8 +43,11 @@ pub(crate) enum Fetched {
 /// the walk over every attribute overlaps the next GetRecords call instead of delaying it.
 #[derive(Debug)]
 pub(crate) struct FetchedPage {
-    records: Vec<Record>,
+    records: Vec<Arc<Record>>,
     reservation: Reservation,
+    /// Settled already: a pipeline's share of a page that several deliver
+    /// ([`FetchedPage::share`]).
+    settled: bool,
     /// What the shard's next page is expected to cost, read by the fetch task.
     expected: Arc<AtomicU64>,
     /// A position that is not a sequence number, reached once every record of the page is
@@ -61,11 +65,37 @@ impl FetchedPage {
         end: Option<Checkpoint>,
     ) -> Self {
         Self {
-            records,
+            records: records.into_iter().map(Arc::new).collect(),
             reservation,
+            settled: false,
             expected,
             end,
         }
+    }
+
+    /// A page for a shard's pipelines: settled once, then one page per pipeline with a
+    /// share of the reservation. The records are held once, shared; a pipeline whose own
+    /// checkpoint is ahead of the shard's read (`done_through`) gets only the records
+    /// after it.
+    pub(crate) fn share(self, done_through: &[Option<SequenceNumber>]) -> Vec<FetchedPage> {
+        // Settled pages never read their expectation: each shares the shard's.
+        let expected = Arc::clone(&self.expected);
+        let (records, reservation, end) = self.receive();
+        done_through
+            .iter()
+            .zip(reservation.share(done_through.len()))
+            .map(|(done, share)| FetchedPage {
+                records: records
+                    .iter()
+                    .filter(|r| done.is_none() || record_seq(r).as_ref() > done.as_ref())
+                    .cloned()
+                    .collect(),
+                reservation: share,
+                settled: true,
+                expected: Arc::clone(&expected),
+                end: end.clone(),
+            })
+            .collect()
     }
 
     /// Settles the page's share of the budget to its cost; the records, shared, and the
@@ -74,21 +104,30 @@ impl FetchedPage {
         let Self {
             records,
             mut reservation,
+            settled,
             expected,
             end,
         } = self;
-        let cost = page_cost(&records);
-        // Pages of a shard vary: a margin keeps overdrafts rare.
-        expected.store((cost + cost / 4).max(MIN_RESERVATION), Ordering::Relaxed);
-        reservation.settle(cost);
-        let records = records.into_iter().map(Arc::new).collect();
+        if !settled {
+            let cost = page_cost(records.iter().map(Arc::as_ref));
+            // Pages of a shard vary: a margin keeps overdrafts rare.
+            expected.store((cost + cost / 4).max(MIN_RESERVATION), Ordering::Relaxed);
+            reservation.settle(cost);
+        }
         (records, reservation, end)
     }
 }
 
-/// What a page is expected to cost before the first one came: a full page.
-pub(crate) fn first_expected_cost() -> Arc<AtomicU64> {
-    Arc::new(AtomicU64::new(FULL_PAGE_COST))
+/// What a page is expected to cost before the first one came: a full page, but at most a
+/// quarter of the budget. A reservation waits until its bytes are free (and the ones
+/// behind it wait for it), so a first page asking for the whole budget of a small one
+/// waited for every other shard to give back everything, which a shard whose processor is
+/// stuck never does: every shard started later stalled. A page that comes back bigger
+/// than the guess is settled as an overdraft (see `crate::budget`).
+pub(crate) fn first_expected_cost(budget: &ByteBudget) -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(
+        FULL_PAGE_COST.min(budget.total() / 4).max(MIN_RESERVATION),
+    ))
 }
 
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
@@ -153,7 +192,7 @@ pub(crate) async fn fetch(
 ) {
     // What the next page is expected to cost: the last page received, and a margin (see
     // `FetchedPage::receive`).
-    let expected = first_expected_cost();
+    let expected = first_expected_cost(&budget);
     loop {
         let (polled, reservation) = tokio::select! {
             biased;

@@ -17,6 +17,7 @@
 pub(crate) mod ending;
 pub(crate) mod fetch;
 mod partitioned;
+pub(crate) mod pipelines;
 mod progress;
 pub(crate) mod session;
 
@@ -38,10 +39,13 @@ pub(crate) async fn run<F: ProcessorFactory>(
     task: LeaseTask<F>,
     signals: ShardSignals,
 ) -> ShardOutcome {
+    if !task.runtime.pipelines.is_empty() {
+        return pipelines::run(task, signals).await;
+    }
     let key = task.key().clone();
+    let _lag_tracked = task.runtime.telemetry.lag.track(&key);
     let runtime = &task.runtime;
     let config = &runtime.config;
-    let _lag_tracked = runtime.telemetry.lag.track(&key);
     let Some(start) = start_position(&task.lease.checkpoint) else {
         return ShardOutcome::Ended;
     };

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::fetch::Fetched;
 use super::progress::Progress;
 use super::session::{Gathered, Session};
-use crate::budget::Reservation;
+use crate::budget::{Reservation, record_cost};
 use crate::callback::{Callbacks, Interrupted};
 use crate::checkpointer::Checkpointer;
 use crate::processor::{ProcessorFactory, RecordProcessor};
@@ -29,6 +29,12 @@ use crate::runtime::ShardOutcome;
 /// in while one partition is behind: bounds the bookkeeping of a partition stuck on an item.
 pub(crate) const MAX_AHEAD_OF_CHECKPOINT: usize = 100_000;
 
+/// With key parallelism, the share of the worker's memory budget (1/n) past which a shard
+/// takes in no more pages (its partitions go on with what they have). Records are paid for until they are done, so without this a
+/// partition stuck on an item collected its share of every page and held the whole
+/// budget: every shard of the worker stalled.
+pub(crate) const MAX_BUDGET_SHARE: u64 = 4;
+
 /// Key parallelism's bookkeeping: the records taken in and not yet below the checkpoint, in
 /// the order taken in, whether each is done, and the pages' shares of the memory budget.
 #[derive(Default)]
@@ -36,9 +42,17 @@ pub(crate) struct Watermark {
     /// From index `base` on: each record, whether it is done, its page.
     order: VecDeque<(Arc<Record>, bool, usize)>,
     base: usize,
-    /// Per page still held: records not done, and its budget.
-    pages: HashMap<usize, (usize, Option<Reservation>)>,
+    /// Per page still held: its records not done, what they cost, and the page's budget
+    /// (shrunk to that cost as its records are done).
+    pages: HashMap<usize, PageHeld>,
     next_page: usize,
+}
+
+/// A page's records not done yet, and the share of the budget they hold.
+struct PageHeld {
+    left: usize,
+    cost: u64,
+    reservation: Option<Reservation>,
 }
 
 /// A partition's queue: each record with its index in the order taken in.
@@ -57,7 +71,15 @@ impl Watermark {
         }
         let page = self.next_page;
         self.next_page += 1;
-        self.pages.insert(page, (records.len(), reservation));
+        let cost = records.iter().map(|r| record_cost(r)).sum();
+        self.pages.insert(
+            page,
+            PageHeld {
+                left: records.len(),
+                cost,
+                reservation,
+            },
+        );
         for record in records {
             let index = self.base + self.order.len();
             let partition = partition_of(&record, queues.len());
@@ -71,9 +93,15 @@ impl Watermark {
         self.order.len()
     }
 
+    /// What the records taken in and not done yet cost the budget.
+    pub(crate) fn held(&self) -> u64 {
+        self.pages.values().map(|page| page.cost).sum()
+    }
+
     /// The records at `indices` are done; returns the records the watermark moved past (the
-    /// longest done prefix grew by them), in order. A page's budget is given back once all
-    /// its records are done.
+    /// longest done prefix grew by them), in order. A page's budget is given back as its
+    /// records are done, each record's share (so a partition stuck on an item holds only
+    /// what its own records cost).
     pub(crate) fn done(&mut self, indices: &[usize]) -> Vec<Arc<Record>> {
         for &index in indices {
             let Some(entry) = index
@@ -82,12 +110,17 @@ impl Watermark {
             else {
                 continue;
             };
+            if entry.1 {
+                continue;
+            }
             entry.1 = true;
-            if let Some((left, reservation)) = self.pages.get_mut(&entry.2) {
-                *left -= 1;
-                if *left == 0 {
-                    drop(reservation.take());
+            if let Some(held) = self.pages.get_mut(&entry.2) {
+                held.left -= 1;
+                held.cost = held.cost.saturating_sub(record_cost(&entry.0));
+                if held.left == 0 {
                     self.pages.remove(&entry.2);
+                } else if let Some(reservation) = &mut held.reservation {
+                    reservation.shrink_to(held.cost);
                 }
             }
         }
@@ -166,6 +199,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
         // With a batching window: since when each partition's queue has been filling.
         let batching = task.runtime.config.delivery.batching_window;
         let mut filling: Vec<Option<Instant>> = vec![None; n];
+        let budget_share = task.runtime.budget.total() / MAX_BUDGET_SHARE;
         loop {
             let now = Instant::now();
             let more_may_come = !closed && carried.is_none();
@@ -197,8 +231,10 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     (i, processor, checkpointer, indices, result)
                 }));
             }
-            // The first partition whose batching window ends, among those waiting to fill.
+            // The first partition whose batching window ends, among those waiting to fill
+            // (none once stopping: nothing new starts, and a due timer would spin; seed 224).
             let window_ends = (0..n)
+                .filter(|_| !stopping)
                 .filter(|&i| idle[i].is_some() && !queues[i].is_empty())
                 .filter_map(|i| filling[i].map(|since| since + batching))
                 .min();
@@ -211,11 +247,14 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
             // More pages while some partition has less than a batch waiting (a partition
             // stuck on an item collects its share meanwhile, up to the bounds of
-            // `MAX_AHEAD_OF_CHECKPOINT` and the memory budget).
+            // `MAX_AHEAD_OF_CHECKPOINT` and of a share of the memory budget, so that it never
+            // holds up the worker's other shards).
+            let held = window.held();
             let intake = !closed
                 && carried.is_none()
                 && !stopping
                 && queues.iter().any(|queue| queue.len() < max)
+                && (held == 0 || held < budget_share)
                 && window.tracked() < MAX_AHEAD_OF_CHECKPOINT;
             tokio::select! {
                 biased;
@@ -225,7 +264,17 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 Some((i, processor, checkpointer, indices, result)) =
                     running.next(), if !running.is_empty() => {
                     idle[i] = Some((processor, checkpointer));
-                    result?;
+                    match result {
+                        Ok(()) => {}
+                        // A partition told to stop in its retry pause stops; the others'
+                        // batches still running finish first (dropping them mid-way would
+                        // cut their `process` calls short).
+                        Err(Interrupted::Release) => {
+                            stopping = true;
+                            continue;
+                        }
+                        Err(interrupted) => return Err(interrupted),
+                    }
                     let passed = window.done(&indices);
                     Progress::new(task, self.checkpointer, &mut self.page_ends).done(&passed).await?;
                 }
@@ -353,26 +402,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pages_budget_comes_back_once_all_its_records_are_done() {
-        let budget = ByteBudget::new(1_000);
+    async fn a_records_share_of_the_budget_comes_back_once_it_is_done() {
+        let (a, b, c) = (record(1, "a"), record(2, "b"), record(3, "c"));
+        let cost = |r: &Arc<Record>| record_cost(r);
+        let total = cost(&a) + cost(&b) + cost(&c);
+        let budget = ByteBudget::new(total);
         let mut window = Watermark::default();
         let mut queues: Vec<Queue> = vec![VecDeque::new(); 2];
-        let first = budget.reserve(600).await;
-        window.take_in(
-            vec![record(1, "a"), record(2, "b")],
-            Some(first),
-            &mut queues,
-        );
-        let second = budget.reserve(400).await;
-        window.take_in(vec![record(3, "c")], Some(second), &mut queues);
+        let first = budget.reserve(cost(&a) + cost(&b)).await;
+        window.take_in(vec![a.clone(), b.clone()], Some(first), &mut queues);
+        let second = budget.reserve(cost(&c)).await;
+        window.take_in(vec![c.clone()], Some(second), &mut queues);
         assert_eq!(budget.available(), 0);
         // The second page is done before the first: its bytes come back, the mark stays.
         assert_eq!(seqs(window.done(&[2])), [0; 0]);
-        assert_eq!(budget.available(), 400);
+        assert_eq!(budget.available(), cost(&c) as i64);
+        // Record 2 (its item stuck, say) holds only its own share of the first page.
         assert_eq!(seqs(window.done(&[0])), [1]);
-        assert_eq!(budget.available(), 400);
+        assert_eq!(budget.available(), (cost(&a) + cost(&c)) as i64);
+        // Done twice changes nothing.
+        assert_eq!(seqs(window.done(&[0])), [0; 0]);
+        assert_eq!(budget.available(), (cost(&a) + cost(&c)) as i64);
         assert_eq!(seqs(window.done(&[1])), [2, 3]);
-        assert_eq!(budget.available(), 1_000);
+        assert_eq!(budget.available(), total as i64);
     }
 
     #[test]

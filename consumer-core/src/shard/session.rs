@@ -384,18 +384,18 @@ impl<F: ProcessorFactory> Session<'_, F> {
         let result = match called {
             Called::Returned(Err(source)) => Err(match source.downcast::<BatchFailure>() {
                 Ok(partial) => {
-                    let (index, at) = match partial.at {
-                        FailedAt::SequenceNumber(seq) => (
-                            records
-                                .iter()
-                                .position(|r| record_seq(r).as_ref() == Some(&seq)),
-                            Some(seq),
-                        ),
-                        FailedAt::Index(index) => (
-                            (index < records.len()).then_some(index),
-                            records.get(index).and_then(|r| record_seq(r)),
-                        ),
+                    // A record outside the batch fails the whole batch, and nothing it
+                    // staged commits: it is delivered again (before, the writes before
+                    // an outside sequence number committed, and again on redelivery).
+                    let index = match partial.at {
+                        FailedAt::SequenceNumber(seq) => records
+                            .iter()
+                            .position(|r| record_seq(r).as_ref() == Some(&seq)),
+                        FailedAt::Index(index) => (index < records.len()).then_some(index),
                     };
+                    let at = index
+                        .and_then(|i| records.get(i))
+                        .and_then(|r| record_seq(r));
                     AttemptFailed {
                         failed: CallbackFailed {
                             reason: FailureReason::RetriesExhausted,

@@ -185,7 +185,7 @@ impl Scan {
             Ok(keys) => keys,
             Err(error) => return Some(Fetched::Failed(error.into())),
         };
-        let expected = first_expected_cost();
+        let expected = first_expected_cost(budget);
         let mut last_progress = Instant::now();
         loop {
             if last_progress.elapsed() >= self.progress_interval {

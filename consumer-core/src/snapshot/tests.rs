@@ -43,6 +43,25 @@ impl FakeTable {
             undecodable: None,
         })
     }
+
+    /// `n` rows, of which `pk`'s `v` does not decode.
+    fn with_rows_and_undecodable(n: usize, pk: &str) -> Arc<Self> {
+        Arc::new(Self {
+            undecodable: Some(pk.to_owned()),
+            ..Arc::try_unwrap(Self::with_rows(n)).unwrap_or_default()
+        })
+    }
+}
+
+/// A simulated stream with table `orders`, an empty lease table, and `rows` rows to scan.
+fn orders(seed: u64, rows: usize) -> (SimulatedStream, Arc<InMemoryLeaseStore>, Arc<FakeTable>) {
+    let sim = SimulatedStream::with_seed(seed);
+    sim.add_table("orders");
+    (
+        sim,
+        Arc::new(InMemoryLeaseStore::new()),
+        FakeTable::with_rows(rows),
+    )
 }
 
 #[async_trait]
@@ -135,6 +154,15 @@ fn spawn(
     (stop, handle)
 }
 
+/// Stops a consumer `spawn` started and waits until it returned `Ok`.
+async fn stopped(
+    stop: tokio::sync::oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<crate::Result<()>>,
+) {
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}
+
 fn snapshot_keys(log: &Recording<Row>) -> Vec<String> {
     log.delivered()
         .iter()
@@ -188,10 +216,7 @@ async fn crash_and_resume(
     shape: impl Fn(crate::ConsumerBuilder) -> crate::ConsumerBuilder,
     redelivered: usize,
 ) {
-    let sim = SimulatedStream::with_seed(7);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(400);
+    let (sim, store, table) = orders(7, 400);
 
     let slow: Recording<Row> = Recording::new().with_hook(|_, _, _| {
         Box::pin(async {
@@ -265,17 +290,13 @@ async fn crash_and_resume(
     assert!(progress[0].is_done(), "{progress:?}");
 
     for (stop, handle) in survivors {
-        stop.send(()).unwrap();
-        handle.await.unwrap().unwrap();
+        stopped(stop, handle).await;
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_snapshot_that_outlasts_the_retention_is_reported_as_data_loss() {
-    let sim = SimulatedStream::with_seed(8);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(8, 40);
     // The first batch takes a (simulated) day.
     let clock = sim.clone();
     let log: Recording<Row> = Recording::new().with_hook(move |_, _, before| {
@@ -289,16 +310,12 @@ async fn a_snapshot_that_outlasts_the_retention_is_reported_as_data_loss() {
     let loss = &log.losses()[0];
     assert!(loss.shard_id.starts_with("snapshot-"), "{loss:?}");
     assert!(loss.wanted.contains("since the snapshot began"), "{loss:?}");
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_batch_is_delivered_again_not_skipped() {
-    let sim = SimulatedStream::with_seed(9);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(9, 40);
     // Every segment's first batch fails twice.
     let log: Recording<Row> = Recording::new().with_hook(|_, _, before| {
         Box::pin(async move {
@@ -312,16 +329,12 @@ async fn a_failed_batch_is_delivered_again_not_skipped() {
     until("every row", || snapshot_keys(&log).len() == 40).await;
     let rows: BTreeSet<String> = snapshot_keys(&log).into_iter().collect();
     assert_eq!(rows.len(), 40);
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_that_outlives_the_batch_timeout_is_dropped_and_delivered_again() {
-    let sim = SimulatedStream::with_seed(10);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(10, 40);
     // Every segment's first batch never returns.
     let log: Recording<Row> = Recording::new().with_hook(|_, _, before| {
         Box::pin(async move {
@@ -337,8 +350,7 @@ async fn a_batch_that_outlives_the_batch_timeout_is_dropped_and_delivered_again(
         .unwrap();
     let (stop, handle) = spawn(consumer);
     until("every row", || snapshot_keys(&log).len() == 40).await;
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 /// An on-failure handler that keeps what it was given.
@@ -378,13 +390,8 @@ impl Collected {
 
 #[tokio::test(start_paused = true)]
 async fn an_undecodable_item_goes_to_the_handler_and_the_segment_goes_on() {
-    let sim = SimulatedStream::with_seed(11);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = Arc::new(FakeTable {
-        undecodable: Some("r0007".into()),
-        ..Arc::try_unwrap(FakeTable::with_rows(40)).unwrap()
-    });
+    let (sim, store, _) = orders(11, 0);
+    let table = FakeTable::with_rows_and_undecodable(40, "r0007");
     let handler = Collected::default();
     let log: Recording<Row> = Recording::new();
     let consumer = builder(&sim, &store, &table, "w")
@@ -400,19 +407,13 @@ async fn an_undecodable_item_goes_to_the_handler_and_the_segment_goes_on() {
     );
     assert_eq!(log.decode_errors().len(), 1);
     assert!(!snapshot_keys(&log).contains(&"r0007".to_owned()));
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_a_handler_an_undecodable_item_holds_its_segment() {
-    let sim = SimulatedStream::with_seed(12);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = Arc::new(FakeTable {
-        undecodable: Some("r0007".into()),
-        ..Arc::try_unwrap(FakeTable::with_rows(40)).unwrap()
-    });
+    let (sim, store, _) = orders(12, 0);
+    let table = FakeTable::with_rows_and_undecodable(40, "r0007");
     let log: Recording<Row> = Recording::new();
     let (stop, handle) = spawn(consumer(&sim, &store, &table, "w", log.factory()));
     until("the failure reported", || !log.decode_errors().is_empty()).await;
@@ -422,8 +423,7 @@ async fn without_a_handler_an_undecodable_item_holds_its_segment() {
     assert!(!snapshot_keys(&log).contains(&"r0007".to_owned()));
     // Reported again at each restart of the segment (every `with_retry_backoff_max`).
     assert!(log.decode_errors().len() >= 2, "{:?}", log.decode_errors());
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 /// A recording processor for which any batch holding item `pk` fails.
@@ -441,10 +441,7 @@ fn failing_on(pk: &'static str) -> Recording<Row> {
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
-    let sim = SimulatedStream::with_seed(13);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(13, 40);
     let handler = Collected::default();
     let log = failing_on("r0007");
     let consumer = builder(&sim, &store, &table, "w")
@@ -463,18 +460,14 @@ async fn a_batch_failing_past_max_retries_goes_to_the_handler() {
     assert!(given[0].1.contains(&"r0007".to_owned()));
     let page = given[0].1.len();
     until("every other row", || snapshot_keys(&log).len() == 40 - page).await;
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 /// `with_filter` judges snapshot records too (event name `SNAPSHOT`): the items it drops
 /// are not delivered, and every segment still finishes.
 #[tokio::test(start_paused = true)]
 async fn the_filter_applies_to_snapshot_records() {
-    let sim = SimulatedStream::with_seed(9);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(60);
+    let (sim, store, table) = orders(9, 60);
     let log = Recording::<Row>::default();
     let keep_even = |record: &aws_sdk_dynamodbstreams::types::Record| {
         let pk = record
@@ -490,8 +483,7 @@ async fn the_filter_applies_to_snapshot_records() {
         .unwrap();
     let (stop, run) = spawn(worker);
     until_segments_done(&store).await;
-    stop.send(()).unwrap();
-    run.await.unwrap().unwrap();
+    stopped(stop, run).await;
     let mut delivered = snapshot_keys(&log);
     delivered.sort();
     let expected: Vec<String> = (0..60)
@@ -505,10 +497,7 @@ async fn the_filter_applies_to_snapshot_records() {
 /// item of its page is delivered.
 #[tokio::test(start_paused = true)]
 async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
-    let sim = SimulatedStream::with_seed(14);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(14, 40);
     let handler = Collected::default();
     let log = failing_on("r0007");
     let consumer = builder(&sim, &store, &table, "w")
@@ -530,8 +519,7 @@ async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
     delivered.sort();
     delivered.dedup();
     assert_eq!(delivered.len(), 39, "each other item delivered");
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }
 
 /// Batch shaping gathers snapshot records across Scan pages (a batch holds more than a
@@ -539,10 +527,7 @@ async fn with_bisect_only_the_poison_item_goes_to_the_handler() {
 /// one partition; every segment finishes.
 #[tokio::test(start_paused = true)]
 async fn batch_shaping_and_key_parallelism_apply_to_snapshot_records() {
-    let sim = SimulatedStream::with_seed(15);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(300);
+    let (sim, store, table) = orders(15, 300);
     let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
     let running = Arc::new(AtomicU64::new(0));
     let most = Arc::new(AtomicU64::new(0));
@@ -573,8 +558,7 @@ async fn batch_shaping_and_key_parallelism_apply_to_snapshot_records() {
     })
     .await;
     until_segments_done(&store).await;
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
     let sizes = sizes.lock().unwrap().clone();
     assert!(sizes.iter().all(|n| *n <= 25), "{sizes:?}");
     assert!(
@@ -591,10 +575,7 @@ async fn batch_shaping_and_key_parallelism_apply_to_snapshot_records() {
 /// before it are done, and only it goes to the handler once its retries are used up.
 #[tokio::test(start_paused = true)]
 async fn a_partial_failure_names_a_snapshot_record_by_its_place_in_the_batch() {
-    let sim = SimulatedStream::with_seed(16);
-    sim.add_table("orders");
-    let store = Arc::new(InMemoryLeaseStore::new());
-    let table = FakeTable::with_rows(40);
+    let (sim, store, table) = orders(16, 40);
     let handler = Collected::default();
     // What the processor finished: whole batches, and the records before a partial failure.
     let finished = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
@@ -631,6 +612,5 @@ async fn a_partial_failure_names_a_snapshot_record_by_its_place_in_the_batch() {
     let finished = finished.lock().unwrap().clone();
     assert_eq!(finished.len(), 39, "{finished:?}");
     assert!(!finished.contains("r0007"));
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    stopped(stop, handle).await;
 }

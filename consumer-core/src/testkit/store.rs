@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use dynamodb_streams_leases::billing::{self, ReadUnits};
 use dynamodb_streams_leases::{
     Checkpoint, Coordination, Error, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
-    Result, WorkerRecord, membership_shard,
+    PipelineCheckpoints, Result, WorkerRecord, membership_shard,
 };
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -655,6 +655,32 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         }
         self.answer(StoreOp::Checkpoint, result)
     }
+    // Pipelines' checkpoints are counted (and billed) as checkpoints; removing a pipeline
+    // (an operator's write) too.
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.checkpoint_pipelines(key, o, update).await;
+        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.answer(StoreOp::Checkpoint, result)
+    }
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        o: Option<&Ownership>,
+    ) -> Result<Lease> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self.inner.remove_pipeline(key, pipeline, o).await;
+        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.answer(StoreOp::Checkpoint, result)
+    }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
         self.pass(StoreOp::ReleaseLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
@@ -911,6 +937,25 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
                 .await;
         }
         self.answer(StoreOp::Checkpoint, result)
+    }
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        o: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        self.pass(StoreOp::Checkpoint).await?;
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = self
+            .inner
+            .checkpoint_pipeline_with_writes(key, o, pipeline, previous, update, writes)
+            .await;
+        let size = before.as_ref().map_or(0, billing::lease_item_size);
+        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
+        result
     }
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
         self.inner.key_attribute_names(table).await

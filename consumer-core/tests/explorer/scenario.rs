@@ -141,12 +141,6 @@ pub struct Space {
     /// see the request: throttled). Narrowed: the shutdown timeout (how long a handoff
     /// waits for a callback) is well under the failover time, and no throttled link.
     pub slow_handoffs: bool,
-    /// Found by the explorer (engine, `shard_consumer.rs` `deliver_partitioned`): with key
-    /// parallelism, a shard told to stop while one partition runs and another has records
-    /// queued spins (its batching-window timer is already due), so a stop or handoff burns
-    /// a core until the running batch ends, and in paused time never ends. Narrowed: key
-    /// parallelism 1.
-    pub partition_spin: bool,
 }
 
 /// A flag of [`Space`], by accessor.
@@ -154,13 +148,10 @@ type Flag = fn(&mut Space) -> &mut bool;
 
 impl Space {
     /// The flags by name, for `EXPLORE_SPACE`.
-    const FLAGS: [(&'static str, Flag); 2] = [
-        ("slow_handoffs", |s| &mut s.slow_handoffs),
-        ("partition_spin", |s| &mut s.partition_spin),
-    ];
+    const FLAGS: [(&'static str, Flag); 1] = [("slow_handoffs", |s| &mut s.slow_handoffs)];
 
     /// Today's space with the named flags on (`full`: all of them), e.g.
-    /// `slow_handoffs,partition_spin`; `None` names a flag that does not exist.
+    /// `slow_handoffs`; `None` names a flag that does not exist.
     pub fn parse(text: &str) -> Option<Self> {
         if text == "full" {
             return Some(Self::FULL);
@@ -195,12 +186,10 @@ impl Space {
     /// What the fixed seeds and `make explore` draw today.
     pub const NOW: Self = Self {
         slow_handoffs: false,
-        partition_spin: false,
     };
     /// Everything.
     pub const FULL: Self = Self {
         slow_handoffs: true,
-        partition_spin: true,
     };
 }
 
@@ -279,9 +268,6 @@ impl Scenario {
             }),
             filter_modulus: maybe(rng, 250, |r| r.random_range(2..=6)),
         };
-        if !space.partition_spin {
-            settings.key_parallelism = 1;
-        }
         if !space.slow_handoffs {
             // A handoff ends well within the failover time: the owner notices the request
             // within a scan interval and waits at most the shutdown timeout for its batch.
@@ -298,7 +284,7 @@ impl Scenario {
         }
         let rng = &mut dimension(seed, "behaviour");
         let bad = rng.random_bool(0.7);
-        let behaviour = Behaviour {
+        let mut behaviour = Behaviour {
             bad_per_mille: if bad { rng.random_range(10..=300) } else { 0 },
             fail_per_mille: rng.random_range(300..=1000),
             max_bad_attempts: rng.random_range(1..=3),
@@ -314,6 +300,13 @@ impl Scenario {
             },
             mid_flush_per_mille: 0,
             manual_checkpoint_per_mille: rng.random_range(300..=1000),
+        };
+        // Drawn last, so the fields above draw what they drew before these joined.
+        behaviour.outside_per_mille = rng.random_range(0..=300);
+        behaviour.mid_flush_per_mille = if rng.random_bool(0.4) {
+            rng.random_range(0..=500)
+        } else {
+            0
         };
         let rng = &mut dimension(seed, "timeline");
         let length = ms(rng, 10_000..=90_000);

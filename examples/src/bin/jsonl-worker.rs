@@ -41,6 +41,11 @@
 //! `--whole-batch-failures` the whole batch (none of it printed); `--process-delay DUR`
 //! sleeps in every `process` call before printing.
 //!
+//! `--pipeline NAME` (repeatable): named pipelines over one read of each shard, each line
+//! with `"pipeline": "NAME"`; the delivery flags above (and `--fail-when`,
+//! `--process-delay`, `--events`) apply to every pipeline, or to one when written
+//! `NAME:VALUE`; on-failure lines gain `"pipeline"`.
+//!
 //! `--snapshot [--snapshot-segments N] [--snapshot-page-size N]` first prints every item of
 //! each table as `{"event":"SNAPSHOT","keys":…,"old":null,"new":…,"seq":""}` (`shard` names
 //! the Scan segment, `snapshot-<i>-of-<n>`), then the stream's changes after the snapshot
@@ -69,7 +74,9 @@ use dynamodb_streams_consumer::{
     BatchFailure, BoxError, Change, ChangeBatch, Checkpointer, ConsumerBuilder, RecordProcessor,
     ShardContext, SnapshotConfig,
 };
-use dynamodb_streams_examples::worker_flags::{ConnectionFlags, DeliveryFlags};
+use dynamodb_streams_examples::worker_flags::{
+    ConnectionFlags, DeliveryFlags, Scoped, parse_duration, scoped,
+};
 use dynamodb_streams_examples::{Signals, attribute_to_json, change_to_json, default_worker_id};
 use dynamodb_streams_leases::aws::AwsClients;
 use serde::de::IgnoredAny;
@@ -96,20 +103,25 @@ struct Args {
     /// Checkpoint writes per shard at most this often. Default: 0s (after every batch).
     #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration, default_value = "0s")]
     checkpoint_interval: Duration,
+    /// Run these named pipelines over one read of each shard (repeat for several), each
+    /// printing every change with `"pipeline": "NAME"`; the delivery flags apply to every
+    /// pipeline, or to one when written NAME:VALUE. Without it, one unnamed pipeline.
+    #[arg(long = "pipeline", value_name = "NAME")]
+    pipelines: Vec<String>,
     /// Only these kinds of change are printed (comma-separated INSERT, MODIFY, REMOVE, and
     /// SNAPSHOT with `--snapshot`); the others are filtered out and checkpointed past.
-    #[arg(long, value_name = "KINDS", value_delimiter = ',', value_parser = parse_kind)]
-    events: Option<Vec<OperationType>>,
+    #[arg(long, value_name = "[NAME:]KINDS", value_parser = scoped(parse_kinds))]
+    events: Vec<Scoped<Vec<OperationType>>>,
     /// A change whose new image has ATTR equal to VALUE (compared as text) fails: a partial
     /// batch failure at it (the changes before it are printed).
-    #[arg(long, value_name = "ATTR=VALUE", value_parser = parse_fail_when)]
-    fail_when: Option<(String, String)>,
+    #[arg(long, value_name = "[NAME:]ATTR=VALUE", value_parser = scoped(parse_fail_when))]
+    fail_when: Vec<Scoped<(String, String)>>,
     /// With --fail-when: the whole batch fails instead, and none of it is printed.
     #[arg(long)]
     whole_batch_failures: bool,
     /// Sleep this long in every `process` call before printing.
-    #[arg(long, value_name = "DUR", value_parser = humantime::parse_duration)]
-    process_delay: Option<Duration>,
+    #[arg(long, value_name = "[NAME:]DUR", value_parser = scoped(parse_duration))]
+    process_delay: Vec<Scoped<Duration>>,
     /// Serve Prometheus metrics at http://HOST:PORT/metrics and health at /healthz.
     #[arg(long, value_name = "HOST:PORT")]
     metrics_addr: Option<String>,
@@ -131,6 +143,10 @@ struct Args {
     /// `jsonl`: one line per change; `lambda`: one line per batch, Lambda's DynamoDB event.
     #[arg(long, value_enum, default_value = "jsonl")]
     format: Format,
+}
+
+fn parse_kinds(text: &str) -> Result<Vec<OperationType>, String> {
+    text.split(',').map(parse_kind).collect()
 }
 
 fn parse_kind(text: &str) -> Result<OperationType, String> {
@@ -226,6 +242,8 @@ struct JsonlProcessor {
     fail_when: Option<FailWhen>,
     delay: Option<Duration>,
     out: StdoutWriter,
+    /// The pipeline it prints for (`--pipeline`): each line says so.
+    pipeline: Option<Arc<str>>,
 }
 
 #[async_trait]
@@ -267,12 +285,15 @@ impl RecordProcessor for JsonlProcessor {
             .take(printed)
             .filter(|_| self.format == Format::Jsonl)
         {
-            let line = change_to_json(
+            let mut line = change_to_json(
                 &self.worker,
                 self.table.as_deref(),
                 Some(&self.shard),
                 change,
             );
+            if let (Some(pipeline), Some(fields)) = (&self.pipeline, line.as_object_mut()) {
+                fields.insert("pipeline".into(), Value::from(pipeline.as_ref()));
+            }
             serde_json::to_writer(&mut text, &line)?;
             text.push(b'\n');
         }
@@ -301,7 +322,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Listen before anything else: a SIGTERM during start-up still shuts down gracefully.
-    let mut signals = Signals::new()?;
+    let signals = Signals::new()?;
     let connection = &args.connection;
     let sdk_config = dynamodb_streams_examples::sdk_config(
         connection.endpoint.as_deref(),
@@ -319,23 +340,102 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .with_checkpoint_interval(args.checkpoint_interval);
     builder = delivery_settings(builder, &args)?;
     builder = snapshot_settings(builder, &args);
-    let fail_when = args.fail_when.clone().map(|(attribute, value)| FailWhen {
-        attribute,
-        value,
-        whole_batch: args.whole_batch_failures,
-    });
-    let delay = args.process_delay;
     let out = StdoutWriter::start()?;
-    let consumer = builder.build(move |shard: &ShardContext| JsonlProcessor {
-        worker: worker.clone(),
-        table: shard.table.clone(),
-        shard: shard.shard_id.clone(),
-        stream_arn: shard.stream_arn.clone(),
-        format: args.format,
-        fail_when: fail_when.clone(),
-        delay,
-        out: out.clone(),
-    })?;
+    let processors = |pipeline: Option<&str>| {
+        let fail_when =
+            scoped_value(&args.fail_when, pipeline).map(|(attribute, value)| FailWhen {
+                attribute,
+                value,
+                whole_batch: args.whole_batch_failures,
+            });
+        let delay = scoped_value(&args.process_delay, pipeline);
+        let (worker, out, format) = (worker.clone(), out.clone(), args.format);
+        let pipeline: Option<Arc<str>> = pipeline.map(Into::into);
+        move |shard: &ShardContext| JsonlProcessor {
+            worker: worker.clone(),
+            table: shard.table.clone(),
+            shard: shard.shard_id.clone(),
+            stream_arn: shard.stream_arn.clone(),
+            format,
+            fail_when: fail_when.clone(),
+            delay,
+            out: out.clone(),
+            pipeline: pipeline.clone(),
+        }
+    };
+    let consumer = if args.pipelines.is_empty() {
+        if let Some(name) = jsonl_pipeline_names(&args).first() {
+            return Err(format!(
+                "a flag names pipeline {name:?} (NAME:VALUE), but there are no pipelines \
+                 (--pipeline NAME)"
+            )
+            .into());
+        }
+        let consumer = builder.build(processors(None))?;
+        return run_consumer(consumer, &args, &sdk_config, signals).await;
+    } else {
+        let named = args
+            .delivery
+            .pipeline_names()
+            .into_iter()
+            .chain(jsonl_pipeline_names(&args));
+        for name in named {
+            if !args.pipelines.iter().any(|p| p == name) {
+                return Err(format!(
+                    "a flag names pipeline {name:?} (NAME:VALUE), which no --pipeline gives"
+                )
+                .into());
+            }
+        }
+        for name in &args.pipelines {
+            let delivery = args.delivery.pipeline_settings(name)?;
+            let events = Scoped::own(&args.events, name);
+            builder = builder
+                .with_pipeline(name.as_str(), processors(Some(name)))
+                .with_pipeline_settings(name, move |b| {
+                    let b = delivery(b);
+                    match events {
+                        Some(kinds) => b.with_filter(move |record: &Record| {
+                            record.event_name().is_some_and(|kind| kinds.contains(kind))
+                        }),
+                        None => b,
+                    }
+                });
+        }
+        builder.build_pipelines()?
+    };
+    run_consumer(consumer, &args, &sdk_config, signals).await
+}
+
+/// A flag's value for `pipeline` (its own, else the one for every pipeline); without
+/// pipelines, the one for every pipeline.
+fn scoped_value<T: Clone>(values: &[Scoped<T>], pipeline: Option<&str>) -> Option<T> {
+    pipeline
+        .and_then(|name| Scoped::own(values, name))
+        .or_else(|| Scoped::common(values))
+}
+
+/// The pipelines jsonl-worker's own flags name (`NAME:VALUE`).
+fn jsonl_pipeline_names(args: &Args) -> Vec<&str> {
+    let names = args.events.iter().filter_map(|v| v.pipeline.as_deref());
+    let names = names.chain(args.fail_when.iter().filter_map(|v| v.pipeline.as_deref()));
+    names
+        .chain(
+            args.process_delay
+                .iter()
+                .filter_map(|v| v.pipeline.as_deref()),
+        )
+        .collect()
+}
+
+/// Serves metrics if asked, waits for the endpoint, then runs `consumer` until a signal.
+async fn run_consumer<F: dynamodb_streams_consumer::ProcessorFactory>(
+    consumer: dynamodb_streams_consumer::Consumer<F>,
+    args: &Args,
+    sdk_config: &aws_config::SdkConfig,
+    mut signals: Signals,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let connection = &args.connection;
     tracing::info!(worker_id = consumer.worker_id(), "starting");
     let _metrics = match &args.metrics_addr {
         Some(addr) => Some(
@@ -346,11 +446,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     // How errors name the endpoint: the URL, or the default AWS endpoint and region.
-    let endpoint = AwsClients::from_sdk_config(&sdk_config)
+    let endpoint = AwsClients::from_sdk_config(sdk_config)
         .endpoint()
         .to_owned();
     tokio::select! {
-        answered = dynamodb_streams_examples::worker_flags::endpoint_answers(&sdk_config, &connection.tables, &endpoint) => answered?,
+        answered = dynamodb_streams_examples::worker_flags::endpoint_answers(sdk_config, &connection.tables, &endpoint) => answered?,
         name = signals.recv() => {
             tracing::info!(signal = name, "stopped before start-up completed");
             return Ok(());
@@ -389,8 +489,18 @@ fn delivery_settings(
     builder: ConsumerBuilder,
     args: &Args,
 ) -> Result<ConsumerBuilder, Box<dyn std::error::Error>> {
-    let mut builder = args.delivery.apply(builder)?;
-    if let Some(kinds) = args.events.clone() {
+    let mut builder = if args.pipelines.is_empty() {
+        args.delivery.apply(builder)?
+    } else {
+        args.delivery.apply_common(builder)?
+    };
+    let kinds: Vec<OperationType> = args
+        .events
+        .iter()
+        .filter(|e| e.pipeline.is_none())
+        .flat_map(|e| e.value.clone())
+        .collect();
+    if !kinds.is_empty() {
         builder = builder.with_filter(move |record: &Record| {
             record.event_name().is_some_and(|kind| kinds.contains(kind))
         });

@@ -1,0 +1,616 @@
+//! Pipelines: several consumers of one application that share each shard's read
+//! (`ConsumerBuilder::with_pipeline`).
+//!
+//! One fetch task reads the shard from its read position (the slowest pipeline's
+//! checkpoint, the lease's `checkpoint`); [`distribute`] hands every page to each pipeline,
+//! held once ([`FetchedPage::share`]), and each pipeline runs the same page loop as a
+//! single consumer ([`super::drive`]) with its own processors, delivery settings and
+//! checkpointer. What makes a pipeline's session write its own checkpoint is the store it
+//! is given, [`PipelineStore`]: a checkpoint becomes the pipeline's attribute and the read
+//! position in one conditional write, and a release waits for the shard's other pipelines
+//! (the lease is released once, by [`run`], after every pipeline flushed).
+//!
+//! Run-ahead is bounded: each pipeline's queue holds [`RUN_AHEAD_PAGES`] pages, and the
+//! fetch waits while the slowest pipeline's queue is full; a page's share of the memory
+//! budget comes back when the last pipeline delivered it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dynamodb_streams_leases::pipeline::slowest;
+use dynamodb_streams_leases::{
+    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
+    PipelineCheckpoints, Result, SequenceNumber, WorkerRecord,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use tokio::sync::mpsc;
+use tokio_util::task::AbortOnDropHandle;
+
+use super::ending::{ShardEnd, release_lease};
+use super::fetch::{Fetched, fetch, start_position};
+use crate::budget::ByteBudget;
+use crate::checkpointer::Checkpointer;
+use crate::config::ConsumerConfig;
+use crate::error::Error;
+use crate::observability::Telemetry;
+use crate::poll_loop::ShardReader;
+use crate::processor::{ProcessorFactory, ShardContext};
+use crate::retry;
+use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
+use crate::start_time::InitialPosition;
+use crate::streams::{StartPosition, StreamsApi};
+
+/// How many pages a pipeline may be ahead of the slowest one before the shard's read
+/// waits (each pipeline's queue of pages not yet taken in).
+pub(crate) const RUN_AHEAD_PAGES: usize = 8;
+
+/// A named pipeline: its processor factory and its settings, with the processor type
+/// erased so that pipelines of different processors run side by side.
+pub(crate) trait PipelineRunner: Send + Sync + 'static {
+    /// The pipeline's name, stable across deployments: its attribute in the lease items.
+    fn name(&self) -> &str;
+    /// Its settings (the consumer's, with the pipeline's own where they differ).
+    fn config(&self) -> &ConsumerConfig;
+    /// Runs the pipeline's session on one shard.
+    fn run(&self, part: Part) -> BoxFuture<'static, ShardOutcome>;
+}
+
+/// What a pipeline's session on one shard is given.
+pub(crate) struct Part {
+    api: Arc<dyn StreamsApi>,
+    store: Arc<dyn LeaseStore>,
+    worker_id: String,
+    telemetry: Arc<Telemetry>,
+    budget: ByteBudget,
+    /// The lease as this pipeline sees it: its `checkpoint` is the pipeline's own.
+    lease: Lease,
+    ownership: Ownership,
+    table: Option<String>,
+    signals: ShardSignals,
+    rx: mpsc::Receiver<Fetched>,
+}
+
+/// A pipeline of processors made by `P`.
+pub(crate) struct Pipeline<P> {
+    name: String,
+    factory: Arc<P>,
+    config: ConsumerConfig,
+}
+
+impl<P: ProcessorFactory> Pipeline<P> {
+    pub(crate) fn new(name: String, factory: P, config: ConsumerConfig) -> Self {
+        Self {
+            name,
+            factory: Arc::new(factory),
+            config,
+        }
+    }
+}
+
+/// A pipeline's factory, shared by the sessions of every shard it runs on.
+struct SharedFactory<P>(Arc<P>);
+
+impl<P: ProcessorFactory> ProcessorFactory for SharedFactory<P> {
+    type Processor = P::Processor;
+
+    fn create(&self, shard: &ShardContext) -> P::Processor {
+        self.0.create(shard)
+    }
+}
+
+impl<P: ProcessorFactory> PipelineRunner for Pipeline<P> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    fn run(&self, part: Part) -> BoxFuture<'static, ShardOutcome> {
+        let Part {
+            api,
+            store,
+            worker_id,
+            telemetry,
+            budget,
+            lease,
+            ownership,
+            table,
+            signals,
+            rx,
+        } = part;
+        let runtime = Arc::new(Runtime {
+            api,
+            store,
+            factory: SharedFactory(self.factory.clone()),
+            config: self.config.clone(),
+            worker_id,
+            telemetry,
+            budget,
+            pipelines: Vec::new(),
+        });
+        Box::pin(async move {
+            let task = LeaseTask {
+                runtime,
+                lease,
+                ownership,
+                table,
+            };
+            let checkpointer = Checkpointer::new(
+                task.runtime.store.clone(),
+                task.key().clone(),
+                task.ownership.clone(),
+                task.lease.checkpoint.clone(),
+                task.runtime.config.checkpoint_interval,
+            );
+            super::drive(&task, &signals, checkpointer, rx, ShardEnd).await
+        })
+    }
+}
+
+/// Where a pipeline starts on a lease: its own checkpoint; on a lease no pipeline wrote
+/// yet (a new shard, or an application that had no named pipelines), the lease's
+/// checkpoint; on a lease the others already have (a pipeline new to a running
+/// application), its initial position.
+fn own_start(lease: &Lease, name: &str, initial: InitialPosition) -> Checkpoint {
+    match lease.pipelines.get(name) {
+        Some(checkpoint) => checkpoint.clone(),
+        None if lease.pipelines.is_empty() => lease.checkpoint.clone(),
+        None => match initial {
+            InitialPosition::TrimHorizon => Checkpoint::TrimHorizon,
+            InitialPosition::Latest => Checkpoint::Latest,
+        },
+    }
+}
+
+/// Runs the shard of `task`'s lease for every pipeline of the consumer, over one read.
+pub(crate) async fn run<F: ProcessorFactory>(
+    task: LeaseTask<F>,
+    signals: ShardSignals,
+) -> ShardOutcome {
+    let key = task.key().clone();
+    let runtime = &task.runtime;
+    let _lag_tracked = runtime.telemetry.lag.track(&key);
+    let pipelines = &runtime.pipelines;
+    let names: Vec<String> = pipelines.iter().map(|p| p.name().to_owned()).collect();
+
+    // Each pipeline's own position; `LATEST` becomes the time it starts from.
+    let mut own: Vec<Checkpoint> = pipelines
+        .iter()
+        .map(|p| own_start(&task.lease, p.name(), p.config().initial_position))
+        .collect();
+    let Some(read) = slowest(&own) else {
+        return ShardOutcome::Ended;
+    };
+    let Some(start) = start_position(&read) else {
+        return ShardOutcome::Ended;
+    };
+    let mut reader = ShardReader::new(
+        runtime.api.clone(),
+        key.stream.clone(),
+        key.shard_id.clone(),
+        start,
+        runtime.config.poll.clone(),
+    );
+    let all_latest = own.iter().all(|c| *c == Checkpoint::Latest);
+    if own.contains(&Checkpoint::Latest) {
+        let since = Checkpoint::since(runtime.api.now());
+        if all_latest && let Err(error) = reader.open().await {
+            tracing::debug!(shard_id = %key.shard_id, %error, "no LATEST iterator; reading from TRIM_HORIZON after the start time");
+        }
+        for checkpoint in &mut own {
+            if *checkpoint == Checkpoint::Latest {
+                *checkpoint = since.clone();
+            }
+        }
+    }
+    // Every pipeline's start is stored with the read position before anything is read: a
+    // pipeline new to the lease gets its attribute, a `LATEST` one its start time.
+    let read = slowest(&own).unwrap_or(read);
+    let update = PipelineCheckpoints {
+        read_position: read.clone(),
+        pipelines: names.iter().cloned().zip(own.iter().cloned()).collect(),
+        running: Some(names.clone()),
+    };
+    let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+        runtime
+            .store
+            .checkpoint_pipelines(&key, &task.ownership, &update)
+    })
+    .await;
+    match written {
+        Ok(_) if all_latest => reader.replace_unread_start(StartPosition::TrimHorizon),
+        Ok(_) => {}
+        Err(error) if error.is_lease_lost() => return ShardOutcome::LeaseLost,
+        Err(error) => return ShardOutcome::Failed(error.into()),
+    }
+
+    let positions = Arc::new(Positions {
+        durable: Mutex::new(names.iter().cloned().zip(own.iter().cloned()).collect()),
+    });
+    let lost = signals.lost.child_token();
+    let release = signals.release.child_token();
+    let local = ShardSignals {
+        release: release.clone(),
+        lost: lost.clone(),
+    };
+    let mut outs = Vec::new();
+    let mut sessions = FuturesUnordered::new();
+    for (pipeline, start) in pipelines.iter().zip(&own) {
+        if start_position(start).is_none() {
+            continue; // this pipeline finished the shard before
+        }
+        let (tx, rx) = mpsc::channel(RUN_AHEAD_PAGES);
+        outs.push(Out {
+            tx,
+            done_through: start.sequence_number().cloned(),
+        });
+        let mut lease = task.lease.clone();
+        lease.checkpoint = start.clone();
+        let store: Arc<dyn LeaseStore> = Arc::new(PipelineStore {
+            inner: runtime.store.clone(),
+            name: pipeline.name().to_owned(),
+            positions: positions.clone(),
+            lease: task.lease.clone(),
+        });
+        sessions.push(pipeline.run(Part {
+            api: runtime.api.clone(),
+            store,
+            worker_id: runtime.worker_id.clone(),
+            telemetry: runtime.telemetry.clone(),
+            budget: runtime.budget.clone(),
+            lease,
+            ownership: task.ownership.clone(),
+            table: task.table.clone(),
+            signals: local.clone(),
+            rx,
+        }));
+    }
+
+    let stop_fetch = lost.child_token();
+    let (tx, rx) = mpsc::channel(runtime.config.prefetch_pages.max(1));
+    let _fetcher = AbortOnDropHandle::new(tokio::spawn(fetch(
+        reader,
+        runtime.budget.clone(),
+        tx,
+        runtime.config.trimmed_data_policy,
+        stop_fetch.clone(),
+    )));
+    let _stop_fetch_on_exit = stop_fetch.drop_guard();
+    let _distributor =
+        AbortOnDropHandle::new(tokio::spawn(distribute(rx, outs, key.shard_id.clone())));
+
+    // A lost lease stops every pipeline at once; a pipeline that fails makes the others
+    // stop gracefully (the lease is kept and retried, as for a single consumer).
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = sessions.next().await {
+        match &outcome {
+            ShardOutcome::LeaseLost => lost.cancel(),
+            ShardOutcome::Failed(_) => release.cancel(),
+            ShardOutcome::Ended | ShardOutcome::Released => {}
+        }
+        outcomes.push(outcome);
+    }
+    if outcomes.is_empty() {
+        // Every pipeline had finished the shard: the read position says so too.
+        return ShardOutcome::Ended;
+    }
+    if outcomes
+        .iter()
+        .any(|o| matches!(o, ShardOutcome::LeaseLost))
+    {
+        return ShardOutcome::LeaseLost;
+    }
+    if let Some(position) = outcomes
+        .iter()
+        .position(|o| matches!(o, ShardOutcome::Failed(_)))
+    {
+        return outcomes.swap_remove(position);
+    }
+    if outcomes.iter().all(|o| matches!(o, ShardOutcome::Ended)) {
+        return ShardOutcome::Ended;
+    }
+    release_lease(&task, &key, &task.ownership).await
+}
+
+/// A pipeline's queue of pages, and the last record it had done when the read started
+/// (records up to it are not handed to it again).
+struct Out {
+    tx: mpsc::Sender<Fetched>,
+    done_through: Option<SequenceNumber>,
+}
+
+/// Hands what the fetch task reads to every pipeline still running: pages shared, the
+/// rest copied. Waits while a pipeline's queue is full (the run-ahead bound).
+async fn distribute(mut rx: mpsc::Receiver<Fetched>, mut outs: Vec<Out>, shard_id: String) {
+    while let Some(fetched) = rx.recv().await {
+        outs.retain(|out| !out.tx.is_closed());
+        if outs.is_empty() {
+            return;
+        }
+        let last = matches!(
+            fetched,
+            Fetched::ShardEnd | Fetched::Vanished(_) | Fetched::Failed(_)
+        );
+        let copies: Vec<Fetched> = match fetched {
+            Fetched::Records(page) => {
+                let done: Vec<Option<SequenceNumber>> =
+                    outs.iter().map(|out| out.done_through.clone()).collect();
+                page.share(&done)
+                    .into_iter()
+                    .map(Fetched::Records)
+                    .collect()
+            }
+            Fetched::Idle => {
+                for out in &outs {
+                    let _ = out.tx.try_send(Fetched::Idle);
+                }
+                continue;
+            }
+            Fetched::ShardEnd => outs.iter().map(|_| Fetched::ShardEnd).collect(),
+            Fetched::Trimmed(loss) => outs
+                .iter()
+                .map(|_| Fetched::Trimmed(loss.clone()))
+                .collect(),
+            Fetched::Vanished(loss) => outs
+                .iter()
+                .map(|_| Fetched::Vanished(loss.clone()))
+                .collect(),
+            Fetched::Failed(error) => {
+                let problem = error.to_string();
+                let mut first = Some(error);
+                outs.iter()
+                    .map(|_| {
+                        Fetched::Failed(first.take().unwrap_or_else(|| Error::Internal {
+                            shard_id: shard_id.clone(),
+                            problem: problem.clone(),
+                        }))
+                    })
+                    .collect()
+            }
+        };
+        for (out, copy) in outs.iter_mut().zip(copies) {
+            // A pipeline that stopped takes nothing more.
+            let _ = out.tx.send(copy).await;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+/// The checkpoints of a lease's pipelines as stored (acknowledged writes only): the read
+/// position written with a pipeline's checkpoint is the slowest of these, so it never gets
+/// ahead of a checkpoint that is not stored yet.
+#[derive(Debug)]
+struct Positions {
+    durable: Mutex<BTreeMap<String, Checkpoint>>,
+}
+
+impl Positions {
+    /// The write of `name` at `checkpoint`: with the read position it leaves the shard at.
+    fn update(&self, name: &str, checkpoint: &Checkpoint) -> PipelineCheckpoints {
+        let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        let read = slowest(
+            durable
+                .iter()
+                .map(|(n, c)| if n == name { checkpoint } else { c }),
+        )
+        .unwrap_or_else(|| checkpoint.clone());
+        PipelineCheckpoints {
+            read_position: read,
+            pipelines: vec![(name.to_owned(), checkpoint.clone())],
+            running: None,
+        }
+    }
+
+    fn written(&self, name: &str, checkpoint: &Checkpoint) {
+        self.durable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), checkpoint.clone());
+    }
+}
+
+/// The lease store as one pipeline's session sees it: its checkpoints are the pipeline's
+/// (written with the read position), its release waits for the other pipelines (done once
+/// by [`run`]); everything else is the store.
+#[derive(Debug)]
+struct PipelineStore {
+    inner: Arc<dyn LeaseStore>,
+    name: String,
+    positions: Arc<Positions>,
+    /// The lease as the task started: what a deferred release answers.
+    lease: Lease,
+}
+
+#[async_trait]
+impl LeaseStore for PipelineStore {
+    async fn ensure_table(&self) -> Result<()> {
+        self.inner.ensure_table().await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>> {
+        self.inner.list_leases().await
+    }
+
+    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
+        self.inner.get_lease(key).await
+    }
+
+    async fn create_lease(&self, lease: &Lease) -> Result<()> {
+        self.inner.create_lease(lease).await
+    }
+
+    async fn take_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        new_owner: &str,
+    ) -> Result<Lease> {
+        self.inner
+            .take_lease(key, seen_owner, seen_epoch, new_owner)
+            .await
+    }
+
+    /// The pipeline's checkpoint, with the read position, in one conditional write. The
+    /// lease returned carries the pipeline's checkpoint as its `checkpoint`.
+    async fn checkpoint(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        let update = self.positions.update(&self.name, checkpoint);
+        let mut lease = self
+            .inner
+            .checkpoint_pipelines(key, ownership, &update)
+            .await?;
+        self.positions.written(&self.name, checkpoint);
+        lease.checkpoint = checkpoint.clone();
+        Ok(lease)
+    }
+
+    async fn checkpoint_pipelines(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        update: &PipelineCheckpoints,
+    ) -> Result<Lease> {
+        self.inner
+            .checkpoint_pipelines(key, ownership, update)
+            .await
+    }
+
+    async fn remove_pipeline(
+        &self,
+        key: &LeaseKey,
+        pipeline: &str,
+        ownership: Option<&Ownership>,
+    ) -> Result<Lease> {
+        self.inner.remove_pipeline(key, pipeline, ownership).await
+    }
+
+    async fn coordination(&self) -> Result<Coordination> {
+        self.inner.coordination().await
+    }
+
+    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
+        self.inner.remove_worker(worker_id, seen).await
+    }
+
+    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
+        self.inner.claim_leadership(worker_id, replacing).await
+    }
+
+    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
+        self.inner.renew_leadership(worker_id, workers).await
+    }
+
+    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
+        self.inner.resign_leadership(worker_id).await
+    }
+
+    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
+        self.inner.notify(worker_id, keys).await
+    }
+
+    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
+        self.inner.notices(worker_id).await
+    }
+
+    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
+        self.inner.clear_notices(worker_id, notices).await
+    }
+
+    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
+        self.inner.get_leases(keys).await
+    }
+
+    /// Deferred: the lease is released once every pipeline of the shard stopped.
+    async fn release_lease(&self, _key: &LeaseKey, _ownership: &Ownership) -> Result<Lease> {
+        let mut lease = self.lease.clone();
+        lease.handoff_to = None;
+        Ok(lease)
+    }
+
+    async fn reset_lease(
+        &self,
+        key: &LeaseKey,
+        seen_owner: Option<&str>,
+        seen_epoch: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<Lease> {
+        self.inner
+            .reset_lease(key, seen_owner, seen_epoch, checkpoint)
+            .await
+    }
+
+    async fn request_handoff(
+        &self,
+        key: &LeaseKey,
+        current: &Ownership,
+        requester: &str,
+    ) -> Result<Lease> {
+        self.inner.request_handoff(key, current, requester).await
+    }
+
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
+        self.inner.delete_lease(key).await
+    }
+
+    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
+        self.inner.heartbeat(worker_id, ttl).await
+    }
+
+    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
+        self.inner.snapshot().await
+    }
+
+    async fn membership(&self) -> Result<Membership> {
+        self.inner.membership().await
+    }
+
+    async fn bump_leases_version(&self) -> Result<u64> {
+        self.inner.bump_leases_version().await
+    }
+
+    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
+        self.inner.delete_worker(worker_id).await
+    }
+
+    /// Exactly-once per pipeline: the transaction's condition is on the pipeline's own
+    /// attribute, and it writes the read position too.
+    async fn checkpoint_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        previous: &Checkpoint,
+        checkpoint: &Checkpoint,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        let update = self.positions.update(&self.name, checkpoint);
+        self.inner
+            .checkpoint_pipeline_with_writes(
+                key,
+                ownership,
+                &self.name,
+                Some(previous),
+                &update,
+                writes,
+            )
+            .await?;
+        self.positions.written(&self.name, checkpoint);
+        Ok(())
+    }
+
+    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
+        self.inner.key_attribute_names(table).await
+    }
+}
