@@ -716,7 +716,21 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
             }
             ShardOutcome::LeaseLost => {
-                state.mine.remove(&key);
+                // A newer ownership of this lease that reached this worker while the old
+                // consumer stopped (the leader gave it back after an operator's reset, say)
+                // stays, and its consumer starts from the lease's checkpoint.
+                let newer = running.is_some_and(|old| {
+                    state
+                        .mine
+                        .get(&key)
+                        .and_then(Lease::ownership)
+                        .is_some_and(|now| now != old.ownership)
+                });
+                if newer {
+                    self.start_ready(state, Instant::now());
+                } else {
+                    state.mine.remove(&key);
+                }
             }
             ShardOutcome::Failed(error) => {
                 let pause = self.shared.config.processing_backoff_max;
