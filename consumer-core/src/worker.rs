@@ -717,7 +717,20 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
             }
             ShardOutcome::LeaseLost => {
-                state.mine.remove(&key);
+                // The lease may already be this worker's again under a new epoch (the
+                // leader took it back for it, e.g. after an operator's reset): that lease
+                // starts afresh from its own checkpoint; only the one that was lost goes.
+                let retaken = match (state.mine.get(&key), &running) {
+                    (Some(lease), Some(running)) => {
+                        lease.ownership().as_ref() != Some(&running.ownership)
+                    }
+                    _ => false,
+                };
+                if retaken {
+                    self.start_ready(state, Instant::now());
+                } else {
+                    state.mine.remove(&key);
+                }
             }
             ShardOutcome::Failed(error) => {
                 let pause = self.shared.config.processing_backoff_max;
