@@ -14,6 +14,7 @@
 //! ```text
 //! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --shards 1000 --workers 20
 //! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --sweep --csv cost.csv
+//! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --shards 1000 --workers 20 --pipelines 3
 //! cargo run --release -p dynamodb-streams-consumer --features testkit --example cost_chart -- cost.csv docs/cost.svg
 //! ```
 //!
@@ -22,6 +23,11 @@
 //! (eventually consistent here, which is the cheaper assumption for KCL), and each shard is
 //! polled with a GetRecords every second when idle; busy, it checkpoints as often as ours
 //! and polls as often as ours. Its lease items are sized as ours.
+//!
+//! `--pipelines N` measures each run again with one application of N named pipelines
+//! (`with_pipeline`) and prints the pipelines row: N consumers of the stream as N
+//! applications (N times the run: each reads every shard and keeps its own lease table)
+//! against N pipelines over one read of each shard (measured).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -68,6 +74,10 @@ struct Args {
     /// Write the figures as CSV here too (input of the `cost_chart` example).
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
+    /// Also measure each run as one application of this many named pipelines, against as
+    /// many applications (the pipelines row).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(2..=16))]
+    pipelines: Option<u16>,
 }
 
 /// Per-hour figures of one protocol in one scenario.
@@ -170,8 +180,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.minutes
         };
         let minutes = if busy { minutes.min(10) } else { minutes };
-        let measured = measure(shards, workers, minutes, busy)?;
+        let measured = measure(shards, workers, minutes, busy, 0)?;
         print_run(&measured, minutes);
+        if let Some(pipelines) = args.pipelines {
+            let shared = measure(shards, workers, minutes, busy, pipelines)?;
+            print_pipelines(&measured, &shared, pipelines);
+        }
         results.push(measured);
     }
     if let Some(path) = &args.csv {
@@ -214,11 +228,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs the workers for `minutes` after two minutes of settling, and scales to an hour.
+/// With `pipelines` > 0 each worker runs that many named pipelines instead of one consumer.
 fn measure(
     shards: u32,
     workers: u16,
     minutes: u32,
     busy: bool,
+    pipelines: u16,
 ) -> Result<Measured, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -234,18 +250,24 @@ fn measure(
         let (stop, _) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         for w in 0..workers {
-            let consumer = Consumer::builder("lease-cost")
+            let builder = Consumer::builder("lease-cost")
                 .with_table("cost")
                 .with_streams_api(Arc::new(sim.clone()))
                 .with_lease_store(store.clone())
-                .with_worker_id(format!("worker-{w}"))
-                .build(processor_fn(
-                    |_: ChangeBatch<serde::de::IgnoredAny>| async { Ok(()) },
-                ))?;
+                .with_worker_id(format!("worker-{w}"));
+            let ignore = || processor_fn(|_: ChangeBatch<serde::de::IgnoredAny>| async { Ok(()) });
             let mut stopped = stop.subscribe();
-            tasks.push(tokio::spawn(consumer.run_until(async move {
+            let until = async move {
                 let _ = stopped.wait_for(|s| *s).await;
-            })));
+            };
+            if pipelines == 0 {
+                tasks.push(tokio::spawn(builder.build(ignore())?.run_until(until)));
+            } else {
+                let builder = (0..pipelines).fold(builder, |b, p| {
+                    b.with_pipeline(format!("pipeline-{p}"), ignore())
+                });
+                tasks.push(tokio::spawn(builder.build_pipelines()?.run_until(until)));
+            }
         }
         let writer = busy.then(|| {
             let sim = sim.clone();
@@ -423,6 +445,44 @@ fn print_run(m: &Measured, minutes: u32) {
         count(StoreOp::Snapshot) + count(StoreOp::ListLeases),
         count(StoreOp::Membership),
         count(StoreOp::Heartbeat),
+    );
+}
+
+/// The pipelines row: `n` consumers of the stream as `n` applications (`n` times `one`)
+/// or as `n` pipelines of one application (`shared`, measured).
+fn print_pipelines(one: &Measured, shared: &Measured, n: u16) {
+    let apps = f64::from(n);
+    println!("\n### {n} consumers of the stream: {n} applications or {n} pipelines (per hour)\n");
+    println!("| per hour | {n} applications | {n} pipelines |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| GetRecords per shard-hour | {:.0} | {:.0} |",
+        apps * one.get_records / f64::from(one.shards),
+        shared.get_records / f64::from(shared.shards)
+    );
+    println!(
+        "| lease-table write units | {:.0} | {:.0} |",
+        apps * one.ours.write_units,
+        shared.ours.write_units
+    );
+    println!(
+        "| lease table $/hour | {:.4} | {:.4} |",
+        apps * one.ours.lease_table_dollars(),
+        shared.ours.lease_table_dollars()
+    );
+    println!(
+        "| total $/hour | {:.4} | {:.4} |",
+        apps * one.ours.dollars(),
+        shared.ours.dollars()
+    );
+    println!(
+        "| total $/month | {:.2} | {:.2} |",
+        apps * one.ours.dollars() * HOURS_PER_MONTH,
+        shared.ours.dollars() * HOURS_PER_MONTH
+    );
+    println!(
+        "\nreaders per shard: {n} applications {n} (DynamoDB Streams throttles more than 2), {n} pipelines 1; lease item {} bytes with pipelines, {} without",
+        shared.lease_size, one.lease_size
     );
 }
 

@@ -69,6 +69,9 @@ pub struct Checkpointer {
     /// never writes an older position over a committed one (the next transaction would
     /// then apply the committed writes again).
     unsure_of_stored: bool,
+    /// The named pipeline whose checkpoints these are: the `pipeline` label of the
+    /// checkpoint metrics.
+    pipeline: Option<String>,
 }
 
 /// Staged writes that could not be committed: the records before `first_uncommitted` are
@@ -103,7 +106,14 @@ impl Checkpointer {
             staged: Vec::new(),
             key_names: HashMap::new(),
             unsure_of_stored: false,
+            pipeline: None,
         }
+    }
+
+    /// Labels the checkpoint metrics with the named pipeline whose checkpoints these are.
+    pub(crate) fn with_pipeline_label(mut self, pipeline: Option<&str>) -> Self {
+        self.pipeline = pipeline.map(str::to_owned);
+        self
     }
 
     /// A checkpointer for a key-parallel partition: same shard and rules, but its
@@ -125,6 +135,7 @@ impl Checkpointer {
             staged: Vec::new(),
             key_names: self.key_names.clone(),
             unsure_of_stored: false,
+            pipeline: self.pipeline.clone(),
         }
     }
 
@@ -370,6 +381,7 @@ impl Checkpointer {
             shard_id: &self.key.shard_id,
             checkpoint: &checkpoint.encode(),
             writes: count,
+            pipeline: self.pipeline.as_deref(),
         }
         .emit();
         self.stored = checkpoint;
@@ -610,6 +622,7 @@ impl Checkpointer {
             stream_arn: &self.key.stream,
             shard_id: &self.key.shard_id,
             checkpoint: &checkpoint.encode(),
+            pipeline: self.pipeline.as_deref(),
         }
         .emit();
         self.stored = lease.checkpoint;

@@ -141,6 +141,7 @@ impl<F: ProcessorFactory> Consumer<F> {
             worker_id: self.worker_id,
             telemetry: self.telemetry.clone(),
             pipelines: self.pipelines,
+            pipeline: None,
         };
         // Sets the lag gauges every second while the worker runs.
         let _lag_gauges =

@@ -8,6 +8,8 @@
 //! [`stream_label`]) where it applies, never shard ids (shards roll over every few hours,
 //! so per-shard series would grow without end); the worker is a global label of the
 //! exporter (`observability::serve_metrics`). Lag gauges are published by `lag.rs`.
+//! The delivery metrics of a named pipeline (`with_pipeline`) carry a `pipeline` label too
+//! (bounded: the names in the code); the one unnamed consumer's carry none.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,6 +18,22 @@ use metrics::{counter, gauge, histogram};
 
 use crate::stream_arn::stream_label;
 use crate::streams::ApiError;
+
+/// The labels of a delivery metric: the stream (when the metric has it) and the pipeline
+/// (when named).
+fn delivery_labels(
+    stream_arn: Option<&str>,
+    pipeline: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut labels = Vec::with_capacity(2);
+    if let Some(stream_arn) = stream_arn {
+        labels.push(("stream", stream_label(stream_arn).to_owned()));
+    }
+    if let Some(pipeline) = pipeline {
+        labels.push(("pipeline", pipeline.to_owned()));
+    }
+    labels
+}
 
 /// Something the consumer reports: a log line and its metric.
 pub(crate) trait Event {
@@ -51,6 +69,7 @@ pub(crate) struct BatchProcessed<'a> {
     pub behind_latest: Option<Duration>,
     /// How long `process` took.
     pub duration: Duration,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for BatchProcessed<'_> {
@@ -63,7 +82,7 @@ impl Event for BatchProcessed<'_> {
             took = ?self.duration,
             "batch processed"
         );
-        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        let labels = delivery_labels(Some(self.stream_arn), self.pipeline);
         counter!("ddb_stream_records_processed_total", &labels).increment(records as u64);
         counter!("ddb_stream_batches_processed_total", &labels).increment(1);
         histogram!("ddb_stream_batch_duration_seconds", &labels)
@@ -78,13 +97,18 @@ pub(crate) struct ProcessingFailed<'a> {
     /// Failed deliveries of this batch so far; 0 for a hook.
     pub attempt: u32,
     pub pause: Duration,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for ProcessingFailed<'_> {
     fn emit(self) {
         let (shard_id, error, attempt) = (self.shard_id, self.error, self.attempt);
         tracing::error!(shard_id, %error, attempt, pause = ?self.pause, "processing failed; the batch will be retried");
-        counter!("ddb_stream_processing_failures_total").increment(1);
+        counter!(
+            "ddb_stream_processing_failures_total",
+            &delivery_labels(None, self.pipeline)
+        )
+        .increment(1);
     }
 }
 
@@ -93,13 +117,18 @@ pub(crate) struct DecodeFailed<'a> {
     pub shard_id: &'a str,
     pub error: &'a crate::Error,
     pub pause: Duration,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for DecodeFailed<'_> {
     fn emit(self) {
         let (shard_id, error) = (self.shard_id, self.error);
         tracing::error!(shard_id, %error, pause = ?self.pause, "a record does not decode; the shard is held at that record and retried");
-        counter!("ddb_stream_decode_failures_total").increment(1);
+        counter!(
+            "ddb_stream_decode_failures_total",
+            &delivery_labels(None, self.pipeline)
+        )
+        .increment(1);
     }
 }
 
@@ -135,13 +164,14 @@ pub(crate) struct CheckpointWritten<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,
     pub checkpoint: &'a str,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for CheckpointWritten<'_> {
     fn emit(self) {
         let checkpoint = self.checkpoint;
         tracing::debug!(shard_id = self.shard_id, checkpoint, "checkpoint written");
-        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        let labels = delivery_labels(Some(self.stream_arn), self.pipeline);
         counter!("ddb_stream_checkpoints_total", &labels).increment(1);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -157,6 +187,7 @@ pub(crate) struct TransactionCommitted<'a> {
     pub checkpoint: &'a str,
     /// The staged writes in it (the checkpoint update not counted).
     pub writes: usize,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for TransactionCommitted<'_> {
@@ -168,13 +199,14 @@ impl Event for TransactionCommitted<'_> {
             writes,
             "transaction committed"
         );
-        let labels = [("stream", stream_label(self.stream_arn).to_owned())];
+        let labels = delivery_labels(Some(self.stream_arn), self.pipeline);
         counter!("ddb_stream_transactions_total", &labels).increment(1);
         counter!("ddb_stream_transaction_writes_total", &labels).increment(writes as u64);
         CheckpointWritten {
             stream_arn: self.stream_arn,
             shard_id: self.shard_id,
             checkpoint,
+            pipeline: self.pipeline,
         }
         .emit();
     }
@@ -243,14 +275,18 @@ pub(crate) struct RecordsFiltered<'a> {
     pub stream_arn: &'a str,
     pub shard_id: &'a str,
     pub records: usize,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for RecordsFiltered<'_> {
     fn emit(self) {
         let records = self.records;
         tracing::debug!(shard_id = self.shard_id, records, "records filtered out");
-        counter!("ddb_stream_records_filtered_total", "stream" => stream_label(self.stream_arn).to_owned())
-            .increment(records as u64);
+        counter!(
+            "ddb_stream_records_filtered_total",
+            &delivery_labels(Some(self.stream_arn), self.pipeline)
+        )
+        .increment(records as u64);
     }
 }
 
@@ -263,6 +299,7 @@ pub(crate) struct RecordsSkippedBeforeStart<'a> {
     pub records: usize,
     /// The last record skipped.
     pub last: &'a str,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for RecordsSkippedBeforeStart<'_> {
@@ -274,8 +311,11 @@ impl Event for RecordsSkippedBeforeStart<'_> {
             last = self.last,
             "records created before the shard's start time skipped"
         );
-        counter!("ddb_stream_records_skipped_before_start_total", "stream" => stream_label(self.stream_arn).to_owned())
-            .increment(records as u64);
+        counter!(
+            "ddb_stream_records_skipped_before_start_total",
+            &delivery_labels(Some(self.stream_arn), self.pipeline)
+        )
+        .increment(records as u64);
     }
 }
 
@@ -283,6 +323,7 @@ impl Event for RecordsSkippedBeforeStart<'_> {
 /// out) and go to the on-failure handler. Names shard and sequence numbers, never values.
 pub(crate) struct RecordsFailed<'a> {
     pub failed: &'a crate::failure::FailedRecords,
+    pub pipeline: Option<&'a str>,
 }
 
 impl Event for RecordsFailed<'_> {
@@ -302,8 +343,9 @@ impl Event for RecordsFailed<'_> {
             error = %failed.error,
             "records taken off the normal path; handing them to the on-failure handler"
         );
-        counter!("ddb_stream_records_failed_total", "stream" => stream_label(&failed.stream_arn).to_owned(), "reason" => reason)
-            .increment(failed.records.len() as u64);
+        let mut labels = delivery_labels(Some(&failed.stream_arn), self.pipeline);
+        labels.push(("reason", reason.to_owned()));
+        counter!("ddb_stream_records_failed_total", &labels).increment(failed.records.len() as u64);
     }
 }
 

@@ -31,6 +31,9 @@ pub(crate) struct Runtime<F> {
     pub budget: ByteBudget,
     /// The named pipelines (`with_pipeline`); empty: the one unnamed pipeline, `factory`.
     pub pipelines: Vec<Arc<dyn PipelineRunner>>,
+    /// The named pipeline this runtime delivers to (a session of `shard::pipelines`):
+    /// the `pipeline` label of its metrics. `None`: the one unnamed consumer.
+    pub pipeline: Option<String>,
 }
 
 /// One lease a task runs under, as the worker owned it when it started the task.
@@ -45,6 +48,11 @@ pub(crate) struct LeaseTask<F> {
 impl<F: ProcessorFactory> LeaseTask<F> {
     pub(crate) fn key(&self) -> &LeaseKey {
         &self.lease.key
+    }
+
+    /// The named pipeline the task delivers to, if any (its metrics label).
+    pub(crate) fn pipeline(&self) -> Option<&str> {
+        self.runtime.pipeline.as_deref()
     }
 
     /// What the processors of this lease are told about it.

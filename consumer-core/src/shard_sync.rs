@@ -8,6 +8,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::Result;
 use crate::retry;
+use crate::snapshot;
 use crate::start_time::InitialPosition;
 use crate::stream_arn::same_table;
 use crate::streams::{ApiError, ShardInfo, StreamsApi};
@@ -166,8 +167,14 @@ pub(crate) async fn sync_stream(
         create_lease_if_absent(store.as_ref(), &start).await?;
     }
     let mut root: Option<Checkpoint> = None;
+    // The stream's snapshot plan, read at the first root without a lease: such a root
+    // (its leases created by a `prepare` that stopped midway, or that another worker was
+    // still writing) starts like the ones `prepare` created, after every segment.
+    let mut snapshot: Option<Option<Lease>> = None;
+    // Leases created by this sync: a child's parent may be one of them.
+    let mut new: HashMap<LeaseKey, Lease> = HashMap::new();
     let mut created = 0;
-    for shard in &shards {
+    for shard in parents_first(&shards) {
         let key = LeaseKey::new(stream_arn, shard.shard_id.clone());
         if known.contains_key(&key) {
             continue;
@@ -176,13 +183,23 @@ pub(crate) async fn sync_stream(
             .parent_shard_id
             .as_ref()
             .map(|p| LeaseKey::new(stream_arn, p.clone()));
-        let parent = parent_key.as_ref().and_then(|k| known.get(k).copied());
+        let parent = parent_key
+            .as_ref()
+            .and_then(|k| known.get(k).copied().or_else(|| new.get(k)));
         let is_root = parent.is_none()
             && shard
                 .parent_shard_id
                 .as_ref()
                 .is_none_or(|p| !described.contains(p.as_str()));
+        if is_root && snapshot.is_none() {
+            snapshot = Some(snapshot_plan(store.as_ref(), stream_arn).await?);
+        }
+        let plan = snapshot
+            .as_ref()
+            .and_then(Option::as_ref)
+            .filter(|_| is_root);
         if is_root
+            && plan.is_none()
             && !first_sync
             && !reenabled
             && initial == InitialPosition::Latest
@@ -194,20 +211,23 @@ pub(crate) async fn sync_stream(
         if is_root {
             parents.extend(gates.iter().cloned());
         }
-        let lease = new_shard_lease(
-            api,
-            key,
-            initial_checkpoint(
+        let checkpoint = match plan {
+            Some(plan) => {
+                parents.extend(plan.parent_shard_ids.iter().cloned());
+                plan.checkpoint.clone()
+            }
+            None => initial_checkpoint(
                 shard,
                 first_sync,
                 initial,
                 parent,
                 root.as_ref().filter(|_| is_root),
             ),
-            parents,
-        );
+        };
+        let lease = new_shard_lease(api, key, checkpoint, parents);
         if create_lease_if_absent(store.as_ref(), &lease).await? {
             created += 1;
+            new.insert(lease.key.clone(), lease);
         } else if contention == Contention::Racing {
             tracing::debug!(
                 stream_arn,
@@ -240,6 +260,42 @@ pub(crate) async fn sync_stream(
         deleted,
         stopped_early: false,
     })
+}
+
+/// The snapshot plan of `stream_arn`, if it has one (a consistent read).
+async fn snapshot_plan(store: &dyn LeaseStore, stream_arn: &str) -> Result<Option<Lease>> {
+    let key = snapshot::plan_key(stream_arn);
+    Ok(
+        retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            store.get_lease(&key)
+        })
+        .await?,
+    )
+}
+
+/// `shards` with every shard after its parent (when its parent is listed), otherwise in
+/// DescribeStream order: leases are created in this order, so a sync that stops midway
+/// never leaves a child whose parent's lease is missing, which a scan would take for a
+/// finished parent and start the child before it.
+pub(crate) fn parents_first(shards: &[ShardInfo]) -> Vec<&ShardInfo> {
+    let by_id: HashMap<&str, &ShardInfo> =
+        shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
+    let mut placed: HashSet<&str> = HashSet::new();
+    let mut ordered = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let mut line = Vec::new();
+        let mut next = Some(shard);
+        while let Some(s) = next.filter(|s| !placed.contains(s.shard_id.as_str())) {
+            placed.insert(s.shard_id.as_str());
+            line.push(s);
+            next = s
+                .parent_shard_id
+                .as_deref()
+                .and_then(|p| by_id.get(p).copied());
+        }
+        ordered.extend(line.into_iter().rev());
+    }
+    ordered
 }
 
 /// Whether `stream` is another stream of `current`'s table: `current` is the table's

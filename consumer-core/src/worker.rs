@@ -96,6 +96,9 @@ struct State {
     tasks: JoinSet<(LeaseKey, ShardOutcome)>,
     /// Shards that failed: not restarted before this instant.
     retry_after: BTreeMap<LeaseKey, Instant>,
+    /// Failed shards whose copy in `mine` is older than what they wrote (this worker's own
+    /// checkpoints do not come back as hints): not restarted before a read refreshes them.
+    stale: BTreeSet<LeaseKey>,
     /// Leases of shards this incarnation finished: they stay owned (the leader gives a
     /// finished shard's children to its owner first) until shutdown releases them.
     finished: BTreeMap<LeaseKey, Ownership>,
@@ -125,6 +128,7 @@ impl State {
             running: BTreeMap::new(),
             tasks: JoinSet::new(),
             retry_after: BTreeMap::new(),
+            stale: BTreeSet::new(),
             finished: BTreeMap::new(),
             done_parents: BTreeSet::new(),
             leader_liveness: Liveness::new(failover_time),
@@ -453,6 +457,7 @@ impl<F: ProcessorFactory> Worker<F> {
         if state.incarnation.fenced.is_cancelled() {
             LeaseScanDiscarded {
                 took: started.elapsed(),
+                fenced: true,
             }
             .emit();
             return Ok(());
@@ -519,6 +524,7 @@ impl<F: ProcessorFactory> Worker<F> {
     async fn reconcile(&self, state: &mut State, lease: Lease) {
         let me = state.incarnation.id.clone();
         let key = lease.key.clone();
+        state.stale.remove(&key);
         if lease.checkpoint == Checkpoint::ShardEnd {
             state.done_parents.insert(key.clone());
         }
@@ -559,6 +565,7 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// A lease a hint named is gone: stop it if it runs here; as a parent, it is done.
     fn gone(&self, state: &mut State, key: &LeaseKey) {
+        state.stale.remove(key);
         if let Some(running) = state.running.get(key) {
             running.signals.lost.cancel();
         }
@@ -613,6 +620,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 lease_protocol::is_active(lease)
                     && lease.handoff_to.is_none()
                     && !state.running.contains_key(&lease.key)
+                    && !state.stale.contains(&lease.key)
                     && state
                         .retry_after
                         .get(&lease.key)
@@ -716,17 +724,16 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
             }
             ShardOutcome::LeaseLost => {
-                // A newer ownership of this lease that reached this worker while the old
-                // consumer stopped (the leader gave it back after an operator's reset, say)
-                // stays, and its consumer starts from the lease's checkpoint.
-                let newer = running.is_some_and(|old| {
-                    state
-                        .mine
-                        .get(&key)
-                        .and_then(Lease::ownership)
-                        .is_some_and(|now| now != old.ownership)
-                });
-                if newer {
+                // The lease may already be this worker's again under a new epoch (the
+                // leader took it back for it, e.g. after an operator's reset): that lease
+                // starts afresh from its own checkpoint; only the one that was lost goes.
+                let retaken = match (state.mine.get(&key), &running) {
+                    (Some(lease), Some(running)) => {
+                        lease.ownership().as_ref() != Some(&running.ownership)
+                    }
+                    _ => false,
+                };
+                if retaken {
                     self.start_ready(state, Instant::now());
                 } else {
                     state.mine.remove(&key);
@@ -735,7 +742,19 @@ impl<F: ProcessorFactory> Worker<F> {
             ShardOutcome::Failed(error) => {
                 let pause = self.shared.config.processing_backoff_max;
                 tracing::error!(lease = %key, %error, ?pause, "shard consumer failed; restarting it later");
-                state.retry_after.insert(key, Instant::now() + pause);
+                state
+                    .retry_after
+                    .insert(key.clone(), Instant::now() + pause);
+                // Restarted from the lease as read now, not as first taken (issue 15); if
+                // the read fails, the next self-audit refreshes it.
+                state.stale.insert(key.clone());
+                match self.shared.store.get_lease(&key).await {
+                    Ok(Some(lease)) => self.reconcile(state, lease).await,
+                    Ok(None) => self.gone(state, &key),
+                    Err(error) => {
+                        tracing::warn!(lease = %key, %error, "cannot read the failed shard's lease; it restarts after the next audit")
+                    }
+                }
             }
         }
     }

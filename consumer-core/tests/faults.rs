@@ -10,7 +10,7 @@ use std::time::Duration;
 use dynamodb_streams_consumer::streams::ApiErrorKind;
 use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimOperation, SimulatedStream};
 use dynamodb_streams_consumer::{Consumer, ProcessorFactory, TrimmedDataPolicy};
-use dynamodb_streams_leases::InMemoryLeaseStore;
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -326,4 +326,61 @@ async fn a_parent_missing_from_scans_holds_its_children_until_a_consistent_read_
     );
     stop.send(()).unwrap();
     worker.await.unwrap().unwrap();
+}
+
+/// Issue 15: a shard task that ends on an error is restarted by the same worker (the lease
+/// still its own) from the newest checkpoint, not from the lease as first taken: the
+/// worker's copy of the lease is not moved by its own checkpoint writes.
+#[tokio::test(start_paused = true)]
+async fn a_shard_restarted_after_an_error_resumes_at_its_latest_checkpoint() {
+    let sim = SimulatedStream::with_seed(12);
+    sim.add_table("t");
+    put(&sim, 0..100);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let seen = Seen::default();
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(store.clone())
+        .with_batch_limit(10)
+        .with_checkpoint_interval(Duration::ZERO)
+        .build(seen.factory())
+        .unwrap();
+    let (watched, faulty) = (seen.clone(), sim.clone());
+    let leases = store.clone();
+    tokio::time::timeout(
+        Duration::from_secs(3600),
+        consumer.run_until(async move {
+            // Everything delivered and checkpointed; then the shard's reads fail once (not
+            // a retryable error: the shard task ends) and more records come.
+            loop {
+                let listed = leases.list_leases().await.unwrap();
+                let checkpointed = listed
+                    .iter()
+                    .any(|l| matches!(l.checkpoint, Checkpoint::At(_)));
+                if watched.count() >= 100 && checkpointed {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            faulty.inject(SimOperation::GetRecords, ApiErrorKind::InvalidRequest, 1);
+            put(&faulty, 100..150);
+            while watched.count() < 150 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }),
+    )
+    .await
+    .expect("the consumer did not get there")
+    .unwrap();
+    assert_eq!(
+        sim.failures(SimOperation::GetRecords),
+        1,
+        "the injected failure happened"
+    );
+    assert_eq!(
+        seen.values(),
+        (0..150).collect::<Vec<_>>(),
+        "the restarted shard delivered nothing before its latest checkpoint again"
+    );
 }

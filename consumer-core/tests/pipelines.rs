@@ -490,3 +490,111 @@ async fn a_handoff_flushes_every_pipeline_and_the_new_owner_goes_on_from_each() 
     stop_b.send(()).unwrap();
     b.await.unwrap().unwrap();
 }
+
+/// A gauge's value in `snapshot`, of the series with exactly these labels besides `stream`.
+fn gauge_of(
+    snapshot: &[(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        metrics_util::debugging::DebugValue,
+    )],
+    name: &str,
+    pipeline: Option<&str>,
+) -> Option<f64> {
+    snapshot.iter().find_map(|(key, _, _, value)| {
+        let key = key.key();
+        let label = key
+            .labels()
+            .find(|l| l.key() == "pipeline")
+            .map(|l| l.value().to_owned());
+        match value {
+            metrics_util::debugging::DebugValue::Gauge(v)
+                if key.name() == name && label.as_deref() == pipeline =>
+            {
+                Some(v.into_inner())
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The lag gauges are per pipeline: a stuck pipeline shows with its name while the one
+/// that keeps up shows none; the delivery counters carry the pipeline label too.
+#[test]
+fn a_stuck_pipeline_shows_in_the_lag_gauges_by_its_name() {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let rows = 100;
+    // A thread-local recorder (the runtime runs every task on this thread).
+    let snapshot = metrics::with_local_recorder(&recorder, || {
+        runtime.block_on(async {
+            let sim = stream_with(rows);
+            let store = Arc::new(InMemoryLeaseStore::new());
+            let (fast, stuck) = (Log::default(), Log::default());
+            let consumer = builder(&sim, &store)
+                .with_pipeline("fast", tester(&fast, None, Duration::ZERO))
+                .with_pipeline("stuck", tester(&stuck, None, Duration::from_secs(3600)))
+                .build_pipelines()
+                .unwrap();
+            let taken = Arc::new(Mutex::new(None));
+            let (f, snapshotter, into) = (fast.clone(), snapshotter.clone(), taken.clone());
+            consumer
+                .run_until(async move {
+                    while (f.values().len() as u64) < rows {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    // Two publications of the gauges after the fast one caught up.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    *into.lock().unwrap() = Some(snapshotter.snapshot().into_vec());
+                })
+                .await
+                .unwrap();
+            assert!(stuck.values().len() < rows as usize, "stuck stayed behind");
+            taken.lock().unwrap().take().unwrap()
+        })
+    });
+    let behind = |pipeline| gauge_of(&snapshot, "ddb_stream_records_behind", pipeline);
+    assert!(
+        behind(Some("stuck")).unwrap() > 0.0,
+        "the stuck pipeline's records behind: {:?}",
+        behind(Some("stuck"))
+    );
+    assert_eq!(behind(Some("fast")), Some(0.0), "the fast one caught up");
+    assert_eq!(
+        behind(None),
+        None,
+        "no unlabelled series for named pipelines"
+    );
+    let millis = |pipeline| gauge_of(&snapshot, "ddb_stream_millis_behind_latest", pipeline);
+    assert!(millis(Some("stuck")).is_some());
+    assert_eq!(millis(Some("fast")), Some(0.0));
+    assert_eq!(
+        gauge_of(&snapshot, "ddb_stream_leases_owned", None),
+        Some(1.0),
+        "one shard, counted once"
+    );
+    let fast_processed: u64 = snapshot
+        .iter()
+        .filter(|(key, ..)| {
+            key.key().name() == "ddb_stream_records_processed_total"
+                && key
+                    .key()
+                    .labels()
+                    .any(|l| l.key() == "pipeline" && l.value() == "fast")
+        })
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => *n,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(
+        fast_processed, rows,
+        "the fast pipeline's records, labelled"
+    );
+}

@@ -43,7 +43,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
         return pipelines::run(task, signals).await;
     }
     let key = task.key().clone();
-    let _lag_tracked = task.runtime.telemetry.lag.track(&key);
+    let _lag_tracked = task.runtime.telemetry.lag.track(&key, None);
     let runtime = &task.runtime;
     let config = &runtime.config;
     let Some(start) = start_position(&task.lease.checkpoint) else {

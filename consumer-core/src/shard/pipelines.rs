@@ -133,6 +133,7 @@ impl<P: ProcessorFactory> PipelineRunner for Pipeline<P> {
             telemetry,
             budget,
             pipelines: Vec::new(),
+            pipeline: Some(self.name.clone()),
         });
         Box::pin(async move {
             let task = LeaseTask {
@@ -147,7 +148,14 @@ impl<P: ProcessorFactory> PipelineRunner for Pipeline<P> {
                 task.ownership.clone(),
                 task.lease.checkpoint.clone(),
                 task.runtime.config.checkpoint_interval,
-            );
+            )
+            .with_pipeline_label(task.pipeline());
+            // Each pipeline's lag is its own: the gauges name the one holding the read back.
+            let _lag_tracked = task
+                .runtime
+                .telemetry
+                .lag
+                .track(task.key(), task.pipeline());
             super::drive(&task, &signals, checkpointer, rx, ShardEnd).await
         })
     }
@@ -175,7 +183,6 @@ pub(crate) async fn run<F: ProcessorFactory>(
 ) -> ShardOutcome {
     let key = task.key().clone();
     let runtime = &task.runtime;
-    let _lag_tracked = runtime.telemetry.lag.track(&key);
     let pipelines = &runtime.pipelines;
     let names: Vec<String> = pipelines.iter().map(|p| p.name().to_owned()).collect();
 

@@ -91,7 +91,7 @@ impl<'s, F: ProcessorFactory> Progress<'s, F> {
     ) -> Result<(Vec<Arc<Record>>, Reservation), Interrupted> {
         let (records, reservation, end) = page.receive();
         let lag = &self.task.runtime.telemetry.lag;
-        lag.fetched(self.key(), &records);
+        lag.fetched(self.key(), self.task.pipeline(), &records);
         if let Some(end) = end
             && let Some(reached) = self.page_ends.taken_in(&records, end)
         {
@@ -120,7 +120,7 @@ impl<'s, F: ProcessorFactory> Progress<'s, F> {
         if let Some(last) = &last {
             self.checkpointer.delivered(last);
             let lag = &self.task.runtime.telemetry.lag;
-            lag.processed(self.key(), last);
+            lag.processed(self.key(), self.task.pipeline(), last);
         }
         if let Some(position) = scanned {
             self.checkpointer.scanned(position);

@@ -245,6 +245,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                         stream_arn: &self.key().stream,
                         shard_id: &self.key().shard_id,
                         records: filtered.len(),
+                        pipeline: self.task.pipeline(),
                     }
                     .emit();
                     let told = self.processor.records_filtered(&filtered);
@@ -435,6 +436,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 records: processed,
                 behind_latest,
                 duration: started.elapsed(),
+                pipeline: self.task.pipeline(),
             }
             .emit();
         }
@@ -501,6 +503,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             shard_id: &self.key().shard_id,
             records: skipped.len(),
             last: last.as_str(),
+            pipeline: self.task.pipeline(),
         }
         .emit();
         self.done(&skipped).await
@@ -522,6 +525,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 shard_id: &shard_id,
                 error: &error,
                 pause,
+                pipeline: self.task.pipeline(),
             }
             .emit();
             let told = self.processor.decode_failed(&error);
@@ -561,7 +565,11 @@ impl<F: ProcessorFactory> Session<'_, F> {
             error,
             records: records.to_vec(),
         };
-        RecordsFailed { failed: &failed }.emit();
+        RecordsFailed {
+            failed: &failed,
+            pipeline: self.task.pipeline(),
+        }
+        .emit();
         let told = self.processor.records_failed(&failed);
         self.callbacks.notify("records_failed", told).await?;
         let mut backoff = self.processing_backoff();
@@ -597,6 +605,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             error,
             attempt,
             pause,
+            pipeline: self.task.pipeline(),
         }
         .emit();
         self.callbacks.pause(pause).await

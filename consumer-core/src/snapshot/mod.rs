@@ -35,7 +35,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::{Error, Result};
 use crate::retry;
-use crate::shard_sync::{create_lease_if_absent, describe_all_shards};
+use crate::shard_sync::{create_lease_if_absent, describe_all_shards, parents_first};
 use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
@@ -234,6 +234,9 @@ pub(crate) async fn prepare(
             }
         }
     };
+    // Every segment lease was created before the first stream lease: the shard sync
+    // creates the stream leases still missing, at `Since(T0)` after every segment, as here.
+    // (Creating them here again could recreate segments deleted once finished.)
     if has_stream_leases {
         return Ok(());
     }
@@ -248,7 +251,7 @@ pub(crate) async fn prepare(
     }
     let shards = stream_shards(api, stream_arn, &table).await?;
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
-    for shard in &shards {
+    for shard in parents_first(&shards) {
         let mut parents: Vec<String> = shard.parent_shard_id.iter().cloned().collect();
         if !parents.iter().any(|p| described.contains(p.as_str())) {
             parents.extend(plan.parent_shard_ids.iter().cloned());
