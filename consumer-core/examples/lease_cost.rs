@@ -7,7 +7,9 @@
 //! eventually consistent reads, Scan rounded per 1 MB page; write units per 1 KB of the
 //! larger of before and after, failed conditions included) and every DynamoDB Streams
 //! request (GetRecords, GetShardIterator, DescribeStream). Idle: no writes to the table.
-//! Busy: every shard gets about one record a second. Figures are per hour.
+//! Busy: every shard gets about one record a second. Figures are per hour, and the
+//! hottest lease-table item's read and write units per second (one item lives on one
+//! partition, which serves 3,000 read and 1,000 write units a second).
 //!
 //! ```text
 //! cargo run --release -p dynamodb-streams-consumer --features testkit --example lease_cost -- --shards 1000 --workers 20
@@ -33,7 +35,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use dynamodb_streams_consumer::testkit::{
-    Billed, InstrumentedStore, SimConfig, SimOperation, SimulatedStream, StoreOp,
+    Billed, InstrumentedStore, ItemUnits, SimConfig, SimOperation, SimulatedStream, StoreOp,
 };
 use dynamodb_streams_consumer::{ChangeBatch, Consumer, processor_fn};
 use dynamodb_streams_leases::billing;
@@ -56,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     shards: u32,
     /// Workers sharing them.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=200))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
     workers: u16,
     /// Virtual minutes measured (after two minutes of settling); figures are scaled to an hour.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=600))]
@@ -64,8 +66,9 @@ struct Args {
     /// Also measure busy shards (one record per shard per second); slower.
     #[arg(long)]
     busy: bool,
-    /// Measure the chart's points instead: idle at 100/4, 1,000/20, 10,000/50 and 100 and
-    /// 10,000 shards at 20 workers; busy at 100/4 and 1,000/20 (per busy shard beyond that).
+    /// Measure the chart's points instead: idle at 100/4, 1,000/20, 10,000/50, 100 and
+    /// 10,000 shards at 20 workers, and 10,000 shards at 100, 200 and 1,000 workers; busy at
+    /// 100/4 and 1,000/20 (per busy shard beyond that).
     #[arg(long)]
     sweep: bool,
     /// Write the figures as CSV here too (input of the `cost_chart` example).
@@ -97,6 +100,39 @@ impl Cost {
     }
 }
 
+/// The hottest lease-table item over the measured window (ours; KCL's is not modeled per
+/// item): the most read and the most written, in units per second on average and in their
+/// busiest second.
+#[derive(Debug, Default)]
+struct Hottest {
+    reads: ItemUnits,
+    writes: ItemUnits,
+    seconds: f64,
+}
+
+impl Hottest {
+    fn of(items: &[ItemUnits], seconds: f64) -> Self {
+        let by = |units: fn(&ItemUnits) -> f64| {
+            items
+                .iter()
+                .max_by(|a, b| units(a).total_cmp(&units(b)))
+                .cloned()
+                .unwrap_or_default()
+        };
+        Hottest {
+            reads: by(|i| i.read_units),
+            writes: by(|i| i.write_units as f64),
+            seconds: seconds.max(1.0),
+        }
+    }
+    fn read_units_per_second(&self) -> f64 {
+        self.reads.read_units / self.seconds
+    }
+    fn write_units_per_second(&self) -> f64 {
+        self.writes.write_units as f64 / self.seconds
+    }
+}
+
 /// What one simulated run measured, per hour.
 #[derive(Debug)]
 struct Measured {
@@ -110,6 +146,7 @@ struct Measured {
     get_records: f64,
     checkpoints: f64,
     lease_size: usize,
+    hottest: Hottest,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -121,6 +158,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             (1000, 20, false),
             (10_000, 20, false),
             (10_000, 50, false),
+            (10_000, 100, false),
+            (10_000, 200, false),
+            (10_000, 1000, false),
             (100, 4, true),
             (1000, 20, true),
         ]
@@ -150,12 +190,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = &args.csv {
         let mut csv = String::from(
-            "shards,workers,load,protocol,read_units_per_hour,write_units_per_hour,streams_requests_per_hour,dollars_per_hour,dollars_per_month\n",
+            "shards,workers,load,protocol,read_units_per_hour,write_units_per_hour,streams_requests_per_hour,dollars_per_hour,dollars_per_month,hottest_item_read_units_per_second,hottest_item_write_units_per_second\n",
         );
         for m in &results {
             for (name, cost) in [("ours", m.ours), ("kcl", m.kcl)] {
+                // KCL's hottest item is not modeled: its columns stay empty.
+                let hottest = if name == "ours" {
+                    format!(
+                        "{:.1},{:.1}",
+                        m.hottest.read_units_per_second(),
+                        m.hottest.write_units_per_second()
+                    )
+                } else {
+                    String::from(",")
+                };
                 csv.push_str(&format!(
-                    "{},{},{},{name},{:.0},{:.0},{:.0},{:.5},{:.2}\n",
+                    "{},{},{},{name},{:.0},{:.0},{:.0},{:.5},{:.2},{hottest}\n",
                     m.shards,
                     m.workers,
                     if m.busy { "busy" } else { "idle" },
@@ -247,10 +297,13 @@ fn measure(
         let streams_before: u64 = streams_ops.iter().map(|op| sim.calls(*op)).sum();
         let records_before = sim.calls(SimOperation::GetRecords);
         let (calls_before, billed_before) = (store.calls(), store.billed());
+        store.reset_item_units();
         tokio::time::sleep(Duration::from_secs(60 * u64::from(minutes))).await;
         let streams = streams_ops.iter().map(|op| sim.calls(*op)).sum::<u64>() - streams_before;
         let get_records = sim.calls(SimOperation::GetRecords) - records_before;
         let (calls_after, billed_after) = (store.calls(), store.billed());
+        let (items, window) = store.item_units();
+        let hottest = Hottest::of(&items, window.as_secs_f64());
         if let Some(writer) = writer {
             writer.abort();
         }
@@ -304,6 +357,7 @@ fn measure(
             get_records: get_records as f64 * scale,
             checkpoints,
             lease_size,
+            hottest,
         })
     })
 }
@@ -372,6 +426,16 @@ fn print_run(m: &Measured, minutes: u32) {
         m.failed_conditions,
         m.lease_size
     );
+    let h = &m.hottest;
+    println!(
+        "hottest item: reads {:.1} units/s ({}; busiest second {:.1}), writes {:.1} units/s ({}; busiest second {})",
+        h.read_units_per_second(),
+        h.reads.item,
+        h.reads.peak_read_units,
+        h.write_units_per_second(),
+        h.writes.item,
+        h.writes.peak_write_units,
+    );
     let count = |op: StoreOp| m.calls.get(&op).copied().unwrap_or(0.0);
     println!(
         "lease changes per hour: {:.0} takes, {:.0} releases, {:.0} handoff requests; {:.0} lease scans, {:.0} membership reads, {:.0} heartbeats",
@@ -425,12 +489,12 @@ fn print_pipelines(one: &Measured, shared: &Measured, n: u16) {
 fn print_summary(results: &[Measured]) {
     println!("\n## Summary ($/month at on-demand prices; lease table + streams requests)\n");
     println!(
-        "| shards | workers | load | ours lease table | KCL lease table | ratio | ours total | KCL total |"
+        "| shards | workers | load | ours lease table | KCL lease table | ratio | ours total | KCL total | hottest item, ours (read / write units/s) |"
     );
-    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for m in results {
         println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {:.4} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.4} | {:.2} | {:.2} | {:.1} / {:.1} |",
             m.shards,
             m.workers,
             if m.busy { "busy" } else { "idle" },
@@ -439,6 +503,8 @@ fn print_summary(results: &[Measured]) {
             m.ours.lease_table_dollars() / m.kcl.lease_table_dollars(),
             m.ours.dollars() * HOURS_PER_MONTH,
             m.kcl.dollars() * HOURS_PER_MONTH,
+            m.hottest.read_units_per_second(),
+            m.hottest.write_units_per_second(),
         );
     }
     let idle = |shards: u32, workers: u16| {

@@ -25,7 +25,6 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::config::ConsumerConfig;
 use crate::error::Result;
-use crate::events::{Event, LeaseScanDiscarded};
 use crate::lease_protocol::{self, Liveness};
 use crate::shard_sync::{self, create_lease_if_absent};
 use crate::streams::StreamsApi;
@@ -187,15 +186,7 @@ impl Leader {
         let audit = now >= self.next_audit;
         let scan = audit || self.seen_version != Some(version) || std::mem::take(&mut self.rescan);
         if scan {
-            let started = Instant::now();
             let leases = env.store.list_leases().await?;
-            if env.me.is_empty() {
-                LeaseScanDiscarded {
-                    took: started.elapsed(),
-                    fenced: true,
-                }
-                .emit();
-            }
             self.leases = leases
                 .into_iter()
                 .filter(|l| {

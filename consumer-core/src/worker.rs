@@ -457,7 +457,6 @@ impl<F: ProcessorFactory> Worker<F> {
         if state.incarnation.fenced.is_cancelled() {
             LeaseScanDiscarded {
                 took: started.elapsed(),
-                fenced: true,
             }
             .emit();
             return Ok(());
