@@ -17,10 +17,11 @@ use crate::membership::{
 use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 
-/// Which checkpoint of a lease a transaction is conditional on and moves.
+/// Which checkpoint of a lease a transaction is conditional on and moves, and the value
+/// it must still hold (`None`: none for the pipeline yet).
 enum Slot<'a> {
-    Lease,
-    Pipeline(&'a str),
+    Lease(&'a Checkpoint),
+    Pipeline(&'a str, Option<&'a Checkpoint>),
 }
 
 /// A [`LeaseStore`] held in memory, with the same semantics as the DynamoDB store (the
@@ -107,7 +108,6 @@ impl InMemoryLeaseStore {
         key: &LeaseKey,
         ownership: &Ownership,
         slot: Slot<'_>,
-        previous: Option<&Checkpoint>,
         checkpoint: &Checkpoint,
         writes: &[aws_sdk_dynamodb::types::TransactWriteItem],
         update: impl FnOnce(&mut Lease),
@@ -117,9 +117,9 @@ impl InMemoryLeaseStore {
             return Err(Error::LeaseNotFound { key: key.clone() });
         };
         let owned = lease.is_owned_by(&ownership.owner) && lease.epoch == ownership.epoch;
-        let stored = match slot {
-            Slot::Lease => Some(lease.checkpoint.clone()),
-            Slot::Pipeline(name) => lease.pipelines.get(name).cloned(),
+        let (stored, previous) = match slot {
+            Slot::Lease(previous) => (Some(lease.checkpoint.clone()), Some(previous)),
+            Slot::Pipeline(name, previous) => (lease.pipelines.get(name).cloned(), previous),
         };
         if !owned {
             return Err(Error::LeaseLost {
@@ -531,8 +531,7 @@ impl LeaseStore for InMemoryLeaseStore {
         self.transact(
             key,
             ownership,
-            Slot::Lease,
-            Some(previous),
+            Slot::Lease(previous),
             checkpoint,
             &writes,
             |lease| lease.checkpoint = checkpoint.clone(),
@@ -558,8 +557,7 @@ impl LeaseStore for InMemoryLeaseStore {
         self.transact(
             key,
             ownership,
-            Slot::Pipeline(pipeline),
-            previous,
+            Slot::Pipeline(pipeline, previous),
             checkpoint,
             &writes,
             |lease| apply_pipeline_checkpoints(lease, update),
