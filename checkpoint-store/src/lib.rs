@@ -19,6 +19,7 @@ pub mod billing;
 mod checkpoint;
 mod dynamodb;
 mod error;
+mod item_tables;
 mod lease;
 mod membership;
 mod memory;
