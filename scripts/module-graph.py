@@ -11,7 +11,8 @@ only declared as `#[cfg(test)] mod x;`.
 
 Prints, per crate, the circles (strongly connected components of more than one file, each
 with the imports that close it), the imports that point up the layering (see LAYERS), and a
-summary line. Exits 1 when any crate has a circle; imports up are reported, not failed.
+summary line. Exits 1 when any crate has a circle that is not in KNOWN_CIRCLES (with its
+files exactly); imports up are reported, not failed.
 
     scripts/module-graph.py            # circles and imports up, exit 1 on a circle
     scripts/module-graph.py --edges    # also every file's imports
@@ -60,6 +61,24 @@ LAYERS = {
         # the stores, their billing model and transactions
         ["memory", "dynamodb", "dynamodb::*", "billing", "transaction", "conformance", "crate"],
     ],
+}
+
+
+# Circles known and not cut yet, each with why: one of exactly these files is reported, not
+# failed. Any other circle (a new one, or a known one that grew) fails. Cut, then delete.
+KNOWN_CIRCLES = {
+    "consumer-core": {
+        frozenset({"runtime.rs", "callback.rs", "shard/mod.rs", "shard/ending.rs",
+                   "shard/fetch.rs", "shard/pipelines.rs", "shard/progress.rs",
+                   "shard/session.rs"}):
+            "runtime.rs names shard/pipelines.rs's PipelineRunner (Runtime::pipelines), whose "
+            "Part holds the fetch task's pages; cut when shard/pipelines.rs settles (issue 16)",
+    },
+    "checkpoint-store": {
+        frozenset({"checkpoint.rs", "error.rs", "lease.rs", "sequence.rs"}):
+            "the model types and the crate's Error name each other (Error carries a LeaseKey, "
+            "SequenceNumber::parse returns Error) (issue 16)",
+    },
 }
 
 
@@ -391,13 +410,18 @@ def main():
         crate = Crate(name)
         graph = crate.edges()
         comps = circles(graph)
+        known = KNOWN_CIRCLES.get(name, {})
+        failing = [c for c in comps if frozenset(crate.rel(m) for m in c) not in known]
         up = [(a, b) for a in graph for b in graph[a] if crate.layer(b) > crate.layer(a)]
         n_edges = sum(len(v) for v in graph.values())
         print(f"{name}: {len(crate.files)} files, {n_edges} imports between files, "
-              f"{len(comps)} circles, {len(up)} imports up the layering")
+              f"{len(comps)} circles ({len(comps) - len(failing)} known), "
+              f"{len(up)} imports up the layering")
         for comp in comps:
             members = set(comp)
-            print("  circle: " + ", ".join(crate.rel(m) for m in comp))
+            why = known.get(frozenset(crate.rel(m) for m in comp))
+            label = f"known circle ({why})" if why else "circle"
+            print(f"  {label}: " + ", ".join(crate.rel(m) for m in comp))
             for a in comp:
                 for b, paths in sorted(graph[a].items()):
                     if b in members:
@@ -409,9 +433,9 @@ def main():
             for a in sorted(graph):
                 for b in sorted(graph[a]):
                     print(f"  {crate.rel(a)} -> {crate.rel(b)}")
-        total_circles += len(comps)
+        total_circles += len(failing)
     if total_circles:
-        print(f"module graph: {total_circles} circles between files (want none)")
+        print(f"module graph: {total_circles} circles between files that are not known (want none)")
         return 1
     return 0
 
