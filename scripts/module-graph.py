@@ -70,7 +70,7 @@ KNOWN_CIRCLES = {
     "consumer-core": {
         frozenset({"runtime.rs", "callback.rs", "shard/mod.rs", "shard/ending.rs",
                    "shard/fetch.rs", "shard/pipelines.rs", "shard/progress.rs",
-                   "shard/session.rs"}):
+                   "shard/session/mod.rs"}):
             "runtime.rs names shard/pipelines.rs's PipelineRunner (Runtime::pipelines), whose "
             "Part holds the fetch task's pages; cut when shard/pipelines.rs settles (issue 16)",
     },
