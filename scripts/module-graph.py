@@ -56,8 +56,8 @@ LAYERS = {
     "checkpoint-store": [
         # the model: positions, leases, the error that names them, how we call AWS
         ["sequence", "checkpoint", "error", "lease", "aws", "aws::*"],
-        # the store's contract and its coordination items
-        ["store", "membership", "pipeline"],
+        # the store's contract, its wrappers, its coordination items, in-memory item tables
+        ["store", "wrapper", "membership", "pipeline", "item_tables"],
         # the stores, their billing model and transactions
         ["memory", "dynamodb", "dynamodb::*", "billing", "transaction", "conformance", "crate"],
     ],
