@@ -35,7 +35,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::{Error, Result};
 use crate::retry;
-use crate::shard_sync::{create_lease_if_absent, describe_all_shards, parents_first};
+use crate::shard_graph::{create_lease_if_absent, describe_all_shards, parents_first};
 use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
