@@ -26,6 +26,7 @@ pub mod pipeline;
 mod sequence;
 mod store;
 pub mod transaction;
+mod wrapper;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -42,3 +43,4 @@ pub use memory::InMemoryLeaseStore;
 pub use pipeline::PipelineCheckpoints;
 pub use sequence::SequenceNumber;
 pub use store::LeaseStore;
+pub use wrapper::StoreWrapper;
