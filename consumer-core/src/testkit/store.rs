@@ -671,7 +671,11 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.checkpoint_pipelines(key, o, update).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
         self.answer(StoreOp::Checkpoint, result)
     }
     async fn remove_pipeline(
@@ -683,7 +687,11 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         self.pass(StoreOp::Checkpoint).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.remove_pipeline(key, pipeline, o).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
         self.answer(StoreOp::Checkpoint, result)
     }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
@@ -960,7 +968,11 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
             .await;
         let size = before.as_ref().map_or(0, billing::lease_item_size);
         self.bill(0.0, 2 * billing::write_units(size), result.is_err());
-        result
+        if result.is_ok() {
+            self.observed(StoreOp::Checkpoint, key, before.as_ref())
+                .await;
+        }
+        self.answer(StoreOp::Checkpoint, result)
     }
 }
 
