@@ -5,7 +5,12 @@
 //! stop gracefully and join; 1-3 tables with 1-3 shards each, split and rotated; a stream
 //! disabled and enabled again; records with repeated keys), the builder settings, the
 //! processor's behaviour per record and attempt (succeed, slow, fail, panic, hang, partial
-//! failures, checkpoints in the middle of `process`, manual checkpoints) and the faults.
+//! failures, checkpoints in the middle of `process`, manual checkpoints) and the faults;
+//! also snapshot-then-stream (segments, Scan page size, items written well before it
+//! begins and writes while the scan runs), exactly-once (every stream record stages a
+//! write counted in an item table of the in-memory store, committed with the checkpoint)
+//! and named pipelines (1-3, each with its own settings and handler, checked by an oracle
+//! of its own; with a snapshot only once `build_pipelines` accepts the combination).
 //! [`world`] runs the real `Consumer`s against the simulated stream and the in-memory
 //! lease store in paused time; [`oracle`] checks the invariants at every step and at the
 //! end. A failure prints the seed, the scenario, the broken invariant and the last events;

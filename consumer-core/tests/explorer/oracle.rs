@@ -14,9 +14,15 @@
 //!    worker for one shard never share an item (key partitions);
 //! 4. a checkpoint write never covers an unfinished record and never moves back, and a
 //!    deleted lease is never created again;
+//! 5. with staged writes, each record's write applied at most once, and once for every
+//!    record processed with `Ok` that the stored checkpoint covers;
 //! 6. (bounds on shutdown and calls: checked by the world);
 //! 7. no stream record reaches a processor before every snapshot segment of its stream
-//!    ended (checked once snapshots are drawn);
+//!    ended;
+//!
+//! With named pipelines, each pipeline has its own oracle (sharing one journal): it sees
+//! only its pipeline's calls and handler, and judges the pipeline's own checkpoint (its
+//! attribute of the lease item), so every invariant holds per pipeline.
 //! 8. (drain after the last fault: checked by the world).
 
 use std::collections::{BTreeMap, BTreeSet};
