@@ -152,6 +152,8 @@ struct State {
     plans: BTreeMap<String, Vec<String>>,
     /// Segment leases seen at `ShardEnd`.
     segments_ended: BTreeSet<LeaseKey>,
+    /// Deliveries of each snapshot item so far, by (stream, segment, key).
+    snapshot_attempts: BTreeMap<(String, String, String), u32>,
 }
 
 /// Shared by the world, the processors, the handler and every worker's store link.
@@ -281,6 +283,7 @@ impl Oracle {
                 handler_calls: BTreeMap::new(),
                 plans: BTreeMap::new(),
                 segments_ended: BTreeSet::new(),
+                snapshot_attempts: BTreeMap::new(),
             })),
         }
     }
@@ -381,7 +384,7 @@ impl Oracle {
 
     /// A `process` call starts; `owns` says whether the lease table names its caller as
     /// the owner at this epoch. Returns the call's id and each change's attempt number
-    /// (1 for a first delivery; 0 for a snapshot change).
+    /// (1 for a first delivery; snapshot items are counted per segment and key).
     pub fn call_started(
         &self,
         ctx: &ShardContext,
@@ -467,7 +470,14 @@ impl Oracle {
         let mut problems = Vec::new();
         for (j, change) in changes.iter().enumerate() {
             if change.kind == ChangeKind::Snapshot {
-                attempts.push(0);
+                let item = (
+                    ctx.stream_arn.clone(),
+                    ctx.shard_id.clone(),
+                    change.key.clone(),
+                );
+                let n = state.snapshot_attempts.entry(item).or_default();
+                *n += 1;
+                attempts.push(*n);
                 continue;
             }
             let Some(&i) = state.by_seq.get(change.seq.as_str()) else {

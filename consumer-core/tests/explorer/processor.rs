@@ -278,10 +278,13 @@ impl RecordProcessor for Processor {
         if ex.per_mille("mid-flush", &call_key, b.mid_flush_per_mille) {
             let _ = checkpointer.flush().await;
         }
+        // Snapshot items (no event id) do not misbehave; their attempt numbers only vary
+        // the call's draws, so a slow one is not slow on every redelivery.
         let bad = ids
             .iter()
             .zip(&attempts)
             .enumerate()
+            .filter(|(j, _)| batch.changes[*j].kind != ChangeKind::Snapshot)
             .find_map(|(j, (event_id, attempt))| {
                 ex.misbehaves(event_id, *attempt).map(|bad| (j, bad))
             });
