@@ -19,6 +19,7 @@ pub mod billing;
 mod checkpoint;
 mod dynamodb;
 mod error;
+mod item_tables;
 mod lease;
 mod membership;
 mod memory;
@@ -26,6 +27,7 @@ pub mod pipeline;
 mod sequence;
 mod store;
 pub mod transaction;
+mod wrapper;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -42,3 +44,4 @@ pub use memory::InMemoryLeaseStore;
 pub use pipeline::PipelineCheckpoints;
 pub use sequence::SequenceNumber;
 pub use store::LeaseStore;
+pub use wrapper::StoreWrapper;

@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use dynamodb_streams_leases::{
-    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
-    PipelineCheckpoints, Result, WorkerRecord,
+    Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, PipelineCheckpoints, Result,
 };
 use tokio::sync::Notify;
 
@@ -133,6 +132,14 @@ impl AnnouncingStore {
         }
         result
     }
+
+    /// A checkpoint write announces a change when it ends the shard (`SHARD_END`).
+    fn announced_if_end<T>(&self, position: &Checkpoint, result: Result<T>) -> Result<T> {
+        if *position == Checkpoint::ShardEnd {
+            return self.announced(result);
+        }
+        result
+    }
 }
 
 impl fmt::Debug for AnnouncingStore {
@@ -143,19 +150,13 @@ impl fmt::Debug for AnnouncingStore {
     }
 }
 
+// The writes that change ownership mark a change; everything else is the wrapped store's.
 #[async_trait]
-impl LeaseStore for AnnouncingStore {
-    async fn ensure_table(&self) -> Result<()> {
-        self.inner.ensure_table().await
-    }
-    async fn list_leases(&self) -> Result<Vec<Lease>> {
-        self.inner.list_leases().await
-    }
-    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
-        self.inner.get_lease(key).await
-    }
-    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
-        self.inner.get_leases(keys).await
+impl dynamodb_streams_leases::StoreWrapper for AnnouncingStore {
+    type Inner = dyn LeaseStore;
+
+    fn wrapped(&self) -> &Self::Inner {
+        &*self.inner
     }
     async fn create_lease(&self, lease: &Lease) -> Result<()> {
         let created = self.announced(self.inner.create_lease(lease).await);
@@ -179,10 +180,7 @@ impl LeaseStore for AnnouncingStore {
     }
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
         let written = self.inner.checkpoint(key, o, c).await;
-        if *c == Checkpoint::ShardEnd {
-            return self.announced(written);
-        }
-        written
+        self.announced_if_end(c, written)
     }
     async fn checkpoint_pipelines(
         &self,
@@ -191,18 +189,7 @@ impl LeaseStore for AnnouncingStore {
         update: &PipelineCheckpoints,
     ) -> Result<Lease> {
         let written = self.inner.checkpoint_pipelines(key, o, update).await;
-        if update.read_position == Checkpoint::ShardEnd {
-            return self.announced(written);
-        }
-        written
-    }
-    async fn remove_pipeline(
-        &self,
-        key: &LeaseKey,
-        pipeline: &str,
-        o: Option<&Ownership>,
-    ) -> Result<Lease> {
-        self.inner.remove_pipeline(key, pipeline, o).await
+        self.announced_if_end(&update.read_position, written)
     }
     async fn checkpoint_pipeline_with_writes(
         &self,
@@ -217,68 +204,7 @@ impl LeaseStore for AnnouncingStore {
             .inner
             .checkpoint_pipeline_with_writes(key, ownership, pipeline, previous, update, writes)
             .await;
-        if update.read_position == Checkpoint::ShardEnd {
-            return self.announced(written);
-        }
-        written
-    }
-    async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
-        self.announced(self.inner.release_lease(key, o).await)
-    }
-    async fn reset_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        c: &Checkpoint,
-    ) -> Result<Lease> {
-        // Bumps the version itself (an operator's move).
-        self.inner.reset_lease(key, seen_owner, seen_epoch, c).await
-    }
-    async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
-        self.announced(self.inner.request_handoff(key, o, to).await)
-    }
-    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.announced(self.inner.delete_lease(key).await)
-    }
-    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
-        self.inner.heartbeat(worker_id, ttl).await
-    }
-    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
-        self.inner.snapshot().await
-    }
-    async fn membership(&self) -> Result<Membership> {
-        self.inner.membership().await
-    }
-    async fn coordination(&self) -> Result<Coordination> {
-        self.inner.coordination().await
-    }
-    async fn bump_leases_version(&self) -> Result<u64> {
-        self.inner.bump_leases_version().await
-    }
-    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.inner.delete_worker(worker_id).await
-    }
-    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
-        self.inner.remove_worker(worker_id, seen).await
-    }
-    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
-        self.inner.claim_leadership(worker_id, replacing).await
-    }
-    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
-        self.inner.renew_leadership(worker_id, workers).await
-    }
-    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
-        self.inner.resign_leadership(worker_id).await
-    }
-    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
-        self.inner.notify(worker_id, keys).await
-    }
-    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
-        self.inner.notices(worker_id).await
-    }
-    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
-        self.inner.clear_notices(worker_id, notices).await
+        self.announced_if_end(&update.read_position, written)
     }
     async fn checkpoint_with_writes(
         &self,
@@ -292,13 +218,17 @@ impl LeaseStore for AnnouncingStore {
             .inner
             .checkpoint_with_writes(key, ownership, previous, checkpoint, writes)
             .await;
-        if *checkpoint == Checkpoint::ShardEnd {
-            return self.announced(written);
-        }
-        written
+        self.announced_if_end(checkpoint, written)
     }
-    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
-        self.inner.key_attribute_names(table).await
+    async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
+        self.announced(self.inner.release_lease(key, o).await)
+    }
+    // `reset_lease` is forwarded unmarked: it bumps the version itself (an operator's move).
+    async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
+        self.announced(self.inner.request_handoff(key, o, to).await)
+    }
+    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
+        self.announced(self.inner.delete_lease(key).await)
     }
 }
 

@@ -16,8 +16,7 @@ use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, RecordProcessor, ShardContext,
 };
 use dynamodb_streams_leases::{
-    Checkpoint, Coordination, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore, Notice, Ownership,
-    PipelineCheckpoints, SequenceNumber,
+    Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore, Ownership, SequenceNumber,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,152 +35,11 @@ struct TransactionalStore {
 }
 
 #[async_trait::async_trait]
-impl LeaseStore for TransactionalStore {
-    async fn ensure_table(&self) -> dynamodb_streams_leases::Result<()> {
-        self.inner.ensure_table().await
-    }
-    async fn list_leases(&self) -> dynamodb_streams_leases::Result<Vec<Lease>> {
-        self.inner.list_leases().await
-    }
-    async fn get_lease(&self, key: &LeaseKey) -> dynamodb_streams_leases::Result<Option<Lease>> {
-        self.inner.get_lease(key).await
-    }
-    async fn create_lease(&self, lease: &Lease) -> dynamodb_streams_leases::Result<()> {
-        self.inner.create_lease(lease).await
-    }
-    async fn take_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        new_owner: &str,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner
-            .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await
-    }
-    async fn checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        checkpoint: &Checkpoint,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner.checkpoint(key, ownership, checkpoint).await
-    }
-    async fn coordination(&self) -> dynamodb_streams_leases::Result<Coordination> {
-        self.inner.coordination().await
-    }
-    async fn remove_worker(
-        &self,
-        worker_id: &str,
-        seen: u64,
-    ) -> dynamodb_streams_leases::Result<bool> {
-        self.inner.remove_worker(worker_id, seen).await
-    }
-    async fn claim_leadership(
-        &self,
-        worker_id: &str,
-        replacing: Option<&str>,
-    ) -> dynamodb_streams_leases::Result<bool> {
-        self.inner.claim_leadership(worker_id, replacing).await
-    }
-    async fn renew_leadership(
-        &self,
-        worker_id: &str,
-        workers: u64,
-    ) -> dynamodb_streams_leases::Result<bool> {
-        self.inner.renew_leadership(worker_id, workers).await
-    }
-    async fn resign_leadership(&self, worker_id: &str) -> dynamodb_streams_leases::Result<()> {
-        self.inner.resign_leadership(worker_id).await
-    }
-    async fn notify(
-        &self,
-        worker_id: &str,
-        keys: &[LeaseKey],
-    ) -> dynamodb_streams_leases::Result<()> {
-        self.inner.notify(worker_id, keys).await
-    }
-    async fn notices(&self, worker_id: &str) -> dynamodb_streams_leases::Result<Vec<Notice>> {
-        self.inner.notices(worker_id).await
-    }
-    async fn clear_notices(
-        &self,
-        worker_id: &str,
-        notices: &[Notice],
-    ) -> dynamodb_streams_leases::Result<()> {
-        self.inner.clear_notices(worker_id, notices).await
-    }
-    async fn checkpoint_pipelines(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        update: &PipelineCheckpoints,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner
-            .checkpoint_pipelines(key, ownership, update)
-            .await
-    }
-    async fn remove_pipeline(
-        &self,
-        key: &LeaseKey,
-        pipeline: &str,
-        ownership: Option<&Ownership>,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner.remove_pipeline(key, pipeline, ownership).await
-    }
-    async fn release_lease(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner.release_lease(key, ownership).await
-    }
-    async fn reset_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        checkpoint: &Checkpoint,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner
-            .reset_lease(key, seen_owner, seen_epoch, checkpoint)
-            .await
-    }
-    async fn request_handoff(
-        &self,
-        key: &LeaseKey,
-        current: &Ownership,
-        requester: &str,
-    ) -> dynamodb_streams_leases::Result<Lease> {
-        self.inner.request_handoff(key, current, requester).await
-    }
-    async fn delete_lease(&self, key: &LeaseKey) -> dynamodb_streams_leases::Result<()> {
-        self.inner.delete_lease(key).await
-    }
-    async fn heartbeat(
-        &self,
-        worker_id: &str,
-        ttl: Duration,
-    ) -> dynamodb_streams_leases::Result<dynamodb_streams_leases::WorkerRecord> {
-        self.inner.heartbeat(worker_id, ttl).await
-    }
-    async fn snapshot(
-        &self,
-    ) -> dynamodb_streams_leases::Result<(Vec<Lease>, Vec<dynamodb_streams_leases::WorkerRecord>)>
-    {
-        self.inner.snapshot().await
-    }
-    async fn membership(
-        &self,
-    ) -> dynamodb_streams_leases::Result<dynamodb_streams_leases::Membership> {
-        self.inner.membership().await
-    }
-    async fn bump_leases_version(&self) -> dynamodb_streams_leases::Result<u64> {
-        self.inner.bump_leases_version().await
-    }
-    async fn delete_worker(&self, worker_id: &str) -> dynamodb_streams_leases::Result<()> {
-        self.inner.delete_worker(worker_id).await
+impl dynamodb_streams_leases::StoreWrapper for TransactionalStore {
+    type Inner = InMemoryLeaseStore;
+
+    fn wrapped(&self) -> &Self::Inner {
+        &self.inner
     }
     async fn checkpoint_with_writes(
         &self,

@@ -16,13 +16,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use dynamodb_streams_leases::pipeline::slowest;
 use dynamodb_streams_leases::{
-    Checkpoint, Coordination, Lease, LeaseKey, LeaseStore, Membership, Notice, Ownership,
-    PipelineCheckpoints, Result, SequenceNumber, WorkerRecord,
+    Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, PipelineCheckpoints, Result, SequenceNumber,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -552,33 +551,11 @@ struct PipelineStore {
 }
 
 #[async_trait]
-impl LeaseStore for PipelineStore {
-    async fn ensure_table(&self) -> Result<()> {
-        self.inner.ensure_table().await
-    }
+impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
+    type Inner = dyn LeaseStore;
 
-    async fn list_leases(&self) -> Result<Vec<Lease>> {
-        self.inner.list_leases().await
-    }
-
-    async fn get_lease(&self, key: &LeaseKey) -> Result<Option<Lease>> {
-        self.inner.get_lease(key).await
-    }
-
-    async fn create_lease(&self, lease: &Lease) -> Result<()> {
-        self.inner.create_lease(lease).await
-    }
-
-    async fn take_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        new_owner: &str,
-    ) -> Result<Lease> {
-        self.inner
-            .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await
+    fn wrapped(&self) -> &Self::Inner {
+        &*self.inner
     }
 
     /// The pipeline's checkpoint, with the read position, in one conditional write. The
@@ -604,112 +581,11 @@ impl LeaseStore for PipelineStore {
         Ok(lease)
     }
 
-    async fn checkpoint_pipelines(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        update: &PipelineCheckpoints,
-    ) -> Result<Lease> {
-        self.inner
-            .checkpoint_pipelines(key, ownership, update)
-            .await
-    }
-
-    async fn remove_pipeline(
-        &self,
-        key: &LeaseKey,
-        pipeline: &str,
-        ownership: Option<&Ownership>,
-    ) -> Result<Lease> {
-        self.inner.remove_pipeline(key, pipeline, ownership).await
-    }
-
-    async fn coordination(&self) -> Result<Coordination> {
-        self.inner.coordination().await
-    }
-
-    async fn remove_worker(&self, worker_id: &str, seen: u64) -> Result<bool> {
-        self.inner.remove_worker(worker_id, seen).await
-    }
-
-    async fn claim_leadership(&self, worker_id: &str, replacing: Option<&str>) -> Result<bool> {
-        self.inner.claim_leadership(worker_id, replacing).await
-    }
-
-    async fn renew_leadership(&self, worker_id: &str, workers: u64) -> Result<bool> {
-        self.inner.renew_leadership(worker_id, workers).await
-    }
-
-    async fn resign_leadership(&self, worker_id: &str) -> Result<()> {
-        self.inner.resign_leadership(worker_id).await
-    }
-
-    async fn notify(&self, worker_id: &str, keys: &[LeaseKey]) -> Result<()> {
-        self.inner.notify(worker_id, keys).await
-    }
-
-    async fn notices(&self, worker_id: &str) -> Result<Vec<Notice>> {
-        self.inner.notices(worker_id).await
-    }
-
-    async fn clear_notices(&self, worker_id: &str, notices: &[Notice]) -> Result<()> {
-        self.inner.clear_notices(worker_id, notices).await
-    }
-
-    async fn get_leases(&self, keys: &[LeaseKey]) -> Result<Vec<Lease>> {
-        self.inner.get_leases(keys).await
-    }
-
     /// Deferred: the lease is released once every pipeline of the shard stopped.
     async fn release_lease(&self, _key: &LeaseKey, _ownership: &Ownership) -> Result<Lease> {
         let mut lease = self.lease.clone();
         lease.handoff_to = None;
         Ok(lease)
-    }
-
-    async fn reset_lease(
-        &self,
-        key: &LeaseKey,
-        seen_owner: Option<&str>,
-        seen_epoch: u64,
-        checkpoint: &Checkpoint,
-    ) -> Result<Lease> {
-        self.inner
-            .reset_lease(key, seen_owner, seen_epoch, checkpoint)
-            .await
-    }
-
-    async fn request_handoff(
-        &self,
-        key: &LeaseKey,
-        current: &Ownership,
-        requester: &str,
-    ) -> Result<Lease> {
-        self.inner.request_handoff(key, current, requester).await
-    }
-
-    async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.inner.delete_lease(key).await
-    }
-
-    async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
-        self.inner.heartbeat(worker_id, ttl).await
-    }
-
-    async fn snapshot(&self) -> Result<(Vec<Lease>, Vec<WorkerRecord>)> {
-        self.inner.snapshot().await
-    }
-
-    async fn membership(&self) -> Result<Membership> {
-        self.inner.membership().await
-    }
-
-    async fn bump_leases_version(&self) -> Result<u64> {
-        self.inner.bump_leases_version().await
-    }
-
-    async fn delete_worker(&self, worker_id: &str) -> Result<()> {
-        self.inner.delete_worker(worker_id).await
     }
 
     /// Exactly-once per pipeline: the transaction's condition is on the pipeline's own
@@ -735,9 +611,5 @@ impl LeaseStore for PipelineStore {
             .await?;
         self.positions.written(&self.name, checkpoint);
         Ok(())
-    }
-
-    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
-        self.inner.key_attribute_names(table).await
     }
 }

@@ -40,6 +40,8 @@ use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
+#[cfg(feature = "testkit")]
+pub(crate) use scan::{PageRequest, ScanPage, to_stream_item};
 
 /// How long DynamoDB Streams keeps a record: a snapshot that takes longer than this (minus
 /// the creation-time margin) cannot be followed by the stream without a gap.
@@ -108,6 +110,18 @@ impl SnapshotConfig {
     /// How often a running segment logs the snapshot's progress. Default: 30 s.
     pub fn with_progress_interval(mut self, interval: Duration) -> Self {
         self.progress_interval = interval;
+        self
+    }
+
+    /// Reads the simulated tables of `tables` instead of DynamoDB (simulation tests): the
+    /// snapshot scans the items the simulation's writes left, as they are when each page is
+    /// read, and holds while the worker is paused.
+    #[cfg(feature = "testkit")]
+    pub fn with_simulated_tables(
+        mut self,
+        tables: crate::testkit::PausableStreams<crate::testkit::SimulatedStream>,
+    ) -> Self {
+        self.scanner = Some(Arc::new(tables));
         self
     }
 

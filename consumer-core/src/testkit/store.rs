@@ -566,7 +566,12 @@ impl<S: ?Sized> fmt::Debug for InstrumentedStore<S> {
 }
 
 #[async_trait]
-impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
+impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for InstrumentedStore<S> {
+    type Inner = S;
+
+    fn wrapped(&self) -> &Self::Inner {
+        &self.inner
+    }
     async fn ensure_table(&self) -> Result<()> {
         self.pass(StoreOp::EnsureTable).await?;
         self.inner.ensure_table().await
@@ -956,9 +961,6 @@ impl<S: LeaseStore + ?Sized> LeaseStore for InstrumentedStore<S> {
         let size = before.as_ref().map_or(0, billing::lease_item_size);
         self.bill(0.0, 2 * billing::write_units(size), result.is_err());
         result
-    }
-    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
-        self.inner.key_attribute_names(table).await
     }
 }
 

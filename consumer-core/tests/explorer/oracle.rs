@@ -66,6 +66,8 @@ struct Rec {
     /// Calls that included it, and those that failed.
     attempts: u32,
     failed_calls: u32,
+    /// It went to the on-failure handler at least once.
+    handled: bool,
 }
 
 /// One change of a batch, as the processor saw it.
@@ -106,6 +108,9 @@ pub struct Rules {
     pub creation_time_margin: Duration,
     pub filter_modulus: Option<u64>,
     pub max_record_age: Option<Duration>,
+    /// Snapshot, then stream: an item whose last record the stream skipped (written before
+    /// the snapshot began) must reach the sink through the snapshot.
+    pub snapshot: bool,
 }
 
 struct State {
@@ -133,6 +138,10 @@ struct State {
     /// The item as a sink applying every successful batch has it: `Some(n)` or deleted.
     sink: BTreeMap<(String, String), Option<u64>>,
     handler_calls: BTreeMap<String, u32>,
+    /// Snapshot plans seen in the lease table: stream ARN -> its segment ids.
+    plans: BTreeMap<String, Vec<String>>,
+    /// Segment leases seen at `ShardEnd`.
+    segments_ended: BTreeSet<LeaseKey>,
 }
 
 /// Shared by the world, the processors, the handler and every worker's store link.
@@ -242,6 +251,8 @@ impl Oracle {
                 paused: BTreeSet::new(),
                 sink: BTreeMap::new(),
                 handler_calls: BTreeMap::new(),
+                plans: BTreeMap::new(),
+                segments_ended: BTreeSet::new(),
             })),
         }
     }
@@ -322,6 +333,7 @@ impl Oracle {
             finished: None,
             attempts: 0,
             failed_calls: 0,
+            handled: false,
         });
     }
 
@@ -373,6 +385,21 @@ impl Oracle {
                     ctx.lease_owner, ctx.shard_id, ctx.lease_epoch
                 ),
             );
+        }
+        // Invariant 7: no stream record before every segment of the stream's snapshot ended.
+        if changes.iter().any(|c| c.kind != ChangeKind::Snapshot)
+            && let Some(segments) = state.plans.get(&ctx.stream_arn)
+            && let Some(open) = segments.iter().find(|segment| {
+                !state
+                    .segments_ended
+                    .contains(&LeaseKey::new(ctx.stream_arn.clone(), (*segment).clone()))
+            })
+        {
+            let detail = format!(
+                "{} got stream records of {} (call {id}) while snapshot segment {open} had not ended",
+                ctx.lease_owner, ctx.shard_id
+            );
+            state.violate("7 snapshot first", detail);
         }
         // Invariant 3: no other worker's call on this shard; none of ours on these items.
         let mut problems = Vec::new();
@@ -560,6 +587,7 @@ impl Oracle {
                     now
                 ));
             }
+            state.records[i].handled = true;
             state.finish(i, Finished::Handler(failed.reason));
         }
         for problem in problems {
@@ -643,6 +671,46 @@ impl Oracle {
         self.state().calls.len()
     }
 
+    /// Invariant 5 with staged writes: `applied` says how many times the write staged for
+    /// a record (by sequence number) was applied. Never twice; at the end, once for every
+    /// record that was processed with `Ok` (never handed to the handler) and that the
+    /// stored checkpoint covers.
+    pub fn check_applied(&self, applied: impl Fn(&str) -> u64, end: bool) {
+        let mut state = self.state();
+        let mut problems = Vec::new();
+        for i in 0..state.records.len() {
+            let rec = &state.records[i];
+            let n = applied(rec.seq.as_str());
+            let key = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
+            if n > 1 {
+                problems.push(format!(
+                    "the writes of {} were applied {n} times",
+                    state.describe(i)
+                ));
+            } else if end
+                && n == 0
+                && rec.finished == Some(Finished::Ok)
+                && !rec.handled
+                && !state.passed_by_rule(i)
+                && state.covers(&key, &rec.seq)
+            {
+                problems.push(format!(
+                    "the checkpoint covers {}, processed with Ok, but its writes were never applied",
+                    state.describe(i)
+                ));
+            }
+        }
+        if end {
+            let applied: u64 = state.records.iter().map(|r| applied(r.seq.as_str())).sum();
+            state
+                .journal
+                .push(format!("staged writes applied: {applied}"));
+        }
+        for problem in problems {
+            state.violate("5 exactly once", problem);
+        }
+    }
+
     /// Invariant 2's sink check, given the table's item `n` (or `None`) per (table, key).
     pub fn check_sink(&self, table_item: impl Fn(&str, &str) -> Option<u64>) {
         let mut state = self.state();
@@ -654,8 +722,16 @@ impl Oracle {
             let rec = &state.records[last];
             let shard = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
             // A shard whose checkpoint lags may be delivered again from it: the sink holds
-            // what the last (partial) redelivery left.
-            if rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq) {
+            // what the last (partial) redelivery left. With a snapshot, an item whose last
+            // record the stream skipped (before the snapshot began) came through the scan.
+            let through_snapshot = state.rules.snapshot
+                && rec.finished.is_none()
+                && !rec.filtered
+                && state.passed_by_rule(last)
+                && state.plans.contains_key(&rec.stream);
+            if !through_snapshot
+                && (rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq))
+            {
                 continue;
             }
             let sink = state
@@ -703,6 +779,19 @@ impl StoreObserver for Oracle {
         state
             .journal
             .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
+        if let (Some(stream), Some(plan)) = (key.shard_id.strip_prefix("snapshot|"), after)
+            && key.is_coordination()
+        {
+            state
+                .plans
+                .entry(stream.to_owned())
+                .or_insert_with(|| plan.parent_shard_ids.clone());
+        }
+        if dynamodb_streams_consumer::snapshot::is_segment(key)
+            && after.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
+        {
+            state.segments_ended.insert(key.clone());
+        }
         if key.is_coordination() || dynamodb_streams_consumer::snapshot::is_segment(key) {
             return;
         }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{AttributeValue as TableValue, TransactWriteItem, Update};
 use aws_sdk_dynamodbstreams::types::Record;
 use dynamodb_streams_consumer::streams::StreamsApi;
 use dynamodb_streams_consumer::testkit::{PauseSwitch, SimulatedStream};
@@ -53,7 +54,13 @@ pub struct Explorer {
     pub auto_checkpoint: bool,
     pub handler_failures: u32,
     pub switch: PauseSwitch,
+    /// Stage one write per stream record (exactly-once).
+    pub staged_writes: bool,
 }
+
+/// The item table staged writes go to: one item per record (`id` = its sequence number)
+/// whose `n` counts how many times its write was applied.
+pub const APPLIED_TABLE: &str = "applied";
 
 /// A number drawn for `what` of `parts` in the run of `seed`.
 fn draw(seed: u64, what: &str, parts: &[&[u8]]) -> u64 {
@@ -211,6 +218,40 @@ impl RecordProcessor for Processor {
         };
         // A paused worker's call was made, but runs only once the worker does.
         ex.switch.running().await;
+        if ex.staged_writes {
+            for change in batch
+                .changes
+                .iter()
+                .filter(|c| c.kind != ChangeKind::Snapshot)
+            {
+                let write = Update::builder()
+                    .table_name(APPLIED_TABLE)
+                    .key(
+                        "id",
+                        TableValue::S(change.sequence_number.as_str().to_owned()),
+                    )
+                    .update_expression("ADD n :one")
+                    .expression_attribute_values(":one", TableValue::N("1".into()))
+                    .build()?;
+                if let Err(error) = checkpointer
+                    .stage(
+                        &change.sequence_number,
+                        [TransactWriteItem::builder().update(write).build()],
+                    )
+                    .await
+                {
+                    ex.oracle.violate(
+                        "5 exactly once",
+                        format!(
+                            "staging the write of {} was refused: {error}",
+                            change.sequence_number
+                        ),
+                    );
+                    guard.end = CallEnd::Failed;
+                    return Err(error.into());
+                }
+            }
+        }
         let ids: Vec<&str> = batch.changes.iter().map(|c| c.event_id()).collect();
         let first_id = ids.first().copied().unwrap_or_default();
         let attempt_bytes = attempts.first().copied().unwrap_or(0).to_le_bytes();

@@ -21,7 +21,7 @@ use dynamodb_streams_consumer::testkit::{
     InstrumentedStore, Link, PausableStreams, PauseSwitch, SimConfig, SimOperation,
     SimulatedStream, StoreOp, string_key,
 };
-use dynamodb_streams_consumer::{Consumer, ConsumerBuilder, InitialPosition};
+use dynamodb_streams_consumer::{Consumer, ConsumerBuilder, InitialPosition, SnapshotConfig};
 use dynamodb_streams_leases::InMemoryLeaseStore;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -90,6 +90,7 @@ pub fn oracle_for(scenario: &Scenario) -> Oracle {
         creation_time_margin: Duration::from_secs(5),
         filter_modulus: scenario.settings.filter_modulus,
         max_record_age: scenario.settings.max_record_age,
+        snapshot: scenario.settings.snapshot.is_some(),
     })
 }
 
@@ -186,7 +187,11 @@ impl<'a> World<'a> {
         Self {
             scenario,
             sim,
-            store: Arc::new(InMemoryLeaseStore::new()),
+            store: {
+                let store = InMemoryLeaseStore::new();
+                store.create_item_table(crate::processor::APPLIED_TABLE, &["id"]);
+                Arc::new(store)
+            },
             oracle,
             tables,
             streams,
@@ -274,6 +279,9 @@ impl<'a> World<'a> {
                 })
                 .map(|row| row.n)
         });
+        if self.scenario.settings.staged_writes {
+            self.check_applied(true);
+        }
         if let Some(violation) = self.oracle.violation() {
             return Err(violation);
         }
@@ -297,6 +305,22 @@ impl<'a> World<'a> {
             virtual_secs,
             calls,
         })
+    }
+
+    /// Invariant 5: how many times each record's staged write was applied.
+    fn check_applied(&self, end: bool) {
+        let applied: BTreeMap<String, u64> = self
+            .store
+            .items(crate::processor::APPLIED_TABLE)
+            .into_iter()
+            .filter_map(|item| {
+                let id = item.get("id")?.as_s().ok()?.clone();
+                let n = item.get("n")?.as_n().ok()?.parse().ok()?;
+                Some((id, n))
+            })
+            .collect();
+        self.oracle
+            .check_applied(|seq| applied.get(seq).copied().unwrap_or(0), end);
     }
 
     fn calls(&self) -> u64 {
@@ -328,6 +352,9 @@ impl<'a> World<'a> {
         let running = self.workers.values().filter(|w| w.stop.is_some()).count();
         self.running_seconds += (now - self.last_tick).as_secs_f64() * running as f64;
         self.last_tick = now;
+        if self.scenario.settings.staged_writes {
+            self.check_applied(false);
+        }
         if let Some(violation) = self.oracle.violation() {
             return Err(violation);
         }
@@ -505,6 +532,7 @@ impl<'a> World<'a> {
             auto_checkpoint: s.auto_checkpoint,
             handler_failures: s.handler_failures.unwrap_or(0),
             switch: switch.clone(),
+            staged_writes: s.staged_writes,
         };
         let mut builder = Consumer::builder("explorer")
             .with_worker_id(format!("w{id}"))
@@ -582,6 +610,14 @@ impl<'a> World<'a> {
             s.retry_backoff_max,
             ConsumerBuilder::with_retry_backoff_max,
         );
+        if let Some(snapshot) = s.snapshot {
+            builder = builder.with_snapshot(
+                SnapshotConfig::new()
+                    .with_segments(snapshot.segments)
+                    .with_page_size(snapshot.page_size)
+                    .with_simulated_tables(PausableStreams::new(self.sim.clone(), switch.clone())),
+            );
+        }
         if let Some((min, max)) = s.idle_backoff {
             builder = builder.with_idle_backoff(min, max);
         }
@@ -589,8 +625,11 @@ impl<'a> World<'a> {
             builder = builder.with_on_failure(Handler(explorer.clone()));
         }
         if let Some(modulus) = s.filter_modulus {
+            // Snapshot records have no event id: the filter keeps them.
             builder = builder.with_filter(move |record| {
-                !crate::oracle::filtered_out(Some(modulus), record.event_id().unwrap_or_default())
+                record
+                    .event_id()
+                    .is_none_or(|id| !crate::oracle::filtered_out(Some(modulus), id))
             });
         }
         let consumer = match builder.build(explorer) {
