@@ -143,11 +143,14 @@ fn scan_positions(leases: &[Lease], pipeline: &str) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// Each (pipeline, segment)'s stored positions, in the order they were seen.
+type Histories = BTreeMap<(String, String), Vec<u64>>;
+
 #[tokio::test(start_paused = true)]
 async fn each_pipeline_resumes_the_snapshot_from_its_own_position_after_a_crash() {
     let (sim, store, table) = orders(32, 400);
     // Every position each pipeline ever stored, in order: none may move back.
-    let seen: Arc<Mutex<BTreeMap<(String, String), Vec<u64>>>> = Arc::default();
+    let seen: Arc<Mutex<Histories>> = Arc::default();
     let watcher = {
         let (store, seen) = (store.clone(), seen.clone());
         tokio::spawn(async move {
