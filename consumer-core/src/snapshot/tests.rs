@@ -647,7 +647,7 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
     let (sim, arn) = split_stream(21);
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let config = SnapshotConfig::new().with_segments(3);
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let plan = store.get_lease(&plan_key(&arn)).await.unwrap().unwrap();
@@ -664,7 +664,7 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
         }
         store.delete_lease(&lease.key).await.unwrap();
     }
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let leases = stream_leases(&store, &arn).await;
@@ -814,9 +814,16 @@ async fn prepare_and_the_shard_sync_create_parents_before_children() {
         instrumented.observe(creations.clone());
         let store: Arc<dyn LeaseStore> = Arc::new(instrumented);
         if snapshot {
-            prepare(&api, &store, &SnapshotConfig::new(), &arn, Some("orders"))
-                .await
-                .unwrap();
+            prepare(
+                &api,
+                &store,
+                &SnapshotConfig::new(),
+                &arn,
+                Some("orders"),
+                &[],
+            )
+            .await
+            .unwrap();
         } else {
             crate::shard_sync::sync_stream(
                 &api,
@@ -963,3 +970,5 @@ async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
     let gate = store.get_lease(&gate_key(&arn)).await.unwrap().unwrap();
     assert_eq!(gate.checkpoint, Checkpoint::TrimHorizon);
 }
+
+mod pipelines;
