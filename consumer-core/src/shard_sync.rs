@@ -156,6 +156,8 @@ pub(crate) async fn sync_stream(
     // (its leases created by a `prepare` that stopped midway, or that another worker was
     // still writing) starts like the ones `prepare` created, after every segment.
     let mut snapshot: Option<Option<Lease>> = None;
+    // The parents such a root names instead of the segments: the snapshot's gate.
+    let mut snapshot_gate: Option<Vec<String>> = None;
     // Leases created by this sync: a child's parent may be one of them.
     let mut new: HashMap<LeaseKey, Lease> = HashMap::new();
     let mut created = 0;
@@ -198,7 +200,10 @@ pub(crate) async fn sync_stream(
         }
         let checkpoint = match plan {
             Some(plan) => {
-                parents.extend(plan.parent_shard_ids.iter().cloned());
+                if snapshot_gate.is_none() {
+                    snapshot_gate = Some(snapshot::root_parents(store.as_ref(), stream_arn).await?);
+                }
+                parents.extend(snapshot_gate.iter().flatten().cloned());
                 plan.checkpoint.clone()
             }
             None => initial_checkpoint(
@@ -226,6 +231,7 @@ pub(crate) async fn sync_stream(
             });
         }
     }
+    snapshot::finish_gate(store.as_ref(), stream_arn, leases).await?;
     let mut deleted = 0;
     for key in finished_and_gone(stream_arn, leases, &described) {
         store.delete_lease(&key).await?;

@@ -28,7 +28,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cluster, OrphanWatch, Row, ownership};
+use common::{Cluster, OrphanWatch, Row};
 use dynamodb_streams_consumer::testkit::{ItemUnits, SimConfig, SimulatedStream};
 use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
@@ -214,7 +214,7 @@ async fn run(scale: Scale) {
     // one; the next goes once the new one has its share.
     let running: Arc<Mutex<BTreeSet<String>>> =
         Arc::new(Mutex::new(live.iter().cloned().collect()));
-    let watch = OrphanWatch::start(store.clone(), running.clone());
+    let watch = OrphanWatch::start(cluster.owners.clone(), running.clone());
     cluster.billing.reset_item_units();
     let restart_started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -314,7 +314,7 @@ async fn wait_balanced(
 ) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        let (per_worker, orphans) = ownership(&cluster.store, live).await;
+        let (per_worker, orphans) = cluster.owners.ownership(live);
         let owned: usize = per_worker.values().sum();
         let (min, max) = (
             per_worker.values().min().copied().unwrap_or(0),
@@ -353,7 +353,7 @@ async fn wait_balanced(
 async fn wait_no_orphans(cluster: &Cluster, live: &[String], limit: Duration) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        let (_, orphans) = ownership(&cluster.store, live).await;
+        let (_, orphans) = cluster.owners.ownership(live);
         if orphans == 0 {
             return Instant::now();
         }

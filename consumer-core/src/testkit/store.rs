@@ -707,10 +707,12 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         self.pass(StoreOp::ResetLease).await?;
         let before = self.inner.get_lease(key).await.ok().flatten();
         let result = self.inner.reset_lease(key, seen_owner, seen_epoch, c).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
         if result.is_ok() {
             // An operator's move bumps the leases version itself.
             self.bill_coordination_write(false);
+            self.observed(StoreOp::ResetLease, key, before.as_ref())
+                .await;
         }
         result
     }
