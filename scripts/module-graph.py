@@ -55,7 +55,7 @@ LAYERS = {
     ],
     "checkpoint-store": [
         # the model: positions, leases, the error that names them, how we call AWS
-        ["sequence", "checkpoint", "error", "lease", "aws", "aws::*"],
+        ["sequence", "checkpoint", "error", "parse", "lease", "aws", "aws::*"],
         # the store's contract, its wrappers, its coordination items, in-memory item tables
         ["store", "wrapper", "membership", "pipeline", "item_tables"],
         # the stores, their billing model and transactions
@@ -73,11 +73,6 @@ KNOWN_CIRCLES = {
                    "shard/session/mod.rs"}):
             "runtime.rs names shard/pipelines.rs's PipelineRunner (Runtime::pipelines), whose "
             "Part holds the fetch task's pages; cut when shard/pipelines.rs settles (issue 16)",
-    },
-    "checkpoint-store": {
-        frozenset({"checkpoint.rs", "error.rs", "lease.rs", "sequence.rs"}):
-            "the model types and the crate's Error name each other (Error carries a LeaseKey, "
-            "SequenceNumber::parse returns Error) (issue 16)",
     },
 }
 

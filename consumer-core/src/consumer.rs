@@ -120,6 +120,8 @@ impl<F: ProcessorFactory> Consumer<F> {
         let announcer = Arc::new(AnnouncingStore::new(self.store));
         let store: Arc<dyn LeaseStore> = announcer.clone();
         if let Some(snapshot) = &self.config.snapshot {
+            let pipelines: Vec<String> =
+                self.pipelines.iter().map(|p| p.name().to_owned()).collect();
             for source in &streams {
                 crate::snapshot::prepare(
                     self.api.as_ref(),
@@ -127,6 +129,7 @@ impl<F: ProcessorFactory> Consumer<F> {
                     snapshot,
                     &source.stream_arn,
                     source.table.as_deref(),
+                    &pipelines,
                 )
                 .await?;
             }
@@ -526,10 +529,6 @@ impl ConsumerBuilder {
         builder.validate()?;
         builder.apply_filter_patterns()?;
         Ok(builder.config)
-    }
-
-    pub(crate) fn has_snapshot(&self) -> bool {
-        self.config.snapshot.is_some()
     }
 
     /// Changes one setting.

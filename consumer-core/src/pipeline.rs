@@ -89,14 +89,6 @@ impl ConsumerBuilder {
                 problem: format!("pipeline {name:?} is not given by a `with_pipeline` before it"),
             });
         }
-        if self.has_snapshot() {
-            return Err(Error::Config {
-                key: "with_snapshot",
-                problem: "named pipelines do not run a snapshot yet: use a consumer without \
-                          `with_pipeline` for it"
-                    .into(),
-            });
-        }
         let mut consumer = self.build(Pipelines)?;
         let mut pipelines = Vec::with_capacity(pending.len());
         for PendingPipeline {

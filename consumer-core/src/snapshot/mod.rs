@@ -274,6 +274,17 @@ pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
     (index < total).then_some((index, total))
 }
 
+/// How many items a segment position says were scanned (`TrimHorizon`: none); `None` for
+/// a checkpoint that is not a segment's position. What orders the pipelines' positions in
+/// a segment.
+pub(crate) fn scanned_items(checkpoint: &Checkpoint) -> Option<u64> {
+    match checkpoint {
+        Checkpoint::TrimHorizon => Some(0),
+        Checkpoint::Scan(text) => Some(scan::Position::decode(text).map_or(0, |p| p.items)),
+        _ => None,
+    }
+}
+
 /// Whether a lease is a snapshot segment rather than a shard (it has no records to read:
 /// tools skip it when they read shards).
 pub fn is_segment(key: &LeaseKey) -> bool {
@@ -284,13 +295,16 @@ pub fn is_segment(key: &LeaseKey) -> bool {
 /// stream without new images, writes the plan if this worker is first, and creates the
 /// segment leases and the stream leases that wait for them. Idempotent: every starting
 /// worker runs it, so a first worker that crashed midway is completed by the next one.
-/// A stream this application already consumed without a snapshot gets none.
+/// A stream this application already consumed without a snapshot gets none. The plan
+/// names the consumer's `pipelines` (each at `Since(T0)`): a pipeline it does not name
+/// joined later and gets no snapshot.
 pub(crate) async fn prepare(
     api: &dyn StreamsApi,
     store: &Arc<dyn LeaseStore>,
     config: &SnapshotConfig,
     stream_arn: &str,
     table: Option<&str>,
+    pipelines: &[String],
 ) -> Result<()> {
     let page = retry::call(retry::startup(), retry::is_retryable_api, || {
         api.describe_stream(stream_arn, None)
@@ -330,7 +344,11 @@ pub(crate) async fn prepare(
                 .map(|i| segment_id(i, config.segments))
                 .collect();
             // The streams' clock (this host's for AWS): creation times are compared with it.
-            let plan = Lease::new(key.clone(), Checkpoint::since(api.now()), segments);
+            let mut plan = Lease::new(key.clone(), Checkpoint::since(api.now()), segments);
+            plan.pipelines = pipelines
+                .iter()
+                .map(|name| (name.clone(), plan.checkpoint.clone()))
+                .collect();
             if create_lease_if_absent(store.as_ref(), &plan).await? {
                 tracing::info!(%table, stream_arn, segments = config.segments, started = %plan.checkpoint, "snapshot planned");
                 plan
