@@ -51,7 +51,10 @@ use item::{
 };
 use membership::{MembershipCache, MembershipItems};
 use table::LeaseTable;
-use update::{CHECKPOINT_UPDATE, Seen, borrowed, checkpoint_values, pipeline_update};
+use transact::{CheckpointUpdate, Slot};
+use update::{
+    CHECKPOINT_UPDATE, OWNED_CONDITION, Seen, borrowed, checkpoint_values, owned, pipeline_update,
+};
 
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
 
@@ -476,7 +479,19 @@ impl LeaseStore for DynamoDbLeaseStore {
         checkpoint: &Checkpoint,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
-        self.commit_checkpoint(key, ownership, previous, checkpoint, writes)
+        let condition = format!("{OWNED_CONDITION} AND #checkpoint = :previous");
+        let mut values = owned(checkpoint_values(checkpoint));
+        values.push((":previous".to_owned(), s(&previous.encode())));
+        let update = CheckpointUpdate {
+            names: names_in(&[CHECKPOINT_UPDATE, &condition]),
+            expression: CHECKPOINT_UPDATE.to_owned(),
+            condition,
+            values,
+            slot: Slot::Lease,
+            previous: Some(previous),
+            checkpoint,
+        };
+        self.transact_checkpoint(key, ownership, update, writes)
             .await
     }
 
@@ -489,11 +504,44 @@ impl LeaseStore for DynamoDbLeaseStore {
         update: &PipelineCheckpoints,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
-        self.commit_pipeline_checkpoint(key, ownership, pipeline, previous, update, writes)
+        let Some((_, checkpoint)) = update.pipelines.iter().find(|(name, _)| name == pipeline)
+        else {
+            return Err(Error::InvalidPipelineUpdate {
+                key: key.clone(),
+                pipeline: pipeline.to_owned(),
+            });
+        };
+        let (expression, mut values, mut names) = pipeline_update(update);
+        let condition = match previous {
+            Some(previous) => {
+                values.push((":previous".to_owned(), s(&previous.encode())));
+                format!("{OWNED_CONDITION} AND #previous_pl = :previous")
+            }
+            None => format!("{OWNED_CONDITION} AND attribute_not_exists(#previous_pl)"),
+        };
+        names.extend(names_in(&[&condition]));
+        names.insert("#previous_pl".to_owned(), pipeline_attribute(pipeline));
+        let update = CheckpointUpdate {
+            expression,
+            condition,
+            values,
+            names,
+            slot: Slot::Pipeline(pipeline),
+            previous,
+            checkpoint,
+        };
+        self.transact_checkpoint(key, ownership, update, writes)
             .await
     }
 
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
-        self.key_names(table).await
+        if let Some(names) = self.cached_key_names(table) {
+            return Ok(names);
+        }
+        let names = table::key_attribute_names(&self.client, self.target(), table).await?;
+        if let Ok(mut cache) = self.key_names.lock() {
+            cache.insert(table.to_owned(), names.clone());
+        }
+        Ok(names)
     }
 }

@@ -10,22 +10,18 @@ use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
 use super::DynamoDbLeaseStore;
 use super::errors::cancellation_codes;
-use super::item::{attr, lease_pk, millis, names_in, pipeline_attribute, s};
-use super::table;
-use super::update::{
-    CHECKPOINT_UPDATE, OWNED_CONDITION, checkpoint_values, owned, owned_values, pipeline_update,
-};
+use super::item::{attr, lease_pk, millis};
+use super::update::{owned, owned_values};
 use crate::aws::ErrorClass;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::lease::{LeaseKey, Ownership};
-use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
 use crate::transaction;
 
 /// Which checkpoint of a lease a transaction is conditional on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot<'a> {
+pub(super) enum Slot<'a> {
     /// The lease's own `checkpoint`.
     Lease,
     /// A named pipeline's.
@@ -33,96 +29,19 @@ enum Slot<'a> {
 }
 
 /// The lease update of a transactional checkpoint, and what its condition expects.
-struct CheckpointUpdate<'a> {
-    expression: String,
-    condition: String,
-    values: Vec<(String, AttributeValue)>,
-    names: HashMap<String, String>,
-    slot: Slot<'a>,
+pub(super) struct CheckpointUpdate<'a> {
+    pub(super) expression: String,
+    pub(super) condition: String,
+    pub(super) values: Vec<(String, AttributeValue)>,
+    pub(super) names: HashMap<String, String>,
+    pub(super) slot: Slot<'a>,
     /// The checkpoint the slot must still hold (`None`: none yet).
-    previous: Option<&'a Checkpoint>,
+    pub(super) previous: Option<&'a Checkpoint>,
     /// The checkpoint the slot gets.
-    checkpoint: &'a Checkpoint,
+    pub(super) checkpoint: &'a Checkpoint,
 }
 
 impl DynamoDbLeaseStore {
-    /// [`LeaseStore::checkpoint_with_writes`].
-    pub(super) async fn commit_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        previous: &Checkpoint,
-        checkpoint: &Checkpoint,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<()> {
-        let condition = format!("{OWNED_CONDITION} AND #checkpoint = :previous");
-        let mut values = owned(checkpoint_values(checkpoint));
-        values.push((":previous".to_owned(), s(&previous.encode())));
-        let update = CheckpointUpdate {
-            names: names_in(&[CHECKPOINT_UPDATE, &condition]),
-            expression: CHECKPOINT_UPDATE.to_owned(),
-            condition,
-            values,
-            slot: Slot::Lease,
-            previous: Some(previous),
-            checkpoint,
-        };
-        self.transact_checkpoint(key, ownership, update, writes)
-            .await
-    }
-
-    /// [`LeaseStore::checkpoint_pipeline_with_writes`].
-    pub(super) async fn commit_pipeline_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        pipeline: &str,
-        previous: Option<&Checkpoint>,
-        update: &PipelineCheckpoints,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<()> {
-        let Some((_, checkpoint)) = update.pipelines.iter().find(|(name, _)| name == pipeline)
-        else {
-            return Err(Error::InvalidPipelineUpdate {
-                key: key.clone(),
-                pipeline: pipeline.to_owned(),
-            });
-        };
-        let (expression, mut values, mut names) = pipeline_update(update);
-        let condition = match previous {
-            Some(previous) => {
-                values.push((":previous".to_owned(), s(&previous.encode())));
-                format!("{OWNED_CONDITION} AND #previous_pl = :previous")
-            }
-            None => format!("{OWNED_CONDITION} AND attribute_not_exists(#previous_pl)"),
-        };
-        names.extend(names_in(&[&condition]));
-        names.insert("#previous_pl".to_owned(), pipeline_attribute(pipeline));
-        let update = CheckpointUpdate {
-            expression,
-            condition,
-            values,
-            names,
-            slot: Slot::Pipeline(pipeline),
-            previous,
-            checkpoint,
-        };
-        self.transact_checkpoint(key, ownership, update, writes)
-            .await
-    }
-
-    /// [`LeaseStore::key_attribute_names`], asked of DynamoDB once per table.
-    pub(super) async fn key_names(&self, table: &str) -> Result<Vec<String>> {
-        if let Some(names) = self.cached_key_names(table) {
-            return Ok(names);
-        }
-        let names = table::key_attribute_names(&self.client, self.target(), table).await?;
-        if let Ok(mut cache) = self.key_names.lock() {
-            cache.insert(table.to_owned(), names.clone());
-        }
-        Ok(names)
-    }
-
     /// A transactional checkpoint whose condition failed: the lease moved to another
     /// owner (`LeaseLost`, nothing applied), or an earlier attempt of this same
     /// transaction committed (the checkpoint is already there: `Ok`), or the stored
@@ -165,7 +84,7 @@ impl DynamoDbLeaseStore {
     /// Commits `writes` and a checkpoint update in one transaction (the exactly-once
     /// path, for the lease's checkpoint or a pipeline's): see
     /// [`LeaseStore::checkpoint_with_writes`].
-    async fn transact_checkpoint(
+    pub(super) async fn transact_checkpoint(
         &self,
         key: &LeaseKey,
         ownership: &Ownership,
@@ -226,7 +145,7 @@ impl DynamoDbLeaseStore {
             .transaction_refused(OPERATION, key, &codes, &tables, err))
     }
 
-    fn cached_key_names(&self, table: &str) -> Option<Vec<String>> {
+    pub(super) fn cached_key_names(&self, table: &str) -> Option<Vec<String>> {
         self.key_names.lock().ok()?.get(table).cloned()
     }
 }
