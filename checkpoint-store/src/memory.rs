@@ -8,6 +8,7 @@ use async_trait::async_trait;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
+use crate::item_tables::{Item, ItemTables};
 use crate::lease::{Lease, LeaseKey, Ownership};
 use crate::membership::{
     Coordination, LeaderRecord, MEMBERS_PER_SHARD, Membership, Notice, WorkerRecord,
@@ -15,6 +16,13 @@ use crate::membership::{
 };
 use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
+
+/// Which checkpoint of a lease a transaction is conditional on and moves, and the value
+/// it must still hold (`None`: none for the pipeline yet).
+enum Slot<'a> {
+    Lease(&'a Checkpoint),
+    Pipeline(&'a str, Option<&'a Checkpoint>),
+}
 
 /// A [`LeaseStore`] held in memory, with the same semantics as the DynamoDB store (the
 /// conformance suite runs against both). Clones of an `Arc` of it share one "table".
@@ -35,6 +43,8 @@ struct State {
     inboxes: BTreeMap<String, BTreeMap<String, LeaseKey>>,
     /// The last hint token handed out.
     last_token: u64,
+    /// The tables exactly-once transactions write to.
+    tables: ItemTables,
 }
 
 impl State {
@@ -68,6 +78,92 @@ impl InMemoryLeaseStore {
         for lease in self.state().leases.values() {
             f(lease);
         }
+    }
+
+    /// Creates an item table that [`checkpoint_with_writes`](LeaseStore::checkpoint_with_writes)
+    /// can write to, with these key attributes (partition key first). Writes to a table not
+    /// created are refused (`ResourceNotFound`), as DynamoDB does.
+    pub fn create_item_table(&self, table: &str, key_attributes: &[&str]) {
+        let names = key_attributes.iter().map(|&n| n.to_owned()).collect();
+        self.state().tables.create(table, names);
+    }
+
+    /// The item with `key` in item table `table`, if both exist.
+    pub fn item(&self, table: &str, key: &Item) -> Option<Item> {
+        self.state().tables.get(table, key)
+    }
+
+    /// Every item of item table `table`, in key order.
+    pub fn items(&self, table: &str) -> Vec<Item> {
+        self.state().tables.items(table)
+    }
+
+    /// Commits `writes` and the checkpoint update of `slot` in one step, under the lock:
+    /// DynamoDB's `TransactWriteItems` with the lease's condition (owner, epoch and the
+    /// slot's stored checkpoint still `previous`). When the lease's condition fails, it is
+    /// resolved as the DynamoDB store does: `checkpoint` already stored under `ownership`
+    /// is an earlier attempt that committed (`Ok`, nothing applied again).
+    fn transact(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        slot: Slot<'_>,
+        checkpoint: &Checkpoint,
+        writes: &[aws_sdk_dynamodb::types::TransactWriteItem],
+        update: impl FnOnce(&mut Lease),
+    ) -> Result<()> {
+        let mut state = self.state();
+        let Some(lease) = state.leases.get(key) else {
+            return Err(Error::LeaseNotFound { key: key.clone() });
+        };
+        let owned = lease.is_owned_by(&ownership.owner) && lease.epoch == ownership.epoch;
+        let (stored, previous) = match slot {
+            Slot::Lease(previous) => (Some(lease.checkpoint.clone()), Some(previous)),
+            Slot::Pipeline(name, previous) => (lease.pipelines.get(name).cloned(), previous),
+        };
+        if !owned {
+            return Err(Error::LeaseLost {
+                key: key.clone(),
+                owner: ownership.owner.clone(),
+                epoch: ownership.epoch,
+            });
+        }
+        if stored.as_ref() != previous {
+            if stored.as_ref() == Some(checkpoint) {
+                return Ok(());
+            }
+            return Err(Error::CheckpointMoved {
+                key: key.clone(),
+                expected: previous.cloned().unwrap_or(Checkpoint::TrimHorizon),
+                found: stored.unwrap_or(Checkpoint::TrimHorizon),
+            });
+        }
+        let planned = state.tables.check(writes).map_err(|reasons| {
+            let reasons = reasons
+                .iter()
+                .zip(writes)
+                .enumerate()
+                .filter_map(|(i, (reason, write))| {
+                    let table = crate::transaction::table_of(write).unwrap_or("?");
+                    reason
+                        .as_ref()
+                        .map(|r| format!("write {i} (table {table:?}): {r}"))
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            Error::TransactionCanceled {
+                table: Self::TABLE.into(),
+                key: key.clone(),
+                reasons,
+            }
+        })?;
+        state.tables.apply(planned);
+        if let Some(lease) = state.leases.get_mut(key) {
+            update(lease);
+            lease.owner_switches_since_checkpoint = 0;
+            lease.updated_at = SystemTime::now();
+        }
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -189,14 +285,8 @@ impl LeaseStore for InMemoryLeaseStore {
         update: &PipelineCheckpoints,
     ) -> Result<Lease> {
         self.update_owned(key, ownership, |lease| {
-            lease.checkpoint = update.read_position.clone();
+            apply_pipeline_checkpoints(lease, update);
             lease.owner_switches_since_checkpoint = 0;
-            for (name, checkpoint) in &update.pipelines {
-                lease.pipelines.insert(name.clone(), checkpoint.clone());
-            }
-            if let Some(running) = &update.running {
-                lease.owner_pipelines = running.clone();
-            }
         })
     }
 
@@ -428,5 +518,71 @@ impl LeaseStore for InMemoryLeaseStore {
             }
         }
         Ok(())
+    }
+
+    async fn checkpoint_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        previous: &Checkpoint,
+        checkpoint: &Checkpoint,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        self.transact(
+            key,
+            ownership,
+            Slot::Lease(previous),
+            checkpoint,
+            &writes,
+            |lease| lease.checkpoint = checkpoint.clone(),
+        )
+    }
+
+    async fn checkpoint_pipeline_with_writes(
+        &self,
+        key: &LeaseKey,
+        ownership: &Ownership,
+        pipeline: &str,
+        previous: Option<&Checkpoint>,
+        update: &PipelineCheckpoints,
+        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
+    ) -> Result<()> {
+        let Some((_, checkpoint)) = update.pipelines.iter().find(|(name, _)| name == pipeline)
+        else {
+            return Err(Error::InvalidPipelineUpdate {
+                key: key.clone(),
+                pipeline: pipeline.to_owned(),
+            });
+        };
+        self.transact(
+            key,
+            ownership,
+            Slot::Pipeline(pipeline, previous),
+            checkpoint,
+            &writes,
+            |lease| apply_pipeline_checkpoints(lease, update),
+        )
+    }
+
+    async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
+        self.state()
+            .tables
+            .key_attributes(table)
+            .ok_or_else(|| Error::TransactionsUnsupported {
+                store: format!(
+                    "in memory, without item table {table:?} (create it with `create_item_table`)"
+                ),
+            })
+    }
+}
+
+/// What a pipeline checkpoint update writes to the lease.
+fn apply_pipeline_checkpoints(lease: &mut Lease, update: &PipelineCheckpoints) {
+    lease.checkpoint = update.read_position.clone();
+    for (name, checkpoint) in &update.pipelines {
+        lease.pipelines.insert(name.clone(), checkpoint.clone());
+    }
+    if let Some(running) = &update.running {
+        lease.owner_pipelines = running.clone();
     }
 }

@@ -4,11 +4,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
+use dynamodb_streams_consumer::streams::{
+    ApiError, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
+};
 use dynamodb_streams_consumer::testkit::{SimOperation, SimulatedStream};
 use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
@@ -523,41 +528,31 @@ fn gauge_of(
 /// that keeps up shows none; the delivery counters carry the pipeline label too.
 #[test]
 fn a_stuck_pipeline_shows_in_the_lag_gauges_by_its_name() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
     let rows = 100;
-    // A thread-local recorder (the runtime runs every task on this thread).
-    let snapshot = metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let sim = stream_with(rows);
-            let store = Arc::new(InMemoryLeaseStore::new());
-            let (fast, stuck) = (Log::default(), Log::default());
-            let consumer = builder(&sim, &store)
-                .with_pipeline("fast", tester(&fast, None, Duration::ZERO))
-                .with_pipeline("stuck", tester(&stuck, None, Duration::from_secs(3600)))
-                .build_pipelines()
-                .unwrap();
-            let taken = Arc::new(Mutex::new(None));
-            let (f, snapshotter, into) = (fast.clone(), snapshotter.clone(), taken.clone());
-            consumer
-                .run_until(async move {
-                    while (f.values().len() as u64) < rows {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    // Two publications of the gauges after the fast one caught up.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    *into.lock().unwrap() = Some(snapshotter.snapshot().into_vec());
-                })
-                .await
-                .unwrap();
-            assert!(stuck.values().len() < rows as usize, "stuck stayed behind");
-            taken.lock().unwrap().take().unwrap()
-        })
+    let (snapshot, _) = common::run_recorded(|snapshotter| async move {
+        let sim = stream_with(rows);
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (fast, stuck) = (Log::default(), Log::default());
+        let consumer = builder(&sim, &store)
+            .with_pipeline("fast", tester(&fast, None, Duration::ZERO))
+            .with_pipeline("stuck", tester(&stuck, None, Duration::from_secs(3600)))
+            .build_pipelines()
+            .unwrap();
+        let taken = Arc::new(Mutex::new(None));
+        let (f, snapshotter, into) = (fast.clone(), snapshotter.clone(), taken.clone());
+        consumer
+            .run_until(async move {
+                while (f.values().len() as u64) < rows {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Two publications of the gauges after the fast one caught up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                *into.lock().unwrap() = Some(snapshotter.snapshot().into_vec());
+            })
+            .await
+            .unwrap();
+        assert!(stuck.values().len() < rows as usize, "stuck stayed behind");
+        taken.lock().unwrap().take().unwrap()
     });
     let behind = |pipeline| gauge_of(&snapshot, "ddb_stream_records_behind", pipeline);
     assert!(
@@ -596,5 +591,105 @@ fn a_stuck_pipeline_shows_in_the_lag_gauges_by_its_name() {
     assert_eq!(
         fast_processed, rows,
         "the fast pipeline's records, labelled"
+    );
+}
+
+/// The simulated stream, counting the children lookups (DescribeStream with
+/// `ShardFilter{CHILD_SHARDS}`) per parent shard.
+#[derive(Debug)]
+struct CountingChildLookups {
+    sim: SimulatedStream,
+    lookups: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+#[async_trait]
+impl StreamsApi for CountingChildLookups {
+    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
+        self.sim.latest_stream_arn(table).await
+    }
+
+    async fn describe_stream(
+        &self,
+        stream_arn: &str,
+        exclusive_start_shard_id: Option<&str>,
+    ) -> Result<StreamPage, ApiError> {
+        self.sim
+            .describe_stream(stream_arn, exclusive_start_shard_id)
+            .await
+    }
+
+    async fn child_shards(
+        &self,
+        stream_arn: &str,
+        parent_shard_id: &str,
+    ) -> Result<Vec<ShardInfo>, ApiError> {
+        *self
+            .lookups
+            .lock()
+            .unwrap()
+            .entry(parent_shard_id.to_owned())
+            .or_default() += 1;
+        self.sim.child_shards(stream_arn, parent_shard_id).await
+    }
+
+    async fn shard_iterator(
+        &self,
+        stream_arn: &str,
+        shard_id: &str,
+        position: &StartPosition,
+    ) -> Result<String, ApiError> {
+        self.sim
+            .shard_iterator(stream_arn, shard_id, position)
+            .await
+    }
+
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
+        self.sim.get_records(iterator, limit).await
+    }
+
+    fn now(&self) -> std::time::SystemTime {
+        self.sim.now()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_that_ends_looks_up_its_children_once_whatever_its_pipelines() {
+    let rows = 30;
+    let sim = stream_with(rows);
+    let arn = sim.latest_stream_arn("t").await.unwrap();
+    let parent = sim.open_shards(&arn).unwrap()[0].shard_id.clone();
+    let child = sim.rotate_shard(&arn, &parent).unwrap();
+    for n in rows..rows + 10 {
+        let row = Row {
+            pk: format!("k{}", n % 10),
+            n,
+        };
+        sim.put_value("t", &row).unwrap();
+    }
+    let api = Arc::new(CountingChildLookups {
+        sim: sim.clone(),
+        lookups: Mutex::default(),
+    });
+    let logs = [Log::default(), Log::default(), Log::default()];
+    let consumer = builder(&sim, &Arc::new(InMemoryLeaseStore::new()))
+        .with_streams_api(api.clone())
+        .with_pipeline("a", tester(&logs[0], None, Duration::ZERO))
+        .with_pipeline("b", tester(&logs[1], None, Duration::from_millis(50)))
+        .with_pipeline("c", tester(&logs[2], None, Duration::from_millis(300)))
+        .build_pipelines()
+        .unwrap();
+    let done = logs.clone();
+    run_until_done(consumer, move || {
+        done.iter().all(|l| l.values().len() as u64 >= rows + 10)
+    })
+    .await;
+    for log in &logs {
+        assert_eq!(log.values(), (0..rows + 10).collect::<Vec<_>>());
+    }
+    let lookups = api.lookups.lock().unwrap().clone();
+    assert_eq!(
+        lookups.get(&parent),
+        Some(&1),
+        "children of {parent} (child {child}) looked up: {lookups:?}"
     );
 }

@@ -31,7 +31,6 @@ use std::time::Duration;
 use common::{Cluster, OrphanWatch, Row};
 use dynamodb_streams_consumer::testkit::{ItemUnits, SimConfig, SimulatedStream};
 use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::time::Instant;
 
@@ -83,28 +82,9 @@ fn scale_run(scale: Scale) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
     let cpu = std::time::Instant::now();
-    // A thread-local recorder: this test's counters only.
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(run(scale));
-    });
-    let discarded: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "ddb_stream_lease_scans_discarded_total")
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
+    let ((), metrics) = common::run_recorded(|_| run(scale));
+    let discarded = common::counter_total(&metrics, "ddb_stream_lease_scans_discarded_total");
     println!("run took {:?} of real time", cpu.elapsed());
     assert_eq!(discarded, 0, "lease scans were discarded");
 }

@@ -360,3 +360,63 @@ async fn snapshot_throughput_with_two_workers() {
         handle.await.unwrap().unwrap();
     }
 }
+
+/// Named pipelines (`with_pipeline`) share one Scan of each segment: each pipeline, a slow
+/// one included, gets the whole snapshot and then the stream, and converges to the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_pipelines_each_pipeline_gets_the_snapshot_then_the_stream_and_converges() {
+    let (table, app) = (unique_name("snap-pl"), unique_name("snap-pl-app"));
+    create_table(&table, "name", false).await;
+    let initial = 600;
+    fill(&table, initial).await;
+    enable_stream(&table, StreamViewType::NewAndOldImages).await;
+    let config = sdk_config().await;
+
+    let search: Recording<Item> = Recording::new();
+    let cache: Recording<Item> = Recording::new().with_hook(|_, _, _| {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok(())
+        })
+    });
+    let (stop, handle) = spawn_consumer(
+        builder(&app, &table, "w1", &config)
+            .with_pipeline("search", search.factory())
+            .with_pipeline("cache", cache.factory())
+            .build_pipelines()
+            .unwrap(),
+    );
+    let client = dynamodb_client().await;
+    for round in 0..200usize {
+        let name = AttributeValue::S(format!("item-{}", (round * 7919) % (initial + 50)));
+        if round % 5 == 0 {
+            let delete = client.delete_item().table_name(&table).key("name", name);
+            delete.send().await.unwrap();
+        } else {
+            let put = client
+                .put_item()
+                .table_name(&table)
+                .item("name", name)
+                .item("count", AttributeValue::N((100_000 + round).to_string()));
+            put.send().await.unwrap();
+        }
+    }
+    let expected = table_state(&table).await;
+    wait_for(
+        "each pipeline's applied changes to equal the table",
+        Duration::from_secs(120),
+        async || applied(&search) == expected && applied(&cache) == expected,
+    )
+    .await;
+    for (name, recording) in [("search", &search), ("cache", &cache)] {
+        assert!(recording.snapshot_before_stream(), "{name}");
+        assert!(
+            snapshot_names(recording).len() >= initial - 200 / 5,
+            "{name}: {} snapshot items",
+            snapshot_names(recording).len()
+        );
+    }
+    assert!(segments_done(&app).await);
+    stop.send(()).unwrap();
+    handle.await.unwrap().unwrap();
+}

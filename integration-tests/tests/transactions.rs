@@ -340,3 +340,82 @@ async fn a_consumer_commits_each_records_writes_once_and_a_refused_write_fails_o
         lease.checkpoint
     );
 }
+
+/// Exactly-once per named pipeline: each pipeline's writes commit with its own checkpoint
+/// attribute (conditional on that attribute, not on the others'), and a transaction sent
+/// again after it committed (a lost answer) is recognised, not applied twice.
+#[tokio::test]
+async fn each_pipelines_writes_commit_with_its_own_checkpoint_and_apply_once() {
+    use dynamodb_streams_leases::PipelineCheckpoints;
+    let (store, target, key, me) = setup().await;
+    let update = |read: Checkpoint, pipeline: &str, at: Checkpoint| PipelineCheckpoints {
+        read_position: read,
+        pipelines: vec![(pipeline.to_owned(), at)],
+        running: None,
+    };
+    let search = update(Checkpoint::TrimHorizon, "search", seq(5));
+    let writes = vec![bump(&target, "search")];
+    for _ in 0..2 {
+        // The second time as after a timeout whose request did commit.
+        store
+            .checkpoint_pipeline_with_writes(&key, &me, "search", None, &search, writes.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(counter(&target, "search").await, Some(1), "applied twice");
+
+    // "cache" commits on its own attribute: "search"'s does not stand in its way.
+    let cache = update(seq(3), "cache", seq(3));
+    let writes = vec![bump(&target, "cache")];
+    for _ in 0..2 {
+        store
+            .checkpoint_pipeline_with_writes(&key, &me, "cache", None, &cache, writes.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(counter(&target, "cache").await, Some(1), "applied twice");
+    let next = update(seq(5), "cache", seq(8));
+    let writes = vec![bump(&target, "cache")];
+    for _ in 0..2 {
+        store
+            .checkpoint_pipeline_with_writes(
+                &key,
+                &me,
+                "cache",
+                Some(&seq(3)),
+                &next,
+                writes.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(counter(&target, "cache").await, Some(2), "applied twice");
+
+    let lease = store.get_lease(&key).await.unwrap().unwrap();
+    assert_eq!(lease.pipelines["search"], seq(5));
+    assert_eq!(lease.pipelines["cache"], seq(8));
+    assert_eq!(
+        lease.checkpoint,
+        seq(5),
+        "the read position written with the last"
+    );
+
+    // Expecting a checkpoint of "search" that is not stored: nothing is applied.
+    let stale = update(seq(5), "search", seq(9));
+    let err = store
+        .checkpoint_pipeline_with_writes(
+            &key,
+            &me,
+            "search",
+            Some(&seq(2)),
+            &stale,
+            vec![bump(&target, "search")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CheckpointMoved { found, .. } if *found == seq(5)),
+        "{err:?}"
+    );
+    assert_eq!(counter(&target, "search").await, Some(1));
+}

@@ -12,7 +12,7 @@ use crate::events::{Event, LeaseLost, LeaseReleased, ShardEnded};
 use crate::processor::{ProcessorFactory, RecordProcessor};
 use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome};
-use crate::shard_sync::{create_lease_if_absent, new_shard_lease};
+use crate::shard_graph::{create_lease_if_absent, new_shard_lease};
 use crate::streams::ShardInfo;
 
 /// How a task ends once its source was read to the end, by the lease's kind: a shard
@@ -31,23 +31,29 @@ impl<F: ProcessorFactory> EndOfSource<F> for ShardEnd {
         if let Err(outcome) = session.read_to_end().await {
             return outcome;
         }
-        let shard_id = &session.key().shard_id;
-        let children = match create_child_leases(session.task).await {
-            Ok(children) => children,
-            Err(error) => {
-                // The children will still be found by the next full shard sync.
-                tracing::warn!(%shard_id, %error, "could not create the children's leases yet");
-                0
-            }
-        };
-        ShardEnded {
-            stream_arn: &session.key().stream,
-            shard_id,
-            children,
-        }
-        .emit();
+        shard_ended(session.task).await;
         ShardOutcome::Ended
     }
+}
+
+/// After `SHARD_END` is stored: the children's leases (one lookup of the children per
+/// shard, whatever its pipelines), and the event.
+pub(crate) async fn shard_ended<F: ProcessorFactory>(task: &LeaseTask<F>) {
+    let key = task.key();
+    let children = match create_child_leases(task).await {
+        Ok(children) => children,
+        Err(error) => {
+            // The children will still be found by the next full shard sync.
+            tracing::warn!(shard_id = %key.shard_id, %error, "could not create the children's leases yet");
+            0
+        }
+    };
+    ShardEnded {
+        stream_arn: &key.stream,
+        shard_id: &key.shard_id,
+        children,
+    }
+    .emit();
 }
 
 impl<F: ProcessorFactory> Session<'_, F> {

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use dynamodb_streams_leases::pipeline::slowest;
@@ -26,10 +27,12 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
-use super::ending::{ShardEnd, release_lease};
+use super::ending::{EndOfSource, release_lease, shard_ended};
 use super::fetch::{Fetched, fetch, start_position};
+use super::session::Session;
 use crate::budget::ByteBudget;
 use crate::checkpointer::Checkpointer;
 use crate::config::ConsumerConfig;
@@ -39,6 +42,8 @@ use crate::poll_loop::ShardReader;
 use crate::processor::{ProcessorFactory, ShardContext};
 use crate::retry;
 use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
+use crate::snapshot::scanned_items;
+use crate::snapshot::segment::report_if_late;
 use crate::start_time::InitialPosition;
 use crate::streams::{StartPosition, StreamsApi};
 
@@ -70,6 +75,8 @@ pub(crate) struct Part {
     table: Option<String>,
     signals: ShardSignals,
     rx: mpsc::Receiver<Fetched>,
+    /// How the session ends at the source's end.
+    end: PipelineEnd,
 }
 
 /// A pipeline of processors made by `P`.
@@ -121,6 +128,7 @@ impl<P: ProcessorFactory> PipelineRunner for Pipeline<P> {
             table,
             signals,
             rx,
+            end,
         } = part;
         let runtime = Arc::new(Runtime {
             api,
@@ -154,7 +162,7 @@ impl<P: ProcessorFactory> PipelineRunner for Pipeline<P> {
                 .telemetry
                 .lag
                 .track(task.key(), task.pipeline());
-            super::drive(&task, &signals, checkpointer, rx, ShardEnd).await
+            super::drive(&task, &signals, checkpointer, rx, end).await
         })
     }
 }
@@ -176,20 +184,19 @@ fn own_start(lease: &Lease, name: &str, initial: InitialPosition) -> Checkpoint 
 
 /// Runs the shard of `task`'s lease for every pipeline of the consumer, over one read.
 pub(crate) async fn run<F: ProcessorFactory>(
-    task: LeaseTask<F>,
+    mut task: LeaseTask<F>,
     signals: ShardSignals,
 ) -> ShardOutcome {
     let key = task.key().clone();
-    let runtime = &task.runtime;
+    let runtime = task.runtime.clone();
     let pipelines = &runtime.pipelines;
-    let names: Vec<String> = pipelines.iter().map(|p| p.name().to_owned()).collect();
 
     // Each pipeline's own position; `LATEST` becomes the time it starts from.
     let mut own: Vec<Checkpoint> = pipelines
         .iter()
         .map(|p| own_start(&task.lease, p.name(), p.config().initial_position))
         .collect();
-    let Some(read) = slowest(&own) else {
+    let Some(read) = read_position(&own) else {
         return ShardOutcome::Ended;
     };
     let Some(start) = start_position(&read) else {
@@ -214,29 +221,83 @@ pub(crate) async fn run<F: ProcessorFactory>(
             }
         }
     }
-    // Every pipeline's start is stored with the read position before anything is read: a
-    // pipeline new to the lease gets its attribute, a `LATEST` one its start time.
-    let read = slowest(&own).unwrap_or(read);
+    if let Err(outcome) = store_starts(&task, &own).await {
+        return outcome;
+    }
+    if all_latest {
+        reader.replace_unread_start(StartPosition::TrimHorizon);
+    }
+    // The children start where the read did (a time after a snapshot or a `LATEST` start).
+    task.lease.checkpoint = read_position(&own).unwrap_or(read);
+    let budget = runtime.budget.clone();
+    let policy = runtime.config.trimmed_data_policy;
+    let outcome = deliver(
+        &task,
+        &signals,
+        &own,
+        PipelineEnd::Shard,
+        move |tx, stop| Box::pin(fetch(reader, budget, tx, policy, stop)),
+    )
+    .await;
+    if matches!(outcome, ShardOutcome::Ended) {
+        // Once per shard, after the last pipeline's `SHARD_END`: not once per pipeline.
+        shard_ended(&task).await;
+    }
+    outcome
+}
+
+/// Stores every pipeline's start with the read position, before anything is read: a
+/// pipeline new to the lease gets its attribute, a `LATEST` one its start time, and the
+/// owner's running pipelines are listed.
+pub(crate) async fn store_starts<F: ProcessorFactory>(
+    task: &LeaseTask<F>,
+    own: &[Checkpoint],
+) -> Result<(), ShardOutcome> {
+    let runtime = &task.runtime;
+    let names: Vec<String> = runtime
+        .pipelines
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    let Some(read) = read_position(own) else {
+        return Ok(());
+    };
     let update = PipelineCheckpoints {
-        read_position: read.clone(),
+        read_position: read,
         pipelines: names.iter().cloned().zip(own.iter().cloned()).collect(),
-        running: Some(names.clone()),
+        running: Some(names),
     };
     let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
         runtime
             .store
-            .checkpoint_pipelines(&key, &task.ownership, &update)
+            .checkpoint_pipelines(task.key(), &task.ownership, &update)
     })
     .await;
     match written {
-        Ok(_) if all_latest => reader.replace_unread_start(StartPosition::TrimHorizon),
-        Ok(_) => {}
-        Err(error) if error.is_lease_lost() => return ShardOutcome::LeaseLost,
-        Err(error) => return ShardOutcome::Failed(error.into()),
+        Ok(_) => Ok(()),
+        Err(error) if error.is_lease_lost() => Err(ShardOutcome::LeaseLost),
+        Err(error) => Err(ShardOutcome::Failed(error.into())),
     }
+}
 
+/// Delivers what `source` reads (once) to every pipeline of the consumer that has not
+/// finished the lease (its start in `own`, in the order of the runtime's pipelines, already
+/// stored), each in its own session, and ends when they all did. `Ended` when every
+/// pipeline reached the source's end; the lease-wide end (a shard's children, a segment's
+/// progress) is the caller's.
+pub(crate) async fn deliver<F: ProcessorFactory>(
+    task: &LeaseTask<F>,
+    signals: &ShardSignals,
+    own: &[Checkpoint],
+    end: PipelineEnd,
+    source: impl FnOnce(mpsc::Sender<Fetched>, CancellationToken) -> BoxFuture<'static, ()>,
+) -> ShardOutcome {
+    let key = task.key().clone();
+    let runtime = &task.runtime;
+    let pipelines = &runtime.pipelines;
+    let names = pipelines.iter().map(|p| p.name().to_owned());
     let positions = Arc::new(Positions {
-        durable: Mutex::new(names.iter().cloned().zip(own.iter().cloned()).collect()),
+        durable: Mutex::new(names.zip(own.iter().cloned()).collect()),
     });
     let lost = signals.lost.child_token();
     let release = signals.release.child_token();
@@ -246,9 +307,9 @@ pub(crate) async fn run<F: ProcessorFactory>(
     };
     let mut outs = Vec::new();
     let mut sessions = FuturesUnordered::new();
-    for (pipeline, start) in pipelines.iter().zip(&own) {
-        if start_position(start).is_none() {
-            continue; // this pipeline finished the shard before
+    for (pipeline, start) in pipelines.iter().zip(own) {
+        if start.is_shard_end() {
+            continue; // this pipeline finished the lease before (or skips it)
         }
         let (tx, rx) = mpsc::channel(RUN_AHEAD_PAGES);
         outs.push(Out {
@@ -274,19 +335,18 @@ pub(crate) async fn run<F: ProcessorFactory>(
             table: task.table.clone(),
             signals: local.clone(),
             rx,
+            end,
         }));
     }
+    if sessions.is_empty() {
+        // Every pipeline had finished the lease: the read position says so too.
+        return ShardOutcome::Ended;
+    }
 
-    let stop_fetch = lost.child_token();
+    let stop_source = lost.child_token();
     let (tx, rx) = mpsc::channel(runtime.config.prefetch_pages.max(1));
-    let _fetcher = AbortOnDropHandle::new(tokio::spawn(fetch(
-        reader,
-        runtime.budget.clone(),
-        tx,
-        runtime.config.trimmed_data_policy,
-        stop_fetch.clone(),
-    )));
-    let _stop_fetch_on_exit = stop_fetch.drop_guard();
+    let _source = AbortOnDropHandle::new(tokio::spawn(source(tx, stop_source.clone())));
+    let _stop_source_on_exit = stop_source.drop_guard();
     let _distributor =
         AbortOnDropHandle::new(tokio::spawn(distribute(rx, outs, key.shard_id.clone())));
 
@@ -300,10 +360,6 @@ pub(crate) async fn run<F: ProcessorFactory>(
             ShardOutcome::Ended | ShardOutcome::Released => {}
         }
         outcomes.push(outcome);
-    }
-    if outcomes.is_empty() {
-        // Every pipeline had finished the shard: the read position says so too.
-        return ShardOutcome::Ended;
     }
     if outcomes
         .iter()
@@ -320,7 +376,57 @@ pub(crate) async fn run<F: ProcessorFactory>(
     if outcomes.iter().all(|o| matches!(o, ShardOutcome::Ended)) {
         return ShardOutcome::Ended;
     }
-    release_lease(&task, &key, &task.ownership).await
+    release_lease(task, &key, &task.ownership).await
+}
+
+/// How one pipeline's session ends once the source was read to its end: the pipeline's
+/// `SHARD_END` (with the read position, `SHARD_END` once it is the last); for a snapshot
+/// segment, also the snapshot's duration checked and a loss told to the pipeline's
+/// processor. What the lease's end does once (a shard's children, a segment's progress)
+/// follows in [`run`] (or the segment's task) after the last pipeline ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PipelineEnd {
+    /// A shard of the stream.
+    Shard,
+    /// A snapshot segment of a snapshot that began at `started_at` (if known).
+    Segment { started_at: Option<SystemTime> },
+}
+
+impl<F: ProcessorFactory> EndOfSource<F> for PipelineEnd {
+    async fn end(self, session: &mut Session<'_, F>) -> ShardOutcome {
+        if let Err(outcome) = session.read_to_end().await {
+            return outcome;
+        }
+        if let PipelineEnd::Segment {
+            started_at: Some(started_at),
+        } = self
+        {
+            report_if_late(session, started_at).await;
+        }
+        ShardOutcome::Ended
+    }
+}
+
+/// The read position of a lease: the slowest pipeline's checkpoint
+/// ([`slowest`]), where snapshot segment positions are ordered by the items scanned.
+pub(crate) fn read_position<'a>(
+    checkpoints: impl IntoIterator<Item = &'a Checkpoint>,
+) -> Option<Checkpoint> {
+    checkpoints
+        .into_iter()
+        .fold(None, |slowest: Option<&Checkpoint>, next| match slowest {
+            Some(current) if !is_behind(next, current) => Some(current),
+            _ => Some(next),
+        })
+        .cloned()
+}
+
+/// Whether checkpoint `a` is strictly behind `b` on the same lease.
+fn is_behind(a: &Checkpoint, b: &Checkpoint) -> bool {
+    match (scanned_items(a), scanned_items(b)) {
+        (Some(x), Some(y)) => x < y,
+        _ => a != b && slowest([a, b]).as_ref() == Some(a),
+    }
 }
 
 /// A pipeline's queue of pages, and the last record it had done when the read started
@@ -398,10 +504,20 @@ struct Positions {
 }
 
 impl Positions {
+    /// Whether `checkpoint` is behind the pipeline's stored one: a pipeline that was ahead
+    /// of the read position when a segment's Scan resumed from it is given pages it had
+    /// done again, and its position never moves back (such a checkpoint is not written).
+    fn is_behind(&self, name: &str, checkpoint: &Checkpoint) -> bool {
+        let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        durable
+            .get(name)
+            .is_some_and(|stored| is_behind(checkpoint, stored))
+    }
+
     /// The write of `name` at `checkpoint`: with the read position it leaves the shard at.
     fn update(&self, name: &str, checkpoint: &Checkpoint) -> PipelineCheckpoints {
         let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        let read = slowest(
+        let read = read_position(
             durable
                 .iter()
                 .map(|(n, c)| if n == name { checkpoint } else { c }),
@@ -450,6 +566,11 @@ impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
         ownership: &Ownership,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
+        if self.positions.is_behind(&self.name, checkpoint) {
+            let mut lease = self.lease.clone();
+            lease.checkpoint = checkpoint.clone();
+            return Ok(lease);
+        }
         let update = self.positions.update(&self.name, checkpoint);
         let mut lease = self
             .inner

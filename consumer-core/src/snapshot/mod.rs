@@ -44,11 +44,13 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::{Error, Result};
 use crate::retry;
-use crate::shard_sync::{create_lease_if_absent, describe_all_shards, parents_first};
+use crate::shard_graph::{create_lease_if_absent, describe_all_shards, parents_first};
 use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
+#[cfg(feature = "testkit")]
+pub(crate) use scan::{PageRequest, ScanPage, to_stream_item};
 
 /// How long DynamoDB Streams keeps a record: a snapshot that takes longer than this (minus
 /// the creation-time margin) cannot be followed by the stream without a gap.
@@ -117,6 +119,18 @@ impl SnapshotConfig {
     /// How often a running segment logs the snapshot's progress. Default: 30 s.
     pub fn with_progress_interval(mut self, interval: Duration) -> Self {
         self.progress_interval = interval;
+        self
+    }
+
+    /// Reads the simulated tables of `tables` instead of DynamoDB (simulation tests): the
+    /// snapshot scans the items the simulation's writes left, as they are when each page is
+    /// read, and holds while the worker is paused.
+    #[cfg(feature = "testkit")]
+    pub fn with_simulated_tables(
+        mut self,
+        tables: crate::testkit::PausableStreams<crate::testkit::SimulatedStream>,
+    ) -> Self {
+        self.scanner = Some(Arc::new(tables));
         self
     }
 
@@ -260,6 +274,17 @@ pub(crate) fn parse_segment_id(shard_id: &str) -> Option<(u32, u32)> {
     (index < total).then_some((index, total))
 }
 
+/// How many items a segment position says were scanned (`TrimHorizon`: none); `None` for
+/// a checkpoint that is not a segment's position. What orders the pipelines' positions in
+/// a segment.
+pub(crate) fn scanned_items(checkpoint: &Checkpoint) -> Option<u64> {
+    match checkpoint {
+        Checkpoint::TrimHorizon => Some(0),
+        Checkpoint::Scan(text) => Some(scan::Position::decode(text).map_or(0, |p| p.items)),
+        _ => None,
+    }
+}
+
 /// Whether a lease is a snapshot segment rather than a shard (it has no records to read:
 /// tools skip it when they read shards).
 pub fn is_segment(key: &LeaseKey) -> bool {
@@ -270,13 +295,16 @@ pub fn is_segment(key: &LeaseKey) -> bool {
 /// stream without new images, writes the plan if this worker is first, and creates the
 /// segment leases and the stream leases that wait for them. Idempotent: every starting
 /// worker runs it, so a first worker that crashed midway is completed by the next one.
-/// A stream this application already consumed without a snapshot gets none.
+/// A stream this application already consumed without a snapshot gets none. The plan
+/// names the consumer's `pipelines` (each at `Since(T0)`): a pipeline it does not name
+/// joined later and gets no snapshot.
 pub(crate) async fn prepare(
     api: &dyn StreamsApi,
     store: &Arc<dyn LeaseStore>,
     config: &SnapshotConfig,
     stream_arn: &str,
     table: Option<&str>,
+    pipelines: &[String],
 ) -> Result<()> {
     let page = retry::call(retry::startup(), retry::is_retryable_api, || {
         api.describe_stream(stream_arn, None)
@@ -316,7 +344,11 @@ pub(crate) async fn prepare(
                 .map(|i| segment_id(i, config.segments))
                 .collect();
             // The streams' clock (this host's for AWS): creation times are compared with it.
-            let plan = Lease::new(key.clone(), Checkpoint::since(api.now()), segments);
+            let mut plan = Lease::new(key.clone(), Checkpoint::since(api.now()), segments);
+            plan.pipelines = pipelines
+                .iter()
+                .map(|name| (name.clone(), plan.checkpoint.clone()))
+                .collect();
             if create_lease_if_absent(store.as_ref(), &plan).await? {
                 tracing::info!(%table, stream_arn, segments = config.segments, started = %plan.checkpoint, "snapshot planned");
                 plan

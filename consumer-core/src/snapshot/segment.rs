@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use aws_sdk_dynamodbstreams::types::{OperationType, Record, StreamRecord};
-use dynamodb_streams_leases::{Checkpoint, LeaseStore};
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ use crate::processor::{DataLoss, ProcessorFactory};
 use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::shard::fetch::{Fetched, FetchedPage, first_expected_cost};
+use crate::shard::pipelines::{self, PipelineEnd};
 use crate::shard::session::Session;
 use crate::shard::{self, ending::EndOfSource};
 use crate::stream_arn::table_of_stream;
@@ -51,13 +52,18 @@ pub(crate) async fn run_segment<F: ProcessorFactory>(
     if task.lease.checkpoint.is_shard_end() {
         return ShardOutcome::Ended;
     }
+    if !task.runtime.pipelines.is_empty() {
+        return run_for_pipelines(task, signals).await;
+    }
     let scan = match Scan::new(&task) {
         Ok(scan) => scan,
         Err(error) => return ShardOutcome::Failed(error),
     };
     let runtime = &task.runtime;
     let end = SegmentEnd {
-        started_at: started_at(&task).await,
+        started_at: read_plan(&task)
+            .await
+            .and_then(|p| p.checkpoint.skip_before()),
         items: scan.items.clone(),
     };
     let checkpointer = Checkpointer::new(
@@ -76,16 +82,96 @@ pub(crate) async fn run_segment<F: ProcessorFactory>(
     outcome
 }
 
-/// When the snapshot began, from its plan (`None` if the plan cannot be read: the
-/// retention check is then skipped, with a warning).
-async fn started_at<F: ProcessorFactory>(task: &LeaseTask<F>) -> Option<SystemTime> {
+/// Runs the segment of `task`'s lease for every named pipeline over one Scan: each page
+/// read once and handed to every pipeline (as a shard's pages are), each pipeline's scan
+/// position its own attribute of the segment lease, the lease's `checkpoint` the slowest
+/// one (`SHARD_END` once every pipeline finished the segment, which is what lets the
+/// stream's leases start: no stream record reaches any pipeline before that).
+///
+/// Where each pipeline starts: its own position; on a segment no pipeline wrote yet, the
+/// lease's (every pipeline of the snapshot's plan scans it, as an application moving from
+/// one unnamed consumer to pipelines goes on from where that consumer was); a pipeline the
+/// plan does not name, or new to a segment the others already scan, gets no snapshot (its
+/// position is `SHARD_END` at once): it joined after the snapshot began, and a snapshot of
+/// only the segments still open would miss items without saying so. The Scan resumes from
+/// the slowest position; a pipeline that was ahead is given the pages between again (at
+/// least once) and does not write a position behind its own.
+async fn run_for_pipelines<F: ProcessorFactory>(
+    mut task: LeaseTask<F>,
+    signals: ShardSignals,
+) -> ShardOutcome {
+    let plan = read_plan(&task).await;
+    let started_at = plan.as_ref().and_then(|p| p.checkpoint.skip_before());
+    let planned = plan.map(|p| p.pipelines).unwrap_or_default();
+    let own: Vec<Checkpoint> = task
+        .runtime
+        .pipelines
+        .iter()
+        .map(|p| {
+            let start = pipeline_start(&task.lease, p.name(), &planned);
+            if start.is_shard_end() && !task.lease.pipelines.contains_key(p.name()) {
+                tracing::warn!(pipeline = p.name(), stream_arn = %task.key().stream, segment = %task.key().shard_id, "this pipeline joined after the snapshot began: it gets no snapshot, and starts on the stream at its initial position");
+            }
+            start
+        })
+        .collect();
+    if let Err(outcome) = pipelines::store_starts(&task, &own).await {
+        return outcome;
+    }
+    let Some(read) = pipelines::read_position(&own) else {
+        return ShardOutcome::Ended;
+    };
+    if read.is_shard_end() {
+        return ShardOutcome::Ended;
+    }
+    task.lease.checkpoint = read;
+    let scan = match Scan::new(&task) {
+        Ok(scan) => scan,
+        Err(error) => return ShardOutcome::Failed(error),
+    };
+    let items = scan.items.clone();
+    let budget = task.runtime.budget.clone();
+    let end = PipelineEnd::Segment { started_at };
+    let outcome = pipelines::deliver(&task, &signals, &own, end, move |tx, stop| {
+        Box::pin(scan.run(budget, tx, stop))
+    })
+    .await;
+    if matches!(outcome, ShardOutcome::Ended) {
+        segment_finished(
+            &task.runtime.store,
+            task.key(),
+            items.load(Ordering::Relaxed),
+        )
+        .await;
+    }
+    outcome
+}
+
+/// Where pipeline `name` starts on segment `lease`, given the pipelines the snapshot's
+/// plan names (`planned`, empty for a plan written without pipelines).
+fn pipeline_start(
+    lease: &dynamodb_streams_leases::Lease,
+    name: &str,
+    planned: &std::collections::BTreeMap<String, Checkpoint>,
+) -> Checkpoint {
+    match lease.pipelines.get(name) {
+        Some(own) => own.clone(),
+        None if !planned.is_empty() && !planned.contains_key(name) => Checkpoint::ShardEnd,
+        None if lease.pipelines.is_empty() => lease.checkpoint.clone(),
+        None => Checkpoint::ShardEnd,
+    }
+}
+
+/// The snapshot's plan (`None` if it cannot be read: the retention check is then skipped,
+/// with a warning).
+async fn read_plan<F: ProcessorFactory>(task: &LeaseTask<F>) -> Option<Lease> {
     match task
         .runtime
         .store
         .get_lease(&plan_key(&task.key().stream))
         .await
     {
-        Ok(plan) => plan.and_then(|p| p.checkpoint.skip_before()),
+        Ok(plan) => plan,
         Err(error) => {
             tracing::warn!(segment = %task.key().shard_id, %error, "cannot read the snapshot's plan; its duration is not checked against the stream's retention");
             None
@@ -269,31 +355,44 @@ impl<F: ProcessorFactory> EndOfSource<F> for SegmentEnd {
         if let Err(outcome) = session.read_to_end().await {
             return outcome;
         }
+        if let Some(t0) = self.started_at {
+            report_if_late(session, t0).await;
+        }
         let key = session.key().clone();
-        let items = self.items.load(Ordering::Relaxed);
-        ShardEnded {
-            stream_arn: &key.stream,
-            shard_id: &key.shard_id,
-            children: 0,
-        }
-        .emit();
-        tracing::info!(stream_arn = %key.stream, segment = %key.shard_id, items, "snapshot segment finished");
-        let runtime = &session.task.runtime;
-        let margin = runtime.config.creation_time_margin;
-        let now = runtime.api.now();
-        if let Some(t0) = self.started_at
-            && outlasted_retention(t0, now, margin)
-        {
-            report_late(session, t0).await;
-        }
-        report_progress(&runtime.store, &key.stream, &key.shard_id, items).await;
+        let store = session.task.runtime.store.clone();
+        segment_finished(&store, &key, self.items.load(Ordering::Relaxed)).await;
         ShardOutcome::Ended
     }
 }
 
-/// The snapshot outlasted the stream's retention: records created after it began may be
-/// trimmed before the stream is read. Reported as data loss, never silent.
-async fn report_late<F: ProcessorFactory>(session: &mut Session<'_, F>, started_at: SystemTime) {
+/// After the segment's `SHARD_END` (every pipeline's, with pipelines): the event, the log
+/// line and the snapshot's progress, once per segment.
+async fn segment_finished(store: &Arc<dyn LeaseStore>, key: &LeaseKey, items: u64) {
+    ShardEnded {
+        stream_arn: &key.stream,
+        shard_id: &key.shard_id,
+        children: 0,
+    }
+    .emit();
+    tracing::info!(stream_arn = %key.stream, segment = %key.shard_id, items, "snapshot segment finished");
+    report_progress(store, &key.stream, &key.shard_id, items).await;
+}
+
+/// If the snapshot that began at `started_at` outlasted the stream's retention, records
+/// created after it began may be trimmed before the stream is read: reported to the
+/// session's processor as data loss, never silent.
+pub(crate) async fn report_if_late<F: ProcessorFactory>(
+    session: &mut Session<'_, F>,
+    started_at: SystemTime,
+) {
+    let runtime = &session.task.runtime;
+    if !outlasted_retention(
+        started_at,
+        runtime.api.now(),
+        runtime.config.creation_time_margin,
+    ) {
+        return;
+    }
     let key = session.key().clone();
     let wanted = format!(
         "records created since the snapshot began ({})",

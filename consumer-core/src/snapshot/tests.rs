@@ -647,7 +647,7 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
     let (sim, arn) = split_stream(21);
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let config = SnapshotConfig::new().with_segments(3);
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let plan = store.get_lease(&plan_key(&arn)).await.unwrap().unwrap();
@@ -664,7 +664,7 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
         }
         store.delete_lease(&lease.key).await.unwrap();
     }
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let leases = stream_leases(&store, &arn).await;
@@ -814,9 +814,16 @@ async fn prepare_and_the_shard_sync_create_parents_before_children() {
         instrumented.observe(creations.clone());
         let store: Arc<dyn LeaseStore> = Arc::new(instrumented);
         if snapshot {
-            prepare(&api, &store, &SnapshotConfig::new(), &arn, Some("orders"))
-                .await
-                .unwrap();
+            prepare(
+                &api,
+                &store,
+                &SnapshotConfig::new(),
+                &arn,
+                Some("orders"),
+                &[],
+            )
+            .await
+            .unwrap();
         } else {
             crate::shard_sync::sync_stream(
                 &api,
@@ -850,7 +857,7 @@ async fn a_root_lease_does_not_grow_with_the_segments() {
         let (sim, arn) = split_stream(23);
         let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
         let config = SnapshotConfig::new().with_segments(segments);
-        prepare(&sim, &store, &config, &arn, Some("orders"))
+        prepare(&sim, &store, &config, &arn, Some("orders"), &[])
             .await
             .unwrap();
         let roots: Vec<Lease> = stream_leases(&store, &arn)
@@ -886,7 +893,7 @@ async fn the_gate_is_finished_once_every_segment_is_and_only_then() {
     let (sim, arn) = split_stream(24);
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let config = SnapshotConfig::new().with_segments(3);
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     // The crash: the gate and the stream leases never written.
@@ -895,7 +902,7 @@ async fn the_gate_is_finished_once_every_segment_is_and_only_then() {
             store.delete_lease(&lease.key).await.unwrap();
         }
     }
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let gate = || async { store.get_lease(&gate_key(&arn)).await.unwrap() };
@@ -949,7 +956,7 @@ async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
     let (sim, arn) = split_stream(25);
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let config = SnapshotConfig::new().with_segments(2);
-    prepare(&sim, &store, &config, &arn, Some("orders"))
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
         .await
         .unwrap();
     let stale: Vec<Lease> = store
@@ -963,3 +970,5 @@ async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
     let gate = store.get_lease(&gate_key(&arn)).await.unwrap().unwrap();
     assert_eq!(gate.checkpoint, Checkpoint::TrimHorizon);
 }
+
+mod pipelines;

@@ -21,6 +21,7 @@ mod iterators;
 mod pause;
 mod record;
 mod recorder;
+mod scan;
 mod shard;
 mod state;
 mod store;

@@ -72,6 +72,18 @@ impl<A> PausableStreams<A> {
     }
 }
 
+impl<A> PausableStreams<A> {
+    /// The API the calls reach.
+    pub(crate) fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    /// The switch that holds the calls.
+    pub(crate) fn switch(&self) -> &PauseSwitch {
+        &self.switch
+    }
+}
+
 impl<A: fmt::Debug> fmt::Debug for PausableStreams<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PausableStreams")

@@ -624,6 +624,85 @@ impl Simulation {
         })
     }
 
+    /// One page of a parallel Scan segment of `table`: the items whose key hashes to
+    /// `segment` of `total`, in key order, after the item with key `after` (a key's
+    /// canonical form), at most `limit`; and the canonical key to resume after, if more
+    /// may follow (`None` once the segment is read to its end). The items' state is the
+    /// one at the call, like a consistent Scan's.
+    pub(crate) fn scan_segment(
+        &self,
+        table: &str,
+        (segment, total): (u32, u32),
+        after: Option<&Item>,
+        limit: u32,
+    ) -> Result<(Vec<Item>, Option<Item>), ApiError> {
+        let resource = format!("table {table:?}");
+        let not_found = || {
+            ApiError::new(
+                ApiErrorKind::ResourceNotFound,
+                "Scan",
+                &resource,
+                "Requested resource not found",
+            )
+        };
+        let table = self.tables.get(table).ok_or_else(not_found)?;
+        let after = match after {
+            Some(key) => Some(
+                key_of(key, &table.key_attributes)
+                    .map_err(|attribute| {
+                        ApiError::new(
+                            ApiErrorKind::InvalidRequest,
+                            "Scan",
+                            &resource,
+                            format!("the ExclusiveStartKey lacks the key attribute {attribute}"),
+                        )
+                    })?
+                    .1,
+            ),
+            None => None,
+        };
+        let mut keys: Vec<&String> = table
+            .items
+            .keys()
+            .filter(|k| {
+                slot(fnv1a(k.as_bytes()), total as usize) == segment as usize
+                    && after.as_ref().is_none_or(|after| *k > after)
+            })
+            .collect();
+        keys.sort();
+        let limit = limit.max(1) as usize;
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let items: Vec<Item> = keys
+            .iter()
+            .filter_map(|k| table.items.get(*k).cloned())
+            .collect();
+        let resume = if more {
+            items
+                .last()
+                .and_then(|item| key_of(item, &table.key_attributes).ok())
+                .map(|(key, _)| key)
+        } else {
+            None
+        };
+        Ok((items, resume))
+    }
+
+    /// The key attributes of `table`, in key-schema order.
+    pub(crate) fn key_attributes(&self, table: &str) -> Result<Vec<String>, ApiError> {
+        self.tables
+            .get(table)
+            .map(|t| t.key_attributes.clone())
+            .ok_or_else(|| {
+                ApiError::new(
+                    ApiErrorKind::ResourceNotFound,
+                    "DescribeTable",
+                    format!("table {table:?}"),
+                    "Requested resource not found",
+                )
+            })
+    }
+
     fn stream_for_api(
         &self,
         operation: SimOperation,

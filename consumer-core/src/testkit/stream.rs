@@ -52,7 +52,7 @@ impl SimulatedStream {
         Self::new(SimConfig::with_seed(seed))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Simulation> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Simulation> {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -222,7 +222,7 @@ impl SimulatedStream {
         self.lock().advance_clock(by);
     }
 
-    async fn latency(&self) {
+    pub(crate) async fn latency(&self) {
         let latency = self.lock().config().latency;
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

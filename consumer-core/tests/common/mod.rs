@@ -481,3 +481,36 @@ impl OrphanWatch {
         *self.longest.lock().unwrap()
     }
 }
+
+/// Runs `test` on a current-thread runtime with time paused and a thread-local metrics
+/// recorder: every task runs on this thread, so the recorder holds this test's metrics
+/// only. `test` gets the recorder's snapshotter (to look during the run); so does the
+/// caller, with the test's output.
+pub fn run_recorded<F: std::future::Future>(
+    test: impl FnOnce(metrics_util::debugging::Snapshotter) -> F,
+) -> (F::Output, metrics_util::debugging::Snapshotter) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let output =
+        metrics::with_local_recorder(&recorder, || runtime.block_on(test(snapshotter.clone())));
+    (output, snapshotter)
+}
+
+/// The counter `name` summed over its series, since the previous snapshot.
+pub fn counter_total(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
+}

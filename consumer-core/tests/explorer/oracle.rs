@@ -14,9 +14,15 @@
 //!    worker for one shard never share an item (key partitions);
 //! 4. a checkpoint write never covers an unfinished record and never moves back, and a
 //!    deleted lease is never created again;
+//! 5. with staged writes, each record's write applied at most once, and once for every
+//!    record processed with `Ok` that the stored checkpoint covers;
 //! 6. (bounds on shutdown and calls: checked by the world);
 //! 7. no stream record reaches a processor before every snapshot segment of its stream
-//!    ended (checked once snapshots are drawn);
+//!    ended;
+//!
+//! With named pipelines, each pipeline has its own oracle (sharing one journal): it sees
+//! only its pipeline's calls and handler, and judges the pipeline's own checkpoint (its
+//! attribute of the lease item), so every invariant holds per pipeline.
 //! 8. (drain after the last fault: checked by the world).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -66,6 +72,8 @@ struct Rec {
     /// Calls that included it, and those that failed.
     attempts: u32,
     failed_calls: u32,
+    /// It went to the on-failure handler at least once.
+    handled: bool,
 }
 
 /// One change of a batch, as the processor saw it.
@@ -106,10 +114,17 @@ pub struct Rules {
     pub creation_time_margin: Duration,
     pub filter_modulus: Option<u64>,
     pub max_record_age: Option<Duration>,
+    /// Snapshot, then stream: an item whose last record the stream skipped (written before
+    /// the snapshot began) must reach the sink through the snapshot.
+    pub snapshot: bool,
 }
 
 struct State {
     rules: Rules,
+    /// The named pipeline this oracle checks (`None`: the consumer's one processor).
+    pipeline: Option<String>,
+    /// Whether writes are logged (by one oracle of a run).
+    log_writes: bool,
     journal: Journal,
     violation: Option<Violation>,
     records: Vec<Rec>,
@@ -133,6 +148,12 @@ struct State {
     /// The item as a sink applying every successful batch has it: `Some(n)` or deleted.
     sink: BTreeMap<(String, String), Option<u64>>,
     handler_calls: BTreeMap<String, u32>,
+    /// Snapshot plans seen in the lease table: stream ARN -> its segment ids.
+    plans: BTreeMap<String, Vec<String>>,
+    /// Segment leases seen at `ShardEnd`.
+    segments_ended: BTreeSet<LeaseKey>,
+    /// Deliveries of each snapshot item so far, by (stream, segment, key).
+    snapshot_attempts: BTreeMap<(String, String, String), u32>,
 }
 
 /// Shared by the world, the processors, the handler and every worker's store link.
@@ -224,10 +245,28 @@ impl State {
 
 impl Oracle {
     pub fn new(rules: Rules) -> Self {
+        Self::with(rules, None, Journal::new(), true)
+    }
+
+    /// The oracle of pipeline `name`, writing to this one's journal: it checks the
+    /// pipeline's calls and its own checkpoint (an attribute of each lease).
+    pub fn for_pipeline(&self, name: &str, log_writes: bool) -> Self {
+        let state = self.state();
+        Self::with(
+            state.rules.clone(),
+            Some(name.to_owned()),
+            state.journal.clone(),
+            log_writes,
+        )
+    }
+
+    fn with(rules: Rules, pipeline: Option<String>, journal: Journal, log_writes: bool) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 rules,
-                journal: Journal::new(),
+                pipeline,
+                log_writes,
+                journal,
                 violation: None,
                 records: Vec::new(),
                 by_seq: BTreeMap::new(),
@@ -242,6 +281,9 @@ impl Oracle {
                 paused: BTreeSet::new(),
                 sink: BTreeMap::new(),
                 handler_calls: BTreeMap::new(),
+                plans: BTreeMap::new(),
+                segments_ended: BTreeSet::new(),
+                snapshot_attempts: BTreeMap::new(),
             })),
         }
     }
@@ -270,7 +312,7 @@ impl Oracle {
     }
 
     pub fn journal_hash(&self) -> (u64, u64) {
-        let mut state = self.state();
+        let state = self.state();
         (state.journal.hash(), state.journal.len())
     }
 
@@ -294,13 +336,15 @@ impl Oracle {
         };
         let filtered = filtered_out(state.rules.filter_modulus, &written.event_id);
         let i = state.records.len();
-        state.journal.push(format!(
-            "write {} {key}={n:?} -> {} {}{}",
-            written.table,
-            written.shard_id,
-            written.sequence_number,
-            if filtered { " (filtered)" } else { "" }
-        ));
+        if state.log_writes {
+            state.journal.push(format!(
+                "write {} {key}={n:?} -> {} {}{}",
+                written.table,
+                written.shard_id,
+                written.sequence_number,
+                if filtered { " (filtered)" } else { "" }
+            ));
+        }
         state.by_seq.insert(written.sequence_number.to_string(), i);
         state
             .by_item
@@ -322,6 +366,7 @@ impl Oracle {
             finished: None,
             attempts: 0,
             failed_calls: 0,
+            handled: false,
         });
     }
 
@@ -339,7 +384,7 @@ impl Oracle {
 
     /// A `process` call starts; `owns` says whether the lease table names its caller as
     /// the owner at this epoch. Returns the call's id and each change's attempt number
-    /// (1 for a first delivery; 0 for a snapshot change).
+    /// (1 for a first delivery; snapshot items are counted per segment and key).
     pub fn call_started(
         &self,
         ctx: &ShardContext,
@@ -351,8 +396,13 @@ impl Oracle {
         let id = state.next_call;
         state.next_call += 1;
         let worker_paused = state.paused.contains(&ctx.worker_id);
+        let tag = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
         state.journal.push(format!(
-            "call {id} start {} {} epoch {} [{}]",
+            "call{tag} {id} start {} {} epoch {} [{}]",
             ctx.lease_owner,
             ctx.shard_id,
             ctx.lease_epoch,
@@ -373,6 +423,21 @@ impl Oracle {
                     ctx.lease_owner, ctx.shard_id, ctx.lease_epoch
                 ),
             );
+        }
+        // Invariant 7: no stream record before every segment of the stream's snapshot ended.
+        if changes.iter().any(|c| c.kind != ChangeKind::Snapshot)
+            && let Some(segments) = state.plans.get(&ctx.stream_arn)
+            && let Some(open) = segments.iter().find(|segment| {
+                !state
+                    .segments_ended
+                    .contains(&LeaseKey::new(ctx.stream_arn.clone(), (*segment).clone()))
+            })
+        {
+            let detail = format!(
+                "{} got stream records of {} (call {id}) while snapshot segment {open} had not ended",
+                ctx.lease_owner, ctx.shard_id
+            );
+            state.violate("7 snapshot first", detail);
         }
         // Invariant 3: no other worker's call on this shard; none of ours on these items.
         let mut problems = Vec::new();
@@ -405,7 +470,14 @@ impl Oracle {
         let mut problems = Vec::new();
         for (j, change) in changes.iter().enumerate() {
             if change.kind == ChangeKind::Snapshot {
-                attempts.push(0);
+                let item = (
+                    ctx.stream_arn.clone(),
+                    ctx.shard_id.clone(),
+                    change.key.clone(),
+                );
+                let n = state.snapshot_attempts.entry(item).or_default();
+                *n += 1;
+                attempts.push(*n);
                 continue;
             }
             let Some(&i) = state.by_seq.get(change.seq.as_str()) else {
@@ -481,7 +553,12 @@ impl Oracle {
         let Some(call) = state.calls.remove(&id) else {
             return;
         };
-        state.journal.push(format!("call {id} end {end:?}"));
+        let tag = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
+        state.journal.push(format!("call{tag} {id} end {end:?}"));
         let succeeded = match &end {
             CallEnd::Ok => call.changes.len(),
             CallEnd::FailedAt(seq) => call.changes.iter().position(|c| &c.seq == seq).unwrap_or(0),
@@ -560,6 +637,7 @@ impl Oracle {
                     now
                 ));
             }
+            state.records[i].handled = true;
             state.finish(i, Finished::Handler(failed.reason));
         }
         for problem in problems {
@@ -643,6 +721,52 @@ impl Oracle {
         self.state().calls.len()
     }
 
+    /// Invariant 5 with staged writes: `applied` says how many times the write staged for
+    /// a record (by sequence number) was applied. Never twice; at the end, once for every
+    /// record that was processed with `Ok` (never handed to the handler) and that the
+    /// stored checkpoint covers.
+    pub fn check_applied(&self, applied_by_id: impl Fn(&str) -> u64, end: bool) {
+        let mut state = self.state();
+        let prefix = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        let applied = |seq: &str| applied_by_id(&format!("{prefix}{seq}"));
+        let mut problems = Vec::new();
+        for i in 0..state.records.len() {
+            let rec = &state.records[i];
+            let n = applied(rec.seq.as_str());
+            let key = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
+            if n > 1 {
+                problems.push(format!(
+                    "the writes of {} were applied {n} times",
+                    state.describe(i)
+                ));
+            } else if end
+                && n == 0
+                && rec.finished == Some(Finished::Ok)
+                && !rec.handled
+                && !state.passed_by_rule(i)
+                && state.covers(&key, &rec.seq)
+            {
+                problems.push(format!(
+                    "the checkpoint covers {}, processed with Ok, but its writes were never applied",
+                    state.describe(i)
+                ));
+            }
+        }
+        if end {
+            let applied: u64 = state.records.iter().map(|r| applied(r.seq.as_str())).sum();
+            state
+                .journal
+                .push(format!("staged writes applied: {applied}"));
+        }
+        for problem in problems {
+            state.violate("5 exactly once", problem);
+        }
+    }
+
     /// Invariant 2's sink check, given the table's item `n` (or `None`) per (table, key).
     pub fn check_sink(&self, table_item: impl Fn(&str, &str) -> Option<u64>) {
         let mut state = self.state();
@@ -654,8 +778,16 @@ impl Oracle {
             let rec = &state.records[last];
             let shard = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
             // A shard whose checkpoint lags may be delivered again from it: the sink holds
-            // what the last (partial) redelivery left.
-            if rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq) {
+            // what the last (partial) redelivery left. With a snapshot, an item whose last
+            // record the stream skipped (before the snapshot began) came through the scan.
+            let through_snapshot = state.rules.snapshot
+                && rec.finished.is_none()
+                && !rec.filtered
+                && state.passed_by_rule(last)
+                && state.plans.contains_key(&rec.stream);
+            if !through_snapshot
+                && (rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq))
+            {
                 continue;
             }
             let sink = state
@@ -696,13 +828,35 @@ impl StoreObserver for Oracle {
         after: Option<&Lease>,
     ) {
         let mut state = self.state();
-        let shown = after.map_or_else(
-            || "deleted".to_owned(),
-            |l| format!("{} {:?}#{}", l.checkpoint, l.owner, l.epoch),
-        );
-        state
-            .journal
-            .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
+        if state.log_writes {
+            let shown = after.map_or_else(
+                || "deleted".to_owned(),
+                |l| {
+                    let pipelines: String = l
+                        .pipelines
+                        .iter()
+                        .map(|(p, c)| format!(" {p}={c}"))
+                        .collect();
+                    format!("{} {:?}#{}{pipelines}", l.checkpoint, l.owner, l.epoch)
+                },
+            );
+            state
+                .journal
+                .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
+        }
+        if let (Some(stream), Some(plan)) = (key.shard_id.strip_prefix("snapshot|"), after)
+            && key.is_coordination()
+        {
+            state
+                .plans
+                .entry(stream.to_owned())
+                .or_insert_with(|| plan.parent_shard_ids.clone());
+        }
+        if dynamodb_streams_consumer::snapshot::is_segment(key)
+            && after.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
+        {
+            state.segments_ended.insert(key.clone());
+        }
         if key.is_coordination() || dynamodb_streams_consumer::snapshot::is_segment(key) {
             return;
         }
@@ -711,7 +865,26 @@ impl StoreObserver for Oracle {
             state.checkpoints.remove(key);
             return;
         }
-        let Some(after) = after else { return };
+        let Some(lease) = after else { return };
+        // A pipeline's checkpoint is its attribute of the lease; before the pipeline wrote
+        // one, the lease's start position.
+        let pipeline = state.pipeline.clone();
+        let effective = |l: &Lease| match &pipeline {
+            None => l.checkpoint.clone(),
+            Some(p) => match (l.pipelines.get(p), &l.checkpoint) {
+                (Some(own), _) => own.clone(),
+                (None, Checkpoint::At(_)) => Checkpoint::TrimHorizon,
+                (None, start) => start.clone(),
+            },
+        };
+        let with_effective = |l: &Lease| {
+            let mut l = l.clone();
+            l.checkpoint = effective(&l);
+            l
+        };
+        let after = &with_effective(lease);
+        let before = before.map(with_effective);
+        let before = before.as_ref();
         state
             .checkpoints
             .insert(key.clone(), after.checkpoint.clone());

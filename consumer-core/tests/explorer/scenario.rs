@@ -78,6 +78,34 @@ pub struct Settings {
     pub idle_backoff: Option<(Duration, Duration)>,
     /// A filter dropping records whose event id hashes to 0 modulo this.
     pub filter_modulus: Option<u64>,
+    /// Snapshot, then stream (`with_snapshot`): segments and items per Scan page.
+    pub snapshot: Option<SnapshotSettings>,
+    /// Exactly-once: each record stages a write that commits with the checkpoint.
+    pub staged_writes: bool,
+    /// Named pipelines (`with_pipeline`), each with its own processors, checkpoint and
+    /// these settings; empty: one processor, no pipelines.
+    pub pipelines: Vec<PipelineSettings>,
+}
+
+/// What `with_pipeline_settings` changes for one pipeline (`None`: the consumer's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSettings {
+    pub name: String,
+    pub max_batch_size: Option<usize>,
+    pub key_parallelism: Option<usize>,
+    pub checkpoint_interval: Option<Duration>,
+    pub batch_timeout: Option<Duration>,
+}
+
+/// The drawn `SnapshotConfig`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    pub segments: u32,
+    pub page_size: u32,
+    /// Items written per table before the first worker starts (what the scan finds)...
+    pub prefill: usize,
+    /// ... this long before everything else.
+    pub lead: Duration,
 }
 
 /// How the processor behaves, per record and attempt (decided by hashing, so a redelivery
@@ -267,7 +295,24 @@ impl Scenario {
                 (min, min + ms(r, 0..=2_000))
             }),
             filter_modulus: maybe(rng, 250, |r| r.random_range(2..=6)),
+            snapshot: None,
+            staged_writes: false,
+            pipelines: Vec::new(),
         };
+        // Drawn from its own generator, so the settings above draw what they drew before.
+        let rng = &mut dimension(seed, "snapshot");
+        if rng.random_bool(0.3) {
+            settings.snapshot = Some(SnapshotSettings {
+                segments: rng.random_range(1..=6),
+                page_size: *[1, 2, 5, 50].get(rng.random_range(0..4)).unwrap_or(&5),
+                prefill: rng.random_range(0..=60),
+                lead: ms(rng, 0..=12_000),
+            });
+            // `build` refuses these with a snapshot: they cannot apply to it.
+            settings.latest = false;
+            settings.auto_checkpoint = true;
+            settings.max_record_age = None;
+        }
         if !space.slow_handoffs {
             // A handoff ends well within the failover time: the owner notices the request
             // within a scan interval and waits at most the shutdown timeout for its batch.
@@ -281,6 +326,33 @@ impl Scenario {
                 / 2;
             let shutdown = settings.shutdown_timeout.unwrap_or(room).min(room);
             settings.shutdown_timeout = Some(shutdown.max(Duration::from_millis(100)));
+        }
+        if dimension(seed, "staged writes").random_bool(0.3) {
+            settings.staged_writes = true;
+            // `stage` is refused with key parallelism.
+            settings.key_parallelism = 1;
+        }
+        let rng = &mut dimension(seed, "pipelines");
+        if rng.random_bool(0.3) {
+            let staged = settings.staged_writes;
+            settings.pipelines = (0..rng.random_range(1..=3))
+                .map(|i| PipelineSettings {
+                    name: format!("p{i}"),
+                    max_batch_size: maybe(rng, 400, |r| r.random_range(1..=60)),
+                    // `stage` is refused with key parallelism.
+                    key_parallelism: maybe(rng, if staged { 0 } else { 400 }, |r| {
+                        r.random_range(1..=8)
+                    }),
+                    checkpoint_interval: maybe(rng, 400, |r| {
+                        if r.random_bool(0.4) {
+                            Duration::ZERO
+                        } else {
+                            ms(r, 50..=3000)
+                        }
+                    }),
+                    batch_timeout: maybe(rng, 300, |r| ms(r, 500..=20_000)),
+                })
+                .collect();
         }
         let rng = &mut dimension(seed, "behaviour");
         let bad = rng.random_bool(0.7);
@@ -325,6 +397,19 @@ impl Scenario {
             });
         }
         timeline.extend(faults);
+        if let Some(snapshot) = settings.snapshot {
+            // The table holds items written well before the snapshot begins (more than the
+            // creation-time margin), so the stream skips their records and only the scan
+            // delivers them: everything else happens `lead` later.
+            let lead = snapshot.lead;
+            for (at, _) in &mut timeline {
+                *at += lead;
+            }
+            for table in 0..service.tables {
+                let count = snapshot.prefill;
+                timeline.insert(0, (Duration::ZERO, Action::Write { table, count }));
+            }
+        }
         timeline.sort_by_key(|(at, _)| *at);
         Self {
             seed,
