@@ -146,7 +146,8 @@ status-demo:
 	$(CARGO) build $(PROGRAMS)
 	scripts/dynamodb-local.sh run -- sh -c '$(TARGET_DIR)/debug/examples/status_demo --endpoint "$$DYNAMODB_ENDPOINT" --worker-bin $(TARGET_DIR)/debug/jsonl-worker --ddbsc-bin $(TARGET_DIR)/debug/ddbsc'
 
-## scale: the 10,000 shards / 50 workers simulation (crashes, joins, invariants; release build)
+## scale: the 100,000 shards / 1,000 workers simulation (crashes, joins, rolling restart, the hottest
+## item; release build); SCALE_SHARDS, SCALE_WORKERS, SCALE_RESTARTS size it smaller
 .PHONY: scale
 scale:
 	$(CARGO) test --release -p dynamodb-streams-consumer --features testkit --test scale -- --ignored --nocapture
