@@ -35,6 +35,7 @@ test:
 	$(CARGO) test --workspace --doc 2>&1 | tee -a $(TEST_LOG)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(MAKE) --no-print-directory module-graph
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace
 	$(MAKE) --no-print-directory package public-api CARGO="$(CARGO)"
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } \
@@ -93,6 +94,13 @@ fmt:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## module-graph: the library crates' imports between files: fails on a circle (files that
+## import each other, test code left out), reports imports that point up the layering
+## (scripts/module-graph.py says which; `--edges` lists every import)
+.PHONY: module-graph
+module-graph:
+	python3 scripts/module-graph.py
 
 ## doc: the API documentation (dynamodb-streams-consumer's front page is the README), warnings as errors
 doc:

@@ -3,7 +3,6 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::error::{Error, Result};
 use crate::sequence::SequenceNumber;
 
 /// The stored position of a shard.
@@ -67,29 +66,22 @@ impl Checkpoint {
         }
     }
 
-    /// Reads the text stored in the lease table.
-    pub fn decode(text: &str) -> Result<Self> {
+    /// The checkpoint `text` (as stored in the lease table) stands for, if any; the public
+    /// `decode`, with its error, is in `parse.rs`.
+    pub(crate) fn from_text(text: &str) -> Option<Self> {
         match text {
-            Self::TRIM_HORIZON => Ok(Self::TrimHorizon),
-            Self::LATEST => Ok(Self::Latest),
-            Self::SHARD_END => Ok(Self::ShardEnd),
+            Self::TRIM_HORIZON => Some(Self::TrimHorizon),
+            Self::LATEST => Some(Self::Latest),
+            Self::SHARD_END => Some(Self::ShardEnd),
             other if other.starts_with(Self::SCAN) => {
-                Ok(Self::Scan(other[Self::SCAN.len()..].to_owned()))
+                Some(Self::Scan(other[Self::SCAN.len()..].to_owned()))
             }
             other if other.starts_with(Self::SINCE) => {
                 humantime::parse_rfc3339(&other[Self::SINCE.len()..])
+                    .ok()
                     .map(Self::since)
-                    .map_err(|_| Error::InvalidCheckpoint {
-                        input: other.to_owned(),
-                    })
             }
-            other => {
-                SequenceNumber::parse(other)
-                    .map(Self::At)
-                    .map_err(|_| Error::InvalidCheckpoint {
-                        input: other.to_owned(),
-                    })
-            }
+            other => SequenceNumber::checked(other.to_owned()).ok().map(Self::At),
         }
     }
 

@@ -23,6 +23,7 @@ mod item_tables;
 mod lease;
 mod membership;
 mod memory;
+mod parse;
 pub mod pipeline;
 mod sequence;
 mod store;

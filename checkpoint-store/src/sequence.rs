@@ -8,9 +8,6 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::str::FromStr;
-
-use crate::error::{Error, Result};
 
 /// The longest sequence number we accept. DynamoDB documents 21-40 digits; the margin lets
 /// simulated streams and future formats through while still bounding the input.
@@ -21,9 +18,9 @@ pub const MAX_DIGITS: usize = 64;
 pub struct SequenceNumber(String);
 
 impl SequenceNumber {
-    /// Parses a sequence number, rejecting empty input, non-digits and absurd lengths.
-    pub fn parse(text: impl Into<String>) -> Result<Self> {
-        let text = text.into();
+    /// A sequence number from `text` if it is one; else `text` back and why not. The
+    /// public parsers (`parse`, `FromStr`, `TryFrom`) are in `parse.rs`, with the error.
+    pub(crate) fn checked(text: String) -> std::result::Result<Self, (String, &'static str)> {
         let reason = if text.is_empty() {
             Some("it is empty")
         } else if text.len() > MAX_DIGITS {
@@ -34,10 +31,7 @@ impl SequenceNumber {
             None
         };
         match reason {
-            Some(reason) => Err(Error::InvalidSequenceNumber {
-                input: text,
-                reason,
-            }),
+            Some(reason) => Err((text, reason)),
             None => Ok(Self(text)),
         }
     }
@@ -90,30 +84,6 @@ impl fmt::Display for SequenceNumber {
 impl fmt::Debug for SequenceNumber {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SequenceNumber({})", self.0)
-    }
-}
-
-impl FromStr for SequenceNumber {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl TryFrom<String> for SequenceNumber {
-    type Error = Error;
-
-    fn try_from(s: String) -> Result<Self> {
-        Self::parse(s)
-    }
-}
-
-impl TryFrom<&str> for SequenceNumber {
-    type Error = Error;
-
-    fn try_from(s: &str) -> Result<Self> {
-        Self::parse(s)
     }
 }
 

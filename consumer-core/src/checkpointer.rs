@@ -1,19 +1,21 @@
-//! Checkpoints of one shard, validated and coalesced.
+//! Checkpoints of one shard, validated and coalesced; the exactly-once path (writes
+//! staged per record, committed with the checkpoint) is in [`staged`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::TransactWriteItem;
 use backon::BackoffBuilder;
-use dynamodb_streams_leases::transaction::{self, StagedWrites};
+use dynamodb_streams_leases::transaction::StagedWrites;
 use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, SequenceNumber};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::events::{CheckpointWritten, Event, TransactionCommitted};
+use crate::events::{CheckpointWritten, Event};
 use crate::retry;
+
+mod staged;
 
 /// Records how far a shard has been processed.
 ///
@@ -72,14 +74,6 @@ pub struct Checkpointer {
     /// The named pipeline whose checkpoints these are: the `pipeline` label of the
     /// checkpoint metrics.
     pipeline: Option<String>,
-}
-
-/// Staged writes that could not be committed: the records before `first_uncommitted` are
-/// committed (or had no writes), the rest must be processed again.
-#[derive(Debug)]
-pub(crate) struct CommitFailed {
-    pub first_uncommitted: SequenceNumber,
-    pub error: Error,
 }
 
 impl Checkpointer {
@@ -181,244 +175,6 @@ impl Checkpointer {
             return Ok(());
         }
         self.flush_if_due().await
-    }
-
-    /// Stages DynamoDB writes (to any table of the lease table's account and region) for
-    /// the record `seq` of the batch being processed. They are committed together with the
-    /// checkpoint, all or nothing, after `process` returns `Ok`: a crash, a lost lease or a
-    /// failed batch leaves neither the writes nor the checkpoint, so each record's writes
-    /// are applied exactly once. Call it in record order; several calls for one record
-    /// add up.
-    ///
-    /// Refused (nothing staged) outside `process`, for a record outside the batch or
-    /// before one already staged, with key parallelism, and when one record's writes cannot
-    /// fit in one transaction with the checkpoint (more than 99, more than about 4 MB, or
-    /// one item written twice): the error names the shard and sequence number.
-    pub async fn stage(
-        &mut self,
-        seq: &SequenceNumber,
-        writes: impl IntoIterator<Item = TransactWriteItem>,
-    ) -> Result<()> {
-        let refuse = |reason: String| Error::InvalidCheckpoint {
-            shard_id: self.key.shard_id.clone(),
-            requested: seq.clone(),
-            reason: format!("cannot stage writes: {reason}"),
-        };
-        let Some(last) = self.in_flight.as_ref() else {
-            return Err(refuse(
-                "writes are staged during `process` only, of stream records (snapshot records have no sequence number to commit with)".into(),
-            ));
-        };
-        if self.detached {
-            return Err(refuse(
-                "exactly-once commits need key parallelism 1 (one transaction per shard)".into(),
-            ));
-        }
-        if seq > last {
-            return Err(refuse(format!(
-                "it is past the last record of the batch, {last}"
-            )));
-        }
-        // The stored checkpoint may be past the last record done here: a transaction
-        // whose answer was lost, found committed. Its records' writes are applied.
-        if let Some(done) = self.last_done.as_ref().max(self.stored.sequence_number())
-            && seq <= done
-        {
-            return Err(refuse(format!(
-                "record {done} and those before it are done"
-            )));
-        }
-        if let Some(staged) = self.staged.last()
-            && seq < &staged.sequence_number
-        {
-            return Err(refuse(format!(
-                "writes of the later record {} are staged already (stage in record order)",
-                staged.sequence_number
-            )));
-        }
-        let mut record = match self.staged.last() {
-            Some(staged) if &staged.sequence_number == seq => self.staged.pop(),
-            _ => None,
-        }
-        .unwrap_or_else(|| StagedWrites {
-            sequence_number: seq.clone(),
-            writes: Vec::new(),
-        });
-        let before = record.writes.len();
-        record.writes.extend(writes);
-        let checked = match self.learn_key_names(&record.writes[before..]).await {
-            Ok(()) => transaction::check_record(&self.key, &record, &self.key_names),
-            Err(error) => Err(error),
-        };
-        if let Err(error) = checked {
-            record.writes.truncate(before);
-            if !record.writes.is_empty() {
-                self.staged.push(record);
-            }
-            return Err(error.into());
-        }
-        self.staged.push(record);
-        Ok(())
-    }
-
-    /// Asks the store for the key schema of tables that `Put`s write to and are not known
-    /// yet (one DescribeTable per table for the life of the shard).
-    async fn learn_key_names(
-        &mut self,
-        writes: &[TransactWriteItem],
-    ) -> dynamodb_streams_leases::Result<()> {
-        for table in transaction::put_tables(writes) {
-            if !self.key_names.contains_key(&table) {
-                let names = self.store.key_attribute_names(&table).await?;
-                self.key_names.insert(table, names);
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits the writes staged for records before `failed_at` (all of them when `None`:
-    /// the batch succeeded, and the last transaction checkpoints at `batch_last`), with the
-    /// checkpoint, in as few transactions as the service's limits allow, one after the
-    /// other; each checkpoints at the last record whose writes it holds. Transient errors
-    /// are retried as the [`retry::lease_store`] policy says. The rest of what was staged
-    /// is dropped.
-    pub(crate) async fn commit_staged(
-        &mut self,
-        failed_at: Option<&SequenceNumber>,
-        batch_last: &SequenceNumber,
-    ) -> Result<(), CommitFailed> {
-        let staged: Vec<StagedWrites> = std::mem::take(&mut self.staged)
-            .into_iter()
-            .filter(|record| failed_at.is_none_or(|at| &record.sequence_number < at))
-            .filter(|record| !record.writes.is_empty())
-            .collect();
-        let Some(first) = staged.first().map(|r| r.sequence_number.clone()) else {
-            return Ok(());
-        };
-        let fail = |first_uncommitted: SequenceNumber, error: Error| CommitFailed {
-            first_uncommitted,
-            error,
-        };
-        // The transaction is conditional on the stored checkpoint: no write may be in flight.
-        if let Err(error) = self.settle().await {
-            return Err(fail(first, error));
-        }
-        let mut transactions = transaction::split(&self.key, staged, &self.key_names)
-            .map_err(|error| fail(first.clone(), error.into()))?;
-        if failed_at.is_none()
-            && let Some(last) = transactions.last_mut()
-        {
-            last.checkpoint = batch_last.clone();
-        }
-        for mut tx in transactions {
-            let mut adopted = false;
-            let error = loop {
-                let Some(start) = tx.records.first().map(|r| r.sequence_number.clone()) else {
-                    break None;
-                };
-                let error = match self.commit_one(&tx.checkpoint, tx.writes()).await {
-                    Ok(()) => break None,
-                    Err(error) => error,
-                };
-                // The stored checkpoint moved on without us seeing it: an earlier write of
-                // ours whose answer was lost did commit. The records it covers are done
-                // (their writes committed with it): go on with the others, once.
-                if let Error::LeaseStore(dynamodb_streams_leases::Error::CheckpointMoved {
-                    found: Checkpoint::At(found),
-                    ..
-                }) = &error
-                    && !adopted
-                    && *found < tx.checkpoint
-                {
-                    tracing::warn!(shard_id = %self.key.shard_id, %found, "checkpoint moved under a transaction; going on from it");
-                    adopted = true;
-                    self.stored = Checkpoint::At(found.clone());
-                    let found = found.clone();
-                    tx.records.retain(|record| record.sequence_number > found);
-                    continue;
-                }
-                break Some((start, error));
-            };
-            let Some((start, error)) = error else {
-                continue;
-            };
-            let refused = matches!(
-                error,
-                Error::LeaseStore(dynamodb_streams_leases::Error::TransactionCanceled { .. })
-            );
-            if !refused || tx.records.len() == 1 {
-                return Err(fail(start, error));
-            }
-            // A write was refused: record by record, so that the failure names the record
-            // whose writes are refused and those before it are committed.
-            tracing::warn!(shard_id = %self.key.shard_id, %error, records = tx.records.len(), "transaction refused; committing its records one by one");
-            for record in tx.records {
-                let seq = record.sequence_number.clone();
-                if let Err(error) = self.commit_one(&seq, record.writes).await {
-                    return Err(fail(seq, error));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Commits one transaction (retried on transient errors) and takes its checkpoint as
-    /// stored.
-    async fn commit_one(
-        &mut self,
-        checkpoint: &SequenceNumber,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<()> {
-        let count = writes.len();
-        let checkpoint = Checkpoint::At(checkpoint.clone());
-        if let Err(error) = self.send_transaction(&checkpoint, writes).await {
-            // Given up on a transient error: it may have committed all the same.
-            self.unsure_of_stored |= matches!(&error, Error::LeaseStore(e) if e.is_transient());
-            return Err(error);
-        }
-        TransactionCommitted {
-            stream_arn: &self.key.stream,
-            shard_id: &self.key.shard_id,
-            checkpoint: &checkpoint.encode(),
-            writes: count,
-            pipeline: self.pipeline.as_deref(),
-        }
-        .emit();
-        self.stored = checkpoint;
-        self.last_write = Some(Instant::now());
-        if self.pending.as_ref() <= self.stored.sequence_number() {
-            self.pending = None;
-        }
-        Ok(())
-    }
-
-    /// One transaction, retried on transient errors (a retry of one that did commit is
-    /// recognised by the store).
-    async fn send_transaction(
-        &mut self,
-        checkpoint: &Checkpoint,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<()> {
-        let mut pauses = retry::lease_store().build();
-        loop {
-            let result = self
-                .store
-                .checkpoint_with_writes(
-                    &self.key,
-                    &self.ownership,
-                    &self.stored,
-                    checkpoint,
-                    writes.clone(),
-                )
-                .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(error) if retry::is_retryable_store(&error) => {
-                    retry::pause_or_give_up(&mut pauses, error).await?;
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
     }
 
     /// Writes the pending checkpoint now, whatever the interval. During `process`, only
@@ -664,6 +420,7 @@ impl Checkpointer {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use aws_sdk_dynamodb::types::TransactWriteItem;
     use dynamodb_streams_leases::{InMemoryLeaseStore, Lease};
 
     fn seq(n: u64) -> SequenceNumber {

@@ -12,7 +12,6 @@ use crate::config::{ConsumerConfig, TrimmedDataPolicy, capped};
 use crate::error::{Error, Result};
 use crate::leader::StreamSource;
 use crate::observability::{Health, Telemetry};
-use crate::pipeline::PendingPipeline;
 use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::runtime::Runtime;
@@ -184,6 +183,21 @@ pub struct ConsumerBuilder {
     /// Names `with_pipeline_settings` was given that no `with_pipeline` before it gave.
     pub(crate) unknown_pipeline_settings: Vec<String>,
 }
+
+/// A pipeline given to the builder (`with_pipeline`, in `pipeline.rs`), made into its
+/// runner with the final settings by `build_pipelines`. Here, with the builder that holds
+/// it, so the builder does not import the module that adds its pipeline methods.
+pub(crate) struct PendingPipeline {
+    pub(crate) name: String,
+    pub(crate) make:
+        Box<dyn FnOnce(String, ConsumerConfig) -> Arc<dyn PipelineRunner> + Send + Sync>,
+    /// Its settings where they differ from the consumer's (`with_pipeline_settings`).
+    pub(crate) settings: Option<PipelineSettings>,
+}
+
+/// A pipeline's own settings: a change of the consumer's builder.
+pub(crate) type PipelineSettings =
+    Box<dyn FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send + Sync>;
 
 impl ConsumerBuilder {
     /// Consumes the current stream of `table` (may be given several times).

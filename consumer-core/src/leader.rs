@@ -26,7 +26,8 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::config::ConsumerConfig;
 use crate::error::Result;
 use crate::lease_protocol::{self, Liveness};
-use crate::shard_sync::{self, create_lease_if_absent};
+use crate::shard_graph::create_lease_if_absent;
+use crate::shard_sync;
 use crate::streams::StreamsApi;
 
 /// How often the leader scans every lease even though the version did not move, to catch a

@@ -31,6 +31,7 @@ pub mod reader;
 mod retry;
 mod runtime;
 mod shard;
+mod shard_graph;
 mod shard_sync;
 pub mod signals;
 pub mod snapshot;

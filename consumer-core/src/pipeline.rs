@@ -7,21 +7,10 @@ use std::sync::Arc;
 use serde::de::IgnoredAny;
 
 use crate::change::ChangeBatch;
-use crate::config::ConsumerConfig;
-use crate::consumer::{Consumer, ConsumerBuilder};
+use crate::consumer::{Consumer, ConsumerBuilder, PendingPipeline};
 use crate::error::{BoxError, Error, Result};
 use crate::processor::{FnProcessor, ProcessorFactory, ShardContext, processor_fn};
-use crate::shard::pipelines::{Pipeline, PipelineRunner};
-
-/// A pipeline given to the builder, made into its runner with the final settings.
-pub(crate) struct PendingPipeline {
-    name: String,
-    make: Box<dyn FnOnce(String, ConsumerConfig) -> Arc<dyn PipelineRunner> + Send + Sync>,
-    /// Its settings where they differ from the consumer's (`with_pipeline_settings`).
-    settings: Option<Settings>,
-}
-
-type Settings = Box<dyn FnOnce(ConsumerBuilder) -> ConsumerBuilder + Send + Sync>;
+use crate::shard::pipelines::Pipeline;
 
 /// The longest pipeline name: it is a lease-item attribute (`pl|NAME`), a metrics label
 /// and a `jsonl-worker` flag prefix.

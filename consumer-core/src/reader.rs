@@ -17,7 +17,7 @@ use crate::error::Result;
 pub use crate::poll_loop::PollConfig;
 use crate::poll_loop::{Page, ShardReader};
 use crate::retry;
-use crate::shard_sync::describe_all_shards;
+use crate::shard_graph::describe_all_shards;
 use crate::start_time::InitialPosition;
 use crate::streams::{StartPosition, StreamsApi};
 

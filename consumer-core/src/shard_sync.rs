@@ -3,32 +3,17 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use dynamodb_streams_leases::aws::describe_stream_pages;
 use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::Result;
 use crate::retry;
+use crate::shard_graph::{
+    create_lease_if_absent, describe_all_shards, new_shard_lease, parents_first,
+};
 use crate::snapshot;
 use crate::start_time::InitialPosition;
 use crate::stream_arn::same_table;
-use crate::streams::{ApiError, ShardInfo, StreamsApi};
-
-/// Every shard of a stream, through the one DescribeStream pager, each page retried by the
-/// `describe_stream` policy. A cursor that does not advance is an error, not a partial list.
-pub(crate) async fn describe_all_shards(
-    api: &dyn StreamsApi,
-    stream_arn: &str,
-) -> Result<Vec<ShardInfo>> {
-    let shards = describe_stream_pages(stream_arn, |start| async move {
-        let page = retry::call(retry::describe_stream(), retry::is_retryable_api, || {
-            api.describe_stream(stream_arn, start.as_deref())
-        })
-        .await?;
-        Ok::<_, ApiError>((page.shards, page.last_evaluated_shard_id))
-    })
-    .await?;
-    Ok(shards)
-}
+use crate::streams::{ShardInfo, StreamsApi};
 
 /// The checkpoint a new shard's lease starts with.
 ///
@@ -171,6 +156,8 @@ pub(crate) async fn sync_stream(
     // (its leases created by a `prepare` that stopped midway, or that another worker was
     // still writing) starts like the ones `prepare` created, after every segment.
     let mut snapshot: Option<Option<Lease>> = None;
+    // The parents such a root names instead of the segments: the snapshot's gate.
+    let mut snapshot_gate: Option<Vec<String>> = None;
     // Leases created by this sync: a child's parent may be one of them.
     let mut new: HashMap<LeaseKey, Lease> = HashMap::new();
     let mut created = 0;
@@ -213,7 +200,10 @@ pub(crate) async fn sync_stream(
         }
         let checkpoint = match plan {
             Some(plan) => {
-                parents.extend(plan.parent_shard_ids.iter().cloned());
+                if snapshot_gate.is_none() {
+                    snapshot_gate = Some(snapshot::root_parents(store.as_ref(), stream_arn).await?);
+                }
+                parents.extend(snapshot_gate.iter().flatten().cloned());
                 plan.checkpoint.clone()
             }
             None => initial_checkpoint(
@@ -241,6 +231,7 @@ pub(crate) async fn sync_stream(
             });
         }
     }
+    snapshot::finish_gate(store.as_ref(), stream_arn, leases).await?;
     let mut deleted = 0;
     for key in finished_and_gone(stream_arn, leases, &described) {
         store.delete_lease(&key).await?;
@@ -271,31 +262,6 @@ async fn snapshot_plan(store: &dyn LeaseStore, stream_arn: &str) -> Result<Optio
         })
         .await?,
     )
-}
-
-/// `shards` with every shard after its parent (when its parent is listed), otherwise in
-/// DescribeStream order: leases are created in this order, so a sync that stops midway
-/// never leaves a child whose parent's lease is missing, which a scan would take for a
-/// finished parent and start the child before it.
-pub(crate) fn parents_first(shards: &[ShardInfo]) -> Vec<&ShardInfo> {
-    let by_id: HashMap<&str, &ShardInfo> =
-        shards.iter().map(|s| (s.shard_id.as_str(), s)).collect();
-    let mut placed: HashSet<&str> = HashSet::new();
-    let mut ordered = Vec::with_capacity(shards.len());
-    for shard in shards {
-        let mut line = Vec::new();
-        let mut next = Some(shard);
-        while let Some(s) = next.filter(|s| !placed.contains(s.shard_id.as_str())) {
-            placed.insert(s.shard_id.as_str());
-            line.push(s);
-            next = s
-                .parent_shard_id
-                .as_deref()
-                .and_then(|p| by_id.get(p).copied());
-        }
-        ordered.extend(line.into_iter().rev());
-    }
-    ordered
 }
 
 /// Whether `stream` is another stream of `current`'s table: `current` is the table's
@@ -388,35 +354,6 @@ fn finished_and_gone(
         })
         .map(|l| l.key.clone())
         .collect()
-}
-
-/// A new shard lease, its creation time from the stream's clock ([`StreamsApi::now`]): the
-/// protocol takes the oldest leases first, and in simulations the order must follow the
-/// simulated time, not how long the host took, or runs of one seed would differ.
-pub(crate) fn new_shard_lease(
-    api: &dyn StreamsApi,
-    key: LeaseKey,
-    checkpoint: Checkpoint,
-    parent_shard_ids: Vec<String>,
-) -> Lease {
-    let mut lease = Lease::new(key, checkpoint, parent_shard_ids);
-    lease.created_at = api.now();
-    lease.updated_at = lease.created_at;
-    lease
-}
-
-/// Creates `lease` unless it exists (another worker may have been first); returns whether
-/// this call created it. Retried as the [`retry::lease_store`] policy says.
-pub(crate) async fn create_lease_if_absent(store: &dyn LeaseStore, lease: &Lease) -> Result<bool> {
-    let created = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-        store.create_lease(lease)
-    })
-    .await;
-    match created {
-        Ok(()) => Ok(true),
-        Err(dynamodb_streams_leases::Error::AlreadyExists { .. }) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -344,36 +346,16 @@ async fn a_partial_batch_response_checkpoints_before_the_failed_record_and_redel
 
 #[test]
 fn the_records_before_a_partial_batch_failure_count_as_processed() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    // A thread-local recorder (the runtime runs every task on this thread): this test's
-    // counters only.
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let sim = stream_with(100);
-            let store = Arc::new(InMemoryLeaseStore::new());
-            let log = Log::default();
-            run_tester(&sim, &store, &log, Some(42), Poison::Partial, 99, |b| {
-                b.with_max_retries(3)
-            })
-            .await;
-        });
-    });
-    let processed: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "ddb_stream_records_processed_total")
-        .map(|(.., value)| match value {
-            metrics_util::debugging::DebugValue::Counter(n) => n,
-            _ => 0,
+    let ((), metrics) = common::run_recorded(|_| async {
+        let sim = stream_with(100);
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let log = Log::default();
+        run_tester(&sim, &store, &log, Some(42), Poison::Partial, 99, |b| {
+            b.with_max_retries(3)
         })
-        .sum();
+        .await;
+    });
+    let processed = common::counter_total(&metrics, "ddb_stream_records_processed_total");
     // 0..42 before the failure (their partial batch), 43..100 after the handler took 42.
     assert_eq!(processed, 99, "every record processed Ok is counted once");
 }

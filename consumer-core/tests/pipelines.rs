@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -526,41 +528,31 @@ fn gauge_of(
 /// that keeps up shows none; the delivery counters carry the pipeline label too.
 #[test]
 fn a_stuck_pipeline_shows_in_the_lag_gauges_by_its_name() {
-    let recorder = metrics_util::debugging::DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
     let rows = 100;
-    // A thread-local recorder (the runtime runs every task on this thread).
-    let snapshot = metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(async {
-            let sim = stream_with(rows);
-            let store = Arc::new(InMemoryLeaseStore::new());
-            let (fast, stuck) = (Log::default(), Log::default());
-            let consumer = builder(&sim, &store)
-                .with_pipeline("fast", tester(&fast, None, Duration::ZERO))
-                .with_pipeline("stuck", tester(&stuck, None, Duration::from_secs(3600)))
-                .build_pipelines()
-                .unwrap();
-            let taken = Arc::new(Mutex::new(None));
-            let (f, snapshotter, into) = (fast.clone(), snapshotter.clone(), taken.clone());
-            consumer
-                .run_until(async move {
-                    while (f.values().len() as u64) < rows {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    // Two publications of the gauges after the fast one caught up.
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    *into.lock().unwrap() = Some(snapshotter.snapshot().into_vec());
-                })
-                .await
-                .unwrap();
-            assert!(stuck.values().len() < rows as usize, "stuck stayed behind");
-            taken.lock().unwrap().take().unwrap()
-        })
+    let (snapshot, _) = common::run_recorded(|snapshotter| async move {
+        let sim = stream_with(rows);
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (fast, stuck) = (Log::default(), Log::default());
+        let consumer = builder(&sim, &store)
+            .with_pipeline("fast", tester(&fast, None, Duration::ZERO))
+            .with_pipeline("stuck", tester(&stuck, None, Duration::from_secs(3600)))
+            .build_pipelines()
+            .unwrap();
+        let taken = Arc::new(Mutex::new(None));
+        let (f, snapshotter, into) = (fast.clone(), snapshotter.clone(), taken.clone());
+        consumer
+            .run_until(async move {
+                while (f.values().len() as u64) < rows {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Two publications of the gauges after the fast one caught up.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                *into.lock().unwrap() = Some(snapshotter.snapshot().into_vec());
+            })
+            .await
+            .unwrap();
+        assert!(stuck.values().len() < rows as usize, "stuck stayed behind");
+        taken.lock().unwrap().take().unwrap()
     });
     let behind = |pipeline| gauge_of(&snapshot, "ddb_stream_records_behind", pipeline);
     assert!(

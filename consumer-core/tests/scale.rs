@@ -28,10 +28,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cluster, OrphanWatch, Row, ownership};
+use common::{Cluster, OrphanWatch, Row};
 use dynamodb_streams_consumer::testkit::{ItemUnits, SimConfig, SimulatedStream};
 use dynamodb_streams_leases::{InMemoryLeaseStore, LeaseStore};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use tokio::time::Instant;
 
@@ -83,28 +82,9 @@ fn scale_run(scale: Scale) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
     let cpu = std::time::Instant::now();
-    // A thread-local recorder: this test's counters only.
-    metrics::with_local_recorder(&recorder, || {
-        runtime.block_on(run(scale));
-    });
-    let discarded: u64 = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, ..)| key.key().name() == "ddb_stream_lease_scans_discarded_total")
-        .map(|(.., value)| match value {
-            DebugValue::Counter(n) => n,
-            _ => 0,
-        })
-        .sum();
+    let ((), metrics) = common::run_recorded(|_| run(scale));
+    let discarded = common::counter_total(&metrics, "ddb_stream_lease_scans_discarded_total");
     println!("run took {:?} of real time", cpu.elapsed());
     assert_eq!(discarded, 0, "lease scans were discarded");
 }
@@ -214,7 +194,7 @@ async fn run(scale: Scale) {
     // one; the next goes once the new one has its share.
     let running: Arc<Mutex<BTreeSet<String>>> =
         Arc::new(Mutex::new(live.iter().cloned().collect()));
-    let watch = OrphanWatch::start(store.clone(), running.clone());
+    let watch = OrphanWatch::start(cluster.owners.clone(), running.clone());
     cluster.billing.reset_item_units();
     let restart_started = Instant::now();
     let mut slowest = Duration::ZERO;
@@ -314,7 +294,7 @@ async fn wait_balanced(
 ) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        let (per_worker, orphans) = ownership(&cluster.store, live).await;
+        let (per_worker, orphans) = cluster.owners.ownership(live);
         let owned: usize = per_worker.values().sum();
         let (min, max) = (
             per_worker.values().min().copied().unwrap_or(0),
@@ -353,7 +333,7 @@ async fn wait_balanced(
 async fn wait_no_orphans(cluster: &Cluster, live: &[String], limit: Duration) -> Instant {
     let deadline = Instant::now() + limit;
     loop {
-        let (_, orphans) = ownership(&cluster.store, live).await;
+        let (_, orphans) = cluster.owners.ownership(live);
         if orphans == 0 {
             return Instant::now();
         }

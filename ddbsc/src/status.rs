@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, SystemTime};
 
 use comfy_table::Table;
-use dynamodb_streams_consumer::snapshot::{SnapshotProgress, is_segment};
+use dynamodb_streams_consumer::snapshot::{
+    GATE_ID, GateState, SnapshotProgress, is_gate, is_segment,
+};
 use dynamodb_streams_consumer::streams::{StartPosition, StreamsApi};
 use dynamodb_streams_leases::pipeline::slowest;
 use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, SequenceNumber, WorkerRecord};
@@ -148,13 +150,16 @@ impl Report {
         leases.sort_by(|a, b| a.key.cmp(&b.key));
         // A parent is a shard's lease, or the gate that holds a re-enabled stream's roots
         // until the older stream is read to its end: a gate still in the table is unfinished.
-        let gates: Vec<Lease> = coordination
+        // A snapshot's gate holds a stream's roots until every segment finished (its
+        // progress is in `snapshots`).
+        let (gates, snapshot_gates): (Vec<Lease>, Vec<Lease>) = coordination
             .into_iter()
-            .filter(|l| l.key.gated_stream().is_some())
-            .collect();
+            .filter(|l| l.key.gated_stream().is_some() || is_gate(&l.key))
+            .partition(|l| l.key.gated_stream().is_some());
         let finished: HashMap<(&str, &str), bool> = leases
             .iter()
             .chain(&gates)
+            .chain(&snapshot_gates)
             .map(|l| {
                 (
                     (l.key.stream.as_str(), l.key.shard_id.as_str()),
@@ -363,7 +368,9 @@ impl Report {
 
 /// A snapshot's progress in `--json`: `table`, `stream`, `started_at` (RFC 3339),
 /// `segments`, `segments_done`, `done`, `items_in_open_segments` (a finished segment keeps
-/// no count) and `owners` of the open segments.
+/// no count), `owners` of the open segments, and `gate`: the lease that holds the
+/// stream's roots (`shard`) and its `state` (`open`, `finished`, or `absent`: none, as for
+/// a snapshot planned before gates, whose roots name every segment).
 fn snapshot_json(progress: &SnapshotProgress) -> Value {
     json!({
         "table": table_of_stream(&progress.stream_arn),
@@ -376,6 +383,10 @@ fn snapshot_json(progress: &SnapshotProgress) -> Value {
         "done": progress.is_done(),
         "items_in_open_segments": progress.items_in_open_segments,
         "owners": progress.owners,
+        "gate": {
+            "shard": GATE_ID,
+            "state": progress.gate.as_str(),
+        },
     })
 }
 
@@ -397,14 +408,19 @@ fn snapshot_line(progress: &SnapshotProgress) -> String {
         .started_at
         .map(|t| humantime::format_rfc3339_seconds(t).to_string())
         .unwrap_or_else(|| "?".into());
+    let gate = match progress.gate {
+        GateState::Open => format!("the stream waits at gate {GATE_ID}"),
+        GateState::Finished => format!("gate {GATE_ID} finished: the stream runs"),
+        GateState::Absent => format!("no gate {GATE_ID}"),
+    };
     if progress.is_done() {
         return format!(
-            "snapshot of {table}: done ({} segments; started {started})",
+            "snapshot of {table}: done ({} segments; started {started}); {gate}",
             progress.segments
         );
     }
     format!(
-        "snapshot of {table}: {} of {} segments done, {} items delivered by the open segments (started {started})",
+        "snapshot of {table}: {} of {} segments done, {} items delivered by the open segments (started {started}); {gate}",
         progress.segments_done, progress.segments, progress.items_in_open_segments
     )
 }

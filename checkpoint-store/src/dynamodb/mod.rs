@@ -12,23 +12,21 @@
 //! store does not retry (its callers' retry policies do).
 //!
 //! The parts: [`item`] is the codec (item layout, attribute names, value helpers),
-//! [`table`] creates and checks the table, [`membership`] holds the requests on the items
+//! [`table`] creates and checks the table, [`update`] is the conditional write of a lease
+//! (the conditions and the checkpoint expressions), [`transact`] commits checkpoints with
+//! the user's writes in one transaction, [`membership`] holds the requests on the items
 //! that are not leases, [`errors`] turns SDK answers into [`Error`]s; this file holds the
-//! store and its lease requests.
+//! store, its scans and its lease requests.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure, TransactWriteItem, Update,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem};
 use aws_types::SdkConfig;
 
 use crate::aws::{self, AwsClients, ErrorClass};
@@ -38,39 +36,24 @@ use crate::lease::{Lease, LeaseKey, Ownership};
 use crate::membership::{Coordination, Membership, Notice, WorkerRecord};
 use crate::pipeline::PipelineCheckpoints;
 use crate::store::LeaseStore;
-use crate::transaction;
 
 mod errors;
 pub(crate) mod item;
 mod membership;
 mod table;
+mod transact;
+mod update;
 
-use errors::{ConditionFailed, Target, cancellation_codes};
+use errors::Target;
 use item::{
-    Item, KIND_LEASE, attr, decode_lease, decode_leases, encode_lease, lease_pk, millis, names_in,
-    number, pipeline_attribute, s, to_values,
+    Item, KIND_LEASE, attr, decode_lease, decode_leases, encode_lease, lease_pk, names_in, number,
+    pipeline_attribute, s,
 };
 use membership::{MembershipCache, MembershipItems};
 use table::LeaseTable;
+use update::{CHECKPOINT_UPDATE, Seen, borrowed, checkpoint_values, pipeline_update};
 
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
-
-/// What every checkpoint write sets, plain or in a transaction ([`checkpoint_values`]).
-const CHECKPOINT_UPDATE: &str =
-    "SET #checkpoint = :checkpoint, #owner_switches = :zero, #updated_at = :now";
-/// The condition of every write that needs the lease ([`owned_values`]).
-const OWNED_CONDITION: &str = "#owner = :me AND #epoch = :my_epoch";
-
-/// What a write conditional on an unchanged lease expects to find.
-#[derive(Clone, Copy)]
-struct Seen<'a> {
-    /// The owner seen (`None`: no owner).
-    owner: Option<&'a str>,
-    /// The epoch seen.
-    epoch: u64,
-    /// Whether the lease must also have no pending handoff request.
-    no_handoff: bool,
-}
 
 /// A [`LeaseStore`] in a DynamoDB table.
 #[derive(Clone)]
@@ -171,150 +154,6 @@ impl DynamoDbLeaseStore {
         }
     }
 
-    /// Runs a conditional `UpdateItem` on a lease, returning the new lease, or the old
-    /// item (if DynamoDB sent it) when the condition failed.
-    async fn update_lease(
-        &self,
-        operation: &'static str,
-        key: &LeaseKey,
-        update: &str,
-        condition: &str,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Result<Lease, ConditionFailed>> {
-        let names = names_in(&[update, condition]);
-        self.update_lease_named(operation, key, update, condition, values, names)
-            .await
-    }
-
-    /// [`update_lease`](Self::update_lease) with the expression attribute names given (for
-    /// attributes whose names are not plain words, such as a pipeline's `pl|{name}`).
-    async fn update_lease_named(
-        &self,
-        operation: &'static str,
-        key: &LeaseKey,
-        update: &str,
-        condition: &str,
-        values: Vec<(&str, AttributeValue)>,
-        names: HashMap<String, String>,
-    ) -> Result<Result<Lease, ConditionFailed>> {
-        let mut values = values;
-        values.push((":now", millis(SystemTime::now())));
-        let result = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key(attr::PK, lease_pk(key))
-            .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(to_values(values)))
-            .return_values(ReturnValue::AllNew)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
-        match result {
-            Ok(output) => {
-                let item = output.attributes.unwrap_or_default();
-                decode_lease(&self.table, &item).map(Ok)
-            }
-            Err(err) => match err.as_service_error() {
-                Some(UpdateItemError::ConditionalCheckFailedException(failed)) => {
-                    Ok(Err(ConditionFailed {
-                        old_item_present: failed.item().is_some(),
-                    }))
-                }
-                _ => Err(self.target().sdk_error(operation, Some(key), err)),
-            },
-        }
-    }
-
-    /// An update conditional on `ownership`; a failed condition means the lease was lost.
-    async fn update_owned(
-        &self,
-        operation: &'static str,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        update: &str,
-        values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Lease> {
-        let names = names_in(&[update, OWNED_CONDITION]);
-        self.update_owned_named(operation, key, ownership, update, values, names)
-            .await
-    }
-
-    /// [`update_owned`](Self::update_owned) with the expression attribute names given.
-    async fn update_owned_named(
-        &self,
-        operation: &'static str,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        update: &str,
-        mut values: Vec<(&str, AttributeValue)>,
-        mut names: HashMap<String, String>,
-    ) -> Result<Lease> {
-        values.extend(owned_values(ownership));
-        names.extend(names_in(&[OWNED_CONDITION]));
-        self.update_lease_named(operation, key, update, OWNED_CONDITION, values, names)
-            .await?
-            .map_err(|_| Error::LeaseLost {
-                key: key.clone(),
-                owner: ownership.owner.clone(),
-                epoch: ownership.epoch,
-            })
-    }
-
-    /// An update conditional on the lease still having the owner and epoch the caller saw
-    /// (and, with `no_handoff`, no pending handoff request); a failed condition means
-    /// `LeaseNotFound` or `LeaseChanged`.
-    async fn update_unchanged(
-        &self,
-        operation: &'static str,
-        key: &LeaseKey,
-        seen: Seen<'_>,
-        update: &str,
-        mut values: Vec<(&str, AttributeValue)>,
-    ) -> Result<Lease> {
-        let Seen {
-            owner: seen_owner,
-            epoch: seen_epoch,
-            no_handoff,
-        } = seen;
-        values.push((":seen_epoch", number(seen_epoch)));
-        let mut condition = match seen_owner {
-            Some(owner) => {
-                values.push((":seen_owner", s(owner)));
-                "attribute_exists(#pk) AND #epoch = :seen_epoch AND #owner = :seen_owner"
-            }
-            None => {
-                "attribute_exists(#pk) AND #epoch = :seen_epoch AND attribute_not_exists(#owner)"
-            }
-        }
-        .to_owned();
-        if no_handoff {
-            condition.push_str(" AND attribute_not_exists(#handoff_to)");
-        }
-        let failed = match self
-            .update_lease(operation, key, update, &condition, values)
-            .await?
-        {
-            Ok(lease) => return Ok(lease),
-            Err(failed) => failed,
-        };
-        // DynamoDB returns the old item with the failure when there is one. If it sent
-        // none, the lease is normally absent; a consistent read makes sure of it (and
-        // covers a DynamoDB that does not return old items on failed conditions).
-        let exists = failed.old_item_present || self.get_lease(key).await?.is_some();
-        Err(if exists {
-            Error::LeaseChanged {
-                key: key.clone(),
-                seen_owner: seen_owner.map(str::to_owned),
-                seen_epoch,
-            }
-        } else {
-            Error::LeaseNotFound { key: key.clone() }
-        })
-    }
-
     /// Every lease item, read consistently, all pages: in parallel segments once the last
     /// scan showed a large table, so that a scan of 100,000 leases takes about as long as
     /// one of 10,000 (and, answering in time, is never discarded by its reader).
@@ -339,113 +178,6 @@ impl DynamoDbLeaseStore {
             .map_err(|err| self.target().sdk_error("Scan", None, err))?;
         self.last_scan_items.store(items.len(), Ordering::Relaxed);
         Ok(items)
-    }
-
-    /// A transactional checkpoint whose condition failed: the lease moved to another
-    /// owner (`LeaseLost`, nothing applied), or an earlier attempt of this same
-    /// transaction committed (the checkpoint is already there: `Ok`), or the stored
-    /// checkpoint is not the one expected (`CheckpointMoved`, nothing applied).
-    async fn resolve_failed_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        slot: Slot<'_>,
-        previous: Option<&Checkpoint>,
-        checkpoint: &Checkpoint,
-    ) -> Result<()> {
-        let Some(lease) = self.get_lease(key).await? else {
-            return Err(Error::LeaseNotFound { key: key.clone() });
-        };
-        if lease.owner.as_deref() != Some(ownership.owner.as_str())
-            || lease.epoch != ownership.epoch
-        {
-            return Err(Error::LeaseLost {
-                key: key.clone(),
-                owner: ownership.owner.clone(),
-                epoch: ownership.epoch,
-            });
-        }
-        let stored = match slot {
-            Slot::Lease => Some(lease.checkpoint),
-            Slot::Pipeline(pipeline) => lease.pipelines.get(pipeline).cloned(),
-        };
-        if stored.as_ref() == Some(checkpoint) {
-            tracing::debug!(lease = %key, %checkpoint, "transaction committed by an earlier attempt");
-            return Ok(());
-        }
-        Err(Error::CheckpointMoved {
-            key: key.clone(),
-            expected: previous.cloned().unwrap_or(Checkpoint::TrimHorizon),
-            found: stored.unwrap_or(Checkpoint::TrimHorizon),
-        })
-    }
-
-    /// Commits `writes` and a checkpoint update in one transaction (the exactly-once
-    /// path, for the lease's checkpoint or a pipeline's): see
-    /// [`LeaseStore::checkpoint_with_writes`].
-    async fn transact_checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        update: CheckpointUpdate<'_>,
-        writes: Vec<TransactWriteItem>,
-    ) -> Result<()> {
-        const OPERATION: &str = "TransactWriteItems (checkpoint)";
-        let CheckpointUpdate {
-            expression,
-            condition,
-            mut values,
-            names,
-            slot,
-            previous,
-            checkpoint,
-        } = update;
-        values.extend(owned(owned_values(ownership)));
-        values.push((":now".to_owned(), millis(SystemTime::now())));
-        let request = Update::builder()
-            .table_name(&self.table)
-            .key(attr::PK, lease_pk(key))
-            .update_expression(expression)
-            .condition_expression(condition)
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .build()
-            .map_err(|err| self.target().build_error(OPERATION, ErrorClass::Other, err))?;
-        let mut items = writes;
-        let lease_index = items.len();
-        items.push(TransactWriteItem::builder().update(request).build());
-        let tables: Vec<String> = items
-            .iter()
-            .map(|write| transaction::table_of(write).unwrap_or("?").to_owned())
-            .collect();
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        let err = match result {
-            Ok(_) => return Ok(()),
-            Err(err) => err,
-        };
-        let Some(TransactWriteItemsError::TransactionCanceledException(canceled)) =
-            err.as_service_error()
-        else {
-            return Err(self.target().sdk_error(OPERATION, Some(key), err));
-        };
-        let codes = cancellation_codes(canceled.cancellation_reasons(), canceled.message());
-        if codes.get(lease_index).map(String::as_str) == Some("ConditionalCheckFailed") {
-            return self
-                .resolve_failed_checkpoint(key, ownership, slot, previous, checkpoint)
-                .await;
-        }
-        Err(self
-            .target()
-            .transaction_refused(OPERATION, key, &codes, &tables, err))
-    }
-
-    fn cached_key_names(&self, table: &str) -> Option<Vec<String>> {
-        self.key_names.lock().ok()?.get(table).cloned()
     }
 }
 
@@ -744,19 +476,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         checkpoint: &Checkpoint,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
-        let condition = format!("{OWNED_CONDITION} AND #checkpoint = :previous");
-        let mut values = owned(checkpoint_values(checkpoint));
-        values.push((":previous".to_owned(), s(&previous.encode())));
-        let update = CheckpointUpdate {
-            names: names_in(&[CHECKPOINT_UPDATE, &condition]),
-            expression: CHECKPOINT_UPDATE.to_owned(),
-            condition,
-            values,
-            slot: Slot::Lease,
-            previous: Some(previous),
-            checkpoint,
-        };
-        self.transact_checkpoint(key, ownership, update, writes)
+        self.commit_checkpoint(key, ownership, previous, checkpoint, writes)
             .await
     }
 
@@ -769,138 +489,11 @@ impl LeaseStore for DynamoDbLeaseStore {
         update: &PipelineCheckpoints,
         writes: Vec<TransactWriteItem>,
     ) -> Result<()> {
-        let Some((_, checkpoint)) = update.pipelines.iter().find(|(name, _)| name == pipeline)
-        else {
-            return Err(Error::InvalidPipelineUpdate {
-                key: key.clone(),
-                pipeline: pipeline.to_owned(),
-            });
-        };
-        let (expression, mut values, mut names) = pipeline_update(update);
-        let condition = match previous {
-            Some(previous) => {
-                values.push((":previous".to_owned(), s(&previous.encode())));
-                format!("{OWNED_CONDITION} AND #previous_pl = :previous")
-            }
-            None => format!("{OWNED_CONDITION} AND attribute_not_exists(#previous_pl)"),
-        };
-        names.extend(names_in(&[&condition]));
-        names.insert("#previous_pl".to_owned(), pipeline_attribute(pipeline));
-        let update = CheckpointUpdate {
-            expression,
-            condition,
-            values,
-            names,
-            slot: Slot::Pipeline(pipeline),
-            previous,
-            checkpoint,
-        };
-        self.transact_checkpoint(key, ownership, update, writes)
+        self.commit_pipeline_checkpoint(key, ownership, pipeline, previous, update, writes)
             .await
     }
 
     async fn key_attribute_names(&self, table: &str) -> Result<Vec<String>> {
-        if let Some(names) = self.cached_key_names(table) {
-            return Ok(names);
-        }
-        let names = table::key_attribute_names(&self.client, self.target(), table).await?;
-        if let Ok(mut cache) = self.key_names.lock() {
-            cache.insert(table.to_owned(), names.clone());
-        }
-        Ok(names)
+        self.key_names(table).await
     }
-}
-
-/// The values of [`CHECKPOINT_UPDATE`] (but `:now`, which every lease write adds).
-fn checkpoint_values(checkpoint: &Checkpoint) -> Vec<(&'static str, AttributeValue)> {
-    vec![
-        (":checkpoint", s(&checkpoint.encode())),
-        (":zero", number(0)),
-    ]
-}
-
-/// Which checkpoint of a lease a transaction is conditional on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot<'a> {
-    /// The lease's own `checkpoint`.
-    Lease,
-    /// A named pipeline's.
-    Pipeline(&'a str),
-}
-
-/// The lease update of a transactional checkpoint, and what its condition expects.
-struct CheckpointUpdate<'a> {
-    expression: String,
-    condition: String,
-    values: Vec<(String, AttributeValue)>,
-    names: HashMap<String, String>,
-    slot: Slot<'a>,
-    /// The checkpoint the slot must still hold (`None`: none yet).
-    previous: Option<&'a Checkpoint>,
-    /// The checkpoint the slot gets.
-    checkpoint: &'a Checkpoint,
-}
-
-/// The update expression, values and names of a [`PipelineCheckpoints`] write: the read
-/// position as the lease's checkpoint (like [`CHECKPOINT_UPDATE`]), each pipeline's
-/// attribute, and the pipelines the owner runs when given. Every lease write adds `:now`.
-fn pipeline_update(
-    update: &PipelineCheckpoints,
-) -> (
-    String,
-    Vec<(String, AttributeValue)>,
-    HashMap<String, String>,
-) {
-    // Placeholders `#pl0`, `:pl0`, ...: pipeline names need not be plain words.
-    let mut expression = CHECKPOINT_UPDATE.to_owned();
-    let mut values = owned(checkpoint_values(&update.read_position));
-    let mut names = names_in(&[CHECKPOINT_UPDATE]);
-    for (i, (pipeline, checkpoint)) in update.pipelines.iter().enumerate() {
-        expression.push_str(&format!(", #pl{i} = :pl{i}"));
-        values.push((format!(":pl{i}"), s(&checkpoint.encode())));
-        names.insert(format!("#pl{i}"), pipeline_attribute(pipeline));
-    }
-    match &update.running {
-        Some(running) if !running.is_empty() => {
-            expression.push_str(", #owner_pipelines = :running");
-            values.push((":running".to_owned(), AttributeValue::Ss(running.clone())));
-            names.insert(
-                "#owner_pipelines".to_owned(),
-                attr::OWNER_PIPELINES.to_owned(),
-            );
-        }
-        Some(_) => {
-            expression.push_str(" REMOVE #owner_pipelines");
-            names.insert(
-                "#owner_pipelines".to_owned(),
-                attr::OWNER_PIPELINES.to_owned(),
-            );
-        }
-        None => {}
-    }
-    (expression, values, names)
-}
-
-/// Values with owned placeholders.
-fn owned(values: Vec<(&str, AttributeValue)>) -> Vec<(String, AttributeValue)> {
-    values
-        .into_iter()
-        .map(|(name, value)| (name.to_owned(), value))
-        .collect()
-}
-
-/// Values with borrowed placeholders, as requests take them.
-fn borrowed(values: &[(String, AttributeValue)]) -> Vec<(&str, AttributeValue)> {
-    values
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.clone()))
-        .collect()
-}
-
-/// The values of [`OWNED_CONDITION`].
-fn owned_values(ownership: &Ownership) -> Vec<(&'static str, AttributeValue)> {
-    vec![
-        (":me", s(&ownership.owner)),
-        (":my_epoch", number(ownership.epoch)),
-    ]
 }

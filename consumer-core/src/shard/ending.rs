@@ -12,7 +12,7 @@ use crate::events::{Event, LeaseLost, LeaseReleased, ShardEnded};
 use crate::processor::{ProcessorFactory, RecordProcessor};
 use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome};
-use crate::shard_sync::{create_lease_if_absent, new_shard_lease};
+use crate::shard_graph::{create_lease_if_absent, new_shard_lease};
 use crate::streams::ShardInfo;
 
 /// How a task ends once its source was read to the end, by the lease's kind: a shard

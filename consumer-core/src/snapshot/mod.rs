@@ -10,11 +10,20 @@
 //!   `snapshot-<i>-of-<n>`). Segments are balanced, taken, handed off and failed over like
 //!   shards; a segment's checkpoint is [`Checkpoint::Scan`] (items delivered and the last
 //!   evaluated key) once every item of a page is done, and `ShardEnd` once read to its end.
+//! - A **gate** (a lease in the stream, shard id [`GATE_ID`], never taken by a worker),
+//!   created after every segment and before the first stream lease, open
+//!   (`TRIM_HORIZON`) until every segment finished, then finished (`SHARD_END`) with one
+//!   conditional write ([`finish_gate`]) by whoever sees it first: the worker that finishes
+//!   a segment, or the shard-sync holder on its next sync. A crash between any two steps
+//!   leaves a state the next of them completes: a gate that exists means every segment
+//!   lease was written, so a segment that is gone finished (and was deleted).
 //! - A **stream lease** for every shard of the stream at T0, starting at `Since(T0)`:
 //!   `TRIM_HORIZON`, skipping (counting) records created before T0 minus the creation-time
-//!   margin (`with_creation_time_margin`). Shards whose parent is not in the stream get
-//!   every segment as parents, so no stream record is delivered before the last segment
-//!   finished (parents before children, the existing mechanism).
+//!   margin (`with_creation_time_margin`). Shards whose parent is not in the stream name
+//!   the gate as their parent, so no stream record is delivered before the last segment
+//!   finished (parents before children, the existing mechanism). One parent, not every
+//!   segment: with 10,000 segments a root lease naming each was about 230 KB, read by every
+//!   scan and written on every take and checkpoint.
 //!
 //! Why a sink that applies each change's new image (and deletes on remove) converges to the
 //! table: see the README's "Snapshot, then stream".
@@ -26,7 +35,7 @@ pub(crate) mod segment;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +44,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::{Error, Result};
 use crate::retry;
-use crate::shard_sync::{create_lease_if_absent, describe_all_shards, parents_first};
+use crate::shard_graph::{create_lease_if_absent, describe_all_shards, parents_first};
 use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
@@ -161,6 +170,93 @@ pub(crate) fn outlasted_retention(
         .is_ok_and(|took| took + margin >= STREAM_RETENTION)
 }
 
+/// The shard id of a stream's snapshot gate (a `#` id: a coordination lease, never a
+/// shard, never taken by a worker).
+pub const GATE_ID: &str = "#after-snapshot";
+
+/// The key of the gate that holds `stream_arn`'s root leases until every segment finished.
+pub fn gate_key(stream_arn: &str) -> LeaseKey {
+    LeaseKey::new(stream_arn, GATE_ID)
+}
+
+/// Whether `key` is a snapshot gate.
+pub fn is_gate(key: &LeaseKey) -> bool {
+    key.shard_id == GATE_ID && key.stream != LeaseKey::COORDINATION_STREAM
+}
+
+/// A fresh (open) gate for `stream_arn`.
+fn open_gate(stream_arn: &str) -> Lease {
+    Lease::new(gate_key(stream_arn), Checkpoint::TrimHorizon, vec![])
+}
+
+/// The parents of a root stream lease under a snapshot: the gate, and the gate created if
+/// it is missing (a plan written before gates existed, or a gate deleted after the stream
+/// started: it is finished again on the next check, as every segment is done).
+pub(crate) async fn root_parents(store: &dyn LeaseStore, stream_arn: &str) -> Result<Vec<String>> {
+    create_lease_if_absent(store, &open_gate(stream_arn)).await?;
+    Ok(vec![GATE_ID.to_owned()])
+}
+
+/// Finishes `stream_arn`'s gate (`SHARD_END`, one write conditional on the gate's owner
+/// and epoch as read) if it is open and every segment finished: the lease table `leases`
+/// says so first (no cost), then one consistent read of the segments confirms it (a scan
+/// is read page by page: it may show the gate but miss a segment written just before it).
+/// Returns whether this call finished it; a gate another caller finished first is no
+/// error. Called by the worker that finishes a segment and by every shard sync.
+pub(crate) async fn finish_gate(
+    store: &dyn LeaseStore,
+    stream_arn: &str,
+    leases: &[Lease],
+) -> Result<bool> {
+    let key = gate_key(stream_arn);
+    let Some(gate) = leases.iter().find(|l| l.key == key) else {
+        return Ok(false);
+    };
+    if gate.checkpoint.is_shard_end() {
+        return Ok(false);
+    }
+    let Some(plan) = leases.iter().find(|l| l.key == plan_key(stream_arn)) else {
+        return Ok(false);
+    };
+    let listed = SnapshotProgress::of(plan, &by_key(leases));
+    if !listed.is_some_and(|p| p.is_done()) {
+        return Ok(false);
+    }
+    let segments: Vec<LeaseKey> = plan
+        .parent_shard_ids
+        .iter()
+        .map(|s| LeaseKey::new(stream_arn, s.clone()))
+        .collect();
+    let read = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+        store.get_leases(&segments)
+    })
+    .await?;
+    if read.iter().any(|l| !l.checkpoint.is_shard_end()) {
+        return Ok(false);
+    }
+    match store
+        .reset_lease(
+            &key,
+            gate.owner.as_deref(),
+            gate.epoch,
+            &Checkpoint::ShardEnd,
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(
+                stream_arn,
+                segments = segments.len(),
+                "snapshot finished: the stream starts"
+            );
+            Ok(true)
+        }
+        Err(dynamodb_streams_leases::Error::LeaseChanged { .. }) => Ok(false),
+        Err(dynamodb_streams_leases::Error::LeaseNotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The key of a stream's snapshot plan.
 pub(crate) fn plan_key(stream_arn: &str) -> LeaseKey {
     LeaseKey::coordination(format!("snapshot|{stream_arn}"))
@@ -272,7 +368,8 @@ pub(crate) async fn prepare(
     if has_stream_leases {
         return Ok(());
     }
-    // Segments first: the stream leases name them as parents.
+    // Segments first, then the gate (its existence says every segment was written), then
+    // the stream leases whose roots name the gate.
     for segment in &plan.parent_shard_ids {
         let lease = Lease::new(
             LeaseKey::new(stream_arn, segment.clone()),
@@ -281,12 +378,13 @@ pub(crate) async fn prepare(
         );
         create_lease_if_absent(store.as_ref(), &lease).await?;
     }
+    let gate = root_parents(store.as_ref(), stream_arn).await?;
     let shards = stream_shards(api, stream_arn, &table).await?;
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     for shard in parents_first(&shards) {
         let mut parents: Vec<String> = shard.parent_shard_id.iter().cloned().collect();
         if !parents.iter().any(|p| described.contains(p.as_str())) {
-            parents.extend(plan.parent_shard_ids.iter().cloned());
+            parents.extend(gate.iter().cloned());
         }
         let lease = Lease::new(
             LeaseKey::new(stream_arn, shard.shard_id.clone()),
@@ -329,6 +427,30 @@ async fn stream_shards(
     }
 }
 
+/// Where a snapshot's gate stands (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateState {
+    /// The gate holds the stream's root leases: a segment is not finished yet (or every
+    /// one is, and the next check finishes the gate).
+    Open,
+    /// Every segment finished: the stream's root leases may start.
+    Finished,
+    /// No gate lease: a snapshot planned before gates (its roots name every segment), one
+    /// whose gate was deleted after the stream started, or one still being set up.
+    Absent,
+}
+
+impl GateState {
+    /// The state's name in `ddbsc status --json`: `open`, `finished` or `absent`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Finished => "finished",
+            Self::Absent => "absent",
+        }
+    }
+}
+
 /// Where one stream's snapshot stands, as the lease table says (`ddbsc status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotProgress {
@@ -346,6 +468,8 @@ pub struct SnapshotProgress {
     pub items_in_open_segments: u64,
     /// The owners of the segments not finished yet.
     pub owners: Vec<String>,
+    /// The gate that holds the stream's root leases until every segment finished.
+    pub gate: GateState,
 }
 
 impl SnapshotProgress {
@@ -353,43 +477,59 @@ impl SnapshotProgress {
     pub fn is_done(&self) -> bool {
         self.segments_done >= self.segments
     }
+
+    /// The progress recorded by `plan` (a plan lease; `None` for any other lease), its
+    /// segments and gate looked up in `leases`.
+    fn of(plan: &Lease, leases: &HashMap<&LeaseKey, &Lease>) -> Option<Self> {
+        let stream_arn = plan.key.shard_id.strip_prefix("snapshot|")?;
+        if !plan.key.is_coordination() {
+            return None;
+        }
+        let gate = match leases.get(&gate_key(stream_arn)) {
+            None => GateState::Absent,
+            Some(gate) if gate.checkpoint.is_shard_end() => GateState::Finished,
+            Some(_) => GateState::Open,
+        };
+        let mut progress = SnapshotProgress {
+            stream_arn: stream_arn.to_owned(),
+            started_at: plan.checkpoint.skip_before(),
+            segments: u32::try_from(plan.parent_shard_ids.len()).unwrap_or(u32::MAX),
+            segments_done: 0,
+            items_in_open_segments: 0,
+            owners: Vec::new(),
+            gate,
+        };
+        for segment in &plan.parent_shard_ids {
+            let key = LeaseKey::new(stream_arn, segment.clone());
+            match leases.get(&key) {
+                None => progress.segments_done += 1,
+                Some(lease) if lease.checkpoint.is_shard_end() => progress.segments_done += 1,
+                Some(lease) => {
+                    if let Checkpoint::Scan(text) = &lease.checkpoint {
+                        progress.items_in_open_segments +=
+                            scan::Position::decode(text).map_or(0, |p| p.items);
+                    }
+                    progress.owners.extend(lease.owner.clone());
+                }
+            }
+        }
+        progress.owners.sort();
+        progress.owners.dedup();
+        Some(progress)
+    }
+}
+
+/// `leases` by key: segments are looked up by key, 10,000 of them in 100,000 leases.
+fn by_key(leases: &[Lease]) -> HashMap<&LeaseKey, &Lease> {
+    leases.iter().map(|l| (&l.key, l)).collect()
 }
 
 /// The progress of every snapshot recorded in `leases` (the whole lease table).
 pub fn progress(leases: &[Lease]) -> Vec<SnapshotProgress> {
+    let by_key = by_key(leases);
     leases
         .iter()
-        .filter_map(|plan| {
-            let stream_arn = plan.key.shard_id.strip_prefix("snapshot|")?;
-            if !plan.key.is_coordination() {
-                return None;
-            }
-            let mut progress = SnapshotProgress {
-                stream_arn: stream_arn.to_owned(),
-                started_at: plan.checkpoint.skip_before(),
-                segments: u32::try_from(plan.parent_shard_ids.len()).unwrap_or(u32::MAX),
-                segments_done: 0,
-                items_in_open_segments: 0,
-                owners: Vec::new(),
-            };
-            for segment in &plan.parent_shard_ids {
-                let key = LeaseKey::new(stream_arn, segment.clone());
-                match leases.iter().find(|l| l.key == key) {
-                    None => progress.segments_done += 1,
-                    Some(lease) if lease.checkpoint.is_shard_end() => progress.segments_done += 1,
-                    Some(lease) => {
-                        if let Checkpoint::Scan(text) = &lease.checkpoint {
-                            progress.items_in_open_segments +=
-                                scan::Position::decode(text).map_or(0, |p| p.items);
-                        }
-                        progress.owners.extend(lease.owner.clone());
-                    }
-                }
-            }
-            progress.owners.sort();
-            progress.owners.dedup();
-            Some(progress)
-        })
+        .filter_map(|plan| SnapshotProgress::of(plan, &by_key))
         .collect()
 }
 

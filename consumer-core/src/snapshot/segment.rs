@@ -11,9 +11,9 @@
 //! - the position: after a page, [`Checkpoint::Scan`] (items read so far and the last
 //!   evaluated key), stored once every record of the page is done, coalesced like any
 //!   checkpoint (`with_checkpoint_interval`);
-//! - the end: `SHARD_END` without children (the stream leases waiting for every segment
-//!   may start), the snapshot's duration checked against the stream's retention, and the
-//!   snapshot's progress logged.
+//! - the end: `SHARD_END` without children (the stream's roots wait for the snapshot's
+//!   gate, which the last segment to finish finishes), the snapshot's duration checked
+//!   against the stream's retention, and the snapshot's progress logged.
 //!
 //! It ends like a shard ([`ShardOutcome`]); on `Failed` the worker restarts it later from
 //! its last stored position.
@@ -343,8 +343,8 @@ fn segment_problem(table: &str, stream_arn: &str, segment: &str, problem: String
     }
 }
 
-/// A segment's end: `SHARD_END` (no children: the stream leases name every segment as a
-/// parent), the retention check, the progress.
+/// A segment's end: `SHARD_END` (no children: the stream's roots wait for the snapshot's
+/// gate, finished here after the last segment), the retention check, the progress.
 struct SegmentEnd {
     started_at: Option<SystemTime>,
     items: Arc<AtomicU64>,
@@ -415,11 +415,16 @@ pub(crate) async fn report_if_late<F: ProcessorFactory>(
     let _ = session.data_lost(&loss).await;
 }
 
-/// Logs segments done of total and items read (the segments' counts from the lease table).
+/// Logs segments done of total and items read (the segments' counts from the lease table);
+/// a segment's end also finishes the snapshot's gate if this was the last segment.
 async fn report_progress(store: &Arc<dyn LeaseStore>, stream_arn: &str, segment: &str, items: u64) {
     let Ok(leases) = store.list_leases().await else {
         return;
     };
+    if let Err(error) = super::finish_gate(store.as_ref(), stream_arn, &leases).await {
+        // The shard-sync holder finishes it on its next sync.
+        tracing::warn!(stream_arn, %error, "cannot finish the snapshot's gate yet");
+    }
     if let Some(progress) = super::progress(&leases)
         .into_iter()
         .find(|p| p.stream_arn == stream_arn)

@@ -654,13 +654,10 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
     // The crash: one root's lease written, none of the others.
     let mut kept_one = false;
     for lease in stream_leases(&store, &arn).await {
-        if is_segment(&lease.key) {
+        if is_segment(&lease.key) || is_gate(&lease.key) {
             continue;
         }
-        let root = lease
-            .parent_shard_ids
-            .iter()
-            .any(|p| p.starts_with(SEGMENT_PREFIX));
+        let root = lease.parent_shard_ids.iter().any(|p| p == GATE_ID);
         if root && !kept_one {
             kept_one = true;
             continue;
@@ -683,12 +680,17 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
     .unwrap();
     let shards = sim.all_shards(&arn).unwrap();
     let leases = stream_leases(&store, &arn).await;
+    let shard_leases = || {
+        leases
+            .iter()
+            .filter(|l| !is_segment(&l.key) && !l.key.is_coordination())
+    };
     assert_eq!(
-        leases.iter().filter(|l| !is_segment(&l.key)).count(),
+        shard_leases().count(),
         shards.len(),
         "every shard has a lease"
     );
-    for lease in leases.iter().filter(|l| !is_segment(&l.key)) {
+    for lease in shard_leases() {
         assert_eq!(
             lease.checkpoint, plan.checkpoint,
             "{} starts at T0",
@@ -699,14 +701,12 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
             .find(|s| s.shard_id == lease.key.shard_id)
             .unwrap();
         if shard.parent_shard_id.is_none() {
-            for segment in &plan.parent_shard_ids {
-                assert!(
-                    lease.parent_shard_ids.contains(segment),
-                    "root {} waits for {segment}: {:?}",
-                    lease.key,
-                    lease.parent_shard_ids
-                );
-            }
+            assert_eq!(
+                lease.parent_shard_ids,
+                [GATE_ID],
+                "root {} waits for the gate",
+                lease.key
+            );
         }
     }
 }
@@ -845,6 +845,130 @@ async fn prepare_and_the_shard_sync_create_parents_before_children() {
             if snapshot { "prepare" } else { "shard sync" },
         );
     }
+}
+
+/// A root lease names the snapshot's gate, not every segment: its size is the same with 3
+/// segments as with 10,000 (it was about 230 KB at 10,000, read by every scan and written
+/// on every take and checkpoint).
+#[tokio::test(start_paused = true)]
+async fn a_root_lease_does_not_grow_with_the_segments() {
+    let mut sizes = Vec::new();
+    for segments in [3, 10_000] {
+        let (sim, arn) = split_stream(23);
+        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let config = SnapshotConfig::new().with_segments(segments);
+        prepare(&sim, &store, &config, &arn, Some("orders"), &[])
+            .await
+            .unwrap();
+        let roots: Vec<Lease> = stream_leases(&store, &arn)
+            .await
+            .into_iter()
+            .filter(|l| !is_segment(&l.key) && !l.key.is_coordination())
+            .filter(|l| l.parent_shard_ids.iter().any(|p| p == GATE_ID))
+            .collect();
+        assert!(
+            !roots.is_empty(),
+            "{segments} segments: no root waits for the gate"
+        );
+        let size = roots
+            .iter()
+            .map(dynamodb_streams_leases::billing::lease_item_size)
+            .max()
+            .unwrap();
+        sizes.push(size);
+    }
+    assert_eq!(
+        sizes[0], sizes[1],
+        "root lease bytes at 3 and 10,000 segments"
+    );
+    assert!(sizes[1] < 1024, "a root lease of {} bytes", sizes[1]);
+}
+
+/// The gate is finished once every segment is, by whoever checks first, and a crash at
+/// any step leaves a state the next check completes: a gate missing (prepare stopped
+/// before it) is created by the next `prepare` and stays open while a segment is open;
+/// segments finished and deleted count as done; a second finisher changes nothing.
+#[tokio::test(start_paused = true)]
+async fn the_gate_is_finished_once_every_segment_is_and_only_then() {
+    let (sim, arn) = split_stream(24);
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let config = SnapshotConfig::new().with_segments(3);
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
+        .await
+        .unwrap();
+    // The crash: the gate and the stream leases never written.
+    for lease in stream_leases(&store, &arn).await {
+        if !is_segment(&lease.key) {
+            store.delete_lease(&lease.key).await.unwrap();
+        }
+    }
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
+        .await
+        .unwrap();
+    let gate = || async { store.get_lease(&gate_key(&arn)).await.unwrap() };
+    assert_eq!(gate().await.unwrap().checkpoint, Checkpoint::TrimHorizon);
+
+    let segments: Vec<LeaseKey> = stream_leases(&store, &arn)
+        .await
+        .into_iter()
+        .filter(|l| is_segment(&l.key))
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(segments.len(), 3);
+    let finish = |key: LeaseKey| {
+        let store = store.clone();
+        async move {
+            let lease = store.get_lease(&key).await.unwrap().unwrap();
+            store
+                .reset_lease(&key, None, lease.epoch, &Checkpoint::ShardEnd)
+                .await
+                .unwrap();
+        }
+    };
+    let all = || async { store.list_leases().await.unwrap() };
+    // Two of three done, the third deleted after it finished would count; open, it holds.
+    finish(segments[0].clone()).await;
+    store.delete_lease(&segments[1]).await.unwrap();
+    assert!(
+        !finish_gate(store.as_ref(), &arn, &all().await)
+            .await
+            .unwrap()
+    );
+    assert_eq!(gate().await.unwrap().checkpoint, Checkpoint::TrimHorizon);
+    let p = progress(&all().await);
+    assert_eq!((p[0].segments_done, p[0].gate), (2, GateState::Open));
+
+    finish(segments[2].clone()).await;
+    let seen = all().await;
+    assert!(finish_gate(store.as_ref(), &arn, &seen).await.unwrap());
+    assert_eq!(gate().await.unwrap().checkpoint, Checkpoint::ShardEnd);
+    // A second finisher with the same (now stale) view: nothing to do, no error.
+    assert!(!finish_gate(store.as_ref(), &arn, &seen).await.unwrap());
+    let p = progress(&all().await);
+    assert_eq!(p[0].gate, GateState::Finished);
+    assert!(p[0].is_done());
+}
+
+/// A scan that shows the gate open and misses a segment (written after the scan read its
+/// page) does not finish the gate: the consistent read of the segments says no.
+#[tokio::test(start_paused = true)]
+async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
+    let (sim, arn) = split_stream(25);
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let config = SnapshotConfig::new().with_segments(2);
+    prepare(&sim, &store, &config, &arn, Some("orders"), &[])
+        .await
+        .unwrap();
+    let stale: Vec<Lease> = store
+        .list_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| !is_segment(&l.key))
+        .collect();
+    assert!(!finish_gate(store.as_ref(), &arn, &stale).await.unwrap());
+    let gate = store.get_lease(&gate_key(&arn)).await.unwrap().unwrap();
+    assert_eq!(gate.checkpoint, Checkpoint::TrimHorizon);
 }
 
 mod pipelines;

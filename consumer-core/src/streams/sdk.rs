@@ -18,7 +18,7 @@ use dynamodb_streams_leases::SequenceNumber;
 use dynamodb_streams_leases::aws::{self, AwsClients};
 use tracing::debug;
 
-use super::{
+use super::api::{
     ApiError, ApiErrorKind, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
 

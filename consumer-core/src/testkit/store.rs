@@ -225,6 +225,37 @@ pub struct Billed {
     pub failed_conditions: u64,
 }
 
+/// How a lease write is billed.
+#[derive(Clone, Copy)]
+enum Units<'a> {
+    /// The larger of the item before and after: after is the lease answered, or `sent`.
+    Larger { sent: Option<&'a Lease> },
+    /// A transaction: twice the units of the item as it was before.
+    Transaction,
+}
+
+impl Units<'_> {
+    /// A write that answers with the lease as written (or sends nothing to bill by).
+    const LEASE: Units<'static> = Units::Larger { sent: None };
+}
+
+/// What a lease write answers: the lease as written, when it is one.
+trait Answer {
+    fn lease(&self) -> Option<&Lease>;
+}
+
+impl Answer for Lease {
+    fn lease(&self) -> Option<&Lease> {
+        Some(self)
+    }
+}
+
+impl Answer for () {
+    fn lease(&self) -> Option<&Lease> {
+        None
+    }
+}
+
 impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     /// `inner`, with the link up and every counter at zero.
     pub fn new(inner: Arc<S>) -> Self {
@@ -301,7 +332,10 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
             .clone();
         if let Some(observer) = observer {
             let after = self.inner.get_lease(key).await.ok().flatten();
-            observer.lease_written(op, key, before, after.as_ref());
+            // Deleting an absent lease wrote nothing.
+            if before.is_some() || after.is_some() {
+                observer.lease_written(op, key, before, after.as_ref());
+            }
         }
     }
 
@@ -437,25 +471,63 @@ impl<S: LeaseStore + ?Sized> InstrumentedStore<S> {
     }
 
     /// Bills a write to one lease (the larger of the item before and after, 1 KB units).
-    fn bill_lease_write<T>(
+    fn bill_lease_write(
         &self,
         key: &LeaseKey,
-        before: Option<Lease>,
-        result: &Result<T>,
+        before: Option<&Lease>,
+        failed: bool,
         after: Option<&Lease>,
     ) {
         let size = before
-            .iter()
+            .into_iter()
             .chain(after)
             .map(billing::lease_item_size)
             .max()
             .unwrap_or(0);
-        self.bill_item(
-            lease_item(key),
-            0.0,
-            billing::write_units(size),
-            result.is_err(),
-        );
+        self.bill_item(lease_item(key), 0.0, billing::write_units(size), failed);
+    }
+
+    /// One write to the lease `key`, as every lease write goes: counted and passed through
+    /// the link, then [`applied`](Self::applied).
+    async fn lease_write<T: Answer>(
+        &self,
+        op: StoreOp,
+        key: &LeaseKey,
+        units: Units<'_>,
+        write: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.pass(op).await?;
+        self.applied(op, key, units, write).await
+    }
+
+    /// A lease write that passed the link: sent to `inner`, billed as `units` says, told
+    /// to the observer when it succeeded, and answered (or its answer lost).
+    async fn applied<T: Answer>(
+        &self,
+        op: StoreOp,
+        key: &LeaseKey,
+        units: Units<'_>,
+        write: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let before = self.inner.get_lease(key).await.ok().flatten();
+        let result = write.await;
+        match units {
+            Units::Larger { sent } => {
+                let after = result.as_ref().ok().and_then(Answer::lease).or(sent);
+                self.bill_lease_write(key, before.as_ref(), result.is_err(), after);
+            }
+            Units::Transaction => {
+                // Twice the units of a plain write; a refused one is still one failed
+                // condition.
+                let size = before.as_ref().map_or(0, billing::lease_item_size);
+                let units = 2 * billing::write_units(size);
+                self.bill_item(lease_item(key), 0.0, units, result.is_err());
+            }
+        }
+        if result.is_ok() {
+            self.observed(op, key, before.as_ref()).await;
+        }
+        self.answer(op, result)
     }
 
     /// Bills a write to the coordination item.
@@ -607,15 +679,10 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         Ok(leases)
     }
     async fn create_lease(&self, lease: &Lease) -> Result<()> {
-        self.pass(StoreOp::CreateLease).await?;
-        let before = self.inner.get_lease(&lease.key).await.ok().flatten();
-        let result = self.inner.create_lease(lease).await;
-        self.bill_lease_write(&lease.key, before.clone(), &result, Some(lease));
-        if result.is_ok() {
-            self.observed(StoreOp::CreateLease, &lease.key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::CreateLease, result)
+        let sent = Units::Larger { sent: Some(lease) };
+        let create = self.inner.create_lease(lease);
+        self.lease_write(StoreOp::CreateLease, &lease.key, sent, create)
+            .await
     }
     async fn take_lease(
         &self,
@@ -637,28 +704,16 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
                 epoch: seen_epoch,
             });
         }
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self
+        let take = self
             .inner
-            .take_lease(key, seen_owner, seen_epoch, new_owner)
-            .await;
-        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
-        if result.is_ok() {
-            self.observed(StoreOp::TakeLease, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::TakeLease, result)
+            .take_lease(key, seen_owner, seen_epoch, new_owner);
+        self.applied(StoreOp::TakeLease, key, Units::LEASE, take)
+            .await
     }
     async fn checkpoint(&self, key: &LeaseKey, o: &Ownership, c: &Checkpoint) -> Result<Lease> {
-        self.pass(StoreOp::Checkpoint).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.checkpoint(key, o, c).await;
-        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
-        if result.is_ok() {
-            self.observed(StoreOp::Checkpoint, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::Checkpoint, result)
+        let write = self.inner.checkpoint(key, o, c);
+        self.lease_write(StoreOp::Checkpoint, key, Units::LEASE, write)
+            .await
     }
     // Pipelines' checkpoints are counted (and billed) as checkpoints; removing a pipeline
     // (an operator's write) too.
@@ -668,11 +723,9 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         o: &Ownership,
         update: &PipelineCheckpoints,
     ) -> Result<Lease> {
-        self.pass(StoreOp::Checkpoint).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.checkpoint_pipelines(key, o, update).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
-        self.answer(StoreOp::Checkpoint, result)
+        let write = self.inner.checkpoint_pipelines(key, o, update);
+        self.lease_write(StoreOp::Checkpoint, key, Units::LEASE, write)
+            .await
     }
     async fn remove_pipeline(
         &self,
@@ -680,22 +733,14 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         pipeline: &str,
         o: Option<&Ownership>,
     ) -> Result<Lease> {
-        self.pass(StoreOp::Checkpoint).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.remove_pipeline(key, pipeline, o).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
-        self.answer(StoreOp::Checkpoint, result)
+        let write = self.inner.remove_pipeline(key, pipeline, o);
+        self.lease_write(StoreOp::Checkpoint, key, Units::LEASE, write)
+            .await
     }
     async fn release_lease(&self, key: &LeaseKey, o: &Ownership) -> Result<Lease> {
-        self.pass(StoreOp::ReleaseLease).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.release_lease(key, o).await;
-        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
-        if result.is_ok() {
-            self.observed(StoreOp::ReleaseLease, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::ReleaseLease, result)
+        let release = self.inner.release_lease(key, o);
+        self.lease_write(StoreOp::ReleaseLease, key, Units::LEASE, release)
+            .await
     }
     async fn reset_lease(
         &self,
@@ -704,10 +749,10 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         seen_epoch: u64,
         c: &Checkpoint,
     ) -> Result<Lease> {
-        self.pass(StoreOp::ResetLease).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.reset_lease(key, seen_owner, seen_epoch, c).await;
-        self.bill_lease_write(key, before, &result, result.as_ref().ok());
+        let reset = self.inner.reset_lease(key, seen_owner, seen_epoch, c);
+        let result = self
+            .lease_write(StoreOp::ResetLease, key, Units::LEASE, reset)
+            .await;
         if result.is_ok() {
             // An operator's move bumps the leases version itself.
             self.bill_coordination_write(false);
@@ -715,27 +760,14 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         result
     }
     async fn request_handoff(&self, key: &LeaseKey, o: &Ownership, to: &str) -> Result<Lease> {
-        self.pass(StoreOp::RequestHandoff).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.request_handoff(key, o, to).await;
-        self.bill_lease_write(key, before.clone(), &result, result.as_ref().ok());
-        if result.is_ok() {
-            self.observed(StoreOp::RequestHandoff, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::RequestHandoff, result)
+        let request = self.inner.request_handoff(key, o, to);
+        self.lease_write(StoreOp::RequestHandoff, key, Units::LEASE, request)
+            .await
     }
     async fn delete_lease(&self, key: &LeaseKey) -> Result<()> {
-        self.pass(StoreOp::DeleteLease).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self.inner.delete_lease(key).await;
-        let existed = before.is_some();
-        self.bill_lease_write(key, before.clone(), &result, None);
-        if existed && result.is_ok() {
-            self.observed(StoreOp::DeleteLease, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::DeleteLease, result)
+        let delete = self.inner.delete_lease(key);
+        self.lease_write(StoreOp::DeleteLease, key, Units::LEASE, delete)
+            .await
     }
     async fn heartbeat(&self, worker_id: &str, ttl: Duration) -> Result<WorkerRecord> {
         self.pass(StoreOp::Heartbeat).await?;
@@ -912,7 +944,7 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         );
         Ok(())
     }
-    // Counted as a checkpoint; billed for the lease item only (the transaction's other
+    // Transactions are counted as checkpoints; billed for the lease item only (their other
     // writes go to the user's tables, not the lease table).
     async fn checkpoint_with_writes(
         &self,
@@ -922,26 +954,11 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         c: &Checkpoint,
         writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<()> {
-        self.pass(StoreOp::Checkpoint).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self
+        let commit = self
             .inner
-            .checkpoint_with_writes(key, o, previous, c, writes)
-            .await;
-        // A transactional write is billed twice the units of a plain one; a refused one is
-        // still one failed condition.
-        let size = before.as_ref().map_or(0, billing::lease_item_size);
-        self.bill_item(
-            lease_item(key),
-            0.0,
-            2 * billing::write_units(size),
-            result.is_err(),
-        );
-        if result.is_ok() {
-            self.observed(StoreOp::Checkpoint, key, before.as_ref())
-                .await;
-        }
-        self.answer(StoreOp::Checkpoint, result)
+            .checkpoint_with_writes(key, o, previous, c, writes);
+        self.lease_write(StoreOp::Checkpoint, key, Units::Transaction, commit)
+            .await
     }
     async fn checkpoint_pipeline_with_writes(
         &self,
@@ -952,15 +969,11 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         update: &PipelineCheckpoints,
         writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<()> {
-        self.pass(StoreOp::Checkpoint).await?;
-        let before = self.inner.get_lease(key).await.ok().flatten();
-        let result = self
+        let commit = self
             .inner
-            .checkpoint_pipeline_with_writes(key, o, pipeline, previous, update, writes)
-            .await;
-        let size = before.as_ref().map_or(0, billing::lease_item_size);
-        self.bill(0.0, 2 * billing::write_units(size), result.is_err());
-        result
+            .checkpoint_pipeline_with_writes(key, o, pipeline, previous, update, writes);
+        self.lease_write(StoreOp::Checkpoint, key, Units::Transaction, commit)
+            .await
     }
 }
 

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dynamodb_streams_consumer::testkit::{
-    InstrumentedStore, Link, Recording, SimulatedStream, StoreOp,
+    InstrumentedStore, Link, Recording, SimulatedStream, StoreObserver, StoreOp,
 };
 use dynamodb_streams_consumer::{ChangeBatch, Consumer};
-use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, LeaseKey, LeaseStore};
+use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, Lease, LeaseKey, LeaseStore};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -49,6 +49,9 @@ pub struct Cluster {
     pub idle_backoff_max: Duration,
     /// How long each `process` call takes (20 ms unless a test slows it down).
     pub processing: Arc<Mutex<Duration>>,
+    /// Who owns each unfinished shard lease, kept from every write that reaches the store:
+    /// what the checks poll, instead of reading every lease each time.
+    pub owners: Arc<OwnerIndex>,
 }
 
 impl Cluster {
@@ -111,9 +114,13 @@ impl Cluster {
                 Ok(())
             })
         });
+        let billing = Arc::new(InstrumentedStore::new(store.clone()));
+        let owners = Arc::new(OwnerIndex::of(&store));
+        billing.observe(owners.clone());
         Cluster {
             sim: sim.clone(),
-            billing: Arc::new(InstrumentedStore::new(store.clone())),
+            billing,
+            owners,
             store,
             recording,
             zombie_deliveries,
@@ -338,6 +345,98 @@ pub async fn ownership(
     (per_worker, orphans)
 }
 
+/// Who owns each unfinished shard lease (by worker id, the part of the owner before `#`),
+/// kept up to date from every lease write through the cluster's billing store: at 100,000
+/// leases the checks ask it every 100 ms of simulated time, which reading every lease would
+/// make the slowest part of the run. Seeded from the store when made.
+#[derive(Default)]
+pub struct OwnerIndex {
+    state: Mutex<Owners>,
+}
+
+#[derive(Default)]
+struct Owners {
+    /// Unfinished shard leases and their owner (`None`: no owner).
+    owner: HashMap<LeaseKey, Option<String>>,
+    /// The same, per owner.
+    by_owner: HashMap<Option<String>, HashSet<LeaseKey>>,
+}
+
+impl Owners {
+    fn set(&mut self, key: &LeaseKey, lease: Option<&Lease>) {
+        if let Some(old) = self.owner.remove(key)
+            && let Some(keys) = self.by_owner.get_mut(&old)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_owner.remove(&old);
+            }
+        }
+        let Some(lease) = lease else { return };
+        if lease.key.is_coordination() || lease.checkpoint == Checkpoint::ShardEnd {
+            return;
+        }
+        let worker = lease
+            .owner
+            .as_deref()
+            .map(|o| o.split('#').next().unwrap_or(o).to_owned());
+        self.by_owner
+            .entry(worker.clone())
+            .or_default()
+            .insert(key.clone());
+        self.owner.insert(key.clone(), worker);
+    }
+}
+
+impl OwnerIndex {
+    /// The index of `store` as it is now.
+    pub fn of(store: &InMemoryLeaseStore) -> Self {
+        let index = Self::default();
+        {
+            let mut state = index.state.lock().unwrap();
+            store.for_each_lease(|lease| state.set(&lease.key, Some(lease)));
+        }
+        index
+    }
+
+    /// Unfinished shard leases per worker of `live`, and how many have no live owner.
+    pub fn ownership(&self, live: &[String]) -> (BTreeMap<String, usize>, usize) {
+        let state = self.state.lock().unwrap();
+        let per_worker: BTreeMap<String, usize> = live
+            .iter()
+            .map(|w| {
+                let held = state.by_owner.get(&Some(w.clone())).map_or(0, HashSet::len);
+                (w.clone(), held)
+            })
+            .collect();
+        let owned: usize = per_worker.values().sum();
+        (per_worker, state.owner.len() - owned)
+    }
+
+    /// The unfinished shard leases whose owner is not one of `running`.
+    fn orphans(&self, running: &std::collections::BTreeSet<String>) -> HashSet<LeaseKey> {
+        let state = self.state.lock().unwrap();
+        state
+            .by_owner
+            .iter()
+            .filter(|(owner, _)| !owner.as_ref().is_some_and(|o| running.contains(o)))
+            .flat_map(|(_, keys)| keys.iter().cloned())
+            .collect()
+    }
+}
+
+impl StoreObserver for OwnerIndex {
+    fn lease_written(
+        &self,
+        _op: StoreOp,
+        key: &LeaseKey,
+        _before: Option<&Lease>,
+        after: Option<&Lease>,
+    ) {
+        self.state.lock().unwrap().set(key, after);
+    }
+}
+
 /// Watches, every 100 ms, how long each unfinished shard lease goes without an owner among
 /// the running workers; the longest such gap so far, and how many leases had one.
 pub struct OrphanWatch {
@@ -346,9 +445,9 @@ pub struct OrphanWatch {
 }
 
 impl OrphanWatch {
-    /// Starts watching `store`; `live` says which worker ids run.
+    /// Starts watching the leases `owners` indexes; `live` says which worker ids run.
     pub fn start(
-        store: Arc<InMemoryLeaseStore>,
+        owners: Arc<OwnerIndex>,
         live: Arc<Mutex<std::collections::BTreeSet<String>>>,
     ) -> Self {
         let longest: Arc<Mutex<(Duration, usize)>> = Arc::default();
@@ -359,16 +458,7 @@ impl OrphanWatch {
             loop {
                 let now = Instant::now();
                 let live = live.lock().unwrap().clone();
-                let mut orphans = HashSet::new();
-                store.for_each_lease(|lease| {
-                    if lease.key.is_coordination() || lease.checkpoint == Checkpoint::ShardEnd {
-                        return;
-                    }
-                    let owner = lease.owner.as_deref().and_then(|o| o.split('#').next());
-                    if !owner.is_some_and(|o| live.contains(o)) {
-                        orphans.insert(lease.key.clone());
-                    }
-                });
+                let orphans = owners.orphans(&live);
                 since.retain(|key, _| orphans.contains(key));
                 for key in orphans {
                     ever.insert(key.clone());
@@ -390,4 +480,37 @@ impl OrphanWatch {
         self.task.abort();
         *self.longest.lock().unwrap()
     }
+}
+
+/// Runs `test` on a current-thread runtime with time paused and a thread-local metrics
+/// recorder: every task runs on this thread, so the recorder holds this test's metrics
+/// only. `test` gets the recorder's snapshotter (to look during the run); so does the
+/// caller, with the test's output.
+pub fn run_recorded<F: std::future::Future>(
+    test: impl FnOnce(metrics_util::debugging::Snapshotter) -> F,
+) -> (F::Output, metrics_util::debugging::Snapshotter) {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let output =
+        metrics::with_local_recorder(&recorder, || runtime.block_on(test(snapshotter.clone())));
+    (output, snapshotter)
+}
+
+/// The counter `name` summed over its series, since the previous snapshot.
+pub fn counter_total(snapshotter: &metrics_util::debugging::Snapshotter, name: &str) -> u64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(.., value)| match value {
+            metrics_util::debugging::DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
 }

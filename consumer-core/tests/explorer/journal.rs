@@ -8,14 +8,66 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::time::Instant;
 
 /// How many events a failure report prints.
 const TAIL: usize = 60;
 
-/// Events of one run, in order.
-pub struct Journal {
+/// Events of one run, in order; clones share it (the oracles of several pipelines write
+/// to one journal).
+#[derive(Clone)]
+pub struct Journal(Arc<Mutex<Events>>);
+
+impl Journal {
+    fn events(&self) -> MutexGuard<'_, Events> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An empty journal whose clock starts now.
+    pub fn new() -> Self {
+        Self(Arc::new(Mutex::new(Events::new())))
+    }
+
+    /// Restarts the clock (before any event).
+    pub fn start_clock(&self) {
+        self.events().start_clock();
+    }
+
+    /// Milliseconds of virtual time since the run began.
+    pub fn millis(&self) -> u64 {
+        self.events().millis()
+    }
+
+    /// Appends `event`, stamped with the virtual time.
+    pub fn push(&self, event: impl AsRef<str>) {
+        self.events().push(event);
+    }
+
+    /// The hash of every event so far: equal for two runs that did the same thing.
+    pub fn hash(&self) -> u64 {
+        self.events().hash()
+    }
+
+    /// How many events were logged.
+    pub fn len(&self) -> u64 {
+        self.events().len()
+    }
+
+    /// Every event, one a line, if `EXPLORE_LOG` was set.
+    pub fn all(&self) -> Option<String> {
+        self.events().all()
+    }
+
+    /// The last events, one a line.
+    pub fn tail(&self) -> String {
+        self.events().tail()
+    }
+}
+
+/// The journal's content.
+struct Events {
     start: Instant,
     tail: VecDeque<String>,
     /// FNV-1a over every event's text.
@@ -27,7 +79,7 @@ pub struct Journal {
     instant: (u64, Vec<String>),
 }
 
-impl Journal {
+impl Events {
     /// Restarts the clock (before any event).
     pub fn start_clock(&mut self) {
         self.start = Instant::now();

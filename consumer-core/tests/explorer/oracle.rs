@@ -14,9 +14,15 @@
 //!    worker for one shard never share an item (key partitions);
 //! 4. a checkpoint write never covers an unfinished record and never moves back, and a
 //!    deleted lease is never created again;
+//! 5. with staged writes, each record's write applied at most once, and once for every
+//!    record processed with `Ok` that the stored checkpoint covers;
 //! 6. (bounds on shutdown and calls: checked by the world);
 //! 7. no stream record reaches a processor before every snapshot segment of its stream
-//!    ended (checked once snapshots are drawn);
+//!    ended;
+//!
+//! With named pipelines, each pipeline has its own oracle (sharing one journal): it sees
+//! only its pipeline's calls and handler, and judges the pipeline's own checkpoint (its
+//! attribute of the lease item), so every invariant holds per pipeline.
 //! 8. (drain after the last fault: checked by the world).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -115,6 +121,10 @@ pub struct Rules {
 
 struct State {
     rules: Rules,
+    /// The named pipeline this oracle checks (`None`: the consumer's one processor).
+    pipeline: Option<String>,
+    /// Whether writes are logged (by one oracle of a run).
+    log_writes: bool,
     journal: Journal,
     violation: Option<Violation>,
     records: Vec<Rec>,
@@ -142,6 +152,8 @@ struct State {
     plans: BTreeMap<String, Vec<String>>,
     /// Segment leases seen at `ShardEnd`.
     segments_ended: BTreeSet<LeaseKey>,
+    /// Deliveries of each snapshot item so far, by (stream, segment, key).
+    snapshot_attempts: BTreeMap<(String, String, String), u32>,
 }
 
 /// Shared by the world, the processors, the handler and every worker's store link.
@@ -233,10 +245,28 @@ impl State {
 
 impl Oracle {
     pub fn new(rules: Rules) -> Self {
+        Self::with(rules, None, Journal::new(), true)
+    }
+
+    /// The oracle of pipeline `name`, writing to this one's journal: it checks the
+    /// pipeline's calls and its own checkpoint (an attribute of each lease).
+    pub fn for_pipeline(&self, name: &str, log_writes: bool) -> Self {
+        let state = self.state();
+        Self::with(
+            state.rules.clone(),
+            Some(name.to_owned()),
+            state.journal.clone(),
+            log_writes,
+        )
+    }
+
+    fn with(rules: Rules, pipeline: Option<String>, journal: Journal, log_writes: bool) -> Self {
         Self {
             state: Arc::new(Mutex::new(State {
                 rules,
-                journal: Journal::new(),
+                pipeline,
+                log_writes,
+                journal,
                 violation: None,
                 records: Vec::new(),
                 by_seq: BTreeMap::new(),
@@ -253,6 +283,7 @@ impl Oracle {
                 handler_calls: BTreeMap::new(),
                 plans: BTreeMap::new(),
                 segments_ended: BTreeSet::new(),
+                snapshot_attempts: BTreeMap::new(),
             })),
         }
     }
@@ -281,7 +312,7 @@ impl Oracle {
     }
 
     pub fn journal_hash(&self) -> (u64, u64) {
-        let mut state = self.state();
+        let state = self.state();
         (state.journal.hash(), state.journal.len())
     }
 
@@ -305,13 +336,15 @@ impl Oracle {
         };
         let filtered = filtered_out(state.rules.filter_modulus, &written.event_id);
         let i = state.records.len();
-        state.journal.push(format!(
-            "write {} {key}={n:?} -> {} {}{}",
-            written.table,
-            written.shard_id,
-            written.sequence_number,
-            if filtered { " (filtered)" } else { "" }
-        ));
+        if state.log_writes {
+            state.journal.push(format!(
+                "write {} {key}={n:?} -> {} {}{}",
+                written.table,
+                written.shard_id,
+                written.sequence_number,
+                if filtered { " (filtered)" } else { "" }
+            ));
+        }
         state.by_seq.insert(written.sequence_number.to_string(), i);
         state
             .by_item
@@ -351,7 +384,7 @@ impl Oracle {
 
     /// A `process` call starts; `owns` says whether the lease table names its caller as
     /// the owner at this epoch. Returns the call's id and each change's attempt number
-    /// (1 for a first delivery; 0 for a snapshot change).
+    /// (1 for a first delivery; snapshot items are counted per segment and key).
     pub fn call_started(
         &self,
         ctx: &ShardContext,
@@ -363,8 +396,13 @@ impl Oracle {
         let id = state.next_call;
         state.next_call += 1;
         let worker_paused = state.paused.contains(&ctx.worker_id);
+        let tag = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
         state.journal.push(format!(
-            "call {id} start {} {} epoch {} [{}]",
+            "call{tag} {id} start {} {} epoch {} [{}]",
             ctx.lease_owner,
             ctx.shard_id,
             ctx.lease_epoch,
@@ -432,7 +470,14 @@ impl Oracle {
         let mut problems = Vec::new();
         for (j, change) in changes.iter().enumerate() {
             if change.kind == ChangeKind::Snapshot {
-                attempts.push(0);
+                let item = (
+                    ctx.stream_arn.clone(),
+                    ctx.shard_id.clone(),
+                    change.key.clone(),
+                );
+                let n = state.snapshot_attempts.entry(item).or_default();
+                *n += 1;
+                attempts.push(*n);
                 continue;
             }
             let Some(&i) = state.by_seq.get(change.seq.as_str()) else {
@@ -508,7 +553,12 @@ impl Oracle {
         let Some(call) = state.calls.remove(&id) else {
             return;
         };
-        state.journal.push(format!("call {id} end {end:?}"));
+        let tag = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
+        state.journal.push(format!("call{tag} {id} end {end:?}"));
         let succeeded = match &end {
             CallEnd::Ok => call.changes.len(),
             CallEnd::FailedAt(seq) => call.changes.iter().position(|c| &c.seq == seq).unwrap_or(0),
@@ -675,8 +725,14 @@ impl Oracle {
     /// a record (by sequence number) was applied. Never twice; at the end, once for every
     /// record that was processed with `Ok` (never handed to the handler) and that the
     /// stored checkpoint covers.
-    pub fn check_applied(&self, applied: impl Fn(&str) -> u64, end: bool) {
+    pub fn check_applied(&self, applied_by_id: impl Fn(&str) -> u64, end: bool) {
         let mut state = self.state();
+        let prefix = state
+            .pipeline
+            .as_ref()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        let applied = |seq: &str| applied_by_id(&format!("{prefix}{seq}"));
         let mut problems = Vec::new();
         for i in 0..state.records.len() {
             let rec = &state.records[i];
@@ -772,13 +828,22 @@ impl StoreObserver for Oracle {
         after: Option<&Lease>,
     ) {
         let mut state = self.state();
-        let shown = after.map_or_else(
-            || "deleted".to_owned(),
-            |l| format!("{} {:?}#{}", l.checkpoint, l.owner, l.epoch),
-        );
-        state
-            .journal
-            .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
+        if state.log_writes {
+            let shown = after.map_or_else(
+                || "deleted".to_owned(),
+                |l| {
+                    let pipelines: String = l
+                        .pipelines
+                        .iter()
+                        .map(|(p, c)| format!(" {p}={c}"))
+                        .collect();
+                    format!("{} {:?}#{}{pipelines}", l.checkpoint, l.owner, l.epoch)
+                },
+            );
+            state
+                .journal
+                .push(format!("store {} {} -> {shown}", op.name(), key.shard_id));
+        }
         if let (Some(stream), Some(plan)) = (key.shard_id.strip_prefix("snapshot|"), after)
             && key.is_coordination()
         {
@@ -800,7 +865,26 @@ impl StoreObserver for Oracle {
             state.checkpoints.remove(key);
             return;
         }
-        let Some(after) = after else { return };
+        let Some(lease) = after else { return };
+        // A pipeline's checkpoint is its attribute of the lease; before the pipeline wrote
+        // one, the lease's start position.
+        let pipeline = state.pipeline.clone();
+        let effective = |l: &Lease| match &pipeline {
+            None => l.checkpoint.clone(),
+            Some(p) => match (l.pipelines.get(p), &l.checkpoint) {
+                (Some(own), _) => own.clone(),
+                (None, Checkpoint::At(_)) => Checkpoint::TrimHorizon,
+                (None, start) => start.clone(),
+            },
+        };
+        let with_effective = |l: &Lease| {
+            let mut l = l.clone();
+            l.checkpoint = effective(&l);
+            l
+        };
+        let after = &with_effective(lease);
+        let before = before.map(with_effective);
+        let before = before.as_ref();
         state
             .checkpoints
             .insert(key.clone(), after.checkpoint.clone());

@@ -82,6 +82,19 @@ pub struct Settings {
     pub snapshot: Option<SnapshotSettings>,
     /// Exactly-once: each record stages a write that commits with the checkpoint.
     pub staged_writes: bool,
+    /// Named pipelines (`with_pipeline`), each with its own processors, checkpoint and
+    /// these settings; empty: one processor, no pipelines.
+    pub pipelines: Vec<PipelineSettings>,
+}
+
+/// What `with_pipeline_settings` changes for one pipeline (`None`: the consumer's).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineSettings {
+    pub name: String,
+    pub max_batch_size: Option<usize>,
+    pub key_parallelism: Option<usize>,
+    pub checkpoint_interval: Option<Duration>,
+    pub batch_timeout: Option<Duration>,
 }
 
 /// The drawn `SnapshotConfig`.
@@ -284,6 +297,7 @@ impl Scenario {
             filter_modulus: maybe(rng, 250, |r| r.random_range(2..=6)),
             snapshot: None,
             staged_writes: false,
+            pipelines: Vec::new(),
         };
         // Drawn from its own generator, so the settings above draw what they drew before.
         let rng = &mut dimension(seed, "snapshot");
@@ -317,6 +331,28 @@ impl Scenario {
             settings.staged_writes = true;
             // `stage` is refused with key parallelism.
             settings.key_parallelism = 1;
+        }
+        let rng = &mut dimension(seed, "pipelines");
+        if rng.random_bool(0.3) {
+            let staged = settings.staged_writes;
+            settings.pipelines = (0..rng.random_range(1..=3))
+                .map(|i| PipelineSettings {
+                    name: format!("p{i}"),
+                    max_batch_size: maybe(rng, 400, |r| r.random_range(1..=60)),
+                    // `stage` is refused with key parallelism.
+                    key_parallelism: maybe(rng, if staged { 0 } else { 400 }, |r| {
+                        r.random_range(1..=8)
+                    }),
+                    checkpoint_interval: maybe(rng, 400, |r| {
+                        if r.random_bool(0.4) {
+                            Duration::ZERO
+                        } else {
+                            ms(r, 50..=3000)
+                        }
+                    }),
+                    batch_timeout: maybe(rng, 300, |r| ms(r, 500..=20_000)),
+                })
+                .collect();
         }
         let rng = &mut dimension(seed, "behaviour");
         let bad = rng.random_bool(0.7);

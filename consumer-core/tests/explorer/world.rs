@@ -156,6 +156,11 @@ struct World<'a> {
     sim: SimulatedStream,
     store: Arc<InMemoryLeaseStore>,
     oracle: Oracle,
+    /// The oracles that check records: one per pipeline, or `oracle` without pipelines.
+    checked: Vec<Oracle>,
+    /// Whether `build` takes a snapshot together with the drawn pipelines (it starts being
+    /// drawn once it does).
+    snapshot: bool,
     tables: Vec<String>,
     streams: Vec<String>,
     workers: BTreeMap<usize, Worker>,
@@ -184,8 +189,25 @@ impl<'a> World<'a> {
         });
         let tables: Vec<String> = (0..service.tables).map(|t| format!("t{t}")).collect();
         let streams = tables.iter().map(|t| sim.add_table(t)).collect();
+        let pipelines = &scenario.settings.pipelines;
+        let checked: Vec<Oracle> = if pipelines.is_empty() {
+            vec![oracle.clone()]
+        } else {
+            pipelines
+                .iter()
+                .enumerate()
+                .map(|(i, p)| oracle.for_pipeline(&p.name, i == 0))
+                .collect()
+        };
+        let snapshot = scenario.settings.snapshot.is_some()
+            && (pipelines.is_empty() || snapshot_with_pipelines_builds(&sim));
+        if scenario.settings.snapshot.is_some() && !snapshot {
+            oracle.log("no snapshot: `build` refuses it with named pipelines");
+        }
         Self {
             scenario,
+            checked,
+            snapshot,
             sim,
             store: {
                 let store = InMemoryLeaseStore::new();
@@ -235,11 +257,16 @@ impl<'a> World<'a> {
         loop {
             self.advance_to(Instant::now() + Duration::from_millis(500))
                 .await?;
-            let mut pending = self.oracle.pending();
+            let mut pending: Vec<String> = self.checked.iter().flat_map(Oracle::pending).collect();
             if pending.is_empty() && scenario.settings.auto_checkpoint {
-                pending = self.oracle.lagging_checkpoints();
+                pending = self
+                    .checked
+                    .iter()
+                    .flat_map(Oracle::lagging_checkpoints)
+                    .collect();
             }
-            if pending.is_empty() && self.oracle.running_calls() == 0 {
+            let running: usize = self.checked.iter().map(Oracle::running_calls).sum();
+            if pending.is_empty() && running == 0 {
                 break;
             }
             if quiet.elapsed() > bound {
@@ -270,19 +297,21 @@ impl<'a> World<'a> {
         }
         self.tick()?;
         let sim = self.sim.clone();
-        self.oracle.check_sink(|table, key| {
-            sim.item(table, &string_key("pk", key))
-                .ok()
-                .flatten()
-                .and_then(|item| {
-                    serde_dynamo::aws_sdk_dynamodbstreams_1::from_item::<Row>(item).ok()
-                })
-                .map(|row| row.n)
-        });
+        for oracle in &self.checked {
+            oracle.check_sink(|table, key| {
+                sim.item(table, &string_key("pk", key))
+                    .ok()
+                    .flatten()
+                    .and_then(|item| {
+                        serde_dynamo::aws_sdk_dynamodbstreams_1::from_item::<Row>(item).ok()
+                    })
+                    .map(|row| row.n)
+            });
+        }
         if self.scenario.settings.staged_writes {
             self.check_applied(true);
         }
-        if let Some(violation) = self.oracle.violation() {
+        if let Some(violation) = self.violation() {
             return Err(violation);
         }
         let calls = self.calls();
@@ -301,7 +330,7 @@ impl<'a> World<'a> {
         Ok(Outcome {
             hash,
             events,
-            records: self.oracle.written(),
+            records: self.checked.first().map_or(0, Oracle::written),
             virtual_secs,
             calls,
         })
@@ -319,8 +348,24 @@ impl<'a> World<'a> {
                 Some((id, n))
             })
             .collect();
+        for oracle in &self.checked {
+            oracle.check_applied(|id| applied.get(id).copied().unwrap_or(0), end);
+        }
+    }
+
+    /// The first broken invariant any oracle saw.
+    fn violation(&self) -> Option<Violation> {
         self.oracle
-            .check_applied(|seq| applied.get(seq).copied().unwrap_or(0), end);
+            .violation()
+            .or_else(|| self.checked.iter().find_map(Oracle::violation))
+    }
+
+    /// Tells every oracle that worker `w<id>` is paused or runs again.
+    fn paused(&self, id: usize, paused: bool) {
+        self.oracle.paused(&format!("w{id}"), paused);
+        for oracle in &self.checked {
+            oracle.paused(&format!("w{id}"), paused);
+        }
     }
 
     fn calls(&self) -> u64 {
@@ -355,17 +400,18 @@ impl<'a> World<'a> {
         if self.scenario.settings.staged_writes {
             self.check_applied(false);
         }
-        if let Some(violation) = self.oracle.violation() {
+        if let Some(violation) = self.violation() {
             return Err(violation);
         }
         let bound = stop_bound(self.scenario);
         let mut finished = Vec::new();
+        let mut resumed = Vec::new();
         for (id, worker) in &mut self.workers {
             if worker.fault_until.is_some_and(|until| until <= now) {
                 worker.fault_until = None;
                 worker.gate.set_link(Link::Up);
                 worker.switch.resume();
-                self.oracle.paused(&format!("w{id}"), false);
+                resumed.push(*id);
                 self.oracle.log(format!("w{id} fault ends"));
                 if let Some(since) = &mut worker.stopping_since {
                     *since = now;
@@ -385,6 +431,9 @@ impl<'a> World<'a> {
                     ),
                 });
             }
+        }
+        for id in resumed {
+            self.paused(id, false);
         }
         for id in finished {
             let Some(worker) = self.workers.remove(&id) else {
@@ -448,7 +497,7 @@ impl<'a> World<'a> {
                 if let Some(w) = self.workers.remove(&worker) {
                     w.task.abort();
                     self.gone_calls += w.gate.calls().values().sum::<u64>();
-                    self.oracle.paused(&format!("w{worker}"), false);
+                    self.paused(worker, false);
                 }
             }
             Action::Stop { worker } => self.stop_worker(worker),
@@ -480,7 +529,7 @@ impl<'a> World<'a> {
                     w.gate.set_link(Link::Frozen);
                     w.switch.pause();
                     w.fault_until = Some(Instant::now() + lasting);
-                    self.oracle.paused(&format!("w{worker}"), true);
+                    self.paused(worker, true);
                 }
             }
         }
@@ -510,7 +559,9 @@ impl<'a> World<'a> {
                 s.retry_backoff_max.unwrap_or(DEFAULT_BACKOFF),
             ) + self.scenario.behaviour.slow;
             let created: SystemTime = StreamsApi::now(&self.sim);
-            self.oracle.wrote(&written, image, created);
+            for oracle in &self.checked {
+                oracle.wrote(&written, image, created);
+            }
         }
     }
 
@@ -520,7 +571,7 @@ impl<'a> World<'a> {
         }
         let s = &self.scenario.settings;
         let gate = Arc::new(InstrumentedStore::new(self.store.clone()));
-        gate.observe(Arc::new(self.oracle.clone()));
+        gate.observe(Arc::new(Observers(self.checked.clone())));
         let switch = PauseSwitch::new();
         let explorer = Explorer {
             seed: self.scenario.seed,
@@ -533,6 +584,7 @@ impl<'a> World<'a> {
             handler_failures: s.handler_failures.unwrap_or(0),
             switch: switch.clone(),
             staged_writes: s.staged_writes,
+            pipeline: None,
         };
         let mut builder = Consumer::builder("explorer")
             .with_worker_id(format!("w{id}"))
@@ -610,7 +662,7 @@ impl<'a> World<'a> {
             s.retry_backoff_max,
             ConsumerBuilder::with_retry_backoff_max,
         );
-        if let Some(snapshot) = s.snapshot {
+        if let Some(snapshot) = s.snapshot.filter(|_| self.snapshot) {
             builder = builder.with_snapshot(
                 SnapshotConfig::new()
                     .with_segments(snapshot.segments)
@@ -632,8 +684,47 @@ impl<'a> World<'a> {
                     .is_none_or(|id| !crate::oracle::filtered_out(Some(modulus), id))
             });
         }
-        let consumer = match builder.build(explorer) {
-            Ok(consumer) => consumer,
+        for (pipeline, oracle) in s.pipelines.iter().zip(&self.checked) {
+            let ex = Explorer {
+                oracle: oracle.clone(),
+                pipeline: Some(pipeline.name.clone()),
+                ..explorer.clone()
+            };
+            let own = pipeline.clone();
+            let handler = s.handler_failures.map(|_| Handler(ex.clone()));
+            builder = builder
+                .with_pipeline(&pipeline.name, ex)
+                .with_pipeline_settings(&pipeline.name, move |mut b| {
+                    b = with(b, own.max_batch_size, ConsumerBuilder::with_max_batch_size);
+                    b = with(
+                        b,
+                        own.key_parallelism,
+                        ConsumerBuilder::with_key_parallelism,
+                    );
+                    b = with(
+                        b,
+                        own.checkpoint_interval,
+                        ConsumerBuilder::with_checkpoint_interval,
+                    );
+                    b = with(b, own.batch_timeout, ConsumerBuilder::with_batch_timeout);
+                    with(b, handler, ConsumerBuilder::with_on_failure)
+                });
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let until = async move {
+            let _ = stopped.await;
+        };
+        let built = if s.pipelines.is_empty() {
+            builder
+                .build(explorer)
+                .map(|consumer| tokio::spawn(consumer.run_until(until)))
+        } else {
+            builder
+                .build_pipelines()
+                .map(|consumer| tokio::spawn(consumer.run_until(until)))
+        };
+        let task = match built {
+            Ok(task) => task,
             Err(error) => {
                 self.oracle.violate(
                     "0 settings",
@@ -642,10 +733,6 @@ impl<'a> World<'a> {
                 return;
             }
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(consumer.run_until(async move {
-            let _ = stopped.await;
-        }));
         self.oracle.log(format!("w{id} starts"));
         self.workers.insert(
             id,
@@ -687,4 +774,42 @@ fn with<T>(
         Some(value) => set(builder, value),
         None => builder,
     }
+}
+
+/// Every pipeline's oracle watches the lease writes.
+struct Observers(Vec<Oracle>);
+
+impl dynamodb_streams_consumer::testkit::StoreObserver for Observers {
+    fn lease_written(
+        &self,
+        op: StoreOp,
+        key: &dynamodb_streams_leases::LeaseKey,
+        before: Option<&dynamodb_streams_leases::Lease>,
+        after: Option<&dynamodb_streams_leases::Lease>,
+    ) {
+        for oracle in &self.0 {
+            oracle.lease_written(op, key, before, after);
+        }
+    }
+}
+
+/// Whether `build_pipelines` takes a snapshot (named pipelines did not run one at first).
+fn snapshot_with_pipelines_builds(sim: &SimulatedStream) -> bool {
+    let refused = Consumer::builder("probe")
+        .with_table("t0")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+        .with_pipeline("p", dynamodb_streams_consumer::Pipelines)
+        .with_snapshot(
+            SnapshotConfig::new()
+                .with_simulated_tables(PausableStreams::new(sim.clone(), PauseSwitch::new())),
+        )
+        .build_pipelines();
+    !matches!(
+        refused,
+        Err(dynamodb_streams_consumer::Error::Config {
+            key: "with_snapshot",
+            ..
+        })
+    )
 }

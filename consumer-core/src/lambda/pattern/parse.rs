@@ -1,39 +1,5 @@
-//! Lambda's event filtering patterns (the EventBridge pattern language), parsed once and
-//! matched against records in Lambda's JSON shape ([`super::event`]).
-//!
-//! A pattern names fields of the record; each leaf is a list of matchers, any of which may
-//! match (OR), and every field named must match (AND):
-//!
-//! ```text
-//! {"eventName": ["INSERT", "MODIFY"],
-//!  "dynamodb": {"NewImage": {"status": {"S": [{"anything-but": ["draft"]}]}}}}
-//! ```
-//!
-//! Matchers: exact values (string, number, boolean, `null`; `""` is the empty string),
-//! `{"prefix": s}` and `{"suffix": s}` (each also `{"equals-ignore-case": s}` inside),
-//! `{"equals-ignore-case": s}`, `{"anything-but": value | [values] | {"prefix"|"suffix": s} |
-//! {"equals-ignore-case": s | [s]}}`, `{"numeric": [op, n]}` or a range
-//! `{"numeric": [">", a, "<=", b]}` (ops `=`, `<`, `<=`, `>`, `>=`), `{"exists": bool}`,
-//! `{"cidr": "10.0.0.0/24"}` (IPv4 or IPv6); and `"$or": [pattern, ...]` beside fields at
-//! any level.
-//!
-//! How a record is matched (EventBridge's rules, which Lambda follows):
-//! - The values at a field path are its leaves: arrays are looked into (a matcher on
-//!   `dynamodb.NewImage.tags.SS` matches when any element does), objects are not leaves. So
-//!   `exists` works on leaves only: `{"Organizations": [{"exists": true}]}` never matches an
-//!   attribute (an object `{"L": …}`); write `{"Organizations": {"L": {"S": [{"exists":
-//!   true}]}}}`.
-//! - `anything-but`, `prefix`, `numeric` and the others match only a value that exists;
-//!   `{"exists": false}` matches when the path has no leaf.
-//! - Strings compare exactly, character by character. Numbers compare by value. DynamoDB
-//!   numbers are strings in the record (`{"N": "101"}`), so `numeric` never matches an
-//!   attribute (Lambda's documentation says the same): match them as strings.
-//! - A field given twice in one object (Lambda's own Boolean AND example repeats
-//!   `"dynamodb"`) is merged; a leaf given twice is refused.
-//!
-//! Limits, as Lambda documents them: a pattern of at most 4,096 characters; numbers in
-//! `numeric` between -5.0e9 and 5.0e9; at most 1,000 combinations once every `$or` is
-//! expanded. [`super::FilterCriteria`] adds the limit on patterns per consumer.
+//! A filter pattern's JSON read into its types, with Lambda's limits; every error names the
+//! JSON path of what is wrong.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -41,30 +7,16 @@ use std::net::IpAddr;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-/// The longest pattern Lambda accepts (the `Filter.Pattern` length constraint).
-pub const MAX_PATTERN_CHARS: usize = 4096;
+use super::{
+    Comparison, Exclusion, FilterPattern, MAX_PATTERN_CHARS, Matcher, Node, ObjectPattern,
+    PatternError,
+};
 
 /// The magnitude limit of numbers in `numeric` matchers (EventBridge's).
 const MAX_NUMERIC: f64 = 5.0e9;
 
 /// How many plain patterns one pattern may stand for once every `$or` is expanded.
 const MAX_COMBINATIONS: u64 = 1000;
-
-/// A pattern that could not be parsed: where, as a JSON path from `$`, and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("at {path}: {problem}")]
-pub struct PatternError {
-    /// The JSON path of what is wrong, e.g. `$.dynamodb.Keys.id.S[0].prefix`.
-    pub path: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-/// One parsed filter pattern.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FilterPattern {
-    root: ObjectPattern,
-}
 
 impl FilterPattern {
     /// Parses a pattern. Errors name the JSON path of what is wrong.
@@ -92,11 +44,6 @@ impl FilterPattern {
         }
         Ok(Self { root })
     }
-
-    /// Whether `event` (a record in Lambda's JSON shape) matches.
-    pub fn matches(&self, event: &Value) -> bool {
-        self.root.matches(&[event])
-    }
 }
 
 fn error(path: &str, problem: impl Into<String>) -> PatternError {
@@ -104,48 +51,6 @@ fn error(path: &str, problem: impl Into<String>) -> PatternError {
         path: path.to_owned(),
         problem: problem.into(),
     }
-}
-
-/// Fields that must all match, and `$or` groups of which one pattern each must match.
-#[derive(Clone, Debug, PartialEq)]
-struct ObjectPattern {
-    fields: Vec<(String, Node)>,
-    any_of: Vec<Vec<ObjectPattern>>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Node {
-    Object(ObjectPattern),
-    Leaf(Vec<Matcher>),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Matcher {
-    Exact(Value),
-    Prefix { text: String, ignore_case: bool },
-    Suffix { text: String, ignore_case: bool },
-    EqualsIgnoreCase(String),
-    AnythingBut(Exclusion),
-    Numeric(Vec<(Comparison, f64)>),
-    Exists(bool),
-    Cidr { network: IpAddr, prefix_len: u8 },
-}
-
-#[derive(Clone, Debug, PartialEq)]
-enum Exclusion {
-    Values(Vec<Value>),
-    Prefix(String),
-    Suffix(String),
-    IgnoringCase(Vec<String>),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Comparison {
-    Eq,
-    Lt,
-    Le,
-    Gt,
-    Ge,
 }
 
 const OPERATORS: &str = "prefix, suffix, equals-ignore-case, anything-but, numeric, exists, cidr";
@@ -227,37 +132,6 @@ impl ObjectPattern {
             .map(|options| options.iter().map(Self::combinations).sum::<u64>());
         nested.chain(ors).fold(1, u64::saturating_mul)
     }
-
-    /// `contexts`: every value at this pattern's path (arrays looked into).
-    fn matches(&self, contexts: &[&Value]) -> bool {
-        self.fields.iter().all(|(name, node)| {
-            let mut children = Vec::new();
-            for context in contexts {
-                if let Some(child) = context.get(name) {
-                    flatten(child, &mut children);
-                }
-            }
-            match node {
-                Node::Object(object) => object.matches(&children),
-                Node::Leaf(matchers) => {
-                    let leaves: Vec<&Value> =
-                        children.into_iter().filter(|v| !v.is_object()).collect();
-                    matchers.iter().any(|m| m.matches(&leaves))
-                }
-            }
-        }) && self
-            .any_of
-            .iter()
-            .all(|options| options.iter().any(|option| option.matches(contexts)))
-    }
-}
-
-/// `value`, or the elements of an array (recursively).
-fn flatten<'a>(value: &'a Value, into: &mut Vec<&'a Value>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|item| flatten(item, into)),
-        other => into.push(other),
-    }
 }
 
 fn field_path(path: &str, name: &str) -> String {
@@ -335,44 +209,6 @@ impl Matcher {
             )),
         }
     }
-
-    /// Whether this matcher accepts the leaves at its path.
-    fn matches(&self, leaves: &[&Value]) -> bool {
-        match self {
-            Matcher::Exists(exists) => leaves.is_empty() != *exists,
-            other => leaves.iter().any(|leaf| other.matches_value(leaf)),
-        }
-    }
-
-    fn matches_value(&self, value: &Value) -> bool {
-        let text = value.as_str();
-        match self {
-            Matcher::Exact(expected) => same_value(expected, value),
-            Matcher::Prefix {
-                text: p,
-                ignore_case,
-            } => text.is_some_and(|t| affix(t, p, *ignore_case, true)),
-            Matcher::Suffix {
-                text: s,
-                ignore_case,
-            } => text.is_some_and(|t| affix(t, s, *ignore_case, false)),
-            Matcher::EqualsIgnoreCase(expected) => {
-                text.is_some_and(|t| t.to_lowercase() == expected.to_lowercase())
-            }
-            Matcher::AnythingBut(exclusion) => !exclusion.excludes(value),
-            Matcher::Numeric(bounds) => value
-                .as_f64()
-                .filter(|_| value.is_number())
-                .is_some_and(|n| bounds.iter().all(|(op, bound)| op.holds(n, *bound))),
-            Matcher::Exists(_) => true,
-            Matcher::Cidr {
-                network,
-                prefix_len,
-            } => text
-                .and_then(|t| t.parse::<IpAddr>().ok())
-                .is_some_and(|ip| in_network(ip, *network, *prefix_len)),
-        }
-    }
 }
 
 fn equals_ignore_case_inside(
@@ -385,27 +221,6 @@ fn equals_ignore_case_inside(
             path,
             "needs a string, or {\"equals-ignore-case\": string}",
         )),
-    }
-}
-
-fn affix(text: &str, affix: &str, ignore_case: bool, prefix: bool) -> bool {
-    let (text, affix) = if ignore_case {
-        (text.to_lowercase(), affix.to_lowercase())
-    } else {
-        (text.to_owned(), affix.to_owned())
-    };
-    if prefix {
-        text.starts_with(&affix)
-    } else {
-        text.ends_with(&affix)
-    }
-}
-
-/// Strings, booleans and null by equality; numbers by value.
-fn same_value(expected: &Value, actual: &Value) -> bool {
-    match (expected, actual) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
     }
 }
 
@@ -457,19 +272,6 @@ impl Exclusion {
             other => Ok(Exclusion::Values(vec![scalar(other, path)?])),
         }
     }
-
-    fn excludes(&self, value: &Value) -> bool {
-        let text = value.as_str();
-        match self {
-            Exclusion::Values(values) => values.iter().any(|v| same_value(v, value)),
-            Exclusion::Prefix(p) => text.is_some_and(|t| t.starts_with(p.as_str())),
-            Exclusion::Suffix(s) => text.is_some_and(|t| t.ends_with(s.as_str())),
-            Exclusion::IgnoringCase(values) => text.is_some_and(|t| {
-                let t = t.to_lowercase();
-                values.iter().any(|v| v.to_lowercase() == t)
-            }),
-        }
-    }
 }
 
 impl Comparison {
@@ -482,16 +284,6 @@ impl Comparison {
             ">=" => Self::Ge,
             _ => return None,
         })
-    }
-
-    fn holds(self, n: f64, bound: f64) -> bool {
-        match self {
-            Self::Eq => n == bound,
-            Self::Lt => n < bound,
-            Self::Le => n <= bound,
-            Self::Gt => n > bound,
-            Self::Ge => n >= bound,
-        }
     }
 
     fn is_lower(self) -> bool {
@@ -565,19 +357,6 @@ fn parse_cidr(text: &str, path: &str) -> Result<Matcher, PatternError> {
         network,
         prefix_len,
     })
-}
-
-fn in_network(ip: IpAddr, network: IpAddr, prefix_len: u8) -> bool {
-    let (ip, network, bits) = match (ip, network) {
-        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
-        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
-        _ => return false,
-    };
-    let shift = bits - u32::from(prefix_len);
-    if shift >= 128 {
-        return true;
-    }
-    (ip >> shift) == (network >> shift)
 }
 
 /// JSON as written, objects keeping every entry (a field may be given twice).

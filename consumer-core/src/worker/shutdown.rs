@@ -1,0 +1,131 @@
+//! How a worker stops every shard: fenced (no confirmed heartbeat in time; it comes back
+//! as a new incarnation) or gracefully (flush, release, resign, leave).
+
+use std::collections::BTreeSet;
+
+use dynamodb_streams_leases::{Checkpoint, LeaseKey, Ownership};
+
+use super::{State, Worker};
+use crate::announce;
+use crate::error::Result;
+use crate::events::{Event, LeaseReleased};
+use crate::leader::shard_sync_key;
+use crate::processor::ProcessorFactory;
+use crate::retry;
+use crate::runtime::ShardOutcome;
+
+impl<F: ProcessorFactory> Worker<F> {
+    /// No confirmed heartbeat in time (or the entry was removed): stop every shard without
+    /// writing, then come back as a new incarnation, which gets leases like any other.
+    pub(super) async fn fence(&self, state: &mut State) -> Result<()> {
+        tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
+        self.shared.telemetry.health.fenced();
+        for running in state.running.values() {
+            running.signals.lost.cancel();
+        }
+        while state.tasks.join_next().await.is_some() {}
+        state.running.clear();
+        state.incarnation.stop_heartbeat.cancel();
+        state.incarnation.leading.send_replace(None);
+        let policy = retry::reincarnation(self.shared.config.renew_interval);
+        // Anything but a deleted lease table is worth another try.
+        let incarnation = self
+            .start_incarnation(policy, |e| !e.is_table_missing())
+            .await?;
+        tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
+        *state = State {
+            done_parents: std::mem::take(&mut state.done_parents),
+            ..State::new(incarnation, self.shared.config.failover_time)
+        };
+        Ok(())
+    }
+
+    /// Graceful shutdown: every shard finishes its batch, is told, flushes and releases;
+    /// leases not running are released too; the leader's role is given up, so another
+    /// worker claims it at once; then the worker's entry goes.
+    pub(super) async fn shut_down(&self, mut state: State) {
+        let me = state.incarnation.id.clone();
+        tracing::info!(incarnation = %me, shards = state.running.len(), "shutting down");
+        self.shared.telemetry.health.stopped();
+        // A shard sync in flight is abandoned: the next leader's sync redoes it.
+        let leading = state.leader.take().is_some();
+        state.incarnation.leading.send_replace(None);
+        for running in state.running.values() {
+            running.signals.release.cancel();
+        }
+        // (issue 8) A shard whose final checkpoint could not be written keeps its lease.
+        let mut kept = BTreeSet::new();
+        while let Some(joined) = state.tasks.join_next().await {
+            match joined {
+                Ok((key, ShardOutcome::Failed(error))) => {
+                    tracing::error!(lease = %key, %error, "shard stopped on an error; its lease is kept, not released");
+                    kept.insert(key);
+                }
+                Ok((key, _)) => {
+                    state.mine.remove(&key);
+                }
+                Err(_) => {}
+            }
+        }
+        // Leases given to this worker whose hints it has not read yet are its own too.
+        let inbox = self.announcer.inner();
+        if let Ok(notices) = inbox.notices(&me).await
+            && !notices.is_empty()
+        {
+            let keys: Vec<LeaseKey> = notices.iter().map(|n| n.key.clone()).collect();
+            if let Ok(leases) = inbox.get_leases(&keys).await {
+                for lease in leases.into_iter().filter(|l| l.is_owned_by(&me)) {
+                    if lease.checkpoint == Checkpoint::ShardEnd {
+                        if let Some(ownership) = lease.ownership() {
+                            state.finished.insert(lease.key.clone(), ownership);
+                        }
+                    } else {
+                        state.mine.insert(lease.key.clone(), lease);
+                    }
+                }
+            }
+        }
+        let store = self.shared.store.as_ref();
+        let mut owned: Vec<(LeaseKey, Ownership)> = state
+            .mine
+            .values()
+            .filter(|l| !kept.contains(&l.key))
+            .filter_map(|l| Some((l.key.clone(), l.ownership()?)))
+            .chain(std::mem::take(&mut state.finished))
+            .collect();
+        if leading
+            && let Ok(Some(sync)) = store.get_lease(&shard_sync_key()).await
+            && let Some(ownership) = sync.ownership().filter(|o| o.owner == me)
+        {
+            owned.push((sync.key, ownership));
+        }
+        // Released together: one slow lease must not hold up the others.
+        let releases = owned.iter().map(|(key, ownership)| async move {
+            let released = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                store.release_lease(key, ownership)
+            })
+            .await;
+            if released.is_ok() {
+                LeaseReleased {
+                    lease: key,
+                    to: None,
+                }
+                .emit();
+            }
+        });
+        futures::future::join_all(releases).await;
+        announce::flush(self.announcer.inner().as_ref(), self.announcer.changes()).await;
+        if leading && let Err(error) = self.announcer.inner().resign_leadership(&me).await {
+            tracing::warn!(%error, "could not give up the leader's role; another worker takes it after the failover time");
+        }
+        state.incarnation.stop_heartbeat.cancel();
+        let deleted = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+            store.delete_worker(&me)
+        })
+        .await;
+        if let Err(error) = deleted {
+            tracing::warn!(%error, "worker entry not removed; the leader removes it after the failover time");
+        }
+        tracing::info!(incarnation = %me, "worker stopped");
+    }
+}
