@@ -74,6 +74,12 @@ KNOWN_CIRCLES = {
             "runtime.rs names shard/pipelines.rs's PipelineRunner (Runtime::pipelines), whose "
             "Part holds the fetch task's pages; cut when shard/pipelines.rs settles (issue 16)",
     },
+    "checkpoint-store": {
+        frozenset({"dynamodb/mod.rs", "dynamodb/transact.rs", "dynamodb/update.rs"}):
+            "one type's methods over three files: transact.rs and update.rs add `impl "
+            "DynamoDbLeaseStore` blocks (sending a transaction, the conditional updates) that "
+            "mod.rs's LeaseStore impl calls",
+    },
 }
 
 

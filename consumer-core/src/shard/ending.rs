@@ -2,17 +2,20 @@
 //! [`EndOfSource`] for a segment's), a release (shutdown or handoff: flush, then release),
 //! or the lease lost (nothing written).
 
+use std::time::SystemTime;
+
 use dynamodb_streams_leases::{Checkpoint, LeaseKey};
 
 use super::progress::is_lease_lost;
 use super::session::Session;
 use crate::callback::Interrupted;
 use crate::error::{Error, Result};
-use crate::events::{Event, LeaseLost, LeaseReleased, ShardEnded};
-use crate::processor::{ProcessorFactory, RecordProcessor};
+use crate::events::{DataTrimmed, Event, LeaseLost, LeaseReleased, ShardEnded};
+use crate::processor::{DataLoss, ProcessorFactory, RecordProcessor};
 use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome};
 use crate::shard_graph::{create_lease_if_absent, new_shard_lease};
+use crate::snapshot::outlasted_retention;
 use crate::streams::ShardInfo;
 
 /// How a task ends once its source was read to the end, by the lease's kind: a shard
@@ -222,4 +225,41 @@ async fn create_child_leases<F: ProcessorFactory>(task: &LeaseTask<F>) -> Result
         create_lease_if_absent(task.runtime.store.as_ref(), &lease).await?;
     }
     Ok(children.len())
+}
+
+/// If the snapshot that began at `started_at` outlasted the stream's retention, records
+/// created after it began may be trimmed before the stream is read: reported to the
+/// session's processor as data loss, never silent.
+pub(crate) async fn report_if_late<F: ProcessorFactory>(
+    session: &mut Session<'_, F>,
+    started_at: SystemTime,
+) {
+    let runtime = &session.task.runtime;
+    if !outlasted_retention(
+        started_at,
+        runtime.api.now(),
+        runtime.config.creation_time_margin,
+    ) {
+        return;
+    }
+    let key = session.key().clone();
+    let wanted = format!(
+        "records created since the snapshot began ({})",
+        humantime::format_rfc3339_millis(started_at)
+    );
+    DataTrimmed {
+        stream_arn: &key.stream,
+        shard_id: &key.shard_id,
+        wanted: &wanted,
+        resumed_at: "TRIM_HORIZON",
+    }
+    .emit();
+    let loss = DataLoss {
+        stream_arn: key.stream.clone(),
+        shard_id: key.shard_id.clone(),
+        wanted,
+        resumed_at: "TRIM_HORIZON".into(),
+    };
+    // Only a notification: the segment is finished whatever happens to it.
+    let _ = session.data_lost(&loss).await;
 }

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
+use super::ending::report_if_late;
 use super::ending::{EndOfSource, release_lease, shard_ended};
 use super::fetch::{Fetched, fetch, start_position};
 use super::session::Session;
@@ -43,7 +44,6 @@ use crate::processor::{ProcessorFactory, ShardContext};
 use crate::retry;
 use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
 use crate::snapshot::scanned_items;
-use crate::snapshot::segment::report_if_late;
 use crate::start_time::InitialPosition;
 use crate::streams::{StartPosition, StreamsApi};
 

@@ -29,19 +29,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::scan::{Item, PageRequest, Position, TableScan, to_stream_item};
-use super::{outlasted_retention, parse_segment_id, plan_key};
+use super::{parse_segment_id, plan_key};
 use crate::budget::ByteBudget;
 use crate::change::SNAPSHOT_EVENT;
 use crate::checkpointer::Checkpointer;
 use crate::error::Error;
-use crate::events::{DataTrimmed, Event, ShardEnded, SnapshotPageRead, SnapshotProgressed};
-use crate::processor::{DataLoss, ProcessorFactory};
+use crate::events::{Event, ShardEnded, SnapshotPageRead, SnapshotProgressed};
+use crate::processor::ProcessorFactory;
 use crate::retry;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
+use crate::shard::ending::{EndOfSource, report_if_late};
 use crate::shard::fetch::{Fetched, FetchedPage, first_expected_cost};
 use crate::shard::pipelines::{self, PipelineEnd};
 use crate::shard::session::Session;
-use crate::shard::{self, ending::EndOfSource};
+use crate::shard::{self};
 use crate::stream_arn::table_of_stream;
 
 /// Runs the segment of `task`'s lease until it ends, is stopped, or fails.
@@ -376,43 +377,6 @@ async fn segment_finished(store: &Arc<dyn LeaseStore>, key: &LeaseKey, items: u6
     .emit();
     tracing::info!(stream_arn = %key.stream, segment = %key.shard_id, items, "snapshot segment finished");
     report_progress(store, &key.stream, &key.shard_id, items).await;
-}
-
-/// If the snapshot that began at `started_at` outlasted the stream's retention, records
-/// created after it began may be trimmed before the stream is read: reported to the
-/// session's processor as data loss, never silent.
-pub(crate) async fn report_if_late<F: ProcessorFactory>(
-    session: &mut Session<'_, F>,
-    started_at: SystemTime,
-) {
-    let runtime = &session.task.runtime;
-    if !outlasted_retention(
-        started_at,
-        runtime.api.now(),
-        runtime.config.creation_time_margin,
-    ) {
-        return;
-    }
-    let key = session.key().clone();
-    let wanted = format!(
-        "records created since the snapshot began ({})",
-        humantime::format_rfc3339_millis(started_at)
-    );
-    DataTrimmed {
-        stream_arn: &key.stream,
-        shard_id: &key.shard_id,
-        wanted: &wanted,
-        resumed_at: "TRIM_HORIZON",
-    }
-    .emit();
-    let loss = DataLoss {
-        stream_arn: key.stream.clone(),
-        shard_id: key.shard_id.clone(),
-        wanted,
-        resumed_at: "TRIM_HORIZON".into(),
-    };
-    // Only a notification: the segment is finished whatever happens to it.
-    let _ = session.data_lost(&loss).await;
 }
 
 /// Logs segments done of total and items read (the segments' counts from the lease table);
