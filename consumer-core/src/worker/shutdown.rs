@@ -48,14 +48,34 @@ impl<F: ProcessorFactory> Worker<F> {
         tracing::info!(incarnation = %me, shards = state.running.len(), "shutting down");
         self.shared.telemetry.health.stopped();
         // A shard sync in flight is abandoned: the next leader's sync redoes it.
+        // The heartbeat goes on renewing the leader's role until it is given up below: a
+        // role left to lapse while shards finish their batches (a shutdown timeout longer
+        // than the failover time) would make the next leader judge this worker dead and
+        // hand out its leases while its callbacks still run.
         let leading = state.leader.take().is_some();
-        state.incarnation.leading.send_replace(None);
         for running in state.running.values() {
             running.signals.release.cancel();
         }
         // (issue 8) A shard whose final checkpoint could not be written keeps its lease.
         let mut kept = BTreeSet::new();
-        while let Some(joined) = state.tasks.join_next().await {
+        let fenced = state.incarnation.fenced.clone();
+        let mut fencing_seen = false;
+        loop {
+            let joined = tokio::select! {
+                joined = state.tasks.join_next() => joined,
+                () = fenced.cancelled(), if !fencing_seen => {
+                    // Heartbeats stopped being confirmed while shards finish their batches
+                    // (a shutdown timeout longer than the failover time): other workers
+                    // may take these leases soon, so every shard stops now, as when fenced.
+                    tracing::error!(incarnation = %me, "fenced while shutting down: stopping every shard");
+                    for running in state.running.values() {
+                        running.signals.lost.cancel();
+                    }
+                    fencing_seen = true;
+                    continue;
+                }
+            };
+            let Some(joined) = joined else { break };
             match joined {
                 Ok((key, ShardOutcome::Failed(error))) => {
                     tracing::error!(lease = %key, %error, "shard stopped on an error; its lease is kept, not released");
@@ -115,6 +135,7 @@ impl<F: ProcessorFactory> Worker<F> {
         });
         futures::future::join_all(releases).await;
         announce::flush(self.announcer.inner().as_ref(), self.announcer.changes()).await;
+        state.incarnation.leading.send_replace(None);
         if leading && let Err(error) = self.announcer.inner().resign_leadership(&me).await {
             tracing::warn!(%error, "could not give up the leader's role; another worker takes it after the failover time");
         }

@@ -52,3 +52,12 @@ fn a_key_parallel_shard_stops_without_spinning() {
 fn a_flush_during_process_never_covers_the_batch_in_flight() {
     holds(22, Space::NOW);
 }
+
+/// Seed 70 (`slow_handoffs`: a 9.99 s shutdown timeout against a 6.97 s failover time): the
+/// leader, stopping gracefully while a batch runs, stopped renewing its role at once; a
+/// failover time later the next leader judged it dead and handed out its lease while its
+/// `process` still ran. Fixed in `worker/shutdown.rs` (the role is renewed until given up).
+#[test]
+fn a_leader_that_stops_slowly_is_not_judged_dead() {
+    holds(70, Space::parse("slow_handoffs").expect("a space"));
+}
