@@ -13,7 +13,7 @@
 //! - A **gate** (a lease in the stream, shard id [`GATE_ID`], never taken by a worker),
 //!   created after every segment and before the first stream lease, open
 //!   (`TRIM_HORIZON`) until every segment finished, then finished (`SHARD_END`) with one
-//!   conditional write ([`finish_gate`]) by whoever sees it first: the worker that finishes
+//!   conditional write (`finish_gate`) by whoever sees it first: the worker that finishes
 //!   a segment, or the shard-sync holder on its next sync. A crash between any two steps
 //!   leaves a state the next of them completes: a gate that exists means every segment
 //!   lease was written, so a segment that is gone finished (and was deleted).
