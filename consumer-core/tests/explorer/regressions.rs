@@ -61,3 +61,30 @@ fn a_flush_during_process_never_covers_the_batch_in_flight() {
 fn a_leader_that_stops_slowly_is_not_judged_dead() {
     holds(70, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Found by `make explore SEEDS=2000` after snapshots with pipelines landed, not yet fixed:
+/// a snapshot with named pipelines ends with a pipeline's sink holding a value the table
+/// no longer has (invariant 2). Passed while the explorer dropped the snapshot for
+/// pipelines, so the snapshot-per-pipeline path brought it.
+#[test]
+#[ignore = "pending defect (issue 19): snapshot with pipelines, sink differs from the table"]
+fn a_snapshot_with_pipelines_ends_equal_to_the_table() {
+    holds(1184, Space::NOW);
+}
+
+/// Found by `make explore SEEDS=2000`, not yet fixed: with a snapshot, a record of one shard
+/// reaches a processor before an earlier record of the same key in another shard finished
+/// (invariant 2, per-key order; seeds 1329, 1519, 1920 and 1942 too).
+#[test]
+#[ignore = "pending defect (issue 15): per-key order across shards with a snapshot"]
+fn per_key_order_holds_across_shards_with_a_snapshot() {
+    holds(1942, Space::NOW);
+}
+
+/// Found by `make explore SEEDS=2000` in the widened space, not yet fixed: records still
+/// pending just past the drain bound after the last fault (invariant 8; seeds 847, 857 too).
+#[test]
+#[ignore = "pending defect (issue 15): drain past its bound with slow shutdowns or throttled links"]
+fn everything_drains_within_the_bound_after_slow_shutdowns() {
+    holds(821, Space::NOW);
+}
