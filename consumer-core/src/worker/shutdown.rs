@@ -35,7 +35,11 @@ impl<F: ProcessorFactory> Worker<F> {
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         *state = State {
             done_parents: std::mem::take(&mut state.done_parents),
-            ..State::new(incarnation, self.shared.config.failover_time)
+            ..State::new(
+                incarnation,
+                self.shared.config.failover_time,
+                self.first_coordination(),
+            )
         };
         Ok(())
     }
