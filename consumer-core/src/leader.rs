@@ -41,6 +41,9 @@ const QUICK_RESCANS: u32 = 3;
 /// Conditional writes the leader has in flight at once.
 const CONCURRENT_WRITES: usize = 32;
 
+/// Leases a worker is told about (a hint in its inbox).
+type Hint = (String, Vec<LeaseKey>);
+
 /// A write in flight (boxed: a named type keeps the futures `Send` for any lifetime).
 type Pending<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -108,6 +111,13 @@ pub(crate) struct Leader {
     next_audit: Instant,
     /// Handoffs asked, and when the owner was last told.
     asked: BTreeMap<LeaseKey, Instant>,
+    /// Hints not delivered (the inbox write failed), by worker: sent again every tick
+    /// while the view still names that worker the owner. A lease taken on a worker's
+    /// behalf that it never hears of is never processed.
+    unhinted: BTreeMap<String, BTreeSet<LeaseKey>>,
+    /// Whether this leader told every owner about its leases once (after its first scan):
+    /// hints the previous leader could not deliver are lost with it.
+    owners_hinted: bool,
     last_sync: Option<Instant>,
     /// The running shard sync, if any (aborted when the leader stops leading).
     sync_task: Option<AbortOnDropHandle<()>>,
@@ -140,6 +150,8 @@ impl Leader {
             quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             asked: BTreeMap::new(),
+            unhinted: BTreeMap::new(),
+            owners_hinted: false,
             last_sync: None,
             sync_task: None,
             live_count: 1,
@@ -204,6 +216,20 @@ impl Leader {
             self.plan_and_act(env, &live, &mut for_me).await;
             self.planned_for = live;
         }
+        if scan && !self.owners_hinted {
+            self.owners_hinted = true;
+            let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
+            for lease in self.leases.iter().filter(|l| lease_protocol::is_active(l)) {
+                if let Some(owner) = lease.owner.as_ref().filter(|o| self.live_or_me(o, env)) {
+                    hints
+                        .entry(owner.clone())
+                        .or_default()
+                        .push(lease.key.clone());
+                }
+            }
+            self.deliver(env, hints, &mut for_me).await;
+        }
+        self.rehint(env).await;
         self.remind(env, now).await;
         self.run_shard_sync(env, now).await;
         Ok(Some(for_me))
@@ -293,14 +319,41 @@ impl Leader {
         self.deliver(env, hints, for_me).await;
     }
 
-    /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed).
+    /// Whether `worker` is this leader or a worker it counts as live.
+    fn live_or_me(&self, worker: &str, env: &LeaderEnv<'_>) -> bool {
+        worker == env.me || self.planned_for.contains(worker)
+    }
+
+    /// Sends the hints that were not delivered again, for the leases the view still says
+    /// their worker owns.
+    async fn rehint(&mut self, env: &LeaderEnv<'_>) {
+        if self.unhinted.is_empty() {
+            return;
+        }
+        let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
+        for (worker, keys) in std::mem::take(&mut self.unhinted) {
+            let still: Vec<LeaseKey> = self
+                .leases
+                .iter()
+                .filter(|l| keys.contains(&l.key) && l.is_owned_by(&worker))
+                .map(|l| l.key.clone())
+                .collect();
+            if !still.is_empty() {
+                hints.insert(worker, still);
+            }
+        }
+        self.deliver(env, hints, &mut ForMe::default()).await;
+    }
+
+    /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed);
+    /// those not delivered are kept for [`rehint`](Self::rehint).
     async fn deliver(
-        &self,
+        &mut self,
         env: &LeaderEnv<'_>,
         hints: BTreeMap<String, Vec<LeaseKey>>,
         for_me: &mut ForMe,
     ) {
-        let mut sends: Vec<Pending<'_, ()>> = Vec::new();
+        let mut sends: Vec<Pending<'_, Option<Hint>>> = Vec::new();
         for (worker, keys) in hints {
             if worker == env.me {
                 let keys: std::collections::BTreeSet<&LeaseKey> = keys.iter().collect();
@@ -313,13 +366,19 @@ impl Leader {
             } else {
                 let store = env.store;
                 sends.push(Box::pin(async move {
-                    if let Err(error) = store.notify(&worker, &keys).await {
-                        tracing::warn!(%worker, %error, "cannot hint a worker; the leader reminds it later");
+                    match store.notify(&worker, &keys).await {
+                        Ok(()) => None,
+                        Err(error) => {
+                            tracing::warn!(%worker, %error, "cannot hint a worker; the leader reminds it later");
+                            Some((worker, keys))
+                        }
                     }
                 }));
             }
         }
-        bounded(sends).await;
+        for (worker, keys) in bounded(sends).await.into_iter().flatten() {
+            self.unhinted.entry(worker).or_default().extend(keys);
+        }
     }
 
     /// A handoff asked a failover time ago whose lease still shows it pending in the view:

@@ -86,6 +86,18 @@ fn per_key_order_holds_across_shards_with_a_snapshot() {
     holds(1942, Space::NOW);
 }
 
+/// Seed 2451 (`snapshots`): the leader took a snapshot segment on behalf of a worker and
+/// could not hint it (its own lease-table link throttled); nothing sent the hint again, so
+/// the segment stayed with a live worker that never heard of it, and the snapshot never
+/// ended (invariant 8; before the explorer counted open segments as pending, invariant 2:
+/// the run ended with the item missing from the sink). Fixed in `leader.rs`: hints not
+/// delivered are sent again every tick while the lease is still that worker's, and a new
+/// leader tells every owner about its leases once after its first scan.
+#[test]
+fn a_lease_taken_for_a_worker_whose_hint_failed_is_not_forgotten() {
+    holds(2451, Space::parse("snapshots").expect("a space"));
+}
+
 /// Found by `make explore SEEDS=2000` in the widened space, not yet fixed: records still
 /// pending just past the drain bound after the last fault (invariant 8; seeds 847, 857 too).
 #[test]
