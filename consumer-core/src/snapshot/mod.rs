@@ -344,7 +344,7 @@ pub(crate) async fn prepare(
         // consumed the older one: the new stream follows the older stream's shards (the
         // shard sync gates its roots behind them). A snapshot here would start its roots
         // behind the snapshot's gate only, before the older stream's records.
-        None if crate::shard_sync::replaces_a_consumed_stream(stream_arn, &leases) => {
+        None if crate::shard_graph::replaces_a_consumed_stream(stream_arn, &leases) => {
             tracing::info!(%table, stream_arn, "this application consumes an older stream of the table: the new stream follows it, no snapshot");
             return Ok(());
         }
