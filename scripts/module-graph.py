@@ -37,7 +37,7 @@ CRATES = ["consumer-core", "checkpoint-store"]
 LAYERS = {
     "consumer-core": [
         # vocabulary: errors, names, the streams API's types, policies and values with no I/O
-        ["error", "streams::api", "retry", "stream_arn", "fencing_clock", "events",
+        ["error", "streams::api", "streams::wrapper", "retry", "stream_arn", "fencing_clock", "events",
          "delivery", "failure", "start_time", "attribute_de", "change", "json", "lambda",
          "lambda::*", "signals", "lag", "budget"],
         # the outside and the user's side: the SDK, health and metrics, the poll loop, the

@@ -8,11 +8,11 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::Result;
 use crate::retry;
 use crate::shard_graph::{
-    create_lease_if_absent, describe_all_shards, new_shard_lease, parents_first,
+    create_lease_if_absent, describe_all_shards, is_replaced_by, new_shard_lease, older_streams,
+    parents_first,
 };
 use crate::snapshot;
 use crate::start_time::InitialPosition;
-use crate::stream_arn::same_table;
 use crate::streams::{ShardInfo, StreamsApi};
 
 /// The checkpoint a new shard's lease starts with.
@@ -262,38 +262,6 @@ async fn snapshot_plan(store: &dyn LeaseStore, stream_arn: &str) -> Result<Optio
         })
         .await?,
     )
-}
-
-/// Whether `stream` is another stream of `current`'s table: `current` is the table's
-/// stream now (DescribeTable), so `stream` is one it replaced.
-fn is_replaced_by(stream: &str, current: &str) -> bool {
-    stream != current && same_table(stream, current)
-}
-
-/// Whether this application consumed another stream of `stream_arn`'s table (`stream_arn`
-/// being the table's current stream) whose leases are still in `leases`: the new stream
-/// then follows the older one's shards (gates as parents, the first sync here), and a
-/// snapshot `prepare` must not start it as a new table.
-pub(crate) fn replaces_a_consumed_stream(stream_arn: &str, leases: &[Lease]) -> bool {
-    !older_streams(stream_arn, leases).is_empty()
-}
-
-/// The streams that `stream_arn`, the table's current stream, replaced and that still have
-/// shard leases, each with whether all of them are finished.
-fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
-    let mut older: Vec<(&str, bool)> = Vec::new();
-    for lease in leases {
-        let stream = lease.key.stream.as_str();
-        if lease.key.is_coordination() || !is_replaced_by(stream, stream_arn) {
-            continue;
-        }
-        let finished = lease.checkpoint == Checkpoint::ShardEnd;
-        match older.iter_mut().find(|(s, _)| *s == stream) {
-            Some((_, all)) => *all &= finished,
-            None => older.push((stream, finished)),
-        }
-    }
-    older
 }
 
 /// Retires the streams that their table's `current` stream replaced once every one of their

@@ -45,7 +45,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::{Error, Result};
 use crate::retry;
 use crate::shard_graph::{create_lease_if_absent, describe_all_shards, parents_first};
-use crate::stream_arn::{same_table, table_of_stream};
+use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
@@ -423,9 +423,9 @@ fn follows_an_older_stream(stream_arn: &str, leases: &[Lease]) -> bool {
             && l.key
                 .shard_id
                 .strip_prefix(PLAN_PREFIX)
-                .is_some_and(|stream| stream != stream_arn && same_table(stream, stream_arn))
+                .is_some_and(|stream| crate::shard_graph::is_replaced_by(stream, stream_arn))
     };
-    crate::shard_sync::replaces_a_consumed_stream(stream_arn, leases)
+    crate::shard_graph::replaces_a_consumed_stream(stream_arn, leases)
         || leases.iter().any(older_plan)
 }
 

@@ -716,9 +716,11 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
 struct ChildrenFirst(SimulatedStream);
 
 #[async_trait]
-impl StreamsApi for ChildrenFirst {
-    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
-        self.0.latest_stream_arn(table).await
+impl crate::streams::StreamsWrapper for ChildrenFirst {
+    type Inner = SimulatedStream;
+
+    fn wrapped(&self) -> &SimulatedStream {
+        &self.0
     }
 
     async fn describe_stream(
@@ -732,35 +734,6 @@ impl StreamsApi for ChildrenFirst {
         page.shards = shards;
         page.last_evaluated_shard_id = None;
         Ok(page)
-    }
-
-    async fn child_shards(
-        &self,
-        stream_arn: &str,
-        parent_shard_id: &str,
-    ) -> Result<Vec<crate::streams::ShardInfo>, ApiError> {
-        self.0.child_shards(stream_arn, parent_shard_id).await
-    }
-
-    async fn shard_iterator(
-        &self,
-        stream_arn: &str,
-        shard_id: &str,
-        position: &crate::streams::StartPosition,
-    ) -> Result<String, ApiError> {
-        self.0.shard_iterator(stream_arn, shard_id, position).await
-    }
-
-    async fn get_records(
-        &self,
-        iterator: &str,
-        limit: u32,
-    ) -> Result<crate::streams::RecordsPage, ApiError> {
-        self.0.get_records(iterator, limit).await
-    }
-
-    fn now(&self) -> std::time::SystemTime {
-        self.0.now()
     }
 }
 
