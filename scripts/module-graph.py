@@ -67,13 +67,6 @@ LAYERS = {
 # Circles known and not cut yet, each with why: one of exactly these files is reported, not
 # failed. Any other circle (a new one, or a known one that grew) fails. Cut, then delete.
 KNOWN_CIRCLES = {
-    "consumer-core": {
-        frozenset({"runtime.rs", "callback.rs", "shard/mod.rs", "shard/ending.rs",
-                   "shard/fetch.rs", "shard/pipelines.rs", "shard/progress.rs",
-                   "shard/session/mod.rs"}):
-            "runtime.rs names shard/pipelines.rs's PipelineRunner (Runtime::pipelines), whose "
-            "Part holds the fetch task's pages; cut when shard/pipelines.rs settles (issue 16)",
-    },
     "checkpoint-store": {
         frozenset({"dynamodb/mod.rs", "dynamodb/transact.rs", "dynamodb/update.rs"}):
             "one type's methods over three files: transact.rs and update.rs add `impl "

@@ -310,6 +310,14 @@ fn is_replaced_by(stream: &str, current: &str) -> bool {
     stream != current && same_table(stream, current)
 }
 
+/// Whether this application consumed another stream of `stream_arn`'s table (`stream_arn`
+/// being the table's current stream) whose leases are still in `leases`: the new stream
+/// then follows the older one's shards (gates as parents, the first sync here), and a
+/// snapshot `prepare` must not start it as a new table.
+pub(crate) fn replaces_a_consumed_stream(stream_arn: &str, leases: &[Lease]) -> bool {
+    !older_streams(stream_arn, leases).is_empty()
+}
+
 /// The streams that `stream_arn`, the table's current stream, replaced and that still have
 /// shard leases, each with whether all of them are finished.
 fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {

@@ -16,6 +16,7 @@
 
 pub(crate) mod ending;
 pub(crate) mod fetch;
+pub(crate) mod page;
 mod partitioned;
 pub(crate) mod pipelines;
 mod progress;
@@ -31,7 +32,8 @@ use crate::processor::ProcessorFactory;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::start_time::StartTimeSkip;
 use ending::{EndOfSource, ShardEnd};
-use fetch::{Fetched, fetch, start_position, store_latest_start};
+use fetch::{fetch, start_position, store_latest_start};
+use page::Fetched;
 use session::{Gathered, Session};
 
 /// Runs the shard of `task`'s lease until it ends, is stopped, or fails.

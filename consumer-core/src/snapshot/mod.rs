@@ -295,7 +295,8 @@ pub fn is_segment(key: &LeaseKey) -> bool {
 /// stream without new images, writes the plan if this worker is first, and creates the
 /// segment leases and the stream leases that wait for them. Idempotent: every starting
 /// worker runs it, so a first worker that crashed midway is completed by the next one.
-/// A stream this application already consumed without a snapshot gets none. The plan
+/// A stream this application already consumed without a snapshot gets none, and so does a
+/// table's new stream (disabled and enabled again) whose older stream it consumes. The plan
 /// names the consumer's `pipelines` (each at `Since(T0)`): a pipeline it does not name
 /// joined later and gets no snapshot.
 pub(crate) async fn prepare(
@@ -337,6 +338,14 @@ pub(crate) async fn prepare(
         Some(plan) => plan.clone(),
         None if has_stream_leases => {
             tracing::info!(%table, stream_arn, "this application already consumes the stream: no snapshot");
+            return Ok(());
+        }
+        // The table's stream was disabled and enabled again while this application
+        // consumed the older one: the new stream follows the older stream's shards (the
+        // shard sync gates its roots behind them). A snapshot here would start its roots
+        // behind the snapshot's gate only, before the older stream's records.
+        None if crate::shard_sync::replaces_a_consumed_stream(stream_arn, &leases) => {
+            tracing::info!(%table, stream_arn, "this application consumes an older stream of the table: the new stream follows it, no snapshot");
             return Ok(());
         }
         None => {

@@ -971,4 +971,51 @@ async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
     assert_eq!(gate.checkpoint, Checkpoint::TrimHorizon);
 }
 
+/// A table's stream disabled and enabled again while the application consumes the older
+/// one (explorer seeds 1329, 1519, 1920, 1942): a worker starting then must not snapshot the
+/// new stream, whose roots would wait for that snapshot's gate only and deliver the new
+/// stream's records before the older stream's; the shard sync starts them behind the older
+/// stream's gate.
+#[tokio::test(start_paused = true)]
+async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
+    let (sim, old) = split_stream(26);
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let config = SnapshotConfig::new().with_segments(2);
+    prepare(&sim, &store, &config, &old, Some("orders"), &[])
+        .await
+        .unwrap();
+    let new = sim.reenable_stream("orders").unwrap();
+    prepare(&sim, &store, &config, &new, Some("orders"), &[])
+        .await
+        .unwrap();
+    assert_eq!(store.get_lease(&plan_key(&new)).await.unwrap(), None);
+    assert_eq!(stream_leases(&store, &new).await, []);
+    let leases = store.list_leases().await.unwrap();
+    crate::shard_sync::sync_stream(
+        &sim,
+        &store,
+        &new,
+        &leases,
+        crate::InitialPosition::TrimHorizon,
+        crate::shard_sync::Contention::Alone,
+    )
+    .await
+    .unwrap();
+    let older_gate = LeaseKey::stream_gate(&new, &old).shard_id;
+    let roots: Vec<Lease> = stream_leases(&store, &new)
+        .await
+        .into_iter()
+        .filter(|l| !l.key.is_coordination())
+        .collect();
+    assert!(!roots.is_empty());
+    for root in roots {
+        assert_eq!(
+            root.parent_shard_ids,
+            std::slice::from_ref(&older_gate),
+            "{}",
+            root.key
+        );
+    }
+}
+
 mod pipelines;
