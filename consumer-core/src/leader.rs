@@ -41,9 +41,6 @@ const QUICK_RESCANS: u32 = 3;
 /// Conditional writes the leader has in flight at once.
 const CONCURRENT_WRITES: usize = 32;
 
-/// Leases a worker is told about (a hint in its inbox).
-type Hint = (String, Vec<LeaseKey>);
-
 /// A write in flight (boxed: a named type keeps the futures `Send` for any lifetime).
 type Pending<'a, T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -111,13 +108,6 @@ pub(crate) struct Leader {
     next_audit: Instant,
     /// Handoffs asked, and when the owner was last told.
     asked: BTreeMap<LeaseKey, Instant>,
-    /// Hints not delivered (the inbox write failed), by worker: sent again every tick
-    /// while the view still names that worker the owner. A lease taken on a worker's
-    /// behalf that it never hears of is never processed.
-    unhinted: BTreeMap<String, BTreeSet<LeaseKey>>,
-    /// Whether this leader told every owner about its leases once (after its first scan):
-    /// hints the previous leader could not deliver are lost with it.
-    owners_hinted: bool,
     last_sync: Option<Instant>,
     /// The running shard sync, if any (aborted when the leader stops leading).
     sync_task: Option<AbortOnDropHandle<()>>,
@@ -127,11 +117,18 @@ pub(crate) struct Leader {
     pub sync_done: Arc<tokio::sync::Notify>,
 }
 
+/// A hint for one worker: the leases it should read again.
+pub(crate) type Hint = (String, Vec<LeaseKey>);
+
 /// What one tick of the leader changed for its own worker.
 #[derive(Debug, Default)]
 pub(crate) struct ForMe {
     /// Leases of this worker whose state changed (assigned to it, or asked of it).
     pub leases: Vec<Lease>,
+    /// Hints to other workers that could not be written: the worker keeps and resends
+    /// them (a lease taken on a worker's behalf is not announced; its hint is the only
+    /// news of it).
+    pub undelivered: Vec<Hint>,
 }
 
 impl Leader {
@@ -150,8 +147,6 @@ impl Leader {
             quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             asked: BTreeMap::new(),
-            unhinted: BTreeMap::new(),
-            owners_hinted: false,
             last_sync: None,
             sync_task: None,
             live_count: 1,
@@ -216,21 +211,7 @@ impl Leader {
             self.plan_and_act(env, &live, &mut for_me).await;
             self.planned_for = live;
         }
-        if scan && !self.owners_hinted {
-            self.owners_hinted = true;
-            let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
-            for lease in self.leases.iter().filter(|l| lease_protocol::is_active(l)) {
-                if let Some(owner) = lease.owner.as_ref().filter(|o| self.live_or_me(o, env)) {
-                    hints
-                        .entry(owner.clone())
-                        .or_default()
-                        .push(lease.key.clone());
-                }
-            }
-            self.deliver(env, hints, &mut for_me).await;
-        }
-        self.rehint(env).await;
-        self.remind(env, now).await;
+        self.remind(env, now, &mut for_me).await;
         self.run_shard_sync(env, now).await;
         Ok(Some(for_me))
     }
@@ -319,36 +300,9 @@ impl Leader {
         self.deliver(env, hints, for_me).await;
     }
 
-    /// Whether `worker` is this leader or a worker it counts as live.
-    fn live_or_me(&self, worker: &str, env: &LeaderEnv<'_>) -> bool {
-        worker == env.me || self.planned_for.contains(worker)
-    }
-
-    /// Sends the hints that were not delivered again, for the leases the view still says
-    /// their worker owns.
-    async fn rehint(&mut self, env: &LeaderEnv<'_>) {
-        if self.unhinted.is_empty() {
-            return;
-        }
-        let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
-        for (worker, keys) in std::mem::take(&mut self.unhinted) {
-            let still: Vec<LeaseKey> = self
-                .leases
-                .iter()
-                .filter(|l| keys.contains(&l.key) && l.is_owned_by(&worker))
-                .map(|l| l.key.clone())
-                .collect();
-            if !still.is_empty() {
-                hints.insert(worker, still);
-            }
-        }
-        self.deliver(env, hints, &mut ForMe::default()).await;
-    }
-
-    /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed);
-    /// those not delivered are kept for [`rehint`](Self::rehint).
+    /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed).
     async fn deliver(
-        &mut self,
+        &self,
         env: &LeaderEnv<'_>,
         hints: BTreeMap<String, Vec<LeaseKey>>,
         for_me: &mut ForMe,
@@ -369,23 +323,24 @@ impl Leader {
                     match store.notify(&worker, &keys).await {
                         Ok(()) => None,
                         Err(error) => {
-                            tracing::warn!(%worker, %error, "cannot hint a worker; the leader reminds it later");
+                            tracing::warn!(%worker, %error, "cannot hint a worker; sending it again at the next tick");
                             Some((worker, keys))
                         }
                     }
                 }));
             }
         }
-        for (worker, keys) in bounded(sends).await.into_iter().flatten() {
-            self.unhinted.entry(worker).or_default().extend(keys);
-        }
+        for_me
+            .undelivered
+            .extend(bounded(sends).await.into_iter().flatten());
     }
 
     /// A handoff asked a failover time ago whose lease still shows it pending in the view:
     /// the lease is read again (the owner may have handed it over without a bump, which the
     /// leader does not need), and if the request still stands the owner is hinted again (a
-    /// hint can be lost with an inbox read that failed).
-    async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant) {
+    /// hint can be lost with an inbox read that failed). A handoff done is hinted to its
+    /// new owner once more: the old owner's hint is lost if it crashed right after the take.
+    async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant, for_me: &mut ForMe) {
         let pending: std::collections::BTreeSet<&LeaseKey> = self
             .leases
             .iter()
@@ -409,14 +364,23 @@ impl Leader {
                 return;
             }
         };
+        let mut handed_over: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
         for lease in current {
             let key = lease.key.clone();
             self.asked.insert(key.clone(), now);
             let owner = lease.owner.clone();
             let still_asked = lease.handoff_to.is_some();
+            let requester = self
+                .leases
+                .iter()
+                .find(|l| l.key == key)
+                .and_then(|l| l.handoff_to.clone());
             self.replace(lease);
             if !still_asked {
                 self.asked.remove(&key);
+                if let Some(owner) = owner.filter(|o| requester.as_ref() == Some(o)) {
+                    handed_over.entry(owner).or_default().push(key);
+                }
                 continue;
             }
             if let Some(owner) = owner.filter(|o| o != env.me)
@@ -425,6 +389,7 @@ impl Leader {
                 tracing::debug!(%owner, %error, "handoff reminder not delivered");
             }
         }
+        self.deliver(env, handed_over, for_me).await;
     }
 
     fn replace(&mut self, updated: Lease) {
