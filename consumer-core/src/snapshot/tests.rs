@@ -1018,4 +1018,56 @@ async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
     }
 }
 
+/// A table's stream disabled and enabled again (the explorer's seeds 1184 and 1804): the
+/// application that consumed the older stream after its snapshot follows the new stream
+/// from its first record, after the older one (the sync's `#after-stream` gate). A worker
+/// starting then plans no second snapshot, whether the older stream's leases are still
+/// there or already retired (its plan is kept): one would skip the new stream's records
+/// made before it, deletions included, so the sink would keep an item deleted meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_stream_enabled_again_gets_no_second_snapshot() {
+    let (sim, old) = split_stream(26);
+    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+    let config = SnapshotConfig::new().with_segments(2);
+    prepare(&sim, &store, &config, &old, Some("orders"), &[])
+        .await
+        .unwrap();
+    let new = sim.reenable_stream("orders").unwrap();
+    for retired in [false, true] {
+        if retired {
+            for lease in stream_leases(&store, &old).await {
+                store.delete_lease(&lease.key).await.unwrap();
+            }
+        }
+        prepare(&sim, &store, &config, &new, Some("orders"), &[])
+            .await
+            .unwrap();
+        assert!(
+            store.get_lease(&plan_key(&new)).await.unwrap().is_none(),
+            "no plan for the new stream (older stream retired: {retired})"
+        );
+        assert!(
+            stream_leases(&store, &new).await.is_empty(),
+            "the shard sync creates the new stream's leases (older stream retired: {retired})"
+        );
+    }
+    let mut leases = store.list_leases().await.unwrap();
+    leases.extend(stream_leases(&store, &old).await);
+    crate::shard_sync::sync_stream(
+        &sim,
+        &store,
+        &new,
+        &leases,
+        crate::InitialPosition::TrimHorizon,
+        crate::shard_sync::Contention::Racing,
+    )
+    .await
+    .unwrap();
+    let roots = stream_leases(&store, &new).await;
+    assert!(!roots.is_empty());
+    for root in roots {
+        assert_eq!(root.checkpoint, Checkpoint::TrimHorizon, "{}", root.key);
+    }
+}
+
 mod pipelines;

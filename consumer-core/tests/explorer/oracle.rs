@@ -223,8 +223,25 @@ impl State {
         }
     }
 
+    /// Whether record `i` needs nothing more: it finished, or a rule passes it. A record
+    /// the stream skips because a snapshot covers it (written before the snapshot began)
+    /// is done only once every segment of its stream's snapshot ended: until then the
+    /// sink does not have the item yet.
     fn done(&self, i: usize) -> bool {
-        self.records[i].finished.is_some() || self.passed_by_rule(i)
+        let rec = &self.records[i];
+        rec.finished.is_some()
+            || (self.passed_by_rule(i) && (rec.filtered || !self.snapshot_open(&rec.stream)))
+    }
+
+    /// Whether `stream` has a snapshot plan with a segment not ended yet.
+    fn snapshot_open(&self, stream: &str) -> bool {
+        self.plans.get(stream).is_some_and(|segments| {
+            segments.iter().any(|segment| {
+                !self
+                    .segments_ended
+                    .contains(&LeaseKey::new(stream.to_owned(), segment.clone()))
+            })
+        })
     }
 
     fn describe(&self, i: usize) -> String {

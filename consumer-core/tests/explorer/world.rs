@@ -69,8 +69,9 @@ impl fmt::Display for Failure {
         )?;
         writeln!(
             f,
-            "replay: EXPLORE_SEED={} (same output)",
-            self.scenario.seed
+            "replay: EXPLORE_SEED={} EXPLORE_SPACE={} (same output)",
+            self.scenario.seed,
+            self.scenario.space.name()
         )?;
         writeln!(f, "{}", self.scenario)?;
         writeln!(f, "last events:\n{}", self.tail)
