@@ -97,7 +97,8 @@ impl<F: ProcessorFactory> Worker<F> {
             // Not running (waiting for parents or a retry): nothing to finish, hand it
             // over at once.
             state.mine.remove(&key);
-            self.hand_over_unreleased(&key, &ownership, &to).await;
+            self.hand_over_unreleased(&mut state.undelivered, &key, &ownership, &to)
+                .await;
             return;
         }
         if !state.mine.contains_key(&key) {

@@ -33,6 +33,7 @@ impl<F: ProcessorFactory> Worker<F> {
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         *state = State {
             done_parents: std::mem::take(&mut state.done_parents),
+            undelivered: std::mem::take(&mut state.undelivered),
             ..State::new(incarnation, self.shared.config.failover_time)
         };
         Ok(())
@@ -131,6 +132,11 @@ impl<F: ProcessorFactory> Worker<F> {
         });
         futures::future::join_all(releases).await;
         announce::flush(self.announcer.inner().as_ref(), self.announcer.changes()).await;
+        // Hints still undelivered get a last try: their leases are other workers' now.
+        state
+            .undelivered
+            .retry(self.announcer.inner().as_ref())
+            .await;
         state.incarnation.leading.send_replace(None);
         if leading && let Err(error) = self.announcer.inner().resign_leadership(&me).await {
             tracing::warn!(%error, "could not give up the leader's role; another worker takes it after the failover time");
