@@ -34,6 +34,21 @@ pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
     }
 }
 
+/// The reader of `task`'s shard from `start`, polling as the settings say.
+pub(crate) fn shard_reader<F: ProcessorFactory>(
+    task: &LeaseTask<F>,
+    start: StartPosition,
+) -> ShardReader {
+    let key = task.key();
+    ShardReader::new(
+        task.runtime.api.clone(),
+        key.stream.clone(),
+        key.shard_id.clone(),
+        start,
+        task.runtime.config.poll.clone(),
+    )
+}
+
 /// A `LATEST` lease stores the time it starts from (`Checkpoint::Since`): if it moves
 /// before delivering anything, the next owner reads from TRIM_HORIZON and skips only what
 /// was created before that time, instead of reopening at a newer tip and missing what was

@@ -27,12 +27,11 @@ use tokio::sync::mpsc;
 use crate::callback::Callbacks;
 use crate::checkpointer::Checkpointer;
 use crate::error::Error;
-use crate::poll_loop::ShardReader;
 use crate::processor::ProcessorFactory;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::start_time::StartTimeSkip;
 use ending::{EndOfSource, ShardEnd};
-use fetch::{fetch, start_position, store_latest_start};
+use fetch::{fetch, shard_reader, start_position, store_latest_start};
 use page::Fetched;
 use session::{Gathered, Session};
 
@@ -51,13 +50,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let Some(start) = start_position(&task.lease.checkpoint) else {
         return ShardOutcome::Ended;
     };
-    let mut reader = ShardReader::new(
-        runtime.api.clone(),
-        key.stream.clone(),
-        key.shard_id.clone(),
-        start,
-        config.poll.clone(),
-    );
+    let mut reader = shard_reader(&task, start);
     let stored = match store_latest_start(&task, &mut reader).await {
         Ok(stored) => stored,
         Err(outcome) => return outcome,

@@ -29,12 +29,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::ending::report_if_late;
 use super::ending::{EndOfSource, release_lease, shard_ended};
-use super::fetch::{fetch, start_position};
+use super::fetch::{fetch, shard_reader, start_position};
 use super::page::Fetched;
 use super::session::Session;
 use crate::checkpointer::Checkpointer;
 use crate::config::ConsumerConfig;
-use crate::poll_loop::ShardReader;
 use crate::processor::{ProcessorFactory, ShardContext};
 use crate::retry;
 use crate::runtime::{
@@ -173,13 +172,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let Some(start) = start_position(&read) else {
         return ShardOutcome::Ended;
     };
-    let mut reader = ShardReader::new(
-        runtime.api.clone(),
-        key.stream.clone(),
-        key.shard_id.clone(),
-        start,
-        runtime.config.poll.clone(),
-    );
+    let mut reader = shard_reader(&task, start);
     let all_latest = own.iter().all(|c| *c == Checkpoint::Latest);
     if own.contains(&Checkpoint::Latest) {
         let since = Checkpoint::since(runtime.api.now());

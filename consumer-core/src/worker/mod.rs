@@ -135,6 +135,14 @@ impl State {
         }
     }
 
+    /// Stops every running shard at once, writing nothing (each calls `lease_lost`): its
+    /// lease is gone or soon will be (fenced, or the lease table deleted).
+    fn stop_all_shards(&self) {
+        for running in self.running.values() {
+            running.signals.lost.cancel();
+        }
+    }
+
     /// When the loop must look at the leader next without waiting for its tick: a claim
     /// that is due, the leader's counter going stale, or (leading) a worker's.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
@@ -330,9 +338,7 @@ impl<F: ProcessorFactory> Worker<F> {
         match done {
             Err(crate::Error::LeaseStore(error)) if error.is_table_missing() => {
                 tracing::error!(%error, "the lease table is gone; stopping this worker");
-                for running in state.running.values() {
-                    running.signals.lost.cancel();
-                }
+                state.stop_all_shards();
                 while state.tasks.join_next().await.is_some() {}
                 state.running.clear();
                 state.incarnation.stop_heartbeat.cancel();

@@ -20,9 +20,7 @@ impl<F: ProcessorFactory> Worker<F> {
     pub(super) async fn fence(&self, state: &mut State) -> Result<()> {
         tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
         self.shared.telemetry.health.fenced();
-        for running in state.running.values() {
-            running.signals.lost.cancel();
-        }
+        state.stop_all_shards();
         while state.tasks.join_next().await.is_some() {}
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
@@ -69,9 +67,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     // (a shutdown timeout longer than the failover time): other workers
                     // may take these leases soon, so every shard stops now, as when fenced.
                     tracing::error!(incarnation = %me, "fenced while shutting down: stopping every shard");
-                    for running in state.running.values() {
-                        running.signals.lost.cancel();
-                    }
+                    state.stop_all_shards();
                     fencing_seen = true;
                     continue;
                 }
