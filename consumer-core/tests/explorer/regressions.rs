@@ -88,6 +88,17 @@ fn per_key_order_holds_across_shards_with_a_snapshot() {
     holds(1942, Space::NOW);
 }
 
+/// Seed 2451 (`snapshots`): the leader took a snapshot segment on behalf of a worker and
+/// could not hint it (its own lease-table link throttled); nothing sent the hint again, so
+/// the segment stayed with a live worker that never heard of it, and the snapshot never
+/// ended (invariant 8; before the explorer counted open segments as pending, invariant 2:
+/// the run ended with the item missing from the sink). The defect of seed 821, fixed by
+/// `worker/hints.rs` (an undelivered hint is kept and sent again every tick).
+#[test]
+fn a_lease_taken_for_a_worker_whose_hint_failed_is_not_forgotten() {
+    holds(2451, Space::parse("snapshots").expect("a space"));
+}
+
 /// Seed 821 (found by `make explore SEEDS=2000` in the widened space): the leader, whose
 /// link was throttled, handed a lease over to a worker (a take on its behalf, not
 /// announced) and could not write the hint; it was fenced, and no one told the new owner,

@@ -490,6 +490,9 @@ impl<'a> World<'a> {
             Action::Reenable { table } => {
                 if let Ok(arn) = self.sim.reenable_stream(&self.tables[table]) {
                     self.oracle.log(format!("new stream {arn}"));
+                    for oracle in &self.checked {
+                        oracle.stream_replaced(&self.streams[table]);
+                    }
                     self.streams[table] = arn;
                 }
             }
