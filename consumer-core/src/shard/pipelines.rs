@@ -296,9 +296,7 @@ pub(crate) async fn deliver<F: ProcessorFactory>(
     let runtime = &task.runtime;
     let pipelines = &runtime.pipelines;
     let names = pipelines.iter().map(|p| p.name().to_owned());
-    let positions = Arc::new(Positions {
-        durable: Mutex::new(names.zip(own.iter().cloned()).collect()),
-    });
+    let positions = Arc::new(Positions::new(names.zip(own.iter().cloned()).collect()));
     let lost = signals.lost.child_token();
     let release = signals.release.child_token();
     let local = ShardSignals {
@@ -498,12 +496,33 @@ async fn distribute(mut rx: mpsc::Receiver<Fetched>, mut outs: Vec<Out>, shard_i
 /// The checkpoints of a lease's pipelines as stored (acknowledged writes only): the read
 /// position written with a pipeline's checkpoint is the slowest of these, so it never gets
 /// ahead of a checkpoint that is not stored yet.
+///
+/// The pipelines' writes to the lease take turns ([`Positions::turn`]): each computes the
+/// read position from the others' stored checkpoints and writes it, so two writes at once
+/// would each take the other's previous checkpoint, and the last to land would leave the
+/// read position behind both (behind `SHARD_END` when they were the pipelines' last: a
+/// segment, or a shard, that never ends for the lease table, so the stream never starts
+/// after a snapshot, or children never do). In turns, the last write knows every other.
 #[derive(Debug)]
 struct Positions {
     durable: Mutex<BTreeMap<String, Checkpoint>>,
+    /// Held by a pipeline's write from computing the read position until it is stored.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl Positions {
+    fn new(durable: BTreeMap<String, Checkpoint>) -> Self {
+        Self {
+            durable: Mutex::new(durable),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits for this pipeline's turn to write to the lease (see [`Positions`]).
+    async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writing.lock().await
+    }
+
     /// Whether `checkpoint` is behind the pipeline's stored one: a pipeline that was ahead
     /// of the read position when a segment's Scan resumed from it is given pages it had
     /// done again, and its position never moves back (such a checkpoint is not written).
@@ -566,6 +585,7 @@ impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
         ownership: &Ownership,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
+        let _turn = self.positions.turn().await;
         if self.positions.is_behind(&self.name, checkpoint) {
             let mut lease = self.lease.clone();
             lease.checkpoint = checkpoint.clone();
@@ -598,6 +618,7 @@ impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
         checkpoint: &Checkpoint,
         writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<()> {
+        let _turn = self.positions.turn().await;
         let update = self.positions.update(&self.name, checkpoint);
         self.inner
             .checkpoint_pipeline_with_writes(
