@@ -45,7 +45,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::{Error, Result};
 use crate::retry;
 use crate::shard_graph::{create_lease_if_absent, describe_all_shards, parents_first};
-use crate::stream_arn::{same_table, table_of_stream};
+use crate::stream_arn::table_of_stream;
 use crate::streams::StreamsApi;
 
 pub(crate) use scan::TableScan;
@@ -418,14 +418,15 @@ pub(crate) async fn prepare(
 /// sink fed by the older stream would keep an item deleted in between forever, and its
 /// items could arrive before the older stream's last records of the same item.
 fn follows_an_older_stream(stream_arn: &str, leases: &[Lease]) -> bool {
-    let older = |stream: &str| stream != stream_arn && same_table(stream, stream_arn);
-    leases.iter().any(|l| {
-        if l.key.is_coordination() {
-            l.key.shard_id.strip_prefix(PLAN_PREFIX).is_some_and(older)
-        } else {
-            older(&l.key.stream)
-        }
-    })
+    let older_plan = |l: &Lease| {
+        l.key.is_coordination()
+            && l.key
+                .shard_id
+                .strip_prefix(PLAN_PREFIX)
+                .is_some_and(|stream| crate::shard_graph::is_replaced_by(stream, stream_arn))
+    };
+    crate::shard_graph::replaces_a_consumed_stream(stream_arn, leases)
+        || leases.iter().any(older_plan)
 }
 
 /// How long start-up waits for a just-enabled stream to list its first shard.

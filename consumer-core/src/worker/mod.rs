@@ -18,6 +18,7 @@
 //! owns), `handoff` (a task's end) and `shutdown` (fencing and graceful shutdown).
 
 mod handoff;
+mod hints;
 mod leadership;
 mod leases;
 mod shutdown;
@@ -95,6 +96,8 @@ struct State {
     finished: BTreeMap<LeaseKey, Ownership>,
     /// Parent leases a consistent read found finished or gone: their children may start.
     done_parents: BTreeSet<LeaseKey>,
+    /// Hints to other workers that could not be written yet (kept across incarnations).
+    undelivered: hints::Undelivered,
     /// The leader as this worker observes it (through the coordination item).
     leader_liveness: Liveness,
     /// The leader's state, while this incarnation leads.
@@ -122,12 +125,21 @@ impl State {
             stale: BTreeSet::new(),
             finished: BTreeMap::new(),
             done_parents: BTreeSet::new(),
+            undelivered: hints::Undelivered::default(),
             leader_liveness: Liveness::new(failover_time),
             leader: None,
             lead_now: false,
             next_coordination: Instant::now(),
             claim_at: None,
             next_self_audit: Instant::now() + AUDIT_INTERVAL,
+        }
+    }
+
+    /// Stops every running shard at once, writing nothing (each calls `lease_lost`): its
+    /// lease is gone or soon will be (fenced, or the lease table deleted).
+    fn stop_all_shards(&self) {
+        for running in self.running.values() {
+            running.signals.lost.cancel();
         }
     }
 
@@ -326,9 +338,7 @@ impl<F: ProcessorFactory> Worker<F> {
         match done {
             Err(crate::Error::LeaseStore(error)) if error.is_table_missing() => {
                 tracing::error!(%error, "the lease table is gone; stopping this worker");
-                for running in state.running.values() {
-                    running.signals.lost.cancel();
-                }
+                state.stop_all_shards();
                 while state.tasks.join_next().await.is_some() {}
                 state.running.clear();
                 state.incarnation.stop_heartbeat.cancel();
@@ -342,10 +352,14 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// A worker's tick: the leader when due, the inbox, parents of waiting leases, and
-    /// the shards that are ready.
+    /// A worker's tick: hints not delivered yet, the leader when due, the inbox, parents
+    /// of waiting leases, and the shards that are ready.
     async fn tick(&self, state: &mut State) -> Result<()> {
         let now = Instant::now();
+        state
+            .undelivered
+            .retry(self.announcer.inner().as_ref())
+            .await;
         if state.leader.is_none() && now >= state.next_coordination {
             self.watch_leader(state).await?;
         }
