@@ -168,7 +168,8 @@ replica-figures:
 
 ## explore: the explorer (consumer-core/tests/explorer) over SEEDS seeds from FROM (release
 ## build): every failing seed with its broken invariant, and seeds per second. SPACE=full
-## (or a list of pending-defect flags) widens the drawn space; EXPLORE_SEED=n replays one.
+## (or a list of pending-defect flags) widens the drawn space, SPACE=snapshots gives every
+## seed a snapshot; EXPLORE_SEED=n EXPLORE_SPACE=s replays one.
 .PHONY: explore
 SEEDS ?= 1000
 FROM ?= 0

@@ -83,6 +83,11 @@ pub(crate) fn sequence_text(record: &Record) -> Option<&str> {
     record.dynamodb().and_then(|d| d.sequence_number())
 }
 
+/// A record's sequence number, parsed.
+pub(crate) fn record_seq(record: &Record) -> Option<SequenceNumber> {
+    sequence_text(record).and_then(|text| SequenceNumber::parse(text).ok())
+}
+
 /// Where records go that the framework gives up on (Lambda's on-failure destination).
 ///
 /// The shard's checkpoint moves past the records only after `handle` returned `Ok`; an

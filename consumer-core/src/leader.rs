@@ -117,11 +117,18 @@ pub(crate) struct Leader {
     pub sync_done: Arc<tokio::sync::Notify>,
 }
 
+/// A hint for one worker: the leases it should read again.
+pub(crate) type Hint = (String, Vec<LeaseKey>);
+
 /// What one tick of the leader changed for its own worker.
 #[derive(Debug, Default)]
 pub(crate) struct ForMe {
     /// Leases of this worker whose state changed (assigned to it, or asked of it).
     pub leases: Vec<Lease>,
+    /// Hints to other workers that could not be written: the worker keeps and resends
+    /// them (a lease taken on a worker's behalf is not announced; its hint is the only
+    /// news of it).
+    pub undelivered: Vec<Hint>,
 }
 
 impl Leader {
@@ -204,7 +211,7 @@ impl Leader {
             self.plan_and_act(env, &live, &mut for_me).await;
             self.planned_for = live;
         }
-        self.remind(env, now).await;
+        self.remind(env, now, &mut for_me).await;
         self.run_shard_sync(env, now).await;
         Ok(Some(for_me))
     }
@@ -300,7 +307,7 @@ impl Leader {
         hints: BTreeMap<String, Vec<LeaseKey>>,
         for_me: &mut ForMe,
     ) {
-        let mut sends: Vec<Pending<'_, ()>> = Vec::new();
+        let mut sends: Vec<Pending<'_, Option<Hint>>> = Vec::new();
         for (worker, keys) in hints {
             if worker == env.me {
                 let keys: std::collections::BTreeSet<&LeaseKey> = keys.iter().collect();
@@ -313,20 +320,27 @@ impl Leader {
             } else {
                 let store = env.store;
                 sends.push(Box::pin(async move {
-                    if let Err(error) = store.notify(&worker, &keys).await {
-                        tracing::warn!(%worker, %error, "cannot hint a worker; the leader reminds it later");
+                    match store.notify(&worker, &keys).await {
+                        Ok(()) => None,
+                        Err(error) => {
+                            tracing::warn!(%worker, %error, "cannot hint a worker; sending it again at the next tick");
+                            Some((worker, keys))
+                        }
                     }
                 }));
             }
         }
-        bounded(sends).await;
+        for_me
+            .undelivered
+            .extend(bounded(sends).await.into_iter().flatten());
     }
 
     /// A handoff asked a failover time ago whose lease still shows it pending in the view:
     /// the lease is read again (the owner may have handed it over without a bump, which the
     /// leader does not need), and if the request still stands the owner is hinted again (a
-    /// hint can be lost with an inbox read that failed).
-    async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant) {
+    /// hint can be lost with an inbox read that failed). A handoff done is hinted to its
+    /// new owner once more: the old owner's hint is lost if it crashed right after the take.
+    async fn remind(&mut self, env: &LeaderEnv<'_>, now: Instant, for_me: &mut ForMe) {
         let pending: std::collections::BTreeSet<&LeaseKey> = self
             .leases
             .iter()
@@ -350,14 +364,23 @@ impl Leader {
                 return;
             }
         };
+        let mut handed_over: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
         for lease in current {
             let key = lease.key.clone();
             self.asked.insert(key.clone(), now);
             let owner = lease.owner.clone();
             let still_asked = lease.handoff_to.is_some();
+            let requester = self
+                .leases
+                .iter()
+                .find(|l| l.key == key)
+                .and_then(|l| l.handoff_to.clone());
             self.replace(lease);
             if !still_asked {
                 self.asked.remove(&key);
+                if let Some(owner) = owner.filter(|o| requester.as_ref() == Some(o)) {
+                    handed_over.entry(owner).or_default().push(key);
+                }
                 continue;
             }
             if let Some(owner) = owner.filter(|o| o != env.me)
@@ -366,6 +389,7 @@ impl Leader {
                 tracing::debug!(%owner, %error, "handoff reminder not delivered");
             }
         }
+        self.deliver(env, handed_over, for_me).await;
     }
 
     fn replace(&mut self, updated: Lease) {

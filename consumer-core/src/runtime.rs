@@ -4,10 +4,16 @@
 //! The worker starts one task per lease it owns and runs: [`crate::shard`] for a shard,
 //! [`crate::snapshot`]'s segment task for a Scan segment, picked by the lease's kind. Both
 //! take a [`LeaseTask`] and the [`ShardSignals`], and end with a [`ShardOutcome`].
+//!
+//! With named pipelines, each pipeline's session on a lease is given a [`Part`] by the
+//! engine (`shard::pipelines`) through the [`PipelineRunner`] boundary declared here.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use dynamodb_streams_leases::{Lease, LeaseKey, LeaseStore, Ownership};
+use futures::future::BoxFuture;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::ByteBudget;
@@ -15,7 +21,7 @@ use crate::config::ConsumerConfig;
 use crate::error::Error;
 use crate::observability::Telemetry;
 use crate::processor::{ProcessorFactory, ShardContext};
-use crate::shard::pipelines::PipelineRunner;
+use crate::shard::page::Fetched;
 use crate::streams::StreamsApi;
 
 /// What a worker and all its tasks share.
@@ -91,4 +97,48 @@ pub(crate) enum ShardOutcome {
     LeaseLost,
     /// Stopped by an error it cannot get past; the lease is kept (and retried later).
     Failed(Error),
+}
+
+/// A named pipeline: its processor factory and its settings, with the processor type
+/// erased so that pipelines of different processors run side by side. Implemented by
+/// `shard::pipelines::Pipeline`, which runs the page loop; declared here, with what it is
+/// given, so that the runtime holding the pipelines does not import the engine that runs
+/// them (the engine's tasks import the runtime).
+pub(crate) trait PipelineRunner: Send + Sync + 'static {
+    /// The pipeline's name, stable across deployments: its attribute in the lease items.
+    fn name(&self) -> &str;
+    /// Its settings (the consumer's, with the pipeline's own where they differ).
+    fn config(&self) -> &ConsumerConfig;
+    /// Runs the pipeline's session on one shard.
+    fn run(&self, part: Part) -> BoxFuture<'static, ShardOutcome>;
+}
+
+/// What a pipeline's session on one shard is given.
+pub(crate) struct Part {
+    pub api: Arc<dyn StreamsApi>,
+    pub store: Arc<dyn LeaseStore>,
+    pub worker_id: String,
+    pub telemetry: Arc<Telemetry>,
+    pub budget: ByteBudget,
+    /// The lease as this pipeline sees it: its `checkpoint` is the pipeline's own.
+    pub lease: Lease,
+    pub ownership: Ownership,
+    pub table: Option<String>,
+    pub signals: ShardSignals,
+    pub rx: mpsc::Receiver<Fetched>,
+    /// How the session ends at the source's end.
+    pub end: PipelineEnd,
+}
+
+/// How one pipeline's session ends once the source was read to its end: the pipeline's
+/// `SHARD_END` (with the read position, `SHARD_END` once it is the last); for a snapshot
+/// segment, also the snapshot's duration checked and a loss told to the pipeline's
+/// processor. What the lease's end does once (a shard's children, a segment's progress)
+/// follows in `shard::pipelines::run` (or the segment's task) after the last pipeline ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PipelineEnd {
+    /// A shard of the stream.
+    Shard,
+    /// A snapshot segment of a snapshot that began at `started_at` (if known).
+    Segment { started_at: Option<SystemTime> },
 }

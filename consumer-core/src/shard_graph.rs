@@ -1,6 +1,7 @@
-//! A stream's shard graph as DescribeStream lists it, in parents-first order, and the
-//! leases of its shards: the steps the shard sync, the snapshot plan, a shard's end and the
-//! lease-free reader share (here so none of them imports another for them).
+//! A stream's shard graph as DescribeStream lists it, in parents-first order, the leases
+//! of its shards, and the older streams of its table whose leases it follows: the steps
+//! the shard sync, the snapshot plan, a shard's end and the lease-free reader share (here
+//! so none of them imports another for them).
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,6 +10,7 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 
 use crate::error::Result;
 use crate::retry;
+use crate::stream_arn::same_table;
 use crate::streams::{ApiError, ShardInfo, StreamsApi};
 
 /// Every shard of a stream, through the one DescribeStream pager, each page retried by the
@@ -80,4 +82,36 @@ pub(crate) async fn create_lease_if_absent(store: &dyn LeaseStore, lease: &Lease
         Err(dynamodb_streams_leases::Error::AlreadyExists { .. }) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `stream` is another stream of `current`'s table: `current` is the table's
+/// stream now (DescribeTable), so `stream` is one it replaced.
+pub(crate) fn is_replaced_by(stream: &str, current: &str) -> bool {
+    stream != current && same_table(stream, current)
+}
+
+/// Whether this application consumed another stream of `stream_arn`'s table (`stream_arn`
+/// being the table's current stream) whose leases are still in `leases`: the new stream
+/// then follows the older one's shards (gates as parents, the first sync here), and a
+/// snapshot `prepare` must not start it as a new table.
+pub(crate) fn replaces_a_consumed_stream(stream_arn: &str, leases: &[Lease]) -> bool {
+    !older_streams(stream_arn, leases).is_empty()
+}
+
+/// The streams that `stream_arn`, the table's current stream, replaced and that still have
+/// shard leases, each with whether all of them are finished.
+pub(crate) fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
+    let mut older: Vec<(&str, bool)> = Vec::new();
+    for lease in leases {
+        let stream = lease.key.stream.as_str();
+        if lease.key.is_coordination() || !is_replaced_by(stream, stream_arn) {
+            continue;
+        }
+        let finished = lease.checkpoint == Checkpoint::ShardEnd;
+        match older.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, all)) => *all &= finished,
+            None => older.push((stream, finished)),
+        }
+    }
+    older
 }

@@ -8,11 +8,11 @@ use dynamodb_streams_leases::{Checkpoint, Lease, LeaseKey, LeaseStore};
 use crate::error::Result;
 use crate::retry;
 use crate::shard_graph::{
-    create_lease_if_absent, describe_all_shards, new_shard_lease, parents_first,
+    create_lease_if_absent, describe_all_shards, is_replaced_by, new_shard_lease, older_streams,
+    parents_first,
 };
 use crate::snapshot;
 use crate::start_time::InitialPosition;
-use crate::stream_arn::same_table;
 use crate::streams::{ShardInfo, StreamsApi};
 
 /// The checkpoint a new shard's lease starts with.
@@ -231,7 +231,7 @@ pub(crate) async fn sync_stream(
             });
         }
     }
-    snapshot::finish_gate(store.as_ref(), stream_arn, leases).await?;
+    finish_snapshot_gate(store.as_ref(), stream_arn, leases, snapshot).await?;
     let mut deleted = 0;
     for key in finished_and_gone(stream_arn, leases, &described) {
         store.delete_lease(&key).await?;
@@ -264,28 +264,44 @@ async fn snapshot_plan(store: &dyn LeaseStore, stream_arn: &str) -> Result<Optio
     )
 }
 
-/// Whether `stream` is another stream of `current`'s table: `current` is the table's
-/// stream now (DescribeTable), so `stream` is one it replaced.
-fn is_replaced_by(stream: &str, current: &str) -> bool {
-    stream != current && same_table(stream, current)
-}
-
-/// The streams that `stream_arn`, the table's current stream, replaced and that still have
-/// shard leases, each with whether all of them are finished.
-fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
-    let mut older: Vec<(&str, bool)> = Vec::new();
-    for lease in leases {
-        let stream = lease.key.stream.as_str();
-        if lease.key.is_coordination() || !is_replaced_by(stream, stream_arn) {
-            continue;
-        }
-        let finished = lease.checkpoint == Checkpoint::ShardEnd;
-        match older.iter_mut().find(|(s, _)| *s == stream) {
-            Some((_, all)) => *all &= finished,
-            None => older.push((stream, finished)),
-        }
+/// Finishes the stream's snapshot gate if it is still open and every segment finished (the
+/// backstop for a segment whose last owner could not write it, e.g. its link throttled).
+/// The leader's view holds no coordination leases, so the plan that lists the segments is
+/// read here (once, if the sync did not read it already): without it the gate stayed open
+/// for good and the stream never started (issue 15, explorer seed 857).
+async fn finish_snapshot_gate(
+    store: &dyn LeaseStore,
+    stream_arn: &str,
+    leases: &[Lease],
+    plan: Option<Option<Lease>>,
+) -> Result<()> {
+    let gate = snapshot::gate_key(stream_arn);
+    let open = leases
+        .iter()
+        .any(|l| l.key == gate && !l.checkpoint.is_shard_end());
+    if !open {
+        return Ok(());
     }
-    older
+    let plan_key = snapshot::plan_key(stream_arn);
+    if leases.iter().any(|l| l.key == plan_key) {
+        snapshot::finish_gate(store, stream_arn, leases).await?;
+        return Ok(());
+    }
+    let plan = match plan {
+        Some(plan) => plan,
+        None => snapshot_plan(store, stream_arn).await?,
+    };
+    let Some(plan) = plan else {
+        return Ok(());
+    };
+    let with_plan: Vec<Lease> = leases
+        .iter()
+        .filter(|l| l.key.stream == stream_arn)
+        .cloned()
+        .chain([plan])
+        .collect();
+    snapshot::finish_gate(store, stream_arn, &with_plan).await?;
+    Ok(())
 }
 
 /// Retires the streams that their table's `current` stream replaced once every one of their
@@ -483,5 +499,57 @@ mod tests {
             };
             assert_eq!(lease.checkpoint, expected, "{}", lease.key);
         }
+    }
+
+    /// Issue 15 (explorer seed 857): the worker that finished the last segment could not
+    /// finish the gate (its link throttled) and stopped. The shard sync, the backstop, runs
+    /// with the leader's view, which holds no coordination leases (the snapshot's plan among
+    /// them): it reads the plan itself and finishes the gate, or the stream never starts.
+    #[tokio::test(start_paused = true)]
+    async fn the_sync_finishes_a_gate_left_open_with_a_view_that_lacks_the_plan() {
+        use crate::testkit::{SimConfig, SimulatedStream};
+        use dynamodb_streams_leases::InMemoryLeaseStore;
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: 2,
+            ..SimConfig::with_seed(5)
+        });
+        let arn = sim.add_table("t");
+        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let config = crate::SnapshotConfig::new().with_segments(3);
+        snapshot::prepare(&sim, &store, &config, &arn, Some("t"), &[])
+            .await
+            .unwrap();
+        // Every segment read to its end; the gate left open.
+        for lease in store.list_leases().await.unwrap() {
+            if snapshot::is_segment(&lease.key) {
+                store
+                    .reset_lease(&lease.key, None, lease.epoch, &Checkpoint::ShardEnd)
+                    .await
+                    .unwrap();
+            }
+        }
+        let gate = || async {
+            store
+                .get_lease(&snapshot::gate_key(&arn))
+                .await
+                .unwrap()
+                .unwrap()
+                .checkpoint
+        };
+        assert_eq!(gate().await, Checkpoint::TrimHorizon);
+        // The leader's view: the stream's leases only.
+        let mut view = store.list_leases().await.unwrap();
+        view.retain(|l| l.key.stream == arn);
+        sync_stream(
+            &sim,
+            &store,
+            &arn,
+            &view,
+            InitialPosition::TrimHorizon,
+            Contention::Alone,
+        )
+        .await
+        .unwrap();
+        assert_eq!(gate().await, Checkpoint::ShardEnd, "the gate is finished");
     }
 }

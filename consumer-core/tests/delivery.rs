@@ -816,6 +816,86 @@ async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partition
     assert_eq!(seq, sim.written().last().unwrap().sequence_number);
 }
 
+/// Fails every batch that holds change 0 (its partition retries, pausing in between);
+/// takes 10 s over every other batch, counting the calls started and those dropped mid-way.
+#[derive(Clone)]
+struct SlowBesideAFailure {
+    log: Log,
+    failures: Arc<AtomicUsize>,
+    slow_started: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl RecordProcessor for SlowBesideAFailure {
+    type Item = Row;
+
+    async fn process(
+        &mut self,
+        batch: ChangeBatch<Row>,
+        _: &mut Checkpointer,
+    ) -> Result<(), BoxError> {
+        if batch
+            .iter()
+            .any(|c| c.new.as_ref().is_some_and(|r| r.n == 0))
+        {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err("change 0 fails, every time".into());
+        }
+        let mut watch = DropWatch(Some(self.log.dropped.clone()));
+        self.slow_started.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let rows = batch.changes.into_iter().filter_map(|c| c.new);
+        self.log.delivered.lock().unwrap().extend(rows);
+        watch.0 = None;
+        Ok(())
+    }
+}
+
+/// Issue 15: with key parallelism, a release (here a graceful shutdown) that finds one
+/// partition pausing between retries lets the other partitions' `process` calls in flight
+/// finish. It used to end the shard at once and drop them mid-call.
+#[tokio::test(start_paused = true)]
+async fn a_release_during_one_partitions_retry_pause_lets_the_other_partitions_finish() {
+    let sim = stream_with_keys(40, 8);
+    let store = Arc::new(InMemoryLeaseStore::new());
+    let log = Log::default();
+    let failures = Arc::new(AtomicUsize::new(0));
+    let slow_started = Arc::new(AtomicUsize::new(0));
+    let processor = SlowBesideAFailure {
+        log: log.clone(),
+        failures: failures.clone(),
+        slow_started: slow_started.clone(),
+    };
+    let consumer = builder(&sim, &store)
+        .with_key_parallelism(4)
+        .with_retry_backoff_max(Duration::from_secs(60))
+        .build(move |_: &ShardContext| processor.clone())
+        .unwrap();
+    // Shut down once change 0 failed three times (its partition is in a pause of 400 ms
+    // or more, as a failing call takes no time) while other partitions' 10 s calls run.
+    let (failed, started) = (failures.clone(), slow_started.clone());
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        consumer.run_until(async move {
+            while failed.load(Ordering::SeqCst) < 3 || started.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }),
+    )
+    .await
+    .expect("the consumer stopped")
+    .unwrap();
+    assert_eq!(
+        log.dropped.load(Ordering::SeqCst),
+        0,
+        "process calls of other partitions were dropped mid-way"
+    );
+    assert!(
+        !log.values().is_empty(),
+        "the calls running at the release finished"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_shard_that_vanished_is_reported_as_data_loss_and_finished_so_its_child_runs() {
     use dynamodb_streams_consumer::testkit::Recording;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, Row};
-use dynamodb_streams_consumer::testkit::{Link, SimConfig, SimulatedStream};
+use dynamodb_streams_consumer::testkit::{Link, SimConfig, SimulatedStream, StoreOp};
 use dynamodb_streams_leases::{InMemoryLeaseStore, Lease, LeaseStore};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
@@ -161,20 +161,24 @@ fn a_joining_worker_gets_its_fair_share_by_handoff() {
     });
 }
 
-/// Issue 15: a handoff asked of an owner whose batch runs longer than the failover time
-/// (25 s, under the 30 s shutdown timeout) waits for the batch: the lease is never taken by
-/// force from a live owner, so no shard is processed by two workers at once. (It used to be
-/// forced `failover_time` after the request, while the batch still ran.)
-#[tokio::test(start_paused = true)]
-async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
+/// Worker a alone on four shards, with `n in 0..40` written (keys `k0`..`k39`) and
+/// delivered.
+async fn a_alone_on_four_shards(seed: u64) -> (SimulatedStream, String, Cluster) {
     let sim = SimulatedStream::new(SimConfig {
         initial_shards: 4,
-        ..SimConfig::with_seed(77)
+        ..SimConfig::with_seed(seed)
     });
     let arn = sim.add_table("orders");
     let mut cluster = Cluster::new(&sim, Arc::new(InMemoryLeaseStore::new()));
     cluster.start("a");
-    let put = |n: u64| {
+    put(&sim, 0..40);
+    cluster.wait_for_every_change(Duration::from_secs(60)).await;
+    (sim, arn, cluster)
+}
+
+/// Writes `n` for each `n` in `range`, under key `k{n % 40}`.
+fn put(sim: &SimulatedStream, range: std::ops::Range<u64>) {
+    for n in range {
         sim.put_value(
             "orders",
             &Row {
@@ -183,19 +187,11 @@ async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
             },
         )
         .unwrap();
-    };
-    for n in 0..40 {
-        put(n);
     }
-    cluster.wait_for_every_change(Duration::from_secs(60)).await;
-    // From now on a's batches take 25 s; b joins and gets two leases by handoff.
-    *cluster.processing.lock().unwrap() = Duration::from_secs(25);
-    for n in 40..80 {
-        put(n);
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.start("b");
-    let joined = tokio::time::Instant::now();
+}
+
+/// Waits (up to two virtual minutes) until a and b own two leases each.
+async fn wait_until_a_and_b_own_two_each(cluster: &Cluster) {
     let live = ["a".to_owned(), "b".to_owned()];
     let balanced = async {
         loop {
@@ -209,11 +205,46 @@ async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
     tokio::time::timeout(Duration::from_secs(120), balanced)
         .await
         .expect("b never got its share");
+}
+
+/// Issue 15: a handoff asked of an owner whose batch runs longer than the failover time
+/// (25 s, under the 30 s shutdown timeout) waits for the batch: the lease is never taken by
+/// force from a live owner, so no shard is processed by two workers at once. (It used to be
+/// forced `failover_time` after the request, while the batch still ran.)
+#[tokio::test(start_paused = true)]
+async fn a_handoff_from_a_live_owner_in_a_long_batch_waits_for_the_batch() {
+    let (sim, arn, mut cluster) = a_alone_on_four_shards(77).await;
+    // From now on a's batches take 25 s; b joins and gets two leases by handoff.
+    *cluster.processing.lock().unwrap() = Duration::from_secs(25);
+    put(&sim, 40..80);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start("b");
+    let joined = tokio::time::Instant::now();
+    wait_until_a_and_b_own_two_each(&cluster).await;
     let waited = joined.elapsed();
     assert!(
         waited > Duration::from_secs(10),
         "the handoff was done in {waited:?}, before a's batch could end"
     );
     *cluster.processing.lock().unwrap() = Duration::from_millis(20);
+    cluster.finish(&arn).await;
+}
+
+/// Issue 15 (explorer seeds 821 and 847): a lease handed over to a joining worker whose
+/// hint cannot be written (the owner's link to the lease table refuses it) still reaches
+/// its new owner once the link heals. A take on another worker's behalf is not announced:
+/// the hint is the only news of it, and the lost one used to leave the lease owned by a
+/// live worker that never ran it.
+#[tokio::test(start_paused = true)]
+async fn a_handed_over_lease_whose_hint_failed_is_run_by_its_new_owner() {
+    let (sim, arn, mut cluster) = a_alone_on_four_shards(78).await;
+    // a leads and owns every lease; its hints fail from now on.
+    cluster.workers["a"].gate.fail_calls(StoreOp::Notify, true);
+    cluster.start("b");
+    wait_until_a_and_b_own_two_each(&cluster).await;
+    // Records for every shard, b's two included; then a's link heals.
+    put(&sim, 40..80);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    cluster.workers["a"].gate.fail_calls(StoreOp::Notify, false);
     cluster.finish(&arn).await;
 }

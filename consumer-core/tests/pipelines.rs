@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use dynamodb_streams_consumer::streams::{
-    ApiError, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
-};
+use dynamodb_streams_consumer::streams::{ApiError, ShardInfo, StreamsApi};
 use dynamodb_streams_consumer::testkit::{SimOperation, SimulatedStream};
 use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
@@ -603,19 +601,11 @@ struct CountingChildLookups {
 }
 
 #[async_trait]
-impl StreamsApi for CountingChildLookups {
-    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
-        self.sim.latest_stream_arn(table).await
-    }
+impl dynamodb_streams_consumer::streams::StreamsWrapper for CountingChildLookups {
+    type Inner = SimulatedStream;
 
-    async fn describe_stream(
-        &self,
-        stream_arn: &str,
-        exclusive_start_shard_id: Option<&str>,
-    ) -> Result<StreamPage, ApiError> {
-        self.sim
-            .describe_stream(stream_arn, exclusive_start_shard_id)
-            .await
+    fn wrapped(&self) -> &SimulatedStream {
+        &self.sim
     }
 
     async fn child_shards(
@@ -630,25 +620,6 @@ impl StreamsApi for CountingChildLookups {
             .entry(parent_shard_id.to_owned())
             .or_default() += 1;
         self.sim.child_shards(stream_arn, parent_shard_id).await
-    }
-
-    async fn shard_iterator(
-        &self,
-        stream_arn: &str,
-        shard_id: &str,
-        position: &StartPosition,
-    ) -> Result<String, ApiError> {
-        self.sim
-            .shard_iterator(stream_arn, shard_id, position)
-            .await
-    }
-
-    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
-        self.sim.get_records(iterator, limit).await
-    }
-
-    fn now(&self) -> std::time::SystemTime {
-        self.sim.now()
     }
 }
 

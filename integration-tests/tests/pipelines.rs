@@ -12,9 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use dynamodb_streams_consumer::streams::{
-    ApiError, RecordsPage, SdkStreams, ShardInfo, StartPosition, StreamPage, StreamsApi,
-};
+use dynamodb_streams_consumer::streams::{ApiError, RecordsPage, SdkStreams, StreamsApi};
 use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, FailedRecords, FailureHandler,
     ProcessorFactory, RecordProcessor, ShardContext,
@@ -39,36 +37,13 @@ struct Counting {
 }
 
 #[async_trait]
-impl StreamsApi for Counting {
-    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
-        self.inner.latest_stream_arn(table).await
+impl dynamodb_streams_consumer::streams::StreamsWrapper for Counting {
+    type Inner = SdkStreams;
+
+    fn wrapped(&self) -> &SdkStreams {
+        &self.inner
     }
-    async fn describe_stream(
-        &self,
-        stream_arn: &str,
-        exclusive_start_shard_id: Option<&str>,
-    ) -> Result<StreamPage, ApiError> {
-        self.inner
-            .describe_stream(stream_arn, exclusive_start_shard_id)
-            .await
-    }
-    async fn child_shards(
-        &self,
-        stream_arn: &str,
-        parent_shard_id: &str,
-    ) -> Result<Vec<ShardInfo>, ApiError> {
-        self.inner.child_shards(stream_arn, parent_shard_id).await
-    }
-    async fn shard_iterator(
-        &self,
-        stream_arn: &str,
-        shard_id: &str,
-        position: &StartPosition,
-    ) -> Result<String, ApiError> {
-        self.inner
-            .shard_iterator(stream_arn, shard_id, position)
-            .await
-    }
+
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
         self.get_records.fetch_add(1, Ordering::SeqCst);
         self.inner.get_records(iterator, limit).await

@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, TransactWriteItem, Update};
 
-use super::DynamoDbLeaseStore;
 use super::errors::cancellation_codes;
 use super::item::{attr, lease_pk, millis};
+use super::store::DynamoDbLeaseStore;
 use super::update::{owned, owned_values};
 use crate::aws::ErrorClass;
 use crate::checkpoint::Checkpoint;

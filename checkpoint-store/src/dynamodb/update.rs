@@ -8,11 +8,11 @@ use std::time::SystemTime;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 
-use super::DynamoDbLeaseStore;
 use super::errors::ConditionFailed;
 use super::item::{
     attr, decode_lease, lease_pk, millis, names_in, number, pipeline_attribute, s, to_values,
 };
+use super::store::DynamoDbLeaseStore;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseKey, Ownership};

@@ -16,6 +16,7 @@
 
 pub(crate) mod ending;
 pub(crate) mod fetch;
+pub(crate) mod page;
 mod partitioned;
 pub(crate) mod pipelines;
 mod progress;
@@ -26,12 +27,12 @@ use tokio::sync::mpsc;
 use crate::callback::Callbacks;
 use crate::checkpointer::Checkpointer;
 use crate::error::Error;
-use crate::poll_loop::ShardReader;
 use crate::processor::ProcessorFactory;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::start_time::StartTimeSkip;
 use ending::{EndOfSource, ShardEnd};
-use fetch::{Fetched, fetch, start_position, store_latest_start};
+use fetch::{fetch, shard_reader, start_position, store_latest_start};
+use page::Fetched;
 use session::{Gathered, Session};
 
 /// Runs the shard of `task`'s lease until it ends, is stopped, or fails.
@@ -49,13 +50,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let Some(start) = start_position(&task.lease.checkpoint) else {
         return ShardOutcome::Ended;
     };
-    let mut reader = ShardReader::new(
-        runtime.api.clone(),
-        key.stream.clone(),
-        key.shard_id.clone(),
-        start,
-        config.poll.clone(),
-    );
+    let mut reader = shard_reader(&task, start);
     let stored = match store_latest_start(&task, &mut reader).await {
         Ok(stored) => stored,
         Err(outcome) => return outcome,

@@ -16,7 +16,7 @@ use futures::stream::FuturesUnordered;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::fetch::Fetched;
+use super::page::Fetched;
 use super::progress::Progress;
 use super::session::{Gathered, Session};
 use crate::budget::{Reservation, record_cost};

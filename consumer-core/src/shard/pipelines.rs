@@ -3,7 +3,7 @@
 //!
 //! One fetch task reads the shard from its read position (the slowest pipeline's
 //! checkpoint, the lease's `checkpoint`); [`distribute`] hands every page to each pipeline,
-//! held once ([`FetchedPage::share`]), and each pipeline runs the same page loop as a
+//! held once ([`FetchedPage::share`](super::page::FetchedPage::share)), and each pipeline runs the same page loop as a
 //! single consumer ([`super::drive`]) with its own processors, delivery settings and
 //! checkpointer. What makes a pipeline's session write its own checkpoint is the store it
 //! is given, [`PipelineStore`]: a checkpoint becomes the pipeline's attribute and the read
@@ -14,15 +14,12 @@
 //! fetch waits while the slowest pipeline's queue is full; a page's share of the memory
 //! budget comes back when the last pipeline delivered it.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
+mod checkpoints;
+mod distribute;
 
-use async_trait::async_trait;
-use dynamodb_streams_leases::pipeline::slowest;
-use dynamodb_streams_leases::{
-    Checkpoint, Lease, LeaseKey, LeaseStore, Ownership, PipelineCheckpoints, Result, SequenceNumber,
-};
+use std::sync::Arc;
+
+use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, PipelineCheckpoints, Result};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
@@ -32,52 +29,25 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::ending::report_if_late;
 use super::ending::{EndOfSource, release_lease, shard_ended};
-use super::fetch::{Fetched, fetch, start_position};
+use super::fetch::{fetch, shard_reader, start_position};
+use super::page::Fetched;
 use super::session::Session;
-use crate::budget::ByteBudget;
 use crate::checkpointer::Checkpointer;
 use crate::config::ConsumerConfig;
-use crate::error::Error;
-use crate::observability::Telemetry;
-use crate::poll_loop::ShardReader;
 use crate::processor::{ProcessorFactory, ShardContext};
 use crate::retry;
-use crate::runtime::{LeaseTask, Runtime, ShardOutcome, ShardSignals};
-use crate::snapshot::scanned_items;
+use crate::runtime::{
+    LeaseTask, Part, PipelineEnd, PipelineRunner, Runtime, ShardOutcome, ShardSignals,
+};
 use crate::start_time::InitialPosition;
-use crate::streams::{StartPosition, StreamsApi};
+use crate::streams::StartPosition;
+pub(crate) use checkpoints::read_position;
+use checkpoints::{PipelineStore, Positions};
+use distribute::{Out, distribute};
 
 /// How many pages a pipeline may be ahead of the slowest one before the shard's read
 /// waits (each pipeline's queue of pages not yet taken in).
 pub(crate) const RUN_AHEAD_PAGES: usize = 8;
-
-/// A named pipeline: its processor factory and its settings, with the processor type
-/// erased so that pipelines of different processors run side by side.
-pub(crate) trait PipelineRunner: Send + Sync + 'static {
-    /// The pipeline's name, stable across deployments: its attribute in the lease items.
-    fn name(&self) -> &str;
-    /// Its settings (the consumer's, with the pipeline's own where they differ).
-    fn config(&self) -> &ConsumerConfig;
-    /// Runs the pipeline's session on one shard.
-    fn run(&self, part: Part) -> BoxFuture<'static, ShardOutcome>;
-}
-
-/// What a pipeline's session on one shard is given.
-pub(crate) struct Part {
-    api: Arc<dyn StreamsApi>,
-    store: Arc<dyn LeaseStore>,
-    worker_id: String,
-    telemetry: Arc<Telemetry>,
-    budget: ByteBudget,
-    /// The lease as this pipeline sees it: its `checkpoint` is the pipeline's own.
-    lease: Lease,
-    ownership: Ownership,
-    table: Option<String>,
-    signals: ShardSignals,
-    rx: mpsc::Receiver<Fetched>,
-    /// How the session ends at the source's end.
-    end: PipelineEnd,
-}
 
 /// A pipeline of processors made by `P`.
 pub(crate) struct Pipeline<P> {
@@ -202,13 +172,7 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let Some(start) = start_position(&read) else {
         return ShardOutcome::Ended;
     };
-    let mut reader = ShardReader::new(
-        runtime.api.clone(),
-        key.stream.clone(),
-        key.shard_id.clone(),
-        start,
-        runtime.config.poll.clone(),
-    );
+    let mut reader = shard_reader(&task, start);
     let all_latest = own.iter().all(|c| *c == Checkpoint::Latest);
     if own.contains(&Checkpoint::Latest) {
         let since = Checkpoint::since(runtime.api.now());
@@ -296,9 +260,7 @@ pub(crate) async fn deliver<F: ProcessorFactory>(
     let runtime = &task.runtime;
     let pipelines = &runtime.pipelines;
     let names = pipelines.iter().map(|p| p.name().to_owned());
-    let positions = Arc::new(Positions {
-        durable: Mutex::new(names.zip(own.iter().cloned()).collect()),
-    });
+    let positions = Arc::new(Positions::new(names.zip(own.iter().cloned()).collect()));
     let lost = signals.lost.child_token();
     let release = signals.release.child_token();
     let local = ShardSignals {
@@ -379,19 +341,6 @@ pub(crate) async fn deliver<F: ProcessorFactory>(
     release_lease(task, &key, &task.ownership).await
 }
 
-/// How one pipeline's session ends once the source was read to its end: the pipeline's
-/// `SHARD_END` (with the read position, `SHARD_END` once it is the last); for a snapshot
-/// segment, also the snapshot's duration checked and a loss told to the pipeline's
-/// processor. What the lease's end does once (a shard's children, a segment's progress)
-/// follows in [`run`] (or the segment's task) after the last pipeline ended.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum PipelineEnd {
-    /// A shard of the stream.
-    Shard,
-    /// A snapshot segment of a snapshot that began at `started_at` (if known).
-    Segment { started_at: Option<SystemTime> },
-}
-
 impl<F: ProcessorFactory> EndOfSource<F> for PipelineEnd {
     async fn end(self, session: &mut Session<'_, F>) -> ShardOutcome {
         if let Err(outcome) = session.read_to_end().await {
@@ -404,212 +353,5 @@ impl<F: ProcessorFactory> EndOfSource<F> for PipelineEnd {
             report_if_late(session, started_at).await;
         }
         ShardOutcome::Ended
-    }
-}
-
-/// The read position of a lease: the slowest pipeline's checkpoint
-/// ([`slowest`]), where snapshot segment positions are ordered by the items scanned.
-pub(crate) fn read_position<'a>(
-    checkpoints: impl IntoIterator<Item = &'a Checkpoint>,
-) -> Option<Checkpoint> {
-    checkpoints
-        .into_iter()
-        .fold(None, |slowest: Option<&Checkpoint>, next| match slowest {
-            Some(current) if !is_behind(next, current) => Some(current),
-            _ => Some(next),
-        })
-        .cloned()
-}
-
-/// Whether checkpoint `a` is strictly behind `b` on the same lease.
-fn is_behind(a: &Checkpoint, b: &Checkpoint) -> bool {
-    match (scanned_items(a), scanned_items(b)) {
-        (Some(x), Some(y)) => x < y,
-        _ => a != b && slowest([a, b]).as_ref() == Some(a),
-    }
-}
-
-/// A pipeline's queue of pages, and the last record it had done when the read started
-/// (records up to it are not handed to it again).
-struct Out {
-    tx: mpsc::Sender<Fetched>,
-    done_through: Option<SequenceNumber>,
-}
-
-/// Hands what the fetch task reads to every pipeline still running: pages shared, the
-/// rest copied. Waits while a pipeline's queue is full (the run-ahead bound).
-async fn distribute(mut rx: mpsc::Receiver<Fetched>, mut outs: Vec<Out>, shard_id: String) {
-    while let Some(fetched) = rx.recv().await {
-        outs.retain(|out| !out.tx.is_closed());
-        if outs.is_empty() {
-            return;
-        }
-        let last = matches!(
-            fetched,
-            Fetched::ShardEnd | Fetched::Vanished(_) | Fetched::Failed(_)
-        );
-        let copies: Vec<Fetched> = match fetched {
-            Fetched::Records(page) => {
-                let done: Vec<Option<SequenceNumber>> =
-                    outs.iter().map(|out| out.done_through.clone()).collect();
-                page.share(&done)
-                    .into_iter()
-                    .map(Fetched::Records)
-                    .collect()
-            }
-            Fetched::Idle => {
-                for out in &outs {
-                    let _ = out.tx.try_send(Fetched::Idle);
-                }
-                continue;
-            }
-            Fetched::ShardEnd => outs.iter().map(|_| Fetched::ShardEnd).collect(),
-            Fetched::Trimmed(loss) => outs
-                .iter()
-                .map(|_| Fetched::Trimmed(loss.clone()))
-                .collect(),
-            Fetched::Vanished(loss) => outs
-                .iter()
-                .map(|_| Fetched::Vanished(loss.clone()))
-                .collect(),
-            Fetched::Failed(error) => {
-                let problem = error.to_string();
-                let mut first = Some(error);
-                outs.iter()
-                    .map(|_| {
-                        Fetched::Failed(first.take().unwrap_or_else(|| Error::Internal {
-                            shard_id: shard_id.clone(),
-                            problem: problem.clone(),
-                        }))
-                    })
-                    .collect()
-            }
-        };
-        for (out, copy) in outs.iter_mut().zip(copies) {
-            // A pipeline that stopped takes nothing more.
-            let _ = out.tx.send(copy).await;
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-/// The checkpoints of a lease's pipelines as stored (acknowledged writes only): the read
-/// position written with a pipeline's checkpoint is the slowest of these, so it never gets
-/// ahead of a checkpoint that is not stored yet.
-#[derive(Debug)]
-struct Positions {
-    durable: Mutex<BTreeMap<String, Checkpoint>>,
-}
-
-impl Positions {
-    /// Whether `checkpoint` is behind the pipeline's stored one: a pipeline that was ahead
-    /// of the read position when a segment's Scan resumed from it is given pages it had
-    /// done again, and its position never moves back (such a checkpoint is not written).
-    fn is_behind(&self, name: &str, checkpoint: &Checkpoint) -> bool {
-        let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        durable
-            .get(name)
-            .is_some_and(|stored| is_behind(checkpoint, stored))
-    }
-
-    /// The write of `name` at `checkpoint`: with the read position it leaves the shard at.
-    fn update(&self, name: &str, checkpoint: &Checkpoint) -> PipelineCheckpoints {
-        let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
-        let read = read_position(
-            durable
-                .iter()
-                .map(|(n, c)| if n == name { checkpoint } else { c }),
-        )
-        .unwrap_or_else(|| checkpoint.clone());
-        PipelineCheckpoints {
-            read_position: read,
-            pipelines: vec![(name.to_owned(), checkpoint.clone())],
-            running: None,
-        }
-    }
-
-    fn written(&self, name: &str, checkpoint: &Checkpoint) {
-        self.durable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned(), checkpoint.clone());
-    }
-}
-
-/// The lease store as one pipeline's session sees it: its checkpoints are the pipeline's
-/// (written with the read position), its release waits for the other pipelines (done once
-/// by [`run`]); everything else is the store.
-#[derive(Debug)]
-struct PipelineStore {
-    inner: Arc<dyn LeaseStore>,
-    name: String,
-    positions: Arc<Positions>,
-    /// The lease as the task started: what a deferred release answers.
-    lease: Lease,
-}
-
-#[async_trait]
-impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
-    type Inner = dyn LeaseStore;
-
-    fn wrapped(&self) -> &Self::Inner {
-        &*self.inner
-    }
-
-    /// The pipeline's checkpoint, with the read position, in one conditional write. The
-    /// lease returned carries the pipeline's checkpoint as its `checkpoint`.
-    async fn checkpoint(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        checkpoint: &Checkpoint,
-    ) -> Result<Lease> {
-        if self.positions.is_behind(&self.name, checkpoint) {
-            let mut lease = self.lease.clone();
-            lease.checkpoint = checkpoint.clone();
-            return Ok(lease);
-        }
-        let update = self.positions.update(&self.name, checkpoint);
-        let mut lease = self
-            .inner
-            .checkpoint_pipelines(key, ownership, &update)
-            .await?;
-        self.positions.written(&self.name, checkpoint);
-        lease.checkpoint = checkpoint.clone();
-        Ok(lease)
-    }
-
-    /// Deferred: the lease is released once every pipeline of the shard stopped.
-    async fn release_lease(&self, _key: &LeaseKey, _ownership: &Ownership) -> Result<Lease> {
-        let mut lease = self.lease.clone();
-        lease.handoff_to = None;
-        Ok(lease)
-    }
-
-    /// Exactly-once per pipeline: the transaction's condition is on the pipeline's own
-    /// attribute, and it writes the read position too.
-    async fn checkpoint_with_writes(
-        &self,
-        key: &LeaseKey,
-        ownership: &Ownership,
-        previous: &Checkpoint,
-        checkpoint: &Checkpoint,
-        writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
-    ) -> Result<()> {
-        let update = self.positions.update(&self.name, checkpoint);
-        self.inner
-            .checkpoint_pipeline_with_writes(
-                key,
-                ownership,
-                &self.name,
-                Some(previous),
-                &update,
-                writes,
-            )
-            .await?;
-        self.positions.written(&self.name, checkpoint);
-        Ok(())
     }
 }

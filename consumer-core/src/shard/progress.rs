@@ -12,12 +12,12 @@ use std::sync::Arc;
 use aws_sdk_dynamodbstreams::types::Record;
 use dynamodb_streams_leases::{Checkpoint, LeaseKey, SequenceNumber};
 
-use super::fetch::FetchedPage;
+use super::page::FetchedPage;
 use crate::budget::Reservation;
 use crate::callback::Interrupted;
 use crate::checkpointer::Checkpointer;
 use crate::error::{Error, Result};
-use crate::failure::sequence_text;
+use crate::failure::record_seq;
 use crate::processor::ProcessorFactory;
 use crate::runtime::LeaseTask;
 
@@ -154,11 +154,6 @@ impl<'s, F: ProcessorFactory> Progress<'s, F> {
         tracing::warn!(shard_id = %self.key().shard_id, %error, "checkpoint not written; will retry");
         Ok(())
     }
-}
-
-/// A record's sequence number, parsed.
-pub(crate) fn record_seq(record: &Record) -> Option<SequenceNumber> {
-    sequence_text(record).and_then(|text| SequenceNumber::parse(text).ok())
 }
 
 pub(crate) fn is_lease_lost(error: &Error) -> bool {

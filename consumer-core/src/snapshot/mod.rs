@@ -259,8 +259,11 @@ pub(crate) async fn finish_gate(
 
 /// The key of a stream's snapshot plan.
 pub(crate) fn plan_key(stream_arn: &str) -> LeaseKey {
-    LeaseKey::coordination(format!("snapshot|{stream_arn}"))
+    LeaseKey::coordination(format!("{PLAN_PREFIX}{stream_arn}"))
 }
+
+/// Prefix of a plan's coordination id (the stream ARN follows).
+const PLAN_PREFIX: &str = "snapshot|";
 
 /// The id of segment `index` of `total`.
 fn segment_id(index: u32, total: u32) -> String {
@@ -295,7 +298,8 @@ pub fn is_segment(key: &LeaseKey) -> bool {
 /// stream without new images, writes the plan if this worker is first, and creates the
 /// segment leases and the stream leases that wait for them. Idempotent: every starting
 /// worker runs it, so a first worker that crashed midway is completed by the next one.
-/// A stream this application already consumed without a snapshot gets none. The plan
+/// A stream this application already consumed without a snapshot gets none, nor does a
+/// table's new stream that replaced one it consumed ([`follows_an_older_stream`]). The plan
 /// names the consumer's `pipelines` (each at `Since(T0)`): a pipeline it does not name
 /// joined later and gets no snapshot.
 pub(crate) async fn prepare(
@@ -337,6 +341,14 @@ pub(crate) async fn prepare(
         Some(plan) => plan.clone(),
         None if has_stream_leases => {
             tracing::info!(%table, stream_arn, "this application already consumes the stream: no snapshot");
+            return Ok(());
+        }
+        None if follows_an_older_stream(stream_arn, &leases) => {
+            tracing::info!(
+                %table,
+                stream_arn,
+                "the table's stream was enabled again: this application follows the new stream after the older one, no snapshot"
+            );
             return Ok(());
         }
         None => {
@@ -394,6 +406,27 @@ pub(crate) async fn prepare(
         create_lease_if_absent(store.as_ref(), &lease).await?;
     }
     Ok(())
+}
+
+/// Whether this application already consumed `stream_arn`'s table through an older stream
+/// (the table's stream was disabled and enabled again): the lease table holds a lease of
+/// one, or the plan of its snapshot (kept after the older stream's leases are retired).
+/// Such a stream gets no snapshot of its own: its roots read it from `TRIM_HORIZON` after
+/// the older stream's end (the shard sync's `#after-stream` gates), which delivers every
+/// change after the older stream's last one, deletions included. A second snapshot would
+/// skip the stream records made before it and deliver only the items that exist, so a
+/// sink fed by the older stream would keep an item deleted in between forever, and its
+/// items could arrive before the older stream's last records of the same item.
+fn follows_an_older_stream(stream_arn: &str, leases: &[Lease]) -> bool {
+    let older_plan = |l: &Lease| {
+        l.key.is_coordination()
+            && l.key
+                .shard_id
+                .strip_prefix(PLAN_PREFIX)
+                .is_some_and(|stream| crate::shard_graph::is_replaced_by(stream, stream_arn))
+    };
+    crate::shard_graph::replaces_a_consumed_stream(stream_arn, leases)
+        || leases.iter().any(older_plan)
 }
 
 /// How long start-up waits for a just-enabled stream to list its first shard.

@@ -8,8 +8,10 @@
 
 mod api;
 mod sdk;
+mod wrapper;
 
 pub use api::{
     ApiError, ApiErrorKind, BoxError, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi,
 };
 pub use sdk::SdkStreams;
+pub use wrapper::StreamsWrapper;

@@ -11,9 +11,10 @@
 use std::fmt;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
-use crate::streams::{ApiError, RecordsPage, ShardInfo, StartPosition, StreamPage, StreamsApi};
+use crate::streams::StreamsApi;
 
 /// Whether a worker runs or is paused; clones share the switch.
 #[derive(Clone, Debug)]
@@ -93,67 +94,19 @@ impl<A: fmt::Debug> fmt::Debug for PausableStreams<A> {
     }
 }
 
+/// Every call is held while paused, before it reaches `inner` and after it answered.
 #[async_trait]
-impl<A: StreamsApi> StreamsApi for PausableStreams<A> {
-    async fn latest_stream_arn(&self, table: &str) -> Result<String, ApiError> {
+impl<A: StreamsApi> crate::streams::StreamsWrapper for PausableStreams<A> {
+    type Inner = A;
+
+    fn wrapped(&self) -> &A {
+        &self.inner
+    }
+
+    async fn around_call<T: Send>(&self, call: BoxFuture<'_, T>) -> T {
         self.switch.running().await;
-        let answer = self.inner.latest_stream_arn(table).await;
+        let answer = call.await;
         self.switch.running().await;
         answer
-    }
-
-    async fn describe_stream(
-        &self,
-        stream_arn: &str,
-        exclusive_start_shard_id: Option<&str>,
-    ) -> Result<StreamPage, ApiError> {
-        self.switch.running().await;
-        let answer = self
-            .inner
-            .describe_stream(stream_arn, exclusive_start_shard_id)
-            .await;
-        self.switch.running().await;
-        answer
-    }
-
-    async fn child_shards(
-        &self,
-        stream_arn: &str,
-        parent_shard_id: &str,
-    ) -> Result<Vec<ShardInfo>, ApiError> {
-        self.switch.running().await;
-        let answer = self.inner.child_shards(stream_arn, parent_shard_id).await;
-        self.switch.running().await;
-        answer
-    }
-
-    async fn shard_iterator(
-        &self,
-        stream_arn: &str,
-        shard_id: &str,
-        position: &StartPosition,
-    ) -> Result<String, ApiError> {
-        self.switch.running().await;
-        let answer = self
-            .inner
-            .shard_iterator(stream_arn, shard_id, position)
-            .await;
-        self.switch.running().await;
-        answer
-    }
-
-    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, ApiError> {
-        self.switch.running().await;
-        let answer = self.inner.get_records(iterator, limit).await;
-        self.switch.running().await;
-        answer
-    }
-
-    fn now(&self) -> std::time::SystemTime {
-        self.inner.now()
-    }
-
-    fn random_u64(&self) -> u64 {
-        self.inner.random_u64()
     }
 }

@@ -4,6 +4,7 @@
 use dynamodb_streams_leases::{LeaseKey, Ownership};
 use tokio::time::Instant;
 
+use super::hints::Undelivered;
 use super::{Running, State, Worker};
 use crate::events::{Event, LeaseAcquired};
 use crate::processor::ProcessorFactory;
@@ -47,7 +48,8 @@ impl<F: ProcessorFactory> Worker<F> {
                     ..
                 }) = running
                 {
-                    self.hand_over(&key, &ownership, &to).await;
+                    self.hand_over(&mut state.undelivered, &key, &ownership, &to)
+                        .await;
                 }
             }
             ShardOutcome::LeaseLost => {
@@ -116,8 +118,15 @@ impl<F: ProcessorFactory> Worker<F> {
     /// Gives a lease released for a handoff to the worker that asked for it, right after the
     /// release (a take on its behalf, conditional on the epoch the release left), and hints
     /// it: otherwise the lease would wait unowned for the leader. Not announced: the leader
-    /// asked for this move and already counts the lease as the requester's.
-    pub(super) async fn hand_over(&self, key: &LeaseKey, released: &Ownership, to: &str) {
+    /// asked for this move and already counts the lease as the requester's, so a hint that
+    /// cannot be written is kept and sent again ([`super::hints`]).
+    pub(super) async fn hand_over(
+        &self,
+        undelivered: &mut Undelivered,
+        key: &LeaseKey,
+        released: &Ownership,
+        to: &str,
+    ) {
         let epoch = released.epoch + 1;
         match self
             .announcer
@@ -127,7 +136,7 @@ impl<F: ProcessorFactory> Worker<F> {
         {
             Ok(_) => {
                 tracing::info!(lease = %key, %to, "lease handed over");
-                self.hint(to, key).await;
+                self.hint(undelivered, to, key).await;
             }
             // Someone took it first, or the release did not happen: nothing to hand over.
             Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
@@ -138,6 +147,7 @@ impl<F: ProcessorFactory> Worker<F> {
     /// behalf, conditional on this worker's ownership (not announced, like [`Self::hand_over`]).
     pub(super) async fn hand_over_unreleased(
         &self,
+        undelivered: &mut Undelivered,
         key: &LeaseKey,
         ownership: &Ownership,
         to: &str,
@@ -150,20 +160,20 @@ impl<F: ProcessorFactory> Worker<F> {
         {
             Ok(_) => {
                 tracing::info!(lease = %key, %to, "idle lease handed over");
-                self.hint(to, key).await;
+                self.hint(undelivered, to, key).await;
             }
             Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
         }
     }
 
-    pub(super) async fn hint(&self, to: &str, key: &LeaseKey) {
-        if let Err(error) = self
-            .announcer
-            .inner()
-            .notify(to, std::slice::from_ref(key))
-            .await
-        {
-            tracing::warn!(lease = %key, %to, %error, "cannot hint the new owner; the leader will");
-        }
+    /// Hints `to` that `key` is its own now (kept for a retry if the write fails).
+    async fn hint(&self, undelivered: &mut Undelivered, to: &str, key: &LeaseKey) {
+        undelivered
+            .send(
+                self.announcer.inner().as_ref(),
+                to,
+                std::slice::from_ref(key),
+            )
+            .await;
     }
 }

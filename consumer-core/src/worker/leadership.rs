@@ -134,6 +134,10 @@ impl<F: ProcessorFactory> Worker<F> {
             state.incarnation.leading.send_replace(None);
             return Ok(());
         };
+        // Kept even if this worker was fenced meanwhile: the takes they tell of were made.
+        for (to, keys) in for_me.undelivered {
+            state.undelivered.keep(&to, keys);
+        }
         if state.incarnation.fenced.is_cancelled() {
             LeaseScanDiscarded {
                 took: started.elapsed(),

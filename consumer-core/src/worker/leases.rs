@@ -33,14 +33,7 @@ impl<F: ProcessorFactory> Worker<F> {
         keys.sort();
         keys.dedup();
         let leases = store.get_leases(&keys).await?;
-        let mut read: BTreeMap<LeaseKey, Lease> =
-            leases.into_iter().map(|l| (l.key.clone(), l)).collect();
-        for key in keys {
-            match read.remove(&key) {
-                Some(lease) => self.reconcile(state, lease).await,
-                None => self.gone(state, &key),
-            }
-        }
+        self.act_on_read(state, keys, leases).await;
         store.clear_notices(&me, &notices).await?;
         Ok(())
     }
@@ -57,6 +50,13 @@ impl<F: ProcessorFactory> Worker<F> {
         keys.dedup();
         let leases = self.shared.store.get_leases(&keys).await?;
         state.next_self_audit = Instant::now() + AUDIT_INTERVAL;
+        self.act_on_read(state, keys, leases).await;
+        Ok(())
+    }
+
+    /// Acts on a read of `keys` (sorted, without repeats): each lease `leases` holds is
+    /// reconciled, each key it lacks is gone.
+    async fn act_on_read(&self, state: &mut State, keys: Vec<LeaseKey>, leases: Vec<Lease>) {
         let mut read: BTreeMap<LeaseKey, Lease> =
             leases.into_iter().map(|l| (l.key.clone(), l)).collect();
         for key in keys {
@@ -65,7 +65,6 @@ impl<F: ProcessorFactory> Worker<F> {
                 None => self.gone(state, &key),
             }
         }
-        Ok(())
     }
 
     /// Acts on a lease as just read: keeps, starts, hands over or stops it.
@@ -98,7 +97,8 @@ impl<F: ProcessorFactory> Worker<F> {
             // Not running (waiting for parents or a retry): nothing to finish, hand it
             // over at once.
             state.mine.remove(&key);
-            self.hand_over_unreleased(&key, &ownership, &to).await;
+            self.hand_over_unreleased(&mut state.undelivered, &key, &ownership, &to)
+                .await;
             return;
         }
         if !state.mine.contains_key(&key) {

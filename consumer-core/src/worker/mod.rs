@@ -18,6 +18,7 @@
 //! owns), `handoff` (a task's end) and `shutdown` (fencing and graceful shutdown).
 
 mod handoff;
+mod hints;
 mod leadership;
 mod leases;
 mod shutdown;
@@ -95,6 +96,8 @@ struct State {
     finished: BTreeMap<LeaseKey, Ownership>,
     /// Parent leases a consistent read found finished or gone: their children may start.
     done_parents: BTreeSet<LeaseKey>,
+    /// Hints to other workers that could not be written yet (kept across incarnations).
+    undelivered: hints::Undelivered,
     /// The leader as this worker observes it (through the coordination item).
     leader_liveness: Liveness,
     /// The leader's state, while this incarnation leads.
@@ -122,12 +125,21 @@ impl State {
             stale: BTreeSet::new(),
             finished: BTreeMap::new(),
             done_parents: BTreeSet::new(),
+            undelivered: hints::Undelivered::default(),
             leader_liveness: Liveness::new(failover_time),
             leader: None,
             lead_now: false,
             next_coordination: first_coordination,
             claim_at: None,
             next_self_audit: Instant::now() + AUDIT_INTERVAL,
+        }
+    }
+
+    /// Stops every running shard at once, writing nothing (each calls `lease_lost`): its
+    /// lease is gone or soon will be (fenced, or the lease table deleted).
+    fn stop_all_shards(&self) {
+        for running in self.running.values() {
+            running.signals.lost.cancel();
         }
     }
 
@@ -336,9 +348,7 @@ impl<F: ProcessorFactory> Worker<F> {
         match done {
             Err(crate::Error::LeaseStore(error)) if error.is_table_missing() => {
                 tracing::error!(%error, "the lease table is gone; stopping this worker");
-                for running in state.running.values() {
-                    running.signals.lost.cancel();
-                }
+                state.stop_all_shards();
                 while state.tasks.join_next().await.is_some() {}
                 state.running.clear();
                 state.incarnation.stop_heartbeat.cancel();
@@ -352,10 +362,15 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// A worker's tick: the inbox, parents of waiting leases, and the shards that are
-    /// ready (the coordination item is read on its own schedule, `State::next_wake`).
+    /// A worker's tick: hints not delivered yet, the inbox, parents of waiting leases, and
+    /// the shards that are ready (the coordination item is read on its own schedule,
+    /// `State::next_wake`).
     async fn tick(&self, state: &mut State) -> Result<()> {
         let now = Instant::now();
+        state
+            .undelivered
+            .retry(self.announcer.inner().as_ref())
+            .await;
         self.read_inbox(state).await?;
         if now >= state.next_self_audit {
             self.self_audit(state).await?;

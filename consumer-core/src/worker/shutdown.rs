@@ -20,9 +20,7 @@ impl<F: ProcessorFactory> Worker<F> {
     pub(super) async fn fence(&self, state: &mut State) -> Result<()> {
         tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
         self.shared.telemetry.health.fenced();
-        for running in state.running.values() {
-            running.signals.lost.cancel();
-        }
+        state.stop_all_shards();
         while state.tasks.join_next().await.is_some() {}
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
@@ -35,6 +33,7 @@ impl<F: ProcessorFactory> Worker<F> {
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         *state = State {
             done_parents: std::mem::take(&mut state.done_parents),
+            undelivered: std::mem::take(&mut state.undelivered),
             ..State::new(
                 incarnation,
                 self.shared.config.failover_time,
@@ -72,9 +71,7 @@ impl<F: ProcessorFactory> Worker<F> {
                     // (a shutdown timeout longer than the failover time): other workers
                     // may take these leases soon, so every shard stops now, as when fenced.
                     tracing::error!(incarnation = %me, "fenced while shutting down: stopping every shard");
-                    for running in state.running.values() {
-                        running.signals.lost.cancel();
-                    }
+                    state.stop_all_shards();
                     fencing_seen = true;
                     continue;
                 }
@@ -139,6 +136,11 @@ impl<F: ProcessorFactory> Worker<F> {
         });
         futures::future::join_all(releases).await;
         announce::flush(self.announcer.inner().as_ref(), self.announcer.changes()).await;
+        // Hints still undelivered get a last try: their leases are other workers' now.
+        state
+            .undelivered
+            .retry(self.announcer.inner().as_ref())
+            .await;
         state.incarnation.leading.send_replace(None);
         if leading && let Err(error) = self.announcer.inner().resign_leadership(&me).await {
             tracing::warn!(%error, "could not give up the leader's role; another worker takes it after the failover time");

@@ -154,6 +154,11 @@ struct State {
     segments_ended: BTreeSet<LeaseKey>,
     /// Deliveries of each snapshot item so far, by (stream, segment, key).
     snapshot_attempts: BTreeMap<(String, String, String), u32>,
+    /// Streams replaced by a new stream of their table (disabled and enabled again), and
+    /// when (virtual ms).
+    replaced: BTreeMap<String, u64>,
+    /// When the first lease (shard, segment or gate) of each stream was created.
+    first_lease: BTreeMap<String, u64>,
 }
 
 /// Shared by the world, the processors, the handler and every worker's store link.
@@ -193,7 +198,7 @@ impl State {
     /// Whether the framework may leave record `i` undelivered by a documented rule.
     fn passed_by_rule(&self, i: usize) -> bool {
         let rec = &self.records[i];
-        if rec.filtered {
+        if rec.filtered || self.never_consumed(&rec.stream, &rec.table) {
             return true;
         }
         let key = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
@@ -213,6 +218,25 @@ impl State {
         })
     }
 
+    /// Whether `stream` (of `table`) was replaced before the application's first lease of
+    /// the table and never got a lease: only a table's current stream is read (README, "A
+    /// re-enabled stream"), so an application that starts after the re-enable never reads
+    /// the older one (with a snapshot, the scan covers its records).
+    fn never_consumed(&self, stream: &str, table: &str) -> bool {
+        if self.first_lease.contains_key(stream) {
+            return false;
+        }
+        let Some(&replaced) = self.replaced.get(stream) else {
+            return false;
+        };
+        self.first_lease
+            .iter()
+            .filter(|(s, _)| table_of(s) == Some(table))
+            .map(|(_, &at)| at)
+            .min()
+            .is_some_and(|first| replaced <= first)
+    }
+
     /// Whether the stored checkpoint of `key` covers `seq` (a deleted lease was finished).
     fn covers(&self, key: &LeaseKey, seq: &SequenceNumber) -> bool {
         match self.checkpoints.get(key) {
@@ -223,8 +247,25 @@ impl State {
         }
     }
 
+    /// Whether record `i` needs nothing more: it finished, or a rule passes it. A record
+    /// the stream skips because a snapshot covers it (written before the snapshot began)
+    /// is done only once every segment of its stream's snapshot ended: until then the
+    /// sink does not have the item yet.
     fn done(&self, i: usize) -> bool {
-        self.records[i].finished.is_some() || self.passed_by_rule(i)
+        let rec = &self.records[i];
+        rec.finished.is_some()
+            || (self.passed_by_rule(i) && (rec.filtered || !self.snapshot_open(&rec.stream)))
+    }
+
+    /// Whether `stream` has a snapshot plan with a segment not ended yet.
+    fn snapshot_open(&self, stream: &str) -> bool {
+        self.plans.get(stream).is_some_and(|segments| {
+            segments.iter().any(|segment| {
+                !self
+                    .segments_ended
+                    .contains(&LeaseKey::new(stream.to_owned(), segment.clone()))
+            })
+        })
     }
 
     fn describe(&self, i: usize) -> String {
@@ -284,6 +325,8 @@ impl Oracle {
                 plans: BTreeMap::new(),
                 segments_ended: BTreeSet::new(),
                 snapshot_attempts: BTreeMap::new(),
+                replaced: BTreeMap::new(),
+                first_lease: BTreeMap::new(),
             })),
         }
     }
@@ -368,6 +411,13 @@ impl Oracle {
             failed_calls: 0,
             handled: false,
         });
+    }
+
+    /// The world replaced `stream` by a new stream of its table.
+    pub fn stream_replaced(&self, stream: &str) {
+        let mut state = self.state();
+        let now = state.journal.millis();
+        state.replaced.entry(stream.to_owned()).or_insert(now);
     }
 
     pub fn paused(&self, worker: &str, paused: bool) {
@@ -686,12 +736,21 @@ impl Oracle {
     }
 
     /// Records neither finished nor passed by a rule.
+    /// Records not finished yet, then snapshot segments not ended yet (their items reach
+    /// the sink only through them: a run has not drained while one is open).
     pub fn pending(&self) -> Vec<String> {
         let state = self.state();
-        (0..state.records.len())
+        let records = (0..state.records.len())
             .filter(|&i| !state.done(i))
-            .map(|i| state.describe(i))
-            .collect()
+            .map(|i| state.describe(i));
+        let segments = state.plans.iter().flat_map(|(stream, segments)| {
+            segments
+                .iter()
+                .map(|segment| LeaseKey::new(stream.clone(), segment.clone()))
+                .filter(|key| !state.segments_ended.contains(key))
+                .map(|key| format!("snapshot segment {key} not ended"))
+        });
+        records.chain(segments).collect()
     }
 
     /// Shards whose stored checkpoint does not cover a finished record yet (what a drain
@@ -852,6 +911,10 @@ impl StoreObserver for Oracle {
                 .entry(stream.to_owned())
                 .or_insert_with(|| plan.parent_shard_ids.clone());
         }
+        if op == StoreOp::CreateLease && key.stream != LeaseKey::COORDINATION_STREAM {
+            let now = state.journal.millis();
+            state.first_lease.entry(key.stream.clone()).or_insert(now);
+        }
         if dynamodb_streams_consumer::snapshot::is_segment(key)
             && after.is_some_and(|l| l.checkpoint == Checkpoint::ShardEnd)
         {
@@ -951,6 +1014,12 @@ impl StoreObserver for Oracle {
             state.violate("4 checkpoint", detail);
         }
     }
+}
+
+/// The table name inside a stream ARN (`arn:…:table/NAME/stream/LABEL`).
+fn table_of(stream_arn: &str) -> Option<&str> {
+    let (_, rest) = stream_arn.split_once(":table/")?;
+    rest.split_once("/stream/").map(|(table, _)| table)
 }
 
 fn before_text(rank: (u8, Option<&SequenceNumber>)) -> String {

@@ -69,8 +69,9 @@ impl fmt::Display for Failure {
         )?;
         writeln!(
             f,
-            "replay: EXPLORE_SEED={} (same output)",
-            self.scenario.seed
+            "replay: EXPLORE_SEED={} EXPLORE_SPACE={} (same output)",
+            self.scenario.seed,
+            self.scenario.space.name()
         )?;
         writeln!(f, "{}", self.scenario)?;
         writeln!(f, "last events:\n{}", self.tail)
@@ -489,6 +490,9 @@ impl<'a> World<'a> {
             Action::Reenable { table } => {
                 if let Ok(arn) = self.sim.reenable_stream(&self.tables[table]) {
                     self.oracle.log(format!("new stream {arn}"));
+                    for oracle in &self.checked {
+                        oracle.stream_replaced(&self.streams[table]);
+                    }
                     self.streams[table] = arn;
                 }
             }

@@ -15,9 +15,10 @@ use crate::callback::{CallbackFailed, Called, Interrupted};
 use crate::change::{Change, ChangeBatch, decode_prefix};
 use crate::error::Result;
 use crate::events::{BatchProcessed, Event};
+use crate::failure::record_seq;
 use crate::failure::{BatchFailure, FailedAt, FailureReason};
 use crate::processor::{ProcessorFactory, RecordProcessor};
-use crate::shard::progress::{is_lease_lost, record_seq};
+use crate::shard::progress::is_lease_lost;
 
 /// A failed `process` call.
 struct AttemptFailed {

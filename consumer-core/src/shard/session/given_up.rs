@@ -10,9 +10,9 @@ use super::Session;
 use crate::callback::Interrupted;
 use crate::error::{Error, Result};
 use crate::events::{DecodeFailed, Event, RecordsFailed, RecordsSkippedBeforeStart};
+use crate::failure::record_seq;
 use crate::failure::{FailedRecords, FailureReason};
 use crate::processor::{ProcessorFactory, RecordProcessor};
-use crate::shard::progress::record_seq;
 use crate::start_time::StartTimeSkip;
 
 impl<F: ProcessorFactory> Session<'_, F> {

@@ -24,7 +24,7 @@ use dynamodb_streams_leases::LeaseKey;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::fetch::{Fetched, FetchedPage};
+use super::page::{Fetched, FetchedPage};
 use super::progress::{PageEnds, Progress};
 use crate::budget::Reservation;
 use crate::callback::{Callbacks, Interrupted};
