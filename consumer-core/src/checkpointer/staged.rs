@@ -139,8 +139,14 @@ impl Checkpointer {
             error,
         };
         // The transaction is conditional on the stored checkpoint: no write may be in flight.
+        // A plain checkpoint write given up on a transient error (its answer lost) may have
+        // been applied: the stored position is read instead of failing the batch, whose
+        // records would go to the on-failure handler (explorer seed 2712).
         if let Err(error) = self.settle().await {
-            return Err(fail(first, error));
+            let transient = matches!(&error, Error::LeaseStore(e) if e.is_transient());
+            if !(transient && self.reread_stored().await) {
+                return Err(fail(first, error));
+            }
         }
         let mut transactions = transaction::split(&self.key, staged, &self.key_names)
             .map_err(|error| fail(first.clone(), error.into()))?;
@@ -211,9 +217,14 @@ impl Checkpointer {
         let count = writes.len();
         let checkpoint = Checkpoint::At(checkpoint.clone());
         if let Err(error) = self.send_transaction(&checkpoint, writes).await {
-            // Given up on a transient error: it may have committed all the same.
-            self.unsure_of_stored |= matches!(&error, Error::LeaseStore(e) if e.is_transient());
-            return Err(error);
+            // Given up on a transient error: it may have committed all the same (its
+            // answer lost). One consistent read tells; a committed batch is not a failure
+            // (its records would go to the on-failure handler, explorer seed 2712).
+            let transient = matches!(&error, Error::LeaseStore(e) if e.is_transient());
+            if !(transient && self.committed_after_all(&checkpoint).await) {
+                self.unsure_of_stored |= transient;
+                return Err(error);
+            }
         }
         TransactionCommitted {
             stream_arn: &self.key.stream,
@@ -229,6 +240,47 @@ impl Checkpointer {
             self.pending = None;
         }
         Ok(())
+    }
+
+    /// This pipeline's (or the lease's) stored position, read consistently, if the lease
+    /// is still ours; `None` when it is not or the read failed.
+    async fn read_stored(&self) -> Option<Checkpoint> {
+        let lease = self.store.get_lease(&self.key).await.ok()??;
+        if lease.ownership().as_ref() != Some(&self.ownership) {
+            return None;
+        }
+        // A pipeline's position is its own attribute of the lease.
+        match &self.pipeline {
+            Some(name) => lease.pipelines.get(name).cloned(),
+            None => Some(lease.checkpoint),
+        }
+    }
+
+    /// After a checkpoint write whose outcome is unknown: takes the stored position as
+    /// read (what the next transaction is conditional on). Whether it could.
+    async fn reread_stored(&mut self) -> bool {
+        let Some(stored) = self.read_stored().await else {
+            return false;
+        };
+        tracing::warn!(shard_id = %self.key.shard_id, %stored, "a checkpoint write's answer was lost; going on from the stored position");
+        self.stored = stored;
+        if self.pending.as_ref() <= self.stored.sequence_number() {
+            self.pending = None;
+        }
+        true
+    }
+
+    /// Whether the lease, read consistently, is still ours and checkpointed at or past
+    /// `checkpoint`: a transaction whose answer was lost did commit. A failed read says no.
+    async fn committed_after_all(&self, checkpoint: &Checkpoint) -> bool {
+        let committed = matches!(
+            (self.read_stored().await, checkpoint),
+            (Some(Checkpoint::At(found)), Checkpoint::At(wanted)) if found >= *wanted
+        );
+        if committed {
+            tracing::warn!(shard_id = %self.key.shard_id, %checkpoint, "a transaction whose answer was lost had committed");
+        }
+        committed
     }
 
     /// One transaction, retried on transient errors (a retry of one that did commit is

@@ -17,7 +17,7 @@
 mod checkpoints;
 mod distribute;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore, PipelineCheckpoints, Result};
 use futures::StreamExt;
@@ -260,9 +260,7 @@ pub(crate) async fn deliver<F: ProcessorFactory>(
     let runtime = &task.runtime;
     let pipelines = &runtime.pipelines;
     let names = pipelines.iter().map(|p| p.name().to_owned());
-    let positions = Arc::new(Positions {
-        durable: Mutex::new(names.zip(own.iter().cloned()).collect()),
-    });
+    let positions = Arc::new(Positions::new(names.zip(own.iter().cloned()).collect()));
     let lost = signals.lost.child_token();
     let release = signals.release.child_token();
     let local = ShardSignals {

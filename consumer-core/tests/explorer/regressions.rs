@@ -99,6 +99,17 @@ fn a_lease_taken_for_a_worker_whose_hint_failed_is_not_forgotten() {
     holds(2451, Space::parse("snapshots").expect("a space"));
 }
 
+/// Seed 2712 (`snapshots`, staged writes): a plain checkpoint written in the background
+/// was applied but its answer lost; the next batch's transaction waits for that write, got
+/// its error, and failed the batch although its `process` returned `Ok`: the record went
+/// to the on-failure handler as retries-exhausted (invariant 1). Fixed in
+/// `checkpointer/staged.rs` (`commit_staged` reads the stored position after such a write
+/// instead of failing; a transaction given up the same way is read back too).
+#[test]
+fn a_lost_checkpoint_answer_does_not_fail_the_next_transaction() {
+    holds(2712, Space::parse("snapshots").expect("a space"));
+}
+
 /// Seed 821 (found by `make explore SEEDS=2000` in the widened space): the leader, whose
 /// link was throttled, handed a lease over to a worker (a take on its behalf, not
 /// announced) and could not write the hint; it was fenced, and no one told the new owner,

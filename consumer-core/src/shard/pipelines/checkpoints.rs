@@ -40,12 +40,34 @@ fn is_behind(a: &Checkpoint, b: &Checkpoint) -> bool {
 /// The checkpoints of a lease's pipelines as stored (acknowledged writes only): the read
 /// position written with a pipeline's checkpoint is the slowest of these, so it never gets
 /// ahead of a checkpoint that is not stored yet.
+///
+/// The pipelines' writes to the lease take turns ([`Positions::turn`]): each computes the
+/// read position from the others' stored checkpoints and writes it, so two writes at once
+/// would each take the other's previous checkpoint, and the last to land would leave the
+/// read position behind both (behind `SHARD_END` when they were the pipelines' last: a
+/// segment, or a shard, that never ends for the lease table, so the stream never starts
+/// after a snapshot, or children never do). In turns, the last write knows every other.
 #[derive(Debug)]
 pub(super) struct Positions {
-    pub durable: Mutex<BTreeMap<String, Checkpoint>>,
+    durable: Mutex<BTreeMap<String, Checkpoint>>,
+    /// Held by a pipeline's write from computing the read position until it is stored.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl Positions {
+    /// The pipelines' checkpoints as stored when the lease's delivery starts.
+    pub(super) fn new(durable: BTreeMap<String, Checkpoint>) -> Self {
+        Self {
+            durable: Mutex::new(durable),
+            writing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Waits for this pipeline's turn to write to the lease (see [`Positions`]).
+    async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writing.lock().await
+    }
+
     /// Whether `checkpoint` is behind the pipeline's stored one: a pipeline that was ahead
     /// of the read position when a segment's Scan resumed from it is given pages it had
     /// done again, and its position never moves back (such a checkpoint is not written).
@@ -108,6 +130,7 @@ impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
         ownership: &Ownership,
         checkpoint: &Checkpoint,
     ) -> Result<Lease> {
+        let _turn = self.positions.turn().await;
         if self.positions.is_behind(&self.name, checkpoint) {
             let mut lease = self.lease.clone();
             lease.checkpoint = checkpoint.clone();
@@ -140,6 +163,7 @@ impl dynamodb_streams_leases::StoreWrapper for PipelineStore {
         checkpoint: &Checkpoint,
         writes: Vec<aws_sdk_dynamodb::types::TransactWriteItem>,
     ) -> Result<()> {
+        let _turn = self.positions.turn().await;
         let update = self.positions.update(&self.name, checkpoint);
         self.inner
             .checkpoint_pipeline_with_writes(
