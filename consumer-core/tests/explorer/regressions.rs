@@ -167,3 +167,14 @@ fn a_throttled_commit_never_sends_a_processed_record_to_the_handler() {
 fn a_commit_after_a_given_up_batch_fails_without_losing_the_next_batch() {
     holds(8256, Space::NOW);
 }
+
+/// Seed 6085 (`slow_handoffs`): a shard of a table's stream ended while the lease table was
+/// frozen, so its children got no leases; the table's stream was then disabled and enabled
+/// again, and the old stream, all of whose leases were at `SHARD_END`, was retired with
+/// those children never read: the new stream's record for a key ran before the old
+/// stream's. Fixed in `shard_sync.rs` (`retire_replaced_streams` syncs a replaced stream
+/// first and retires it only when every shard has a finished lease).
+#[test]
+fn a_replaced_stream_is_retired_only_after_every_shard_of_it_is_read() {
+    holds(6085, Space::parse("slow_handoffs").expect("a space"));
+}
