@@ -468,8 +468,14 @@ impl Leader {
                     tracing::warn!(%stream_arn, %error, "shard sync failed");
                 }
             }
-            if let Err(error) =
-                shard_sync::retire_replaced_streams(store.as_ref(), &leases, &current).await
+            if let Err(error) = shard_sync::retire_replaced_streams(
+                api.as_ref(),
+                &store,
+                &leases,
+                &current,
+                initial,
+            )
+            .await
             {
                 tracing::warn!(%error, "cannot retire a replaced stream");
             }

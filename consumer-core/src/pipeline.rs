@@ -30,6 +30,19 @@ fn no_process(_: ChangeBatch<IgnoredAny>) -> Ready<Result<(), BoxError>> {
     ))
 }
 
+impl Pipelines {
+    /// Where a lease's shared read stands, given its pipelines' checkpoints: the one
+    /// furthest behind, `None` when there are none. Snapshot segment positions (`SCAN:`)
+    /// are ordered by the items scanned, shard positions as
+    /// [`pipeline::slowest`](dynamodb_streams_leases::pipeline::slowest) orders them. The
+    /// rule the consumer writes each lease's `checkpoint` by, for tools that rank pipelines.
+    pub fn read_position<'a>(
+        checkpoints: impl IntoIterator<Item = &'a dynamodb_streams_leases::Checkpoint>,
+    ) -> Option<dynamodb_streams_leases::Checkpoint> {
+        crate::shard::pipelines::read_position(checkpoints)
+    }
+}
+
 impl ProcessorFactory for Pipelines {
     type Processor = FnProcessor<IgnoredAny, NoProcess>;
 

@@ -305,13 +305,22 @@ async fn finish_snapshot_gate(
 }
 
 /// Retires the streams that their table's `current` stream replaced once every one of their
-/// shard leases is at `SHARD_END`: deletes the gates that wait for them (so the current
+/// shards has a lease at `SHARD_END`: deletes the gates that wait for them (so the current
 /// stream's roots start, like children of a finished parent), then their leases, which no
-/// sync recreates (only current streams are synced). Returns how many streams were retired.
+/// sync recreates (only current streams and replaced ones still holding leases are
+/// synced). Returns how many streams were retired.
+///
+/// A replaced stream is synced first, like a current one: a shard that ended while the
+/// lease table was out of reach has children without leases, and "all leases finished"
+/// would then retire the stream with those children never read, letting the new stream's
+/// records for their keys run first (issue 15, explorer seed 6085). A stream whose sync
+/// created a lease, or could not list its shards, is not finished.
 pub(crate) async fn retire_replaced_streams(
-    store: &dyn LeaseStore,
+    api: &dyn StreamsApi,
+    store: &Arc<dyn LeaseStore>,
     leases: &[Lease],
     current: &[String],
+    initial: InitialPosition,
 ) -> Result<usize> {
     let mut streams: Vec<&str> = leases
         .iter()
@@ -323,11 +332,30 @@ pub(crate) async fn retire_replaced_streams(
     let mut retired = 0;
     for old in streams {
         let replaced = current.iter().any(|c| is_replaced_by(old, c));
+        if !replaced {
+            continue;
+        }
+        let every_shard_leased = match sync_stream(
+            api,
+            store,
+            old,
+            leases,
+            initial,
+            Contention::Alone,
+        )
+        .await
+        {
+            Ok(report) => report.created == 0,
+            Err(error) => {
+                tracing::warn!(stream_arn = old, %error, "cannot sync a replaced stream; it stays until a sync lists its shards");
+                false
+            }
+        };
         let finished = leases
             .iter()
             .filter(|l| l.key.stream == old && !l.key.is_coordination())
             .all(|l| l.checkpoint == Checkpoint::ShardEnd);
-        if !replaced || !finished {
+        if !every_shard_leased || !finished {
             continue;
         }
         for gate in leases.iter().filter(|l| l.key.gated_stream() == Some(old)) {

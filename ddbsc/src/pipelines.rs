@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::Table;
-use dynamodb_streams_leases::pipeline::slowest;
+use dynamodb_streams_consumer::Pipelines;
 use dynamodb_streams_leases::{Checkpoint, Lease, LeaseStore};
 use serde_json::{Value, json};
 
@@ -75,7 +75,8 @@ fn summarize(leases: &[Lease], live: &Liveness) -> BTreeMap<String, Summary> {
                 summary.finished += 1;
             }
             let others_ahead = lease.pipelines.values().any(|other| other != checkpoint);
-            if others_ahead && slowest(lease.pipelines.values()).as_ref() == Some(checkpoint) {
+            let slowest = Pipelines::read_position(lease.pipelines.values());
+            if others_ahead && slowest.as_ref() == Some(checkpoint) {
                 summary.holding_back += 1;
             }
         }
@@ -252,4 +253,36 @@ async fn drop_from_owned(
     let ownership = removed.ownership().unwrap_or(ownership);
     store.release_lease(&lease.key, &ownership).await?;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use dynamodb_streams_leases::LeaseKey;
+
+    use super::*;
+
+    /// A snapshot segment lease whose pipelines scanned different numbers of items: the one
+    /// that scanned fewer holds the read back (`SCAN:` positions used to compare equal, so
+    /// neither or both were counted).
+    #[test]
+    fn on_a_segment_the_pipeline_that_scanned_fewer_items_holds_the_read_back() {
+        let scan = |items: u64| Checkpoint::Scan(format!(r#"{{"items":{items},"after":null}}"#));
+        let mut lease = Lease::new(
+            LeaseKey::new(
+                "arn:aws:dynamodb:eu-west-1:1:table/t/stream/s",
+                "snapshot-0-of-2",
+            ),
+            scan(10),
+            Vec::new(),
+        );
+        lease.pipelines.insert("search".into(), scan(10));
+        lease.pipelines.insert("cache".into(), scan(40));
+        let live = Liveness::from_stored_times(&[], Duration::from_secs(15), SystemTime::now());
+        let pipelines = summarize(&[lease], &live);
+        assert_eq!(pipelines["search"].holding_back, 1);
+        assert_eq!(pipelines["cache"].holding_back, 0);
+    }
 }

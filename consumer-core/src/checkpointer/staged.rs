@@ -21,6 +21,23 @@ pub(crate) struct CommitFailed {
     pub error: Error,
 }
 
+impl CommitFailed {
+    /// Whether the records' own writes are at fault (refused by their conditions, or too
+    /// many for one transaction): only then is the failure the record's, counted against
+    /// `max_retries` and handed to the on-failure handler. Any other failure (throttling
+    /// past the store's retries, an outage) is the store's: the records were processed
+    /// `Ok`, so they are delivered again later, never given up for it.
+    pub fn is_the_records(&self) -> bool {
+        matches!(
+            self.error,
+            Error::LeaseStore(
+                dynamodb_streams_leases::Error::TransactionCanceled { .. }
+                    | dynamodb_streams_leases::Error::TransactionTooLarge { .. }
+            )
+        )
+    }
+}
+
 impl Checkpointer {
     /// Stages DynamoDB writes (to any table of the lease table's account and region) for
     /// the record `seq` of the batch being processed. They are committed together with the

@@ -13,6 +13,7 @@ use dynamodb_streams_leases::{Error, Lease, LeaseKey, LeaseStore, Result};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod bill;
 mod cost;
 mod forward;
 mod op;

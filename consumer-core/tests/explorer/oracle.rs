@@ -187,6 +187,15 @@ pub fn filtered_out(modulus: Option<u64>, event_id: &str) -> bool {
 }
 
 impl State {
+    /// " p0" for the oracle of pipeline p0, "" without pipelines: journal lines name the
+    /// pipeline whose call or handler they record.
+    fn pipeline_tag(&self) -> String {
+        self.pipeline
+            .as_ref()
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default()
+    }
+
     fn violate(&mut self, invariant: &'static str, detail: String) {
         self.journal
             .push(format!("VIOLATION {invariant}: {detail}"));
@@ -446,11 +455,7 @@ impl Oracle {
         let id = state.next_call;
         state.next_call += 1;
         let worker_paused = state.paused.contains(&ctx.worker_id);
-        let tag = state
-            .pipeline
-            .as_ref()
-            .map(|p| format!(" {p}"))
-            .unwrap_or_default();
+        let tag = state.pipeline_tag();
         state.journal.push(format!(
             "call{tag} {id} start {} {} epoch {} [{}]",
             ctx.lease_owner,
@@ -603,11 +608,7 @@ impl Oracle {
         let Some(call) = state.calls.remove(&id) else {
             return;
         };
-        let tag = state
-            .pipeline
-            .as_ref()
-            .map(|p| format!(" {p}"))
-            .unwrap_or_default();
+        let tag = state.pipeline_tag();
         state.journal.push(format!("call{tag} {id} end {end:?}"));
         let succeeded = match &end {
             CallEnd::Ok => call.changes.len(),
@@ -645,8 +646,9 @@ impl Oracle {
         let calls = state.handler_calls.entry(first.clone()).or_default();
         *calls += 1;
         let accept = *calls > failures;
+        let tag = state.pipeline_tag();
         state.journal.push(format!(
-            "handler {} {} [{}] {}",
+            "handler{tag} {} {} [{}] {}",
             failed.reason,
             failed.shard_id,
             failed

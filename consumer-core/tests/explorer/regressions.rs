@@ -138,3 +138,43 @@ fn a_hint_the_leader_could_not_write_is_sent_again() {
 fn a_snapshot_gate_left_open_is_finished_by_the_shard_sync() {
     holds(857, Space::NOW);
 }
+
+/// Seed 5010 (two pipelines, staged writes, `max_retries` 0, the lease-table link
+/// throttled): p0's `process` returned `Ok` for records 225..228, then the commit of their
+/// staged writes failed on the throttled link (after the store's own retries); the failure
+/// policy took that for a partial failure at record 225, counted it against `max_retries`
+/// and handed 225 to p0's handler as retries-exhausted (its `process` never failed), then
+/// delivered 226..228 again. Not the oracle mixing pipelines: the handler was p0's own (the
+/// journal's handler lines now name their pipeline). Fixed in `checkpointer/staged.rs`
+/// (`CommitFailed::is_the_records`) and `shard/session/attempts.rs` (a commit failure that
+/// is the store's is redelivered after a pause, never given up to the handler).
+#[test]
+fn a_commit_the_store_failed_is_redelivered_not_given_up() {
+    holds(5010, Space::NOW);
+}
+
+/// Seed 6734 (three pipelines): the same defect as seed 5010 on p2, the commit of a
+/// single-record batch failing on the checkpoint write the throttled link refused.
+#[test]
+fn a_throttled_commit_never_sends_a_processed_record_to_the_handler() {
+    holds(6734, Space::NOW);
+}
+
+/// Seed 8256 (two pipelines, `Latest`): the same defect as seed 5010 in both pipelines,
+/// right after the handler took the batch before (its checkpoint write, throttled, failed
+/// the next batch's commit).
+#[test]
+fn a_commit_after_a_given_up_batch_fails_without_losing_the_next_batch() {
+    holds(8256, Space::NOW);
+}
+
+/// Seed 6085 (`slow_handoffs`): a shard of a table's stream ended while the lease table was
+/// frozen, so its children got no leases; the table's stream was then disabled and enabled
+/// again, and the old stream, all of whose leases were at `SHARD_END`, was retired with
+/// those children never read: the new stream's record for a key ran before the old
+/// stream's. Fixed in `shard_sync.rs` (`retire_replaced_streams` syncs a replaced stream
+/// first and retires it only when every shard has a finished lease).
+#[test]
+fn a_replaced_stream_is_retired_only_after_every_shard_of_it_is_read() {
+    holds(6085, Space::parse("slow_handoffs").expect("a space"));
+}

@@ -28,6 +28,10 @@ struct AttemptFailed {
     index: Option<usize>,
     /// ... and its sequence number: the staged writes of the records before it commit.
     at: Option<SequenceNumber>,
+    /// The records were processed `Ok`, but the commit of their staged writes failed for
+    /// a reason of the store's: they are delivered again after a pause, never counted
+    /// against `max_retries` nor given up to the on-failure handler.
+    store_fault: bool,
 }
 
 impl<F: ProcessorFactory> Session<'_, F> {
@@ -77,9 +81,10 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
             attempts += 1;
             let rest = from..tried.end;
+            let store_fault = failed.store_fault;
             let CallbackFailed { reason, error } = failed.failed;
-            let exhausted = max_retries.is_some_and(|max| attempts > max);
-            if bisect && partial_at.is_none() && rest.len() > 1 {
+            let exhausted = !store_fault && max_retries.is_some_and(|max| attempts > max);
+            if bisect && !store_fault && partial_at.is_none() && rest.len() > 1 {
                 let mid = rest.start + rest.len() / 2;
                 todo.push_front(mid..rest.end);
                 todo.push_front(rest.start..mid);
@@ -173,6 +178,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                         },
                         index,
                         at,
+                        store_fault: false,
                     }
                 }
                 Err(source) => AttemptFailed {
@@ -182,6 +188,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     },
                     index: None,
                     at: None,
+                    store_fault: false,
                 },
             }),
             called => match self.callbacks.failure("process", called) {
@@ -190,6 +197,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     failed,
                     index: None,
                     at: None,
+                    store_fault: false,
                 }),
             },
         };
@@ -220,7 +228,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
 
     /// Commits the DynamoDB writes `process` staged (exactly-once) for the records that
     /// succeeded, with the checkpoint. A commit that fails makes the records from the first
-    /// uncommitted one fail (a partial batch failure), so the failure policy retries them.
+    /// uncommitted one fail (a partial batch failure), so the failure policy retries them;
+    /// only a commit their own writes broke can give them up (see `CommitFailed`).
     async fn commit_staged(
         &mut self,
         result: Result<(), AttemptFailed>,
@@ -240,6 +249,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 let index = records
                     .iter()
                     .position(|r| record_seq(r).as_ref() == Some(&failed.first_uncommitted));
+                let store_fault = !failed.is_the_records();
                 Ok(Err(AttemptFailed {
                     failed: CallbackFailed {
                         reason: FailureReason::RetriesExhausted,
@@ -247,6 +257,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     },
                     index,
                     at: Some(failed.first_uncommitted),
+                    store_fault,
                 }))
             }
             Ok(Err(_)) | Err(_) => {
