@@ -178,3 +178,14 @@ fn a_commit_after_a_given_up_batch_fails_without_losing_the_next_batch() {
 fn a_replaced_stream_is_retired_only_after_every_shard_of_it_is_read() {
     holds(6085, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Seed 18896 (`slow_handoffs`: an 8 KB memory budget, one-record pages, a 2.6 s batching
+/// window): every page reserved the whole budget (the 64 KB floor of a reservation), so one
+/// page was in flight at a time and every batching window waited out in full for records
+/// the fetch task could not ask for: one record per window, and the backlog did not drain
+/// within the bound. Seed 19012 (pipelines) was the same. Fixed in `budget.rs`
+/// (`least_reservation`: at most a quarter of the budget).
+#[test]
+fn a_small_memory_budget_still_fills_a_batching_window() {
+    holds(18896, Space::parse("slow_handoffs").expect("a space"));
+}
