@@ -5,7 +5,8 @@
 //! so one [`ByteBudget`] is shared by every shard of a worker:
 //!
 //! - before a GetRecords call, the fetch task reserves what the shard's last page with
-//!   records cost, plus a quarter (at least [`MIN_RESERVATION`]; [`FULL_PAGE_COST`] before
+//!   records cost, plus a quarter (at least [`MIN_RESERVATION`], or a quarter of a smaller
+//!   budget; [`FULL_PAGE_COST`] before
 //!   the first one): the page about to arrive is paid for before it is in memory, and
 //!   reservations wait, first come first served, while the budget is spent;
 //! - once the page is in hand, the reservation is settled to the page's cost without
@@ -85,6 +86,15 @@ impl ByteBudget {
     /// The whole budget.
     pub(crate) fn total(&self) -> u64 {
         self.shared.total
+    }
+
+    /// The least a fetch task reserves before a GetRecords call: [`MIN_RESERVATION`], but
+    /// at most a quarter of the budget. A floor as big as a small budget made every page
+    /// take all of it: one page in flight per worker, so a batching window waited out in
+    /// full for records the fetch task could not ask for (one record per window; explorer
+    /// seed 18896 did not drain).
+    pub(crate) fn least_reservation(&self) -> u64 {
+        MIN_RESERVATION.min(self.shared.total / 4).max(1)
     }
 
     /// Bytes not reserved right now (negative while overdrawn).
@@ -188,6 +198,12 @@ impl Drop for Reservation {
 }
 
 impl Reservation {
+    /// The least reservation of the budget this was taken from
+    /// ([`ByteBudget::least_reservation`]).
+    pub(crate) fn least_reservation(&self) -> u64 {
+        self.budget.least_reservation()
+    }
+
     /// Bytes held.
     #[cfg(test)]
     pub(crate) fn bytes(&self) -> u64 {

@@ -21,7 +21,7 @@ use crate::error::Result;
 
 const CLIENT_ENDPOINT: &str = "the endpoint configured on the DynamoDB client";
 
-/// A [`LeaseStore`] in a DynamoDB table.
+/// A [`LeaseStore`](crate::LeaseStore) in a DynamoDB table.
 #[derive(Clone)]
 pub struct DynamoDbLeaseStore {
     pub(super) client: Client,

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use aws_sdk_dynamodbstreams::types::Record;
 use dynamodb_streams_leases::{Checkpoint, SequenceNumber};
 
-use crate::budget::{ByteBudget, FULL_PAGE_COST, MIN_RESERVATION, Reservation, page_cost};
+use crate::budget::{ByteBudget, FULL_PAGE_COST, Reservation, page_cost};
 use crate::error::Error;
 use crate::failure::record_seq;
 use crate::processor::DataLoss;
@@ -104,7 +104,8 @@ impl FetchedPage {
         if !settled {
             let cost = page_cost(records.iter().map(Arc::as_ref));
             // Pages of a shard vary: a margin keeps overdrafts rare.
-            expected.store((cost + cost / 4).max(MIN_RESERVATION), Ordering::Relaxed);
+            let least = reservation.least_reservation();
+            expected.store((cost + cost / 4).max(least), Ordering::Relaxed);
             reservation.settle(cost);
         }
         (records, reservation, end)
@@ -119,6 +120,8 @@ impl FetchedPage {
 /// than the guess is settled as an overdraft (see `crate::budget`).
 pub(crate) fn first_expected_cost(budget: &ByteBudget) -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(
-        FULL_PAGE_COST.min(budget.total() / 4).max(MIN_RESERVATION),
+        FULL_PAGE_COST
+            .min(budget.total() / 4)
+            .max(budget.least_reservation()),
     ))
 }

@@ -944,13 +944,15 @@ async fn a_segment_missing_from_a_stale_scan_keeps_the_gate_open() {
     assert_eq!(gate.checkpoint, Checkpoint::TrimHorizon);
 }
 
-/// A table's stream disabled and enabled again while the application consumes the older
-/// one (explorer seeds 1329, 1519, 1920, 1942): a worker starting then must not snapshot the
-/// new stream, whose roots would wait for that snapshot's gate only and deliver the new
-/// stream's records before the older stream's; the shard sync starts them behind the older
-/// stream's gate.
-#[tokio::test(start_paused = true)]
-async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
+/// A table whose stream was snapshotted, then disabled and enabled again: the simulated
+/// stream, the lease store, the snapshot settings, the older stream and the new one.
+async fn reenabled_after_a_snapshot() -> (
+    SimulatedStream,
+    Arc<dyn LeaseStore>,
+    SnapshotConfig,
+    String,
+    String,
+) {
     let (sim, old) = split_stream(26);
     let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
     let config = SnapshotConfig::new().with_segments(2);
@@ -958,6 +960,17 @@ async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
         .await
         .unwrap();
     let new = sim.reenable_stream("orders").unwrap();
+    (sim, store, config, old, new)
+}
+
+/// A table's stream disabled and enabled again while the application consumes the older
+/// one (explorer seeds 1329, 1519, 1920, 1942): a worker starting then must not snapshot the
+/// new stream, whose roots would wait for that snapshot's gate only and deliver the new
+/// stream's records before the older stream's; the shard sync starts them behind the older
+/// stream's gate.
+#[tokio::test(start_paused = true)]
+async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
+    let (sim, store, config, old, new) = reenabled_after_a_snapshot().await;
     prepare(&sim, &store, &config, &new, Some("orders"), &[])
         .await
         .unwrap();
@@ -999,13 +1012,7 @@ async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
 /// made before it, deletions included, so the sink would keep an item deleted meanwhile.
 #[tokio::test(start_paused = true)]
 async fn a_stream_enabled_again_gets_no_second_snapshot() {
-    let (sim, old) = split_stream(26);
-    let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
-    let config = SnapshotConfig::new().with_segments(2);
-    prepare(&sim, &store, &config, &old, Some("orders"), &[])
-        .await
-        .unwrap();
-    let new = sim.reenable_stream("orders").unwrap();
+    let (sim, store, config, old, new) = reenabled_after_a_snapshot().await;
     for retired in [false, true] {
         if retired {
             for lease in stream_leases(&store, &old).await {

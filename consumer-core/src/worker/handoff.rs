@@ -145,13 +145,14 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// Hands over a lease this worker owns but does not run: one take on the requester's
     /// behalf, conditional on this worker's ownership (not announced, like [`Self::hand_over`]).
+    /// Whether it was handed over.
     pub(super) async fn hand_over_unreleased(
         &self,
         undelivered: &mut Undelivered,
         key: &LeaseKey,
         ownership: &Ownership,
         to: &str,
-    ) {
+    ) -> bool {
         match self
             .announcer
             .inner()
@@ -161,8 +162,12 @@ impl<F: ProcessorFactory> Worker<F> {
             Ok(_) => {
                 tracing::info!(lease = %key, %to, "idle lease handed over");
                 self.hint(undelivered, to, key).await;
+                true
             }
-            Err(error) => tracing::debug!(lease = %key, %to, %error, "handover not done"),
+            Err(error) => {
+                tracing::debug!(lease = %key, %to, %error, "handover not done");
+                false
+            }
         }
     }
 

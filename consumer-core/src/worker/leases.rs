@@ -95,10 +95,18 @@ impl<F: ProcessorFactory> Worker<F> {
             lease.ownership(),
         ) {
             // Not running (waiting for parents or a retry): nothing to finish, hand it
-            // over at once.
-            state.mine.remove(&key);
-            self.hand_over_unreleased(&mut state.undelivered, &key, &ownership, &to)
-                .await;
+            // over at once. Kept as mine until that write succeeds (`start_ready` skips a
+            // lease asked for), so the next read of it (a hint, the self audit) tries
+            // again: dropped on a failed write, the lease stayed with this live worker,
+            // which ran it no more, and nobody else could take it (explorer seed 13898).
+            if self
+                .hand_over_unreleased(&mut state.undelivered, &key, &ownership, &to)
+                .await
+            {
+                state.mine.remove(&key);
+            } else {
+                state.mine.insert(key, lease);
+            }
             return;
         }
         if !state.mine.contains_key(&key) {

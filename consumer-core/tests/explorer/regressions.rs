@@ -178,3 +178,25 @@ fn a_commit_after_a_given_up_batch_fails_without_losing_the_next_batch() {
 fn a_replaced_stream_is_retired_only_after_every_shard_of_it_is_read() {
     holds(6085, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Seed 18896 (`slow_handoffs`: an 8 KB memory budget, one-record pages, a 2.6 s batching
+/// window): every page reserved the whole budget (the 64 KB floor of a reservation), so one
+/// page was in flight at a time and every batching window waited out in full for records
+/// the fetch task could not ask for: one record per window, and the backlog did not drain
+/// within the bound. Seed 19012 (pipelines) was the same. Fixed in `budget.rs`
+/// (`least_reservation`: at most a quarter of the budget).
+#[test]
+fn a_small_memory_budget_still_fills_a_batching_window() {
+    holds(18896, Space::parse("slow_handoffs").expect("a space"));
+}
+
+/// Seed 13898 (`slow_handoffs`, a snapshot): a worker held a lease still waiting for its
+/// parent (the snapshot's gate) when a handoff was asked for; its link throttled, the
+/// hand-over write failed, and the worker forgot the lease anyway: it stayed owned by a
+/// live worker that ran it no more, the leader never forces a live owner, and its records
+/// stayed pending. Fixed in `worker/leases.rs` (`reconcile` keeps the lease until the
+/// hand-over write succeeds, so the next read of it tries again).
+#[test]
+fn a_failed_handover_of_a_waiting_lease_is_tried_again() {
+    holds(13898, Space::parse("slow_handoffs").expect("a space"));
+}
