@@ -2,7 +2,8 @@
 //! entry once it stopped heartbeating for `failover_time`, so the membership items do not
 //! grow with every crash; a worker whose membership item is full joins under another
 //! incarnation id, and one that finds every item full is refused with an error naming the
-//! item and its limit.
+//! item and its limit; workers started together read the coordination item evenly over
+//! its interval, not all in the same second.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use common::{Cluster, Row};
 use dynamodb_streams_consumer::Consumer;
-use dynamodb_streams_consumer::testkit::{Recording, SimulatedStream};
+use dynamodb_streams_consumer::testkit::{Recording, SimConfig, SimulatedStream};
 use dynamodb_streams_leases::{
     InMemoryLeaseStore, LeaseStore, MEMBERS_PER_SHARD, MEMBERSHIP_SHARDS, membership_shard,
 };
@@ -163,4 +164,44 @@ async fn a_worker_that_finds_every_membership_item_full_is_refused_clearly() {
             && error.contains(&format!("{MEMBERS_PER_SHARD} workers")),
         "{error}"
     );
+}
+
+/// Workers started in the same instant (a cold start, a deployment) read the coordination
+/// item evenly over its interval, not all in the same second (issue 17: at 1,000 workers its
+/// busiest second was four times its average, 500 read units, past a tenth of a
+/// partition). Before the reads were spread, 300 workers started together read it on the
+/// same tick: the busiest second was twice the average.
+#[test]
+fn workers_started_together_read_the_coordination_item_evenly() {
+    let ((), _) = common::run_recorded(|_| async {
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: 300,
+            ..SimConfig::with_seed(17)
+        });
+        sim.add_table("orders");
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let mut cluster = Cluster::new(&sim, store.clone());
+        for n in 0..300 {
+            cluster.start(&format!("w{n:03}"));
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        cluster.billing.reset_item_units();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let (items, over) = cluster.billing.item_units();
+        let coordination = items
+            .iter()
+            .find(|i| i.item == "coordination")
+            .expect("the coordination item was read");
+        let average = coordination.read_units / over.as_secs_f64();
+        println!(
+            "coordination item: {average:.1} read units/s on average, busiest second {:.1}",
+            coordination.peak_read_units
+        );
+        assert!(
+            coordination.peak_read_units <= 1.5 * average,
+            "busiest second {:.1} read units against {average:.1} on average",
+            coordination.peak_read_units
+        );
+        cluster.stop_all().await;
+    });
 }

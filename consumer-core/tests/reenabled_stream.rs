@@ -60,7 +60,12 @@ async fn a_reenabled_stream_is_picked_up_after_the_old_one_finished() {
         .unwrap();
     let (writer, watched) = (sim.clone(), log.clone());
     let done = async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The stream is replaced once the consumer reads the old one (its first shard sync
+        // waits for a leader, whose first read of the coordination item is spread over a
+        // scan interval): a stream replaced before that sync is not this test's case.
+        while watched.is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let new = writer.reenable_stream("orders").unwrap();
         for n in 1000..1060 {
             writer

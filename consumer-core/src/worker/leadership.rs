@@ -18,6 +18,12 @@ use crate::processor::ProcessorFactory;
 /// partition serves) however many workers poll it.
 const COORDINATION_READS_PER_SECOND: f64 = 300.0;
 
+/// Each read of the coordination item is scheduled this fraction of its interval earlier
+/// or later, at random: workers that started in the same second (a cold start, a
+/// deployment) drift apart within a few reads instead of all reading in the same second
+/// for ever, which made the item's busiest second four times its average.
+const COORDINATION_JITTER: f64 = 0.5;
+
 /// The longest a worker that finds no leader waits before it claims the role: workers
 /// starting together spread their claims over this, so that one wins and the others see it.
 const CLAIM_SPREAD: Duration = Duration::from_millis(250);
@@ -29,12 +35,14 @@ impl<F: ProcessorFactory> Worker<F> {
         // Taken before the read: a failed read must not leave a due claim that wakes the
         // loop again at once.
         let claim_due = state.claim_at.take_if(|at| Instant::now() >= *at).is_some();
+        // A failed read is retried a scan interval later (reads are woken off the tick).
+        state.next_coordination = Instant::now() + self.shared.config.scan_interval;
         let coordination = self.shared.store.coordination().await?;
         let now = Instant::now();
         let me = state.incarnation.id.clone();
         let every =
             Duration::from_secs_f64(coordination.workers as f64 / COORDINATION_READS_PER_SECOND);
-        state.next_coordination = now + every.max(self.shared.config.scan_interval);
+        state.next_coordination = now + self.jittered(every.max(self.shared.config.scan_interval));
         match coordination.leader {
             Some(leader) if leader.worker_id == me => Ok(()),
             Some(leader) => {
@@ -65,6 +73,22 @@ impl<F: ProcessorFactory> Worker<F> {
                 }
             },
         }
+    }
+
+    /// `interval` moved earlier or later by up to [`COORDINATION_JITTER`] of it, at random:
+    /// the mean stays `interval`, so the item's average load does not change.
+    fn jittered(&self, interval: Duration) -> Duration {
+        let unit = (self.shared.api.random_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        interval.mul_f64(1.0 - COORDINATION_JITTER + 2.0 * COORDINATION_JITTER * unit)
+    }
+
+    /// When a new incarnation first reads the coordination item: at a random instant
+    /// within the first scan interval, so that workers starting together do not all read
+    /// it in the same second. Leases do not wait for it (the leader assigns them through
+    /// the inbox); only a claim of the leader's role, when none is named, comes later.
+    pub(super) fn first_coordination(&self) -> Instant {
+        let spread = self.shared.config.scan_interval.as_millis().max(1) as u64;
+        Instant::now() + Duration::from_millis(self.shared.api.random_u64() % spread)
     }
 
     /// Names this worker the leader (conditional: none named, or `replacing`, judged dead).

@@ -115,7 +115,7 @@ struct State {
 }
 
 impl State {
-    fn new(incarnation: Incarnation, failover_time: Duration) -> Self {
+    fn new(incarnation: Incarnation, failover_time: Duration, first_coordination: Instant) -> Self {
         Self {
             incarnation,
             mine: BTreeMap::new(),
@@ -129,7 +129,7 @@ impl State {
             leader_liveness: Liveness::new(failover_time),
             leader: None,
             lead_now: false,
-            next_coordination: Instant::now(),
+            next_coordination: first_coordination,
             claim_at: None,
             next_self_audit: Instant::now() + AUDIT_INTERVAL,
         }
@@ -143,15 +143,21 @@ impl State {
         }
     }
 
-    /// When the loop must look at the leader next without waiting for its tick: a claim
-    /// that is due, the leader's counter going stale, or (leading) a worker's.
+    /// When the loop must look at the leader next without waiting for its tick: the
+    /// coordination item's next read, a claim that is due, the leader's counter going
+    /// stale, or (leading) a worker's. The reads are not aligned on the tick: workers
+    /// whose ticks coincide (started together) still spread them over the interval.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
         match &self.leader {
             Some(leader) => leader.next_expiry(now),
-            None => [self.claim_at, self.leader_liveness.next_expiry(now)]
-                .into_iter()
-                .flatten()
-                .min(),
+            None => [
+                Some(self.next_coordination),
+                self.claim_at,
+                self.leader_liveness.next_expiry(now),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
         }
     }
 }
@@ -182,7 +188,11 @@ impl<F: ProcessorFactory> Worker<F> {
             self.announcer.changes().clone(),
             scan_interval,
         )));
-        let mut state = State::new(incarnation, self.shared.config.failover_time);
+        let mut state = State::new(
+            incarnation,
+            self.shared.config.failover_time,
+            self.first_coordination(),
+        );
         let mut tick = tokio::time::interval(scan_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut leader_tick = tokio::time::interval(scan_interval / 2);
@@ -363,17 +373,15 @@ impl<F: ProcessorFactory> Worker<F> {
         }
     }
 
-    /// A worker's tick: hints not delivered yet, the leader when due, the inbox, parents
-    /// of waiting leases, and the shards that are ready.
+    /// A worker's tick: hints not delivered yet, the inbox, parents of waiting leases, and
+    /// the shards that are ready (the coordination item is read on its own schedule,
+    /// `State::next_wake`).
     async fn tick(&self, state: &mut State) -> Result<()> {
         let now = Instant::now();
         state
             .undelivered
             .retry(self.announcer.inner().as_ref())
             .await;
-        if state.leader.is_none() && now >= state.next_coordination {
-            self.watch_leader(state).await?;
-        }
         self.read_inbox(state).await?;
         if now >= state.next_self_audit {
             self.self_audit(state).await?;

@@ -34,7 +34,11 @@ impl<F: ProcessorFactory> Worker<F> {
         *state = State {
             done_parents: std::mem::take(&mut state.done_parents),
             undelivered: std::mem::take(&mut state.undelivered),
-            ..State::new(incarnation, self.shared.config.failover_time)
+            ..State::new(
+                incarnation,
+                self.shared.config.failover_time,
+                self.first_coordination(),
+            )
         };
         Ok(())
     }
