@@ -128,25 +128,34 @@ impl<F: ProcessorFactory> Consumer<F> {
                 self.pipelines.iter().map(|p| p.name().to_owned()).collect();
             for source in &streams {
                 // Idempotent, so run again whole after a transient failure: the lease
-                // table answered the start-up check, an outage now is waited out.
-                let prepared = retry::call(
-                    retry::joining(self.config.renew_interval),
-                    retry::is_retryable,
-                    || {
-                        crate::snapshot::prepare(
-                            self.api.as_ref(),
-                            &store,
-                            snapshot,
-                            &source.stream_arn,
-                            source.table.as_deref(),
-                            &pipelines,
-                        )
-                    },
-                );
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown => return Ok(()),
-                    prepared = prepared => prepared?,
+                // table answered the start-up check, an outage now is waited out. The
+                // first attempt is not raced against shutdown, so that a refusal (a
+                // KEYS_ONLY stream) is reported even to a worker asked to stop at once.
+                let prepare = || {
+                    crate::snapshot::prepare(
+                        self.api.as_ref(),
+                        &store,
+                        snapshot,
+                        &source.stream_arn,
+                        source.table.as_deref(),
+                        &pipelines,
+                    )
+                };
+                match prepare().await {
+                    Ok(()) => {}
+                    Err(e) if !retry::is_retryable(&e) => return Err(e),
+                    Err(_) => {
+                        let prepared = retry::call(
+                            retry::joining(self.config.renew_interval),
+                            retry::is_retryable,
+                            prepare,
+                        );
+                        tokio::select! {
+                            biased;
+                            _ = &mut shutdown => return Ok(()),
+                            prepared = prepared => prepared?,
+                        }
+                    }
                 }
             }
         }
