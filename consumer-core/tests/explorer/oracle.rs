@@ -74,6 +74,10 @@ struct Rec {
     failed_calls: u32,
     /// It went to the on-failure handler at least once.
     handled: bool,
+    /// The last call that included it failed on it: a redelivery (the checkpoint lagged)
+    /// that ended in the handler leaves the sink where the redelivery's earlier records
+    /// put it, older than this record's first `Ok` (seed 558).
+    last_call_failed: bool,
 }
 
 /// One change of a batch, as the processor saw it.
@@ -418,6 +422,7 @@ impl Oracle {
             finished: None,
             attempts: 0,
             failed_calls: 0,
+            last_call_failed: false,
             handled: false,
         });
     }
@@ -625,11 +630,13 @@ impl Oracle {
                     && change.kind != ChangeKind::Snapshot
                 {
                     state.finish(i, Finished::Ok);
+                    state.records[i].last_call_failed = false;
                 }
             } else if let Some(i) = index
                 && change.kind != ChangeKind::Snapshot
             {
                 state.records[i].failed_calls += 1;
+                state.records[i].last_call_failed = !matches!(end, CallEnd::Dropped);
             }
         }
     }
@@ -847,7 +854,9 @@ impl Oracle {
                 && state.passed_by_rule(last)
                 && state.plans.contains_key(&rec.stream);
             if !through_snapshot
-                && (rec.finished != Some(Finished::Ok) || !state.covers(&shard, &rec.seq))
+                && (rec.finished != Some(Finished::Ok)
+                    || rec.last_call_failed
+                    || !state.covers(&shard, &rec.seq))
             {
                 continue;
             }
