@@ -200,3 +200,14 @@ fn a_small_memory_budget_still_fills_a_batching_window() {
 fn a_failed_handover_of_a_waiting_lease_is_tried_again() {
     holds(13898, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Seed 47407: a table's stream was disabled and enabled again; the leader retired the
+/// finished old stream, deleted two of its leases, and its link throttled the next delete.
+/// Its next pass saw leases missing, synced the old stream and created them again at
+/// `TRIM_HORIZON`: their shards were read again from the start. Fixed in `shard_sync.rs`
+/// (`retire_replaced_streams` marks the stream retiring before any delete; a pass that
+/// finds the mark only deletes what is left).
+#[test]
+fn a_replaced_stream_retired_midway_never_gets_its_leases_back() {
+    holds(47407, Space::NOW);
+}
