@@ -348,11 +348,21 @@ impl Checkpointer {
 
     /// Waits for the background write, if any, and takes in its result; a failed one is
     /// pending again (unless a newer checkpoint is).
+    ///
+    /// Cancel-safe: the write is awaited in place and taken out only once it finished. A
+    /// caller dropped while waiting (a `flush` inside a `process` call that the batch
+    /// timeout cut) leaves it here, so the next write still waits for it. Taken out first,
+    /// it ran on unseen, the next write ran beside it, and the older one could land last
+    /// and move the checkpoint back (issue 15, explorer seed 48578).
     pub(crate) async fn settle(&mut self) -> Result<()> {
-        let Some((checkpoint, task)) = self.background.take() else {
+        let Some((_, task)) = self.background.as_mut() else {
             return Ok(());
         };
-        let result = match task.await {
+        let joined = task.await;
+        let Some((checkpoint, _)) = self.background.take() else {
+            return Ok(());
+        };
+        let result = match joined {
             Ok(result) => result,
             Err(joined) => {
                 return Err(Error::Internal {
@@ -564,6 +574,73 @@ mod tests {
         cp.flush().await.unwrap();
         assert_eq!(stored(&store).await, Checkpoint::At(seq(2)));
         assert!(cp.background.is_none());
+    }
+
+    /// The in-memory store whose checkpoint writes wait while `held` (a frozen link), and
+    /// which counts how many are in flight at once.
+    #[derive(Debug)]
+    struct HeldWrites {
+        inner: InMemoryLeaseStore,
+        held: tokio::sync::watch::Sender<bool>,
+        in_flight: std::sync::atomic::AtomicUsize,
+        most_in_flight: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl dynamodb_streams_leases::StoreWrapper for HeldWrites {
+        type Inner = InMemoryLeaseStore;
+
+        fn wrapped(&self) -> &Self::Inner {
+            &self.inner
+        }
+
+        async fn checkpoint(
+            &self,
+            key: &LeaseKey,
+            ownership: &Ownership,
+            checkpoint: &Checkpoint,
+        ) -> dynamodb_streams_leases::Result<Lease> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.in_flight.fetch_add(1, SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, SeqCst);
+            let _ = self.held.subscribe().wait_for(|held| !held).await;
+            let written = self.inner.checkpoint(key, ownership, checkpoint).await;
+            self.in_flight.fetch_sub(1, SeqCst);
+            written
+        }
+    }
+
+    /// Issue 15 (explorer seed 48578): the framework's write of 1 was held by a frozen
+    /// link; `flush` in the next `process` call waited for it and the batch timeout dropped
+    /// the call. The write was taken out of the checkpointer before the wait, so it ran on
+    /// unseen and the next batch's write of 2 ran beside it: the write of 1 landed last
+    /// and moved the checkpoint back. One write stays in flight at a time.
+    #[tokio::test(start_paused = true)]
+    async fn a_flush_dropped_while_waiting_for_the_background_write_keeps_one_write_in_flight() {
+        let store = Arc::new(HeldWrites {
+            inner: InMemoryLeaseStore::new(),
+            held: tokio::sync::watch::Sender::new(true),
+            in_flight: 0.into(),
+            most_in_flight: 0.into(),
+        });
+        let mut cp = owned(store.clone(), Duration::ZERO).await;
+        cp.delivered(&seq(1));
+        cp.checkpoint_in_background().await.unwrap();
+        cp.begin(&seq(2));
+        let cut = tokio::time::timeout(Duration::from_secs(1), cp.flush()).await;
+        assert!(cut.is_err(), "the flush waits for the held write");
+        cp.end(Some(&seq(2)));
+        cp.checkpoint_in_background().await.unwrap();
+        store.held.send_replace(false);
+        cp.flush().await.unwrap();
+        assert_eq!(
+            store
+                .most_in_flight
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one checkpoint write in flight at a time"
+        );
+        assert_eq!(stored(&store.inner).await, Checkpoint::At(seq(2)));
     }
 
     #[tokio::test(start_paused = true)]

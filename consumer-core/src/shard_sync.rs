@@ -304,11 +304,25 @@ async fn finish_snapshot_gate(
     Ok(())
 }
 
+/// The mark written under `stream_arn` once it is decided that the replaced stream is
+/// finished, before any of its leases is deleted. A pass that finds it only deletes what is
+/// left: syncing a stream some of whose leases are already gone would recreate them at
+/// `TRIM_HORIZON` and read those shards again (issue 15, explorer seed 47407: a delete
+/// throttled midway, and the next pass recreated the deleted leases). The mark stays (one
+/// small item per replaced stream, which only an operator's re-enabling makes): a pass
+/// whose view was scanned while the leases were being deleted may miss some of them, and
+/// must still find the stream retiring, however late.
+fn retiring_key(stream_arn: &str) -> LeaseKey {
+    // A coordination key (its id starts with `#`): no worker takes it, no sync counts it.
+    LeaseKey::new(stream_arn, "#retiring")
+}
+
 /// Retires the streams that their table's `current` stream replaced once every one of their
-/// shards has a lease at `SHARD_END`: deletes the gates that wait for them (so the current
-/// stream's roots start, like children of a finished parent), then their leases, which no
-/// sync recreates (only current streams and replaced ones still holding leases are
-/// synced). Returns how many streams were retired.
+/// shards has a lease at `SHARD_END`: marks the stream retiring, then deletes the gates
+/// that wait for it (so the current stream's roots start, like children of a finished
+/// parent) and its leases. No sync recreates them (only current streams and replaced ones
+/// still holding leases and not marked retiring are synced). Returns how many streams were
+/// retired.
 ///
 /// A replaced stream is synced first, like a current one: a shard that ended while the
 /// lease table was out of reach has children without leases, and "all leases finished"
@@ -335,33 +349,29 @@ pub(crate) async fn retire_replaced_streams(
         if !replaced {
             continue;
         }
-        let every_shard_leased = match sync_stream(
-            api,
-            store,
-            old,
-            leases,
-            initial,
-            Contention::Alone,
-        )
-        .await
-        {
-            Ok(report) => report.created == 0,
-            Err(error) => {
-                tracing::warn!(stream_arn = old, %error, "cannot sync a replaced stream; it stays until a sync lists its shards");
-                false
+        let mark = retiring_key(old);
+        // Read when the view lacks it: a scan is not one moment, and may show leases
+        // already deleted as gone while missing the mark written before them.
+        let retiring = leases.iter().any(|l| l.key == mark)
+            || retry::call(retry::lease_store(), retry::is_retryable_store, || {
+                store.get_lease(&mark)
+            })
+            .await?
+            .is_some();
+        if !retiring {
+            if !finished_replaced_stream(api, store, old, leases, initial).await {
+                continue;
             }
-        };
-        let finished = leases
-            .iter()
-            .filter(|l| l.key.stream == old && !l.key.is_coordination())
-            .all(|l| l.checkpoint == Checkpoint::ShardEnd);
-        if !every_shard_leased || !finished {
-            continue;
+            let mark = Lease::new(mark.clone(), Checkpoint::ShardEnd, vec![]);
+            create_lease_if_absent(store.as_ref(), &mark).await?;
         }
         for gate in leases.iter().filter(|l| l.key.gated_stream() == Some(old)) {
             store.delete_lease(&gate.key).await?;
         }
-        for done in leases.iter().filter(|l| l.key.stream == old) {
+        for done in leases
+            .iter()
+            .filter(|l| l.key.stream == old && l.key != mark)
+        {
             store.delete_lease(&done.key).await?;
         }
         tracing::info!(
@@ -371,6 +381,31 @@ pub(crate) async fn retire_replaced_streams(
         retired += 1;
     }
     Ok(retired)
+}
+
+/// Whether every shard of the replaced stream `old` has a lease (its sync created none)
+/// and every one of them is at `SHARD_END`.
+async fn finished_replaced_stream(
+    api: &dyn StreamsApi,
+    store: &Arc<dyn LeaseStore>,
+    old: &str,
+    leases: &[Lease],
+    initial: InitialPosition,
+) -> bool {
+    let every_shard_leased = match sync_stream(api, store, old, leases, initial, Contention::Alone)
+        .await
+    {
+        Ok(report) => report.created == 0,
+        Err(error) => {
+            tracing::warn!(stream_arn = old, %error, "cannot sync a replaced stream; it stays until a sync lists its shards");
+            false
+        }
+    };
+    every_shard_leased
+        && leases
+            .iter()
+            .filter(|l| l.key.stream == old && !l.key.is_coordination())
+            .all(|l| l.checkpoint == Checkpoint::ShardEnd)
 }
 
 /// Finished leases that may be deleted: the shard has left the stream (so no sync will
@@ -581,5 +616,83 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(gate().await, Checkpoint::ShardEnd, "the gate is finished");
+    }
+
+    /// A lease store whose deletes fail from the `fail_from`-th on (a throttled link).
+    #[derive(Debug)]
+    struct DeletesFail {
+        inner: dynamodb_streams_leases::InMemoryLeaseStore,
+        deletes: std::sync::atomic::AtomicUsize,
+        fail_from: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl dynamodb_streams_leases::StoreWrapper for DeletesFail {
+        type Inner = dynamodb_streams_leases::InMemoryLeaseStore;
+
+        fn wrapped(&self) -> &Self::Inner {
+            &self.inner
+        }
+
+        async fn delete_lease(&self, key: &LeaseKey) -> dynamodb_streams_leases::Result<()> {
+            let n = self
+                .deletes
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n >= self.fail_from.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(dynamodb_streams_leases::Error::Unreachable {
+                    endpoint: "test".into(),
+                    operation: "DeleteItem",
+                    table: "leases".into(),
+                    source: "throttled by the test".into(),
+                });
+            }
+            self.inner.delete_lease(key).await
+        }
+    }
+
+    /// Issue 15 (explorer seed 47407): the retirement of a finished replaced stream deleted
+    /// one of its leases, then its link throttled. The next pass saw a lease missing and
+    /// synced the stream, which recreated the deleted lease at TRIM_HORIZON: its shard was
+    /// read again from its start. The stream is marked retiring before any delete, and a
+    /// pass that finds the mark only deletes what is left.
+    #[tokio::test(start_paused = true)]
+    async fn a_retirement_stopped_midway_never_recreates_the_deleted_leases() {
+        let (sim, old, _) = table_with_shards(3, 7);
+        let roots = sim.open_shards(&old).unwrap();
+        let new = sim.reenable_stream("t").unwrap();
+        let failing = Arc::new(DeletesFail {
+            inner: dynamodb_streams_leases::InMemoryLeaseStore::new(),
+            deletes: 0.into(),
+            fail_from: 1.into(),
+        });
+        let store: Arc<dyn LeaseStore> = failing.clone();
+        for root in &roots {
+            let key = LeaseKey::new(old.clone(), root.shard_id.clone());
+            let lease = Lease::new(key, Checkpoint::ShardEnd, vec![]);
+            store.create_lease(&lease).await.unwrap();
+        }
+        let trim = InitialPosition::TrimHorizon;
+        let leases = store.list_leases().await.unwrap();
+        let current = [new.clone()];
+        let first = retire_replaced_streams(&sim, &store, &leases, &current, trim).await;
+        assert!(first.is_err(), "the second delete fails");
+        let shard_leases = |leases: &[Lease]| {
+            leases
+                .iter()
+                .filter(|l| l.key.stream == old && !l.key.is_coordination())
+                .count()
+        };
+        let leases = store.list_leases().await.unwrap();
+        assert_eq!(shard_leases(&leases), 2, "one lease deleted");
+
+        failing
+            .fail_from
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        let retired = retire_replaced_streams(&sim, &store, &leases, &current, trim)
+            .await
+            .unwrap();
+        assert_eq!(retired, 1, "the second pass finishes the retirement");
+        let left = store.list_leases().await.unwrap();
+        assert_eq!(shard_leases(&left), 0, "no lease recreated: {left:?}");
     }
 }
