@@ -59,7 +59,8 @@ LAYERS = {
         # the store's contract, its wrappers, its coordination items, in-memory item tables
         ["store", "wrapper", "membership", "pipeline", "item_tables"],
         # the stores, their billing model and transactions
-        ["memory", "dynamodb", "dynamodb::*", "billing", "transaction", "conformance", "crate"],
+        ["memory", "dynamodb", "dynamodb::*", "billing", "transaction", "conformance", "conformance::*",
+         "crate"],
     ],
 }
 
