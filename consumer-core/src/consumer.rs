@@ -68,9 +68,11 @@ impl<F: ProcessorFactory> Consumer<F> {
         let lookups = self.sources.iter().map(|source| async move {
             Ok(match source {
                 Source::Table(table) => StreamSource {
-                    stream_arn: retry::call(retry::startup(), retry::is_retryable_api, || {
-                        self.api.latest_stream_arn(table)
-                    })
+                    stream_arn: retry::call(
+                        retry::first_contact(),
+                        retry::is_retryable_api,
+                        || self.api.latest_stream_arn(table),
+                    )
                     .await?,
                     table: Some(table.clone()),
                 },
@@ -103,11 +105,13 @@ impl<F: ProcessorFactory> Consumer<F> {
     /// the worker item is deleted, so other workers take over on their next scan.
     ///
     /// Fails early, naming the table or stream, when a table does not exist or has no
-    /// stream, or when DynamoDB cannot be reached.
+    /// stream, or when DynamoDB cannot be reached at the start-up check. Once the lease
+    /// table answered, an outage of any length is ridden out (see `retry.rs`): the worker
+    /// fences itself, keeps trying, and comes back when the link does.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
         // Independent round trips, done together: startup latency is what a restarted
         // worker's shards wait for.
-        let ensure_table = retry::call(retry::startup(), retry::is_retryable_store, || {
+        let ensure_table = retry::call(retry::first_contact(), retry::is_retryable_store, || {
             self.store.ensure_table()
         });
         let (streams, table) = tokio::join!(self.resolve_streams(), ensure_table);
@@ -118,19 +122,32 @@ impl<F: ProcessorFactory> Consumer<F> {
         // announced to the leader (coalesced).
         let announcer = Arc::new(AnnouncingStore::new(self.store));
         let store: Arc<dyn LeaseStore> = announcer.clone();
+        tokio::pin!(shutdown);
         if let Some(snapshot) = &self.config.snapshot {
             let pipelines: Vec<String> =
                 self.pipelines.iter().map(|p| p.name().to_owned()).collect();
             for source in &streams {
-                crate::snapshot::prepare(
-                    self.api.as_ref(),
-                    &store,
-                    snapshot,
-                    &source.stream_arn,
-                    source.table.as_deref(),
-                    &pipelines,
-                )
-                .await?;
+                // Idempotent, so run again whole after a transient failure: the lease
+                // table answered the start-up check, an outage now is waited out.
+                let prepared = retry::call(
+                    retry::joining(self.config.renew_interval),
+                    retry::is_retryable,
+                    || {
+                        crate::snapshot::prepare(
+                            self.api.as_ref(),
+                            &store,
+                            snapshot,
+                            &source.stream_arn,
+                            source.table.as_deref(),
+                            &pipelines,
+                        )
+                    },
+                );
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => return Ok(()),
+                    prepared = prepared => prepared?,
+                }
             }
         }
         let shared = Runtime {

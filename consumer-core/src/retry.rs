@@ -12,19 +12,32 @@
 //!
 //! | policy | retries | first pause | longest pause | attempts | jitter |
 //! | --- | --- | --- | --- | --- | --- |
-//! | [`startup`] | start-up calls: table check, stream lookups, first heartbeat, first sync | 200 ms | 1 s | 3 | yes |
+//! | [`first_contact`] | the start-up check of the lease table and the stream lookups by table name | 200 ms | 1 s | 3 | yes |
 //! | [`streams_read`] | GetRecords, GetShardIterator (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
 //! | [`describe_stream`] | DescribeStream pages and child-shard lookups | 100 ms | 5 s | 9 | yes |
 //! | [`lease_store`] | lease-table writes that no loop repeats: `SHARD_END`, lease creation, final checkpoint, release, worker removal at shutdown | 100 ms | 5 s | 11 | yes |
 //! | [`processing`] | a failing `process`, `initialize`, `shard_ended` or on-failure handler | 100 ms | `with_retry_backoff_max` (30 s) | unbounded | yes |
-//! | [`reincarnation`] | the first heartbeat of a fenced worker's new incarnation | 200 ms | `renew_interval` | unbounded | no |
+//! | [`joining`] | the first heartbeat of an incarnation (at start and after fencing), a snapshot's preparation | 200 ms | `renew_interval` | unbounded | no |
 //! | [`heartbeat`] | a failed heartbeat, until the next one is confirmed | 100 ms | `renew_interval` / 4 (at least 100 ms) | unbounded | yes |
 //! | [`table_scan`] | a snapshot segment's Scan pages and the key-schema lookup (throttling, 5xx, transport) | 50 ms | 10 s | unbounded | yes |
 //! | [`idle_poll`] | pauses between polls of an idle shard (not an error) | `with_idle_backoff` min (100 ms) | max (1 s) | unbounded | no |
 //!
 //! Attempts count the first call. Only transient failures are retried (throttling, 5xx,
 //! transport: [`is_retryable_api`], [`is_retryable_store`]); a lost lease, a race or a
-//! refused request goes back to the caller at once. Two pauses are fixed rather than
+//! refused request goes back to the caller at once.
+//!
+//! **What a worker gives up on.** Which failures are transient is decided once, by the
+//! error's class (`dynamodb_streams_leases::Error::is_transient`, the SDK classification
+//! of `dynamodb_streams_leases::aws::classify`): throttling, 5xx and transport failures
+//! (connection refused, DNS, timeouts, a network partition) are; a missing table, access
+//! denied or a refused request are not. A transient failure stops a worker at one point
+//! only: the [`first_contact`], before the lease table (and a table's stream) ever
+//! answered, where an endpoint that cannot be reached is most likely a wrong one, so the
+//! start fails within seconds naming it. Once the lease table answered, the worker rides
+//! out an outage of any length: the first heartbeat and a snapshot's preparation are
+//! retried without end ([`joining`], raced against shutdown), and a running worker fences
+//! itself, keeps trying, and comes back as a new incarnation. A running worker stops on
+//! one error only: its lease table is gone (`is_table_missing`). Two pauses are fixed rather than
 //! growing: a shard held at an undecodable record, and a shard consumer that stopped on an
 //! error, both wait `with_retry_backoff_max` before trying again.
 //!
@@ -43,10 +56,11 @@ use crate::streams::ApiError;
 /// The longest pause between retries of GetRecords and GetShardIterator.
 pub(crate) const STREAMS_READ_MAX_DELAY: Duration = Duration::from_secs(10);
 
-/// Calls made while a worker starts: checking the lease table, looking up streams, the first
-/// heartbeat, the first shard sync. Few attempts, so that a wrong endpoint or a missing
-/// table fails the start within seconds; 200 ms then up to 1 s, jittered, 2 retries.
-pub(crate) fn startup() -> ExponentialBuilder {
+/// A worker's first contact with AWS: checking the lease table and looking up the streams
+/// of tables given by name. Few attempts, so that a wrong endpoint or a missing table fails
+/// the start within seconds; 200 ms then up to 1 s, jittered, 2 retries. Only these calls:
+/// after the lease table answered, a failure is an outage to ride out, not a wrong setting.
+pub(crate) fn first_contact() -> ExponentialBuilder {
     exponential(millis(200), Duration::from_secs(1))
         .with_jitter()
         .with_max_times(2)
@@ -85,9 +99,11 @@ pub(crate) fn processing(max: Duration) -> ExponentialBuilder {
     exponential(millis(100).min(max), max).with_jitter()
 }
 
-/// A fenced worker's new incarnation, until its first heartbeat is confirmed: 200 ms then
-/// doubling up to `renew_interval`, not jittered (only this worker is waiting), forever.
-pub(crate) fn reincarnation(renew_interval: Duration) -> ExponentialBuilder {
+/// A new incarnation until its first heartbeat is confirmed (at start, once the lease table
+/// answered the first contact, and after fencing), and a snapshot's preparation: 200 ms
+/// then doubling up to `renew_interval`, not jittered (only this worker is waiting),
+/// forever: an outage of the lease table is waited out, shutdown stops the wait.
+pub(crate) fn joining(renew_interval: Duration) -> ExponentialBuilder {
     exponential(millis(200).min(renew_interval), renew_interval)
 }
 
@@ -282,11 +298,37 @@ mod tests {
             attempts.set(attempts.get() + 1);
             async { Err::<(), _>("transient") }
         };
-        assert_eq!(call(startup(), |_| true, failing).await, Err("transient"));
+        assert_eq!(
+            call(first_contact(), |_| true, failing).await,
+            Err("transient")
+        );
         assert_eq!(attempts.get(), 3, "the first call and 2 retries");
         attempts.set(0);
-        assert_eq!(call(startup(), |_| false, failing).await, Err("transient"));
+        assert_eq!(
+            call(first_contact(), |_| false, failing).await,
+            Err("transient")
+        );
         assert_eq!(attempts.get(), 1, "a rejected error is not retried");
+    }
+
+    /// The rule of the module docs: only the first contact gives up on a transient
+    /// failure; a new incarnation waits out an outage of any length, never pausing longer
+    /// than a renew interval. Partitions and timeouts are transient like throttling.
+    #[test]
+    fn only_the_first_contact_gives_up_on_an_outage() {
+        assert_eq!(first_contact().build().count(), 2);
+        let renew = Duration::from_secs(3);
+        let pauses: Vec<Duration> = joining(renew).build().take(10_000).collect();
+        assert_eq!(pauses.len(), 10_000, "never gives up");
+        assert!(pauses.iter().all(|pause| *pause <= renew));
+        let partitioned = dynamodb_streams_leases::Error::Unreachable {
+            endpoint: "http://localhost:1".to_owned(),
+            operation: "UpdateItem",
+            table: "leases".to_owned(),
+            source: "connection refused".into(),
+        };
+        assert!(is_retryable_store(&partitioned));
+        assert!(is_retryable(&crate::Error::LeaseStore(partitioned)));
     }
 
     #[test]
@@ -298,6 +340,6 @@ mod tests {
         assert!(late >= STREAMS_READ_MAX_DELAY && late < STREAMS_READ_MAX_DELAY * 2);
         assert_eq!(lease_store().build().count(), 10);
         assert_eq!(describe_stream().build().count(), 8);
-        assert_eq!(startup().build().count(), 2);
+        assert_eq!(first_contact().build().count(), 2);
     }
 }

@@ -502,19 +502,28 @@ mod tests {
         );
     }
 
+    /// A simulated table `t` whose stream has `shards` open shards, and an empty lease
+    /// table.
+    fn table_with_shards(
+        shards: usize,
+        seed: u64,
+    ) -> (crate::testkit::SimulatedStream, String, Arc<dyn LeaseStore>) {
+        use crate::testkit::{SimConfig, SimulatedStream};
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: shards,
+            ..SimConfig::with_seed(seed)
+        });
+        let arn = sim.add_table("t");
+        let store = Arc::new(dynamodb_streams_leases::InMemoryLeaseStore::new());
+        (sim, arn, store)
+    }
+
     /// The first sync under `Latest` stopped after the stream start item and one of three
     /// root leases: the next sync starts the other two at the stream start time, not at
     /// TRIM_HORIZON; a child of a shard with a lease still starts at TRIM_HORIZON.
     #[tokio::test(start_paused = true)]
     async fn roots_created_after_an_interrupted_first_sync_keep_the_latest_start() {
-        use crate::testkit::{SimConfig, SimulatedStream};
-        use dynamodb_streams_leases::InMemoryLeaseStore;
-        let sim = SimulatedStream::new(SimConfig {
-            initial_shards: 3,
-            ..SimConfig::with_seed(3)
-        });
-        let arn = sim.add_table("t");
-        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let (sim, arn, store) = table_with_shards(3, 3);
         let roots = sim.open_shards(&arn).unwrap();
         assert_eq!(roots.len(), 3);
         let start = Checkpoint::since(std::time::UNIX_EPOCH + std::time::Duration::from_secs(7));
@@ -639,14 +648,7 @@ mod tests {
     /// them): it reads the plan itself and finishes the gate, or the stream never starts.
     #[tokio::test(start_paused = true)]
     async fn the_sync_finishes_a_gate_left_open_with_a_view_that_lacks_the_plan() {
-        use crate::testkit::{SimConfig, SimulatedStream};
-        use dynamodb_streams_leases::InMemoryLeaseStore;
-        let sim = SimulatedStream::new(SimConfig {
-            initial_shards: 2,
-            ..SimConfig::with_seed(5)
-        });
-        let arn = sim.add_table("t");
-        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let (sim, arn, store) = table_with_shards(2, 5);
         let config = crate::SnapshotConfig::new().with_segments(3);
         snapshot::prepare(&sim, &store, &config, &arn, Some("t"), &[])
             .await

@@ -22,23 +22,26 @@ pub const FORCED_EXIT_STATUS: i32 = 130;
 pub fn graceful_then_immediate() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
-        Ok(async move {
-            let first = tokio::select! {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        let mut signals = (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        );
+        /// The name of the next signal of the two.
+        async fn next((interrupt, terminate): &mut (Signal, Signal)) -> &'static str {
+            tokio::select! {
                 _ = interrupt.recv() => "SIGINT",
                 _ = terminate.recv() => "SIGTERM",
-            };
+            }
+        }
+        Ok(async move {
+            let first = next(&mut signals).await;
             tracing::info!(
                 signal = first,
                 "shutting down gracefully (signal again to quit at once)"
             );
             tokio::spawn(async move {
-                let second = tokio::select! {
-                    _ = interrupt.recv() => "SIGINT",
-                    _ = terminate.recv() => "SIGTERM",
-                };
+                let second = next(&mut signals).await;
                 tracing::error!(
                     signal = second,
                     "second signal: quitting without finishing the graceful shutdown"

@@ -13,6 +13,14 @@
 //! delivered: what cannot be dated is never skipped. Skipping stops at the first record
 //! delivered; records after it are newer, and from then on the checkpoint is a sequence
 //! number anyway.
+//!
+//! The stored position stays `Since(t)` for as long as skipping goes on: the checkpoint
+//! moves past the skipped records only once a record is kept. A sequence number says
+//! nothing of `t`, so a checkpoint written in the middle of the skipped records (a page
+//! boundary) would make the next owner of the lease deliver the rest of them, older than
+//! `t` (after a snapshot, older than the images the snapshot gave: a sink would go back in
+//! time; explorer seeds 8991 and 27627). A move while skipping reads the skipped records
+//! again, and skips them again.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,6 +49,19 @@ pub(crate) const DEFAULT_CREATION_TIME_MARGIN: Duration = Duration::from_secs(5)
 pub(crate) struct StartTimeSkip {
     /// Records created before this are skipped; `None` once skipping is over.
     cutoff: Option<SystemTime>,
+    /// The last record skipped while skipping goes on: the position moves past it only
+    /// once skipping ends.
+    held: Option<Arc<Record>>,
+}
+
+/// What [`StartTimeSkip::take_skipped`] took off the front of a page.
+#[derive(Debug, Default)]
+pub(crate) struct Skipped {
+    /// The page's records created before the start time (counted and reported).
+    pub(crate) records: Vec<Arc<Record>>,
+    /// The record the position may now move past: the last one skipped (of this page or
+    /// an earlier one) once skipping ended; `None` while it goes on.
+    pub(crate) passed: Option<Arc<Record>>,
 }
 
 impl StartTimeSkip {
@@ -50,7 +71,7 @@ impl StartTimeSkip {
         let cutoff = checkpoint
             .skip_before()
             .map(|t| t.checked_sub(margin).unwrap_or(SystemTime::UNIX_EPOCH));
-        Self { cutoff }
+        Self { cutoff, held: None }
     }
 
     /// Whether records may still be skipped.
@@ -58,20 +79,31 @@ impl StartTimeSkip {
         self.cutoff.is_some()
     }
 
-    /// Takes the leading records created before the cutoff out of `records` and returns
-    /// them (in order). Skipping ends at the first record kept.
-    pub(crate) fn take_skipped(&mut self, records: &mut Vec<Arc<Record>>) -> Vec<Arc<Record>> {
+    /// Takes the leading records created before the cutoff out of `records` (in order).
+    /// Skipping ends at the first record kept; only then may the position move past the
+    /// records skipped ([`Skipped::passed`]).
+    pub(crate) fn take_skipped(&mut self, records: &mut Vec<Arc<Record>>) -> Skipped {
         let Some(cutoff) = self.cutoff else {
-            return Vec::new();
+            return Skipped::default();
         };
-        let skipped = records
+        let count = records
             .iter()
             .take_while(|record| created(record).is_some_and(|t| t < cutoff))
             .count();
-        if skipped < records.len() {
-            self.cutoff = None;
+        let skipped: Vec<Arc<Record>> = records.drain(..count).collect();
+        if let Some(last) = skipped.last() {
+            self.held = Some(last.clone());
         }
-        records.drain(..skipped).collect()
+        let passed = if records.is_empty() {
+            None
+        } else {
+            self.cutoff = None;
+            self.held.take()
+        };
+        Skipped {
+            records: skipped,
+            passed,
+        }
     }
 }
 
@@ -110,13 +142,26 @@ mod tests {
         Checkpoint::since(UNIX_EPOCH + Duration::from_secs(secs))
     }
 
+    fn passed(skipped: &Skipped) -> Option<String> {
+        skipped
+            .passed
+            .as_ref()
+            .map(|r| seqs(std::slice::from_ref(r))[0].clone())
+    }
+
     #[test]
     fn skips_records_older_than_the_start_minus_the_margin_then_stops() {
         let mut skip = StartTimeSkip::new(&since(1_000), Duration::from_secs(1));
         let mut page = vec![record(1, Some(990)), record(2, Some(998))];
-        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["001", "002"]);
+        let skipped = skip.take_skipped(&mut page);
+        assert_eq!(seqs(&skipped.records), ["001", "002"]);
         assert!(page.is_empty());
         assert!(skip.is_active(), "a page skipped entirely keeps skipping");
+        assert_eq!(
+            passed(&skipped),
+            None,
+            "the position keeps the start time while skipping goes on"
+        );
 
         // 999 is inside the margin (rounded down from after the start): delivered.
         let mut page = vec![
@@ -124,21 +169,40 @@ mod tests {
             record(4, Some(999)),
             record(5, Some(10)),
         ];
-        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["003"]);
+        let skipped = skip.take_skipped(&mut page);
+        assert_eq!(seqs(&skipped.records), ["003"]);
+        assert_eq!(passed(&skipped).as_deref(), Some("003"));
         assert_eq!(seqs(&page), ["004", "005"]);
         assert!(!skip.is_active());
         let mut page = vec![record(6, Some(10))];
+        let skipped = skip.take_skipped(&mut page);
         assert!(
-            skip.take_skipped(&mut page).is_empty(),
+            skipped.records.is_empty() && skipped.passed.is_none(),
             "over after the first kept record"
         );
+    }
+
+    #[test]
+    fn the_position_moves_past_every_skipped_page_once_a_record_is_kept() {
+        let mut skip = StartTimeSkip::new(&since(1_000), Duration::from_secs(1));
+        for seq in 1..=3 {
+            let mut page = vec![record(seq, Some(990))];
+            assert_eq!(passed(&skip.take_skipped(&mut page)), None);
+        }
+        // A page that starts with a kept record passes what earlier pages skipped.
+        let mut page = vec![record(4, Some(1_000))];
+        let skipped = skip.take_skipped(&mut page);
+        assert!(skipped.records.is_empty());
+        assert_eq!(passed(&skipped).as_deref(), Some("003"));
+        assert_eq!(seqs(&page), ["004"]);
     }
 
     #[test]
     fn never_skips_a_record_without_a_creation_time() {
         let mut skip = StartTimeSkip::new(&since(1_000), Duration::from_secs(1));
         let mut page = vec![record(1, None), record(2, Some(10))];
-        assert!(skip.take_skipped(&mut page).is_empty());
+        let skipped = skip.take_skipped(&mut page);
+        assert!(skipped.records.is_empty() && skipped.passed.is_none());
         assert_eq!(page.len(), 2);
     }
 
@@ -147,13 +211,13 @@ mod tests {
         for checkpoint in [Checkpoint::TrimHorizon, Checkpoint::Latest] {
             let mut skip = StartTimeSkip::new(&checkpoint, Duration::from_secs(1));
             let mut page = vec![record(1, Some(10))];
-            assert!(skip.take_skipped(&mut page).is_empty());
+            assert!(skip.take_skipped(&mut page).records.is_empty());
             assert!(!skip.is_active());
         }
         // A margin wider than the rounding of DynamoDB Local (a minute) keeps a record
         // stamped at the start of the minute.
         let mut skip = StartTimeSkip::new(&since(1_030), Duration::from_secs(61));
         let mut page = vec![record(1, Some(960)), record(2, Some(1_020))];
-        assert_eq!(seqs(&skip.take_skipped(&mut page)), ["001"]);
+        assert_eq!(seqs(&skip.take_skipped(&mut page).records), ["001"]);
     }
 }

@@ -273,6 +273,62 @@ async fn sigterm_is_honoured_while_a_fenced_worker_retries_its_comeback() {
         .unwrap();
 }
 
+/// The lease table answers the start-up check, then cannot be reached (a partition, as
+/// real transport errors and timeouts are reported): the start waits the outage out, however
+/// long, instead of failing the way a wrong endpoint does at the first contact; the worker
+/// joins and delivers once the link is back, and SIGTERM during such a wait stops it cleanly.
+#[tokio::test(start_paused = true)]
+async fn a_lease_table_outage_right_after_the_start_up_check_is_waited_out() {
+    use dynamodb_streams_consumer::testkit::{InstrumentedStore, StoreOp};
+    let sim = SimulatedStream::with_seed(5);
+    sim.add_table("t");
+    put(&sim, 0..5);
+    let gate = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+    gate.fail_calls(StoreOp::Heartbeat, true);
+    let seen = Seen::default();
+    let consumer = Consumer::builder("app")
+        .with_table("t")
+        .with_streams_api(Arc::new(sim.clone()))
+        .with_lease_store(gate.clone())
+        .build(seen.factory())
+        .unwrap();
+    let watched = seen.clone();
+    let worker = tokio::spawn(consumer.run_until(async move {
+        while watched.count() < 5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(
+        !worker.is_finished(),
+        "a transient failure after the start-up check stopped the worker: {:?}",
+        worker.await
+    );
+    assert!(
+        gate.calls()[&StoreOp::Heartbeat] > 10,
+        "the heartbeat is tried again"
+    );
+    gate.fail_calls(StoreOp::Heartbeat, false);
+    tokio::time::timeout(Duration::from_secs(120), worker)
+        .await
+        .expect("the worker did not deliver once the link was back")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen.values(), [0, 1, 2, 3, 4]);
+
+    // Asked to stop while the heartbeat still fails: it stops at once, with no error.
+    let gate = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+    gate.fail_calls(StoreOp::Heartbeat, true);
+    let consumer = gated_consumer(&sim, gate);
+    tokio::time::timeout(
+        Duration::from_secs(61),
+        consumer.run_until(tokio::time::sleep(Duration::from_secs(60))),
+    )
+    .await
+    .expect("shutdown was not honoured while the first heartbeat was retried")
+    .unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_parent_missing_from_scans_holds_its_children_until_a_consistent_read_says_done() {
     use dynamodb_streams_consumer::testkit::InstrumentedStore;

@@ -15,7 +15,7 @@ use dynamodb_streams_consumer::streams::{ApiError, ShardInfo, StreamsApi};
 use dynamodb_streams_consumer::testkit::{SimOperation, SimulatedStream};
 use dynamodb_streams_consumer::{
     BatchFailure, BoxError, ChangeBatch, Checkpointer, Consumer, ConsumerBuilder, FailedRecords,
-    FailureHandler, ProcessorFactory, RecordProcessor, ShardContext,
+    FailureHandler, InitialPosition, ProcessorFactory, RecordProcessor, ShardContext,
 };
 use dynamodb_streams_leases::{Checkpoint, InMemoryLeaseStore, Lease, LeaseStore};
 use serde::{Deserialize, Serialize};
@@ -292,9 +292,8 @@ async fn each_pipeline_resumes_from_its_own_checkpoint() {
     assert_eq!(lease.checkpoint, lease.pipelines["search"]);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_pipeline_added_later_starts_at_its_initial_position() {
-    let rows = 40;
+/// A stream of `rows` rows, read to its end by one pipeline, "search".
+async fn searched(rows: u64) -> (SimulatedStream, Arc<InMemoryLeaseStore>) {
     let sim = stream_with(rows);
     let store = Arc::new(InMemoryLeaseStore::new());
     let search = Log::default();
@@ -304,6 +303,13 @@ async fn a_pipeline_added_later_starts_at_its_initial_position() {
         .unwrap();
     let s = search.clone();
     run_until_done(consumer, move || s.values().len() as u64 >= rows).await;
+    (sim, store)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_added_later_starts_at_its_initial_position() {
+    let rows = 40;
+    let (sim, store) = searched(rows).await;
 
     // "audit" joins (TRIM_HORIZON): it reads the retained history; "search" does not.
     let (search2, audit) = (Log::default(), Log::default());
@@ -316,6 +322,44 @@ async fn a_pipeline_added_later_starts_at_its_initial_position() {
     run_until_done(consumer, move || a.values().len() as u64 >= rows).await;
     assert_eq!(audit.values(), (0..rows).collect::<Vec<_>>());
     assert_eq!(search2.values(), Vec::<u64>::new());
+}
+
+/// A pipeline new to a running application that starts at `LATEST` does not move the
+/// shard's read to the tip: the others go on after their own checkpoints (the read used
+/// to open a `LATEST` iterator, as the slowest of `LATEST` and a sequence number is
+/// `LATEST`, and "search" lost what was written while nothing ran).
+#[tokio::test(start_paused = true)]
+async fn a_pipeline_added_at_latest_leaves_the_others_where_they_were() {
+    let rows = 40;
+    let (sim, store) = searched(rows).await;
+
+    // Written while nothing ran.
+    for n in rows..rows + 20 {
+        let row = Row {
+            pk: format!("k{}", n % 10),
+            n,
+        };
+        sim.put_value("t", &row).unwrap();
+    }
+    // Well past the creation-time margin: "tail" starts after every record so far.
+    sim.advance_clock(Duration::from_secs(60));
+    let (search2, tail) = (Log::default(), Log::default());
+    let consumer = builder(&sim, &store)
+        .with_pipeline("search", tester(&search2, None, Duration::ZERO))
+        .with_pipeline("tail", tester(&tail, None, Duration::ZERO))
+        .with_pipeline_settings("tail", |b| b.with_initial_position(InitialPosition::Latest))
+        .build_pipelines()
+        .unwrap();
+    let s = search2.clone();
+    run_until_done(consumer, move || s.values().len() >= 20).await;
+    assert_eq!(search2.values(), (rows..rows + 20).collect::<Vec<_>>());
+    assert_eq!(tail.values(), Vec::<u64>::new(), "it starts at LATEST");
+    let lease = the_lease(&store).await;
+    assert_ne!(
+        lease.pipelines["tail"],
+        Checkpoint::Latest,
+        "stored as a time"
+    );
 }
 
 #[test]

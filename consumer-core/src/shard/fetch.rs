@@ -9,6 +9,7 @@
 use std::sync::atomic::Ordering;
 
 use dynamodb_streams_leases::Checkpoint;
+use dynamodb_streams_leases::pipeline::slowest;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +25,7 @@ use crate::runtime::{LeaseTask, ShardOutcome};
 use crate::streams::{ApiErrorKind, StartPosition};
 
 /// Where a lease's checkpoint says to read from; `None` for a finished shard.
-pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
+fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
     match checkpoint {
         Checkpoint::TrimHorizon | Checkpoint::Since(_) => Some(StartPosition::TrimHorizon),
         Checkpoint::Latest => Some(StartPosition::Latest),
@@ -35,10 +36,7 @@ pub(crate) fn start_position(checkpoint: &Checkpoint) -> Option<StartPosition> {
 }
 
 /// The reader of `task`'s shard from `start`, polling as the settings say.
-pub(crate) fn shard_reader<F: ProcessorFactory>(
-    task: &LeaseTask<F>,
-    start: StartPosition,
-) -> ShardReader {
+fn shard_reader<F: ProcessorFactory>(task: &LeaseTask<F>, start: StartPosition) -> ShardReader {
     let key = task.key();
     ShardReader::new(
         task.runtime.api.clone(),
@@ -49,40 +47,66 @@ pub(crate) fn shard_reader<F: ProcessorFactory>(
     )
 }
 
-/// A `LATEST` lease stores the time it starts from (`Checkpoint::Since`): if it moves
-/// before delivering anything, the next owner reads from TRIM_HORIZON and skips only what
-/// was created before that time, instead of reopening at a newer tip and missing what was
-/// written in between. One write, on the first owner only. Returns the checkpoint now
-/// stored.
+/// Begins the read of a lease: where it starts, and the starts stored first. `starts` are
+/// the positions of the lease's consumers (the lease's checkpoint, or each pipeline's);
+/// `store` writes them (with [`write_before_start`]) and is given them with every `LATEST`
+/// made the time it starts from. `None` when the shard is finished for every consumer.
 ///
-/// The time is taken and the `LATEST` iterator opened before the write: a record written
-/// after the time is either read by this iterator or, once the time is stored, by any
-/// later reader. (Opening the iterator after the write missed the records written in
-/// between, for good: explorer seed 74.) An iterator that cannot be opened, or has to be
-/// replaced before anything was read, starts at TRIM_HORIZON and skips what came before
-/// the stored time, as a later owner would.
-pub(crate) async fn store_latest_start<F: ProcessorFactory>(
+/// The rule for a `LATEST` start, once for a single consumer and for pipelines: the start
+/// is stored as a time (`Checkpoint::Since`), so that a lease that moves before delivering
+/// anything is read by its next owner from TRIM_HORIZON, skipping only what was created
+/// before that time, instead of reopened at a newer tip, missing what was written in
+/// between. When every consumer starts at `LATEST`, the read opens a `LATEST` iterator,
+/// after the time is taken and before it is stored: a record written after the time is
+/// either read by this iterator or, once the time is stored, by any later reader.
+/// (Opening the iterator after the write missed the records written in between, for
+/// good: explorer seed 74.) An iterator that cannot be opened, or has to be replaced
+/// before anything was read, starts at TRIM_HORIZON and skips what came before the stored
+/// time, as a later owner would. When only some start at `LATEST` (a pipeline new to a
+/// running application), the read starts where the slowest of the others is, and the new
+/// one skips what came before its time.
+pub(crate) async fn begin_read<F: ProcessorFactory>(
     task: &LeaseTask<F>,
-    reader: &mut ShardReader,
-) -> Result<Checkpoint, ShardOutcome> {
-    if task.lease.checkpoint != Checkpoint::Latest {
-        return Ok(task.lease.checkpoint.clone());
+    starts: &mut [Checkpoint],
+    store: impl AsyncFnOnce(&[Checkpoint]) -> Result<(), ShardOutcome>,
+) -> Result<Option<ShardReader>, ShardOutcome> {
+    let every_latest = !starts.is_empty() && starts.iter().all(|s| *s == Checkpoint::Latest);
+    if starts.contains(&Checkpoint::Latest) {
+        let since = Checkpoint::since(task.runtime.api.now());
+        for start in starts.iter_mut().filter(|s| **s == Checkpoint::Latest) {
+            *start = since.clone();
+        }
     }
-    let since = Checkpoint::since(task.runtime.api.now());
-    if let Err(error) = reader.open().await {
+    // A shard's positions are never scan positions: their slowest is the read position.
+    let read = match every_latest {
+        true => Some(Checkpoint::Latest),
+        false => slowest(starts.iter()),
+    };
+    let Some(position) = read.as_ref().and_then(start_position) else {
+        return Ok(None);
+    };
+    let mut reader = shard_reader(task, position);
+    if every_latest && let Err(error) = reader.open().await {
         tracing::debug!(shard_id = %task.key().shard_id, %error, "no LATEST iterator; reading from TRIM_HORIZON after the start time");
     }
-    let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
-        task.runtime
-            .store
-            .checkpoint(task.key(), &task.ownership, &since)
-    })
-    .await;
-    match written {
-        Ok(_) => {
-            reader.replace_unread_start(StartPosition::TrimHorizon);
-            Ok(since)
-        }
+    store(starts).await?;
+    if every_latest {
+        reader.replace_unread_start(StartPosition::TrimHorizon);
+    }
+    Ok(Some(reader))
+}
+
+/// A lease write a task cannot start without (where it starts), retried as the
+/// [`retry::lease_store`] policy says: a lost lease ends the task, another failure fails
+/// it (the lease is kept and tried again later).
+pub(crate) async fn write_before_start<T, Fut>(
+    write: impl FnMut() -> Fut,
+) -> Result<T, ShardOutcome>
+where
+    Fut: Future<Output = dynamodb_streams_leases::Result<T>>,
+{
+    match retry::call(retry::lease_store(), retry::is_retryable_store, write).await {
+        Ok(written) => Ok(written),
         Err(error) if error.is_lease_lost() => Err(ShardOutcome::LeaseLost),
         Err(error) => Err(ShardOutcome::Failed(error.into())),
     }

@@ -22,6 +22,7 @@ pub(crate) mod pipelines;
 mod progress;
 pub(crate) mod session;
 
+use dynamodb_streams_leases::Checkpoint;
 use tokio::sync::mpsc;
 
 use crate::callback::Callbacks;
@@ -31,7 +32,7 @@ use crate::processor::ProcessorFactory;
 use crate::runtime::{LeaseTask, ShardOutcome, ShardSignals};
 use crate::start_time::StartTimeSkip;
 use ending::{EndOfSource, ShardEnd};
-use fetch::{fetch, shard_reader, start_position, store_latest_start};
+use fetch::{begin_read, fetch, write_before_start};
 use page::Fetched;
 use session::{Gathered, Session};
 
@@ -47,14 +48,22 @@ pub(crate) async fn run<F: ProcessorFactory>(
     let _lag_tracked = task.runtime.telemetry.lag.track(&key, None);
     let runtime = &task.runtime;
     let config = &runtime.config;
-    let Some(start) = start_position(&task.lease.checkpoint) else {
-        return ShardOutcome::Ended;
-    };
-    let mut reader = shard_reader(&task, start);
-    let stored = match store_latest_start(&task, &mut reader).await {
-        Ok(stored) => stored,
+    let mut start = [task.lease.checkpoint.clone()];
+    let begun = begin_read(&task, &mut start, async |starts: &[Checkpoint]| {
+        // Only a `LATEST` start, made a time, is new to the store.
+        if starts[0] == task.lease.checkpoint {
+            return Ok(());
+        }
+        write_before_start(|| runtime.store.checkpoint(&key, &task.ownership, &starts[0]))
+            .await
+            .map(|_| ())
+    });
+    let reader = match begun.await {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return ShardOutcome::Ended,
         Err(outcome) => return outcome,
     };
+    let [stored] = start;
     let checkpointer = Checkpointer::new(
         runtime.store.clone(),
         key.clone(),

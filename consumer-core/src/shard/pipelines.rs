@@ -29,18 +29,16 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::ending::report_if_late;
 use super::ending::{EndOfSource, release_lease, shard_ended};
-use super::fetch::{fetch, shard_reader, start_position};
+use super::fetch::{begin_read, fetch, write_before_start};
 use super::page::Fetched;
 use super::session::Session;
 use crate::checkpointer::Checkpointer;
 use crate::config::ConsumerConfig;
 use crate::processor::{ProcessorFactory, ShardContext};
-use crate::retry;
 use crate::runtime::{
     LeaseTask, Part, PipelineEnd, PipelineRunner, Runtime, ShardOutcome, ShardSignals,
 };
 use crate::start_time::InitialPosition;
-use crate::streams::StartPosition;
 pub(crate) use checkpoints::read_position;
 use checkpoints::{PipelineStore, Positions};
 use distribute::{Out, distribute};
@@ -157,7 +155,6 @@ pub(crate) async fn run<F: ProcessorFactory>(
     mut task: LeaseTask<F>,
     signals: ShardSignals,
 ) -> ShardOutcome {
-    let key = task.key().clone();
     let runtime = task.runtime.clone();
     let pipelines = &runtime.pipelines;
 
@@ -166,33 +163,19 @@ pub(crate) async fn run<F: ProcessorFactory>(
         .iter()
         .map(|p| own_start(&task.lease, p.name(), p.config().initial_position))
         .collect();
-    let Some(read) = read_position(&own) else {
-        return ShardOutcome::Ended;
+    let reader = match begin_read(&task, &mut own, async |own: &[Checkpoint]| {
+        store_starts(&task, own).await
+    })
+    .await
+    {
+        Ok(Some(reader)) => reader,
+        Ok(None) => return ShardOutcome::Ended,
+        Err(outcome) => return outcome,
     };
-    let Some(start) = start_position(&read) else {
-        return ShardOutcome::Ended;
-    };
-    let mut reader = shard_reader(&task, start);
-    let all_latest = own.iter().all(|c| *c == Checkpoint::Latest);
-    if own.contains(&Checkpoint::Latest) {
-        let since = Checkpoint::since(runtime.api.now());
-        if all_latest && let Err(error) = reader.open().await {
-            tracing::debug!(shard_id = %key.shard_id, %error, "no LATEST iterator; reading from TRIM_HORIZON after the start time");
-        }
-        for checkpoint in &mut own {
-            if *checkpoint == Checkpoint::Latest {
-                *checkpoint = since.clone();
-            }
-        }
-    }
-    if let Err(outcome) = store_starts(&task, &own).await {
-        return outcome;
-    }
-    if all_latest {
-        reader.replace_unread_start(StartPosition::TrimHorizon);
-    }
     // The children start where the read did (a time after a snapshot or a `LATEST` start).
-    task.lease.checkpoint = read_position(&own).unwrap_or(read);
+    if let Some(read) = read_position(&own) {
+        task.lease.checkpoint = read;
+    }
     let budget = runtime.budget.clone();
     let policy = runtime.config.trimmed_data_policy;
     let outcome = deliver(
@@ -231,17 +214,13 @@ pub(crate) async fn store_starts<F: ProcessorFactory>(
         pipelines: names.iter().cloned().zip(own.iter().cloned()).collect(),
         running: Some(names),
     };
-    let written = retry::call(retry::lease_store(), retry::is_retryable_store, || {
+    write_before_start(|| {
         runtime
             .store
             .checkpoint_pipelines(task.key(), &task.ownership, &update)
     })
-    .await;
-    match written {
-        Ok(_) => Ok(()),
-        Err(error) if error.is_lease_lost() => Err(ShardOutcome::LeaseLost),
-        Err(error) => Err(ShardOutcome::Failed(error.into())),
-    }
+    .await
+    .map(|_| ())
 }
 
 /// Delivers what `source` reads (once) to every pipeline of the consumer that has not

@@ -301,7 +301,8 @@ pub fn is_segment(key: &LeaseKey) -> bool {
 /// A stream this application already consumed without a snapshot gets none, nor does a
 /// table's new stream that replaced one it consumed ([`follows_an_older_stream`]). The plan
 /// names the consumer's `pipelines` (each at `Since(T0)`): a pipeline it does not name
-/// joined later and gets no snapshot.
+/// joined later and gets no snapshot. Each call is retried as its policy says; a transient
+/// failure that outlasts it is returned, and the caller runs the whole preparation again.
 pub(crate) async fn prepare(
     api: &dyn StreamsApi,
     store: &Arc<dyn LeaseStore>,
@@ -310,7 +311,7 @@ pub(crate) async fn prepare(
     table: Option<&str>,
     pipelines: &[String],
 ) -> Result<()> {
-    let page = retry::call(retry::startup(), retry::is_retryable_api, || {
+    let page = retry::call(retry::describe_stream(), retry::is_retryable_api, || {
         api.describe_stream(stream_arn, None)
     })
     .await?;
@@ -329,7 +330,7 @@ pub(crate) async fn prepare(
             ),
         });
     }
-    let leases = retry::call(retry::startup(), retry::is_retryable_store, || {
+    let leases = retry::call(retry::lease_store(), retry::is_retryable_store, || {
         store.list_leases()
     })
     .await?;
@@ -366,7 +367,7 @@ pub(crate) async fn prepare(
                 plan
             } else {
                 // Another worker was first: its plan counts.
-                retry::call(retry::startup(), retry::is_retryable_store, || {
+                retry::call(retry::lease_store(), retry::is_retryable_store, || {
                     store.get_lease(&key)
                 })
                 .await?

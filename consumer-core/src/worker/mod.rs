@@ -166,9 +166,21 @@ impl<F: ProcessorFactory> Worker<F> {
     /// Runs until `shutdown` completes, then stops gracefully. The lease table must exist
     /// (`LeaseStore::ensure_table`).
     pub(crate) async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let incarnation = self
-            .start_incarnation(retry::startup(), retry::is_retryable_store)
-            .await?;
+        tokio::pin!(shutdown);
+        // The lease table answered the start-up check: an outage now is waited out (only
+        // a refused heartbeat, a configuration error, stops the start), until shutdown.
+        let joining = self.start_incarnation(
+            retry::joining(self.shared.config.renew_interval),
+            retry::is_retryable_store,
+        );
+        let incarnation = tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                tracing::info!(worker_id = %self.shared.worker_id, "shutdown before the first heartbeat was confirmed");
+                return Ok(());
+            }
+            joined = joining => joined?,
+        };
         tracing::info!(worker_id = %self.shared.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
         let scan_interval = self.shared.config.scan_interval;
         let _bumps = AbortOnDropHandle::new(tokio::spawn(announce::bump_changes(
@@ -185,7 +197,6 @@ impl<F: ProcessorFactory> Worker<F> {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut leader_tick = tokio::time::interval(scan_interval / 2);
         leader_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
         loop {
             if std::mem::take(&mut state.lead_now) {
                 leader_tick.reset_immediately();

@@ -25,7 +25,7 @@ impl<F: ProcessorFactory> Worker<F> {
         state.running.clear();
         state.incarnation.stop_heartbeat.cancel();
         state.incarnation.leading.send_replace(None);
-        let policy = retry::reincarnation(self.shared.config.renew_interval);
+        let policy = retry::joining(self.shared.config.renew_interval);
         // Anything but a deleted lease table is worth another try.
         let incarnation = self
             .start_incarnation(policy, |e| !e.is_table_missing())

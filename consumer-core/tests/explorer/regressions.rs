@@ -200,3 +200,25 @@ fn a_small_memory_budget_still_fills_a_batching_window() {
 fn a_failed_handover_of_a_waiting_lease_is_tried_again() {
     holds(13898, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Seed 24898 (`slow_handoffs`): the lease-table link of a worker was partitioned 11 ms
+/// after it started, once the start-up check of the table had answered; the first heartbeat
+/// was retried with the start-up policy (three tries in a second) and `run` returned
+/// "cannot reach DynamoDB": a transient failure stopped the worker. Fixed in `retry.rs`
+/// (only the first contact gives up on a transient failure; the first heartbeat is retried
+/// with the `joining` policy until it is confirmed) and `worker/mod.rs` (that wait is raced
+/// against shutdown).
+#[test]
+fn a_partition_right_after_start_up_is_ridden_out() {
+    holds(24898, Space::parse("slow_handoffs").expect("a space"));
+}
+
+/// Seed 30696 (`slow_handoffs`, a snapshot): a second worker's link was partitioned for
+/// 27.5 s while it prepared the snapshot; its lease scan, retried with the start-up policy,
+/// gave up and `run` returned the transient error. Fixed in `consumer.rs` (the snapshot's
+/// preparation, idempotent, is run again whole after a transient failure, raced against
+/// shutdown) and `snapshot/mod.rs` (its calls use the policies of their kind).
+#[test]
+fn a_partition_while_a_snapshot_is_prepared_is_ridden_out() {
+    holds(30696, Space::parse("slow_handoffs").expect("a space"));
+}

@@ -16,26 +16,32 @@ use crate::processor::{ProcessorFactory, RecordProcessor};
 use crate::start_time::StartTimeSkip;
 
 impl<F: ProcessorFactory> Session<'_, F> {
-    /// Takes the records created before the shard's start time off the front of `records`,
-    /// counts them and checkpoints past them (`start_time`).
+    /// Takes the records created before the shard's start time off the front of `records`
+    /// and counts them; checkpoints past them once skipping ends (`start_time`: until
+    /// then the stored position keeps the start time).
     pub(crate) async fn skip_before_start(
         &mut self,
         skip: &mut StartTimeSkip,
         records: &mut Vec<Arc<Record>>,
     ) -> Result<(), Interrupted> {
         let skipped = skip.take_skipped(records);
-        let Some(last) = skipped.last().and_then(|r| record_seq(r)) else {
-            return Ok(());
-        };
-        RecordsSkippedBeforeStart {
-            stream_arn: &self.key().stream,
-            shard_id: &self.key().shard_id,
-            records: skipped.len(),
-            last: last.as_str(),
-            pipeline: self.task.pipeline(),
+        if let Some(last) = skipped.records.last().and_then(|r| record_seq(r)) {
+            RecordsSkippedBeforeStart {
+                stream_arn: &self.key().stream,
+                shard_id: &self.key().shard_id,
+                records: skipped.records.len(),
+                last: last.as_str(),
+                pipeline: self.task.pipeline(),
+            }
+            .emit();
+            // Not lag: skipped records are not waiting for the processor.
+            let lag = &self.task.runtime.telemetry.lag;
+            lag.processed(self.key(), self.task.pipeline(), &last);
         }
-        .emit();
-        self.done(&skipped).await
+        match skipped.passed {
+            Some(passed) => self.done(std::slice::from_ref(&passed)).await,
+            None => Ok(()),
+        }
     }
 
     /// A record whose image does not decode: to the failure handler if there is one (the

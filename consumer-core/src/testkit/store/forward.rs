@@ -33,7 +33,7 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         let leases = self.visible(self.inner.list_leases().await?);
         // A filtered Scan bills every item it reads (the coordination and membership
         // items too, a few KB); spread over every item, so not counted per item.
-        let sizes = leases.iter().map(billing::lease_item_size);
+        let sizes = self.scanned_sizes(&leases);
         self.bill(billing::scan_read_units(sizes, true), 0, false);
         Ok(self.read(leases))
     }
@@ -164,7 +164,7 @@ impl<S: LeaseStore + ?Sized> dynamodb_streams_leases::StoreWrapper for Instrumen
         self.pass(StoreOp::Snapshot).await?;
         let (leases, workers) = self.inner.snapshot().await?;
         let leases = self.visible(leases);
-        let sizes = leases.iter().map(billing::lease_item_size);
+        let sizes = self.scanned_sizes(&leases);
         self.bill(billing::scan_read_units(sizes, true), 0, false);
         Ok((self.read(leases), self.read(workers)))
     }
