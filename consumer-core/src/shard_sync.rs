@@ -115,7 +115,11 @@ pub(crate) async fn sync_stream(
     let first_sync = !known.keys().any(|key| key.stream == stream_arn);
     let described: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     // A table's stream disabled and enabled again: the new stream's roots read from their
-    // first record, after the older streams' shards (gates as parents).
+    // first record, after the older streams' shards (gates as parents). Every older stream
+    // still holding leases gets a gate, even one whose leases are all at `SHARD_END`: a
+    // shard of it that ended while no worker ran has children without leases yet (the
+    // older stream's own sync creates them, maybe later in this very pass), which only
+    // `retire_replaced_streams` checks before it opens the gate (issue 15, seed 83326).
     let older = older_streams(stream_arn, leases);
     let reenabled = !older.is_empty();
     let mut gates: Vec<String> = leases
@@ -124,10 +128,7 @@ pub(crate) async fn sync_stream(
         .map(|l| l.key.shard_id.clone())
         .collect();
     if first_sync {
-        for (older_stream, finished) in &older {
-            if *finished {
-                continue;
-            }
+        for (older_stream, _) in &older {
             let gate = Lease::new(
                 LeaseKey::stream_gate(stream_arn, older_stream),
                 Checkpoint::TrimHorizon,
@@ -344,7 +345,7 @@ pub(crate) async fn retire_replaced_streams(
     streams.sort_unstable();
     streams.dedup();
     let mut retired = 0;
-    for old in streams {
+    for &old in &streams {
         let replaced = current.iter().any(|c| is_replaced_by(old, c));
         if !replaced {
             continue;
@@ -365,8 +366,23 @@ pub(crate) async fn retire_replaced_streams(
             let mark = Lease::new(mark.clone(), Checkpoint::ShardEnd, vec![]);
             create_lease_if_absent(store.as_ref(), &mark).await?;
         }
-        for gate in leases.iter().filter(|l| l.key.gated_stream() == Some(old)) {
-            store.delete_lease(&gate.key).await?;
+        // The gates in the view, and those this pass's sync of the current stream may have
+        // just created (the view predates them): deleting an absent gate succeeds.
+        let mut gates: Vec<LeaseKey> = leases
+            .iter()
+            .filter(|l| l.key.gated_stream() == Some(old))
+            .map(|l| l.key.clone())
+            .chain(
+                current
+                    .iter()
+                    .filter(|c| is_replaced_by(old, c))
+                    .map(|c| LeaseKey::stream_gate(c.as_str(), old)),
+            )
+            .collect();
+        gates.sort_unstable();
+        gates.dedup();
+        for gate in gates {
+            store.delete_lease(&gate).await?;
         }
         for done in leases
             .iter()
@@ -379,6 +395,16 @@ pub(crate) async fn retire_replaced_streams(
             "a replaced stream finished: its leases are removed and its table's newer stream runs"
         );
         retired += 1;
+    }
+    // A gate whose older stream has no lease left in the view waits for nothing: that
+    // stream's finished leases went with its shards (`finished_and_gone`) in an earlier
+    // pass, after the gate was created.
+    for gate in leases.iter().filter(|l| {
+        l.key
+            .gated_stream()
+            .is_some_and(|older| !streams.contains(&older))
+    }) {
+        store.delete_lease(&gate.key).await?;
     }
     Ok(retired)
 }
@@ -571,6 +597,84 @@ mod tests {
             };
             assert_eq!(lease.checkpoint, expected, "{}", lease.key);
         }
+    }
+
+    /// Issue 15 (explorer seed 83326): a table's stream rotated its shard while no worker
+    /// ran, so the ended shard's child had no lease, and every lease of the stream was at
+    /// `SHARD_END`; the stream was then disabled and enabled again. The new stream's first
+    /// sync saw the older stream "finished" and gave its root no gate: the root's records
+    /// ran before the older stream's child's records of the same keys. Every older stream
+    /// with leases gets a gate; the retirement opens it only once the older stream's own
+    /// sync finds every shard leased and ended, even when its view predates the gate.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_streams_roots_wait_for_an_older_stream_whose_leases_all_ended() {
+        use crate::testkit::{SimConfig, SimulatedStream};
+        use dynamodb_streams_leases::InMemoryLeaseStore;
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: 1,
+            ..SimConfig::with_seed(11)
+        });
+        let old = sim.add_table("t");
+        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let trim = InitialPosition::TrimHorizon;
+        let root = sim.open_shards(&old).unwrap().remove(0).shard_id;
+        let view = store.list_leases().await.unwrap();
+        sync_stream(&sim, &store, &old, &view, trim, Contention::Alone)
+            .await
+            .unwrap();
+        let root_key = LeaseKey::new(old.clone(), root.clone());
+        let lease = store.get_lease(&root_key).await.unwrap().unwrap();
+        store
+            .reset_lease(&root_key, None, lease.epoch, &Checkpoint::ShardEnd)
+            .await
+            .unwrap();
+        // The shard ends while no worker runs: its child has no lease yet.
+        let child = sim.rotate_shard(&old, &root).unwrap();
+        let new = sim.reenable_stream("t").unwrap();
+
+        let view = store.list_leases().await.unwrap();
+        sync_stream(&sim, &store, &new, &view, trim, Contention::Alone)
+            .await
+            .unwrap();
+        let gate = LeaseKey::stream_gate(new.as_str(), &old);
+        assert!(
+            store.get_lease(&gate).await.unwrap().is_some(),
+            "the new stream waits for the older one"
+        );
+        for lease in store.list_leases().await.unwrap() {
+            if lease.key.stream == new && !lease.key.is_coordination() {
+                assert_eq!(
+                    lease.parent_shard_ids,
+                    std::slice::from_ref(&gate.shard_id),
+                    "{}",
+                    lease.key
+                );
+            }
+        }
+        let current = [new.clone()];
+        let retired = retire_replaced_streams(&sim, &store, &view, &current, trim)
+            .await
+            .unwrap();
+        assert_eq!(retired, 0, "the older stream's child is not read yet");
+        assert!(store.get_lease(&gate).await.unwrap().is_some());
+        let child_key = LeaseKey::new(old.clone(), child);
+        let lease = store.get_lease(&child_key).await.unwrap().unwrap();
+        store
+            .reset_lease(&child_key, None, lease.epoch, &Checkpoint::ShardEnd)
+            .await
+            .unwrap();
+        // A view without the gate (read before the new stream's sync created it).
+        let mut stale = store.list_leases().await.unwrap();
+        stale.retain(|l| l.key != gate);
+        let retired = retire_replaced_streams(&sim, &store, &stale, &current, trim)
+            .await
+            .unwrap();
+        assert_eq!(retired, 1);
+        assert_eq!(
+            store.get_lease(&gate).await.unwrap(),
+            None,
+            "the gate opens"
+        );
     }
 
     /// Issue 15 (explorer seed 857): the worker that finished the last segment could not

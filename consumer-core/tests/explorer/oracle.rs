@@ -158,6 +158,9 @@ struct State {
     segments_ended: BTreeSet<LeaseKey>,
     /// Deliveries of each snapshot item so far, by (stream, segment, key).
     snapshot_attempts: BTreeMap<(String, String, String), u32>,
+    /// Snapshot items the on-failure handler accepted, by (table, key): their snapshot
+    /// record left the normal path with its reason (invariant 1), so a sink never gets it.
+    snapshot_handled: BTreeSet<(String, String)>,
     /// Streams replaced by a new stream of their table (disabled and enabled again), and
     /// when (virtual ms).
     replaced: BTreeMap<String, u64>,
@@ -338,6 +341,7 @@ impl Oracle {
                 plans: BTreeMap::new(),
                 segments_ended: BTreeSet::new(),
                 snapshot_attempts: BTreeMap::new(),
+                snapshot_handled: BTreeSet::new(),
                 replaced: BTreeMap::new(),
                 first_lease: BTreeMap::new(),
             })),
@@ -654,19 +658,39 @@ impl Oracle {
         *calls += 1;
         let accept = *calls > failures;
         let tag = state.pipeline_tag();
+        // Snapshot records carry no sequence number: named by their item.
+        let snapshot_items: Vec<String> = failed
+            .records
+            .iter()
+            .filter(|r| r.dynamodb().and_then(|d| d.sequence_number()).is_none())
+            .filter_map(|r| match r.dynamodb()?.keys()?.get("pk") {
+                Some(aws_sdk_dynamodbstreams::types::AttributeValue::S(pk)) => Some(pk.clone()),
+                _ => None,
+            })
+            .collect();
         state.journal.push(format!(
-            "handler{tag} {} {} [{}] {}",
+            "handler{tag} {} {} {}[{}] {}",
             failed.reason,
             failed.shard_id,
             failed
+                .table
+                .as_deref()
+                .map(|t| format!("of {t} "))
+                .unwrap_or_default(),
+            failed
                 .sequence_numbers()
-                .map(|s| s.trim_start_matches('0'))
+                .map(|s| s.trim_start_matches('0').to_owned())
+                .chain(snapshot_items.iter().map(|k| format!("snap {k}")))
                 .collect::<Vec<_>>()
                 .join(" "),
             if accept { "accepted" } else { "refused" }
         ));
         if !accept {
             return false;
+        }
+        let table = failed.table.clone().unwrap_or_default();
+        for key in snapshot_items {
+            state.snapshot_handled.insert((table.clone(), key));
         }
         let mut problems = Vec::new();
         for seq in failed.sequence_numbers() {
@@ -847,12 +871,16 @@ impl Oracle {
             let shard = LeaseKey::new(rec.stream.clone(), rec.shard.clone());
             // A shard whose checkpoint lags may be delivered again from it: the sink holds
             // what the last (partial) redelivery left. With a snapshot, an item whose last
-            // record the stream skipped (before the snapshot began) came through the scan.
+            // record the stream skipped (before the snapshot began) came through the scan,
+            // unless its snapshot record went to the on-failure handler (seed 73761).
             let through_snapshot = state.rules.snapshot
                 && rec.finished.is_none()
                 && !rec.filtered
                 && state.passed_by_rule(last)
-                && state.plans.contains_key(&rec.stream);
+                && state.plans.contains_key(&rec.stream)
+                && !state
+                    .snapshot_handled
+                    .contains(&(table.clone(), key.clone()));
             if !through_snapshot
                 && (rec.finished != Some(Finished::Ok)
                     || rec.last_call_failed
