@@ -74,9 +74,10 @@ struct Rec {
     failed_calls: u32,
     /// It went to the on-failure handler at least once.
     handled: bool,
-    /// The last call that included it failed on it: a redelivery (the checkpoint lagged)
-    /// that ended in the handler leaves the sink where the redelivery's earlier records
-    /// put it, older than this record's first `Ok` (seed 558).
+    /// Since its last `Ok`, a call failed on it or it went to the handler (too old, say,
+    /// without a call): a redelivery (the checkpoint lagged) that ended in the handler
+    /// leaves the sink where the redelivery's earlier records put it, older than this
+    /// record's first `Ok` (seeds 558, 104120).
     last_call_failed: bool,
 }
 
@@ -721,6 +722,7 @@ impl Oracle {
                 ));
             }
             state.records[i].handled = true;
+            state.records[i].last_call_failed = true;
             state.finish(i, Finished::Handler(failed.reason));
         }
         for problem in problems {
