@@ -99,18 +99,16 @@ pub(crate) fn replaces_a_consumed_stream(stream_arn: &str, leases: &[Lease]) -> 
 }
 
 /// The streams that `stream_arn`, the table's current stream, replaced and that still have
-/// shard leases, each with whether all of them are finished.
-pub(crate) fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<(&'a str, bool)> {
-    let mut older: Vec<(&str, bool)> = Vec::new();
+/// shard leases (finished or not: only `retire_replaced_streams` judges them done).
+pub(crate) fn older_streams<'a>(stream_arn: &str, leases: &'a [Lease]) -> Vec<&'a str> {
+    let mut older: Vec<&str> = Vec::new();
     for lease in leases {
         let stream = lease.key.stream.as_str();
-        if lease.key.is_coordination() || !is_replaced_by(stream, stream_arn) {
-            continue;
-        }
-        let finished = lease.checkpoint == Checkpoint::ShardEnd;
-        match older.iter_mut().find(|(s, _)| *s == stream) {
-            Some((_, all)) => *all &= finished,
-            None => older.push((stream, finished)),
+        if !lease.key.is_coordination()
+            && is_replaced_by(stream, stream_arn)
+            && !older.contains(&stream)
+        {
+            older.push(stream);
         }
     }
     older

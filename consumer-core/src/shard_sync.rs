@@ -128,7 +128,7 @@ pub(crate) async fn sync_stream(
         .map(|l| l.key.shard_id.clone())
         .collect();
     if first_sync {
-        for (older_stream, _) in &older {
+        for older_stream in &older {
             let gate = Lease::new(
                 LeaseKey::stream_gate(stream_arn, older_stream),
                 Checkpoint::TrimHorizon,
@@ -608,14 +608,7 @@ mod tests {
     /// sync finds every shard leased and ended, even when its view predates the gate.
     #[tokio::test(start_paused = true)]
     async fn a_new_streams_roots_wait_for_an_older_stream_whose_leases_all_ended() {
-        use crate::testkit::{SimConfig, SimulatedStream};
-        use dynamodb_streams_leases::InMemoryLeaseStore;
-        let sim = SimulatedStream::new(SimConfig {
-            initial_shards: 1,
-            ..SimConfig::with_seed(11)
-        });
-        let old = sim.add_table("t");
-        let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+        let (sim, old, store) = table_with_shards(1, 11);
         let trim = InitialPosition::TrimHorizon;
         let root = sim.open_shards(&old).unwrap().remove(0).shard_id;
         let view = store.list_leases().await.unwrap();
