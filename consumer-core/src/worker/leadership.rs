@@ -6,24 +6,26 @@
 //! (at least every scan interval), the count being the one the leader publishes there with
 //! its heartbeat. Until the leader has counted the workers (a cold start: nobody leads yet,
 //! or the first leader has not finished its first round; the item says 0), a worker cannot
-//! know its share, so it reads every `failover_time / 3` (at least every scan interval):
-//! once per leader heartbeat on average, so the count is there at its next read, and at
-//! 1,000 workers (the size we design for) the same rate as once the count is known. Every
-//! read is jittered (half to one and a half of its interval), and a new incarnation's
-//! first read is drawn so that the reads of workers started together are spread evenly
-//! from the first second on: the remaining time to the next read of a worker that had
-//! been reading for ever (the renewal process's equilibrium residual time), not a uniform
-//! point of one interval, whose reads pile up on the second reads of the early readers
-//! (at 1,000 workers started together the busiest second was 312 read units against 150
-//! on average).
+//! know its share, so it reads as if 1,000 workers were counted (the size we design for:
+//! every 3.3 s, so a cold start of 1,000 reads at the rate it will keep once counted), or
+//! every `failover_time / 3` if that is shorter (once per leader heartbeat, when the count
+//! is published: a short failover time keeps a quick first claim), and at least every
+//! scan interval. Every read is jittered (half to one and a half of its interval), and a
+//! new incarnation's first read is drawn so that the reads of workers started together
+//! are spread evenly from the first second on: the time a worker that had always been
+//! reading would still wait for its next read (the equilibrium residual time of the
+//! jittered interval), not a uniform point of one interval, whose reads pile up on the
+//! early readers' second reads (at 1,000 workers started together the busiest second was
+//! 312 read units against 150 on average).
 //!
-//! What it costs: a worker alone reads first after `0.54 * failover_time / 3` on average
-//! (1.8 s at the default 10 s, at most 5 s; it was 1 s on average, 2 s at most), and only
-//! a cold start's claim of the leader's role waits for that read (leases wait for the
-//! leader). A failover does not: a worker wakes when the leader's counter would turn stale
-//! (`failover_time` after it last saw it move) and reads then, whatever its interval. A
-//! new leader publishes the count the item already held until its own first round has
-//! counted the workers, so a takeover does not reset the workers to the cold-start rate.
+//! What it costs: a worker alone reads first after 0.54 of that interval on average (1.8 s
+//! at the default failover time of 10 s, at most 5 s; it was 1 s on average, 2 s at most),
+//! and only a cold start's claim of the leader's role waits for that read (leases wait for
+//! the leader's plan, which comes with its first round). A failover does not: a worker
+//! wakes when the leader's counter would turn stale (`failover_time` after it last saw it
+//! move) and reads then, whatever its interval. A new leader publishes the count the item
+//! already held until its own first round has counted the workers, so a takeover does not
+//! send the workers back to the cold-start rate.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -48,9 +50,14 @@ const COORDINATION_READS_PER_SECOND: f64 = 300.0;
 /// for ever, which made the item's busiest second four times its average.
 const COORDINATION_JITTER: f64 = 0.5;
 
-/// While the worker count is not known yet, each worker reads the coordination item this
-/// many times per `failover_time`: about once per leader heartbeat (`renew_interval`
-/// defaults to a third of `failover_time`), when the leader publishes the count.
+/// While the worker count is not known yet, each worker reads the coordination item as if
+/// this many workers were counted: the size we design for, so that a cold start of that
+/// many reads it at the steady rate. Bounded whatever the failover time (up to "never").
+const UNKNOWN_COUNT_ASSUMED: f64 = 1000.0;
+
+/// ... but at least this many times per `failover_time`: about once per leader heartbeat
+/// (`renew_interval` defaults to a third of `failover_time`), when the leader publishes
+/// the count; a short failover time keeps a quick first claim.
 const UNKNOWN_COUNT_READS_PER_FAILOVER: u32 = 3;
 
 /// The longest a worker that finds no leader waits before it claims the role: workers
@@ -107,10 +114,12 @@ impl<F: ProcessorFactory> Worker<F> {
     /// `workers` (0: not counted yet; see the module doc).
     fn read_interval(&self, workers: u64) -> Duration {
         let config = &self.shared.config;
+        let share = |workers: f64| Duration::from_secs_f64(workers / COORDINATION_READS_PER_SECOND);
         let every = if workers == 0 {
-            config.failover_time / UNKNOWN_COUNT_READS_PER_FAILOVER
+            share(UNKNOWN_COUNT_ASSUMED)
+                .min(config.failover_time / UNKNOWN_COUNT_READS_PER_FAILOVER)
         } else {
-            Duration::from_secs_f64(workers as f64 / COORDINATION_READS_PER_SECOND)
+            share(workers as f64)
         };
         every.max(config.scan_interval)
     }
