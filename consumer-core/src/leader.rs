@@ -718,7 +718,8 @@ mod tests {
         setup.lease("s4", "me", true).await;
         let mut leader = Leader::new(setup.config.failover_time, None);
         leader.tick(&setup.env()).await.unwrap().unwrap();
-        assert_eq!(setup.hinted("b").await, [idle]);
+        // The first scan's hints (s2, never run since its take) are not what this tests.
+        setup.hinted("b").await;
 
         // b hands s1 over to c: its release, then a take on c's behalf; c's hint is lost.
         let held = setup.store.get_lease(&moved).await.unwrap().unwrap();
@@ -745,6 +746,6 @@ mod tests {
         leader.tick(&setup.env()).await.unwrap().unwrap();
 
         assert_eq!(setup.hinted("c").await, [moved]);
-        assert_eq!(setup.hinted("b").await, [], "s2 was hinted already");
+        assert_eq!(setup.hinted("b").await, [], "{idle} was hinted already");
     }
 }
