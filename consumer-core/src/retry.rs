@@ -394,16 +394,17 @@ mod tests {
         assert!(is_retryable(&crate::Error::LeaseStore(partitioned)));
     }
 
-    /// A call failing with "transient" `failures` times before it passes (answering its
+    /// A call failing with `error` `failures` times before it passes (answering its
     /// attempt's number), counting its attempts in `attempts`.
-    fn flaky(
-        attempts: &std::cell::Cell<u32>,
+    fn failing<'a>(
+        attempts: &'a std::cell::Cell<u32>,
         failures: u32,
-    ) -> impl FnMut() -> std::future::Ready<Result<u32, &'static str>> + '_ {
+        error: &'static str,
+    ) -> impl FnMut() -> std::future::Ready<Result<u32, &'static str>> + 'a {
         move || {
             attempts.set(attempts.get() + 1);
             std::future::ready(if attempts.get() <= failures {
-                Err("transient")
+                Err(error)
             } else {
                 Ok(attempts.get())
             })
@@ -426,7 +427,7 @@ mod tests {
             transient,
             FirstAttempt::Raced,
             shutdown,
-            flaky(&attempts, 2),
+            failing(&attempts, 2, "transient"),
         );
         assert_eq!(passed.await, Ok(Some(3)));
         // Pauses of 200 and 400 ms (backon's `f32` pauses, rounded up to a whole ms).
@@ -439,10 +440,7 @@ mod tests {
     async fn until_passed_returns_a_fatal_error_at_once() {
         let attempts = std::cell::Cell::new(0);
         let start = Instant::now();
-        let fatal = || {
-            attempts.set(attempts.get() + 1);
-            std::future::ready(Err::<(), _>("fatal"))
-        };
+        let fatal = failing(&attempts, u32::MAX, "fatal");
         let shutdown = std::future::pending();
         let failed = until_passed(RENEW, transient, FirstAttempt::Raced, shutdown, fatal);
         assert_eq!(failed.await, Err("fatal"));
@@ -461,7 +459,7 @@ mod tests {
             transient,
             FirstAttempt::Raced,
             shutdown,
-            flaky(&attempts, u32::MAX),
+            failing(&attempts, u32::MAX, "transient"),
         );
         assert_eq!(never.await, Ok(None));
         assert_eq!(
@@ -476,10 +474,8 @@ mod tests {
     async fn only_a_completed_first_attempt_runs_despite_shutdown() {
         let attempts = std::cell::Cell::new(0);
         let stopped = std::future::ready(());
-        let raced = until_passed(RENEW, transient, FirstAttempt::Raced, stopped, || {
-            attempts.set(attempts.get() + 1);
-            std::future::ready(Err::<(), _>("fatal"))
-        });
+        let refusing = failing(&attempts, u32::MAX, "fatal");
+        let raced = until_passed(RENEW, transient, FirstAttempt::Raced, stopped, refusing);
         assert_eq!(raced.await, Ok(None), "a raced first attempt gives way");
         assert_eq!(attempts.get(), 0);
         let slow_refusal = || {
@@ -505,7 +501,7 @@ mod tests {
             transient,
             FirstAttempt::Completed,
             stopped,
-            flaky(&attempts, u32::MAX),
+            failing(&attempts, u32::MAX, "transient"),
         );
         assert_eq!(completed.await, Ok(None), "the retries give way");
         assert_eq!(attempts.get(), 1);
