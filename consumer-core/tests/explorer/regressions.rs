@@ -250,6 +250,18 @@ fn a_flush_cut_by_the_batch_timeout_never_lets_an_older_checkpoint_land_last() {
     }
 }
 
+/// Seed 110687 (`slow_handoffs`: a 1,049-byte memory budget, one-record pages, a 2.6 s
+/// batching window, two shards): the budget let one page in at a time, and every batching
+/// window was waited out in full for records that could not come until the batch was
+/// delivered (the budget kept the next page out until the batch's bytes came back): one
+/// record per ~5.4 s, and the backlog did not drain within the bound. Fixed in
+/// `shard/batching.rs` (a batch stops waiting once a page waits for the budget, for the
+/// plain path and key parallelism alike).
+#[test]
+fn a_batching_window_ends_once_the_budget_keeps_the_next_page_out() {
+    holds(110687, Space::parse("slow_handoffs").expect("a space"));
+}
+
 /// Seed 106452 (`slow_handoffs`): the leader, which owned a lease the plan moved to a new
 /// worker, handed it over (a take on the new owner's behalf, not announced); its link was
 /// throttled, so the hint stayed in its memory, and it crashed before sending it again.
