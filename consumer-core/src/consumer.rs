@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::leader::StreamSource;
 use crate::observability::{Health, Telemetry};
 use crate::processor::ProcessorFactory;
-use crate::retry;
+use crate::retry::{self, FirstAttempt};
 use crate::runtime::{PipelineRunner, Runtime};
 use crate::start_time::InitialPosition;
 use crate::streams::{SdkStreams, StreamsApi};
@@ -131,31 +131,25 @@ impl<F: ProcessorFactory> Consumer<F> {
                 // table answered the start-up check, an outage now is waited out. The
                 // first attempt is not raced against shutdown, so that a refusal (a
                 // KEYS_ONLY stream) is reported even to a worker asked to stop at once.
-                let prepare = || {
-                    crate::snapshot::prepare(
-                        self.api.as_ref(),
-                        &store,
-                        snapshot,
-                        &source.stream_arn,
-                        source.table.as_deref(),
-                        &pipelines,
-                    )
-                };
-                match prepare().await {
-                    Ok(()) => {}
-                    Err(e) if !retry::is_retryable(&e) => return Err(e),
-                    Err(_) => {
-                        let prepared = retry::call(
-                            retry::joining(self.config.renew_interval),
-                            retry::is_retryable,
-                            prepare,
-                        );
-                        tokio::select! {
-                            biased;
-                            _ = &mut shutdown => return Ok(()),
-                            prepared = prepared => prepared?,
-                        }
-                    }
+                let prepared = retry::until_passed(
+                    self.config.renew_interval,
+                    retry::is_retryable,
+                    FirstAttempt::Completed,
+                    shutdown.as_mut(),
+                    || {
+                        crate::snapshot::prepare(
+                            self.api.as_ref(),
+                            &store,
+                            snapshot,
+                            &source.stream_arn,
+                            source.table.as_deref(),
+                            &pipelines,
+                        )
+                    },
+                )
+                .await?;
+                if prepared.is_none() {
+                    return Ok(());
                 }
             }
         }

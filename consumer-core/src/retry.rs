@@ -35,7 +35,7 @@
 //! answered, where an endpoint that cannot be reached is most likely a wrong one, so the
 //! start fails within seconds naming it. Once the lease table answered, the worker rides
 //! out an outage of any length: the first heartbeat and a snapshot's preparation are
-//! retried without end ([`joining`], raced against shutdown), and a running worker fences
+//! retried without end, raced against shutdown ([`until_passed`], with the [`joining`] pauses), and a running worker fences
 //! itself, keeps trying, and comes back as a new incarnation. A running worker stops on
 //! one error only: its lease table is gone (`is_table_missing`). Two pauses are fixed rather than
 //! growing: a shard held at an undecodable record, and a shard consumer that stopped on an
@@ -162,6 +162,69 @@ where
         match call().await {
             Err(error) if when(&error) => pause_or_give_up(&mut pauses, error).await?,
             result => return result,
+        }
+    }
+}
+
+/// Whether shutdown may cut the first attempt of [`until_passed`] short.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FirstAttempt {
+    /// Shutdown ends the wait at once, before or during the first attempt too: a worker
+    /// asked to stop before it joined writes nothing.
+    Raced,
+    /// The first attempt runs to its end whatever shutdown does, so that its answer (a
+    /// refusal, such as a `KEYS_ONLY` stream) reaches even a worker asked to stop at once;
+    /// only the pauses and attempts after a transient failure give way to shutdown.
+    Completed,
+}
+
+/// Calls `call` until it passes, raced against `shutdown`: what a worker does once the
+/// lease table answered its first contact, where an outage is waited out, not reported
+/// (the first heartbeat of an incarnation, a snapshot's preparation).
+///
+/// Promises:
+/// - errors `retried` accepts (the transient ones: [`is_retryable_store`], [`is_retryable`])
+///   are tried again after the [`joining`] policy's pause, without end;
+/// - it gives up only on an error `retried` rejects (returned at once, untried again) or on
+///   shutdown (`Ok(None)`, at once, in the middle of an attempt or a pause);
+/// - shutdown is checked before each attempt and pause resumes (a shutdown that came
+///   together with an answer wins); whether the first attempt is raced is `first`'s choice.
+pub(crate) async fn until_passed<T, E, Fut>(
+    renew_interval: Duration,
+    retried: impl Fn(&E) -> bool,
+    first: FirstAttempt,
+    shutdown: impl Future<Output = ()>,
+    mut call: impl FnMut() -> Fut,
+) -> Result<Option<T>, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut pauses = joining(renew_interval).build();
+    let mut raced = first == FirstAttempt::Raced;
+    loop {
+        // Not called before it is polled: a raced attempt that shutdown beat did nothing.
+        let attempt = async { call().await };
+        let answer = if raced {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return Ok(None),
+                answer = attempt => answer,
+            }
+        } else {
+            attempt.await
+        };
+        raced = true;
+        match answer {
+            Err(error) if retried(&error) => {
+                let pause = pause_or_give_up(&mut pauses, error);
+                tokio::select! {
+                    biased;
+                    () = &mut shutdown => return Ok(None),
+                    paused = pause => paused?,
+                }
+            }
+            answer => return answer.map(Some),
         }
     }
 }
@@ -329,6 +392,119 @@ mod tests {
         };
         assert!(is_retryable_store(&partitioned));
         assert!(is_retryable(&crate::Error::LeaseStore(partitioned)));
+    }
+
+    /// A call failing with `error` `failures` times before it passes (answering its
+    /// attempt's number), counting its attempts in `attempts`.
+    fn failing<'a>(
+        attempts: &'a std::cell::Cell<u32>,
+        failures: u32,
+        error: &'static str,
+    ) -> impl FnMut() -> std::future::Ready<Result<u32, &'static str>> + 'a {
+        move || {
+            attempts.set(attempts.get() + 1);
+            std::future::ready(if attempts.get() <= failures {
+                Err(error)
+            } else {
+                Ok(attempts.get())
+            })
+        }
+    }
+
+    const RENEW: Duration = Duration::from_secs(10);
+
+    fn transient(error: &&str) -> bool {
+        *error == "transient"
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_passed_retries_a_transient_error_with_the_joining_pauses() {
+        let attempts = std::cell::Cell::new(0);
+        let start = Instant::now();
+        let shutdown = std::future::pending();
+        let passed = until_passed(
+            RENEW,
+            transient,
+            FirstAttempt::Raced,
+            shutdown,
+            failing(&attempts, 2, "transient"),
+        );
+        assert_eq!(passed.await, Ok(Some(3)));
+        // Pauses of 200 and 400 ms (backon's `f32` pauses, rounded up to a whole ms).
+        let paused = start.elapsed();
+        let (least, most) = (Duration::from_millis(600), Duration::from_millis(602));
+        assert!(paused >= least && paused <= most, "{paused:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_passed_returns_a_fatal_error_at_once() {
+        let attempts = std::cell::Cell::new(0);
+        let start = Instant::now();
+        let fatal = failing(&attempts, u32::MAX, "fatal");
+        let shutdown = std::future::pending();
+        let failed = until_passed(RENEW, transient, FirstAttempt::Raced, shutdown, fatal);
+        assert_eq!(failed.await, Err("fatal"));
+        assert_eq!(attempts.get(), 1, "never tried again");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_during_a_pause_of_until_passed_ends_it_at_once() {
+        let attempts = std::cell::Cell::new(0);
+        let start = Instant::now();
+        // Attempts at 0 and 200 ms; shutdown in the middle of the 400 ms pause after.
+        let shutdown = tokio::time::sleep(Duration::from_millis(300));
+        let never = until_passed(
+            RENEW,
+            transient,
+            FirstAttempt::Raced,
+            shutdown,
+            failing(&attempts, u32::MAX, "transient"),
+        );
+        assert_eq!(never.await, Ok(None));
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(300),
+            "not at the pause's end"
+        );
+        assert_eq!(attempts.get(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_completed_first_attempt_runs_despite_shutdown() {
+        let attempts = std::cell::Cell::new(0);
+        let stopped = std::future::ready(());
+        let refusing = failing(&attempts, u32::MAX, "fatal");
+        let raced = until_passed(RENEW, transient, FirstAttempt::Raced, stopped, refusing);
+        assert_eq!(raced.await, Ok(None), "a raced first attempt gives way");
+        assert_eq!(attempts.get(), 0);
+        let slow_refusal = || {
+            attempts.set(attempts.get() + 1);
+            async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err::<(), _>("fatal")
+            }
+        };
+        let stopped = std::future::ready(());
+        let completed = until_passed(
+            RENEW,
+            transient,
+            FirstAttempt::Completed,
+            stopped,
+            slow_refusal,
+        );
+        assert_eq!(completed.await, Err("fatal"), "the refusal is reported");
+        attempts.set(0);
+        let stopped = std::future::ready(());
+        let completed = until_passed(
+            RENEW,
+            transient,
+            FirstAttempt::Completed,
+            stopped,
+            failing(&attempts, u32::MAX, "transient"),
+        );
+        assert_eq!(completed.await, Ok(None), "the retries give way");
+        assert_eq!(attempts.get(), 1);
     }
 
     #[test]

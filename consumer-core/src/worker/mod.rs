@@ -24,10 +24,10 @@ mod leases;
 mod shutdown;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use backon::ExponentialBuilder;
 use dynamodb_streams_leases::{Lease, LeaseKey, Ownership};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -42,7 +42,7 @@ use crate::heartbeat::Heartbeat;
 use crate::leader::{AUDIT_INTERVAL, Leader, StreamSource};
 use crate::lease_protocol::Liveness;
 use crate::processor::ProcessorFactory;
-use crate::retry;
+use crate::retry::{self, FirstAttempt};
 use crate::runtime::{Runtime, ShardOutcome, ShardSignals};
 
 /// How often a new incarnation tries another id when its membership item is full.
@@ -169,17 +169,12 @@ impl<F: ProcessorFactory> Worker<F> {
         tokio::pin!(shutdown);
         // The lease table answered the start-up check: an outage now is waited out (only
         // a refused heartbeat, a configuration error, stops the start), until shutdown.
-        let joining = self.start_incarnation(
-            retry::joining(self.shared.config.renew_interval),
-            retry::is_retryable_store,
-        );
-        let incarnation = tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                tracing::info!(worker_id = %self.shared.worker_id, "shutdown before the first heartbeat was confirmed");
-                return Ok(());
-            }
-            joined = joining => joined?,
+        let joined = self
+            .start_incarnation(retry::is_retryable_store, shutdown.as_mut())
+            .await?;
+        let Some(incarnation) = joined else {
+            tracing::info!(worker_id = %self.shared.worker_id, "shutdown before the first heartbeat was confirmed");
+            return Ok(());
         };
         tracing::info!(worker_id = %self.shared.worker_id, incarnation = %incarnation.id, streams = self.streams.len(), "worker started");
         let scan_interval = self.shared.config.scan_interval;
@@ -212,10 +207,8 @@ impl<F: ProcessorFactory> Worker<F> {
                 _ = &mut shutdown => break,
                 _ = fenced.cancelled() => {
                     // SIGTERM is honoured while the comeback retries.
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => break,
-                        comeback = self.fence(&mut state) => comeback?,
+                    if self.fence(&mut state, shutdown.as_mut()).await?.is_none() {
+                        break;
                     }
                 }
                 Some(joined) = state.tasks.join_next() => {
@@ -259,13 +252,14 @@ impl<F: ProcessorFactory> Worker<F> {
 
     /// A new identity: the worker id plus the time and a random part (two processes with
     /// the same host name and pid starting in the same millisecond still differ),
-    /// heartbeating from now on. The first heartbeat is retried as `policy` says, on errors
-    /// `when` accepts; a full membership item is tried again under another id.
+    /// heartbeating from now on. The first heartbeat is retried until it is confirmed
+    /// ([`retry::until_passed`]), on errors `when` accepts; a full membership item is tried
+    /// again under another id. `None`: `shutdown` came first.
     async fn start_incarnation(
         &self,
-        policy: ExponentialBuilder,
         when: fn(&dynamodb_streams_leases::Error) -> bool,
-    ) -> Result<Incarnation> {
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<Incarnation>> {
         let ttl = self.worker_ttl();
         let mut attempt = 0;
         let (id, sent) = loop {
@@ -279,13 +273,20 @@ impl<F: ProcessorFactory> Worker<F> {
                 retried
             };
             let clock = FencingClock::default();
-            let joined = retry::call(policy, retried, || {
-                sent = clock.now();
-                self.shared.store.heartbeat(&id, ttl)
-            })
+            let joined = retry::until_passed(
+                self.shared.config.renew_interval,
+                retried,
+                FirstAttempt::Raced,
+                shutdown.as_mut(),
+                || {
+                    sent = clock.now();
+                    self.shared.store.heartbeat(&id, ttl)
+                },
+            )
             .await;
             match joined {
-                Ok(_) => break (id, sent),
+                Ok(Some(_)) => break (id, sent),
+                Ok(None) => return Ok(None),
                 Err(error @ dynamodb_streams_leases::Error::MembershipFull { .. })
                     if attempt + 1 < JOIN_ATTEMPTS =>
                 {
@@ -311,13 +312,13 @@ impl<F: ProcessorFactory> Worker<F> {
             stop: stop_heartbeat.clone(),
             leading: leading_rx,
         };
-        Ok(Incarnation {
+        Ok(Some(Incarnation {
             id,
             fenced,
             stop_heartbeat,
             leading,
             _heartbeat: AbortOnDropHandle::new(tokio::spawn(heartbeat.run())),
-        })
+        }))
     }
 
     /// `{worker id}#{unix ms, hex}{32 random bits, hex}`. The stream's clock and random

@@ -2,6 +2,7 @@
 //! as a new incarnation) or gracefully (flush, release, resign, leave).
 
 use std::collections::BTreeSet;
+use std::pin::Pin;
 
 use dynamodb_streams_leases::{Checkpoint, LeaseKey, Ownership};
 
@@ -17,19 +18,33 @@ use crate::runtime::ShardOutcome;
 impl<F: ProcessorFactory> Worker<F> {
     /// No confirmed heartbeat in time (or the entry was removed): stop every shard without
     /// writing, then come back as a new incarnation, which gets leases like any other.
-    pub(super) async fn fence(&self, state: &mut State) -> Result<()> {
-        tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
-        self.shared.telemetry.health.fenced();
-        state.stop_all_shards();
-        while state.tasks.join_next().await.is_some() {}
-        state.running.clear();
-        state.incarnation.stop_heartbeat.cancel();
-        state.incarnation.leading.send_replace(None);
-        let policy = retry::joining(self.shared.config.renew_interval);
+    /// Every step gives way to `shutdown` at once (`None`), the comeback's retries too.
+    pub(super) async fn fence(
+        &self,
+        state: &mut State,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<Option<()>> {
+        let stopped = async {
+            tracing::error!(incarnation = %state.incarnation.id, "fenced: stopping every shard");
+            self.shared.telemetry.health.fenced();
+            state.stop_all_shards();
+            while state.tasks.join_next().await.is_some() {}
+            state.running.clear();
+            state.incarnation.stop_heartbeat.cancel();
+            state.incarnation.leading.send_replace(None);
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => return Ok(None),
+            () = stopped => {}
+        }
         // Anything but a deleted lease table is worth another try.
-        let incarnation = self
-            .start_incarnation(policy, |e| !e.is_table_missing())
+        let comeback = self
+            .start_incarnation(|e| !e.is_table_missing(), shutdown)
             .await?;
+        let Some(incarnation) = comeback else {
+            return Ok(None);
+        };
         tracing::info!(incarnation = %incarnation.id, "worker back as a new incarnation");
         *state = State {
             done_parents: std::mem::take(&mut state.done_parents),
@@ -40,7 +55,7 @@ impl<F: ProcessorFactory> Worker<F> {
                 self.first_coordination(),
             )
         };
-        Ok(())
+        Ok(Some(()))
     }
 
     /// Graceful shutdown: every shard finishes its batch, is told, flushes and releases;
