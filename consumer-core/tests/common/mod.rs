@@ -204,6 +204,20 @@ impl Cluster {
         }
     }
 
+    /// The coordination item's reads since the billing meters were last reset: read units
+    /// a second on average, and in its busiest second.
+    pub fn coordination_reads(&self) -> (f64, f64) {
+        let (items, over) = self.billing.item_units();
+        let coordination = items
+            .iter()
+            .find(|i| i.item == "coordination")
+            .expect("the coordination item was read");
+        (
+            coordination.read_units / over.as_secs_f64(),
+            coordination.peak_read_units,
+        )
+    }
+
     /// Takes by the running workers so far (crashed workers' counts are gone with them).
     pub fn takes(&self) -> u64 {
         self.workers
