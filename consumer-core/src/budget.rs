@@ -13,7 +13,10 @@
 //!   waiting: a surplus is given back, a shortfall is taken even if that overdraws the
 //!   budget (the page is in memory either way, and it is counted), and later reservations
 //!   wait until the overdraft is paid back;
-//! - the reservation travels with the page and is given back once its batch was delivered.
+//! - the reservation travels with the page and is given back once its batch was delivered;
+//!   so while a reservation waits ([`ByteBudget::is_short`]), a batch being gathered stops
+//!   waiting for more pages (`crate::shard::batching`): they could not come until it is
+//!   delivered.
 //!
 //! Nothing waits while holding bytes, so a small budget slows reading down and never
 //! deadlocks; a page bigger than the whole budget waits until nothing else is held and
@@ -26,7 +29,7 @@ use std::mem::size_of;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodbstreams::types::{AttributeValue, Record};
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 /// The least a fetch task reserves before a GetRecords call.
 pub(crate) const MIN_RESERVATION: u64 = 64 * 1024;
@@ -48,6 +51,8 @@ struct Shared {
     /// The whole budget.
     total: u64,
     state: Mutex<State>,
+    /// Woken whenever a reservation starts to wait ([`ByteBudget::short`]).
+    short: Notify,
 }
 
 #[derive(Debug)]
@@ -79,6 +84,7 @@ impl ByteBudget {
                     available: total as i64,
                     waiting: VecDeque::new(),
                 }),
+                short: Notify::new(),
             }),
         }
     }
@@ -126,6 +132,7 @@ impl ByteBudget {
         let Some(granted) = granted else {
             return reservation;
         };
+        self.shared.short.notify_waiters();
         // Dropped while waiting, `pending` gives the bytes back if they were granted
         // meanwhile; if not, no grant can reach it any more.
         let mut pending = PendingGrant {
@@ -143,6 +150,27 @@ impl ByteBudget {
             reservation.bytes = 0;
         }
         reservation
+    }
+
+    /// Whether a reservation waits for bytes right now: a page cannot be fetched until
+    /// bytes held are given back.
+    pub(crate) fn is_short(&self) -> bool {
+        self.lock().waiting.iter().any(|(_, tx)| !tx.is_closed())
+    }
+
+    /// Resolves once a reservation waits for bytes ([`ByteBudget::is_short`]).
+    pub(crate) async fn short(&self) {
+        loop {
+            let woken = self.shared.short.notified();
+            tokio::pin!(woken);
+            // Registered before the check: a reservation that starts to wait after it
+            // wakes this.
+            woken.as_mut().enable();
+            if self.is_short() {
+                return;
+            }
+            woken.await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

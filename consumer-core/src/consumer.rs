@@ -337,9 +337,11 @@ impl ConsumerBuilder {
     /// The memory a worker may hold in fetched pages not yet delivered, across all its
     /// shards: with hundreds of shards catching up at once, read-ahead would otherwise grow
     /// with the shard count. A shard pays for a page before asking for it and gets the bytes
-    /// back once its batch was delivered; when the budget is spent, reading waits. A page
-    /// bigger than the whole budget still goes through, alone. Counted as the records' size
-    /// in memory, an estimate. Default: 256 MB.
+    /// back once its batch was delivered; when the budget is spent, reading waits, and a
+    /// batch being gathered stops waiting for more (its batching window ends: see
+    /// [`with_batching_window`](Self::with_batching_window)). A page bigger than the whole
+    /// budget still goes through, alone. Counted as the records' size in memory, an
+    /// estimate. Default: 256 MB.
     pub fn with_max_buffered_bytes(self, bytes: u64) -> Self {
         self.set(|c| c.max_buffered_bytes = bytes)
     }
@@ -416,7 +418,16 @@ impl ConsumerBuilder {
     }
 
     /// How long to wait for more records to fill a batch up to the maximum batch size (at
-    /// most 5 minutes). Default: zero (deliver what has been fetched at once).
+    /// most 5 minutes), counted from when the batch's first record was fetched. Default:
+    /// zero (deliver what has been fetched at once).
+    ///
+    /// Like Lambda's `MaximumBatchingWindowInSeconds` (which ends once the batch is full or
+    /// its payload reaches 6 MB), the window ends early once waiting cannot grow the batch:
+    /// it holds the maximum batch size, or the memory budget
+    /// ([`with_max_buffered_bytes`](Self::with_max_buffered_bytes), the payload limit here)
+    /// has no room for the next page, whose bytes come back only once a batch is
+    /// delivered. With key parallelism the rule holds per partition, whose window also ends
+    /// once its shard takes no more pages in.
     pub fn with_batching_window(self, window: Duration) -> Self {
         self.set(|c| c.delivery.batching_window = window)
     }

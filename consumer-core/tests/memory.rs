@@ -231,6 +231,58 @@ async fn one_stuck_key_partition_does_not_stall_the_other_shards() {
     worker.await.unwrap().unwrap();
 }
 
+/// A budget that admits one page at a time and a batching window far longer than the run:
+/// the fetch task cannot ask for the next page until the batch holding the last one is
+/// delivered, so each batch goes at once instead of waiting out the window for records
+/// that cannot come (before: one record per window; explorer seed 110687). Once through a
+/// task's single processor and once with key parallelism.
+#[tokio::test(start_paused = true)]
+async fn a_batching_window_ends_once_the_budget_keeps_the_next_page_out() {
+    const WINDOW: Duration = Duration::from_secs(120);
+    for partitions in [1, 2] {
+        let sim = SimulatedStream::new(SimConfig {
+            initial_shards: 1,
+            max_records_per_page: 1,
+            ..SimConfig::default()
+        });
+        sim.add_table("t");
+        for n in 0..6 {
+            let row = Row {
+                pk: format!("item-{n}"),
+                n,
+                payload: "x".repeat(PAYLOAD),
+            };
+            sim.put_value("t", &row).unwrap();
+        }
+        let total = sim.written().len();
+        let recording = Recording::<Row>::new();
+        let consumer = Consumer::builder("app")
+            .with_table("t")
+            .with_streams_api(Arc::new(sim.clone()))
+            .with_lease_store(Arc::new(InMemoryLeaseStore::new()))
+            // A page of one ~4 KB item costs ~9 KB: the next one's reservation waits.
+            .with_max_buffered_bytes(10 * 1024)
+            .with_max_batch_size(100)
+            .with_batching_window(WINDOW)
+            .with_key_parallelism(partitions)
+            .build(recording.factory())
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(consumer.run_until(async {
+            let _ = stopped.await;
+        }));
+        wait_until(
+            &format!("{total} one-record pages delivered with {partitions} partition(s)"),
+            WINDOW / 2,
+            || recording.len() >= total,
+        )
+        .await;
+        check_all_delivered_in_order(&recording, total);
+        stop.send(()).unwrap();
+        worker.await.unwrap().unwrap();
+    }
+}
+
 #[test]
 fn a_zero_budget_is_refused_naming_the_setting() {
     let sim = SimulatedStream::new(SimConfig::default());

@@ -14,6 +14,7 @@
 //! checkpoints flushed, lease released), the lease lost (no further writes), or an error
 //! it cannot get past.
 
+mod batching;
 pub(crate) mod ending;
 pub(crate) mod fetch;
 pub(crate) mod page;

@@ -164,8 +164,8 @@ impl<F: ProcessorFactory> Session<'_, F> {
     /// of the memory budget is given back once all its records are done. Returns once
     /// everything taken in is done, with what came from the fetch task that is not records;
     /// on release, the batches running finish and nothing new starts. With a batching window,
-    /// a free partition waits up to the window for a full batch (not once nothing more can
-    /// come).
+    /// a free partition's batch waits as [`super::batching`] says (not once no more pages
+    /// can come in: the source ended, or the shard holds its share of the budget).
     pub(crate) async fn deliver_partitioned(
         &mut self,
         extra: &mut [F::Processor],
@@ -181,6 +181,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
             Result<(), Interrupted>,
         );
         let n = extra.len() + 1;
+        let batching = self.batching_window();
         let (task, callbacks) = (self.task, self.callbacks);
         let signals = callbacks.signals();
         let mut window = Watermark::default();
@@ -197,12 +198,20 @@ impl<F: ProcessorFactory> Session<'_, F> {
         window.take_in(records, reservation, &mut queues);
         let (mut carried, mut closed, mut stopping) = (None, false, false);
         // With a batching window: since when each partition's queue has been filling.
-        let batching = task.runtime.config.delivery.batching_window;
         let mut filling: Vec<Option<Instant>> = vec![None; n];
         let budget_share = task.runtime.budget.total() / MAX_BUDGET_SHARE;
         loop {
             let now = Instant::now();
-            let more_may_come = !closed && carried.is_none();
+            // Whether more pages can come in (some partition with less than a batch waiting
+            // aside): a partition stuck on an item collects its share meanwhile, up to the
+            // bounds of `MAX_AHEAD_OF_CHECKPOINT` and of a share of the memory budget, so
+            // that it never holds up the worker's other shards.
+            let held = window.held();
+            let more_may_come = !closed
+                && carried.is_none()
+                && !stopping
+                && (held == 0 || held < budget_share)
+                && window.tracked() < MAX_AHEAD_OF_CHECKPOINT;
             for (i, queue) in queues.iter_mut().enumerate() {
                 if queue.is_empty() {
                     continue;
@@ -211,7 +220,7 @@ impl<F: ProcessorFactory> Session<'_, F> {
                 let since = *filling[i].get_or_insert(now);
                 if stopping
                     || idle[i].is_none()
-                    || (queue.len() < max && more_may_come && now < since + batching)
+                    || batching.waits(queue.len(), max, since, now, more_may_come)
                 {
                     continue;
                 }
@@ -231,12 +240,13 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     (i, processor, checkpointer, indices, result)
                 }));
             }
-            // The first partition whose batching window ends, among those waiting to fill
-            // (none once stopping: nothing new starts, and a due timer would spin; seed 224).
+            // Since when the first partition whose batching window ends, among those waiting
+            // to fill, has been filling (none once stopping: nothing new starts, and a due
+            // timer would spin; seed 224).
             let window_ends = (0..n)
                 .filter(|_| !stopping)
                 .filter(|&i| idle[i].is_some() && !queues[i].is_empty())
-                .filter_map(|i| filling[i].map(|since| since + batching))
+                .filter_map(|i| filling[i])
                 .min();
             if running.is_empty() && (stopping || queues.iter().all(VecDeque::is_empty)) {
                 return if stopping {
@@ -245,22 +255,13 @@ impl<F: ProcessorFactory> Session<'_, F> {
                     Ok(carried)
                 };
             }
-            // More pages while some partition has less than a batch waiting (a partition
-            // stuck on an item collects its share meanwhile, up to the bounds of
-            // `MAX_AHEAD_OF_CHECKPOINT` and of a share of the memory budget, so that it never
-            // holds up the worker's other shards).
-            let held = window.held();
-            let intake = !closed
-                && carried.is_none()
-                && !stopping
-                && queues.iter().any(|queue| queue.len() < max)
-                && (held == 0 || held < budget_share)
-                && window.tracked() < MAX_AHEAD_OF_CHECKPOINT;
+            // More pages while some partition has less than a batch waiting.
+            let intake = more_may_come && queues.iter().any(|queue| queue.len() < max);
             tokio::select! {
                 biased;
                 _ = signals.lost.cancelled() => return Err(Interrupted::Lost),
                 _ = signals.release.cancelled(), if !stopping => stopping = true,
-                () = tokio::time::sleep_until(window_ends.unwrap_or(now)), if window_ends.is_some() => {}
+                () = batching.closes(window_ends.unwrap_or(now)), if window_ends.is_some() => {}
                 Some((i, processor, checkpointer, indices, result)) =
                     running.next(), if !running.is_empty() => {
                     idle[i] = Some((processor, checkpointer));

@@ -16,6 +16,7 @@ mod clock;
 mod config;
 mod error;
 mod faults;
+mod gate;
 mod items;
 mod iterators;
 mod pause;

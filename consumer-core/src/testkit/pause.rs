@@ -9,23 +9,25 @@
 //! notices its silent heartbeats on time; what it cannot do is reach anything.
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::future::BoxFuture;
-use tokio::sync::watch;
 
+use super::gate::Gate;
 use crate::streams::StreamsApi;
 
-/// Whether a worker runs or is paused; clones share the switch.
+/// Whether a worker runs or is paused; clones share the switch. On resume, the calls it
+/// held go on in the order they were stopped (a [`Gate`]), so a seed replays exactly.
 #[derive(Clone, Debug)]
 pub struct PauseSwitch {
-    paused: watch::Sender<bool>,
+    paused: Arc<Gate<bool>>,
 }
 
 impl Default for PauseSwitch {
     fn default() -> Self {
         Self {
-            paused: watch::Sender::new(false),
+            paused: Arc::new(Gate::new(false)),
         }
     }
 }
@@ -38,24 +40,22 @@ impl PauseSwitch {
 
     /// Holds every call that waits on the switch from now on.
     pub fn pause(&self) {
-        self.paused.send_replace(true);
+        self.paused.set(true);
     }
 
     /// Lets held calls go on.
     pub fn resume(&self) {
-        self.paused.send_replace(false);
+        self.paused.set(false);
     }
 
     /// Whether the switch is paused now.
     pub fn is_paused(&self) -> bool {
-        *self.paused.borrow()
+        self.paused.get()
     }
 
     /// Returns at once while running; waits for [`resume`](Self::resume) while paused.
     pub async fn running(&self) {
-        let mut paused = self.paused.subscribe();
-        // The sender lives in `self`, so waiting cannot fail with a closed channel.
-        let _ = paused.wait_for(|paused| !paused).await;
+        self.paused.wait_until(|paused| !paused).await;
     }
 }
 
@@ -108,5 +108,38 @@ impl<A: StreamsApi> crate::streams::StreamsWrapper for PausableStreams<A> {
         let answer = call.await;
         self.switch.running().await;
         answer
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// The calls a pause held go on in the order they stopped, every run alike (issue 15:
+    /// a `watch` channel woke them in an order drawn from tokio's per-process RNG).
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_switch_lets_its_held_calls_go_in_the_order_they_came() {
+        let switch = PauseSwitch::new();
+        switch.pause();
+        let went = Arc::new(Mutex::new(Vec::new()));
+        let mut held = Vec::new();
+        for i in 0..24 {
+            let (switch, went) = (switch.clone(), went.clone());
+            held.push(tokio::spawn(async move {
+                switch.running().await;
+                went.lock().unwrap().push(i);
+            }));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(went.lock().unwrap().is_empty(), "paused: all held");
+        switch.resume();
+        for call in held {
+            call.await.unwrap();
+        }
+        assert_eq!(*went.lock().unwrap(), (0..24).collect::<Vec<_>>());
+        assert!(!switch.is_paused());
     }
 }

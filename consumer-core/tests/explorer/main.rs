@@ -221,19 +221,32 @@ fn fixed_seeds_keep_every_invariant() {
     }
 }
 
-/// Two runs of one seed do exactly the same: the event logs hash the same.
+/// Seeds [`a_seed_replays_exactly`] runs [`REPLAYS`] times each. 48578 (a frozen link
+/// holding two checkpoint writes and a worker's releases, issue 15) gave one of six event
+/// logs per run while the testkit woke held calls in the order of tokio's per-process RNG.
+const REPLAYED_SEEDS: &[u64] = &[3, 11, 48578];
+
+/// How many times [`a_seed_replays_exactly`] runs each seed (three: a seed with six
+/// outcomes agrees with itself three times in a row about one run in twenty).
+const REPLAYS: usize = 3;
+
+/// Every run of one seed does exactly the same: the event logs hash the same, and the same
+/// invariant breaks (if one does). `EXPLORE_SEED=n` checks only that seed.
 #[test]
 fn a_seed_replays_exactly() {
-    for seed in [seed_from_env().unwrap_or(3), 11] {
+    let seeds = seed_from_env().map_or_else(|| REPLAYED_SEEDS.to_vec(), |seed| vec![seed]);
+    for seed in seeds {
         let first = explore_one(seed);
-        let second = explore_one(seed);
-        assert_eq!(
-            (first.outcome.map(|o| (o.0, o.1)), &first.invariant),
-            (second.outcome.map(|o| (o.0, o.1)), &second.invariant),
-            "seed {seed} ran differently twice:\n{}\n-----\n{}",
-            first.output,
-            second.output
-        );
+        for _ in 1..REPLAYS {
+            let again = explore_one(seed);
+            assert_eq!(
+                (first.outcome.map(|o| (o.0, o.1)), &first.invariant),
+                (again.outcome.map(|o| (o.0, o.1)), &again.invariant),
+                "seed {seed} ran differently twice:\n{}\n-----\n{}",
+                first.output,
+                again.output
+            );
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use dynamodb_streams_leases::LeaseKey;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use super::batching::BatchingWindow;
 use super::page::{Fetched, FetchedPage};
 use super::progress::{PageEnds, Progress};
 use crate::budget::Reservation;
@@ -123,28 +124,37 @@ impl<F: ProcessorFactory> Session<'_, F> {
         self.callbacks.notify("data_lost", told).await
     }
 
-    /// Waits for more pages until `batch` holds `max` records: only pages already fetched
-    /// without a batching window, else up to the window. Anything that is not records
-    /// ends the wait and is returned, to be handled after the batch.
+    /// Takes pages into `batch` until it holds `max` records: the pages already fetched,
+    /// then more while the batching window's rule says the batch waits
+    /// ([`BatchingWindow::waits`]). Anything that is not records ends the wait and is
+    /// returned, to be handled after the batch.
     pub(crate) async fn gather(
         &mut self,
         rx: &mut mpsc::Receiver<Fetched>,
         batch: &mut Gathered,
         max: usize,
     ) -> Result<Option<Fetched>, Interrupted> {
-        let window = self.delivery().batching_window;
-        let deadline = Instant::now() + window;
+        let window = self.batching_window();
+        let since = Instant::now();
         while batch.records.len() < max {
-            let next = if window.is_zero() {
-                match rx.try_recv() {
-                    Ok(next) => next,
-                    Err(_) => return Ok(None),
-                }
-            } else {
-                let wait = tokio::time::timeout_at(deadline, rx.recv());
-                match self.callbacks.until_stopped(wait).await? {
-                    Ok(Some(next)) => next,
-                    Ok(None) | Err(_) => return Ok(None),
+            let next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    if !window.waits(batch.records.len(), max, since, Instant::now(), true) {
+                        return Ok(None);
+                    }
+                    let wait = async {
+                        tokio::select! {
+                            biased;
+                            next = rx.recv() => next,
+                            () = window.closes(since) => None,
+                        }
+                    };
+                    match self.callbacks.until_stopped(wait).await? {
+                        Some(next) => next,
+                        None => return Ok(None),
+                    }
                 }
             };
             match next {
@@ -158,6 +168,14 @@ impl<F: ProcessorFactory> Session<'_, F> {
             }
         }
         Ok(None)
+    }
+
+    /// The batching window of this task's batches ([`super::batching`]).
+    pub(crate) fn batching_window(&self) -> BatchingWindow {
+        BatchingWindow::new(
+            self.delivery().batching_window,
+            self.task.runtime.budget.clone(),
+        )
     }
 
     /// A page from the fetch task, taken in ([`Progress::take_in`]).
