@@ -241,6 +241,15 @@ async fn stored_checkpoint(sim: &SimulatedStream, store: &InMemoryLeaseStore) ->
         .unwrap()
 }
 
+/// The stream's lease is checkpointed at the last record written (filtered records
+/// included: they are checkpointed past).
+async fn assert_checkpointed_at_the_last_record(sim: &SimulatedStream, store: &InMemoryLeaseStore) {
+    let Checkpoint::At(seq) = stored_checkpoint(sim, store).await else {
+        panic!("checkpointed");
+    };
+    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+}
+
 trait SimExt {
     fn latest_stream_arn_of(&self, table: &str) -> String;
 }
@@ -545,10 +554,7 @@ async fn filtered_records_are_checkpointed_past_and_batches_gather_pages() {
         sizes.iter().all(|&n| n <= 25),
         "at most 50 records, half filtered: {sizes:?}"
     );
-    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
-        panic!("checkpointed");
-    };
-    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+    assert_checkpointed_at_the_last_record(&sim, &store).await;
 }
 
 /// `with_filter_pattern` goes through the same filter path as `with_filter`: records it
@@ -585,10 +591,7 @@ async fn lambda_filter_patterns_are_the_filter() {
     assert_eq!(log.values(), kept);
     let filtered: Vec<u64> = (0..200).filter(|n| !kept.contains(n)).collect();
     assert_eq!(*log.filtered.lock().unwrap(), filtered);
-    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
-        panic!("checkpointed");
-    };
-    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+    assert_checkpointed_at_the_last_record(&sim, &store).await;
 }
 
 #[test]
@@ -702,10 +705,7 @@ async fn drain_with_key_parallelism(n: usize) -> Duration {
     })
     .await;
     assert_delivered_once_in_order_of(&log, 2000, u64::MAX, 1000);
-    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
-        panic!("checkpointed");
-    };
-    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+    assert_checkpointed_at_the_last_record(&sim, &store).await;
     finished.lock().unwrap().unwrap() - started
 }
 
@@ -810,10 +810,7 @@ async fn with_key_parallelism_one_slow_item_does_not_hold_up_the_other_partition
             );
         }
     }
-    let Checkpoint::At(seq) = stored_checkpoint(&sim, &store).await else {
-        panic!("checkpointed");
-    };
-    assert_eq!(seq, sim.written().last().unwrap().sequence_number);
+    assert_checkpointed_at_the_last_record(&sim, &store).await;
 }
 
 /// Fails every batch that holds change 0 (its partition retries, pausing in between);

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scan::{Item, PageRequest, ScanPage, TableScan};
 use super::*;
+use crate::shard_sync::Contention;
 use crate::streams::ApiError;
 use crate::testkit::{Recording, SimulatedStream};
 use crate::{ChangeBatch, ChangeKind, Consumer, ProcessorFactory};
@@ -631,6 +632,26 @@ fn split_stream(seed: u64) -> (SimulatedStream, String) {
     (sim, arn)
 }
 
+/// The shard sync of `arn` from the trim horizon, given the `leases` it knows.
+async fn sync_from_trim_horizon(
+    api: &dyn crate::streams::StreamsApi,
+    store: &Arc<dyn LeaseStore>,
+    arn: &str,
+    leases: &[Lease],
+    contention: Contention,
+) {
+    crate::shard_sync::sync_stream(
+        api,
+        store,
+        arn,
+        leases,
+        crate::InitialPosition::TrimHorizon,
+        contention,
+    )
+    .await
+    .unwrap();
+}
+
 /// The leases the leader's sync sees: those of the stream (it leaves coordination out).
 async fn stream_leases(store: &Arc<dyn LeaseStore>, arn: &str) -> Vec<Lease> {
     let mut leases = store.list_leases().await.unwrap();
@@ -668,16 +689,7 @@ async fn stream_leases_missing_after_an_interrupted_prepare_wait_for_the_snapsho
         .await
         .unwrap();
     let leases = stream_leases(&store, &arn).await;
-    crate::shard_sync::sync_stream(
-        &sim,
-        &store,
-        &arn,
-        &leases,
-        crate::InitialPosition::TrimHorizon,
-        crate::shard_sync::Contention::Alone,
-    )
-    .await
-    .unwrap();
+    sync_from_trim_horizon(&sim, &store, &arn, &leases, Contention::Alone).await;
     let shards = sim.all_shards(&arn).unwrap();
     let leases = stream_leases(&store, &arn).await;
     let shard_leases = || {
@@ -798,16 +810,7 @@ async fn prepare_and_the_shard_sync_create_parents_before_children() {
             .await
             .unwrap();
         } else {
-            crate::shard_sync::sync_stream(
-                &api,
-                &store,
-                &arn,
-                &[],
-                crate::InitialPosition::TrimHorizon,
-                crate::shard_sync::Contention::Alone,
-            )
-            .await
-            .unwrap();
+            sync_from_trim_horizon(&api, &store, &arn, &[], Contention::Alone).await;
         }
         let created = creations.0.lock().unwrap().clone();
         let shards = sim.all_shards(&arn).unwrap();
@@ -977,16 +980,7 @@ async fn a_reenabled_stream_follows_the_older_one_without_a_snapshot() {
     assert_eq!(store.get_lease(&plan_key(&new)).await.unwrap(), None);
     assert_eq!(stream_leases(&store, &new).await, []);
     let leases = store.list_leases().await.unwrap();
-    crate::shard_sync::sync_stream(
-        &sim,
-        &store,
-        &new,
-        &leases,
-        crate::InitialPosition::TrimHorizon,
-        crate::shard_sync::Contention::Alone,
-    )
-    .await
-    .unwrap();
+    sync_from_trim_horizon(&sim, &store, &new, &leases, Contention::Alone).await;
     let older_gate = LeaseKey::stream_gate(&new, &old).shard_id;
     let roots: Vec<Lease> = stream_leases(&store, &new)
         .await
@@ -1033,16 +1027,7 @@ async fn a_stream_enabled_again_gets_no_second_snapshot() {
     }
     let mut leases = store.list_leases().await.unwrap();
     leases.extend(stream_leases(&store, &old).await);
-    crate::shard_sync::sync_stream(
-        &sim,
-        &store,
-        &new,
-        &leases,
-        crate::InitialPosition::TrimHorizon,
-        crate::shard_sync::Contention::Racing,
-    )
-    .await
-    .unwrap();
+    sync_from_trim_horizon(&sim, &store, &new, &leases, Contention::Racing).await;
     let roots = stream_leases(&store, &new).await;
     assert!(!roots.is_empty());
     for root in roots {
