@@ -13,6 +13,34 @@
 //! takes on behalf of workers (conditional on the owner and epoch it saw) and handoff
 //! requests, then a hint in each affected worker's inbox. Everything it writes is
 //! conditional, so a stale leader (paused, or deposed and not yet fenced) can only fail.
+//!
+//! ## Owners that may not know their leases
+//!
+//! A take on a worker's behalf is not announced: the worker learns the lease is its own
+//! only from the hint in its inbox, and its self-audit reads only the leases it knows of.
+//! A hint that could not be written is kept in the memory of the worker that made the take
+//! (the leader, or an owner handing a lease over) and sent again at its next tick; if that
+//! worker crashes first, the hint is gone, and the lease stays owned by a live worker that
+//! never runs it, while this leader's plan sees nothing to do (issue 15, explorer seed
+//! 106452: the old owner, leading, handed a lease over, its hint was throttled, it crashed;
+//! the new owner, leading next, never ran the lease). So every scan looks for leases whose
+//! owner may not know them ([`in_doubt`]), and hints each such owner (this worker's own
+//! leases go straight to it): an active lease owned by a live worker, taken since its
+//! owner's last checkpoint (`owner_switches_since_checkpoint > 0`: a checkpoint is written
+//! only by the owner running the lease, so a lease checkpointed since its take is known),
+//! whose ownership changed by a write this leader did not make (its own writes are in its
+//! view), or, on a leader's first scan, which has no earlier view to compare with, every
+//! such lease. A hint only makes the owner read the lease: the lease's owner and epoch
+//! decide, so a hint can never make a second owner, and a needless one costs a read.
+//!
+//! Cost: no write per lease per tick. Hints follow ownership changes the leader did not
+//! make (handovers, children a worker took itself, operators' tools), coalesced into one
+//! inbox write per worker per scan, each already paid for by a lease write. A new
+//! leader's first scan writes at most one hint per live worker (1,000 at 1,000 workers),
+//! naming the leases taken since their last checkpoint (at most every lease, 100 per
+//! worker at 100,000 leases, when every shard moved and stayed idle since); each worker
+//! then reads those leases once. Leader changes are rare (a crash or a stop of the
+//! leader), so this stays far below one scan interval of the workers' own reads.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -98,6 +126,9 @@ pub(crate) struct Leader {
     liveness: Liveness,
     /// The leases as of the last scan, with the leader's own writes applied.
     leases: View,
+    /// Whether `leases` holds a scan (a new leader's first scan has no view to compare
+    /// with: every lease whose owner may not know it is hinted, see [`in_doubt`]).
+    viewed: bool,
     /// The leases version read before the last complete scan (`None`: scan next time).
     seen_version: Option<u64>,
     /// The live workers the last plan was made for.
@@ -189,6 +220,7 @@ impl Leader {
         Self {
             liveness,
             leases: View::default(),
+            viewed: false,
             seen_version: None,
             planned_for: BTreeSet::new(),
             rescan: true,
@@ -241,9 +273,10 @@ impl Leader {
         let version = membership.coordination.leases_version;
         let audit = now >= self.next_audit;
         let scan = audit || self.seen_version != Some(version) || std::mem::take(&mut self.rescan);
+        let mut hints = BTreeMap::new();
         if scan {
             let leases = env.store.list_leases().await?;
-            self.leases = View::new(
+            let scanned = View::new(
                 leases
                     .into_iter()
                     .filter(|l| {
@@ -251,6 +284,18 @@ impl Leader {
                     })
                     .collect(),
             );
+            hints = in_doubt(self.viewed.then_some(&self.leases), &scanned, &live);
+            if !hints.is_empty() {
+                let leases: usize = hints.values().map(Vec::len).sum();
+                tracing::info!(
+                    workers = hints.len(),
+                    leases,
+                    first_scan = !self.viewed,
+                    "hinting owners that may not know their leases"
+                );
+            }
+            self.leases = scanned;
+            self.viewed = true;
             self.seen_version = Some(version);
             if audit {
                 self.next_audit = now + AUDIT_INTERVAL;
@@ -258,20 +303,22 @@ impl Leader {
         }
         let mut for_me = ForMe::default();
         if scan || live != self.planned_for {
-            self.plan_and_act(env, &live, &mut for_me).await;
+            self.plan_and_act(env, &live, &mut hints).await;
             self.planned_for = live;
         }
+        self.deliver(env, hints, &mut for_me).await;
         self.remind(env, now, &mut for_me).await;
         self.run_shard_sync(env, now).await;
         Ok(Some(for_me))
     }
 
-    /// Plans with [`lease_protocol::assign`] and carries the plan out.
+    /// Plans with [`lease_protocol::assign`] and carries the plan out; the workers to hint
+    /// about what it changed are added to `hints`.
     async fn plan_and_act(
         &mut self,
         env: &LeaderEnv<'_>,
         live: &BTreeSet<String>,
-        for_me: &mut ForMe,
+        hints: &mut BTreeMap<String, Vec<LeaseKey>>,
     ) {
         let plan = lease_protocol::assign(self.leases.all(), live);
         if plan.takes.is_empty() && plan.handoffs.is_empty() {
@@ -284,7 +331,6 @@ impl Leader {
             workers = live.len(),
             "leader plan"
         );
-        let mut hints: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
         let mut lost_races = 0;
         let store = env.store;
         let mut takes: Vec<Pending<'_, (&Lease, &String, dynamodb_streams_leases::Result<Lease>)>> =
@@ -347,7 +393,6 @@ impl Leader {
         } else {
             self.quick_rescans = 0;
         }
-        self.deliver(env, hints, for_me).await;
     }
 
     /// Hints to each worker (this worker's own come back in `for_me`, no inbox needed).
@@ -358,7 +403,9 @@ impl Leader {
         for_me: &mut ForMe,
     ) {
         let mut sends: Vec<Pending<'_, Option<Hint>>> = Vec::new();
-        for (worker, keys) in hints {
+        for (worker, mut keys) in hints {
+            keys.sort();
+            keys.dedup();
             if worker == env.me {
                 for_me
                     .leases
@@ -512,6 +559,37 @@ impl Leader {
     }
 }
 
+/// The leases of `scanned` whose owner may not know they are its own, by owner: active,
+/// owned by a live worker, taken since their last checkpoint, and, when the leader has a
+/// `previous` view, owned under another owner or epoch than that view shows (a write the
+/// leader did not make: its own are in the view). Without a previous view (a new leader's
+/// first scan) every such lease is in doubt. See the module docs for why and what it costs.
+fn in_doubt(
+    previous: Option<&View>,
+    scanned: &View,
+    live: &BTreeSet<String>,
+) -> BTreeMap<String, Vec<LeaseKey>> {
+    let mut doubts: BTreeMap<String, Vec<LeaseKey>> = BTreeMap::new();
+    for lease in scanned.all() {
+        let Some(owner) = lease.owner.as_ref().filter(|o| live.contains(*o)) else {
+            continue;
+        };
+        if !lease_protocol::is_active(lease) || lease.owner_switches_since_checkpoint == 0 {
+            continue;
+        }
+        let moved = previous.is_none_or(|view| {
+            view.get(&lease.key).and_then(Lease::ownership) != lease.ownership()
+        });
+        if moved {
+            doubts
+                .entry(owner.clone())
+                .or_default()
+                .push(lease.key.clone());
+        }
+    }
+    doubts
+}
+
 /// The stream to sync for `source`: a table's current stream (DescribeTable, once per
 /// sync), which is new after the table's stream was disabled and enabled again. `None`
 /// when the table cannot be described or has no stream now: its sync waits for the next
@@ -531,5 +609,143 @@ async fn current_stream(api: &dyn StreamsApi, source: &StreamSource) -> Option<S
             tracing::warn!(table, %error, "cannot look up the table's current stream; its shard sync waits for the next interval");
             None
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use dynamodb_streams_leases::{InMemoryLeaseStore, SequenceNumber};
+
+    const STREAM: &str = "arn:aws:dynamodb:eu-west-1:1:table/t/stream/1";
+
+    /// A lease table where `workers` heartbeat, and what a leader named `me` needs.
+    struct Setup {
+        store: Arc<dyn LeaseStore>,
+        api: Arc<dyn StreamsApi>,
+        config: ConsumerConfig,
+        streams: Vec<StreamSource>,
+    }
+
+    impl Setup {
+        async fn new(workers: &[&str]) -> Self {
+            let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+            for worker in workers {
+                store
+                    .heartbeat(worker, Duration::from_secs(60))
+                    .await
+                    .unwrap();
+            }
+            assert!(store.claim_leadership("me", None).await.unwrap());
+            Self {
+                store,
+                api: Arc::new(crate::testkit::SimulatedStream::with_seed(1)),
+                config: ConsumerConfig::default(),
+                streams: vec![StreamSource {
+                    stream_arn: STREAM.into(),
+                    table: None,
+                }],
+            }
+        }
+
+        fn env(&self) -> LeaderEnv<'_> {
+            LeaderEnv {
+                me: "me",
+                store: &self.store,
+                announced: &self.store,
+                api: &self.api,
+                config: &self.config,
+                streams: &self.streams,
+            }
+        }
+
+        /// A lease of `shard` taken by `owner`, checkpointed by it afterwards if `ran`.
+        async fn lease(&self, shard: &str, owner: &str, ran: bool) -> LeaseKey {
+            let key = LeaseKey::new(STREAM, shard);
+            let lease = Lease::new(key.clone(), Checkpoint::TrimHorizon, vec![]);
+            self.store.create_lease(&lease).await.unwrap();
+            let taken = self.store.take_lease(&key, None, 0, owner).await.unwrap();
+            if ran {
+                let at = Checkpoint::At(SequenceNumber::parse("100").unwrap());
+                let ownership = taken.ownership().unwrap();
+                self.store.checkpoint(&key, &ownership, &at).await.unwrap();
+            }
+            key
+        }
+
+        /// The leases hinted to `worker` since the last call (its inbox, then cleared).
+        async fn hinted(&self, worker: &str) -> Vec<LeaseKey> {
+            let notices = self.store.notices(worker).await.unwrap();
+            self.store.clear_notices(worker, &notices).await.unwrap();
+            let mut keys: Vec<LeaseKey> = notices.into_iter().map(|n| n.key).collect();
+            keys.sort();
+            keys
+        }
+    }
+
+    /// Issue 15 (explorer seed 106452): a hint lost with the worker that made the take
+    /// (it crashed before sending it again) left the lease with a live owner that never ran
+    /// it, and a new leader's plan saw nothing to do. The new leader's first scan hints the
+    /// live owners of leases taken since their last checkpoint (its own worker's come back
+    /// at once), and not the leases their owners checkpointed since.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_leader_hints_owners_of_leases_not_run_since_their_take() {
+        let setup = Setup::new(&["me", "b"]).await;
+        let not_run = setup.lease("s1", "b", false).await;
+        setup.lease("s2", "b", true).await;
+        let mine_not_run = setup.lease("s3", "me", false).await;
+        setup.lease("s4", "me", true).await;
+        let mut leader = Leader::new(setup.config.failover_time, None);
+
+        let for_me = leader.tick(&setup.env()).await.unwrap().unwrap();
+
+        assert_eq!(setup.hinted("b").await, [not_run]);
+        let mine: Vec<&LeaseKey> = for_me.leases.iter().map(|l| &l.key).collect();
+        assert_eq!(mine, [&mine_not_run], "{:?}", for_me.leases);
+    }
+
+    /// A lease handed from one worker to another by a write the leader did not make (an
+    /// owner's handover, not announced) is hinted to its new owner at the leader's next
+    /// scan; a lease whose ownership the leader already saw is not hinted again, so an idle
+    /// table costs no hints.
+    #[tokio::test(start_paused = true)]
+    async fn a_handover_the_leader_did_not_make_is_hinted_to_its_new_owner() {
+        let setup = Setup::new(&["me", "b", "c"]).await;
+        let moved = setup.lease("s1", "b", true).await;
+        let idle = setup.lease("s2", "b", false).await;
+        setup.lease("s3", "c", true).await;
+        setup.lease("s4", "me", true).await;
+        let mut leader = Leader::new(setup.config.failover_time, None);
+        leader.tick(&setup.env()).await.unwrap().unwrap();
+        // The first scan's hints (s2, never run since its take) are not what this tests.
+        setup.hinted("b").await;
+
+        // b hands s1 over to c: its release, then a take on c's behalf; c's hint is lost.
+        let held = setup.store.get_lease(&moved).await.unwrap().unwrap();
+        let released = setup
+            .store
+            .release_lease(&moved, &held.ownership().unwrap())
+            .await
+            .unwrap();
+        setup
+            .store
+            .take_lease(&moved, None, released.epoch, "c")
+            .await
+            .unwrap();
+        // Any later change makes the leader scan (here a bump of the version alone).
+        setup.store.bump_leases_version().await.unwrap();
+        tokio::time::advance(setup.config.scan_interval / 2).await;
+        for worker in ["me", "b", "c"] {
+            setup
+                .store
+                .heartbeat(worker, Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        leader.tick(&setup.env()).await.unwrap().unwrap();
+
+        assert_eq!(setup.hinted("c").await, [moved]);
+        assert_eq!(setup.hinted("b").await, [], "{idle} was hinted already");
     }
 }

@@ -8,6 +8,8 @@
 //! link used to leave the lease owned by a live worker that never ran it, for good (issue
 //! 15, explorer seeds 821 and 847). The hints are kept across incarnations: a fenced
 //! worker's hints are still true, and a hint to a worker that died since costs one write.
+//! A crash loses them: the leader's scans hint the owners of leases they may not know of
+//! (`crate::leader`, "Owners that may not know their leases"; explorer seed 106452).
 
 use std::collections::{BTreeMap, BTreeSet};
 

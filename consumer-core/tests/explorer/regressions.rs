@@ -248,3 +248,17 @@ fn a_replaced_stream_retired_midway_never_gets_its_leases_back() {
 fn a_flush_cut_by_the_batch_timeout_never_lets_an_older_checkpoint_land_last() {
     holds(48578, Space::NOW);
 }
+
+/// Seed 106452 (`slow_handoffs`): the leader, which owned a lease the plan moved to a new
+/// worker, handed it over (a take on the new owner's behalf, not announced); its link was
+/// throttled, so the hint stayed in its memory, and it crashed before sending it again.
+/// The new owner, leading next, saw in its first scan a lease owned by a live worker
+/// (itself) and planned nothing; its self-audit reads only the leases it knows of: the
+/// shard was never run again (invariant 8). Fixed in `leader.rs` (`in_doubt`: each scan
+/// hints the live owners of leases taken since their last checkpoint by a write the leader
+/// did not make, and a new leader's first scan hints every such lease; its own worker's
+/// are reconciled at once).
+#[test]
+fn a_hint_lost_with_a_crashed_owner_does_not_strand_the_lease() {
+    holds(106452, Space::parse("slow_handoffs").expect("a space"));
+}
