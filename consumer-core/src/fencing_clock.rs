@@ -61,7 +61,17 @@ impl FencingClock {
 fn system_suspended() -> Duration {
     static START: OnceLock<Duration> = OnceLock::new();
     let gap = boot_minus_monotonic();
-    gap.saturating_sub(*START.get_or_init(|| gap))
+    suspended_since(*START.get_or_init(|| gap), gap)
+}
+
+/// The suspended time between two readings of the clocks' gap, in whole milliseconds. The
+/// two clocks are read one after the other, so each gap is off by the nanoseconds between
+/// the reads; counted, that noise moved fencing deadlines by a millisecond now and then,
+/// and a simulation (paused tokio clock, explorer seed 337) did not replay exactly. A
+/// suspend lasts far longer than a millisecond.
+fn suspended_since(start: Duration, gap: Duration) -> Duration {
+    let suspended = gap.saturating_sub(start);
+    suspended - Duration::from_nanos(u64::from(suspended.subsec_nanos() % 1_000_000))
 }
 
 #[cfg(target_os = "linux")]
@@ -96,6 +106,23 @@ mod tests {
         let before = std::time::Instant::now();
         let _ = clock.now();
         assert!(before.elapsed() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn only_whole_milliseconds_count_as_suspended() {
+        let start = Duration::from_nanos(1_234_567);
+        let noise = start + Duration::from_nanos(700);
+        assert_eq!(
+            suspended_since(start, noise),
+            Duration::ZERO,
+            "reading noise"
+        );
+        assert_eq!(suspended_since(noise, start), Duration::ZERO);
+        let suspend = start + Duration::from_secs(60) + Duration::from_micros(1_500);
+        assert_eq!(
+            suspended_since(start, suspend),
+            Duration::from_millis(60_001)
+        );
     }
 
     #[tokio::test(start_paused = true)]
