@@ -62,8 +62,8 @@ use crate::streams::StreamsApi;
 /// lost version bump (a crash between a lease write and its bump).
 pub(crate) const AUDIT_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Rescans in a row right after takes that lost a race, before waiting for the version
-/// again (bounded: persistent conflicts must not become a busy loop).
+/// Rescans in a row right after takes that lost a race (bounded: persistent conflicts must
+/// not become a busy loop); past them, the rescan waits a scan interval.
 const QUICK_RESCANS: u32 = 3;
 
 /// Conditional writes the leader has in flight at once.
@@ -133,8 +133,12 @@ pub(crate) struct Leader {
     seen_version: Option<u64>,
     /// The live workers the last plan was made for.
     planned_for: BTreeSet<String>,
-    /// A take lost a race: scan again at once (counts quick rescans in a row).
-    rescan: bool,
+    /// A take or handoff request failed: when the next scan is due, whatever the version
+    /// says. Cleared only by a scan that succeeded: a failed write followed by a failed
+    /// scan (a throttled link) must not leave the leader waiting for a version bump nobody
+    /// makes, with a dead worker's leases never taken (issue 15, explorer seed 183976).
+    rescan_at: Option<Instant>,
+    /// Rescans in a row that came at once (see [`QUICK_RESCANS`]).
     quick_rescans: u32,
     next_audit: Instant,
     /// Handoffs asked, and when the owner was last told.
@@ -223,7 +227,7 @@ impl Leader {
             viewed: false,
             seen_version: None,
             planned_for: BTreeSet::new(),
-            rescan: true,
+            rescan_at: Some(Instant::now()),
             quick_rescans: 0,
             next_audit: Instant::now() + AUDIT_INTERVAL,
             asked: BTreeMap::new(),
@@ -236,7 +240,7 @@ impl Leader {
 
     /// Whether the next round should come at once (a take lost a race).
     pub(crate) fn wants_rescan(&self) -> bool {
-        self.rescan
+        self.rescan_at.is_some_and(|at| at <= Instant::now())
     }
 
     /// When a worker turns dead if its counter does not move: the leader looks right then.
@@ -272,10 +276,12 @@ impl Leader {
 
         let version = membership.coordination.leases_version;
         let audit = now >= self.next_audit;
-        let scan = audit || self.seen_version != Some(version) || std::mem::take(&mut self.rescan);
+        let rescan = self.rescan_at.is_some_and(|at| now >= at);
+        let scan = audit || self.seen_version != Some(version) || rescan;
         let mut hints = BTreeMap::new();
         if scan {
             let leases = env.store.list_leases().await?;
+            self.rescan_at = None;
             let scanned = View::new(
                 leases
                     .into_iter()
@@ -303,7 +309,7 @@ impl Leader {
         }
         let mut for_me = ForMe::default();
         if scan || live != self.planned_for {
-            self.plan_and_act(env, &live, &mut hints).await;
+            self.plan_and_act(env, &live, &mut hints, now).await;
             self.planned_for = live;
         }
         self.deliver(env, hints, &mut for_me).await;
@@ -319,6 +325,7 @@ impl Leader {
         env: &LeaderEnv<'_>,
         live: &BTreeSet<String>,
         hints: &mut BTreeMap<String, Vec<LeaseKey>>,
+        now: Instant,
     ) {
         let plan = lease_protocol::assign(self.leases.all(), live);
         if plan.takes.is_empty() && plan.handoffs.is_empty() {
@@ -369,7 +376,7 @@ impl Leader {
             }));
         }
         let asks = bounded(asks).await;
-        let now = Instant::now();
+        let asked_at = Instant::now();
         for (lease, ownership, asked) in asks {
             match asked {
                 Ok(marked) => {
@@ -378,7 +385,7 @@ impl Leader {
                         .entry(ownership.owner)
                         .or_default()
                         .push(marked.key.clone());
-                    self.asked.insert(marked.key.clone(), now);
+                    self.asked.insert(marked.key.clone(), asked_at);
                     self.leases.replace(marked);
                 }
                 Err(error) => {
@@ -387,11 +394,14 @@ impl Leader {
                 }
             }
         }
-        if lost_races > 0 && self.quick_rescans < QUICK_RESCANS {
+        if lost_races == 0 {
+            self.quick_rescans = 0;
+        } else if self.quick_rescans < QUICK_RESCANS {
             self.quick_rescans += 1;
-            self.rescan = true;
+            self.rescan_at = Some(now);
         } else {
             self.quick_rescans = 0;
+            self.rescan_at = now.checked_add(env.config.scan_interval);
         }
     }
 
@@ -616,6 +626,7 @@ async fn current_stream(api: &dyn StreamsApi, source: &StreamSource) -> Option<S
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::testkit::{InstrumentedStore, StoreOp};
     use dynamodb_streams_leases::{InMemoryLeaseStore, SequenceNumber};
 
     const STREAM: &str = "arn:aws:dynamodb:eu-west-1:1:table/t/stream/1";
@@ -630,7 +641,11 @@ mod tests {
 
     impl Setup {
         async fn new(workers: &[&str]) -> Self {
-            let store: Arc<dyn LeaseStore> = Arc::new(InMemoryLeaseStore::new());
+            Self::on(Arc::new(InMemoryLeaseStore::new()), workers).await
+        }
+
+        /// The same on `store`.
+        async fn on(store: Arc<dyn LeaseStore>, workers: &[&str]) -> Self {
             for worker in workers {
                 store
                     .heartbeat(worker, Duration::from_secs(60))
@@ -703,6 +718,38 @@ mod tests {
         assert_eq!(setup.hinted("b").await, [not_run]);
         let mine: Vec<&LeaseKey> = for_me.leases.iter().map(|l| &l.key).collect();
         assert_eq!(mine, [&mine_not_run], "{:?}", for_me.leases);
+    }
+
+    /// Issue 15 (explorer seed 183976): the leader's take of a dead worker's lease failed
+    /// (its link throttled), and so did the rescan that failure asked for; the request to
+    /// rescan was spent on the failed scan, nothing bumped the version afterwards, and the
+    /// lease stayed with the dead worker until the audit, minutes later. A rescan is asked
+    /// until a scan succeeds, and takes that keep failing past the quick rescans are
+    /// scanned for again a scan interval later.
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_take_is_tried_again_after_a_failed_rescan() {
+        let store = Arc::new(InstrumentedStore::new(Arc::new(InMemoryLeaseStore::new())));
+        let setup = Setup::on(store.clone(), &["me"]).await;
+        let orphan = setup.lease("s1", "gone", true).await;
+        let mut leader = Leader::new(setup.config.failover_time, Some("gone"));
+        let owner = || async { store.get_lease(&orphan).await.unwrap().unwrap().owner };
+
+        // Takes fail past the quick rescans, then one rescan fails too.
+        store.fail_calls(StoreOp::TakeLease, true);
+        for _ in 0..=QUICK_RESCANS {
+            leader.tick(&setup.env()).await.unwrap();
+        }
+        store.fail_calls(StoreOp::ListLeases, true);
+        tokio::time::advance(setup.config.scan_interval).await;
+        assert!(leader.tick(&setup.env()).await.is_err());
+        assert_eq!(owner().await.as_deref(), Some("gone"));
+
+        // The link heals: the next round scans, plans and takes the lease.
+        store.fail_calls(StoreOp::TakeLease, false);
+        store.fail_calls(StoreOp::ListLeases, false);
+        tokio::time::advance(setup.config.scan_interval / 2).await;
+        leader.tick(&setup.env()).await.unwrap();
+        assert_eq!(owner().await.as_deref(), Some("me"));
     }
 
     /// A lease handed from one worker to another by a write the leader did not make (an

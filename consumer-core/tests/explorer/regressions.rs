@@ -274,3 +274,16 @@ fn a_batching_window_ends_once_the_budget_keeps_the_next_page_out() {
 fn a_hint_lost_with_a_crashed_owner_does_not_strand_the_lease() {
     holds(106452, Space::parse("slow_handoffs").expect("a space"));
 }
+
+/// Seed 183976 (`slow_handoffs`, one worker after the other stopped): the worker, leading,
+/// was paused and throttled past its failover time and came back as a new incarnation,
+/// which claimed the role and judged the old one dead. Its takes of two of the old
+/// incarnation's leases failed on the throttled link, and so did the rescan they asked for;
+/// that spent the request, nothing bumped the leases version afterwards, and the two
+/// shards' records stayed pending until the leader's audit, minutes later (invariant 8).
+/// Fixed in `leader.rs` (a rescan stays asked until a scan succeeds; takes that keep
+/// failing are scanned for again a scan interval later).
+#[test]
+fn a_take_that_failed_with_its_rescan_is_tried_again() {
+    holds(183976, Space::parse("slow_handoffs").expect("a space"));
+}
