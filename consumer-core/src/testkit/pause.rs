@@ -18,7 +18,8 @@ use super::gate::Gate;
 use crate::streams::StreamsApi;
 
 /// Whether a worker runs or is paused; clones share the switch. On resume, the calls it
-/// held go on in the order they were stopped (a [`Gate`]), so a seed replays exactly.
+/// held go on in the order they were stopped (a first-come, first-served gate), so a seed
+/// replays exactly.
 #[derive(Clone, Debug)]
 pub struct PauseSwitch {
     paused: Arc<Gate<bool>>,
