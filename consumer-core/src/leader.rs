@@ -401,7 +401,7 @@ impl Leader {
             self.rescan_at = Some(now);
         } else {
             self.quick_rescans = 0;
-            self.rescan_at = now.checked_add(env.config.scan_interval);
+            self.rescan_at = Some(now + env.config.scan_interval);
         }
     }
 
